@@ -1,0 +1,78 @@
+using System.CommandLine;
+using FateLlm.Training.Data;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+
+namespace FateLlm.Host.Cli;
+
+/// <summary>A usage error: bad option values or combinations (exit code 2).</summary>
+public sealed class UsageException(string message) : Exception(message);
+
+/// <summary>The <c>fate-llm</c> command tree and its exit-code policy: 0 ok, 1 runtime error, 2 usage error.</summary>
+public static class CliApp
+{
+    public const int Ok = 0, RuntimeError = 1, UsageError = 2;
+
+    public static readonly Option<bool> Verbose = new("--verbose") { Description = "Print stack traces with errors", Recursive = true };
+
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("fate-llm: federated fine-tuning of language models (LoRA, P-Tuning v2) across organizations");
+        root.Options.Add(Verbose);
+        root.Subcommands.Add(ModelCommands.Build());
+        root.Subcommands.Add(TrainingCommands.Train());
+        root.Subcommands.Add(TrainingCommands.Eval());
+        root.Subcommands.Add(TrainingCommands.Generate());
+        root.Subcommands.Add(AdapterCommands.Build());
+        root.Subcommands.Add(BenchCommands.Build());
+        return root;
+    }
+
+    public static int Run(string[] args, TextWriter? output = null, TextWriter? error = null)
+    {
+        var stdout = output ?? Console.Out;
+        var stderr = error ?? Console.Error;
+        var parse = Build().Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            stderr.WriteLine($"error: {parse.Errors[0].Message} (see fate-llm --help)");
+            return UsageError;
+        }
+        try
+        {
+            return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e)
+        {
+            var (code, message) = Classify(e);
+            stderr.WriteLine($"error: {message}");
+            if (parse.GetValue(Verbose)) stderr.WriteLine(e);
+            return code;
+        }
+    }
+
+    static (int, string) Classify(Exception e) => e switch
+    {
+        UsageException or ArgumentException => (UsageError, e.Message),
+        ModelFormatException or DataFormatException or PeftException or SafeTensorsFormatException => (RuntimeError, e.Message),
+        FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
+        DirectoryNotFoundException or IOException or UnauthorizedAccessException => (RuntimeError, e.Message),
+        OperationCanceledException => (RuntimeError, "cancelled"),
+        _ => (RuntimeError, $"{e.GetType().Name}: {e.Message}"),
+    };
+
+    internal static Option<T> Opt<T>(string name, string description, T defaultValue) =>
+        new(name) { Description = description, DefaultValueFactory = _ => defaultValue };
+
+    internal static Option<T> Required<T>(string name, string description) =>
+        new(name) { Description = description, Required = true };
+
+    /// <summary>Adds options and sets an action that returns Ok unless it throws.</summary>
+    internal static Command With(this Command cmd, Action<ParseResult> action, params Option[] options)
+    {
+        foreach (var o in options) cmd.Options.Add(o);
+        cmd.SetAction(p => { action(p); return Ok; });
+        return cmd;
+    }
+}

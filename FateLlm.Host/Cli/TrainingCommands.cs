@@ -1,0 +1,187 @@
+using System.CommandLine;
+using TorchSharp;
+using System.Text.Json;
+using FateLlm.Training.Data;
+using FateLlm.Training.Evaluation;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Tokenization;
+using FateLlm.Training.Trainer;
+using static FateLlm.Host.Cli.CliApp;
+
+namespace FateLlm.Host.Cli;
+
+internal static class TrainingCommands
+{
+    public static Command Train()
+    {
+        var model = Required<string>("--model", "Base model folder (HF format)");
+        var data = Required<string>("--data", "Training JSONL");
+        var evalData = new Option<string?>("--eval-data") { Description = "Dev JSONL: loss before/after, and ROUGE/BLEU after" };
+        var peft = Opt("--peft", "lora | ptuning-v2 | full", "lora");
+        var loraR = Opt("--lora-r", "LoRA rank", 8);
+        var loraAlpha = Opt("--lora-alpha", "LoRA alpha", 16.0);
+        var loraDropout = Opt("--lora-dropout", "LoRA dropout", 0.05);
+        var loraTargets = Opt("--lora-targets", "Comma-separated module names, or all-linear (default: c_attn for gpt2, q_proj,v_proj for llama)", "");
+        var virtualTokens = Opt("--num-virtual-tokens", "P-Tuning v2 prefix length", 16);
+        var prefixProjection = Opt("--prefix-projection", "P-Tuning v2 reparameterisation MLP", false);
+        var epochs = Opt("--epochs", "Epochs", 1);
+        var maxSteps = new Option<int?>("--max-steps") { Description = "Stop after this many optimizer steps" };
+        var lr = Opt("--lr", "Peak learning rate", 2e-4);
+        var batch = Opt("--batch-size", "Examples per micro-batch", 8);
+        var accum = Opt("--grad-accum", "Micro-batches per optimizer step", 1);
+        var warmup = Opt("--warmup-ratio", "Fraction of steps spent warming up", 0.0);
+        var schedule = Opt("--schedule", "constant | linear | cosine", "linear");
+        var weightDecay = Opt("--weight-decay", "AdamW weight decay", 0.0);
+        var clip = Opt("--max-grad-norm", "Gradient clipping norm (0 = off)", 1.0);
+        var seed = Opt("--seed", "Seed for init, data order and dropout", 42L);
+        var resume = Opt("--resume", "Continue from the latest epoch checkpoint in --out", false);
+        var evalLimit = Opt("--eval-limit", "Evaluate on at most N dev examples (0 = all)", 0);
+        var outDir = Required<string>("--out", "Output adapter folder (PEFT layout; checkpoints/ inside)");
+        var dataSet = new DataOptionSet();
+        var runtime = new RuntimeOptionSet();
+        Option[] options = [model, data, evalData, peft, loraR, loraAlpha, loraDropout, loraTargets, virtualTokens, prefixProjection,
+            epochs, maxSteps, lr, batch, accum, warmup, schedule, weightDecay, clip, seed, resume, evalLimit, outDir, .. dataSet.All, .. runtime.All];
+        return new Command("train", "Fine-tune a model locally with LoRA, P-Tuning v2 or full fine-tuning").With(p =>
+        {
+            var device = runtime.Apply(p);
+            var dataOptions = dataSet.Read(p);
+            var peftConfig = new PeftConfig
+            {
+                Method = ParseEnum(() => PeftConfig.ParseMethod(p.GetValue(peft)!)),
+                LoraR = Positive(p.GetValue(loraR), "--lora-r"), LoraAlpha = p.GetValue(loraAlpha), LoraDropout = p.GetValue(loraDropout),
+                LoraTargets = p.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+                NumVirtualTokens = Positive(p.GetValue(virtualTokens), "--num-virtual-tokens"), PrefixProjection = p.GetValue(prefixProjection),
+            };
+            var trainOptions = new TrainOptions
+            {
+                Epochs = Positive(p.GetValue(epochs), "--epochs"), MaxSteps = p.GetValue(maxSteps), LearningRate = p.GetValue(lr),
+                BatchSize = Positive(p.GetValue(batch), "--batch-size"), GradientAccumulation = Positive(p.GetValue(accum), "--grad-accum"),
+                WarmupRatio = p.GetValue(warmup), Schedule = ParseEnum(() => TrainOptions.ParseSchedule(p.GetValue(schedule)!)),
+                WeightDecay = p.GetValue(weightDecay), MaxGradNorm = p.GetValue(clip), Seed = p.GetValue(seed),
+                CheckpointDir = Path.Combine(p.GetValue(outDir)!, "checkpoints"), Resume = p.GetValue(resume), Device = device,
+            };
+            if (trainOptions.MaxSteps is <= 0) throw new UsageException("--max-steps must be positive");
+            RunTrain(p.GetValue(model)!, p.GetValue(data)!, p.GetValue(evalData), peftConfig, trainOptions, dataOptions,
+                p.GetValue(evalLimit), p.GetValue(outDir)!, device);
+        }, options);
+    }
+
+    static void RunTrain(string modelDir, string dataPath, string? evalPath, PeftConfig peft, TrainOptions train, DataOptions dataOptions,
+        int evalLimit, string outDir, TorchSharp.torch.Device device)
+    {
+        // Read and validate all inputs before any work, so a bad line costs nothing.
+        var examples = InstructionData.ReadJsonl(dataPath, dataOptions);
+        var dev = evalPath is null ? null : InstructionData.ReadJsonl(evalPath, dataOptions);
+        using var loaded = LoadedModel.Open(modelDir, null, device);
+        var (m, tok) = (loaded.Model, loaded.Tokenizer);
+        TorchSharp.torch.manual_seed(train.Seed);
+        PeftModel.Apply(m, peft);
+        m.to(device);
+        var spec = PeftModel.Spec(m);
+        var total = m.parameters().Sum(x => x.numel());
+        Console.WriteLine($"{PeftConfig.MethodName(peft.Method)}: {spec.Parameters:N0} trainable parameters ({100.0 * spec.Parameters / m.Config.ParameterCount():F3}% of {m.Config.ParameterCount():N0}), {spec.Bytes:N0} bytes per update");
+        var tokenized = examples.Select(e => InstructionData.Tokenize(e, tok, dataOptions)).ToList();
+        var pad = tok.PadId ?? tok.EosId ?? 0;
+        var devTokens = dev?.Take(evalLimit > 0 ? evalLimit : int.MaxValue).Select(e => InstructionData.Tokenize(e, tok, dataOptions)).ToList();
+        double? before = devTokens is null ? null : Evaluator.Loss(m, devTokens, pad, train.BatchSize).Loss;
+        if (before is double b) Console.WriteLine($"eval loss before: {b:F4} (ppl {Math.Exp(b):F2})");
+        Directory.CreateDirectory(outDir);
+        TrainResult result;
+        using (var progress = TrainingProgress.Create())
+            result = new LocalTrainer(m, train, pad).Train(tokenized, progress);
+        if (result.ResumedFromEpoch > 0) Console.WriteLine($"resumed after epoch {result.ResumedFromEpoch}");
+        Console.WriteLine($"trained {result.Steps} steps on {result.Samples} samples: loss {result.FirstLoss:F4} → {result.LastLoss:F4}, {result.TokensPerSecond:F0} tokens/s, {result.Elapsed.TotalSeconds:F1}s");
+        AdapterFolder.Save(m, peft, outDir, modelDir);
+        var summary = new Dictionary<string, object?>
+        {
+            ["method"] = PeftConfig.MethodName(peft.Method), ["trainable_parameters"] = spec.Parameters, ["update_bytes"] = spec.Bytes,
+            ["steps"] = result.Steps, ["first_loss"] = result.FirstLoss, ["last_loss"] = result.LastLoss, ["tokens_per_second"] = result.TokensPerSecond,
+            ["eval_loss_before"] = before,
+        };
+        if (dev != null)
+        {
+            var report = Evaluator.Run(m, tok, dev, dataOptions, new EvalOptions { Limit = evalLimit, BatchSize = train.BatchSize });
+            Console.WriteLine($"eval loss after: {report.Loss:F4} (ppl {report.Perplexity:F2})");
+            PrintScores(report);
+            summary["eval_loss_after"] = report.Loss;
+            summary["scores"] = report.Scores;
+        }
+        File.WriteAllText(Path.Combine(outDir, "train_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
+        Console.WriteLine($"adapter written to {outDir}");
+    }
+
+    public static Command Eval()
+    {
+        var model = new Option<string?>("--model") { Description = "Base model folder" };
+        var adapter = new Option<string?>("--adapter") { Description = "Adapter folder (PEFT layout) or a merged/full model folder" };
+        var data = Required<string>("--data", "Test JSONL");
+        var json = Opt("--json", "Print the report as JSON", false);
+        var batch = Opt("--batch-size", "Batch size", 16);
+        var limit = Opt("--limit", "Evaluate at most N examples (0 = all)", 0);
+        var noGenerate = Opt("--no-generate", "Loss and perplexity only", false);
+        var dataSet = new DataOptionSet();
+        var sampling = new SamplingOptionSet();
+        var runtime = new RuntimeOptionSet();
+        return new Command("eval", "Loss, perplexity, ROUGE-1/2/L and BLEU-4 on a JSONL set").With(p =>
+        {
+            var device = runtime.Apply(p);
+            var dataOptions = dataSet.Read(p);
+            var samplingOptions = sampling.Read(p);
+            var examples = InstructionData.ReadJsonl(p.GetValue(data)!, dataOptions);
+            using var loaded = LoadedModel.Open(p.GetValue(model), p.GetValue(adapter), device);
+            var report = Evaluator.Run(loaded.Model, loaded.Tokenizer, examples, dataOptions, new EvalOptions
+            {
+                BatchSize = Positive(p.GetValue(batch), "--batch-size"), Limit = p.GetValue(limit), Generate = !p.GetValue(noGenerate),
+                Sampling = samplingOptions,
+            });
+            if (p.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(new
+                {
+                    loss = report.Loss, perplexity = report.Perplexity, tokens = report.Tokens,
+                    rouge1 = report.Scores?.Rouge1, rouge2 = report.Scores?.Rouge2, rougeL = report.Scores?.RougeL, bleu4 = report.Scores?.Bleu4,
+                    samples = report.Scores?.Samples ?? examples.Count,
+                }));
+                return;
+            }
+            Console.WriteLine($"loss {report.Loss:F4}  perplexity {report.Perplexity:F2}  ({report.Tokens:N0} response tokens)");
+            PrintScores(report);
+        }, [model, adapter, data, json, batch, limit, noGenerate, .. dataSet.All, .. sampling.All, .. runtime.All]);
+    }
+
+    public static Command Generate()
+    {
+        var model = new Option<string?>("--model") { Description = "Base model folder" };
+        var adapter = new Option<string?>("--adapter") { Description = "Adapter folder" };
+        var prompt = Required<string>("--prompt", "Prompt text (the template is applied)");
+        var template = Opt("--template", "Prompt template; {prompt} is replaced by --prompt", "{prompt}\n");
+        var sampling = new SamplingOptionSet();
+        var runtime = new RuntimeOptionSet();
+        return new Command("generate", "Continue a prompt (greedy, temperature, top-k, top-p)").With(p =>
+        {
+            var device = runtime.Apply(p);
+            var o = sampling.Read(p);
+            using var loaded = LoadedModel.Open(p.GetValue(model), p.GetValue(adapter), device);
+            var example = new Example(p.GetValue(prompt)!, "", "--prompt");
+            var ids = InstructionData.PromptIds(example, loaded.Tokenizer, new DataOptions { Template = p.GetValue(template)!, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
+            if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer has no BOS token");
+            var output = TextGeneration.Generate(loaded.Model, ids, o, loaded.Tokenizer.EosId);
+            Console.WriteLine(loaded.Tokenizer.Decode(output));
+        }, [model, adapter, prompt, template, .. sampling.All, .. runtime.All]);
+    }
+
+    internal static void PrintScores(EvalReport report)
+    {
+        if (report.Scores is not { } s) return;
+        Console.WriteLine($"ROUGE-1 {s.Rouge1:F2}  ROUGE-2 {s.Rouge2:F2}  ROUGE-L {s.RougeL:F2}  BLEU-4 {s.Bleu4:F2}  ({s.Samples} samples)");
+    }
+
+    internal static int Positive(int v, string name) => v > 0 ? v : throw new UsageException($"{name} must be positive, got {v}");
+
+    internal static T ParseEnum<T>(Func<T> parse)
+    {
+        try { return parse(); }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
+    }
+}

@@ -1,0 +1,45 @@
+using System.Diagnostics;
+using FateLlm.Training.Trainer;
+
+namespace FateLlm.Host.Cli;
+
+/// <summary>A redrawn progress bar on a terminal; plain log lines (every few seconds and at the end) otherwise.</summary>
+internal sealed class TrainingProgress : IProgress<TrainProgress>, IDisposable
+{
+    readonly bool _terminal;
+    readonly Stopwatch _sinceLine = Stopwatch.StartNew();
+    readonly string _label;
+    TrainProgress? _last;
+
+    TrainingProgress(bool terminal, string label)
+    {
+        _terminal = terminal;
+        _label = label;
+    }
+
+    public static TrainingProgress Create(string label = "train") => new(!Console.IsOutputRedirected, label);
+
+    public void Report(TrainProgress p)
+    {
+        _last = p;
+        if (_terminal)
+        {
+            const int width = 30;
+            var filled = (int)(width * (double)p.Step / Math.Max(1, p.TotalSteps));
+            Console.Write($"\r{_label} [{new string('#', filled)}{new string('.', width - filled)}] {p.Step}/{p.TotalSteps} loss {p.Loss:F4} {p.TokensPerSecond:F0} tok/s ETA {p.Eta:mm\\:ss}   ");
+        }
+        else if (_sinceLine.Elapsed.TotalSeconds >= 5 || p.Step == p.TotalSteps || p.Step == 1)
+        {
+            Console.WriteLine(Line(p));
+            _sinceLine.Restart();
+        }
+    }
+
+    string Line(TrainProgress p) =>
+        $"{_label} step {p.Step}/{p.TotalSteps} epoch {p.Epoch + 1} loss {p.Loss:F4} lr {p.LearningRate:E2} {p.TokensPerSecond:F0} tok/s elapsed {p.Elapsed:mm\\:ss} eta {p.Eta:mm\\:ss}";
+
+    public void Dispose()
+    {
+        if (_terminal && _last != null) Console.WriteLine();
+    }
+}

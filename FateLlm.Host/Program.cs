@@ -1,0 +1,3 @@
+using FateLlm.Host.Cli;
+
+return CliApp.Run(args);

@@ -1,0 +1,223 @@
+using System.Buffers.Binary;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.IO;
+
+/// <summary>Raised when a safetensors file or buffer is malformed; names the file and tensor.</summary>
+public sealed class SafeTensorsFormatException(string message) : FormatException(message);
+
+/// <summary>
+/// Reads and writes the safetensors format (8-byte little-endian header length, JSON header, raw little-endian
+/// data). Own codec rather than a wrapper: it has to work on in-memory bytes (adapters travel as safetensors
+/// between nodes), write the <c>{"format":"pt"}</c> metadata that transformers checks, and widen fp16/bf16
+/// checkpoints to fp32 on load.
+/// </summary>
+public static class SafeTensors
+{
+    public const long MaxHeaderBytes = 100L * 1024 * 1024;
+
+    public static Dictionary<string, Tensor> Load(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Read(stream, path);
+    }
+
+    public static Dictionary<string, Tensor> FromBytes(ReadOnlySpan<byte> bytes, string origin = "<bytes>")
+    {
+        using var stream = new MemoryStream(bytes.ToArray(), writable: false);
+        return Read(stream, origin);
+    }
+
+    /// <summary>Names and shapes only, without reading tensor data.</summary>
+    public static IReadOnlyDictionary<string, long[]> ReadShapes(string path)
+    {
+        using var stream = File.OpenRead(path);
+        var (entries, _, _) = ReadHeader(stream, path);
+        return entries.ToDictionary(e => e.Name, e => e.Shape);
+    }
+
+    public static IReadOnlyDictionary<string, string> ReadMetadata(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return ReadHeader(stream, path).Metadata;
+    }
+
+    public static Dictionary<string, Tensor> Read(Stream stream, string origin)
+    {
+        var (entries, _, dataStart) = ReadHeader(stream, origin);
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var e in entries.OrderBy(e => e.Begin))
+            {
+                var length = e.End - e.Begin;
+                var raw = new byte[length];
+                stream.Seek(dataStart + e.Begin, SeekOrigin.Begin);
+                stream.ReadExactly(raw);
+                result[e.Name] = Decode(raw, e, origin);
+            }
+        }
+        catch
+        {
+            foreach (var t in result.Values) t.Dispose();
+            throw;
+        }
+        return result;
+    }
+
+    public static void Save(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var tmp = path + ".tmp";
+        using (var stream = File.Create(tmp))
+            Write(stream, tensors, metadata);
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    public static byte[] ToBytes(IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        using var ms = new MemoryStream();
+        Write(ms, tensors, metadata);
+        return ms.ToArray();
+    }
+
+    /// <summary>Writes tensors in name order (deterministic bytes for content addressing) as their own dtype.</summary>
+    public static void Write(Stream stream, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var header = new JsonObject();
+        var meta = new JsonObject { ["format"] = "pt" };
+        if (metadata != null)
+            foreach (var (k, v) in metadata) meta[k] = v;
+        header["__metadata__"] = meta;
+        long offset = 0;
+        var names = tensors.Keys.OrderBy(n => n, StringComparer.Ordinal).ToList();
+        foreach (var name in names)
+        {
+            var t = tensors[name];
+            var bytes = t.numel() * ElementSize(t.dtype, name);
+            header[name] = new JsonObject
+            {
+                ["dtype"] = DTypeName(t.dtype, name),
+                ["shape"] = new JsonArray(t.shape.Select(d => (JsonNode)d).ToArray()),
+                ["data_offsets"] = new JsonArray(offset, offset + bytes),
+            };
+            offset += bytes;
+        }
+        var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
+        // Pad the header with spaces to an 8-byte boundary, as the reference writer does.
+        var padded = (headerBytes.Length + 7) / 8 * 8;
+        Span<byte> len = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
+        stream.Write(len);
+        stream.Write(headerBytes);
+        for (int i = headerBytes.Length; i < padded; i++) stream.WriteByte((byte)' ');
+        foreach (var name in names)
+        {
+            using var scope = NewDisposeScope();
+            var t = tensors[name].detach().cpu().contiguous();
+            stream.Write(t.bytes);
+        }
+    }
+
+    internal readonly record struct Entry(string Name, string DType, long[] Shape, long Begin, long End);
+
+    static (List<Entry> Entries, Dictionary<string, string> Metadata, long DataStart) ReadHeader(Stream stream, string origin)
+    {
+        Span<byte> len = stackalloc byte[8];
+        if (stream.Read(len) != 8) throw new SafeTensorsFormatException($"{origin}: too short to be a safetensors file");
+        var n = BinaryPrimitives.ReadUInt64LittleEndian(len);
+        if (n == 0 || n > MaxHeaderBytes || (long)n > stream.Length - 8)
+            throw new SafeTensorsFormatException($"{origin}: header length {n} is invalid for a {stream.Length}-byte file");
+        var headerBytes = new byte[n];
+        stream.ReadExactly(headerBytes);
+        JsonObject header;
+        try { header = JsonNode.Parse(headerBytes)?.AsObject() ?? throw new JsonException("null header"); }
+        catch (JsonException e) { throw new SafeTensorsFormatException($"{origin}: header is not valid JSON ({e.Message})"); }
+        var dataStart = 8 + (long)n;
+        var dataLength = stream.Length - dataStart;
+        var metadata = new Dictionary<string, string>();
+        var entries = new List<Entry>();
+        foreach (var (name, node) in header)
+        {
+            if (name == "__metadata__")
+            {
+                if (node is JsonObject mo)
+                    foreach (var (k, v) in mo) metadata[k] = v?.ToString() ?? "";
+                continue;
+            }
+            try
+            {
+                var o = node!.AsObject();
+                var dtype = o["dtype"]!.GetValue<string>();
+                var shape = o["shape"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray();
+                var offs = o["data_offsets"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray();
+                if (offs.Length != 2 || offs[0] < 0 || offs[1] < offs[0] || offs[1] > dataLength)
+                    throw new SafeTensorsFormatException($"{origin}: tensor '{name}' has data offsets outside the file");
+                var expected = shape.Aggregate(1L, (a, b) => a * b) * ElementSize(dtype, name);
+                if (expected != offs[1] - offs[0])
+                    throw new SafeTensorsFormatException($"{origin}: tensor '{name}' ({dtype} [{string.Join(",", shape)}]) needs {expected} bytes but spans {offs[1] - offs[0]}");
+                entries.Add(new Entry(name, dtype, shape, offs[0], offs[1]));
+            }
+            catch (Exception e) when (e is not SafeTensorsFormatException)
+            {
+                throw new SafeTensorsFormatException($"{origin}: tensor '{name}' has a malformed header entry ({e.Message})");
+            }
+        }
+        return (entries, metadata, dataStart);
+    }
+
+    static Tensor Decode(byte[] raw, Entry e, string origin)
+    {
+        var t = e.DType switch
+        {
+            "F32" => tensor(Cast<float>(raw), e.Shape),
+            "F64" => tensor(Cast<double>(raw), e.Shape),
+            "I64" => tensor(Cast<long>(raw), e.Shape),
+            "I32" => tensor(Cast<int>(raw), e.Shape),
+            "U8" => tensor(raw, e.Shape),
+            "BOOL" => tensor(raw.Select(b => b != 0).ToArray(), e.Shape),
+            "F16" => tensor(Cast<Half>(raw).Select(h => (float)h).ToArray(), e.Shape),
+            "BF16" => tensor(BFloat16ToFloat(raw), e.Shape),
+            _ => throw new SafeTensorsFormatException($"{origin}: tensor '{e.Name}' has unsupported dtype {e.DType}"),
+        };
+        return t;
+    }
+
+    static T[] Cast<T>(byte[] raw) where T : unmanaged =>
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, T>(raw).ToArray();
+
+    static float[] BFloat16ToFloat(byte[] raw)
+    {
+        var result = new float[raw.Length / 2];
+        for (int i = 0; i < result.Length; i++)
+            result[i] = BitConverter.Int32BitsToSingle(BinaryPrimitives.ReadUInt16LittleEndian(raw.AsSpan(2 * i)) << 16);
+        return result;
+    }
+
+    static string DTypeName(ScalarType t, string name) => t switch
+    {
+        ScalarType.Float32 => "F32",
+        ScalarType.Float64 => "F64",
+        ScalarType.Float16 => "F16",
+        ScalarType.BFloat16 => "BF16",
+        ScalarType.Int64 => "I64",
+        ScalarType.Int32 => "I32",
+        ScalarType.Byte => "U8",
+        ScalarType.Bool => "BOOL",
+        _ => throw new SafeTensorsFormatException($"tensor '{name}': dtype {t} cannot be written to safetensors"),
+    };
+
+    static long ElementSize(ScalarType t, string name) => ElementSize(DTypeName(t, name), name);
+
+    static long ElementSize(string dtype, string name) => dtype switch
+    {
+        "F64" or "I64" => 8,
+        "F32" or "I32" => 4,
+        "F16" or "BF16" => 2,
+        "U8" or "BOOL" => 1,
+        _ => throw new SafeTensorsFormatException($"tensor '{name}' has unsupported dtype {dtype}"),
+    };
+}

@@ -1,0 +1,97 @@
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Models;
+
+/// <summary>What every layer of one forward pass shares: cache, prefix keys/values, mask, rotary tables.</summary>
+internal sealed class DecoderStep
+{
+    public required Tensor Positions { get; init; }
+    public required KvCache? Cache { get; init; }
+    public required IReadOnlyList<(Tensor Key, Tensor Value)>? Prefix { get; init; }
+    /// <summary>Boolean [b|1, 1, S, keys] mask (true = may attend), or null for the plain causal case.</summary>
+    public required Tensor? Mask { get; init; }
+    /// <summary>Rotary tables, filled by families that use RoPE.</summary>
+    public Tensor? Cos { get; set; }
+    public Tensor? Sin { get; set; }
+
+    /// <summary>Joins prefix, cached and new keys/values, stores the real (non-prefix) part back into the cache.</summary>
+    public (Tensor Key, Tensor Value) Extend(int layer, Tensor k, Tensor v)
+    {
+        if (Cache != null)
+        {
+            var (pk, pv) = Cache.Get(layer);
+            if (pk is not null && pv is not null)
+            {
+                k = cat([pk, k], 2);
+                v = cat([pv, v], 2);
+            }
+            Cache.Set(layer, k, v);
+        }
+        if (Prefix != null)
+        {
+            var (xk, xv) = Prefix[layer];
+            k = cat([xk, k], 2);
+            v = cat([xv, v], 2);
+        }
+        return (k, v);
+    }
+
+    /// <summary>Scaled dot-product attention; kv heads are repeated for grouped-query attention as HF's repeat_kv does.</summary>
+    public Tensor Attend(Tensor q, Tensor k, Tensor v)
+    {
+        var rep = q.shape[1] / k.shape[1];
+        if (rep > 1)
+        {
+            k = k.repeat_interleave(rep, dim: 1);
+            v = v.repeat_interleave(rep, dim: 1);
+        }
+        return Mask is null
+            ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)
+            : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: Mask);
+    }
+
+    /// <summary>
+    /// Query i (absolute position past+i) may see every prefix slot, every earlier real key that is not padding,
+    /// and always itself (so a padding row never attends to nothing).
+    /// </summary>
+    public static Tensor? BuildMask(long batch, long newLen, long pastLen, long prefixLen, Tensor? attentionMask, Device device)
+    {
+        if (prefixLen == 0 && pastLen == 0 && attentionMask is null) return null;
+        using var scope = NewDisposeScope();
+        var total = pastLen + newLen;
+        var qpos = arange(pastLen, total, device: device).unsqueeze(1);
+        var kpos = arange(0, total, device: device).unsqueeze(0);
+        var allowed = kpos.le(qpos).unsqueeze(0).unsqueeze(0); // [1,1,S,T+S]
+        if (attentionMask is not null)
+        {
+            if (attentionMask.shape[1] != total)
+                throw new ArgumentException($"attention mask covers {attentionMask.shape[1]} tokens but the sequence has {total}");
+            var keep = attentionMask.to_type(ScalarType.Bool).view(batch, 1, 1, total);
+            allowed = allowed.logical_and(keep).logical_or(kpos.eq(qpos).unsqueeze(0).unsqueeze(0));
+        }
+        if (prefixLen > 0)
+        {
+            var b = allowed.shape[0];
+            allowed = cat([ones(b, 1, newLen, prefixLen, dtype: ScalarType.Bool, device: device), allowed.expand(b, 1, newLen, total)], 3);
+        }
+        return allowed.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Position ids: past+arange, or, with a padding mask, the count of real tokens before each one.</summary>
+    public static Tensor PositionIds(long batch, long newLen, long pastLen, Tensor? attentionMask, Device device)
+    {
+        if (attentionMask is null) return arange(pastLen, pastLen + newLen, device: device).unsqueeze(0).expand(batch, newLen);
+        using var scope = NewDisposeScope();
+        var pos = attentionMask.to_type(ScalarType.Int64).cumsum(1).sub(1).clamp_min(0);
+        return pos.narrow(1, pastLen, newLen).MoveToOuterDisposeScope();
+    }
+
+    public static Tensor Activate(Tensor x, string activation) => activation switch
+    {
+        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => nn.functional.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
+        "gelu" => nn.functional.gelu(x),
+        "relu" => nn.functional.relu(x),
+        "silu" or "swish" => nn.functional.silu(x),
+        _ => throw new ModelFormatException($"activation '{activation}' is not supported"),
+    };
+}

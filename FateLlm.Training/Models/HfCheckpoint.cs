@@ -1,0 +1,147 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FateLlm.Training.IO;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Models;
+
+/// <summary>Loads and saves HF model folders: config.json + model.safetensors, or sharded with model.safetensors.index.json.</summary>
+public static class HfCheckpoint
+{
+    public const string ConfigFile = "config.json";
+    public const string SingleFile = "model.safetensors";
+    public const string IndexFile = "model.safetensors.index.json";
+
+    // Buffers some writers save that carry no learned state.
+    static readonly string[] IgnoredSuffixes = [".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"];
+
+    public sealed record LoadReport(IReadOnlyList<string> IgnoredTensors);
+
+    public static CausalLm Load(string folder) => Load(folder, out _);
+
+    public static CausalLm Load(string folder, out LoadReport report)
+    {
+        if (!Directory.Exists(folder)) throw new ModelFormatException($"{folder}: model folder not found");
+        var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
+        var model = CausalLm.Create(config);
+        var tensors = ReadWeights(folder);
+        try
+        {
+            report = Assign(model, tensors, folder);
+        }
+        finally
+        {
+            foreach (var t in tensors.Values) t.Dispose();
+        }
+        return model;
+    }
+
+    /// <summary>All tensors of a folder, from the single file or every shard of the index.</summary>
+    public static Dictionary<string, Tensor> ReadWeights(string folder)
+    {
+        var single = Path.Combine(folder, SingleFile);
+        var index = Path.Combine(folder, IndexFile);
+        if (File.Exists(single)) return SafeTensors.Load(single);
+        if (!File.Exists(index))
+            throw new ModelFormatException($"{folder}: neither {SingleFile} nor {IndexFile} found");
+        JsonObject map;
+        try { map = JsonNode.Parse(File.ReadAllText(index))!["weight_map"]!.AsObject(); }
+        catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException)
+        { throw new ModelFormatException($"{index}: no valid 'weight_map' ({e.Message})"); }
+        var result = new Dictionary<string, Tensor>();
+        foreach (var shard in map.Select(kv => kv.Value!.GetValue<string>()).Distinct())
+        {
+            var path = Path.Combine(folder, shard);
+            if (!File.Exists(path)) throw new ModelFormatException($"{index}: shard '{shard}' listed but missing");
+            foreach (var (k, t) in SafeTensors.Load(path)) result[k] = t;
+        }
+        return result;
+    }
+
+    public static LoadReport Assign(CausalLm model, IReadOnlyDictionary<string, Tensor> tensors, string origin)
+    {
+        var used = new HashSet<string>();
+        using (no_grad())
+        {
+            foreach (var (name, p) in model.BaseParameters())
+            {
+                var key = Resolve(name, tensors, model.Config)
+                    ?? throw new ModelFormatException($"{origin}: tensor '{name}' is missing from the checkpoint");
+                var t = tensors[key];
+                if (!t.shape.SequenceEqual(p.shape))
+                    throw new ModelFormatException($"{origin}: tensor '{key}' has shape [{string.Join(",", t.shape)}] but the config needs [{string.Join(",", p.shape)}]");
+                p.copy_(t);
+                used.Add(key);
+            }
+        }
+        var ignored = tensors.Keys.Where(k => !used.Contains(k)).ToList();
+        // Tied heads are stored by some writers; equal to the embedding, so nothing is lost by skipping them.
+        var unexpected = ignored.Where(k => k != "lm_head.weight" && !IgnoredSuffixes.Any(k.EndsWith)).ToList();
+        if (unexpected.Count > 0)
+            throw new ModelFormatException($"{origin}: unexpected tensor '{unexpected[0]}' ({unexpected.Count} in all) does not belong to a {model.Config.ModelType} model with this config");
+        return new LoadReport(ignored);
+    }
+
+    static string? Resolve(string name, IReadOnlyDictionary<string, Tensor> tensors, ModelConfig c)
+    {
+        if (tensors.ContainsKey(name)) return name;
+        // A bare GPT2Model checkpoint has no "transformer." prefix.
+        if (c.Family == ModelFamily.Gpt2 && name.StartsWith("transformer.") && tensors.ContainsKey(name["transformer.".Length..]))
+            return name["transformer.".Length..];
+        return null;
+    }
+
+    /// <summary>Saves config and weights; shards when the weights exceed <paramref name="maxShardBytes"/>.</summary>
+    public static void Save(CausalLm model, string folder, long maxShardBytes = 2L << 30)
+    {
+        Directory.CreateDirectory(folder);
+        model.Config.Save(Path.Combine(folder, ConfigFile));
+        var tensors = model.BaseParameters().ToDictionary(p => p.Name, p => (Tensor)p.Param);
+        SaveWeights(tensors, folder, maxShardBytes);
+    }
+
+    public static void SaveWeights(IReadOnlyDictionary<string, Tensor> tensors, string folder, long maxShardBytes = 2L << 30)
+    {
+        foreach (var stale in new[] { SingleFile, IndexFile }.Select(f => Path.Combine(folder, f)).Where(File.Exists)) File.Delete(stale);
+        var total = tensors.Values.Sum(t => t.numel() * t.ElementSize);
+        if (total <= maxShardBytes)
+        {
+            SafeTensors.Save(Path.Combine(folder, SingleFile), tensors);
+            return;
+        }
+        var shards = new List<Dictionary<string, Tensor>> { new() };
+        long current = 0;
+        foreach (var (name, t) in tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            var size = t.numel() * t.ElementSize;
+            if (current > 0 && current + size > maxShardBytes) { shards.Add(new()); current = 0; }
+            shards[^1][name] = t;
+            current += size;
+        }
+        var weightMap = new JsonObject();
+        for (int i = 0; i < shards.Count; i++)
+        {
+            var file = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
+            SafeTensors.Save(Path.Combine(folder, file), shards[i]);
+            foreach (var name in shards[i].Keys) weightMap[name] = file;
+        }
+        var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = weightMap };
+        File.WriteAllText(Path.Combine(folder, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    /// <summary>SHA-256 over the weight files' bytes in name order: the identity parties and arbiter compare.</summary>
+    public static string WeightsDigest(string folder)
+    {
+        var files = Directory.GetFiles(folder, "*.safetensors").Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        if (files.Count == 0) throw new ModelFormatException($"{folder}: no .safetensors weights to hash");
+        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        var buffer = new byte[1 << 20];
+        foreach (var f in files)
+        {
+            using var s = File.OpenRead(Path.Combine(folder, f!));
+            int n;
+            while ((n = s.Read(buffer)) > 0) sha.AppendData(buffer, 0, n);
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+}

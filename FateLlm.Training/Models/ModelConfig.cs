@@ -1,0 +1,146 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace FateLlm.Training.Models;
+
+public enum ModelFamily { Gpt2, Llama }
+
+/// <summary>Raised for a model folder or config we cannot use; the message names the file, field or tensor.</summary>
+public sealed class ModelFormatException(string message) : Exception(message);
+
+/// <summary>
+/// The fields of a HF <c>config.json</c> that shape a decoder LM, normalised across families (GPT-2 names
+/// <c>n_embd</c>, LLaMA names <c>hidden_size</c>). The original JSON is kept so a save round-trips fields we do not use.
+/// </summary>
+public sealed record ModelConfig
+{
+    public required string ModelType { get; init; }
+    public ModelFamily Family => ModelType == "gpt2" ? ModelFamily.Gpt2 : ModelFamily.Llama;
+    public required int VocabSize { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int NumLayers { get; init; }
+    public required int NumHeads { get; init; }
+    public required int NumKvHeads { get; init; }
+    public required int HeadDim { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int MaxPositions { get; init; }
+    public double NormEps { get; init; } = 1e-5;
+    public double RopeTheta { get; init; } = 10000.0;
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>Bias on q/k/v projections (Qwen2 always; LLaMA when <c>attention_bias</c>).</summary>
+    public bool QkvBias { get; init; }
+    /// <summary>Bias on the attention output projection (LLaMA <c>attention_bias</c>).</summary>
+    public bool OutputBias { get; init; }
+    public bool MlpBias { get; init; }
+    public string Activation { get; init; } = "gelu_new";
+    public bool ScaleAttnByInverseLayerIdx { get; init; }
+    public int? BosTokenId { get; init; }
+    public int? EosTokenId { get; init; }
+    public int? PadTokenId { get; init; }
+    public JsonObject Raw { get; init; } = new();
+
+    public static readonly string[] SupportedModelTypes = ["gpt2", "llama", "qwen2", "mistral"];
+
+    public static ModelConfig Load(string path)
+    {
+        if (!File.Exists(path)) throw new ModelFormatException($"{path}: config.json not found");
+        JsonObject o;
+        try { o = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new JsonException("empty"); }
+        catch (JsonException e) { throw new ModelFormatException($"{path}: not valid JSON ({e.Message})"); }
+        return FromJson(o, path);
+    }
+
+    public static ModelConfig FromJson(JsonObject o, string origin = "config.json")
+    {
+        var type = Str(o, "model_type") ?? throw new ModelFormatException($"{origin}: field 'model_type' is missing");
+        if (!SupportedModelTypes.Contains(type))
+            throw new ModelFormatException($"{origin}: model_type '{type}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})");
+        int Req(params string[] names) => names.Select(n => Int(o, n)).FirstOrDefault(v => v.HasValue)
+            ?? throw new ModelFormatException($"{origin}: field '{names[0]}' is missing");
+        if (o["rope_scaling"] is JsonObject rs && rs.Count > 0)
+            throw new ModelFormatException($"{origin}: field 'rope_scaling' ({rs.ToJsonString()}) is not supported; only plain RoPE is implemented");
+        if (type == "gpt2")
+        {
+            var hidden = Req("n_embd", "hidden_size");
+            var heads = Req("n_head", "num_attention_heads");
+            if (hidden % heads != 0) throw new ModelFormatException($"{origin}: n_embd {hidden} is not divisible by n_head {heads}");
+            if (o["reorder_and_upcast_attn"]?.GetValue<bool>() == true)
+                throw new ModelFormatException($"{origin}: field 'reorder_and_upcast_attn' = true is not supported");
+            return new ModelConfig
+            {
+                ModelType = type, Raw = o,
+                VocabSize = Req("vocab_size"), HiddenSize = hidden, NumLayers = Req("n_layer", "num_hidden_layers"),
+                NumHeads = heads, NumKvHeads = heads, HeadDim = hidden / heads,
+                IntermediateSize = Int(o, "n_inner") ?? 4 * hidden,
+                MaxPositions = Req("n_positions", "max_position_embeddings"),
+                NormEps = Dbl(o, "layer_norm_epsilon") ?? 1e-5,
+                TieWordEmbeddings = Bool(o, "tie_word_embeddings") ?? true,
+                QkvBias = true, OutputBias = true, MlpBias = true,
+                Activation = Str(o, "activation_function") ?? "gelu_new",
+                ScaleAttnByInverseLayerIdx = Bool(o, "scale_attn_by_inverse_layer_idx") ?? false,
+                BosTokenId = FirstId(o, "bos_token_id"), EosTokenId = FirstId(o, "eos_token_id"), PadTokenId = FirstId(o, "pad_token_id"),
+            };
+        }
+        var h = Req("hidden_size");
+        var nh = Req("num_attention_heads");
+        var attnBias = Bool(o, "attention_bias") ?? false;
+        var cfg = new ModelConfig
+        {
+            ModelType = type, Raw = o,
+            VocabSize = Req("vocab_size"), HiddenSize = h, NumLayers = Req("num_hidden_layers"),
+            NumHeads = nh, NumKvHeads = Int(o, "num_key_value_heads") ?? nh,
+            HeadDim = Int(o, "head_dim") ?? h / nh,
+            IntermediateSize = Req("intermediate_size"),
+            MaxPositions = Int(o, "max_position_embeddings") ?? 2048,
+            NormEps = Dbl(o, "rms_norm_eps") ?? 1e-6,
+            RopeTheta = Dbl(o, "rope_theta") ?? 10000.0,
+            TieWordEmbeddings = Bool(o, "tie_word_embeddings") ?? false,
+            QkvBias = type == "qwen2" || attnBias,
+            OutputBias = type != "qwen2" && attnBias,
+            MlpBias = Bool(o, "mlp_bias") ?? false,
+            Activation = Str(o, "hidden_act") ?? "silu",
+            BosTokenId = FirstId(o, "bos_token_id"), EosTokenId = FirstId(o, "eos_token_id"), PadTokenId = FirstId(o, "pad_token_id"),
+        };
+        if (cfg.NumHeads % cfg.NumKvHeads != 0)
+            throw new ModelFormatException($"{origin}: num_attention_heads {cfg.NumHeads} is not a multiple of num_key_value_heads {cfg.NumKvHeads}");
+        if (cfg.HeadDim % 2 != 0) throw new ModelFormatException($"{origin}: head_dim {cfg.HeadDim} must be even for RoPE");
+        return cfg;
+    }
+
+    /// <summary>Writes config.json: the original fields, plus <c>architectures</c> and <c>torch_dtype</c> when absent.</summary>
+    public void Save(string path)
+    {
+        var o = JsonNode.Parse(Raw.ToJsonString())!.AsObject();
+        o["architectures"] ??= new JsonArray(Family == ModelFamily.Gpt2 ? "GPT2LMHeadModel"
+            : ModelType == "qwen2" ? "Qwen2ForCausalLM" : ModelType == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM");
+        o["torch_dtype"] ??= "float32";
+        File.WriteAllText(path, o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    public long ParameterCount()
+    {
+        long h = HiddenSize, v = VocabSize, L = NumLayers, kv = NumKvHeads * HeadDim, q = NumHeads * HeadDim, i = IntermediateSize;
+        if (Family == ModelFamily.Gpt2)
+        {
+            var layer = (h * 3 * h + 3 * h) + (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
+            return v * h + MaxPositions * h + L * layer + 2 * h + (TieWordEmbeddings ? 0 : v * h);
+        }
+        var attn = h * q + 2 * h * kv + q * h + (QkvBias ? q + 2 * kv : 0) + (OutputBias ? h : 0);
+        var mlp = 3 * h * i + (MlpBias ? 2 * i + h : 0);
+        return v * h + L * (attn + mlp + 2 * h) + h + (TieWordEmbeddings ? 0 : v * h);
+    }
+
+    static string? Str(JsonObject o, string n) => o[n] is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
+    static int? Int(JsonObject o, string n) => Number(o[n]) is double d ? (int)d : null;
+    static double? Dbl(JsonObject o, string n) => Number(o[n]);
+    // Values built in code are typed (int, long, double); parsed ones are JsonElements: read both through their JSON text.
+    static double? Number(JsonNode? node) =>
+        node is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? double.Parse(v.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture) : null;
+    static bool? Bool(JsonObject o, string n) => o[n] is JsonValue v && v.TryGetValue<bool>(out var b) ? b : null;
+    // Some configs list several EOS ids; the first is the one generation stops on by default.
+    static int? FirstId(JsonObject o, string n) => o[n] switch
+    {
+        JsonArray a when a.Count > 0 => Number(a[0]) is double d ? (int)d : null,
+        var v => Number(v) is double d ? (int)d : null,
+    };
+}

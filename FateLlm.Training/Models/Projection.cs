@@ -1,0 +1,170 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Models;
+
+/// <summary>A LoRA factor: one trainable matrix under the name <c>weight</c>, as PEFT names <c>lora_A.weight</c>.</summary>
+public sealed class LoraFactor : nn.Module
+{
+    public Parameter weight { get; }
+    public LoraFactor(long rows, long cols) : base("LoraFactor")
+    {
+        weight = new Parameter(zeros(rows, cols));
+        register_parameter("weight", weight);
+    }
+}
+
+/// <summary>
+/// An affine projection y = xW^T + b with an optional LoRA branch (Hu et al. 2021):
+/// y += dropout(x) A^T B^T · alpha / r. GPT-2's Conv1D stores W as [in, out]; we keep that layout
+/// (<see cref="Conv1DLayout"/>) so HF tensors load and save without transposes.
+/// </summary>
+public sealed class Projection : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight { get; private set; }
+    public Parameter? bias { get; private set; }
+    public bool Conv1DLayout { get; }
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    public LoraFactor? LoraA { get; private set; }
+    public LoraFactor? LoraB { get; private set; }
+    public double LoraScaling { get; private set; }
+    double _loraDropout;
+    public bool Merged { get; private set; }
+
+    public Projection(long inFeatures, long outFeatures, bool hasBias, bool conv1dLayout = false) : base("Projection")
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        Conv1DLayout = conv1dLayout;
+        weight = new Parameter(conv1dLayout ? empty(inFeatures, outFeatures) : empty(outFeatures, inFeatures));
+        register_parameter("weight", weight);
+        if (hasBias)
+        {
+            bias = new Parameter(zeros(outFeatures));
+            register_parameter("bias", bias);
+        }
+    }
+
+    public bool HasLora => LoraA != null;
+
+    public void AddLora(int r, double alpha, double dropout)
+    {
+        if (HasLora) throw new InvalidOperationException("LoRA is already attached to this projection");
+        if (r <= 0) throw new ArgumentOutOfRangeException(nameof(r), "LoRA rank must be positive");
+        LoraA = new LoraFactor(r, InFeatures);
+        LoraB = new LoraFactor(OutFeatures, r);
+        using (no_grad())
+            nn.init.kaiming_uniform_(LoraA.weight, a: Math.Sqrt(5));
+        // B = 0 so the adapted model starts exactly at the base model.
+        LoraScaling = alpha / r;
+        _loraDropout = dropout;
+        register_module("lora_A", LoraA);
+        register_module("lora_B", LoraB);
+    }
+
+    /// <summary>The LoRA update ΔW in this projection's weight layout.</summary>
+    public Tensor LoraDelta()
+    {
+        if (LoraA is null || LoraB is null) throw new InvalidOperationException("no LoRA attached");
+        var d = LoraB.weight.matmul(LoraA.weight).mul(LoraScaling);
+        return Conv1DLayout ? d.t() : d;
+    }
+
+    public void Merge()
+    {
+        if (!HasLora || Merged) return;
+        using var _ = no_grad();
+        using var d = LoraDelta();
+        weight.add_(d);
+        Merged = true;
+    }
+
+    public void Unmerge()
+    {
+        if (!HasLora || !Merged) return;
+        using var _ = no_grad();
+        using var d = LoraDelta();
+        weight.sub_(d);
+        Merged = false;
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var y = Conv1DLayout
+            ? (bias is null ? x.matmul(weight) : addmm(bias, x.reshape(-1, InFeatures), weight, 1, 1).reshape(LeadingShape(x, OutFeatures)))
+            : nn.functional.linear(x, weight, bias);
+        if (LoraA is null || LoraB is null || Merged) return y;
+        var h = training && _loraDropout > 0 ? nn.functional.dropout(x, _loraDropout, training) : x;
+        return y.add_(nn.functional.linear(nn.functional.linear(h, LoraA.weight), LoraB.weight).mul_(LoraScaling));
+    }
+
+    static long[] LeadingShape(Tensor x, long last)
+    {
+        var s = x.shape.ToArray();
+        s[^1] = last;
+        return s;
+    }
+}
+
+/// <summary>RMSNorm as HF LLaMA computes it: in fp32, x · rsqrt(mean(x²) + eps) · weight.</summary>
+public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight { get; }
+    readonly double _eps;
+    public RmsNorm(long dim, double eps) : base("RmsNorm")
+    {
+        _eps = eps;
+        weight = new Parameter(ones(dim));
+        register_parameter("weight", weight);
+    }
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var xf = x.to_type(ScalarType.Float32);
+        var normed = xf.mul(xf.pow(2).mean([-1L], keepdim: true).add(_eps).rsqrt());
+        return weight.mul(normed.to_type(x.dtype)).MoveToOuterDisposeScope();
+    }
+}
+
+public sealed class LayerNorm : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight { get; }
+    public Parameter bias { get; }
+    readonly double _eps;
+    readonly long _dim;
+    public LayerNorm(long dim, double eps) : base("LayerNorm")
+    {
+        _eps = eps;
+        _dim = dim;
+        weight = new Parameter(ones(dim));
+        bias = new Parameter(zeros(dim));
+        register_parameter("weight", weight);
+        register_parameter("bias", bias);
+    }
+    public override Tensor forward(Tensor x) => nn.functional.layer_norm(x, [_dim], weight, bias, _eps);
+}
+
+/// <summary>An embedding table registered as <c>weight</c>, as HF names it.</summary>
+public sealed class Embedding : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight { get; }
+    public Embedding(long count, long dim) : base("Embedding")
+    {
+        weight = new Parameter(empty(count, dim));
+        register_parameter("weight", weight);
+    }
+    public override Tensor forward(Tensor ids) => weight.index_select(0, ids.reshape(-1)).reshape([.. ids.shape, weight.shape[1]]);
+}
+
+/// <summary>An ordered list of layers named "0", "1", … like torch's ModuleList.</summary>
+public sealed class LayerList<T> : nn.Module where T : nn.Module
+{
+    public IReadOnlyList<T> Items { get; }
+    public LayerList(IEnumerable<T> items) : base("LayerList")
+    {
+        Items = items.ToList();
+        for (int i = 0; i < Items.Count; i++) register_module(i.ToString(), Items[i]);
+    }
+}

@@ -1,0 +1,216 @@
+using System.Diagnostics;
+using System.Text.Json;
+using FateLlm.Training.Data;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Trainer;
+
+public enum LrSchedule { Constant, Linear, Cosine }
+
+public sealed record TrainOptions
+{
+    public int Epochs { get; init; } = 1;
+    /// <summary>Stops after this many optimizer steps (overrides epochs when set).</summary>
+    public int? MaxSteps { get; init; }
+    public int BatchSize { get; init; } = 8;
+    public int GradientAccumulation { get; init; } = 1;
+    public double LearningRate { get; init; } = 2e-4;
+    public double WeightDecay { get; init; }
+    public double WarmupRatio { get; init; }
+    public LrSchedule Schedule { get; init; } = LrSchedule.Linear;
+    public double MaxGradNorm { get; init; } = 1.0;
+    public long Seed { get; init; } = 42;
+    /// <summary>FedProx μ: adds μ/2·‖w − w₀‖² over trainable tensors against <see cref="ProximalReference"/>.</summary>
+    public double ProximalMu { get; init; }
+    public IReadOnlyDictionary<string, Tensor>? ProximalReference { get; init; }
+    /// <summary>Folder for per-epoch checkpoints of the trainable state; resumable.</summary>
+    public string? CheckpointDir { get; init; }
+    public bool Resume { get; init; }
+    public Device? Device { get; init; }
+
+    public static LrSchedule ParseSchedule(string s) => s.ToLowerInvariant() switch
+    {
+        "constant" => LrSchedule.Constant,
+        "linear" => LrSchedule.Linear,
+        "cosine" => LrSchedule.Cosine,
+        _ => throw new ArgumentException($"unknown schedule '{s}' (constant, linear, cosine)"),
+    };
+}
+
+public sealed record TrainProgress(int Step, int TotalSteps, int Epoch, double Loss, double LearningRate, double TokensPerSecond, TimeSpan Elapsed)
+{
+    public TimeSpan Eta => Step == 0 ? TimeSpan.Zero : Elapsed / Step * (TotalSteps - Step);
+}
+
+public sealed record TrainResult(int Steps, double FirstLoss, double LastLoss, double MeanLoss, long Tokens, int Samples, TimeSpan Elapsed, int ResumedFromEpoch)
+{
+    public double TokensPerSecond => Elapsed.TotalSeconds > 0 ? Tokens / Elapsed.TotalSeconds : 0;
+}
+
+/// <summary>
+/// Local fine-tuning of a model's trainable parameters: AdamW, warmup + linear/cosine decay, gradient clipping and
+/// accumulation. Deterministic on CPU for a given seed and thread count: data order and dropout are re-seeded per
+/// epoch, which also makes a resumed run identical to an uninterrupted one.
+/// </summary>
+public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId)
+{
+    public TrainResult Train(IReadOnlyList<TokenizedExample> data, IProgress<TrainProgress>? progress = null, CancellationToken ct = default)
+    {
+        if (data.Count == 0) throw new ArgumentException("no training examples");
+        var o = options;
+        var trainable = PeftModel.TrainableParameters(model);
+        if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (apply a PEFT method first)");
+        var batchesPerEpoch = (data.Count + o.BatchSize - 1) / o.BatchSize;
+        var stepsPerEpoch = Math.Max(1, batchesPerEpoch / o.GradientAccumulation);
+        var totalSteps = o.MaxSteps ?? stepsPerEpoch * o.Epochs;
+        var epochs = o.MaxSteps is int ms ? (ms + stepsPerEpoch - 1) / stepsPerEpoch : o.Epochs;
+        var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
+        var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
+
+        int step = 0, startEpoch = 0;
+        if (o.Resume && o.CheckpointDir is string dir && TrainerCheckpoint.Latest(dir) is { } ckpt)
+        {
+            ckpt.Restore(model, optimizer);
+            step = ckpt.Step;
+            startEpoch = ckpt.Epoch + 1;
+        }
+
+        model.train();
+        var sw = Stopwatch.StartNew();
+        long tokens = 0;
+        double first = double.NaN, last = double.NaN, sum = 0;
+        int counted = 0, samples = 0;
+        for (int epoch = startEpoch; epoch < epochs && step < totalSteps; epoch++)
+        {
+            manual_seed(o.Seed + epoch);
+            var order = Enumerable.Range(0, data.Count).ToArray();
+            new Random((int)(o.Seed + epoch)).Shuffle(order);
+            double accumulated = 0;
+            int micro = 0;
+            for (int b = 0; b < batchesPerEpoch && step < totalSteps; b++)
+            {
+                ct.ThrowIfCancellationRequested();
+                var items = order.Skip(b * o.BatchSize).Take(o.BatchSize).Select(i => data[i]).ToList();
+                using (var scope = NewDisposeScope())
+                {
+                    using var batch = InstructionData.Collate(items, padId, o.Device);
+                    var loss = LanguageModelLoss.Compute(model, batch);
+                    if (o.ProximalMu > 0 && o.ProximalReference != null)
+                        loss = loss.add(ProximalTerm(trainable, o.ProximalReference, o.ProximalMu));
+                    loss.div(o.GradientAccumulation).backward();
+                    accumulated += loss.item<float>() / o.GradientAccumulation;
+                    tokens += batch.Tokens;
+                    samples += items.Count;
+                }
+                if (++micro < o.GradientAccumulation && b < batchesPerEpoch - 1) continue;
+                if (o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(trainable.Select(p => p.Param), o.MaxGradNorm);
+                var lr = o.LearningRate * LrFactor(o.Schedule, step, warmup, totalSteps);
+                foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+                optimizer.step();
+                optimizer.zero_grad();
+                step++;
+                var stepLoss = accumulated * o.GradientAccumulation / micro;
+                if (double.IsNaN(first)) first = stepLoss;
+                last = stepLoss;
+                sum += stepLoss;
+                counted++;
+                accumulated = 0;
+                micro = 0;
+                progress?.Report(new TrainProgress(step, totalSteps, epoch, stepLoss, lr, tokens / Math.Max(1e-9, sw.Elapsed.TotalSeconds), sw.Elapsed));
+            }
+            if (o.CheckpointDir != null) TrainerCheckpoint.Save(o.CheckpointDir, epoch, step, model, optimizer);
+        }
+        model.eval();
+        return new TrainResult(step, first, last, counted > 0 ? sum / counted : double.NaN, tokens, samples, sw.Elapsed, startEpoch);
+    }
+
+    static Tensor ProximalTerm(IReadOnlyList<(string Name, Parameter Param)> trainable, IReadOnlyDictionary<string, Tensor> reference, double mu)
+    {
+        Tensor? total = null;
+        foreach (var (name, p) in trainable)
+        {
+            if (!reference.TryGetValue(name, out var w0)) throw new PeftException($"FedProx reference lacks tensor '{name}'");
+            var d = p.sub(w0).pow(2).sum();
+            total = total is null ? d : total.add(d);
+        }
+        return total!.mul(mu / 2);
+    }
+
+    /// <summary>HF's schedules: linear warmup, then constant, linear decay to 0, or half-cosine to 0.</summary>
+    public static double LrFactor(LrSchedule s, int step, int warmup, int total)
+    {
+        if (step < warmup) return (step + 1) / (double)warmup;
+        var progress = total > warmup ? (step - warmup) / (double)(total - warmup) : 0;
+        return s switch
+        {
+            LrSchedule.Constant => 1,
+            LrSchedule.Linear => Math.Max(0, 1 - progress),
+            _ => 0.5 * (1 + Math.Cos(Math.PI * progress)),
+        };
+    }
+}
+
+public static class LanguageModelLoss
+{
+    /// <summary>Mean next-token cross-entropy over labelled positions (labels shifted by one, -100 ignored).</summary>
+    public static Tensor Compute(CausalLm model, Batch batch)
+    {
+        // Right padding needs no attention mask: padded positions come after every real token.
+        var logits = model.Forward(batch.InputIds);
+        return Shifted(logits, batch.Labels, reduction: nn.Reduction.Mean);
+    }
+
+    public static Tensor Shifted(Tensor logits, Tensor labels, nn.Reduction reduction)
+    {
+        var len = logits.shape[1];
+        var l = logits.narrow(1, 0, len - 1).reshape(-1, logits.shape[2]);
+        var y = labels.narrow(1, 1, len - 1).reshape(-1);
+        return nn.functional.cross_entropy(l, y, ignore_index: InstructionData.IgnoreIndex, reduction: reduction);
+    }
+}
+
+/// <summary>Per-epoch checkpoint: trainable tensors, optimizer state, counters.</summary>
+public sealed record TrainerCheckpoint(string Folder, int Epoch, int Step)
+{
+    const string Trainable = "trainable.safetensors", Optimizer = "optimizer.bin", State = "trainer_state.json";
+
+    public static void Save(string dir, int epoch, int step, CausalLm model, OptimizerHelper optimizer)
+    {
+        var folder = Path.Combine(dir, $"epoch-{epoch:D4}");
+        var tmp = folder + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        var state = PeftModel.TrainableState(model);
+        SafeTensors.Save(Path.Combine(tmp, Trainable), state);
+        foreach (var t in state.Values) t.Dispose();
+        optimizer.save_state_dict(Path.Combine(tmp, Optimizer));
+        File.WriteAllText(Path.Combine(tmp, State), JsonSerializer.Serialize(new { epoch, step }));
+        if (Directory.Exists(folder)) Directory.Delete(folder, true);
+        Directory.Move(tmp, folder); // atomic: a crash never leaves a half-written checkpoint under the final name
+    }
+
+    public static TrainerCheckpoint? Latest(string dir)
+    {
+        if (!Directory.Exists(dir)) return null;
+        return Directory.GetDirectories(dir, "epoch-*").Where(d => !d.EndsWith(".tmp") && File.Exists(Path.Combine(d, State)))
+            .Select(d =>
+            {
+                using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(d, State)));
+                return new TrainerCheckpoint(d, doc.RootElement.GetProperty("epoch").GetInt32(), doc.RootElement.GetProperty("step").GetInt32());
+            })
+            .OrderBy(c => c.Epoch).LastOrDefault();
+    }
+
+    public void Restore(CausalLm model, OptimizerHelper optimizer)
+    {
+        var state = SafeTensors.Load(Path.Combine(Folder, Trainable));
+        try { PeftModel.LoadTrainableState(model, state, Folder); }
+        finally { foreach (var t in state.Values) t.Dispose(); }
+        optimizer.load_state_dict(Path.Combine(Folder, Optimizer));
+    }
+}
