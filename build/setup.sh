@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages FateLlm needs and that a fresh Debian/Ubuntu with the .NET SDK may lack:
+#   g++ and patchelf  — make TorchSharp's native library load on libstdc++ older than GCC 13 (Debian 12);
+#   wordnet-base      — the offline WordNet 3.0 dictionary the demo and paper experiment train on.
+# Idempotent: installs only what is missing; runs apt-get update once, and only if something is missing.
+set -euo pipefail
+missing=()
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v patchelf >/dev/null 2>&1 || missing+=(patchelf)
+[ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,88 @@
+using System.Text.Json;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace FateLlm.Tests;
+
+/// <summary>Checkpoints written by an independent PyTorch implementation (tests/reference/make_fixtures.py).</summary>
+public class ModelParitySpec
+{
+    public static TheoryData<string> Cases => new() { "gpt2", "llama-gqa", "qwen2-bias-sharded", "llama-tied-bf16" };
+
+    static (Tensor Ids, Tensor Logits) Expected(string name)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(TestSupport.FixturePath(name, "expected_logits.json")));
+        var r = doc.RootElement;
+        var ids = r.GetProperty("input_ids").EnumerateArray().Select(row => row.EnumerateArray().Select(x => x.GetInt64()).ToArray()).ToArray();
+        var shape = r.GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()).ToArray();
+        var logits = r.GetProperty("logits").EnumerateArray().Select(x => x.GetSingle()).ToArray();
+        return (TestSupport.Ids(ids), tensor(logits, shape));
+    }
+
+    [Theory, MemberData(nameof(Cases))]
+    public void Logits_match_the_pytorch_reference_within_1e_4(string name)
+    {
+        using var model = HfCheckpoint.Load(TestSupport.FixturePath(name));
+        model.eval();
+        var (ids, expected) = Expected(name);
+        using var _ = no_grad();
+        var logits = model.Forward(ids);
+        Assert.Equal(expected.shape, logits.shape);
+        Assert.True(TestSupport.MaxAbsDiff(logits, expected) < 1e-4, $"max |Δ| = {TestSupport.MaxAbsDiff(logits, expected)}");
+    }
+
+    [Theory, MemberData(nameof(Cases))]
+    public void Saving_and_reloading_keeps_every_tensor_and_the_logits(string name)
+    {
+        using var model = HfCheckpoint.Load(TestSupport.FixturePath(name));
+        var dir = TestSupport.TempDir();
+        HfCheckpoint.Save(model, dir, maxShardBytes: 40_000);
+        using var again = HfCheckpoint.Load(dir);
+        var (ids, expected) = Expected(name);
+        using var _ = no_grad();
+        Assert.True(TestSupport.MaxAbsDiff(again.Forward(ids), expected) < 1e-4);
+        Assert.True(File.Exists(Path.Combine(dir, HfCheckpoint.IndexFile)), "small shard limit should produce a sharded checkpoint");
+    }
+
+    [Fact]
+    public void Unknown_model_type_is_rejected_by_name()
+    {
+        var dir = CopyFixture("gpt2");
+        var cfg = File.ReadAllText(Path.Combine(dir, "config.json")).Replace("\"gpt2\"", "\"bloom\"");
+        File.WriteAllText(Path.Combine(dir, "config.json"), cfg);
+        var e = Assert.Throws<ModelFormatException>(() => HfCheckpoint.Load(dir));
+        Assert.Contains("model_type 'bloom'", e.Message);
+    }
+
+    [Fact]
+    public void A_missing_tensor_is_named()
+    {
+        var dir = CopyFixture("llama-gqa");
+        var path = Path.Combine(dir, "model.safetensors");
+        var tensors = SafeTensors.Load(path);
+        tensors.Remove("model.layers.1.mlp.up_proj.weight");
+        SafeTensors.Save(path, tensors);
+        var e = Assert.Throws<ModelFormatException>(() => HfCheckpoint.Load(dir));
+        Assert.Contains("model.layers.1.mlp.up_proj.weight", e.Message);
+    }
+
+    [Fact]
+    public void A_shape_mismatch_is_named()
+    {
+        var dir = CopyFixture("llama-gqa");
+        var cfg = File.ReadAllText(Path.Combine(dir, "config.json")).Replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+        File.WriteAllText(Path.Combine(dir, "config.json"), cfg);
+        var e = Assert.Throws<ModelFormatException>(() => HfCheckpoint.Load(dir));
+        Assert.Contains("model.layers.0.mlp.gate_proj.weight", e.Message);
+        Assert.Contains("[96,48]", e.Message);
+    }
+
+    static string CopyFixture(string name)
+    {
+        var dir = TestSupport.TempDir();
+        foreach (var f in Directory.GetFiles(TestSupport.FixturePath(name))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        return dir;
+    }
+}
