@@ -1,0 +1,153 @@
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Aggregation;
+
+/// <summary>One party's contribution to a round: Δ_k = θ_k − θ by tensor name, and the samples it trained on.</summary>
+public sealed record AdapterDelta(string Party, IReadOnlyDictionary<string, Tensor> Tensors, long Samples);
+
+/// <summary>Raised when an update does not fit the job's adapter spec; names the party and the tensor.</summary>
+public sealed class AggregationException(string message) : Exception(message);
+
+/// <summary>
+/// A server-side aggregation rule (Flower's Strategy idea, data in, data out): given the global trainable state,
+/// the round's deltas and the strategy's own state, return the new global state. Everything is by tensor
+/// name, never by position. State tensors (momenta) are returned so they can be persisted with the round.
+/// </summary>
+public interface IAggregationStrategy
+{
+    string Name { get; }
+    AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState);
+}
+
+public sealed record AggregationOutcome(Dictionary<string, Tensor> Global, Dictionary<string, Tensor> ServerState);
+
+public sealed record ServerOptimizerOptions
+{
+    public double LearningRate { get; init; } = 1.0;
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.99;
+    public double Tau { get; init; } = 1e-3;
+    /// <summary>FedAvgM momentum.</summary>
+    public double Momentum { get; init; } = 0.9;
+}
+
+public static class AggregationStrategies
+{
+    public static readonly string[] Names = ["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"];
+
+    public static IAggregationStrategy Create(string name, ServerOptimizerOptions? options = null)
+    {
+        var o = options ?? new ServerOptimizerOptions();
+        return name.ToLowerInvariant() switch
+        {
+            "fedavg" => new FedAvg(o.LearningRate),
+            "fedavgm" => new FedAvgM(o),
+            "fedadagrad" or "fedadam" or "fedyogi" => new AdaptiveFedOpt(name.ToLowerInvariant(), o),
+            _ => throw new ArgumentException($"unknown aggregation '{name}' (known: {string.Join(", ", Names)})"),
+        };
+    }
+
+    /// <summary>Σ n_k Δ_k / Σ n_k per tensor, after checking every delta has exactly the global's names and shapes.</summary>
+    public static Dictionary<string, Tensor> WeightedMean(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas)
+    {
+        if (deltas.Count == 0) throw new AggregationException("no updates to aggregate");
+        foreach (var d in deltas) Validate(global, d);
+        double total = deltas.Sum(d => (double)d.Samples);
+        if (total <= 0) throw new AggregationException("updates report no samples");
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        using var _ = no_grad();
+        foreach (var name in global.Keys)
+        {
+            var acc = zeros_like(global[name]);
+            foreach (var d in deltas) acc.add_(d.Tensors[name], alpha: d.Samples / total);
+            result[name] = acc;
+        }
+        return result;
+    }
+
+    public static void Validate(IReadOnlyDictionary<string, Tensor> spec, AdapterDelta d)
+    {
+        foreach (var (name, t) in spec)
+        {
+            if (!d.Tensors.TryGetValue(name, out var u)) throw new AggregationException($"party '{d.Party}': update lacks tensor '{name}'");
+            if (!u.shape.SequenceEqual(t.shape))
+                throw new AggregationException($"party '{d.Party}': tensor '{name}' has shape [{string.Join(",", u.shape)}], expected [{string.Join(",", t.shape)}]");
+        }
+        var extra = d.Tensors.Keys.FirstOrDefault(k => !spec.ContainsKey(k));
+        if (extra != null) throw new AggregationException($"party '{d.Party}': update has unknown tensor '{extra}'");
+        if (d.Samples < 0) throw new AggregationException($"party '{d.Party}': negative sample count {d.Samples}");
+    }
+}
+
+/// <summary>FedAvg (McMahan et al. 2017): θ ← θ + η·Σ n_k Δ_k / Σ n_k.</summary>
+public sealed class FedAvg(double serverLearningRate = 1.0) : IAggregationStrategy
+{
+    public string Name => "fedavg";
+
+    public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState)
+    {
+        var mean = AggregationStrategies.WeightedMean(global, deltas);
+        using var _ = no_grad();
+        var next = global.ToDictionary(kv => kv.Key, kv => kv.Value.add(mean[kv.Key], alpha: serverLearningRate));
+        foreach (var t in mean.Values) t.Dispose();
+        return new AggregationOutcome(next, []);
+    }
+}
+
+/// <summary>FedAvgM (Hsu et al. 2019): m ← β m + Δ; θ ← θ + η m.</summary>
+public sealed class FedAvgM(ServerOptimizerOptions o) : IAggregationStrategy
+{
+    public string Name => "fedavgm";
+
+    public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState)
+    {
+        var mean = AggregationStrategies.WeightedMean(global, deltas);
+        using var _ = no_grad();
+        var state = new Dictionary<string, Tensor>();
+        var next = new Dictionary<string, Tensor>();
+        foreach (var (name, theta) in global)
+        {
+            var m = serverState.TryGetValue("m/" + name, out var prev) ? prev.mul(o.Momentum).add_(mean[name]) : mean[name].clone();
+            state["m/" + name] = m;
+            next[name] = theta.add(m, alpha: o.LearningRate);
+        }
+        foreach (var t in mean.Values) t.Dispose();
+        return new AggregationOutcome(next, state);
+    }
+}
+
+/// <summary>
+/// Adaptive federated optimisation (Reddi et al. 2021), per tensor with Δ the averaged update:
+/// m ← β1 m + (1−β1) Δ; v ← v + Δ² (Adagrad) | β2 v + (1−β2) Δ² (Adam) | v − (1−β2) Δ² sign(v − Δ²) (Yogi);
+/// θ ← θ + η m / (√v + τ). v starts at τ² as in the paper's experiments.
+/// </summary>
+public sealed class AdaptiveFedOpt(string variant, ServerOptimizerOptions o) : IAggregationStrategy
+{
+    public string Name => variant;
+
+    public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState)
+    {
+        var mean = AggregationStrategies.WeightedMean(global, deltas);
+        using var _ = no_grad();
+        var state = new Dictionary<string, Tensor>();
+        var next = new Dictionary<string, Tensor>();
+        foreach (var (name, theta) in global)
+        {
+            var d = mean[name];
+            var m = serverState.TryGetValue("m/" + name, out var pm) ? pm.mul(o.Beta1).add_(d, alpha: 1 - o.Beta1) : d.mul(1 - o.Beta1);
+            var v0 = serverState.TryGetValue("v/" + name, out var pv) ? pv : full_like(d, o.Tau * o.Tau);
+            var d2 = d.pow(2);
+            var v = variant switch
+            {
+                "fedadagrad" => v0.add(d2),
+                "fedadam" => v0.mul(o.Beta2).add_(d2, alpha: 1 - o.Beta2),
+                _ => v0.sub(d2.mul(v0.sub(d2).sign()).mul(1 - o.Beta2)),
+            };
+            state["m/" + name] = m;
+            state["v/" + name] = v;
+            next[name] = theta.add(m.div(v.sqrt().add(o.Tau)), alpha: o.LearningRate);
+        }
+        foreach (var t in mean.Values) t.Dispose();
+        return new AggregationOutcome(next, state);
+    }
+}

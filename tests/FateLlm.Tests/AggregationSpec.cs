@@ -1,0 +1,66 @@
+using FateLlm.Training.Aggregation;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace FateLlm.Tests;
+
+public class AggregationSpec
+{
+    static Dictionary<string, Tensor> State(float a, float b) => new() { ["x.lora_A.weight"] = tensor(new[] { a, a }), ["y.lora_B.weight"] = tensor(new[] { b }) };
+    static float At(IReadOnlyDictionary<string, Tensor> s, string name, int i = 0) => s[name].data<float>()[i];
+
+    [Fact]
+    public void FedAvg_weights_each_delta_by_its_sample_count()
+    {
+        var global = State(1, 1);
+        var outcome = new FedAvg().Aggregate(global, [new AdapterDelta("a", State(2, 0), 10), new AdapterDelta("b", State(-1, 3), 30)], new Dictionary<string, Tensor>());
+        // Δ = (10·2 + 30·(−1)) / 40 = −0.25 ; (10·0 + 30·3) / 40 = 2.25
+        Assert.Equal(0.75f, At(outcome.Global, "x.lora_A.weight"), 6);
+        Assert.Equal(3.25f, At(outcome.Global, "y.lora_B.weight"), 6);
+    }
+
+    [Fact]
+    public void Deltas_are_matched_by_name_not_by_position()
+    {
+        var global = State(0, 0);
+        var reordered = new Dictionary<string, Tensor> { ["y.lora_B.weight"] = tensor(new[] { 5f }), ["x.lora_A.weight"] = tensor(new[] { 1f, 1f }) };
+        var outcome = new FedAvg().Aggregate(global, [new AdapterDelta("a", reordered, 1)], new Dictionary<string, Tensor>());
+        Assert.Equal(1f, At(outcome.Global, "x.lora_A.weight"));
+        Assert.Equal(5f, At(outcome.Global, "y.lora_B.weight"));
+    }
+
+    [Fact]
+    public void An_update_with_a_wrong_name_or_shape_is_rejected_naming_party_and_tensor()
+    {
+        var global = State(0, 0);
+        var wrongShape = new Dictionary<string, Tensor> { ["x.lora_A.weight"] = zeros(3), ["y.lora_B.weight"] = zeros(1) };
+        var e = Assert.Throws<AggregationException>(() => new FedAvg().Aggregate(global, [new AdapterDelta("globex", wrongShape, 1)], new Dictionary<string, Tensor>()));
+        Assert.Equal("party 'globex': tensor 'x.lora_A.weight' has shape [3], expected [2]", e.Message);
+        var extra = new Dictionary<string, Tensor>(State(0, 0)) { ["z"] = zeros(1) };
+        e = Assert.Throws<AggregationException>(() => new FedAvg().Aggregate(global, [new AdapterDelta("acme", extra, 1)], new Dictionary<string, Tensor>()));
+        Assert.Contains("unknown tensor 'z'", e.Message);
+    }
+
+    [Fact]
+    public void FedAvgM_accumulates_momentum_across_rounds()
+    {
+        var s = AggregationStrategies.Create("fedavgm", new ServerOptimizerOptions { Momentum = 0.5, LearningRate = 1 });
+        var r1 = s.Aggregate(State(0, 0), [new AdapterDelta("a", State(1, 1), 1)], new Dictionary<string, Tensor>());
+        var r2 = s.Aggregate(r1.Global, [new AdapterDelta("a", State(1, 1), 1)], r1.ServerState);
+        // m1 = 1, θ1 = 1 ; m2 = 0.5 + 1 = 1.5, θ2 = 2.5
+        Assert.Equal(2.5f, At(r2.Global, "x.lora_A.weight"), 6);
+        Assert.Equal(1.5f, At(r2.ServerState, "m/x.lora_A.weight"), 6);
+    }
+
+    [Theory]
+    [InlineData("fedadam", 0.9900505f)]    // m = 0.1, v = 0.99·1e-6 + 0.01·1 = 0.01000099 → θ = 0.1 / (0.1000049 + 1e-3)
+    [InlineData("fedadagrad", 0.0999000f)] // v = 1e-6 + 1 → θ = 0.1 / (1.0000005 + 1e-3)
+    [InlineData("fedyogi", 0.9900500f)]    // v = 1e-6 − 0.01·1·sign(1e-6 − 1) = 0.010001 → θ = 0.1 / (0.1000050 + 1e-3)
+    public void Adaptive_server_optimizers_follow_reddi_et_al(string name, float expected)
+    {
+        var s = AggregationStrategies.Create(name);
+        var r = s.Aggregate(State(0, 0), [new AdapterDelta("a", State(1, 1), 1)], new Dictionary<string, Tensor>());
+        Assert.Equal(expected, At(r.Global, "x.lora_A.weight"), 5);
+        Assert.True(r.ServerState.ContainsKey("v/x.lora_A.weight"));
+    }
+}
