@@ -1,0 +1,25 @@
+namespace FateLlm.Actors.Jobs;
+
+public interface IJobCommand : IControlMessage
+{
+    string JobId { get; }
+}
+
+public sealed record SubmitJob(string JobId, JobSpec Spec) : IJobCommand;
+public sealed record GetJobStatus(string JobId) : IJobCommand;
+public sealed record CancelJob(string JobId) : IJobCommand;
+
+public sealed record JobAccepted(string JobId) : IControlMessage;
+public sealed record JobRejected(string JobId, string Reason) : IControlMessage;
+
+public enum JobState { Unknown, Preparing, Running, Completed, Failed, Cancelled }
+
+public sealed record PartyRoundReport(string Org, bool Succeeded, string? Reason, long Samples, double FirstLoss, double LastLoss,
+    double? EvalLoss, long UploadBytes, long DownloadBytes, int Retransmissions, double TrainSeconds) : IControlMessage;
+
+public sealed record RoundSummary(int Round, int Attempt, string GlobalDigest, double Seconds, PartyRoundReport[] Parties) : IControlMessage;
+
+public sealed record PartyEvaluation(string Org, double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples) : IControlMessage;
+
+public sealed record JobStatus(string JobId, JobState State, int CompletedRounds, int TotalRounds, int CurrentAttempt, string? GlobalDigest,
+    string? Reason, RoundSummary[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir) : IControlMessage;

@@ -1,0 +1,164 @@
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Cluster.Sharding;
+using Akka.Configuration;
+using Akka.Persistence.Sql;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Parties;
+using FateLlm.Actors.Rounds;
+using FateLlm.Actors.Transfer;
+
+namespace FateLlm.Actors.Nodes;
+
+public enum NodeRole { Seed, Arbiter, Party, Client }
+
+/// <summary>How to start one node of the federation.</summary>
+public sealed record NodeOptions
+{
+    public required NodeRole Role { get; init; }
+    public string SystemName { get; init; } = "fate-llm";
+    public string Host { get; init; } = "127.0.0.1";
+    public int Port { get; init; }
+    public string[] Seeds { get; init; } = [];
+    public string DataDir { get; init; } = "fate-llm-data";
+    /// <summary>Organization id (party nodes): the node gets cluster role <c>org-&lt;id&gt;</c>.</summary>
+    public string? Org { get; init; }
+    public IReadOnlyDictionary<string, string> Datasets { get; init; } = new Dictionary<string, string>();
+    /// <summary>Extra HOCON with the highest precedence (node config file, test timings).</summary>
+    public Config? Overrides { get; init; }
+}
+
+/// <summary>A running node: its actor system, the regions or proxies its role needs, its blob store and server.</summary>
+public sealed class FederationNode : IAsyncDisposable
+{
+    public ActorSystem System { get; }
+    public NodeOptions Options { get; }
+    public BlobStore Store { get; }
+    public IActorRef BlobServer { get; }
+    public IActorRef JobRegion { get; }
+    public IActorRef RoundRegion { get; }
+    public IActorRef PartyRegion { get; }
+
+    public const string JobRegionName = "job", RoundRegionName = "round", PartyRegionName = "party";
+
+    FederationNode(ActorSystem system, NodeOptions options, BlobStore store, IActorRef blobServer, IActorRef job, IActorRef round, IActorRef party)
+    {
+        System = system;
+        Options = options;
+        Store = store;
+        BlobServer = blobServer;
+        JobRegion = job;
+        RoundRegion = round;
+        PartyRegion = party;
+    }
+
+    public static Config Reference()
+    {
+        using var s = typeof(FederationNode).Assembly.GetManifestResourceStream("FateLlm.Actors.reference.conf")
+            ?? throw new InvalidOperationException("embedded reference.conf missing");
+        using var r = new StreamReader(s);
+        return ConfigurationFactory.ParseString(r.ReadToEnd());
+    }
+
+    public static Config BuildConfig(NodeOptions o)
+    {
+        var roles = new List<string> { o.Role.ToString().ToLowerInvariant() };
+        if (o.Role == NodeRole.Party)
+        {
+            if (string.IsNullOrWhiteSpace(o.Org)) throw new ArgumentException("a party node needs --org");
+            roles.Add(PartyPlacement.RoleOf(o.Org));
+        }
+        var dataDir = Path.GetFullPath(o.DataDir);
+        var journal = "Data Source=" + Path.Combine(dataDir, "journal.db").Replace("\\", "/");
+        var seeds = string.Join(",", o.Seeds.Select(s => $"\"{s}\""));
+        var node = ConfigurationFactory.ParseString($$"""
+            akka.remote.dot-netty.tcp.hostname = "{{o.Host}}"
+            akka.remote.dot-netty.tcp.port = {{o.Port}}
+            akka.cluster.roles = [{{string.Join(",", roles.Select(r => $"\"{r}\""))}}]
+            akka.cluster.seed-nodes = [{{seeds}}]
+            fate-llm.data-dir = "{{dataDir.Replace("\\", "/")}}"
+            akka.persistence.journal.sql.connection-string = "{{journal}}"
+            akka.persistence.snapshot-store.sql.connection-string = "{{journal}}"
+            """);
+        var config = node;
+        if (o.Overrides != null) config = o.Overrides.WithFallback(config);
+        return config.WithFallback(Reference()).WithFallback(SqlPersistence.DefaultConfiguration);
+    }
+
+    public static FederationNode Start(NodeOptions o)
+    {
+        var config = BuildConfig(o);
+        Directory.CreateDirectory(config.GetString("fate-llm.data-dir"));
+        var system = ActorSystem.Create(o.SystemName, config);
+        try
+        {
+            return Start(system, o, config);
+        }
+        catch
+        {
+            system.Terminate().Wait(TimeSpan.FromSeconds(10));
+            throw;
+        }
+    }
+
+    static FederationNode Start(ActorSystem system, NodeOptions o, Config config)
+    {
+        var store = new BlobStore(Path.Combine(config.GetString("fate-llm.data-dir"), "blobs"));
+        var transfer = new TransferSettings(
+            (int)config.GetByteSize("fate-llm.transfer.chunk-size")!.Value,
+            config.GetInt("fate-llm.transfer.window"),
+            config.GetTimeSpan("fate-llm.transfer.chunk-timeout"),
+            config.GetInt("fate-llm.transfer.max-attempts-per-chunk"));
+        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port), Transfer.BlobServer.Name);
+        var sharding = ClusterSharding.Get(system);
+        var modelsRoot = config.GetString("fate-llm.models-root");
+        var party = o.Role == NodeRole.Party
+            ? sharding.Start(PartyRegionName,
+                entityId => PartyActor.Props(entityId, new PartyNodeSettings(o.Org!, o.Datasets, store, blobServer, transfer,
+                    config.GetString("fate-llm.training.dispatcher"), modelsRoot)),
+                ClusterShardingSettings.Create(system).WithRole("party"), new PartyMessageExtractor(), new PartyPlacement(system),
+                PoisonPill.Instance)
+            : sharding.StartProxy(PartyRegionName, "party", new PartyMessageExtractor());
+        IActorRef round, job;
+        if (o.Role == NodeRole.Arbiter)
+        {
+            var roundSettings = new RoundSettings(store, party, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"));
+            round = sharding.Start(RoundRegionName, _ => AggregationRound.Props(roundSettings),
+                ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor());
+            var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot, TimeSpan.FromMinutes(10));
+            job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
+                ClusterShardingSettings.Create(system).WithRole("arbiter").WithRememberEntities(true), new JobMessageExtractor());
+        }
+        else
+        {
+            round = sharding.StartProxy(RoundRegionName, "arbiter", new RoundMessageExtractor());
+            job = sharding.StartProxy(JobRegionName, "arbiter", new JobMessageExtractor());
+        }
+        return new FederationNode(system, o, store, blobServer, job, round, party);
+    }
+
+    /// <summary>Completes when this node is Up in the cluster.</summary>
+    public Task WhenUp(TimeSpan timeout)
+    {
+        var tcs = new TaskCompletionSource();
+        Akka.Cluster.Cluster.Get(System).RegisterOnMemberUp(() => tcs.TrySetResult());
+        return tcs.Task.WaitAsync(timeout);
+    }
+
+    /// <summary>Leaves the cluster gracefully (CoordinatedShutdown) and terminates the actor system.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (System.WhenTerminated.IsCompleted) return;
+        await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
+    }
+}
+
+public sealed class JobMessageExtractor() : HashCodeMessageExtractor(20)
+{
+    public override string? EntityId(object message) => (message as IJobCommand)?.JobId;
+}
+
+public sealed class RoundMessageExtractor() : HashCodeMessageExtractor(20)
+{
+    public override string? EntityId(object message) => (message as IRoundCommand)?.RoundId;
+}

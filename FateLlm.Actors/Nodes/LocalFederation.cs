@@ -1,0 +1,126 @@
+using System.Net;
+using System.Net.Sockets;
+using Akka.Actor;
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+
+namespace FateLlm.Actors.Nodes;
+
+/// <summary>
+/// A whole federation in one process — seed, arbiter and parties as separate actor systems on 127.0.0.1 — for the
+/// demo and the fault specs. Nodes can be crashed (terminated without leaving, as kill -9 looks to the others) and
+/// restarted on their old data directory.
+/// </summary>
+public sealed class LocalFederation : IAsyncDisposable
+{
+    public string Root { get; }
+    public Config? Overrides { get; }
+    public FederationNode Seed { get; }
+    public FederationNode Arbiter { get; private set; }
+    public FederationNode Client { get; }
+    readonly Dictionary<string, FederationNode> _parties = new();
+    readonly Dictionary<string, IReadOnlyDictionary<string, string>> _datasets = new();
+    public IReadOnlyDictionary<string, FederationNode> Parties => _parties;
+    public string SeedAddress { get; }
+
+    LocalFederation(string root, Config? overrides, FederationNode seed, string seedAddress, FederationNode arbiter, FederationNode client)
+    {
+        Root = root;
+        Overrides = overrides;
+        Seed = seed;
+        SeedAddress = seedAddress;
+        Arbiter = arbiter;
+        Client = client;
+    }
+
+    public static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    public static async Task<LocalFederation> StartAsync(string root, IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> parties,
+        Config? overrides = null, TimeSpan? timeout = null)
+    {
+        var wait = timeout ?? TimeSpan.FromSeconds(60);
+        var port = FreePort();
+        var seedAddress = $"akka.tcp://fate-llm@127.0.0.1:{port}";
+        var seed = FederationNode.Start(new NodeOptions { Role = NodeRole.Seed, Port = port, Seeds = [seedAddress], DataDir = Path.Combine(root, "seed"), Overrides = overrides });
+        var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides });
+        var client = FederationNode.Start(new NodeOptions { Role = NodeRole.Client, Seeds = [seedAddress], DataDir = Path.Combine(root, "client"), Overrides = overrides });
+        var fed = new LocalFederation(root, overrides, seed, seedAddress, arbiter, client);
+        foreach (var (org, data) in parties) fed.StartParty(org, data);
+        await Task.WhenAll(new[] { seed, arbiter, client }.Concat(fed._parties.Values).Select(n => n.WhenUp(wait)));
+        return fed;
+    }
+
+    public FederationNode StartParty(string org, IReadOnlyDictionary<string, string>? datasets = null)
+    {
+        if (datasets != null) _datasets[org] = datasets;
+        var node = FederationNode.Start(new NodeOptions
+        {
+            Role = NodeRole.Party, Org = org, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "party-" + org),
+            Datasets = _datasets[org], Overrides = Overrides,
+        });
+        _parties[org] = node;
+        return node;
+    }
+
+    /// <summary>Stops a node without leaving the cluster: the others see it vanish, as after kill -9.</summary>
+    public static async Task Crash(FederationNode node)
+    {
+        await node.System.Terminate().WaitAsync(TimeSpan.FromSeconds(30));
+    }
+
+    public async Task CrashParty(string org)
+    {
+        await Crash(_parties[org]);
+        _parties.Remove(org);
+    }
+
+    /// <summary>Crashes the arbiter and starts a new one on the same data directory (journal and blobs).</summary>
+    public async Task<FederationNode> RestartArbiter(TimeSpan? timeout = null)
+    {
+        await Crash(Arbiter);
+        Arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "arbiter"), Overrides = Overrides });
+        await Arbiter.WhenUp(timeout ?? TimeSpan.FromSeconds(60));
+        return Arbiter;
+    }
+
+    public async Task<JobStatus> StatusAsync(string jobId, TimeSpan? timeout = null) =>
+        await Client.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), timeout ?? TimeSpan.FromSeconds(10));
+
+    public async Task<object> SubmitAsync(JobSpec spec, TimeSpan? timeout = null) =>
+        await Client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), timeout ?? TimeSpan.FromSeconds(120));
+
+    /// <summary>Polls the job until it reaches a final state (or the predicate holds).</summary>
+    public async Task<JobStatus> WaitAsync(string jobId, TimeSpan timeout, Func<JobStatus, bool>? until = null, IProgress<JobStatus>? progress = null)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        until ??= s => s.State is JobState.Completed or JobState.Failed or JobState.Cancelled;
+        while (true)
+        {
+            JobStatus? status = null;
+            try { status = await StatusAsync(jobId); }
+            catch (AskTimeoutException) { /* the arbiter may be restarting */ }
+            if (status != null)
+            {
+                progress?.Report(status);
+                if (until(status)) return status;
+            }
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"job {jobId} did not reach the expected state within {timeout} (last: {status?.State}, {status?.CompletedRounds} rounds, {status?.Reason})");
+            await Task.Delay(250);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var n in _parties.Values.Concat([Client, Arbiter, Seed]))
+        {
+            try { await n.System.Terminate().WaitAsync(TimeSpan.FromSeconds(20)); }
+            catch (TimeoutException) { /* best effort */ }
+        }
+    }
+}

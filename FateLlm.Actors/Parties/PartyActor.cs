@@ -1,0 +1,173 @@
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Event;
+using Akka.Pattern;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Transfer;
+
+namespace FateLlm.Actors.Parties;
+
+/// <summary>What a party node knows locally: its organization, its private datasets by name, its blob store.</summary>
+public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, string> Datasets, BlobStore Store, IActorRef BlobServer,
+    TransferSettings Transfer, string TrainingDispatcher, string? ModelsRoot);
+
+/// <summary>
+/// The sharded entity of one organization, pinned to that organization's node. Per (job, round, attempt) it pulls
+/// the global adapter, has its trainer produce a delta, and publishes the delta for the round to pull. Requests are
+/// idempotent: a repeat is re-acknowledged, or answered with the cached result.
+/// </summary>
+public sealed class PartyActor : ReceiveActor
+{
+    readonly PartyNodeSettings _s;
+    readonly ILoggingAdapter _log = Context.GetLogger();
+    readonly IActorRef _trainer;
+    readonly Dictionary<WorkKey, object> _results = new();
+    readonly Dictionary<string, IActorRef> _evaluationRequesters = new();
+    (WorkKey Key, IActorRef ReplyTo, TrainRequest Request, CancellationTokenSource Cancel, long DownloadBytes)? _current;
+    readonly Dictionary<string, (string JobId, EvaluateRequest Request, IActorRef ReplyTo)> _pendingEvalFetch = new();
+
+    public PartyActor(string org, PartyNodeSettings settings)
+    {
+        _s = settings;
+        if (org != settings.Org)
+            throw new InvalidOperationException($"party entity '{org}' started on the node of organization '{settings.Org}'");
+        var trainerProps = Akka.Actor.Props.Create(() => new Trainer(org)).WithDispatcher(settings.TrainingDispatcher);
+        _trainer = Context.ActorOf(BackoffSupervisor.Props(Backoff.OnFailure(trainerProps, "trainer",
+            TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(10), 0.2, -1).WithSupervisorStrategy(
+            new OneForOneStrategy(_ => Directive.Restart))), "trainer-supervisor");
+
+        Receive<TrainRequest>(OnTrain);
+        Receive<FetchCompleted>(OnFetched);
+        Receive<FetchFailed>(OnFetchFailed);
+        Receive<LocalRoundDone>(OnDone);
+        Receive<LocalRoundFailed>(f => Finish(f.Key, new UpdateFailed(_s.Org, f.Key.JobId, f.Key.Round, f.Key.Attempt, f.Reason)));
+        Receive<EvaluateRequest>(OnEvaluate);
+        Receive<EvaluationDone>(d => ReplyEvaluation(d.JobId, new EvaluateReply(_s.Org, d.JobId, new PartyEvaluation(_s.Org, d.Result.Loss,
+            d.Result.Perplexity, d.Result.Rouge1, d.Result.Rouge2, d.Result.RougeL, d.Result.Bleu4, d.Result.Samples), null)));
+        Receive<EvaluationFailed>(f => ReplyEvaluation(f.JobId, new EvaluateReply(_s.Org, f.JobId, null, f.Reason)));
+    }
+
+    protected override void PreStart()
+    {
+        // Private data never leaves its owner: refuse to run on a node without this organization's role.
+        var self = Cluster.Get(Context.System).SelfMember;
+        if (!self.HasRole(PartyPlacement.RoleOf(_s.Org)))
+            throw new InvalidOperationException($"party '{_s.Org}' refused to start on {self.Address}: the node lacks role {PartyPlacement.RoleOf(_s.Org)}");
+        _log.Info("party {0} ready with datasets [{1}]", _s.Org, string.Join(", ", _s.Datasets.Keys));
+    }
+
+    void OnTrain(TrainRequest r)
+    {
+        var key = new WorkKey(r.JobId, r.Round, r.Attempt);
+        if (_results.TryGetValue(key, out var cached))
+        {
+            Sender.Tell(cached);
+            return;
+        }
+        if (_current is { } cur && cur.Key == key)
+        {
+            _current = cur with { ReplyTo = Sender };
+            Sender.Tell(new TrainAccepted(_s.Org, r.JobId, r.Round, r.Attempt));
+            return;
+        }
+        var party = r.Spec.Parties.FirstOrDefault(p => p.Org == _s.Org);
+        string? problem = party is null ? $"party '{_s.Org}' is not in job {r.JobId}"
+            : !_s.Datasets.ContainsKey(party.Dataset) ? $"party '{_s.Org}' has no dataset '{party.Dataset}' (known: {string.Join(", ", _s.Datasets.Keys)})"
+            : party.EvalDataset != null && !_s.Datasets.ContainsKey(party.EvalDataset) ? $"party '{_s.Org}' has no dataset '{party.EvalDataset}' (known: {string.Join(", ", _s.Datasets.Keys)})"
+            : null;
+        if (problem != null)
+        {
+            _log.Warning(problem);
+            Sender.Tell(new UpdateFailed(_s.Org, r.JobId, r.Round, r.Attempt, problem));
+            return;
+        }
+        if (_current is { } old)
+        {
+            // A newer request supersedes whatever is running: its result could no longer be used.
+            old.Cancel.Cancel();
+            _log.Info("party {0}: {1} superseded by {2}", _s.Org, old.Key, key);
+        }
+        _current = (key, Sender, r, new CancellationTokenSource(), 0);
+        Sender.Tell(new TrainAccepted(_s.Org, r.JobId, r.Round, r.Attempt));
+        Context.ActorOf(BlobFetcher.Props(_s.Store, r.Global, _s.Transfer));
+    }
+
+    void OnFetched(FetchCompleted f)
+    {
+        if (_pendingEvalFetch.Remove(f.Digest, out var eval))
+        {
+            var party = eval.Request.Spec.Parties.First(p => p.Org == _s.Org);
+            var data = _s.Datasets[party.EvalDataset ?? party.Dataset];
+            _trainer.Tell(new RunEvaluation(eval.JobId, Task(eval.Request.Spec), _s.Store.PathOf(f.Digest), data,
+                eval.Request.Spec.EvalLimit, eval.Request.Spec.EvalMaxNewTokens));
+            return;
+        }
+        if (_current is not { } cur || cur.Request.Global.Digest != f.Digest) return;
+        _current = cur with { DownloadBytes = f.Chunks > 0 ? f.Bytes : 0 };
+        var party2 = cur.Request.Spec.Parties.First(p => p.Org == _s.Org);
+        _trainer.Tell(new RunLocalRound(cur.Key, Task(cur.Request.Spec), _s.Store.PathOf(f.Digest), _s.Datasets[party2.Dataset],
+            party2.EvalDataset is null ? null : _s.Datasets[party2.EvalDataset], cur.Cancel.Token));
+    }
+
+    void OnFetchFailed(FetchFailed f)
+    {
+        if (_pendingEvalFetch.Remove(f.Digest, out var eval))
+        {
+            eval.ReplyTo.Tell(new EvaluateReply(_s.Org, eval.JobId, null, f.Reason));
+            return;
+        }
+        if (_current is { } cur && cur.Request.Global.Digest == f.Digest)
+            Finish(cur.Key, new UpdateFailed(_s.Org, cur.Key.JobId, cur.Key.Round, cur.Key.Attempt, $"download of the global adapter failed: {f.Reason}"));
+    }
+
+    void OnDone(LocalRoundDone d)
+    {
+        if (_current is not { } cur || cur.Key != d.Key) return;
+        var digest = _s.Store.Put(d.Result.Delta);
+        _log.Info("party {0}: {1} trained {2} steps on {3} samples, loss {4:F4} → {5:F4}", _s.Org, d.Key, d.Result.Steps, d.Result.Samples,
+            d.Result.FirstLoss, d.Result.LastLoss);
+        Finish(d.Key, new UpdateReady(_s.Org, d.Key.JobId, d.Key.Round, d.Key.Attempt, new BlobLocation(digest, d.Result.Delta.Length, _s.BlobServer),
+            d.Result.Samples, d.Result.FirstLoss, d.Result.LastLoss, d.Result.EvalLoss, d.Result.Seconds, cur.DownloadBytes));
+    }
+
+    void Finish(WorkKey key, object result)
+    {
+        if (_current is not { } cur || cur.Key != key) return;
+        if (result is UpdateFailed f) _log.Warning("party {0}: {1} failed: {2}", _s.Org, key, f.Reason);
+        _results[key] = result;
+        // Keep the last few answers for retransmission; older rounds are never asked again.
+        foreach (var stale in _results.Keys.Where(k => k.JobId == key.JobId && k.Round < key.Round - 2).ToList()) _results.Remove(stale);
+        cur.ReplyTo.Tell(result);
+        _current = null;
+    }
+
+    void OnEvaluate(EvaluateRequest r)
+    {
+        var party = r.Spec.Parties.FirstOrDefault(p => p.Org == _s.Org);
+        if (party is null || !_s.Datasets.ContainsKey(party.EvalDataset ?? party.Dataset))
+        {
+            Sender.Tell(new EvaluateReply(_s.Org, r.JobId, null, $"party '{_s.Org}' has no evaluation data for job {r.JobId}"));
+            return;
+        }
+        _evaluationRequesters[r.JobId] = Sender;
+        _pendingEvalFetch[r.Adapter.Digest] = (r.JobId, r, Sender);
+        Context.ActorOf(BlobFetcher.Props(_s.Store, r.Adapter, _s.Transfer));
+    }
+
+    void ReplyEvaluation(string jobId, EvaluateReply reply)
+    {
+        if (_evaluationRequesters.Remove(jobId, out var to)) to.Tell(reply);
+    }
+
+    Training.Federation.FederatedTask Task(JobSpec spec) => spec.ToTask(LocalModelPath(spec.ModelPath, _s.ModelsRoot));
+
+    /// <summary>The job's model path, or a folder of the same name under this node's models root.</summary>
+    public static string LocalModelPath(string path, string? modelsRoot)
+    {
+        if (Directory.Exists(path) || string.IsNullOrEmpty(modelsRoot)) return path;
+        var alt = Path.Combine(modelsRoot, Path.GetFileName(path.TrimEnd('/', '\\')));
+        return Directory.Exists(alt) ? alt : path;
+    }
+
+    public static Props Props(string org, PartyNodeSettings settings) => Akka.Actor.Props.Create(() => new PartyActor(org, settings));
+}

@@ -1,0 +1,48 @@
+using System.Collections.Immutable;
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Cluster.Sharding;
+
+namespace FateLlm.Actors.Parties;
+
+/// <summary>
+/// Places the shard of organization X only on the node whose cluster roles include <c>org-X</c> — the node that
+/// holds X's data. Identity comes from membership itself, so there is no registration to race: while that node is
+/// absent, allocation answers Nobody and the coordinator retries, so a party entity never starts elsewhere.
+/// Shards never rebalance away from their owner.
+/// </summary>
+public sealed class PartyPlacement(ActorSystem system) : IShardAllocationStrategy
+{
+    public static string RoleOf(string org) => "org-" + org;
+
+    public Task<IActorRef> AllocateShard(IActorRef requester, string shardId, IImmutableDictionary<IActorRef, IImmutableList<string>> currentShardAllocations)
+    {
+        var cluster = Cluster.Get(system);
+        var owner = cluster.State.Members
+            .Where(m => m.Status == MemberStatus.Up && m.HasRole(RoleOf(shardId)) && !cluster.State.Unreachable.Contains(m))
+            .Select(m => m.Address).FirstOrDefault();
+        if (owner is null) return Task.FromResult<IActorRef>(ActorRefs.Nobody);
+        var region = currentShardAllocations.Keys.FirstOrDefault(r => AddressOf(r, cluster) == owner);
+        return Task.FromResult<IActorRef>(region ?? ActorRefs.Nobody);
+    }
+
+    public Task<IImmutableSet<string>> Rebalance(IImmutableDictionary<IActorRef, IImmutableList<string>> currentShardAllocations, IImmutableSet<string> rebalanceInProgress) =>
+        Task.FromResult<IImmutableSet<string>>(ImmutableHashSet<string>.Empty);
+
+    static Address AddressOf(IActorRef region, Cluster cluster) =>
+        region.Path.Address.HasLocalScope ? cluster.SelfAddress : region.Path.Address;
+}
+
+/// <summary>Shard id = entity id = organization id (both ShardId overloads, as the external-allocation pitfalls require).</summary>
+public sealed class PartyMessageExtractor : IMessageExtractor
+{
+    public string? EntityId(object message) => message switch
+    {
+        IPartyCommand p => p.Org,
+        _ => null,
+    };
+
+    public object? EntityMessage(object message) => message;
+    public string? ShardId(object message) => EntityId(message);
+    public string ShardId(string entityId, object? messageHint = null) => entityId;
+}

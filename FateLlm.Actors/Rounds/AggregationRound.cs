@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using Akka.Actor;
+using Akka.Event;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Parties;
+using FateLlm.Actors.Transfer;
+using FateLlm.Training.Federation;
+
+namespace FateLlm.Actors.Rounds;
+
+public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, TransferSettings Transfer, TimeSpan ResendInterval);
+
+/// <summary>
+/// One attempt of one aggregation round (entity id job/round/attempt). Asks every selected party to train, re-asks
+/// those that have not answered (a message to a crashed node is lost), pulls each delta from the party's blob server,
+/// and aggregates once all answered or, at the deadline, when the quorum is met. The result is a new content-addressed
+/// global adapter; the job persists it.
+/// </summary>
+public sealed class AggregationRound : ReceiveActor, IWithTimers
+{
+    readonly RoundSettings _s;
+    readonly ILoggingAdapter _log = Context.GetLogger();
+    readonly Stopwatch _clock = new();
+    StartRound? _start;
+    IActorRef? _replyTo;
+    QuorumPolicy? _quorum;
+    readonly Dictionary<string, UpdateReady> _fetching = new();
+    readonly Dictionary<string, (UpdateReady Update, FetchCompleted Transfer)> _succeeded = new();
+    readonly Dictionary<string, string> _failed = new();
+    RoundFinished? _finished;
+    bool _aggregating;
+
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    sealed record Resend;
+    sealed record Deadline;
+    sealed record Aggregated(string GlobalDigest, string ServerStateDigest);
+    sealed record AggregationError(string Reason);
+
+    public AggregationRound(RoundSettings settings)
+    {
+        _s = settings;
+        Receive<StartRound>(OnStart);
+        Receive<TrainAccepted>(_ => { });
+        Receive<UpdateReady>(OnUpdate);
+        Receive<UpdateFailed>(f => Record(f.Org, f.Round, f.Attempt, () => _failed[f.Org] = f.Reason));
+        Receive<FetchCompleted>(OnFetched);
+        Receive<FetchFailed>(OnFetchFailed);
+        Receive<Resend>(_ => AskParties());
+        Receive<Deadline>(_ => Conclude(deadline: true));
+        Receive<Aggregated>(OnAggregated);
+        Receive<AggregationError>(e => Reply(Failure(e.Reason)));
+        Receive<ReceiveTimeout>(_ => Context.Stop(Self));
+    }
+
+    void OnStart(StartRound s)
+    {
+        if (_start != null)
+        {
+            // Duplicate start (the job re-sent it): answer with the result if we have one.
+            _replyTo = Sender;
+            if (_finished != null) Sender.Tell(_finished);
+            return;
+        }
+        _start = s;
+        _replyTo = Sender;
+        _quorum = new QuorumPolicy(s.Spec.Quorum, s.Spec.Parties.Select(p => p.Org).ToList());
+        _clock.Start();
+        _log.Info("round {0}: asking {1} parties (quorum {2}, deadline {3})", s.RoundId, _quorum.Parties.Count, _quorum.Min, s.Spec.RoundDeadline);
+        AskParties();
+        Timers.StartPeriodicTimer("resend", new Resend(), _s.ResendInterval);
+        Timers.StartSingleTimer("deadline", new Deadline(), s.Spec.RoundDeadline);
+    }
+
+    void AskParties()
+    {
+        if (_start is not { } s || _finished != null) return;
+        foreach (var org in _quorum!.Parties.Where(p => !_succeeded.ContainsKey(p) && !_failed.ContainsKey(p) && !_fetching.ContainsKey(p)))
+            _s.PartyRegion.Tell(new TrainRequest(org, s.JobId, s.Round, s.Attempt, s.Spec, s.Global));
+    }
+
+    void Record(string org, int round, int attempt, Action apply)
+    {
+        if (_start is not { } s || round != s.Round || attempt != s.Attempt || _finished != null || _aggregating) return;
+        if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org)) return;
+        apply();
+        if (_quorum!.AllAnswered(_succeeded.Count + _failed.Count)) Conclude(deadline: false);
+    }
+
+    void OnUpdate(UpdateReady u)
+    {
+        if (_start is not { } s || u.Round != s.Round || u.Attempt != s.Attempt || _fetching.ContainsKey(u.Org) || _succeeded.ContainsKey(u.Org)) return;
+        if (!_quorum!.Parties.Contains(u.Org))
+        {
+            _log.Warning("round {0}: update from party {1}, which was not asked, ignored", s.RoundId, u.Org);
+            return;
+        }
+        _fetching[u.Org] = u;
+        Context.ActorOf(BlobFetcher.Props(_s.Store, u.Delta, _s.Transfer), "fetch-" + u.Org);
+    }
+
+    void OnFetched(FetchCompleted f)
+    {
+        var entry = _fetching.FirstOrDefault(kv => kv.Value.Delta.Digest == f.Digest);
+        if (entry.Key is null) return;
+        _fetching.Remove(entry.Key);
+        Record(entry.Key, entry.Value.Round, entry.Value.Attempt, () => _succeeded[entry.Key] = (entry.Value, f));
+    }
+
+    void OnFetchFailed(FetchFailed f)
+    {
+        var entry = _fetching.FirstOrDefault(kv => kv.Value.Delta.Digest == f.Digest);
+        if (entry.Key is null) return;
+        _fetching.Remove(entry.Key);
+        Record(entry.Key, entry.Value.Round, entry.Value.Attempt, () => _failed[entry.Key] = $"upload failed: {f.Reason}");
+    }
+
+    void Conclude(bool deadline)
+    {
+        if (_finished != null || _aggregating || _start is not { } s) return;
+        Timers.Cancel("resend");
+        Timers.Cancel("deadline");
+        if (deadline)
+            foreach (var org in _quorum!.Parties.Where(p => !_succeeded.ContainsKey(p) && !_failed.ContainsKey(p)))
+                _failed[org] = _fetching.ContainsKey(org) ? "upload not finished by the deadline" : "no answer by the deadline";
+        if (!_quorum!.Met(_succeeded.Count))
+        {
+            Reply(Failure(_quorum.Shortfall(_failed, _succeeded.Keys)));
+            return;
+        }
+        _aggregating = true;
+        var store = _s.Store;
+        var updates = _succeeded.OrderBy(kv => kv.Key, StringComparer.Ordinal)
+            .Select(kv => (kv.Key, kv.Value.Update.Delta.Digest, kv.Value.Update.Samples)).ToList();
+        var spec = s.Spec;
+        var globalDigest = s.Global.Digest;
+        var stateDigest = s.ServerStateDigest;
+        // Aggregation touches every adapter byte: keep it off the actor's thread.
+        Task.Run(() =>
+        {
+            var (global, state) = FederatedComputation.Aggregate(store.Read(globalDigest),
+                updates.Select(u => (u.Key, store.Read(u.Digest), u.Samples)).ToList(),
+                stateDigest is null ? null : store.Read(stateDigest), spec.Strategy());
+            return (object)new Aggregated(store.Put(global), store.Put(state));
+        }).PipeTo(Self, failure: e => new AggregationError($"aggregation failed: {e.GetBaseException().Message}"));
+    }
+
+    void OnAggregated(Aggregated a)
+    {
+        var s = _start!;
+        var reports = _quorum!.Parties.Select(org =>
+        {
+            if (_succeeded.TryGetValue(org, out var ok))
+            {
+                var u = ok.Update;
+                return new PartyRoundReport(org, true, null, u.Samples, u.FirstLoss, u.LastLoss, u.EvalLoss, ok.Transfer.Bytes, u.DownloadBytes,
+                    ok.Transfer.Retransmissions, u.TrainSeconds);
+            }
+            return new PartyRoundReport(org, false, _failed.GetValueOrDefault(org, "no answer"), 0, double.NaN, double.NaN, null, 0, 0, 0, 0);
+        }).ToArray();
+        var summary = new RoundSummary(s.Round, s.Attempt, a.GlobalDigest, _clock.Elapsed.TotalSeconds, reports);
+        _log.Info("round {0}: aggregated {1} updates into {2}", s.RoundId, _succeeded.Count, a.GlobalDigest[..12]);
+        Reply(new RoundFinished(s.JobId, s.Round, s.Attempt, true, null, a.GlobalDigest, a.ServerStateDigest, summary));
+    }
+
+    RoundFinished Failure(string reason)
+    {
+        _log.Warning("round {0}: {1}", _start!.RoundId, reason);
+        return new RoundFinished(_start.JobId, _start.Round, _start.Attempt, false, reason, null, null, null);
+    }
+
+    void Reply(RoundFinished result)
+    {
+        _finished = result;
+        _aggregating = false;
+        _replyTo?.Tell(result);
+        // Stay a little for duplicate StartRounds, then free the entity.
+        Context.SetReceiveTimeout(TimeSpan.FromMinutes(2));
+    }
+
+    public static Props Props(RoundSettings settings) => Akka.Actor.Props.Create(() => new AggregationRound(settings));
+}

@@ -1,0 +1,52 @@
+using Akka.Actor;
+using Akka.Event;
+
+namespace FateLlm.Actors.Transfer;
+
+/// <summary>
+/// Serves chunks of the node's content-addressed blobs. Stateless per request, so a lost chunk is simply asked
+/// for again. <paramref name="dropRate"/> > 0 drops that fraction of replies (fault-injection in tests and demos).
+/// </summary>
+public sealed class BlobServer : ReceiveActor
+{
+    public const string Name = "blobs";
+    long _served, _dropped;
+
+    public BlobServer(BlobStore store, double dropRate = 0, int seed = 0)
+    {
+        var random = new Random(seed);
+        var log = Context.GetLogger();
+        Receive<FetchChunk>(req =>
+        {
+            if (!store.Has(req.Digest))
+            {
+                Sender.Tell(new BlobNotFound(req.Digest));
+                return;
+            }
+            if (dropRate > 0 && random.NextDouble() < dropRate)
+            {
+                _dropped++;
+                return;
+            }
+            using var s = File.OpenRead(store.PathOf(req.Digest));
+            var offset = (long)req.Index * req.ChunkSize;
+            if (req.Index < 0 || req.ChunkSize <= 0 || (offset >= s.Length && s.Length > 0))
+            {
+                log.Warning("chunk {0} of {1} requested with size {2}: out of range", req.Index, req.Digest, req.ChunkSize);
+                return;
+            }
+            var data = new byte[Math.Min(req.ChunkSize, s.Length - offset)];
+            s.Seek(offset, SeekOrigin.Begin);
+            s.ReadExactly(data);
+            _served++;
+            Sender.Tell(new ChunkData(req.Digest, req.Index, s.Length, data));
+        });
+        Receive<GetStats>(_ => Sender.Tell(new Stats(_served, _dropped)));
+    }
+
+    public sealed record GetStats;
+    public sealed record Stats(long Served, long Dropped);
+
+    public static Props Props(BlobStore store, double dropRate = 0, int seed = 0) =>
+        Akka.Actor.Props.Create(() => new BlobServer(store, dropRate, seed));
+}

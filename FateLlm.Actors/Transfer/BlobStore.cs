@@ -1,0 +1,60 @@
+using System.Security.Cryptography;
+
+namespace FateLlm.Actors.Transfer;
+
+/// <summary>Content-addressed blobs on disk (name = SHA-256 of the bytes); writes are atomic.</summary>
+public sealed class BlobStore
+{
+    public string Root { get; }
+
+    public BlobStore(string root)
+    {
+        Root = root;
+        Directory.CreateDirectory(root);
+    }
+
+    public static string Digest(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));
+
+    public static string DigestOfFile(string path)
+    {
+        using var s = File.OpenRead(path);
+        return Convert.ToHexStringLower(SHA256.HashData(s));
+    }
+
+    public string PathOf(string digest)
+    {
+        if (digest.Length != 64 || !digest.All(Uri.IsHexDigit)) throw new ArgumentException($"'{digest}' is not a SHA-256 digest");
+        return Path.Combine(Root, digest + ".safetensors");
+    }
+
+    public bool Has(string digest) => File.Exists(PathOf(digest));
+
+    public long Size(string digest) => new FileInfo(PathOf(digest)).Length;
+
+    public string Put(byte[] bytes)
+    {
+        var digest = Digest(bytes);
+        var path = PathOf(digest);
+        if (File.Exists(path)) return digest;
+        var tmp = Path.Combine(Root, $".{digest}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllBytes(tmp, bytes);
+        File.Move(tmp, path, overwrite: true);
+        return digest;
+    }
+
+    public byte[] Read(string digest) => File.ReadAllBytes(PathOf(digest));
+
+    /// <summary>A scratch file for an incoming blob; <see cref="Commit"/> verifies and moves it into place.</summary>
+    public string NewIncoming(string digest) => Path.Combine(Root, $".{digest}.{Guid.NewGuid():N}.part");
+
+    public bool Commit(string incoming, string digest)
+    {
+        if (DigestOfFile(incoming) != digest)
+        {
+            File.Delete(incoming);
+            return false;
+        }
+        File.Move(incoming, PathOf(digest), overwrite: true);
+        return true;
+    }
+}

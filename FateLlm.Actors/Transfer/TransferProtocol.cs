@@ -1,0 +1,19 @@
+using Akka.Actor;
+
+namespace FateLlm.Actors.Transfer;
+
+/// <summary>Asks a node's blob server for one chunk of a content-addressed blob.</summary>
+public sealed record FetchChunk(string Digest, int Index, int ChunkSize) : IControlMessage;
+
+/// <summary>One chunk; <see cref="TotalSize"/> tells the fetcher how many chunks to expect.</summary>
+public sealed record ChunkData(string Digest, int Index, long TotalSize, byte[] Data) : IBulkMessage;
+
+public sealed record BlobNotFound(string Digest) : IControlMessage;
+
+/// <summary>Reply of a <see cref="BlobFetcher"/> to its parent.</summary>
+public sealed record FetchCompleted(string Digest, long Bytes, int Chunks, int Retransmissions, TimeSpan Elapsed);
+
+public sealed record FetchFailed(string Digest, string Reason);
+
+/// <summary>Where a blob can be pulled from: its digest, size and the serving node's blob server.</summary>
+public sealed record BlobLocation(string Digest, long Size, IActorRef Server) : IControlMessage;

@@ -1,0 +1,132 @@
+using System.Diagnostics;
+using FateLlm.Training.Aggregation;
+using FateLlm.Training.Data;
+using FateLlm.Training.Evaluation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Runtime;
+using FateLlm.Training.Tokenization;
+using FateLlm.Training.Trainer;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Federation;
+
+/// <summary>
+/// The numeric work of a federated job, as plain functions over safetensors bytes so actors only orchestrate:
+/// the initial global adapter, a party's local round, the arbiter's aggregation, evaluation and export.
+/// </summary>
+public static class FederatedComputation
+{
+    /// <summary>The round-0 global adapter: PEFT applied to the base model with the job's seed.</summary>
+    public static byte[] InitialAdapter(FederatedTask task)
+    {
+        using var model = PreparedModel(task);
+        var state = PeftModel.TrainableState(model);
+        try { return SafeTensors.ToBytes(state); }
+        finally { foreach (var t in state.Values) t.Dispose(); }
+    }
+
+    /// <summary>Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files).</summary>
+    public static void VerifyModel(FederatedTask task, string who)
+    {
+        var digest = HfCheckpoint.WeightsDigest(task.ModelPath);
+        if (digest != task.ModelDigest)
+            throw new ModelFormatException($"{who}: base model '{task.ModelPath}' has weights digest {digest[..12]}…, the job expects {task.ModelDigest[..12]}…");
+    }
+
+    static CausalLm PreparedModel(FederatedTask task)
+    {
+        var model = HfCheckpoint.Load(task.ModelPath);
+        manual_seed(task.Seed);
+        PeftModel.Apply(model, task.Peft);
+        return model;
+    }
+
+    /// <summary>
+    /// One party's round: start from the global adapter, evaluate it on the party's dev data (if any), train on the
+    /// party's data, and return Δ = θ_local − θ_global as safetensors bytes.
+    /// </summary>
+    public static LocalRoundResult LocalRound(FederatedTask task, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        TorchRuntime.SetThreads(task.Threads);
+        var examples = InstructionData.ReadJsonl(trainData, task.Data);
+        var dev = evalData is null ? null : InstructionData.ReadJsonl(evalData, task.Data);
+        using var model = PreparedModel(task);
+        var tok = TokenizerLoader.Load(task.ModelPath, model.Config);
+        var global = SafeTensors.FromBytes(globalAdapter, "global adapter");
+        try
+        {
+            PeftModel.LoadTrainableState(model, global, "global adapter");
+            var pad = tok.PadId ?? tok.EosId ?? 0;
+            double? evalLoss = dev is null ? null
+                : Evaluator.Loss(model, dev.Select(e => InstructionData.Tokenize(e, tok, task.Data)).ToList(), pad, task.BatchSize).Loss;
+            var data = examples.Select(e => InstructionData.Tokenize(e, tok, task.Data)).ToList();
+            var result = new LocalTrainer(model, new TrainOptions
+            {
+                Epochs = task.LocalEpochs, MaxSteps = task.LocalSteps, BatchSize = task.BatchSize, LearningRate = task.LearningRate,
+                WarmupRatio = task.WarmupRatio, Schedule = task.Schedule, Seed = task.Seed * 1000 + round,
+                ProximalMu = task.ProximalMu, ProximalReference = task.ProximalMu > 0 ? global : null,
+            }, pad).Train(data, ct: ct);
+            var local = PeftModel.TrainableState(model);
+            var delta = local.ToDictionary(kv => kv.Key, kv => kv.Value.sub(global[kv.Key]));
+            var bytes = SafeTensors.ToBytes(delta);
+            foreach (var t in local.Values.Concat(delta.Values)) t.Dispose();
+            return new LocalRoundResult(bytes, result.Samples, result.Steps, result.FirstLoss, result.LastLoss, evalLoss, sw.Elapsed.TotalSeconds);
+        }
+        finally
+        {
+            foreach (var t in global.Values) t.Dispose();
+        }
+    }
+
+    /// <summary>Applies a strategy to the global adapter and the parties' deltas; returns the new global and server state.</summary>
+    public static (byte[] Global, byte[] ServerState) Aggregate(byte[] global, IReadOnlyList<(string Party, byte[] Delta, long Samples)> updates,
+        byte[]? serverState, IAggregationStrategy strategy)
+    {
+        using var scope = NewDisposeScope();
+        var g = SafeTensors.FromBytes(global, "global adapter");
+        var state = serverState is { Length: > 0 } ? SafeTensors.FromBytes(serverState, "server state") : new Dictionary<string, Tensor>();
+        var deltas = updates.Select(u => new AdapterDelta(u.Party, SafeTensors.FromBytes(u.Delta, $"update of party '{u.Party}'"), u.Samples)).ToList();
+        foreach (var d in deltas)
+            foreach (var (name, t) in d.Tensors)
+                if (!t.isfinite().all().item<bool>()) throw new AggregationException($"party '{d.Party}': tensor '{name}' has non-finite values");
+        var outcome = strategy.Aggregate(g, deltas, state);
+        return (SafeTensors.ToBytes(outcome.Global), SafeTensors.ToBytes(outcome.ServerState));
+    }
+
+    public static EvaluationResult Evaluate(FederatedTask task, byte[] adapter, string data, int limit, SamplingOptions sampling)
+    {
+        TorchRuntime.SetThreads(task.Threads);
+        var examples = InstructionData.ReadJsonl(data, task.Data);
+        using var model = PreparedModel(task);
+        var tok = TokenizerLoader.Load(task.ModelPath, model.Config);
+        var state = SafeTensors.FromBytes(adapter, "global adapter");
+        try { PeftModel.LoadTrainableState(model, state, "global adapter"); }
+        finally { foreach (var t in state.Values) t.Dispose(); }
+        var report = Evaluator.Run(model, tok, examples, task.Data, new EvalOptions { Limit = limit, BatchSize = Math.Max(8, task.BatchSize), Sampling = sampling });
+        var s = report.Scores;
+        return new EvaluationResult(report.Loss, report.Perplexity, s?.Rouge1, s?.Rouge2, s?.RougeL, s?.Bleu4, s?.Samples ?? 0);
+    }
+
+    /// <summary>Writes a global adapter as a HF PEFT adapter folder (or a full checkpoint for full fine-tuning).</summary>
+    public static void ExportAdapter(FederatedTask task, byte[] adapter, string folder)
+    {
+        using var model = PreparedModel(task);
+        var state = SafeTensors.FromBytes(adapter, "global adapter");
+        try { PeftModel.LoadTrainableState(model, state, "global adapter"); }
+        finally { foreach (var t in state.Values) t.Dispose(); }
+        AdapterFolder.Save(model, task.Peft, folder, task.ModelPath);
+    }
+
+    public static AdapterSpec Spec(byte[] adapter) =>
+        new(SafeTensorsShapes(adapter));
+
+    static IReadOnlyDictionary<string, long[]> SafeTensorsShapes(byte[] adapter)
+    {
+        var t = SafeTensors.FromBytes(adapter);
+        try { return t.ToDictionary(kv => kv.Key, kv => kv.Value.shape); }
+        finally { foreach (var x in t.Values) x.Dispose(); }
+    }
+}

@@ -1,0 +1,55 @@
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Nodes;
+using FateLlm.Training.Federation;
+using FateLlm.Training.Models;
+
+namespace FateLlm.Tests;
+
+/// <summary>A tiny model, the demo corpus split by domain, and short cluster timings: the ground for federation specs.</summary>
+internal static class FederationFixture
+{
+    public static readonly Config FastCluster = ConfigurationFactory.ParseString("""
+        akka.loglevel = WARNING
+        akka.cluster.failure-detector.heartbeat-interval = 300ms
+        akka.cluster.failure-detector.acceptable-heartbeat-pause = 2s
+        akka.cluster.failure-detector.threshold = 8.0
+        akka.cluster.split-brain-resolver.stable-after = 2s
+        akka.cluster.sharding.retry-interval = 200ms
+        akka.remote.retry-gate-closed-for = 1s
+        fate-llm.round.resend-interval = 500ms
+        fate-llm.transfer.chunk-timeout = 1s
+        fate-llm.transfer.chunk-size = 16KiB
+        """);
+
+    public static readonly string[] Orgs = ["animal", "artifact", "food"];
+
+    public sealed record Ground(string Root, string Model, Dictionary<string, IReadOnlyDictionary<string, string>> Datasets);
+
+    public static Ground Prepare(string? root = null)
+    {
+        root ??= TestSupport.TempDir();
+        var model = Path.Combine(root, "model");
+        var m = CausalLm.Create(ModelPresets.Create("llama", "tiny"));
+        m.InitializeWeights(3);
+        HfCheckpoint.Save(m, model);
+        Training.Tokenization.ByteTokenizer.Save(model);
+        var (parties, _) = DemoCorpus.Write(Path.Combine(root, "data"));
+        var datasets = parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string>
+        {
+            ["train"] = kv.Value.Train, ["dev"] = kv.Value.Dev,
+        });
+        return new Ground(root, model, datasets);
+    }
+
+    public static JobSpec Job(Ground g, string id, int rounds = 2, int quorum = 3, double deadlineSeconds = 60, int attempts = 2) => new()
+    {
+        JobId = id, ModelPath = g.Model, Parties = Orgs.Select(o => new PartySpec(o, "train", "dev")).ToArray(),
+        Rounds = rounds, Quorum = quorum, RoundDeadlineSeconds = deadlineSeconds, MaxRoundAttempts = attempts,
+        LoraR = 4, LoraDropout = 0, BatchSize = 8, LearningRate = 5e-3, EvalLimit = 4, EvalMaxNewTokens = 8,
+        OutputDir = Path.Combine(g.Root, "out-" + id), MaxTotalTokens = 96,
+    };
+
+    public static Task<LocalFederation> Start(Ground g, Config? extra = null) =>
+        LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster));
+}
