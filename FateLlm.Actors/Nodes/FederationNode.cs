@@ -92,7 +92,7 @@ public sealed class FederationNode : IAsyncDisposable
         var system = ActorSystem.Create(o.SystemName, config);
         try
         {
-            return Start(system, o, config);
+            return Attach(system, o);
         }
         catch
         {
@@ -101,8 +101,11 @@ public sealed class FederationNode : IAsyncDisposable
         }
     }
 
-    static FederationNode Start(ActorSystem system, NodeOptions o, Config config)
+    /// <summary>Starts the node's actors in a system created elsewhere (Akka.Hosting) from <see cref="BuildConfig"/>.</summary>
+    public static FederationNode Attach(ActorSystem system, NodeOptions o)
     {
+        var config = system.Settings.Config;
+        Directory.CreateDirectory(config.GetString("fate-llm.data-dir"));
         var store = new BlobStore(Path.Combine(config.GetString("fate-llm.data-dir"), "blobs"));
         var transfer = new TransferSettings(
             (int)config.GetByteSize("fate-llm.transfer.chunk-size")!.Value,

@@ -115,12 +115,16 @@ public sealed class LocalFederation : IAsyncDisposable
         }
     }
 
+    /// <summary>Leaves gracefully, outermost first (parties and client, then arbiter, then seed), so nobody sees a crash.</summary>
     public async ValueTask DisposeAsync()
     {
-        foreach (var n in _parties.Values.Concat([Client, Arbiter, Seed]))
+        static async Task Leave(FederationNode n)
         {
-            try { await n.System.Terminate().WaitAsync(TimeSpan.FromSeconds(20)); }
-            catch (TimeoutException) { /* best effort */ }
+            try { await n.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(20)); }
+            catch (TimeoutException) { await n.System.Terminate(); }
         }
+        await Task.WhenAll(_parties.Values.Append(Client).Select(Leave));
+        await Leave(Arbiter);
+        await Leave(Seed);
     }
 }

@@ -26,6 +26,9 @@ public static class CliApp
         root.Subcommands.Add(TrainingCommands.Generate());
         root.Subcommands.Add(AdapterCommands.Build());
         root.Subcommands.Add(BenchCommands.Build());
+        foreach (var node in NodeCommands.Build()) root.Subcommands.Add(node);
+        root.Subcommands.Add(JobCommands.Build());
+        root.Subcommands.Add(DemoCommand.Build());
         return root;
     }
 
@@ -55,7 +58,8 @@ public static class CliApp
     static (int, string) Classify(Exception e) => e switch
     {
         UsageException or ArgumentException => (UsageError, e.Message),
-        ModelFormatException or DataFormatException or PeftException or SafeTensorsFormatException => (RuntimeError, e.Message),
+        ModelFormatException or DataFormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
+            or FateLlm.Actors.Jobs.JobSpecException or TimeoutException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException => (RuntimeError, e.Message),
         OperationCanceledException => (RuntimeError, "cancelled"),

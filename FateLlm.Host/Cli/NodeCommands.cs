@@ -1,0 +1,112 @@
+using System.CommandLine;
+using Akka.Actor;
+using Akka.Configuration;
+using Akka.Hosting;
+using FateLlm.Actors.Nodes;
+using FateLlm.Training.Data;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using static FateLlm.Host.Cli.CliApp;
+
+namespace FateLlm.Host.Cli;
+
+/// <summary>seed, arbiter and party: long-running cluster nodes under Microsoft.Extensions.Hosting + Akka.Hosting.</summary>
+internal static class NodeCommands
+{
+    sealed class Shared
+    {
+        public readonly Option<string> Host = Opt("--host", "Address other nodes reach this node at", "127.0.0.1");
+        public readonly Option<int> Port = Opt("--port", "Remoting port (0 = any free port)", 0);
+        public readonly Option<string[]> Seed = new("--seed") { Description = "Seed node address, e.g. akka.tcp://fate-llm@127.0.0.1:4053 (repeatable)", AllowMultipleArgumentsPerToken = false };
+        public readonly Option<string?> ConfigFile = new("--config") { Description = "HOCON file overriding hocon/ defaults" };
+        public readonly Option<string?> DataDir = new("--data-dir") { Description = "Journal, blobs and outputs (default fate-llm-data/<node>)" };
+        public readonly Option<string?> ModelsRoot = new("--models-root") { Description = "Folder to find job models in when their path does not exist here" };
+        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot];
+
+        public NodeOptions Read(ParseResult p, NodeRole role, string defaultDir, string? org = null, IReadOnlyDictionary<string, string>? datasets = null)
+        {
+            var seeds = p.GetValue(Seed) ?? [];
+            var port = p.GetValue(Port);
+            if (role != NodeRole.Seed && seeds.Length == 0) throw new UsageException("--seed ADDRESS is required (e.g. akka.tcp://fate-llm@127.0.0.1:4053)");
+            foreach (var s in seeds)
+                if (!Address.TryParse(s, out _)) throw new UsageException($"--seed '{s}' is not an Akka address like akka.tcp://fate-llm@host:port");
+            Config? overrides = null;
+            if (p.GetValue(ConfigFile) is string file)
+            {
+                if (!File.Exists(file)) throw new FileNotFoundException($"{file}: config file not found", file);
+                try { overrides = ConfigurationFactory.ParseString(File.ReadAllText(file)); }
+                catch (Exception e) { throw new UsageException($"{file}: not valid HOCON ({e.Message})"); }
+            }
+            if (p.GetValue(ModelsRoot) is string root)
+                overrides = ConfigurationFactory.ParseString($"fate-llm.models-root = \"{root.Replace("\\", "/")}\"").WithFallback(overrides ?? Config.Empty);
+            var host = p.GetValue(Host)!;
+            // A seed lists itself first so the first seed can form the cluster alone.
+            if (role == NodeRole.Seed && seeds.Length == 0) seeds = [$"akka.tcp://fate-llm@{host}:{port}"];
+            return new NodeOptions
+            {
+                Role = role, Host = host, Port = port, Seeds = seeds, Org = org,
+                DataDir = p.GetValue(DataDir) ?? Path.Combine("fate-llm-data", defaultDir),
+                Datasets = datasets ?? new Dictionary<string, string>(), Overrides = overrides,
+            };
+        }
+    }
+
+    public static IEnumerable<Command> Build()
+    {
+        var shared = new Shared();
+        var seed = new Command("seed", "Run a seed node (no training, no data): other nodes join through it");
+        seed.With(p =>
+        {
+            var port = p.GetValue(shared.Port);
+            if (port <= 0) throw new UsageException("a seed needs a fixed --port (e.g. 4053)");
+            RunNode(shared.Read(p, NodeRole.Seed, "seed"));
+        }, shared.All);
+
+        var arbiter = new Command("arbiter", "Run an arbiter node: hosts jobs and aggregation rounds");
+        arbiter.With(p => RunNode(shared.Read(p, NodeRole.Arbiter, "arbiter")), shared.All);
+
+        var org = Required<string>("--org", "This organization's id (its identity in the federation)");
+        var data = new Option<string[]>("--data") { Description = "A private dataset, name=path.jsonl (repeatable)", Required = true };
+        var party = new Command("party", "Run a party node next to an organization's private data");
+        party.With(p =>
+        {
+            var id = p.GetValue(org)!;
+            if (!System.Text.RegularExpressions.Regex.IsMatch(id, "^[A-Za-z0-9_-]+$")) throw new UsageException($"--org '{id}' may use letters, digits, '-' and '_' only");
+            var datasets = new Dictionary<string, string>();
+            foreach (var d in p.GetValue(data) ?? [])
+            {
+                var eq = d.IndexOf('=');
+                if (eq <= 0 || eq == d.Length - 1) throw new UsageException($"--data '{d}' must be name=path.jsonl");
+                var path = Path.GetFullPath(d[(eq + 1)..]);
+                // Validate now: a bad line should stop the node with file:line, not fail a round later.
+                InstructionData.ReadJsonl(path, new DataOptions());
+                datasets[d[..eq]] = path;
+            }
+            RunNode(shared.Read(p, NodeRole.Party, "party-" + id, id, datasets));
+        }, [org, data, .. shared.All]);
+        return [seed, arbiter, party];
+    }
+
+    static void RunNode(NodeOptions options)
+    {
+        var config = FederationNode.BuildConfig(options);
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.Services.AddAkka(options.SystemName, (akka, services) =>
+        {
+            akka.AddHocon(config, HoconAddMode.Replace);
+            akka.AddStartup((system, _) =>
+            {
+                var node = FederationNode.Attach(system, options);
+                var self = Akka.Cluster.Cluster.Get(system).SelfAddress;
+                Console.WriteLine($"{options.Role.ToString().ToLowerInvariant()}{(options.Org is null ? "" : " " + options.Org)} node at {self}, data in {Path.GetFullPath(options.DataDir)}");
+                // Downed by the split-brain resolver or shut down: end the process too.
+                var lifetime = services.GetRequiredService<IHostApplicationLifetime>();
+                system.WhenTerminated.ContinueWith(_ => lifetime.StopApplication());
+            });
+        });
+        using var host = builder.Build();
+        host.Run();
+    }
+}
