@@ -9,8 +9,7 @@ using FateLlm.Training.Federation;
 
 namespace FateLlm.Actors.Jobs;
 
-public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRef RoundRegion, IActorRef PartyRegion, string? ModelsRoot,
-    TimeSpan EvaluationTimeout);
+public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRef RoundRegion, IActorRef PartyRegion, string? ModelsRoot);
 
 /// <summary>
 /// One federated job, event-sourced (JobSubmitted, RoundStarted, RoundCompleted, …) and remembered by sharding, so
@@ -211,7 +210,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             _s.PartyRegion.Tell(new EvaluateRequest(p.Org, _jobId, spec, adapter));
         }
         if (_awaitingEvaluation.Count == 0) RecordEvaluation();
-        else Timers.StartSingleTimer("evaluation", new EvaluationTimeout(), _s.EvaluationTimeout);
+        // Parties that are gone are not waited for longer than a round would wait for them.
+        else Timers.StartSingleTimer("evaluation", new EvaluationTimeout(), spec.RoundDeadline);
     }
 
     void OnEvaluateReply(EvaluateReply r)

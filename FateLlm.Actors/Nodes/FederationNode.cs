@@ -128,7 +128,7 @@ public sealed class FederationNode : IAsyncDisposable
             var roundSettings = new RoundSettings(store, party, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"));
             round = sharding.Start(RoundRegionName, _ => AggregationRound.Props(roundSettings),
                 ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor());
-            var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot, TimeSpan.FromMinutes(10));
+            var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot);
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
                 ClusterShardingSettings.Create(system).WithRole("arbiter").WithRememberEntities(true), new JobMessageExtractor());
         }

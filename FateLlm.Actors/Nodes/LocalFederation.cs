@@ -45,7 +45,10 @@ public sealed class LocalFederation : IAsyncDisposable
     {
         var wait = timeout ?? TimeSpan.FromSeconds(60);
         var port = FreePort();
-        var seedAddress = $"akka.tcp://fate-llm@127.0.0.1:{port}";
+        // Transport adapters (trttl for blackholes in tests) change the address scheme.
+        var adapters = overrides?.GetStringList("akka.remote.dot-netty.tcp.applied-adapters") ?? [];
+        var scheme = string.Concat(adapters.Select(a => a + ".")) + "tcp";
+        var seedAddress = $"akka.{scheme}://fate-llm@127.0.0.1:{port}";
         var seed = FederationNode.Start(new NodeOptions { Role = NodeRole.Seed, Port = port, Seeds = [seedAddress], DataDir = Path.Combine(root, "seed"), Overrides = overrides });
         var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides });
         var client = FederationNode.Start(new NodeOptions { Role = NodeRole.Client, Seeds = [seedAddress], DataDir = Path.Combine(root, "client"), Overrides = overrides });

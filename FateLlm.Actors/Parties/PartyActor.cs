@@ -1,7 +1,6 @@
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
-using Akka.Pattern;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
 
@@ -31,10 +30,8 @@ public sealed class PartyActor : ReceiveActor
         _s = settings;
         if (org != settings.Org)
             throw new InvalidOperationException($"party entity '{org}' started on the node of organization '{settings.Org}'");
-        var trainerProps = Akka.Actor.Props.Create(() => new Trainer(org)).WithDispatcher(settings.TrainingDispatcher);
-        _trainer = Context.ActorOf(BackoffSupervisor.Props(Backoff.OnFailure(trainerProps, "trainer",
-            TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(10), 0.2, -1).WithSupervisorStrategy(
-            new OneForOneStrategy(_ => Directive.Restart))), "trainer-supervisor");
+        var backoff = new RestartBackoff(TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(10));
+        _trainer = Context.ActorOf(Akka.Actor.Props.Create(() => new Trainer(org, backoff)).WithDispatcher(settings.TrainingDispatcher), "trainer");
 
         Receive<TrainRequest>(OnTrain);
         Receive<FetchCompleted>(OnFetched);
@@ -46,6 +43,12 @@ public sealed class PartyActor : ReceiveActor
             d.Result.Perplexity, d.Result.Rouge1, d.Result.Rouge2, d.Result.RougeL, d.Result.Bleu4, d.Result.Samples), null)));
         Receive<EvaluationFailed>(f => ReplyEvaluation(f.JobId, new EvaluateReply(_s.Org, f.JobId, null, f.Reason)));
     }
+
+    protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(e =>
+    {
+        _log.Warning("party {0}: trainer crashed ({1}); restarting it", _s.Org, e.Message);
+        return Directive.Restart;
+    });
 
     protected override void PreStart()
     {

@@ -16,14 +16,32 @@ internal sealed record LocalRoundFailed(WorkKey Key, string Reason);
 internal sealed record EvaluationDone(string JobId, EvaluationResult Result);
 internal sealed record EvaluationFailed(string JobId, string Reason);
 
+/// <summary>Consecutive trainer failures → the delay before the restarted trainer takes the next message.</summary>
+public sealed class RestartBackoff(TimeSpan min, TimeSpan max)
+{
+    int _failures;
+    public TimeSpan Next() => TimeSpan.FromMilliseconds(Math.Min(max.TotalMilliseconds, min.TotalMilliseconds * Math.Pow(2, _failures++)));
+    public void Reset() => _failures = 0;
+}
+
 /// <summary>
 /// Wraps one TorchSharp run at a time on a pinned thread. A failure is reported to the party, then rethrown so the
-/// backoff supervisor restarts the trainer with fresh state.
+/// party's supervisor restarts the trainer with fresh state. A plain restart keeps the mailbox (the next request is
+/// not lost, unlike with a stopped-and-recreated child); the backoff is served by the new instance on its own thread.
 /// </summary>
 public sealed class Trainer : ReceiveActor
 {
-    public Trainer(string org)
+    readonly RestartBackoff _backoff;
+
+    protected override void PostRestart(Exception reason)
     {
+        Thread.Sleep(_backoff.Next());
+        base.PostRestart(reason);
+    }
+
+    public Trainer(string org, RestartBackoff backoff)
+    {
+        _backoff = backoff;
         Receive<RunLocalRound>(r =>
         {
             try
@@ -31,6 +49,7 @@ public sealed class Trainer : ReceiveActor
                 r.Cancel.ThrowIfCancellationRequested();
                 FederatedComputation.VerifyModel(r.Task, $"party '{org}'");
                 var result = FederatedComputation.LocalRound(r.Task, File.ReadAllBytes(r.GlobalPath), r.TrainData, r.EvalData, r.Key.Round, r.Cancel);
+                _backoff.Reset();
                 Sender.Tell(new LocalRoundDone(r.Key, result));
             }
             catch (OperationCanceledException)

@@ -22,7 +22,8 @@ public sealed class FederationSerializer(ExtendedActorSystem system) : Serialize
         typeof(JobSubmitted), typeof(RoundStarted), typeof(RoundCompleted), typeof(RoundAttemptFailed),
         typeof(FinalEvaluationRecorded), typeof(JobCompleted), typeof(JobFailed), typeof(JobCancelled),
     }.ToDictionary(t => t.Name);
-    static readonly JsonSerializerOptions Json = new() { IncludeFields = false };
+    // Failed parties report NaN losses; without named literals the event would not persist and the job would stall.
+    static readonly JsonSerializerOptions Json = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     public override int Identifier => SerializerId;
 

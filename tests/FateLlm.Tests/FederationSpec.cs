@@ -1,3 +1,5 @@
+using Akka.Actor;
+using Akka.Cluster.Sharding;
 using FateLlm.Actors.Jobs;
 using Xunit;
 
@@ -24,5 +26,11 @@ public class FederationSpec
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "adapter", "adapter_model.safetensors")));
         Assert.Equal(2 * 3, File.ReadAllLines(Path.Combine(spec.OutputDir, "rounds.jsonl")).Length);
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "events.jsonl")));
+        // Each organization's entity ran only on its own node.
+        foreach (var (org, node) in fed.Parties)
+        {
+            var state = await node.PartyRegion.Ask<CurrentShardRegionState>(GetShardRegionState.Instance, TimeSpan.FromSeconds(5));
+            Assert.Equal([org], state.Shards.SelectMany(s => s.EntityIds));
+        }
     }
 }

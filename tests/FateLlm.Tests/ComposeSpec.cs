@@ -1,0 +1,60 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using FateLlm.Host.Cli;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>No Docker engine runs here: check the compose file's commands against the real CLI parser instead.</summary>
+public class ComposeSpec
+{
+    static string RepoFile(string name)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, name)) && File.Exists(Path.Combine(dir.FullName, "FateLlm.sln")))
+                return Path.Combine(dir.FullName, name);
+        throw new FileNotFoundException(name);
+    }
+
+    static Dictionary<string, string[]> Services()
+    {
+        var services = new Dictionary<string, string[]>();
+        string? current = null;
+        foreach (var line in File.ReadLines(RepoFile("docker-compose.yml")))
+        {
+            var svc = Regex.Match(line, @"^  ([a-z][a-z0-9-]*):\s*$");
+            if (svc.Success) current = svc.Groups[1].Value;
+            var cmd = Regex.Match(line, @"^    command: (\[.*\])\s*$");
+            if (cmd.Success && current != null) services[current] = JsonSerializer.Deserialize<string[]>(cmd.Groups[1].Value)!;
+        }
+        return services;
+    }
+
+    [Fact]
+    public void Every_service_runs_a_valid_fate_llm_command_whose_seed_is_the_seed_service()
+    {
+        var services = Services();
+        Assert.Contains("seed", services.Keys);
+        Assert.Contains("arbiter", services.Keys);
+        Assert.Equal(3, services.Keys.Count(k => k.StartsWith("party-")));
+        var seed = services["seed"];
+        var seedPort = seed[Array.IndexOf(seed, "--port") + 1];
+        foreach (var (name, args) in services)
+        {
+            var parse = CliApp.Build().Parse(args);
+            Assert.True(parse.Errors.Count == 0, $"{name}: {string.Join("; ", parse.Errors.Select(e => e.Message))}");
+            for (int i = 0; i < args.Length - 1; i++)
+            {
+                if (args[i] != "--seed") continue;
+                var m = Regex.Match(args[i + 1], @"^akka\.tcp://fate-llm@([a-z0-9-]+):(\d+)$");
+                Assert.True(m.Success, $"{name}: seed address '{args[i + 1]}'");
+                Assert.Equal("seed", m.Groups[1].Value);
+                Assert.Equal(seedPort, m.Groups[2].Value);
+            }
+            if (args[0] == "party")
+                Assert.Equal(name["party-".Length..], args[Array.IndexOf(args, "--org") + 1]);
+            if (args[0] is "arbiter" or "party")
+                Assert.Equal(name, args[Array.IndexOf(args, "--host") + 1]);
+        }
+    }
+}

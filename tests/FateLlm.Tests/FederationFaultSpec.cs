@@ -1,0 +1,136 @@
+using Akka.Actor;
+using Akka.Cluster.Sharding;
+using Akka.Configuration;
+using Akka.Remote;
+using Akka.Remote.Transport;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Nodes;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>Faults the federation must survive, injected for real: crashed actor systems, lost chunks, blackholed links, bad data.</summary>
+public class FederationFaultSpec
+{
+    static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);
+
+    [Fact]
+    public async Task A_party_crashed_mid_round_is_dropped_for_that_round_then_rejoins_and_trains_again()
+    {
+        var g = FederationFixture.Prepare();
+        await using var fed = await FederationFixture.Start(g);
+        var spec = FederationFixture.Job(g, "party-crash", rounds: 3, quorum: 2, deadlineSeconds: 8) with { LocalEpochs = 4 };
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        await fed.WaitAsync(spec.JobId, Generous, s => s.CompletedRounds >= 1);
+        await fed.CrashParty("food"); // round 2 has just been asked for: food dies while training
+        await fed.WaitAsync(spec.JobId, Generous, s => s.CompletedRounds >= 2);
+        fed.StartParty("food");
+        var status = await fed.WaitAsync(spec.JobId, Generous);
+
+        Assert.True(status.State == JobState.Completed, status.Reason);
+        Assert.Equal([1, 2, 3], status.Rounds.Select(r => r.Round));
+        var round2 = status.Rounds[1].Parties.ToDictionary(p => p.Org);
+        Assert.False(round2["food"].Succeeded);
+        Assert.True(round2["animal"].Succeeded && round2["artifact"].Succeeded);
+        Assert.True(status.Rounds[2].Parties.Single(p => p.Org == "food").Succeeded, "the restarted party trains again in round 3");
+    }
+
+    [Fact]
+    public async Task An_arbiter_crash_loses_no_completed_round_and_lost_chunks_are_retransmitted_without_changing_the_result()
+    {
+        var g = FederationFixture.Prepare();
+        string reference;
+        await using (var fed = await FederationFixture.Start(g))
+        {
+            // Same settings for all three runs; 3 local epochs keep the arbiter crash inside a round.
+            var clean = FederationFixture.Job(g, "clean", rounds: 3) with { LocalEpochs = 3 };
+            Assert.IsType<JobAccepted>(await fed.SubmitAsync(clean));
+            var done = await fed.WaitAsync(clean.JobId, Generous);
+            Assert.True(done.State == JobState.Completed, done.Reason);
+            reference = done.GlobalDigest!;
+
+            var crash = FederationFixture.Job(g, "arbiter-crash", rounds: 3) with { LocalEpochs = 3 };
+            Assert.IsType<JobAccepted>(await fed.SubmitAsync(crash));
+            await fed.WaitAsync(crash.JobId, Generous, s => s.CompletedRounds >= 1);
+            await fed.RestartArbiter();
+            var resumed = await fed.WaitAsync(crash.JobId, Generous);
+            Assert.True(resumed.State == JobState.Completed, resumed.Reason);
+            // Each round completed exactly once, in order: nothing lost, nothing recomputed.
+            Assert.Equal([1, 2, 3], resumed.Rounds.Select(r => r.Round));
+            Assert.Contains(resumed.Rounds, r => r.Attempt > 1);
+            Assert.Equal(reference, resumed.GlobalDigest);
+        }
+
+        var lossy = ConfigurationFactory.ParseString("fate-llm.transfer.drop-rate = 0.1\nfate-llm.transfer.chunk-size = 4KiB");
+        var g2 = g with { Root = Path.Combine(g.Root, "lossy") };
+        await using (var fed = await FederationFixture.Start(g2, lossy))
+        {
+            var spec = FederationFixture.Job(g2, "lossy", rounds: 3) with { LocalEpochs = 3, ModelPath = g.Model };
+            Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+            var done = await fed.WaitAsync(spec.JobId, Generous);
+            Assert.True(done.State == JobState.Completed, done.Reason);
+            Assert.True(done.Rounds.SelectMany(r => r.Parties).Sum(p => p.Retransmissions) > 0, "10% loss must cause retransmissions");
+            Assert.Equal(reference, done.GlobalDigest);
+        }
+    }
+
+    [Fact]
+    public async Task A_blackholed_party_is_downed_and_the_round_proceeds_with_the_quorum()
+    {
+        var g = FederationFixture.Prepare();
+        var throttled = ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.applied-adapters = [trttl]");
+        await using var fed = await FederationFixture.Start(g, throttled);
+        var spec = FederationFixture.Job(g, "partition", rounds: 2, quorum: 2, deadlineSeconds: 10);
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        await fed.WaitAsync(spec.JobId, Generous, s => s.CompletedRounds >= 1);
+
+        var food = fed.Parties["food"].System;
+        var transport = ((RemoteActorRefProvider)((ExtendedActorSystem)food).Provider).Transport;
+        foreach (var m in Akka.Cluster.Cluster.Get(food).State.Members.Where(m => m.Address != Akka.Cluster.Cluster.Get(food).SelfAddress))
+            await transport.ManagementCommand(new SetThrottle(m.Address, ThrottleTransportAdapter.Direction.Both, Blackhole.Instance));
+
+        var status = await fed.WaitAsync(spec.JobId, Generous);
+        Assert.True(status.State == JobState.Completed, status.Reason);
+        Assert.False(status.Rounds[1].Parties.Single(p => p.Org == "food").Succeeded);
+        // The split-brain resolver downed the isolated party: it is gone from the majority's view.
+        var arbiterView = Akka.Cluster.Cluster.Get(fed.Arbiter.System).State.Members;
+        Assert.DoesNotContain(arbiterView, m => m.HasRole("org-food"));
+    }
+
+    [Fact]
+    public async Task A_trainer_that_throws_counts_as_a_dropout_and_its_party_node_stays_up()
+    {
+        var g = FederationFixture.Prepare();
+        var bad = g.Datasets["food"]["train"];
+        File.AppendAllText(bad, "{ this is not json\n");
+        await using var fed = await FederationFixture.Start(g);
+        var spec = FederationFixture.Job(g, "bad-data", rounds: 2, quorum: 2);
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        var status = await fed.WaitAsync(spec.JobId, Generous);
+
+        Assert.True(status.State == JobState.Completed, status.Reason);
+        foreach (var round in status.Rounds)
+        {
+            var food = round.Parties.Single(p => p.Org == "food");
+            Assert.False(food.Succeeded);
+            Assert.Contains($"{bad}:", food.Reason);
+        }
+        Assert.False(fed.Parties["food"].System.WhenTerminated.IsCompleted);
+    }
+
+    [Fact]
+    public async Task Without_a_quorum_the_round_is_retried_then_the_job_fails_naming_who_was_missing()
+    {
+        var g = FederationFixture.Prepare();
+        var two = g with { Datasets = g.Datasets.Where(kv => kv.Key != "food").ToDictionary() };
+        await using var fed = await FederationFixture.Start(two);
+        var spec = FederationFixture.Job(g, "no-quorum", rounds: 2, quorum: 3, deadlineSeconds: 3, attempts: 2);
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        var status = await fed.WaitAsync(spec.JobId, Generous);
+
+        Assert.Equal(JobState.Failed, status.State);
+        Assert.Equal(0, status.CompletedRounds);
+        Assert.Contains("round 1 failed after 2 attempts", status.Reason);
+        Assert.Contains("food (no answer by the deadline)", status.Reason);
+    }
+}
