@@ -59,6 +59,13 @@ public sealed class PartyActor : ReceiveActor
         _log.Info("party {0} ready with datasets [{1}]", _s.Org, string.Join(", ", _s.Datasets.Keys));
     }
 
+    /// <summary>On shutdown (SIGTERM → CoordinatedShutdown) the local step is abandoned: the trainer stops at its next batch.</summary>
+    protected override void PostStop()
+    {
+        _current?.Cancel.Cancel();
+        base.PostStop();
+    }
+
     void OnTrain(TrainRequest r)
     {
         var key = new WorkKey(r.JobId, r.Round, r.Attempt);

@@ -96,23 +96,23 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
             return;
         }
         _fetching[u.Org] = u;
-        Context.ActorOf(BlobFetcher.Props(_s.Store, u.Delta, _s.Transfer), "fetch-" + u.Org);
+        Context.ActorOf(BlobFetcher.Props(_s.Store, u.Delta, _s.Transfer), FetcherPrefix + u.Org);
     }
+
+    // Fetchers are named per party: two parties may well upload identical deltas (same digest).
+    string? FetchingParty() => Sender.Path.Name.StartsWith(FetcherPrefix) ? Sender.Path.Name[FetcherPrefix.Length..] : null;
+    const string FetcherPrefix = "fetch-";
 
     void OnFetched(FetchCompleted f)
     {
-        var entry = _fetching.FirstOrDefault(kv => kv.Value.Delta.Digest == f.Digest);
-        if (entry.Key is null) return;
-        _fetching.Remove(entry.Key);
-        Record(entry.Key, entry.Value.Round, entry.Value.Attempt, () => _succeeded[entry.Key] = (entry.Value, f));
+        if (FetchingParty() is not { } org || !_fetching.Remove(org, out var update)) return;
+        Record(org, update.Round, update.Attempt, () => _succeeded[org] = (update, f));
     }
 
     void OnFetchFailed(FetchFailed f)
     {
-        var entry = _fetching.FirstOrDefault(kv => kv.Value.Delta.Digest == f.Digest);
-        if (entry.Key is null) return;
-        _fetching.Remove(entry.Key);
-        Record(entry.Key, entry.Value.Round, entry.Value.Attempt, () => _failed[entry.Key] = $"upload failed: {f.Reason}");
+        if (FetchingParty() is not { } org || !_fetching.Remove(org, out var update)) return;
+        Record(org, update.Round, update.Attempt, () => _failed[org] = $"upload failed: {f.Reason}");
     }
 
     void Conclude(bool deadline)

@@ -5,6 +5,7 @@ using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Runtime;
 using FateLlm.Training.Trainer;
+using FateLlm.Actors.Transfer;
 using TorchSharp;
 using static FateLlm.Host.Cli.CliApp;
 using static TorchSharp.torch;
@@ -18,7 +19,28 @@ internal static class BenchCommands
     {
         var cmd = new Command("bench", "Benchmarks (figures, not tests)");
         cmd.Subcommands.Add(TrainBench());
+        var sizes = CliApp.Opt("--sizes", "Adapter sizes in MiB for the transfer bench", "1,16,64");
+        var noRound = CliApp.Opt("--no-round", "Skip the real 3-party round", false);
+        var window = CliApp.Opt("--window", "Chunks in flight per transfer", TransferSettings.Default.Window);
+        var chunkKiB = CliApp.Opt("--chunk-kib", "Chunk size in KiB (≤ 4096)", TransferSettings.Default.ChunkSize >> 10);
+        cmd.Subcommands.Add(new Command("federation", "Transfer MB/s vs raw TCP, wire overhead, FedAvg vs memcpy, round overhead, rounds/s").With(p =>
+            FederationBench.Run(ParseSizes(p.GetValue(sizes)!), p.GetValue(noRound), TransferSettings.Default with
+            {
+                Window = TrainingCommands.Positive(p.GetValue(window), "--window"),
+                ChunkSize = Math.Min(4096, TrainingCommands.Positive(p.GetValue(chunkKiB), "--chunk-kib")) << 10,
+            }).GetAwaiter().GetResult(), sizes, noRound, window, chunkKiB));
+        var port = CliApp.Opt("--port", "", 0);
+        var rawPort = CliApp.Opt("--raw-port", "", 0);
+        var dir = CliApp.Opt("--dir", "", "");
+        cmd.Subcommands.Add(new Command("blob-server", "(internal) the serving process of bench federation") { Hidden = true }.With(p =>
+            FederationBench.Serve(p.GetValue(port), p.GetValue(rawPort), ParseSizes(p.GetValue(sizes)!), p.GetValue(dir)!), port, rawPort, sizes, dir));
         return cmd;
+    }
+
+    static int[] ParseSizes(string s)
+    {
+        try { return s.Split(',').Select(x => int.Parse(x.Trim())).Where(x => x > 0).ToArray(); }
+        catch (FormatException) { throw new UsageException($"--sizes '{s}' must be comma-separated MiB counts"); }
     }
 
     static Command TrainBench()

@@ -1,0 +1,248 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Akka.Actor;
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Nodes;
+using FateLlm.Actors.Parties;
+using FateLlm.Actors.Rounds;
+using FateLlm.Actors.Transfer;
+using FateLlm.Training.Aggregation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Federation;
+using FateLlm.Training.Models;
+using FateLlm.Training.Tokenization;
+using static TorchSharp.torch;
+
+namespace FateLlm.Host.Cli;
+
+/// <summary>
+/// <c>bench federation</c>: adapter transfer between two processes vs raw TCP, wire overhead, FedAvg throughput vs
+/// memcpy, round overhead of a real 3-party round, and round rate with 200 simulated parties. Prints figures only.
+/// </summary>
+internal static class FederationBench
+{
+    static Config Remote(int port) => ConfigurationFactory.ParseString($"""
+        akka.actor.provider = remote
+        akka.loglevel = ERROR
+        akka.stdout-loglevel = ERROR
+        akka.remote.dot-netty.tcp.port = {port}
+        akka.remote.dot-netty.tcp.maximum-frame-size = 5MiB
+        """).WithFallback(FederationNode.Reference());
+
+    public static async Task Run(int[] sizesMiB, bool skipRound, TransferSettings transfer)
+    {
+        Console.WriteLine($"== adapter transfer between two processes over loopback ({transfer.ChunkSize >> 10} KiB chunks, window {transfer.Window})");
+        await Transfer(sizesMiB, transfer);
+        Console.WriteLine();
+        Console.WriteLine("== FedAvg over 10 x 16 MiB adapters");
+        FedAvgThroughput();
+        Console.WriteLine();
+        Console.WriteLine("== round protocol with 200 simulated parties (tiny adapters, in-process)");
+        await SimulatedRounds(200, 20);
+        if (skipRound) return;
+        Console.WriteLine();
+        Console.WriteLine("== one real round: 3 parties, tiny model, in-process cluster");
+        await RealRound();
+    }
+
+    // ---- transfer ----
+
+    /// <summary>The other process of the transfer bench: serves random blobs over the blob server and over raw TCP.</summary>
+    public static void Serve(int port, int rawPort, int[] sizesMiB, string dir)
+    {
+        var store = new BlobStore(dir);
+        var rng = new Random(1);
+        var blobs = sizesMiB.Select(mib => { var b = new byte[mib << 20]; rng.NextBytes(b); return b; }).ToList();
+        var digests = blobs.Select(store.Put).ToList();
+        using var system = ActorSystem.Create("bench", Remote(port));
+        system.ActorOf(BlobServer.Props(store), BlobServer.Name);
+        var listener = new TcpListener(IPAddress.Loopback, rawPort);
+        listener.Start();
+        Console.WriteLine("READY " + string.Join(" ", digests));
+        while (true)
+        {
+            using var client = listener.AcceptTcpClient();
+            using var s = client.GetStream();
+            var index = s.ReadByte();
+            if (index < 0 || index >= blobs.Count) break;
+            s.Write(blobs[index]);
+        }
+    }
+
+    static async Task Transfer(int[] sizesMiB, TransferSettings transfer)
+    {
+        int port = LocalFederation.FreePort(), rawPort = LocalFederation.FreePort();
+        var dir = Path.Combine(Path.GetTempPath(), "fate-llm-bench-" + Environment.ProcessId);
+        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(FederationBench).Assembly.Location);
+        foreach (var a in new[] { "bench", "blob-server", "--port", port.ToString(), "--raw-port", rawPort.ToString(), "--sizes", string.Join(",", sizesMiB), "--dir", Path.Combine(dir, "server") })
+            psi.ArgumentList.Add(a);
+        using var server = Process.Start(psi)!;
+        try
+        {
+            var ready = await server.StandardOutput.ReadLineAsync() ?? "";
+            if (!ready.StartsWith("READY ")) throw new InvalidOperationException($"bench server did not start: {ready}");
+            var digests = ready[6..].Split(' ');
+            using var system = ActorSystem.Create("bench-client", Remote(0));
+            var remote = await system.ActorSelection($"akka.tcp://bench@127.0.0.1:{port}/user/{BlobServer.Name}").ResolveOne(TimeSpan.FromSeconds(20));
+            Console.WriteLine($"{"size",8} {"akka MB/s",10} {"raw TCP MB/s",13} {"ratio",6} {"wire/raw",9} {"retransmits",12}");
+            for (int i = 0; i < sizesMiB.Length; i++)
+            {
+                var size = (long)sizesMiB[i] << 20;
+                var (akkaSeconds, akkaWire, retransmits) = await Fetch(system, new BlobStore(Path.Combine(dir, "client-" + i)), new BlobLocation(digests[i], size, remote), transfer);
+                var (rawSeconds, rawWire) = RawCopy(rawPort, i, size);
+                Console.WriteLine($"{sizesMiB[i] + " MiB",8} {size / 1e6 / akkaSeconds,10:F1} {size / 1e6 / rawSeconds,13:F1} {rawSeconds / akkaSeconds,6:F2} {akkaWire / (double)rawWire,9:F3} {retransmits,12}");
+            }
+            Console.WriteLine("wire/raw: loopback bytes (TCP/IP headers included) for the actor transfer ÷ for a raw TCP copy of the same bytes");
+        }
+        finally
+        {
+            using (var c = new TcpClient()) { try { c.Connect(IPAddress.Loopback, rawPort); c.GetStream().WriteByte(255); } catch (SocketException) { } }
+            if (!server.WaitForExit(5000)) server.Kill(true);
+            try { Directory.Delete(dir, true); } catch (IOException) { }
+        }
+    }
+
+    sealed class FetchParent(BlobStore store, BlobLocation source, TransferSettings transfer, TaskCompletionSource<object> done) : UntypedActor
+    {
+        protected override void PreStart() => Context.ActorOf(BlobFetcher.Props(store, source, transfer));
+        protected override void OnReceive(object message) => done.TrySetResult(message);
+    }
+
+    static async Task<(double Seconds, long Wire, int Retransmits)> Fetch(ActorSystem system, BlobStore store, BlobLocation source, TransferSettings transfer)
+    {
+        var done = new TaskCompletionSource<object>();
+        var before = LoopbackBytes();
+        var sw = Stopwatch.StartNew();
+        system.ActorOf(Props.Create(() => new FetchParent(store, source, transfer, done)));
+        var result = await done.Task.WaitAsync(TimeSpan.FromMinutes(5));
+        var seconds = sw.Elapsed.TotalSeconds;
+        if (result is FetchFailed f) throw new InvalidOperationException(f.Reason);
+        return (seconds, LoopbackBytes() - before, ((FetchCompleted)result).Retransmissions);
+    }
+
+    static (double Seconds, long Wire) RawCopy(int port, int index, long size)
+    {
+        var buffer = new byte[1 << 20];
+        var before = LoopbackBytes();
+        var sw = Stopwatch.StartNew();
+        using (var c = new TcpClient())
+        {
+            c.Connect(IPAddress.Loopback, port);
+            var s = c.GetStream();
+            s.WriteByte((byte)index);
+            long got = 0;
+            int n;
+            while (got < size && (n = s.Read(buffer)) > 0) got += n;
+        }
+        return (sw.Elapsed.TotalSeconds, LoopbackBytes() - before);
+    }
+
+    /// <summary>Bytes received on the loopback interface so far (/proc/net/dev), or 0 where unavailable.</summary>
+    static long LoopbackBytes()
+    {
+        if (!File.Exists("/proc/net/dev")) return 0;
+        var line = File.ReadLines("/proc/net/dev").FirstOrDefault(l => l.TrimStart().StartsWith("lo:"));
+        return line is null ? 0 : long.Parse(line.Split(':')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[0]);
+    }
+
+    // ---- aggregation ----
+
+    static void FedAvgThroughput()
+    {
+        const int parties = 10, floats = 4 << 20; // 16 MiB each
+        using var scope = NewDisposeScope();
+        var global = new Dictionary<string, Tensor> { ["w"] = zeros(floats) };
+        var deltas = Enumerable.Range(0, parties).Select(i => new AdapterDelta("p" + i, new Dictionary<string, Tensor> { ["w"] = randn(floats) }, 10 + i)).ToList();
+        var fedavg = new FedAvg();
+        fedavg.Aggregate(global, deltas, new Dictionary<string, Tensor>()); // warm-up
+        var sw = Stopwatch.StartNew();
+        const int reps = 5;
+        for (int r = 0; r < reps; r++) fedavg.Aggregate(global, deltas, new Dictionary<string, Tensor>());
+        var fedSeconds = sw.Elapsed.TotalSeconds / reps;
+        var dst = empty(floats);
+        sw.Restart();
+        for (int r = 0; r < reps; r++)
+            foreach (var d in deltas) dst.copy_(d.Tensors["w"]);
+        var copySeconds = sw.Elapsed.TotalSeconds / reps;
+        double bytes = (double)parties * floats * 4;
+        Console.WriteLine($"FedAvg {bytes / 1e9 / fedSeconds:F2} GB/s, memcpy of the same bytes {bytes / 1e9 / copySeconds:F2} GB/s, ratio {copySeconds / fedSeconds:F2} ({get_num_threads()} torch threads)");
+    }
+
+    // ---- round protocol ----
+
+    /// <summary>Answers every TrainRequest at once with a distinct tiny delta served from its own store.</summary>
+    sealed class SimulatedParties : ReceiveActor
+    {
+        public SimulatedParties(BlobStore store, IActorRef server, IReadOnlyDictionary<string, string> deltas)
+        {
+            Receive<TrainRequest>(r =>
+            {
+                var digest = deltas[r.Org];
+                Sender.Tell(new UpdateReady(r.Org, r.JobId, r.Round, r.Attempt, new BlobLocation(digest, store.Size(digest), server), 10, 1, 1, null, 0, 0));
+            });
+        }
+    }
+
+    static async Task SimulatedRounds(int parties, int rounds)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "fate-llm-bench-rounds-" + Environment.ProcessId);
+        var partyStore = new BlobStore(Path.Combine(dir, "parties"));
+        var arbiterStore = new BlobStore(Path.Combine(dir, "arbiter"));
+        var orgs = Enumerable.Range(0, parties).Select(i => $"p{i:D3}").ToArray();
+        Dictionary<string, Tensor> Adapter(float v) => new() { ["a.lora_A.weight"] = full(8, 64, v), ["a.lora_B.weight"] = full(64, 8, v) };
+        var deltas = orgs.Select((o, i) => (o, partyStore.Put(SafeTensors.ToBytes(Adapter(i * 1e-3f))))).ToDictionary(x => x.o, x => x.Item2);
+        var globalDigest = arbiterStore.Put(SafeTensors.ToBytes(Adapter(0)));
+        using var system = ActorSystem.Create("bench-rounds", ConfigurationFactory.ParseString("akka.actor.provider = local\nakka.loglevel = ERROR").WithFallback(FederationNode.Reference()));
+        var server = system.ActorOf(BlobServer.Props(partyStore), "party-blobs");
+        var simulated = system.ActorOf(Props.Create(() => new SimulatedParties(partyStore, server, deltas)));
+        var settings = new RoundSettings(arbiterStore, simulated, TransferSettings.Default, TimeSpan.FromSeconds(30));
+        var spec = new JobSpec { JobId = "bench", ModelPath = "-", Parties = orgs.Select(o => new PartySpec(o, "train", null)).ToArray(), Quorum = parties, RoundDeadlineSeconds = 60 };
+        var sw = Stopwatch.StartNew();
+        string? state = null;
+        for (int r = 1; r <= rounds; r++)
+        {
+            var round = system.ActorOf(AggregationRound.Props(settings));
+            var finished = await round.Ask<RoundFinished>(new StartRound("bench", r, 1, spec, new BlobLocation(globalDigest, arbiterStore.Size(globalDigest), server), state), TimeSpan.FromSeconds(60));
+            if (!finished.Succeeded) throw new InvalidOperationException(finished.Reason);
+            globalDigest = finished.GlobalDigest!;
+            state = finished.ServerStateDigest;
+            system.Stop(round);
+        }
+        Console.WriteLine($"{rounds / sw.Elapsed.TotalSeconds:F2} rounds/s with {parties} parties ({sw.Elapsed.TotalMilliseconds / rounds:F0} ms per round: ask, pull {parties} deltas, aggregate, store)");
+        await system.Terminate();
+        try { Directory.Delete(dir, true); } catch (IOException) { }
+    }
+
+    static async Task RealRound()
+    {
+        var root = Path.Combine(Path.GetTempPath(), "fate-llm-bench-round-" + Environment.ProcessId);
+        var model = Path.Combine(root, "model");
+        var m = CausalLm.Create(ModelPresets.Create("llama", "tiny"));
+        m.InitializeWeights(1);
+        HfCheckpoint.Save(m, model);
+        ByteTokenizer.Save(model);
+        var (parties, _) = DemoCorpus.Write(Path.Combine(root, "data"), repeats: 4);
+        var datasets = parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string> { ["train"] = kv.Value.Train });
+        var config = ConfigurationFactory.ParseString("akka.loglevel = ERROR\nakka.stdout-loglevel = ERROR\nakka.cluster.sharding.retry-interval = 200ms\nfate-llm.round.resend-interval = 1s");
+        await using var fed = await LocalFederation.StartAsync(Path.Combine(root, "nodes"), datasets, config);
+        var spec = new JobSpec
+        {
+            JobId = "bench-round", ModelPath = model, Parties = parties.Keys.Select(o => new PartySpec(o, "train", null)).ToArray(),
+            Rounds = 2, Quorum = 3, LocalEpochs = 3, OutputDir = Path.Combine(root, "out"), RoundDeadlineSeconds = 120,
+        };
+        await fed.SubmitAsync(spec);
+        var s = await fed.WaitAsync(spec.JobId, TimeSpan.FromMinutes(5));
+        foreach (var r in s.Rounds)
+        {
+            var slowest = r.Parties.Max(p => p.TrainSeconds);
+            Console.WriteLine($"round {r.Round}: wall {r.Seconds:F2}s, slowest party's local round {slowest:F2}s → overhead {100 * (r.Seconds / slowest - 1):F1}% (adapter {Bytes(r.Parties[0].UploadBytes)})");
+        }
+        Console.WriteLine("(3 parties train concurrently on 2 cores here, so the slowest party's time includes sharing the CPU)");
+        try { Directory.Delete(root, true); } catch (IOException) { }
+    }
+
+    static string Bytes(long b) => b >= 1 << 20 ? $"{b / 1048576.0:F2} MiB" : $"{b / 1024.0:F1} KiB";
+}
