@@ -235,12 +235,14 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             var spec = _spec!;
             var adapter = _s.Store.Read(_globalDigest!);
             var modelsRoot = _s.ModelsRoot;
+            var rounds = _rounds.ToArray();
             Task.Run(() =>
             {
                 var dir = spec.OutputDir;
                 Directory.CreateDirectory(dir);
                 FederatedComputation.ExportAdapter(spec.ToTask(PartyActor.LocalModelPath(spec.ModelPath, modelsRoot)), adapter, Path.Combine(dir, "adapter"));
                 File.WriteAllText(Path.Combine(dir, "evaluation.json"), JsonSerializer.Serialize(results, JsonOptions));
+                PlotRounds(rounds, spec, Path.Combine(dir, "loss.png"));
                 return (object)new Exported(dir);
             }).PipeTo(Self, failure: ex => new ExportFailed(ex.GetBaseException().Message));
         });
@@ -270,6 +272,20 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     }
 
     static double? Finite(double x) => double.IsFinite(x) ? x : null;
+
+    /// <summary>Per party and round: its local training loss at the end of the round, and the eval loss of the global it received.</summary>
+    static void PlotRounds(RoundSummary[] rounds, JobSpec spec, string path)
+    {
+        var series = new List<Training.Reporting.Series>();
+        foreach (var org in spec.Parties.Select(p => p.Org))
+        {
+            var reports = rounds.Select(r => (r.Round, Report: r.Parties.FirstOrDefault(p => p.Org == org))).Where(x => x.Report is { Succeeded: true }).ToList();
+            series.Add(new(org + " train", reports.Select(x => (double)x.Round).ToArray(), reports.Select(x => x.Report!.LastLoss).ToArray()));
+            var evals = reports.Where(x => x.Report!.EvalLoss.HasValue).ToList();
+            if (evals.Count > 0) series.Add(new(org + " eval (global in)", evals.Select(x => (double)x.Round).ToArray(), evals.Select(x => x.Report!.EvalLoss!.Value).ToArray()));
+        }
+        Training.Reporting.LineChart.Save(path, $"job {spec.JobId}: loss per round per party", "round", "loss", series);
+    }
 
     void WriteEventLog()
     {

@@ -45,8 +45,10 @@ internal static class DemoCommand
         var nodes = Path.Combine(root, "nodes");
         if (Directory.Exists(nodes)) Directory.Delete(nodes, recursive: true);
         var config = ConfigurationFactory.ParseString($"""
-            akka.loglevel = ERROR
-            akka.stdout-loglevel = ERROR
+            # The demo prints its own progress; node shutdown chatter would only bury it.
+            akka.loglevel = OFF
+            akka.stdout-loglevel = OFF
+            akka.remote.log-remote-lifecycle-events = off
             akka.cluster.split-brain-resolver.stable-after = 5s
             akka.cluster.sharding.retry-interval = 300ms
             fate-llm.round.resend-interval = 1s

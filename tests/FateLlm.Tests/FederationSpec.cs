@@ -26,6 +26,7 @@ public class FederationSpec
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "adapter", "adapter_model.safetensors")));
         Assert.Equal(2 * 3, File.ReadAllLines(Path.Combine(spec.OutputDir, "rounds.jsonl")).Length);
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "events.jsonl")));
+        Assert.True(new FileInfo(Path.Combine(spec.OutputDir, "loss.png")).Length > 1000);
         // Each organization's entity ran only on its own node.
         foreach (var (org, node) in fed.Parties)
         {
