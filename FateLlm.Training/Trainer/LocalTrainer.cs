@@ -28,6 +28,8 @@ public sealed record TrainOptions
     /// <summary>FedProx μ: adds μ/2·‖w − w₀‖² over trainable tensors against <see cref="ProximalReference"/>.</summary>
     public double ProximalMu { get; init; }
     public IReadOnlyDictionary<string, Tensor>? ProximalReference { get; init; }
+    /// <summary>Stops after the step during which this much wall time has passed (pretraining on a time budget).</summary>
+    public TimeSpan? MaxDuration { get; init; }
     /// <summary>Folder for per-epoch checkpoints of the trainable state; resumable.</summary>
     public string? CheckpointDir { get; init; }
     public bool Resume { get; init; }
@@ -122,6 +124,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 accumulated = 0;
                 micro = 0;
                 progress?.Report(new TrainProgress(step, totalSteps, epoch, stepLoss, lr, tokens / Math.Max(1e-9, sw.Elapsed.TotalSeconds), sw.Elapsed));
+                if (o.MaxDuration is { } limit && sw.Elapsed > limit) totalSteps = step;
             }
             if (o.CheckpointDir != null) TrainerCheckpoint.Save(o.CheckpointDir, epoch, step, model, optimizer);
         }

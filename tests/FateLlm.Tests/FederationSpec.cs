@@ -35,3 +35,34 @@ public class FederationSpec
         }
     }
 }
+
+public class FederationDeterminismSpec
+{
+    [Fact]
+    public async Task Federated_fedavg_equals_an_in_process_reference_loop_with_the_same_seeds()
+    {
+        var g = FederationFixture.Prepare();
+        var spec = FederationFixture.Job(g, "determinism", rounds: 2);
+        await using (var fed = await FederationFixture.Start(g))
+        {
+            Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+            var status = await fed.WaitAsync(spec.JobId, TimeSpan.FromSeconds(120));
+            Assert.True(status.State == JobState.Completed, status.Reason);
+
+            // The same computation without actors, serializers or networks: init, local rounds, FedAvg by name.
+            var task = spec with { ModelDigest = Training.Models.HfCheckpoint.WeightsDigest(g.Model) };
+            var global = Training.Federation.FederatedComputation.InitialAdapter(task.ToTask());
+            byte[]? state = null;
+            for (int round = 1; round <= spec.Rounds; round++)
+            {
+                var updates = spec.Parties.OrderBy(p => p.Org, StringComparer.Ordinal).Select(p =>
+                {
+                    var r = Training.Federation.FederatedComputation.LocalRound(task.ToTask(), global, g.Datasets[p.Org]["train"], g.Datasets[p.Org]["dev"], round, default);
+                    return (p.Org, r.Delta, r.Samples);
+                }).ToList();
+                (global, state) = Training.Federation.FederatedComputation.Aggregate(global, updates, state, spec.Strategy());
+            }
+            Assert.Equal(FateLlm.Actors.Transfer.BlobStore.Digest(global), status.GlobalDigest);
+        }
+    }
+}
