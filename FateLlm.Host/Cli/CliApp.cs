@@ -29,6 +29,7 @@ public static class CliApp
         foreach (var node in NodeCommands.Build()) root.Subcommands.Add(node);
         root.Subcommands.Add(JobCommands.Build());
         root.Subcommands.Add(DemoCommand.Build());
+        root.Subcommands.Add(DemoCommand.Experiment());
         root.Subcommands.Add(DataCommands.Data());
         root.Subcommands.Add(DataCommands.Pretrain());
         return root;

@@ -1,87 +1,64 @@
 using System.CommandLine;
-using Akka.Configuration;
 using FateLlm.Actors.Jobs;
-using FateLlm.Actors.Nodes;
-using FateLlm.Training.Federation;
-using FateLlm.Training.Models;
-using FateLlm.Training.Tokenization;
+using FateLlm.Host.Experiments;
 using Spectre.Console;
 using static FateLlm.Host.Cli.CliApp;
 
 namespace FateLlm.Host.Cli;
 
 /// <summary>
-/// The embedded default: seed + arbiter + one party per domain as separate actor systems on 127.0.0.1 in this
-/// process, a tiny model, the non-IID demo corpus, a few rounds of FedAvg LoRA, live progress and a final table.
+/// <c>demo</c> (the embedded default) and <c>experiment paper</c>: the FATE-LLM experiment on WordNet through an
+/// in-process federation (seed + arbiter + 3 parties as separate actor systems on 127.0.0.1).
 /// </summary>
 internal static class DemoCommand
 {
     public static Command Build()
     {
-        var outDir = Opt("--out", "Working folder (model, data, node state, outputs)", Path.Combine("runs", "demo"));
+        var outDir = Opt("--out", "Working folder (data, cached base model, node state, outputs)", Path.Combine("runs", "demo"));
         var rounds = Opt("--rounds", "Federated rounds", 3);
-        var epochs = Opt("--local-epochs", "Local epochs per round", 2);
-        var dropRate = Opt("--drop-rate", "Fraction of transfer chunks to drop (fault injection)", 0.0);
-        return new Command("demo", "Run a whole federation on this machine: 3 parties, FedAvg LoRA, live progress, final table").With(p =>
+        return new Command("demo", "Federated LoRA on WordNet with 3 parties: live progress, then local vs federated vs centralized").With(p =>
         {
-            var root = Path.GetFullPath(p.GetValue(outDir)!);
-            var n = TrainingCommands.Positive(p.GetValue(rounds), "--rounds");
-            if (p.GetValue(dropRate) is < 0 or >= 1) throw new UsageException("--drop-rate must be in [0, 1)");
-            Run(root, n, TrainingCommands.Positive(p.GetValue(epochs), "--local-epochs"), p.GetValue(dropRate)).GetAwaiter().GetResult();
-        }, outDir, rounds, epochs, dropRate);
+            var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with { Rounds = TrainingCommands.Positive(p.GetValue(rounds), "--rounds") };
+            AnsiConsole.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
+            Run(s);
+        }, outDir, rounds);
     }
 
-    static async Task Run(string root, int rounds, int localEpochs, double dropRate)
+    public static Command Experiment()
     {
-        var model = Path.Combine(root, "model");
-        if (!File.Exists(Path.Combine(model, HfCheckpoint.SingleFile)))
+        var quick = Opt("--quick", "The quick variant (3 seeds, 500 examples per party, 3 rounds; ≈ 30 min on 2 cores)", false);
+        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "paper"));
+        var seeds = Opt("--seeds", "Comma-separated seeds", "1,2,3");
+        var paper = new Command("paper", "Reproduce the FATE-LLM comparison: zero-shot, local, federated, centralized; LoRA and P-Tuning v2; communication").With(p =>
         {
-            var m = CausalLm.Create(ModelPresets.Create("llama", "tiny"));
-            m.InitializeWeights(42);
-            HfCheckpoint.Save(m, model);
-            ByteTokenizer.Save(model);
-        }
-        var (parties, _) = DemoCorpus.Write(Path.Combine(root, "data"), repeats: 2);
-        var nodes = Path.Combine(root, "nodes");
-        if (Directory.Exists(nodes)) Directory.Delete(nodes, recursive: true);
-        var config = ConfigurationFactory.ParseString($"""
-            # The demo prints its own progress; node shutdown chatter would only bury it.
-            akka.loglevel = OFF
-            akka.stdout-loglevel = OFF
-            akka.remote.log-remote-lifecycle-events = off
-            akka.cluster.split-brain-resolver.stable-after = 5s
-            akka.cluster.sharding.retry-interval = 300ms
-            fate-llm.round.resend-interval = 1s
-            fate-llm.transfer.drop-rate = {dropRate.ToString(System.Globalization.CultureInfo.InvariantCulture)}
-            fate-llm.transfer.chunk-size = 32KiB
-            fate-llm.transfer.chunk-timeout = 1s
-            """);
-        AnsiConsole.MarkupLine($"[bold]FateLlm demo[/]: seed + arbiter + {parties.Count} parties on 127.0.0.1 (one process, separate actor systems)");
-        var datasets = parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string>
+            var dir = Path.GetFullPath(p.GetValue(outDir)!);
+            var s = p.GetValue(quick) ? ExperimentSettings.Quick(dir) : ExperimentSettings.Full(dir);
+            try { s = s with { Seeds = p.GetValue(seeds)!.Split(',').Select(int.Parse).ToArray() }; }
+            catch (FormatException) { throw new UsageException($"--seeds '{p.GetValue(seeds)}' must be comma-separated integers"); }
+            Run(s);
+        }, quick, outDir, seeds);
+        var cmd = new Command("experiment", "Experiments");
+        cmd.Subcommands.Add(paper);
+        return cmd;
+    }
+
+    static void Run(ExperimentSettings s)
+    {
+        var printed = new Dictionary<string, int>();
+        var progress = new Progress(st =>
         {
-            ["train"] = kv.Value.Train, ["dev"] = kv.Value.Dev,
+            var n = printed.GetValueOrDefault(st.JobId);
+            for (; n < st.Rounds.Length; n++)
+            {
+                AnsiConsole.MarkupLine($"[grey]{st.JobId}[/]");
+                JobCommands.PrintRound(st.Rounds[n], st.TotalRounds);
+            }
+            printed[st.JobId] = n;
         });
-        await using var fed = await LocalFederation.StartAsync(nodes, datasets, config);
-        AnsiConsole.MarkupLine($"cluster up, seed at {fed.SeedAddress}");
-        var jobId = "demo-" + DateTime.UtcNow.ToString("HHmmss");
-        var spec = new JobSpec
-        {
-            JobId = jobId, ModelPath = model, Parties = parties.Keys.Select(o => new PartySpec(o, "train", "dev")).ToArray(),
-            Rounds = rounds, LocalEpochs = localEpochs, Quorum = 2, RoundDeadlineSeconds = 120, BatchSize = 8, LearningRate = 5e-3,
-            LoraR = 8, LoraTargets = ["all-linear"], LoraDropout = 0, EvalLimit = 8, EvalMaxNewTokens = 24, MaxTotalTokens = 96,
-            OutputDir = Path.Combine(root, "output", jobId),
-        };
-        if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"demo job rejected: {r.Reason}");
-        AnsiConsole.MarkupLine($"job [bold]{jobId}[/] submitted: {rounds} rounds of FedAvg LoRA over parties {string.Join(", ", parties.Keys)}");
-        int printed = 0;
-        var final = await fed.WaitAsync(jobId, TimeSpan.FromMinutes(15), progress: new Progress(s =>
-        {
-            for (; printed < s.Rounds.Length; printed++) JobCommands.PrintRound(s.Rounds[printed], s.TotalRounds);
-        }));
-        for (; printed < final.Rounds.Length; printed++) JobCommands.PrintRound(final.Rounds[printed], final.TotalRounds);
-        if (final.State != JobState.Completed) throw new InvalidOperationException($"demo job {final.State}: {final.Reason}");
-        Render(final);
-        AnsiConsole.MarkupLine($"outputs (PEFT adapter, rounds.jsonl, events.jsonl, evaluation.json) in [bold]{final.OutputDir}[/]");
+        var result = new PaperExperiment(s, line => AnsiConsole.WriteLine(line)).RunAsync(progress).GetAwaiter().GetResult();
+        ExperimentReport.Write(result, s.OutDir);
+        Render(result);
+        AnsiConsole.MarkupLine($"results.md, results.json and plots in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
     }
 
     sealed class Progress(Action<JobStatus> report) : IProgress<JobStatus>
@@ -89,21 +66,17 @@ internal static class DemoCommand
         public void Report(JobStatus value) => report(value);
     }
 
-    static void Render(JobStatus s)
+    static void Render(ExperimentResult r)
     {
-        var rounds = new Table().Title("per round").AddColumns("round", "party", "samples", "train loss", "eval loss (global in)", "sent ↑", "received ↓", "retransmits");
-        foreach (var r in s.Rounds)
-            foreach (var p in r.Parties)
-                rounds.AddRow(r.Round.ToString(), p.Org, p.Samples.ToString(), p.Succeeded ? $"{p.FirstLoss:F3} → {p.LastLoss:F3}" : "[red]dropped[/]",
-                    p.EvalLoss?.ToString("F3") ?? "-", Bytes(p.UploadBytes), Bytes(p.DownloadBytes), p.Retransmissions.ToString());
-        AnsiConsole.Write(rounds);
-        var eval = new Table().Title("final global adapter, each party's dev set").AddColumns("party", "loss", "ppl", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU-4");
-        foreach (var e in s.FinalEvaluation)
-            eval.AddRow(e.Org, $"{e.Loss:F3}", $"{e.Perplexity:F2}", $"{e.Rouge1:F2}", $"{e.Rouge2:F2}", $"{e.RougeL:F2}", $"{e.Bleu4:F2}");
-        AnsiConsole.Write(eval);
-        var up = s.Rounds.SelectMany(r => r.Parties).Sum(p => p.UploadBytes);
-        var down = s.Rounds.SelectMany(r => r.Parties).Sum(p => p.DownloadBytes);
-        AnsiConsole.MarkupLine($"bytes sent by parties: {Bytes(up)}; received by parties: {Bytes(down)}");
+        var table = new Table().Title("all-domain test set: local vs federated vs centralized")
+            .AddColumns("method", "setting", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU-4", "loss");
+        foreach (var x in ExperimentReport.Summarize(r.Runs))
+            table.AddRow(x.Method, x.Setting, $"{x.Rouge1:F2}", $"{x.Rouge2:F2}", $"{x.RougeL:F2}", $"{x.Bleu4:F2}", $"{x.Loss:F3}");
+        AnsiConsole.Write(table);
+        var comm = new Table().Title("communication").AddColumns("method", "trainable params", "% of model", "sent per party per round", "total (up + down)");
+        foreach (var c in r.Communication)
+            comm.AddRow(c.Method, $"{c.TrainableParameters:N0}", $"{c.PercentOfModel:F3} %", Bytes(c.BytesPerPartyPerRound), Bytes(c.TotalBytes));
+        AnsiConsole.Write(comm);
     }
 
     static string Bytes(long b) => b >= 1 << 20 ? $"{b / 1048576.0:F2} MiB" : b >= 1024 ? $"{b / 1024.0:F1} KiB" : $"{b} B";

@@ -1,0 +1,226 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Nodes;
+using FateLlm.Training.Data;
+using FateLlm.Training.Evaluation;
+using FateLlm.Training.Metrics;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Tokenization;
+using FateLlm.Training.Trainer;
+using static TorchSharp.torch;
+
+namespace FateLlm.Host.Experiments;
+
+public sealed record ExperimentSettings
+{
+    public required string OutDir { get; init; }
+    public int[] Seeds { get; init; } = [1, 2, 3];
+    public string[] Methods { get; init; } = ["lora", "ptuning-v2"];
+    public bool FullFineTuningBaseline { get; init; } = true;
+    public int Rounds { get; init; } = 3;
+    public int LocalEpochs { get; init; } = 1;
+    public int TrainPerParty { get; init; } = 500;
+    public int DevPerParty { get; init; } = 40;
+    public int TestPerParty { get; init; } = 50;
+    public int PublicExamples { get; init; } = 20000;
+    public double PretrainMinutes { get; init; } = 2;
+    public string Preset { get; init; } = "tiny";
+    public int MaxNewTokens { get; init; } = 64;
+    public int BatchSize { get; init; } = 16;
+    public string WordNetDir { get; init; } = WordNetCorpus.DefaultDictionary;
+
+    public static ExperimentSettings Quick(string outDir) => new() { OutDir = outDir };
+
+    public static ExperimentSettings Full(string outDir) => new()
+    {
+        OutDir = outDir, Rounds = 5, TrainPerParty = 1500, DevPerParty = 100, TestPerParty = 100, PretrainMinutes = 6,
+    };
+
+    public static ExperimentSettings Demo(string outDir) => new()
+    {
+        OutDir = outDir, Seeds = [1], Methods = ["lora"], FullFineTuningBaseline = false, TrainPerParty = 400, TestPerParty = 30,
+        DevPerParty = 20,
+    };
+
+    public double LearningRate(string method) => method switch { "lora" => 5e-3, "ptuning-v2" => 1e-2, _ => 1e-3 };
+
+    public PeftConfig Peft(string method) => new()
+    {
+        Method = PeftConfig.ParseMethod(method), LoraR = 8, LoraAlpha = 16, LoraDropout = 0, LoraTargets = ["q_proj", "v_proj"],
+        NumVirtualTokens = 16,
+    };
+}
+
+public sealed record Scores(double Rouge1, double Rouge2, double RougeL, double Bleu4, double Loss, IReadOnlyDictionary<string, double> RougeLByDomain);
+
+public sealed record RunResult(string Method, string Setting, int Seed, Scores Scores, double Seconds);
+
+public sealed record CommunicationResult(string Method, long TrainableParameters, double PercentOfModel, long BytesPerPartyPerRound, long TotalBytes, int Rounds, int Parties,
+    double[] BytesPerRound, double[] MeanEvalLossPerRound);
+
+public sealed record ExperimentResult(ExperimentSettings Settings, PretrainResult Base, IReadOnlyDictionary<string, int> DataCounts, List<RunResult> Runs,
+    List<CommunicationResult> Communication, IReadOnlyList<AnalyticShare> Analytic, double Seconds);
+
+/// <summary>
+/// The FATE-LLM experiment at small scale on WordNet: zero-shot base, each party alone, federated (through the Akka
+/// federation), centralized — for each PEFT method and seed, on one all-domain test set.
+/// </summary>
+public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
+{
+    static readonly DataOptions Data = new() { MaxPromptTokens = 64, MaxResponseTokens = 96, MaxTotalTokens = 192 };
+
+    public async Task<ExperimentResult> RunAsync(IProgress<JobStatus>? federationProgress = null)
+    {
+        var clock = Stopwatch.StartNew();
+        Directory.CreateDirectory(s.OutDir);
+        var split = WordNetCorpus.Write(WordNetCorpus.Read(s.WordNetDir), Path.Combine(s.OutDir, "data"), new WordNetSplitOptions
+        {
+            TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = s.PublicExamples,
+        });
+        log($"data: {string.Join(", ", split.Counts.Select(kv => $"{kv.Key} {kv.Value}"))}");
+        var basePath = Path.Combine(s.OutDir, "base-" + s.Preset);
+        var pretrain = EnsureBase(basePath, split.Public);
+        var test = InstructionData.ReadJsonl(split.Test, Data);
+        var tok = new ByteTokenizer();
+        var runs = new List<RunResult>();
+
+        var zero = Evaluate(basePath, null, test, tok);
+        runs.Add(new RunResult("none", "zero-shot", 0, zero, 0));
+        log($"zero-shot base: ROUGE-L {zero.RougeL:F2}, BLEU-4 {zero.Bleu4:F2}");
+
+        var partyTrain = split.Parties.ToDictionary(kv => kv.Key, kv => InstructionData.ReadJsonl(kv.Value.Train, Data));
+        var communication = new List<CommunicationResult>();
+        var config = ConfigurationFactory.ParseString("""
+            akka.loglevel = OFF
+            akka.stdout-loglevel = OFF
+            akka.remote.log-remote-lifecycle-events = off
+            akka.cluster.sharding.retry-interval = 300ms
+            fate-llm.round.resend-interval = 2s
+            """);
+        var datasets = split.Parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string>
+        {
+            ["train"] = kv.Value.Train, ["dev"] = kv.Value.Dev,
+        });
+        await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets, config);
+        log($"federation up: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
+
+        foreach (var method in s.Methods)
+            foreach (var seed in s.Seeds)
+            {
+                var epochs = s.Rounds * s.LocalEpochs; // same number of local passes in every setting
+                foreach (var (party, examples) in partyTrain)
+                    runs.Add(Timed(method, $"local:{party}", seed, () => TrainAndEvaluate(basePath, method, examples, epochs, seed, test, tok)));
+                runs.Add(Timed(method, "centralized", seed, () => TrainAndEvaluate(basePath, method, partyTrain.Values.SelectMany(x => x).ToList(), epochs, seed, test, tok)));
+                var sw = Stopwatch.StartNew();
+                var (status, adapterDir) = await Federate(fed, basePath, method, seed, federationProgress);
+                var fedScores = Evaluate(basePath, adapterDir, test, tok);
+                runs.Add(new RunResult(method, "federated", seed, fedScores, sw.Elapsed.TotalSeconds));
+                if (seed == s.Seeds[0]) communication.Add(Communication(method, basePath, status));
+                foreach (var r in runs.Where(r => r.Method == method && r.Seed == seed))
+                    log($"{method} seed {seed} {r.Setting,-16} ROUGE-1 {r.Scores.Rouge1:F2} ROUGE-L {r.Scores.RougeL:F2} BLEU-4 {r.Scores.Bleu4:F2} loss {r.Scores.Loss:F3}");
+            }
+        if (s.FullFineTuningBaseline)
+        {
+            var (status, adapterDir) = await Federate(fed, basePath, "full", s.Seeds[0], federationProgress);
+            runs.Add(new RunResult("full", "federated", s.Seeds[0], Evaluate(adapterDir, null, test, tok), 0));
+            communication.Add(Communication("full", basePath, status));
+        }
+        return new ExperimentResult(s, pretrain, split.Counts, runs, communication, PublishedConfigs.Compute(), clock.Elapsed.TotalSeconds);
+    }
+
+    PretrainResult EnsureBase(string basePath, string publicCorpus)
+    {
+        var summary = Path.Combine(basePath, "pretrain_summary.json");
+        if (File.Exists(summary) && File.Exists(Path.Combine(basePath, HfCheckpoint.SingleFile)))
+        {
+            var cached = JsonSerializer.Deserialize<PretrainResult>(File.ReadAllText(summary))!;
+            log($"base model cached at {basePath} (dev perplexity {cached.DevPerplexity:F2})");
+            return cached;
+        }
+        log($"pretraining the {s.Preset} base on the public WordNet corpus for up to {s.PretrainMinutes} min (cached for later runs)...");
+        var r = Pretraining.Run("llama", s.Preset, publicCorpus, basePath, new TrainOptions
+        {
+            Epochs = 3, LearningRate = 3e-3, BatchSize = 32, Seed = 42, WarmupRatio = 0.05, Schedule = LrSchedule.Cosine,
+            MaxDuration = TimeSpan.FromMinutes(s.PretrainMinutes),
+        }, Data);
+        File.WriteAllText(summary, JsonSerializer.Serialize(r));
+        log($"base: {r.Parameters:N0} parameters, {r.Steps} steps, dev perplexity {r.DevPerplexity:F2} (bytes)");
+        return r;
+    }
+
+    RunResult Timed(string method, string setting, int seed, Func<Scores> run)
+    {
+        var sw = Stopwatch.StartNew();
+        var scores = run();
+        return new RunResult(method, setting, seed, scores, sw.Elapsed.TotalSeconds);
+    }
+
+    Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test, ITextTokenizer tok)
+    {
+        using var model = HfCheckpoint.Load(basePath);
+        manual_seed(seed);
+        PeftModel.Apply(model, s.Peft(method));
+        var data = train.Select(e => InstructionData.Tokenize(e, tok, Data)).ToList();
+        new LocalTrainer(model, new TrainOptions
+        {
+            Epochs = epochs, BatchSize = s.BatchSize, LearningRate = s.LearningRate(method), Schedule = LrSchedule.Constant, Seed = seed,
+        }, ByteTokenizer.Pad).Train(data);
+        return Score(model, test, tok);
+    }
+
+    Scores Evaluate(string modelOrAdapterBase, string? adapterDir, List<Example> test, ITextTokenizer tok)
+    {
+        using var model = adapterDir is null ? HfCheckpoint.Load(modelOrAdapterBase) : AdapterFolder.Load(adapterDir, modelOrAdapterBase).Model;
+        return Score(model, test, tok);
+    }
+
+    Scores Score(CausalLm model, List<Example> test, ITextTokenizer tok)
+    {
+        var report = Evaluator.Run(model, tok, test, Data, new EvalOptions { BatchSize = 32, Sampling = new SamplingOptions { MaxNewTokens = s.MaxNewTokens } });
+        var byDomain = report.Samples.GroupBy(x => Domain(x.Prompt))
+            .ToDictionary(g => g.Key, g => GenerationScores.Average(g.Select(x => (x.Reference, x.Prediction)).ToList()).RougeL);
+        var sc = report.Scores!;
+        return new Scores(sc.Rouge1, sc.Rouge2, sc.RougeL, sc.Bleu4, report.Loss, byDomain);
+    }
+
+    static string Domain(string content)
+    {
+        var i = content.IndexOf("domain#", StringComparison.Ordinal);
+        return i < 0 ? "?" : content[(i + 7)..];
+    }
+
+    async Task<(JobStatus Status, string AdapterDir)> Federate(LocalFederation fed, string basePath, string method, int seed, IProgress<JobStatus>? progress)
+    {
+        var jobId = $"{method}-seed{seed}-{DateTime.UtcNow:HHmmssfff}";
+        var peft = s.Peft(method);
+        var spec = new JobSpec
+        {
+            JobId = jobId, ModelPath = basePath, Parties = fed.Parties.Keys.Order().Select(o => new PartySpec(o, "train", "dev")).ToArray(),
+            PeftMethod = method, LoraR = peft.LoraR, LoraAlpha = peft.LoraAlpha, LoraDropout = peft.LoraDropout, LoraTargets = peft.LoraTargets.ToArray(),
+            NumVirtualTokens = peft.NumVirtualTokens, Rounds = s.Rounds, LocalEpochs = s.LocalEpochs, BatchSize = s.BatchSize,
+            LearningRate = s.LearningRate(method), Seed = seed, Quorum = fed.Parties.Count, RoundDeadlineSeconds = 900,
+            MaxPromptTokens = Data.MaxPromptTokens, MaxResponseTokens = Data.MaxResponseTokens, MaxTotalTokens = Data.MaxTotalTokens,
+            EvalLimit = 8, EvalMaxNewTokens = 16, OutputDir = Path.Combine(s.OutDir, "federated", jobId),
+        };
+        if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"job {jobId} rejected: {r.Reason}");
+        var status = await fed.WaitAsync(jobId, TimeSpan.FromHours(2), progress: progress);
+        if (status.State != JobState.Completed) throw new InvalidOperationException($"federated {method} seed {seed}: {status.State}: {status.Reason}");
+        return (status, Path.Combine(status.OutputDir!, "adapter"));
+    }
+
+    CommunicationResult Communication(string method, string basePath, JobStatus status)
+    {
+        using var model = HfCheckpoint.Load(basePath);
+        PeftModel.Apply(model, s.Peft(method));
+        var spec = PeftModel.Spec(model);
+        var perRound = status.Rounds.Select(r => (double)r.Parties.Sum(p => p.UploadBytes + p.DownloadBytes)).ToArray();
+        var evalLoss = status.Rounds.Select(r => r.Parties.Where(p => p.EvalLoss.HasValue).Select(p => p.EvalLoss!.Value).DefaultIfEmpty(double.NaN).Average()).ToArray();
+        var parties = status.Rounds.FirstOrDefault()?.Parties.Length ?? 0;
+        var perPartyRound = status.Rounds.FirstOrDefault()?.Parties.FirstOrDefault()?.UploadBytes ?? 0;
+        return new CommunicationResult(method, spec.Parameters, 100.0 * spec.Parameters / model.Config.ParameterCount(), perPartyRound,
+            (long)perRound.Sum(), status.Rounds.Length, parties, perRound, evalLoss);
+    }
+}

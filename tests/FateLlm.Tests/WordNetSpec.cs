@@ -1,0 +1,79 @@
+using FateLlm.Host.Experiments;
+using FateLlm.Training.Data;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+public class WordNetSpec
+{
+    const string Header = "  1 This software and database is being provided to you, the LICENSEE, by  \n";
+
+    static string Dictionary(int perDomain = 30)
+    {
+        var dir = TestSupport.TempDir();
+        string Line(int i, string lex, string type, string word) =>
+            $"{i:D8} {lex} {type} 02 {word} 0 {word}_too 0 000 | the meaning number {i} of {word}; \"an example with {word}\"";
+        var noun = Enumerable.Range(0, perDomain).SelectMany(i => new[]
+        {
+            Line(1000 + i, "05", "n", "beast" + i), Line(2000 + i, "20", "n", "herb" + i), Line(3000 + i, "06", "n", "tool" + i),
+            Line(4000 + i, "13", "n", "dish" + i), Line(5000 + i, "18", "n", "person" + i),
+        });
+        File.WriteAllText(Path.Combine(dir, "data.noun"), Header + string.Join("\n", noun) + "\n");
+        var verb = Enumerable.Range(0, perDomain).SelectMany(i => new[] { Line(6000 + i, "38", "v", "run" + i), Line(7000 + i, "35", "v", "hit" + i) });
+        File.WriteAllText(Path.Combine(dir, "data.verb"), Header + string.Join("\n", verb) + "\n");
+        File.WriteAllText(Path.Combine(dir, "data.adj"), Header + Line(8000, "00", "s", "big(a)") + "\n");
+        File.WriteAllText(Path.Combine(dir, "data.adv"), Header);
+        return dir;
+    }
+
+    [Fact]
+    public void A_data_line_gives_words_domain_definition_and_examples()
+    {
+        var s = WordNetCorpus.Parse("02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 023 @ 02083346 n 0000 | a member of the genus Canis; \"the dog barked all night\"", "data.noun:1");
+        Assert.Equal(["dog", "domestic dog", "Canis familiaris"], s.Words);
+        Assert.Equal("noun.animal", s.Domain);
+        Assert.Equal("a member of the genus Canis", s.Definition);
+        Assert.Equal(["the dog barked all night"], s.Examples);
+        Assert.Equal("word#dog*pos#noun*domain#animal", s.Content);
+        Assert.Equal("big", WordNetCorpus.Parse("00001740 00 s 01 big(a) 0 000 | large", "x").Words[0]);
+    }
+
+    [Fact]
+    public void A_malformed_line_is_named_by_file_and_line()
+    {
+        var dir = Dictionary();
+        File.AppendAllText(Path.Combine(dir, "data.verb"), "12345678 99 v 01 fly 0 000 | move through the air\n");
+        var e = Assert.Throws<DataFormatException>(() => WordNetCorpus.Read(dir));
+        Assert.Contains("data.verb:62: lexicographer file number '99'", e.Message);
+        var missing = Assert.Throws<DataFormatException>(() => WordNetCorpus.Read(TestSupport.TempDir()));
+        Assert.Contains("apt-get install wordnet-base", missing.Message);
+    }
+
+    [Fact]
+    public void Splits_are_deterministic_non_iid_by_domain_and_keep_party_domains_out_of_the_public_corpus()
+    {
+        var synsets = WordNetCorpus.Read(Dictionary());
+        var o = new WordNetSplitOptions { TrainPerParty = 20, DevPerParty = 5, TestPerParty = 5, PublicLimit = 0 };
+        var a = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);
+        var b = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);
+        foreach (var party in a.Parties.Keys)
+            Assert.Equal(File.ReadAllText(a.Parties[party].Train), File.ReadAllText(b.Parties[party].Train));
+        Assert.All(File.ReadLines(a.Parties["nature"].Train), l => Assert.Matches("domain#(animal|plant)", l));
+        Assert.All(File.ReadLines(a.Parties["actions"].Train), l => Assert.Matches("pos#verb", l));
+        Assert.Equal(15, File.ReadLines(a.Test).Count());
+        Assert.All(File.ReadLines(a.Public), l => Assert.DoesNotMatch("domain#(animal|plant|artifact|food|motion|contact)", l));
+        var trainWords = a.Parties.Values.SelectMany(p => File.ReadLines(p.Train)).ToHashSet();
+        Assert.DoesNotContain(File.ReadLines(a.Test), trainWords.Contains);
+    }
+
+    [Fact]
+    public void Analytic_shares_reproduce_the_papers_chatglm_6b_figures()
+    {
+        var glm = PublishedConfigs.Compute().Single(r => r.Model == "ChatGLM-6B");
+        Assert.Equal(0.059, glm.LoraPercent, 3);
+        Assert.InRange(glm.PrefixPercent, 0.46, 0.49); // paper: 0.473 %
+        Assert.InRange(glm.Parameters, 6.1e9, 6.3e9);
+        var llama = PublishedConfigs.Compute().Single(r => r.Model == "LLaMA-7B");
+        Assert.Equal(6_738_415_616, llama.Parameters); // the published LLaMA-7B count
+    }
+}
