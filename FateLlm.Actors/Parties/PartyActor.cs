@@ -21,9 +21,15 @@ public sealed class PartyActor : ReceiveActor
     readonly ILoggingAdapter _log = Context.GetLogger();
     readonly IActorRef _trainer;
     readonly Dictionary<WorkKey, object> _results = new();
-    readonly Dictionary<string, IActorRef> _evaluationRequesters = new();
     (WorkKey Key, IActorRef ReplyTo, TrainRequest Request, CancellationTokenSource Cancel, long DownloadBytes)? _current;
-    readonly Dictionary<string, (string JobId, EvaluateRequest Request, IActorRef ReplyTo)> _pendingEvalFetch = new();
+    readonly Dictionary<string, (EvaluateRequest Request, IActorRef ReplyTo)> _evaluations = new();
+    // Fetchers are named for what they fetch: a training round's global and an evaluation's adapter may share a digest.
+    const string GlobalFetch = "global-", EvalFetch = "eval-";
+    int _evalFetches;
+
+    /// <summary>The job id in an evaluation fetcher's name <c>eval-&lt;n&gt;-&lt;escaped job id&gt;</c>.</summary>
+    static string? EvalJob(string actorName) =>
+        actorName.StartsWith(EvalFetch) ? Uri.UnescapeDataString(actorName[(actorName.IndexOf('-', EvalFetch.Length) + 1)..]) : null;
 
     public PartyActor(string org, PartyNodeSettings settings)
     {
@@ -99,34 +105,39 @@ public sealed class PartyActor : ReceiveActor
         }
         _current = (key, Sender, r, new CancellationTokenSource(), 0);
         Sender.Tell(new TrainAccepted(_s.Org, r.JobId, r.Round, r.Attempt));
-        Context.ActorOf(BlobFetcher.Props(_s.Store, r.Global, _s.Transfer));
+        Context.ActorOf(BlobFetcher.Props(_s.Store, r.Global, _s.Transfer), GlobalFetch + FetcherId(key));
     }
+
+    // Actor names allow only URI characters; job ids are free text.
+    static string FetcherId(WorkKey k) => Uri.EscapeDataString($"{k.JobId}.{k.Round}.{k.Attempt}");
 
     void OnFetched(FetchCompleted f)
     {
-        if (_pendingEvalFetch.Remove(f.Digest, out var eval))
+        var name = Sender.Path.Name;
+        if (EvalJob(name) is { } evalJob && _evaluations.TryGetValue(evalJob, out var eval))
         {
-            var party = eval.Request.Spec.Parties.First(p => p.Org == _s.Org);
-            var data = _s.Datasets[party.EvalDataset ?? party.Dataset];
-            _trainer.Tell(new RunEvaluation(eval.JobId, Task(eval.Request.Spec), _s.Store.PathOf(f.Digest), data,
+            var evalParty = eval.Request.Spec.Parties.First(p => p.Org == _s.Org);
+            var data = _s.Datasets[evalParty.EvalDataset ?? evalParty.Dataset];
+            _trainer.Tell(new RunEvaluation(eval.Request.JobId, Task(eval.Request.Spec), _s.Store.PathOf(f.Digest), data,
                 eval.Request.Spec.EvalLimit, eval.Request.Spec.EvalMaxNewTokens));
             return;
         }
-        if (_current is not { } cur || cur.Request.Global.Digest != f.Digest) return;
+        if (_current is not { } cur || name != GlobalFetch + FetcherId(cur.Key)) return;
         _current = cur with { DownloadBytes = f.Chunks > 0 ? f.Bytes : 0 };
-        var party2 = cur.Request.Spec.Parties.First(p => p.Org == _s.Org);
-        _trainer.Tell(new RunLocalRound(cur.Key, Task(cur.Request.Spec), _s.Store.PathOf(f.Digest), _s.Datasets[party2.Dataset],
-            party2.EvalDataset is null ? null : _s.Datasets[party2.EvalDataset], cur.Cancel.Token));
+        var party = cur.Request.Spec.Parties.First(p => p.Org == _s.Org);
+        _trainer.Tell(new RunLocalRound(cur.Key, Task(cur.Request.Spec), _s.Store.PathOf(f.Digest), _s.Datasets[party.Dataset],
+            party.EvalDataset is null ? null : _s.Datasets[party.EvalDataset], cur.Cancel.Token));
     }
 
     void OnFetchFailed(FetchFailed f)
     {
-        if (_pendingEvalFetch.Remove(f.Digest, out var eval))
+        var name = Sender.Path.Name;
+        if (EvalJob(name) is { } evalJob)
         {
-            eval.ReplyTo.Tell(new EvaluateReply(_s.Org, eval.JobId, null, f.Reason));
+            ReplyEvaluation(evalJob, new EvaluateReply(_s.Org, evalJob, null, f.Reason));
             return;
         }
-        if (_current is { } cur && cur.Request.Global.Digest == f.Digest)
+        if (_current is { } cur && name == GlobalFetch + FetcherId(cur.Key))
             Finish(cur.Key, new UpdateFailed(_s.Org, cur.Key.JobId, cur.Key.Round, cur.Key.Attempt, $"download of the global adapter failed: {f.Reason}"));
     }
 
@@ -159,14 +170,15 @@ public sealed class PartyActor : ReceiveActor
             Sender.Tell(new EvaluateReply(_s.Org, r.JobId, null, $"party '{_s.Org}' has no evaluation data for job {r.JobId}"));
             return;
         }
-        _evaluationRequesters[r.JobId] = Sender;
-        _pendingEvalFetch[r.Adapter.Digest] = (r.JobId, r, Sender);
-        Context.ActorOf(BlobFetcher.Props(_s.Store, r.Adapter, _s.Transfer));
+        var running = _evaluations.ContainsKey(r.JobId);
+        _evaluations[r.JobId] = (r, Sender); // a repeat (e.g. from a restarted job) only updates who gets the answer
+        if (!running)
+            Context.ActorOf(BlobFetcher.Props(_s.Store, r.Adapter, _s.Transfer), $"{EvalFetch}{++_evalFetches}-{Uri.EscapeDataString(r.JobId)}");
     }
 
     void ReplyEvaluation(string jobId, EvaluateReply reply)
     {
-        if (_evaluationRequesters.Remove(jobId, out var to)) to.Tell(reply);
+        if (_evaluations.Remove(jobId, out var e)) e.ReplyTo.Tell(reply);
     }
 
     Training.Federation.FederatedTask Task(JobSpec spec) => spec.ToTask(LocalModelPath(spec.ModelPath, _s.ModelsRoot));

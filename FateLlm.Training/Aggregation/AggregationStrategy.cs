@@ -65,6 +65,18 @@ public static class AggregationStrategies
         return result;
     }
 
+    /// <summary>Server optimisers: average the deltas, then compute each tensor's next value (and its state) from the mean update.</summary>
+    public static AggregationOutcome ServerStep(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas,
+        Func<string, Tensor, Tensor, Dictionary<string, Tensor>, Tensor> step)
+    {
+        var mean = WeightedMean(global, deltas);
+        using var _ = no_grad();
+        var state = new Dictionary<string, Tensor>();
+        var next = global.ToDictionary(kv => kv.Key, kv => step(kv.Key, kv.Value, mean[kv.Key], state));
+        foreach (var t in mean.Values) t.Dispose();
+        return new AggregationOutcome(next, state);
+    }
+
     public static void Validate(IReadOnlyDictionary<string, Tensor> spec, AdapterDelta d)
     {
         foreach (var (name, t) in spec)
@@ -99,21 +111,13 @@ public sealed class FedAvgM(ServerOptimizerOptions o) : IAggregationStrategy
 {
     public string Name => "fedavgm";
 
-    public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState)
-    {
-        var mean = AggregationStrategies.WeightedMean(global, deltas);
-        using var _ = no_grad();
-        var state = new Dictionary<string, Tensor>();
-        var next = new Dictionary<string, Tensor>();
-        foreach (var (name, theta) in global)
+    public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState) =>
+        AggregationStrategies.ServerStep(global, deltas, (name, theta, d, state) =>
         {
-            var m = serverState.TryGetValue("m/" + name, out var prev) ? prev.mul(o.Momentum).add_(mean[name]) : mean[name].clone();
+            var m = serverState.TryGetValue("m/" + name, out var prev) ? prev.mul(o.Momentum).add_(d) : d.clone();
             state["m/" + name] = m;
-            next[name] = theta.add(m, alpha: o.LearningRate);
-        }
-        foreach (var t in mean.Values) t.Dispose();
-        return new AggregationOutcome(next, state);
-    }
+            return theta.add(m, alpha: o.LearningRate);
+        });
 }
 
 /// <summary>
@@ -125,15 +129,9 @@ public sealed class AdaptiveFedOpt(string variant, ServerOptimizerOptions o) : I
 {
     public string Name => variant;
 
-    public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState)
-    {
-        var mean = AggregationStrategies.WeightedMean(global, deltas);
-        using var _ = no_grad();
-        var state = new Dictionary<string, Tensor>();
-        var next = new Dictionary<string, Tensor>();
-        foreach (var (name, theta) in global)
+    public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState) =>
+        AggregationStrategies.ServerStep(global, deltas, (name, theta, d, state) =>
         {
-            var d = mean[name];
             var m = serverState.TryGetValue("m/" + name, out var pm) ? pm.mul(o.Beta1).add_(d, alpha: 1 - o.Beta1) : d.mul(1 - o.Beta1);
             var v0 = serverState.TryGetValue("v/" + name, out var pv) ? pv : full_like(d, o.Tau * o.Tau);
             var d2 = d.pow(2);
@@ -145,9 +143,6 @@ public sealed class AdaptiveFedOpt(string variant, ServerOptimizerOptions o) : I
             };
             state["m/" + name] = m;
             state["v/" + name] = v;
-            next[name] = theta.add(m.div(v.sqrt().add(o.Tau)), alpha: o.LearningRate);
-        }
-        foreach (var t in mean.Values) t.Dispose();
-        return new AggregationOutcome(next, state);
-    }
+            return theta.add(m.div(v.sqrt().add(o.Tau)), alpha: o.LearningRate);
+        });
 }

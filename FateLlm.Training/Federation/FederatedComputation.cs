@@ -119,14 +119,4 @@ public static class FederatedComputation
         finally { foreach (var t in state.Values) t.Dispose(); }
         AdapterFolder.Save(model, task.Peft, folder, task.ModelPath);
     }
-
-    public static AdapterSpec Spec(byte[] adapter) =>
-        new(SafeTensorsShapes(adapter));
-
-    static IReadOnlyDictionary<string, long[]> SafeTensorsShapes(byte[] adapter)
-    {
-        var t = SafeTensors.FromBytes(adapter);
-        try { return t.ToDictionary(kv => kv.Key, kv => kv.Value.shape); }
-        finally { foreach (var x in t.Values) x.Dispose(); }
-    }
 }

@@ -27,16 +27,21 @@ public abstract class CausalLm : nn.Module
         var batch = inputIds.shape[0];
         var len = inputIds.shape[1];
         var past = cache?.Length ?? 0;
-        if (past + len > Config.MaxPositions && Config.Family == ModelFamily.Gpt2)
-            throw new ArgumentException($"sequence of {past + len} tokens exceeds the model's {Config.MaxPositions} positions");
+        if (past + len + (PromptEncoder?.NumVirtualTokens ?? 0) > Config.MaxPositions && Config.Family == ModelFamily.Gpt2)
+            throw new ArgumentException($"sequence of {past + len} tokens (plus the prefix) exceeds the model's {Config.MaxPositions} positions");
         var device = inputIds.device;
         var prefix = PromptEncoder?.KeyValues(batch);
+        var prefixLen = PromptEncoder?.NumVirtualTokens ?? 0;
+        var positions = DecoderStep.PositionIds(batch, len, past, attentionMask, device);
+        // HF + PEFT pass the prefix as past key/values, so real tokens start at position num_virtual_tokens; match it
+        // so an exported prefix adapter behaves the same in transformers.
+        if (prefixLen > 0) positions = positions.add(prefixLen);
         var step = new DecoderStep
         {
-            Positions = DecoderStep.PositionIds(batch, len, past, attentionMask, device),
+            Positions = positions,
             Cache = cache,
             Prefix = prefix,
-            Mask = DecoderStep.BuildMask(batch, len, past, PromptEncoder?.NumVirtualTokens ?? 0, attentionMask, device),
+            Mask = DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device),
         };
         return ForwardCore(inputIds, step);
     }
