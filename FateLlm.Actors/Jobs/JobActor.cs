@@ -240,7 +240,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             {
                 var dir = spec.OutputDir;
                 Directory.CreateDirectory(dir);
-                FederatedComputation.ExportAdapter(spec.ToTask(PartyActor.LocalModelPath(spec.ModelPath, modelsRoot)), adapter, Path.Combine(dir, "adapter"));
+                FederatedComputation.ExportAdapter(spec.ToTask(PartyActor.LocalModelPath(spec.ModelPath, modelsRoot)), adapter,
+                    Path.Combine(dir, "adapter"), Path.Combine(dir, "merged"));
                 File.WriteAllText(Path.Combine(dir, "evaluation.json"), JsonSerializer.Serialize(results, JsonOptions));
                 PlotRounds(rounds, spec, Path.Combine(dir, "loss.png"));
                 return (object)new Exported(dir);

@@ -42,6 +42,10 @@ public sealed record JobSpec
     public double ServerBeta2 { get; init; } = 0.99;
     public double ServerTau { get; init; } = 1e-3;
     public double ServerMomentum { get; init; } = 0.9;
+    public double TrimFraction { get; init; } = 0.2;
+    public int Byzantine { get; init; } = 1;
+    public int KrumSelect { get; init; } = 3;
+    public double NormBound { get; init; } = 1.0;
     public int Quorum { get; init; } = 1;
     public double RoundDeadlineSeconds { get; init; } = 300;
     public int MaxRoundAttempts { get; init; } = 3;
@@ -79,6 +83,7 @@ public sealed record JobSpec
     public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation, new ServerOptimizerOptions
     {
         LearningRate = ServerLearningRate, Beta1 = ServerBeta1, Beta2 = ServerBeta2, Tau = ServerTau, Momentum = ServerMomentum,
+        TrimFraction = TrimFraction, Byzantine = Byzantine, KrumSelect = KrumSelect, NormBound = NormBound,
     });
 
     public static JobSpec Load(string path)
@@ -140,6 +145,10 @@ public sealed record JobSpec
             ServerBeta2 = Get("aggregation.beta2", 0.99, k => c.GetDouble(k)),
             ServerTau = Get("aggregation.tau", 1e-3, k => c.GetDouble(k)),
             ServerMomentum = Get("aggregation.momentum", 0.9, k => c.GetDouble(k)),
+            TrimFraction = Get("aggregation.trim-fraction", 0.2, k => c.GetDouble(k)),
+            Byzantine = Get("aggregation.byzantine", 1, k => c.GetInt(k)),
+            KrumSelect = Get("aggregation.krum-select", 3, k => c.GetInt(k)),
+            NormBound = Get("aggregation.norm-bound", 1.0, k => c.GetDouble(k)),
             Quorum = Get("quorum", parties.Length, k => c.GetInt(k)),
             RoundDeadlineSeconds = Get("round-deadline", TimeSpan.FromMinutes(5), k => c.GetTimeSpan(k)).TotalSeconds,
             MaxRoundAttempts = Get("max-round-attempts", 3, k => c.GetInt(k)),

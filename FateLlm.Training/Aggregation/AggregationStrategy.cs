@@ -29,11 +29,19 @@ public sealed record ServerOptimizerOptions
     public double Tau { get; init; } = 1e-3;
     /// <summary>FedAvgM momentum.</summary>
     public double Momentum { get; init; } = 0.9;
+    /// <summary>Trimmed mean: fraction dropped at each end of every coordinate.</summary>
+    public double TrimFraction { get; init; } = 0.2;
+    /// <summary>Krum: number of Byzantine parties tolerated (f).</summary>
+    public int Byzantine { get; init; } = 1;
+    /// <summary>Multi-Krum: how many best-scored updates are averaged (m).</summary>
+    public int KrumSelect { get; init; } = 3;
+    /// <summary>Norm bounding: maximum L2 norm of one party's update.</summary>
+    public double NormBound { get; init; } = 1.0;
 }
 
 public static class AggregationStrategies
 {
-    public static readonly string[] Names = ["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"];
+    public static readonly string[] Names = ["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound"];
 
     public static IAggregationStrategy Create(string name, ServerOptimizerOptions? options = null)
     {
@@ -43,6 +51,7 @@ public static class AggregationStrategies
             "fedavg" => new FedAvg(o.LearningRate),
             "fedavgm" => new FedAvgM(o),
             "fedadagrad" or "fedadam" or "fedyogi" => new AdaptiveFedOpt(name.ToLowerInvariant(), o),
+            "median" or "trimmed-mean" or "krum" or "multi-krum" or "norm-bound" => new RobustAggregation(name.ToLowerInvariant(), o),
             _ => throw new ArgumentException($"unknown aggregation '{name}' (known: {string.Join(", ", Names)})"),
         };
     }

@@ -110,13 +110,20 @@ public static class FederatedComputation
         return new EvaluationResult(report.Loss, report.Perplexity, s?.Rouge1, s?.Rouge2, s?.RougeL, s?.Bleu4, s?.Samples ?? 0);
     }
 
-    /// <summary>Writes a global adapter as a HF PEFT adapter folder (or a full checkpoint for full fine-tuning).</summary>
-    public static void ExportAdapter(FederatedTask task, byte[] adapter, string folder)
+    /// <summary>
+    /// Writes a global adapter as a HF PEFT adapter folder (a full checkpoint for full fine-tuning) and, for LoRA,
+    /// also merged into the base weights as a plain HF checkpoint in <paramref name="mergedFolder"/>.
+    /// </summary>
+    public static void ExportAdapter(FederatedTask task, byte[] adapter, string folder, string? mergedFolder = null)
     {
         using var model = PreparedModel(task);
         var state = SafeTensors.FromBytes(adapter, "global adapter");
         try { PeftModel.LoadTrainableState(model, state, "global adapter"); }
         finally { foreach (var t in state.Values) t.Dispose(); }
         AdapterFolder.Save(model, task.Peft, folder, task.ModelPath);
+        if (mergedFolder is null || task.Peft.Method != PeftMethod.Lora) return;
+        PeftModel.MergeLora(model);
+        HfCheckpoint.Save(model, mergedFolder);
+        TokenizerLoader.CopyFiles(task.ModelPath, mergedFolder);
     }
 }

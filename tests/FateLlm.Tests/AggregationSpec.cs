@@ -64,3 +64,44 @@ public class AggregationSpec
         Assert.True(r.ServerState.ContainsKey("v/x.lora_A.weight"));
     }
 }
+
+public class RobustAggregationSpec
+{
+    static Dictionary<string, Tensor> Update(Generator g, double scale = 1) =>
+        new() { ["w.lora_A.weight"] = randn([4, 16], generator: g).mul(0.1).add(1.0).mul(scale), ["w.lora_B.weight"] = randn([16, 4], generator: g).mul(0.1).sub(0.5).mul(scale) };
+
+    [Theory]
+    [InlineData("median"), InlineData("trimmed-mean"), InlineData("krum"), InlineData("multi-krum"), InlineData("norm-bound")]
+    public void With_one_of_five_parties_poisoned_the_robust_aggregate_stays_near_the_honest_mean_while_fedavg_does_not(string rule)
+    {
+        var g = new Generator(7);
+        var global = new Dictionary<string, Tensor> { ["w.lora_A.weight"] = zeros(4, 16), ["w.lora_B.weight"] = zeros(16, 4) };
+        var honest = Enumerable.Range(0, 4).Select(i => new AdapterDelta("honest" + i, Update(g), 100)).ToList();
+        // The attacker scales its update by -20 and claims a huge sample count to dominate a weighted mean.
+        var poisoned = new AdapterDelta("mallory", Update(g, scale: -20), 10_000);
+        var all = honest.Append(poisoned).ToList();
+        var honestMean = AggregationStrategies.WeightedMean(global, honest);
+        double Distance(IReadOnlyDictionary<string, Tensor> agg) =>
+            Math.Sqrt(agg.Sum(kv => kv.Value.sub(honestMean[kv.Key]).pow(2).sum().item<float>()));
+        var honestNorm = Math.Sqrt(honestMean.Values.Sum(t => t.pow(2).sum().item<float>()));
+
+        var fedavg = new FedAvg().Aggregate(global, all, new Dictionary<string, Tensor>()).Global;
+        var options = new ServerOptimizerOptions { Byzantine = 1, KrumSelect = 3, TrimFraction = 0.2, NormBound = honestNorm * 1.2 };
+        var robust = AggregationStrategies.Create(rule, options).Aggregate(global, all, new Dictionary<string, Tensor>()).Global;
+
+        Assert.True(Distance(fedavg) > 5 * honestNorm, $"FedAvg should be dragged away: {Distance(fedavg):F3} vs honest norm {honestNorm:F3}");
+        // Norm bounding limits the attacker's pull rather than removing it; the others discard it.
+        var bound = rule == "norm-bound" ? 1.2 * honestNorm : 0.25 * honestNorm;
+        Assert.True(Distance(robust) < bound, $"{rule}: distance {Distance(robust):F3} to the honest mean exceeds {bound:F3}");
+    }
+
+    [Fact]
+    public void Krum_needs_more_updates_than_the_byzantine_count_plus_two()
+    {
+        var global = new Dictionary<string, Tensor> { ["w"] = zeros(2) };
+        var updates = Enumerable.Range(0, 3).Select(i => new AdapterDelta("p" + i, new Dictionary<string, Tensor> { ["w"] = ones(2) }, 1)).ToList();
+        var e = Assert.Throws<AggregationException>(() => AggregationStrategies.Create("krum", new ServerOptimizerOptions { Byzantine = 1 })
+            .Aggregate(global, updates, new Dictionary<string, Tensor>()));
+        Assert.Contains("more than 3 updates", e.Message);
+    }
+}

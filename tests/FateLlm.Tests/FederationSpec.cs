@@ -27,6 +27,12 @@ public class FederationSpec
         Assert.Equal(2 * 3, File.ReadAllLines(Path.Combine(spec.OutputDir, "rounds.jsonl")).Length);
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "events.jsonl")));
         Assert.True(new FileInfo(Path.Combine(spec.OutputDir, "loss.png")).Length > 1000);
+        // The merged checkpoint and the PEFT adapter give the same model.
+        using var merged = Training.Models.HfCheckpoint.Load(Path.Combine(spec.OutputDir, "merged"));
+        using var adapted = Training.Peft.AdapterFolder.Load(Path.Combine(spec.OutputDir, "adapter")).Model;
+        var ids = TorchSharp.torch.randint(0, 256, [1, 8]);
+        using (TorchSharp.torch.no_grad())
+            Assert.True(TestSupport.MaxAbsDiff(merged.Forward(ids), adapted.Forward(ids)) < 1e-4);
         // Each organization's entity ran only on its own node.
         foreach (var (org, node) in fed.Parties)
         {
