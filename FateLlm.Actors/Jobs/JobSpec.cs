@@ -37,15 +37,8 @@ public sealed record JobSpec
     public double FedProxMu { get; init; }
     public int Threads { get; init; } = 1;
     public string Aggregation { get; init; } = "fedavg";
-    public double ServerLearningRate { get; init; } = 1.0;
-    public double ServerBeta1 { get; init; } = 0.9;
-    public double ServerBeta2 { get; init; } = 0.99;
-    public double ServerTau { get; init; } = 1e-3;
-    public double ServerMomentum { get; init; } = 0.9;
-    public double TrimFraction { get; init; } = 0.2;
-    public int Byzantine { get; init; } = 1;
-    public int KrumSelect { get; init; } = 3;
-    public double NormBound { get; init; } = 1.0;
+    /// <summary>Server learning rate, optimizer betas/τ/momentum and the robust rules' parameters.</summary>
+    public ServerOptimizerOptions Server { get; init; } = new();
     public int Quorum { get; init; } = 1;
     public double RoundDeadlineSeconds { get; init; } = 300;
     public int MaxRoundAttempts { get; init; } = 3;
@@ -80,11 +73,7 @@ public sealed record JobSpec
         },
     };
 
-    public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation, new ServerOptimizerOptions
-    {
-        LearningRate = ServerLearningRate, Beta1 = ServerBeta1, Beta2 = ServerBeta2, Tau = ServerTau, Momentum = ServerMomentum,
-        TrimFraction = TrimFraction, Byzantine = Byzantine, KrumSelect = KrumSelect, NormBound = NormBound,
-    });
+    public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation, Server);
 
     public static JobSpec Load(string path)
     {
@@ -140,15 +129,18 @@ public sealed record JobSpec
             FedProxMu = Get("local.fedprox-mu", 0.0, k => c.GetDouble(k)),
             Threads = Get("local.threads", 1, k => c.GetInt(k)),
             Aggregation = Get("aggregation.algorithm", "fedavg", k => c.GetString(k)),
-            ServerLearningRate = Get("aggregation.server-learning-rate", 1.0, k => c.GetDouble(k)),
-            ServerBeta1 = Get("aggregation.beta1", 0.9, k => c.GetDouble(k)),
-            ServerBeta2 = Get("aggregation.beta2", 0.99, k => c.GetDouble(k)),
-            ServerTau = Get("aggregation.tau", 1e-3, k => c.GetDouble(k)),
-            ServerMomentum = Get("aggregation.momentum", 0.9, k => c.GetDouble(k)),
-            TrimFraction = Get("aggregation.trim-fraction", 0.2, k => c.GetDouble(k)),
-            Byzantine = Get("aggregation.byzantine", 1, k => c.GetInt(k)),
-            KrumSelect = Get("aggregation.krum-select", 3, k => c.GetInt(k)),
-            NormBound = Get("aggregation.norm-bound", 1.0, k => c.GetDouble(k)),
+            Server = new ServerOptimizerOptions
+            {
+                LearningRate = Get("aggregation.server-learning-rate", 1.0, k => c.GetDouble(k)),
+                Beta1 = Get("aggregation.beta1", 0.9, k => c.GetDouble(k)),
+                Beta2 = Get("aggregation.beta2", 0.99, k => c.GetDouble(k)),
+                Tau = Get("aggregation.tau", 1e-3, k => c.GetDouble(k)),
+                Momentum = Get("aggregation.momentum", 0.9, k => c.GetDouble(k)),
+                TrimFraction = Get("aggregation.trim-fraction", 0.2, k => c.GetDouble(k)),
+                Byzantine = Get("aggregation.byzantine", 1, k => c.GetInt(k)),
+                KrumSelect = Get("aggregation.krum-select", 3, k => c.GetInt(k)),
+                NormBound = Get("aggregation.norm-bound", 1.0, k => c.GetDouble(k)),
+            },
             Quorum = Get("quorum", parties.Length, k => c.GetInt(k)),
             RoundDeadlineSeconds = Get("round-deadline", TimeSpan.FromMinutes(5), k => c.GetTimeSpan(k)).TotalSeconds,
             MaxRoundAttempts = Get("max-round-attempts", 3, k => c.GetInt(k)),

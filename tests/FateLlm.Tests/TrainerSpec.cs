@@ -20,10 +20,12 @@ public class TrainerSpec
     public void Loss_falls_when_overfitting_eight_samples(string arch, PeftMethod method)
     {
         using var m = TestSupport.TinyModel(arch);
+        // LoRA's Kaiming init draws from the global generator: seed it so the outcome does not depend on test order.
+        TorchSharp.torch.manual_seed(11);
         PeftModel.Apply(m, new PeftConfig { Method = method, LoraR = 8, LoraTargets = ["all-linear"], LoraDropout = 0 });
         var data = EightSamples();
         var (before, _) = Evaluator.Loss(m, data, ByteTokenizer.Pad, 8);
-        new LocalTrainer(m, new TrainOptions { Epochs = 30, BatchSize = 4, LearningRate = method == PeftMethod.Full ? 3e-3 : 1e-2, WarmupRatio = 0.1 }, ByteTokenizer.Pad).Train(data);
+        new LocalTrainer(m, new TrainOptions { Epochs = 60, BatchSize = 4, LearningRate = method == PeftMethod.Full ? 3e-3 : 1e-2, WarmupRatio = 0.1 }, ByteTokenizer.Pad).Train(data);
         var (after, _) = Evaluator.Loss(m, data, ByteTokenizer.Pad, 8);
         Assert.True(after < before * 0.5, $"eval loss {before:F3} → {after:F3}");
     }
