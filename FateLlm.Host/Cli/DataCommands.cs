@@ -43,6 +43,7 @@ internal static class DataCommands
         var outDir = Required<string>("--out", "Output model folder (HF format)");
         var epochs = Opt("--epochs", "Epochs", 3);
         var minutes = Opt("--minutes", "Stop after this many minutes of training (0 = no limit)", 3.0);
+        var maxSteps = new Option<int?>("--max-steps") { Description = "Stop after this many optimizer steps (reproducible, unlike --minutes)" };
         var lr = Opt("--lr", "Peak learning rate", 3e-3);
         var batch = Opt("--batch-size", "Batch size", 32);
         var seed = Opt("--seed", "Seed", 42L);
@@ -55,9 +56,10 @@ internal static class DataCommands
                 Epochs = TrainingCommands.Positive(p.GetValue(epochs), "--epochs"), LearningRate = p.GetValue(lr),
                 BatchSize = TrainingCommands.Positive(p.GetValue(batch), "--batch-size"), Seed = p.GetValue(seed),
                 WarmupRatio = 0.05, Schedule = LrSchedule.Cosine, MaxDuration = p.GetValue(minutes) > 0 ? TimeSpan.FromMinutes(p.GetValue(minutes)) : null,
+                MaxSteps = p.GetValue(maxSteps) is int n ? TrainingCommands.Positive(n, "--max-steps") : null,
             }, new DataOptions { MaxTotalTokens = 192 }, progress: null);
             Console.WriteLine($"pretrained {r.Parameters:N0} parameters: {r.Steps} steps, {r.Tokens:N0} tokens in {r.Seconds:F0}s on {r.TrainExamples:N0} examples; dev loss {r.DevLoss:F4}, perplexity {r.DevPerplexity:F2} (bytes, {r.DevExamples} held-out examples)");
             File.WriteAllText(Path.Combine(p.GetValue(outDir)!, "pretrain_summary.json"), JsonSerializer.Serialize(r, new JsonSerializerOptions { WriteIndented = true }));
-        }, [arch, preset, data, outDir, epochs, minutes, lr, batch, seed, .. runtime.All]);
+        }, [arch, preset, data, outDir, epochs, minutes, maxSteps, lr, batch, seed, .. runtime.All]);
     }
 }

@@ -26,7 +26,8 @@ public sealed record ExperimentSettings
     public int DevPerParty { get; init; } = 40;
     public int TestPerParty { get; init; } = 50;
     public int PublicExamples { get; init; } = 20000;
-    public double PretrainMinutes { get; init; } = 2;
+    /// <summary>A fixed step count, not a time budget, so the base (and every result after it) is the same on any machine.</summary>
+    public int PretrainSteps { get; init; } = 240;
     public string Preset { get; init; } = "tiny";
     public int MaxNewTokens { get; init; } = 64;
     public int BatchSize { get; init; } = 16;
@@ -36,7 +37,7 @@ public sealed record ExperimentSettings
 
     public static ExperimentSettings Full(string outDir) => new()
     {
-        OutDir = outDir, Rounds = 5, TrainPerParty = 1500, DevPerParty = 100, TestPerParty = 100, PretrainMinutes = 6,
+        OutDir = outDir, Rounds = 5, TrainPerParty = 1500, DevPerParty = 100, TestPerParty = 100, PretrainSteps = 720,
     };
 
     public static ExperimentSettings Demo(string outDir) => new()
@@ -140,11 +141,11 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
             log($"base model cached at {basePath} (dev perplexity {cached.DevPerplexity:F2})");
             return cached;
         }
-        log($"pretraining the {s.Preset} base on the public WordNet corpus for up to {s.PretrainMinutes} min (cached for later runs)...");
+        log($"pretraining the {s.Preset} base on the public WordNet corpus for {s.PretrainSteps} steps (≈ 2 min per 240 on 2 cores; cached for later runs)...");
         var r = Pretraining.Run("llama", s.Preset, publicCorpus, basePath, new TrainOptions
         {
             Epochs = 3, LearningRate = 3e-3, BatchSize = 32, Seed = 42, WarmupRatio = 0.05, Schedule = LrSchedule.Cosine,
-            MaxDuration = TimeSpan.FromMinutes(s.PretrainMinutes),
+            MaxSteps = s.PretrainSteps,
         }, Data);
         File.WriteAllText(summary, JsonSerializer.Serialize(r));
         log($"base: {r.Parameters:N0} parameters, {r.Steps} steps, dev perplexity {r.DevPerplexity:F2} (bytes)");
