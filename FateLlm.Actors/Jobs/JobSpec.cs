@@ -42,12 +42,8 @@ public sealed record JobSpec
     public int Quorum { get; init; } = 1;
     public double RoundDeadlineSeconds { get; init; } = 300;
     public int MaxRoundAttempts { get; init; } = 3;
-    public string PromptColumn { get; init; } = "content";
-    public string ResponseColumn { get; init; } = "summary";
-    public string Template { get; init; } = "{prompt}\n";
-    public int MaxPromptTokens { get; init; } = 128;
-    public int MaxResponseTokens { get; init; } = 128;
-    public int MaxTotalTokens { get; init; } = 256;
+    /// <summary>Columns, template and length caps every party applies to its data.</summary>
+    public DataOptions Data { get; init; } = new() { MaxPromptTokens = 128, MaxResponseTokens = 128, MaxTotalTokens = 256 };
     public int EvalLimit { get; init; } = 32;
     public int EvalMaxNewTokens { get; init; } = 32;
     public string OutputDir { get; init; } = "";
@@ -66,11 +62,7 @@ public sealed record JobSpec
         },
         LocalEpochs = LocalEpochs, LocalSteps = LocalSteps > 0 ? LocalSteps : null, BatchSize = BatchSize, LearningRate = LearningRate,
         Schedule = TrainOptions.ParseSchedule(Schedule), WarmupRatio = WarmupRatio, ProximalMu = FedProxMu, Seed = Seed, Threads = Threads,
-        Data = new DataOptions
-        {
-            PromptColumn = PromptColumn, ResponseColumn = ResponseColumn, Template = Template,
-            MaxPromptTokens = MaxPromptTokens, MaxResponseTokens = MaxResponseTokens, MaxTotalTokens = MaxTotalTokens,
-        },
+        Data = Data,
     };
 
     public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation, Server);
@@ -144,12 +136,15 @@ public sealed record JobSpec
             Quorum = Get("quorum", parties.Length, k => c.GetInt(k)),
             RoundDeadlineSeconds = Get("round-deadline", TimeSpan.FromMinutes(5), k => c.GetTimeSpan(k)).TotalSeconds,
             MaxRoundAttempts = Get("max-round-attempts", 3, k => c.GetInt(k)),
-            PromptColumn = Get("data.prompt-column", "content", k => c.GetString(k)),
-            ResponseColumn = Get("data.response-column", "summary", k => c.GetString(k)),
-            Template = Get("data.template", "{prompt}\n", k => c.GetString(k)),
-            MaxPromptTokens = Get("data.max-prompt-tokens", 128, k => c.GetInt(k)),
-            MaxResponseTokens = Get("data.max-response-tokens", 128, k => c.GetInt(k)),
-            MaxTotalTokens = Get("data.max-tokens", 256, k => c.GetInt(k)),
+            Data = new DataOptions
+            {
+                PromptColumn = Get("data.prompt-column", "content", k => c.GetString(k)),
+                ResponseColumn = Get("data.response-column", "summary", k => c.GetString(k)),
+                Template = Get("data.template", "{prompt}\n", k => c.GetString(k)),
+                MaxPromptTokens = Get("data.max-prompt-tokens", 128, k => c.GetInt(k)),
+                MaxResponseTokens = Get("data.max-response-tokens", 128, k => c.GetInt(k)),
+                MaxTotalTokens = Get("data.max-tokens", 256, k => c.GetInt(k)),
+            },
             EvalLimit = Get("evaluation.limit", 32, k => c.GetInt(k)),
             EvalMaxNewTokens = Get("evaluation.max-new-tokens", 32, k => c.GetInt(k)),
             OutputDir = Resolve(Get("output", "runs/" + (string.IsNullOrWhiteSpace(jobId) ? "job" : jobId), k => c.GetString(k))),
@@ -177,6 +172,6 @@ public sealed record JobSpec
         Check(AggregationStrategies.Names.Contains(Aggregation.ToLowerInvariant()), "aggregation.algorithm", $"'{Aggregation}' is not one of {string.Join(", ", AggregationStrategies.Names)}");
         try { PeftConfig.ParseMethod(PeftMethod); } catch (ArgumentException e) { Check(false, "peft.method", e.Message); }
         try { TrainOptions.ParseSchedule(Schedule); } catch (ArgumentException e) { Check(false, "local.schedule", e.Message); }
-        Check(Template.Contains("{prompt}"), "data.template", "must contain {prompt}");
+        Check(Data.Template.Contains("{prompt}"), "data.template", "must contain {prompt}");
     }
 }

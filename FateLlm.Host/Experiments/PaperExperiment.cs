@@ -203,7 +203,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
             PeftMethod = method, LoraR = peft.LoraR, LoraAlpha = peft.LoraAlpha, LoraDropout = peft.LoraDropout, LoraTargets = peft.LoraTargets.ToArray(),
             NumVirtualTokens = peft.NumVirtualTokens, Rounds = s.Rounds, LocalEpochs = s.LocalEpochs, BatchSize = s.BatchSize,
             LearningRate = s.LearningRate(method), Seed = seed, Quorum = fed.Parties.Count, RoundDeadlineSeconds = 900,
-            MaxPromptTokens = Data.MaxPromptTokens, MaxResponseTokens = Data.MaxResponseTokens, MaxTotalTokens = Data.MaxTotalTokens,
+            Data = Data,
             EvalLimit = 8, EvalMaxNewTokens = 16, OutputDir = Path.Combine(s.OutDir, "federated", jobId),
         };
         if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"job {jobId} rejected: {r.Reason}");

@@ -47,7 +47,7 @@ internal static class FederationFixture
         JobId = id, ModelPath = g.Model, Parties = Orgs.Select(o => new PartySpec(o, "train", "dev")).ToArray(),
         Rounds = rounds, Quorum = quorum, RoundDeadlineSeconds = deadlineSeconds, MaxRoundAttempts = attempts,
         LoraR = 4, LoraDropout = 0, BatchSize = 8, LearningRate = 5e-3, EvalLimit = 4, EvalMaxNewTokens = 8,
-        OutputDir = Path.Combine(g.Root, "out-" + id), MaxTotalTokens = 96,
+        OutputDir = Path.Combine(g.Root, "out-" + id), Data = new Training.Data.DataOptions { MaxPromptTokens = 128, MaxResponseTokens = 128, MaxTotalTokens = 96 },
     };
 
     public static Task<LocalFederation> Start(Ground g, Config? extra = null) =>
