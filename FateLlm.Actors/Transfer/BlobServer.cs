@@ -10,8 +10,6 @@ namespace FateLlm.Actors.Transfer;
 public sealed class BlobServer : ReceiveActor
 {
     public const string Name = "blobs";
-    long _served, _dropped;
-
     public BlobServer(BlobStore store, double dropRate = 0, int seed = 0)
     {
         var random = new Random(seed);
@@ -23,11 +21,7 @@ public sealed class BlobServer : ReceiveActor
                 Sender.Tell(new BlobNotFound(req.Digest));
                 return;
             }
-            if (dropRate > 0 && random.NextDouble() < dropRate)
-            {
-                _dropped++;
-                return;
-            }
+            if (dropRate > 0 && random.NextDouble() < dropRate) return; // injected loss
             using var s = File.OpenRead(store.PathOf(req.Digest));
             var offset = (long)req.Index * req.ChunkSize;
             if (req.Index < 0 || req.ChunkSize <= 0 || (offset >= s.Length && s.Length > 0))
@@ -38,14 +32,9 @@ public sealed class BlobServer : ReceiveActor
             var data = new byte[Math.Min(req.ChunkSize, s.Length - offset)];
             s.Seek(offset, SeekOrigin.Begin);
             s.ReadExactly(data);
-            _served++;
             Sender.Tell(new ChunkData(req.Digest, req.Index, s.Length, data));
         });
-        Receive<GetStats>(_ => Sender.Tell(new Stats(_served, _dropped)));
     }
-
-    public sealed record GetStats;
-    public sealed record Stats(long Served, long Dropped);
 
     public static Props Props(BlobStore store, double dropRate = 0, int seed = 0) =>
         Akka.Actor.Props.Create(() => new BlobServer(store, dropRate, seed));

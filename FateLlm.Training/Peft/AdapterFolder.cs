@@ -19,8 +19,6 @@ public static class AdapterFolder
     const string PeftPrefix = "base_model.model.";
     const string FullType = "FATELLM_FULL";
 
-    public static bool IsAdapter(string folder) => File.Exists(Path.Combine(folder, ConfigFile));
-
     public static void Save(CausalLm model, PeftConfig cfg, string folder, string baseModelPath)
     {
         Directory.CreateDirectory(folder);
