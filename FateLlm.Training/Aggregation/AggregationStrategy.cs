@@ -19,7 +19,11 @@ public interface IAggregationStrategy
     AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState);
 }
 
-public sealed record AggregationOutcome(Dictionary<string, Tensor> Global, Dictionary<string, Tensor> ServerState);
+public sealed record AggregationOutcome(Dictionary<string, Tensor> Global, Dictionary<string, Tensor> ServerState)
+{
+    /// <summary>Figures about the round worth reporting (DP clip norm, noise), by name.</summary>
+    public IReadOnlyDictionary<string, double> Metrics { get; init; } = new Dictionary<string, double>();
+}
 
 public sealed record ServerOptimizerOptions
 {
