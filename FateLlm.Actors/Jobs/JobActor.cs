@@ -6,6 +6,7 @@ using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Federation;
+using FateLlm.Training.Privacy;
 
 namespace FateLlm.Actors.Jobs;
 
@@ -23,7 +24,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     readonly string _jobId;
     JobSpec? _spec;
     JobState _state = JobState.Unknown;
-    string? _globalDigest, _serverStateDigest, _reason, _outputDir;
+    string? _globalDigest, _serverStateDigest, _reason, _outputDir, _stoppedEarly;
     int _round, _attempt;
     readonly List<RoundSummary> _rounds = new();
     PartyEvaluation[] _evaluation = [];
@@ -124,7 +125,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void Resume()
     {
         if (_state != JobState.Running || _spec is null) return;
-        if (_rounds.Count >= _spec.Rounds)
+        if (_rounds.Count >= _spec.Rounds || BudgetExhausted())
         {
             _log.Info("job {0}: recovered after its last round; finishing evaluation and export", _jobId);
             StartEvaluation();
@@ -181,11 +182,16 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         var spec = _spec!;
         if (r.Succeeded)
         {
-            Persist(new RoundCompleted(r.Summary!, r.ServerStateDigest, DateTime.UtcNow), e =>
+            var summary = r.Summary!;
+            if (summary.Privacy is { } p)
+                summary = summary with { Privacy = p with { Epsilon = Accountant(_rounds.Select(x => x.Privacy).Append(p)).Epsilon(p.Delta).Epsilon } };
+            Persist(new RoundCompleted(summary, r.ServerStateDigest, DateTime.UtcNow), e =>
             {
                 Apply(e);
-                AppendRoundMetrics(r.Summary!);
-                if (_rounds.Count < spec.Rounds) StartAttempt(_rounds.Count + 1, 1);
+                AppendRoundMetrics(summary);
+                if (summary.Privacy is { } priv) _log.Info(
+                    $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
+                if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1);
                 else StartEvaluation();
             });
             return;
@@ -196,6 +202,24 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             if (r.Attempt < spec.MaxRoundAttempts) StartAttempt(r.Round, r.Attempt + 1);
             else Persist(new JobFailed($"round {r.Round} failed after {r.Attempt} attempts: {r.Reason}", DateTime.UtcNow), f => { Apply(f); WriteEventLog(); });
         });
+    }
+
+    static RdpAccountant Accountant(IEnumerable<RoundPrivacy?> rounds)
+    {
+        var accountant = new RdpAccountant();
+        foreach (var p in rounds.OfType<RoundPrivacy>()) accountant.Compose(p.SamplingRate, p.NoiseMultiplier);
+        return accountant;
+    }
+
+    /// <summary>True when one more round like the last would take ε past the job's budget: the job then stops early.</summary>
+    bool BudgetExhausted()
+    {
+        if (_spec?.Dp.EpsilonBudget is not { } budget || _rounds.LastOrDefault()?.Privacy is not { } last) return false;
+        var next = Accountant(_rounds.Select(r => r.Privacy).Append(last)).Epsilon(last.Delta).Epsilon;
+        if (next <= budget) return false;
+        _stoppedEarly = $"stopped early after {_rounds.Count} rounds: another round would take ε from {last.Epsilon:F3} to {next:F3}, past the budget {budget:G4}";
+        _log.Warning("job {0}: {1}", _jobId, _stoppedEarly);
+        return true;
     }
 
     void StartEvaluation()
@@ -264,6 +288,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                     samples = p.Samples, first_loss = Finite(p.FirstLoss), last_loss = Finite(p.LastLoss), eval_loss = p.EvalLoss,
                     upload_bytes = p.UploadBytes, download_bytes = p.DownloadBytes, retransmissions = p.Retransmissions,
                     train_seconds = p.TrainSeconds, round_seconds = summary.Seconds, global = summary.GlobalDigest,
+                    epsilon = summary.Privacy?.Epsilon, rejections = summary.Rejections.Length, secure_aggregation = summary.SecureAggregation,
                 }));
         }
         catch (IOException e)
@@ -303,8 +328,12 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         }
     }
 
-    JobStatus Status() => new(_jobId, _state, _rounds.Count, _spec?.Rounds ?? 0, _attempt, _globalDigest, _reason, _rounds.ToArray(), _evaluation,
-        _outputDir ?? _spec?.OutputDir);
+    JobStatus Status() => new(_jobId, _state, _rounds.Count, _spec?.Rounds ?? 0, _attempt, _globalDigest, _reason ?? _stoppedEarly, _rounds.ToArray(),
+        _evaluation, _outputDir ?? _spec?.OutputDir)
+    {
+        Epsilon = _rounds.LastOrDefault(r => r.Privacy != null)?.Privacy?.Epsilon,
+        Delta = _rounds.LastOrDefault(r => r.Privacy != null)?.Privacy?.Delta,
+    };
 
     public static Props Props(string jobId, JobSettings settings) => Akka.Actor.Props.Create(() => new JobActor(jobId, settings));
 }

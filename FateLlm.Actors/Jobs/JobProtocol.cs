@@ -17,9 +17,24 @@ public enum JobState { Unknown, Preparing, Running, Completed, Failed, Cancelled
 public sealed record PartyRoundReport(string Org, bool Succeeded, string? Reason, long Samples, double FirstLoss, double LastLoss,
     double? EvalLoss, long UploadBytes, long DownloadBytes, int Retransmissions, double TrainSeconds) : IControlMessage;
 
-public sealed record RoundSummary(int Round, int Attempt, string GlobalDigest, double Seconds, PartyRoundReport[] Parties) : IControlMessage;
+/// <summary>A round's DP accounting: sampling rate q, effective noise multiplier z, clip norm C, and ε after this round (cumulative).</summary>
+public sealed record RoundPrivacy(double SamplingRate, double NoiseMultiplier, double ClipNorm, double Epsilon, double Delta) : IControlMessage;
+
+public sealed record RoundSummary(int Round, int Attempt, string GlobalDigest, double Seconds, PartyRoundReport[] Parties) : IControlMessage
+{
+    public RoundPrivacy? Privacy { get; init; }
+    /// <summary>Updates refused before aggregation, one line each naming the party and the reason.</summary>
+    public string[] Rejections { get; init; } = [];
+    /// <summary>Under secure aggregation: how many parties reached each step and which dropouts were recovered.</summary>
+    public string? SecureAggregation { get; init; }
+}
 
 public sealed record PartyEvaluation(string Org, double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples) : IControlMessage;
 
 public sealed record JobStatus(string JobId, JobState State, int CompletedRounds, int TotalRounds, int CurrentAttempt, string? GlobalDigest,
-    string? Reason, RoundSummary[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir) : IControlMessage;
+    string? Reason, RoundSummary[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir) : IControlMessage
+{
+    /// <summary>(ε, δ) spent so far under DP; null without DP.</summary>
+    public double? Epsilon { get; init; }
+    public double? Delta { get; init; }
+}

@@ -3,11 +3,42 @@ using FateLlm.Training.Aggregation;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Peft;
+using FateLlm.Training.Privacy;
 using FateLlm.Training.Trainer;
 
 namespace FateLlm.Actors.Jobs;
 
 public sealed record PartySpec(string Org, string Dataset, string? EvalDataset);
+
+/// <summary>SecAgg+ settings of a job; threshold and degree 0 mean "derive from the party count".</summary>
+public sealed record SecureAggregationOptions
+{
+    public bool Enabled { get; init; }
+    public int Threshold { get; init; }
+    public int Degree { get; init; }
+    /// <summary>Each coordinate of a (weighted) update is clipped to [−r, r] before quantization.</summary>
+    public double ClipRange { get; init; } = 0.5;
+    /// <summary>Without DP a party weighs its update by min(samples, cap) / cap, so weights stay in [0, 1].</summary>
+    public long SampleCap { get; init; } = 10_000;
+    public double PhaseTimeoutSeconds { get; init; } = 60;
+
+    public int ThresholdFor(int parties) => Threshold > 0 ? Threshold : Math.Max(2, (Math.Min(DegreeFor(parties), parties - 1) + 1) / 2 + 1);
+    public int DegreeFor(int parties) => Degree > 0 ? Math.Min(Degree, parties - 1) : SecAggDefaults.Degree(parties);
+}
+
+static class SecAggDefaults
+{
+    public static int Degree(int parties) => Training.Privacy.SecureAggregation.SecAggSession.DefaultDegree(parties, 2);
+}
+
+/// <summary>What an update must satisfy before it touches the aggregate.</summary>
+public sealed record UpdateLimits
+{
+    /// <summary>Largest L2 norm of one party's delta.</summary>
+    public double MaxNorm { get; init; } = 1e4;
+    /// <summary>Largest upload (safetensors bytes) of one party's delta.</summary>
+    public long MaxBytes { get; init; } = 1L << 30;
+}
 
 /// <summary>Raised for a job file that cannot run; the message names the file and the field.</summary>
 public sealed class JobSpecException(string message) : Exception(message);
@@ -44,6 +75,9 @@ public sealed record JobSpec
     public int MaxRoundAttempts { get; init; } = 3;
     /// <summary>Columns, template and length caps every party applies to its data.</summary>
     public DataOptions Data { get; init; } = new() { MaxPromptTokens = 128, MaxResponseTokens = 128, MaxTotalTokens = 256 };
+    public SecureAggregationOptions SecureAggregation { get; init; } = new();
+    public DpOptions Dp { get; init; } = new();
+    public UpdateLimits Limits { get; init; } = new();
     public int EvalLimit { get; init; } = 32;
     public int EvalMaxNewTokens { get; init; } = 32;
     public string OutputDir { get; init; } = "";
@@ -145,6 +179,25 @@ public sealed record JobSpec
                 MaxResponseTokens = Get("data.max-response-tokens", 128, k => c.GetInt(k)),
                 MaxTotalTokens = Get("data.max-tokens", 256, k => c.GetInt(k)),
             },
+            SecureAggregation = ReadSecureAggregation(c, Get),
+            Dp = new DpOptions
+            {
+                Mode = Get("dp.mode", DpMode.Off, k => ParseDpMode(c.GetString(k))),
+                ClipNorm = Get("dp.clip-norm", 1.0, k => c.GetDouble(k)),
+                NoiseMultiplier = Get("dp.noise-multiplier", 1.0, k => c.GetDouble(k)),
+                Delta = Get("dp.delta", 1e-5, k => c.GetDouble(k)),
+                EpsilonBudget = Get<double?>("dp.epsilon-budget", null, k => c.GetDouble(k)),
+                Population = Get<int?>("dp.population", null, k => c.GetInt(k)),
+                AdaptiveClip = Get("dp.adaptive-clip", false, k => c.GetBoolean(k)),
+                TargetQuantile = Get("dp.target-quantile", 0.5, k => c.GetDouble(k)),
+                ClipLearningRate = Get("dp.clip-learning-rate", 0.2, k => c.GetDouble(k)),
+                ClipCountNoise = Get("dp.clip-count-noise", 0.05, k => c.GetDouble(k)),
+            },
+            Limits = new UpdateLimits
+            {
+                MaxNorm = Get("validation.max-update-norm", 1e4, k => c.GetDouble(k)),
+                MaxBytes = Get("validation.max-update-bytes", 1L << 30, k => c.GetByteSize(k) ?? throw new JobSpecException($"{Field(k)}: not a size")),
+            },
             EvalLimit = Get("evaluation.limit", 32, k => c.GetInt(k)),
             EvalMaxNewTokens = Get("evaluation.max-new-tokens", 32, k => c.GetInt(k)),
             OutputDir = Resolve(Get("output", "runs/" + (string.IsNullOrWhiteSpace(jobId) ? "job" : jobId), k => c.GetString(k))),
@@ -153,6 +206,33 @@ public sealed record JobSpec
         spec.Validate(origin);
         return spec;
     }
+
+    static DpMode ParseDpMode(string s) => s.ToLowerInvariant() switch
+    {
+        "off" or "none" or "false" => DpMode.Off,
+        "central" => DpMode.Central,
+        "distributed" => DpMode.Distributed,
+        _ => throw new ArgumentException($"'{s}' is not one of off, central, distributed"),
+    };
+
+    /// <summary><c>secure-aggregation = on</c>, or a block <c>secure-aggregation { enabled = on, threshold = 3, … }</c>.</summary>
+    static SecureAggregationOptions ReadSecureAggregation(Config c, Func<string, object, Func<string, object>, object> get)
+    {
+        const string key = "secure-aggregation";
+        if (!c.HasPath(key)) return new SecureAggregationOptions();
+        if (!c.GetValue(key).IsObject()) return new SecureAggregationOptions { Enabled = (bool)get(key, false, k => c.GetBoolean(k)) };
+        return new SecureAggregationOptions
+        {
+            Enabled = (bool)get(key + ".enabled", true, k => c.GetBoolean(k)),
+            Threshold = (int)get(key + ".threshold", 0, k => c.GetInt(k)),
+            Degree = (int)get(key + ".degree", 0, k => c.GetInt(k)),
+            ClipRange = (double)get(key + ".clip-range", 0.5, k => c.GetDouble(k)),
+            SampleCap = (long)get(key + ".sample-cap", 10_000L, k => c.GetLong(k)),
+            PhaseTimeoutSeconds = ((TimeSpan)get(key + ".phase-timeout", TimeSpan.FromSeconds(60), k => c.GetTimeSpan(k))).TotalSeconds,
+        };
+    }
+
+    static readonly string[] RobustRules = ["median", "trimmed-mean", "krum", "multi-krum", "norm-bound"];
 
     public void Validate(string origin)
     {
@@ -173,5 +253,26 @@ public sealed record JobSpec
         try { PeftConfig.ParseMethod(PeftMethod); } catch (ArgumentException e) { Check(false, "peft.method", e.Message); }
         try { TrainOptions.ParseSchedule(Schedule); } catch (ArgumentException e) { Check(false, "local.schedule", e.Message); }
         Check(Data.Template.Contains("{prompt}"), "data.template", "must contain {prompt}");
+        Check(Limits.MaxNorm > 0, "validation.max-update-norm", "must be > 0");
+        Check(Limits.MaxBytes > 0, "validation.max-update-bytes", "must be > 0");
+        try { Dp.Validate(); } catch (ArgumentException e) { Check(false, "dp", e.Message); }
+        Check(Dp.Population is null || Dp.Population >= Parties.Length, "dp.population", $"must be at least the {Parties.Length} parties of the job");
+        var robust = RobustRules.Contains(Aggregation.ToLowerInvariant());
+        Check(!(Dp.Enabled && robust), "aggregation.algorithm", $"'{Aggregation}' needs individual updates; it cannot be combined with DP (use fedavg, fedavgm, fedadam, fedadagrad or fedyogi)");
+        Check(!(Dp.Mode == DpMode.Distributed && !SecureAggregation.Enabled), "dp.mode", "'distributed' adds noise at the parties and needs secure-aggregation = on");
+        if (SecureAggregation.Enabled)
+        {
+            var sa = SecureAggregation;
+            Check(Parties.Length >= 3, "secure-aggregation", $"needs at least 3 parties (the job has {Parties.Length}): with 2 the sum reveals the other's update");
+            Check(!robust, "aggregation.algorithm", $"'{Aggregation}' needs individual updates; secure aggregation only reveals their sum");
+            Check(Dp.Mode != DpMode.Central, "dp.mode", "'central' needs the arbiter to see individual updates; with secure aggregation use 'distributed'");
+            var k = sa.DegreeFor(Parties.Length);
+            var t = sa.ThresholdFor(Parties.Length);
+            Check(t >= 2 && t <= k + 1, "secure-aggregation.threshold", $"{t} must be between 2 and {k + 1} (neighbours + self)");
+            Check(Quorum >= t, "quorum", $"{Quorum} must be at least the secure-aggregation threshold {t}");
+            Check(sa.ClipRange > 0, "secure-aggregation.clip-range", "must be > 0");
+            Check(sa.SampleCap > 0, "secure-aggregation.sample-cap", "must be > 0");
+            Check(sa.PhaseTimeoutSeconds > 0, "secure-aggregation.phase-timeout", "must be positive");
+        }
     }
 }

@@ -2,7 +2,10 @@ using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
 using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.Federation;
+using FateLlm.Training.Privacy.SecureAggregation;
 
 namespace FateLlm.Actors.Parties;
 
@@ -26,6 +29,18 @@ public sealed class PartyActor : ReceiveActor
     // Fetchers are named for what they fetch: a training round's global and an evaluation's adapter may share a digest.
     const string GlobalFetch = "global-", EvalFetch = "eval-";
     int _evalFetches;
+    // Secure-aggregation state per round attempt. It lives only in memory: a party that restarts mid-round has lost its
+    // secrets and is, correctly, a dropout of that attempt.
+    readonly Dictionary<WorkKey, SecureWork> _secure = new();
+
+    sealed class SecureWork(SecAggClient client, JobSpec spec, byte[] delta, long samples)
+    {
+        public SecAggClient Client { get; } = client;
+        public JobSpec Spec { get; } = spec;
+        public byte[] Delta { get; } = delta;
+        public long Samples { get; } = samples;
+        public readonly Dictionary<Type, object> Answers = new();
+    }
 
     /// <summary>The job id in an evaluation fetcher's name <c>eval-&lt;n&gt;-&lt;escaped job id&gt;</c>.</summary>
     static string? EvalJob(string actorName) =>
@@ -45,6 +60,16 @@ public sealed class PartyActor : ReceiveActor
         Receive<LocalRoundDone>(OnDone);
         Receive<LocalRoundFailed>(f => Finish(f.Key, new UpdateFailed(_s.Org, f.Key.JobId, f.Key.Round, f.Key.Attempt, f.Reason)));
         Receive<EvaluateRequest>(OnEvaluate);
+        Receive<SecAggShareRequest>(r => SecureStep(r.JobId, r.Round, r.Attempt, "share", typeof(SecAggSharesReady), w =>
+            new SecAggSharesReady(_s.Org, r.JobId, r.Round, r.Attempt, w.Client.ShareKeys(r.Advertised))));
+        Receive<SecAggMaskRequest>(r => SecureStep(r.JobId, r.Round, r.Attempt, "mask", typeof(SecAggMaskedReady), w =>
+        {
+            var n = w.Spec.Parties.Length;
+            var masked = FederatedComputation.MaskedInput(w.Client, w.Delta, w.Samples, w.Spec.SecureAggregation.SampleCap, w.Spec.Dp, r.ClipNorm, n, r.Inbox);
+            return new SecAggMaskedReady(_s.Org, r.JobId, r.Round, r.Attempt, new BlobLocation(_s.Store.Put(masked), masked.Length, _s.BlobServer));
+        }));
+        Receive<SecAggUnmaskRequest>(r => SecureStep(r.JobId, r.Round, r.Attempt, "unmask", typeof(SecAggUnmaskReady), w =>
+            new SecAggUnmaskReady(_s.Org, r.JobId, r.Round, r.Attempt, w.Client.Unmask(r.Survivors))));
         Receive<EvaluationDone>(d => ReplyEvaluation(d.JobId, new EvaluateReply(_s.Org, d.JobId, new PartyEvaluation(_s.Org, d.Result.Loss,
             d.Result.Perplexity, d.Result.Rouge1, d.Result.Rouge2, d.Result.RougeL, d.Result.Bleu4, d.Result.Samples), null)));
         Receive<EvaluationFailed>(f => ReplyEvaluation(f.JobId, new EvaluateReply(_s.Org, f.JobId, null, f.Reason)));
@@ -69,6 +94,7 @@ public sealed class PartyActor : ReceiveActor
     protected override void PostStop()
     {
         _current?.Cancel.Cancel();
+        foreach (var w in _secure.Values) w.Client.Dispose();
         base.PostStop();
     }
 
@@ -144,12 +170,49 @@ public sealed class PartyActor : ReceiveActor
     void OnDone(LocalRoundDone d)
     {
         if (_current is not { } cur || cur.Key != d.Key) return;
-        var digest = _s.Store.Put(d.Result.Delta);
         _log.Info("party {0}: {1} trained {2} steps on {3} samples, loss {4:F4} → {5:F4}", _s.Org, d.Key, d.Result.Steps, d.Result.Samples,
             d.Result.FirstLoss, d.Result.LastLoss);
-        Finish(d.Key, new UpdateReady(_s.Org, d.Key.JobId, d.Key.Round, d.Key.Attempt, new BlobLocation(digest, d.Result.Delta.Length, _s.BlobServer),
-            d.Result.Samples, d.Result.FirstLoss, d.Result.LastLoss, d.Result.EvalLoss, d.Result.Seconds, cur.DownloadBytes));
+        var r = d.Result;
+        var spec = cur.Request.Spec;
+        if (spec.SecureAggregation.Enabled)
+        {
+            // The delta stays here; only masked words ever leave, so it is not put in the (pullable) blob store.
+            var session = SecureRoundSession.For(spec, d.Key.Round, d.Key.Attempt, FederatedComputation.AdapterLength(r.Delta));
+            var client = new SecAggClient(session, _s.Org);
+            foreach (var old in _secure.Keys.Where(k => k.JobId == d.Key.JobId && k != d.Key).ToList())
+                if (_secure.Remove(old, out var stale)) stale.Client.Dispose();
+            _secure[d.Key] = new SecureWork(client, spec, r.Delta, r.Samples);
+            Finish(d.Key, new UpdateReady(_s.Org, d.Key.JobId, d.Key.Round, d.Key.Attempt, null, r.Samples, r.FirstLoss, r.LastLoss, r.EvalLoss,
+                r.Seconds, cur.DownloadBytes) { Keys = client.Advertise() });
+            return;
+        }
+        var digest = _s.Store.Put(r.Delta);
+        Finish(d.Key, new UpdateReady(_s.Org, d.Key.JobId, d.Key.Round, d.Key.Attempt, new BlobLocation(digest, r.Delta.Length, _s.BlobServer),
+            r.Samples, r.FirstLoss, r.LastLoss, r.EvalLoss, r.Seconds, cur.DownloadBytes));
     }
+
+    /// <summary>Runs one secure-aggregation step once per round attempt; repeats get the first answer, failures a clear refusal.</summary>
+    void SecureStep(string jobId, int round, int attempt, string step, Type answerType, Func<SecureWork, object> run)
+    {
+        var key = new WorkKey(jobId, round, attempt);
+        if (!_secure.TryGetValue(key, out var work))
+        {
+            Sender.Tell(new SecAggStepFailed(_s.Org, jobId, round, attempt, step, "no secure-aggregation state for this round here (the party restarted or never trained it)"));
+            return;
+        }
+        if (!work.Answers.TryGetValue(answerType, out var answer))
+        {
+            try { answer = run(work); }
+            catch (SecAggException e)
+            {
+                _log.Warning("party {0}: secure aggregation step {1} of {2} refused: {3}", _s.Org, step, key, e.Message);
+                answer = new SecAggStepFailed(_s.Org, jobId, round, attempt, step, e.Message);
+            }
+            work.Answers[answerType] = answer;
+        }
+        Sender.Tell(answer);
+    }
+
 
     void Finish(WorkKey key, object result)
     {

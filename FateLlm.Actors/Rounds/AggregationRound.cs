@@ -5,6 +5,8 @@ using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Federation;
+using FateLlm.Training.Privacy;
+using FateLlm.Training.Privacy.SecureAggregation;
 
 namespace FateLlm.Actors.Rounds;
 
@@ -13,8 +15,10 @@ public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, Trans
 /// <summary>
 /// One attempt of one aggregation round (entity id job/round/attempt). Asks every selected party to train, re-asks
 /// those that have not answered (a message to a crashed node is lost), pulls each delta from the party's blob server,
-/// and aggregates once all answered or, at the deadline, when the quorum is met. The result is a new content-addressed
-/// global adapter; the job persists it.
+/// and aggregates once all answered or, at the deadline, when the quorum is met. Every update is validated first
+/// (ids, size, names, shapes, finiteness, norm); a rejected one is logged, counted and left out. Under secure
+/// aggregation no delta is pulled: a <see cref="SecureSum"/> child runs SecAgg+ among the parties that trained and
+/// only the unmasked sum is aggregated. The result is a new content-addressed global adapter; the job persists it.
 /// </summary>
 public sealed class AggregationRound : ReceiveActor, IWithTimers
 {
@@ -27,14 +31,17 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
     readonly Dictionary<string, UpdateReady> _fetching = new();
     readonly Dictionary<string, (UpdateReady Update, FetchCompleted Transfer)> _succeeded = new();
     readonly Dictionary<string, string> _failed = new();
+    readonly List<string> _rejections = new();
     RoundFinished? _finished;
     bool _aggregating;
+    string? _secureSummary;
+    RoundPrivacy? _privacy;
 
     public ITimerScheduler Timers { get; set; } = null!;
 
     sealed record Resend;
     sealed record Deadline;
-    sealed record Aggregated(string GlobalDigest, string ServerStateDigest);
+    sealed record Aggregated(string GlobalDigest, string ServerStateDigest, IReadOnlyList<(string Party, string Reason)> Rejected, IReadOnlyDictionary<string, double> Metrics);
     sealed record AggregationError(string Reason);
 
     public AggregationRound(RoundSettings settings)
@@ -50,6 +57,12 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         Receive<Deadline>(_ => Conclude(deadline: true));
         Receive<Aggregated>(OnAggregated);
         Receive<AggregationError>(e => Reply(Failure(e.Reason)));
+        Receive<SecureSumReady>(OnSecureSum);
+        Receive<SecureSumFailed>(f =>
+        {
+            foreach (var (org, why) in f.Dropouts) _failed[org] = why;
+            Reply(Failure(f.Reason));
+        });
         Receive<ReceiveTimeout>(_ => Context.Stop(Self));
     }
 
@@ -81,18 +94,50 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
 
     void Record(string org, int round, int attempt, Action apply)
     {
-        if (_start is not { } s || round != s.Round || attempt != s.Attempt || _finished != null || _aggregating) return;
+        if (_start is not { } s || _finished != null || _aggregating) return;
+        if (round != s.Round || attempt != s.Attempt)
+        {
+            Reject(org, $"answer for round {round} attempt {attempt}, this is round {s.Round} attempt {s.Attempt} (replay refused)");
+            return;
+        }
         if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org)) return;
         apply();
         if (_quorum!.AllAnswered(_succeeded.Count + _failed.Count)) Conclude(deadline: false);
     }
 
+    void Reject(string org, string reason)
+    {
+        var line = $"{org}: {reason}";
+        _rejections.Add(line);
+        _log.Warning("round {0}: rejected update of party {1}: {2}", _start!.RoundId, org, reason);
+    }
+
     void OnUpdate(UpdateReady u)
     {
-        if (_start is not { } s || u.Round != s.Round || u.Attempt != s.Attempt || _fetching.ContainsKey(u.Org) || _succeeded.ContainsKey(u.Org)) return;
+        if (_start is not { } s || _finished != null || _aggregating) return;
+        // A duplicate of an update already being pulled or accepted is idempotent.
+        if (_fetching.ContainsKey(u.Org) || _succeeded.ContainsKey(u.Org) || _failed.ContainsKey(u.Org)) return;
+        if (u.JobId != s.JobId || u.Round != s.Round || u.Attempt != s.Attempt)
+        {
+            Reject(u.Org, $"update for {RoundIds.Of(u.JobId, u.Round, u.Attempt)}, this round is {s.RoundId} (replay refused)");
+            return;
+        }
         if (!_quorum!.Parties.Contains(u.Org))
         {
-            _log.Warning("round {0}: update from party {1}, which was not asked, ignored", s.RoundId, u.Org);
+            Reject(u.Org, "party was not asked in this round");
+            return;
+        }
+        if (s.Spec.SecureAggregation.Enabled)
+        {
+            if (u.Keys is null || u.Keys.Party != u.Org) Record(u.Org, u.Round, u.Attempt, () => _failed[u.Org] = "rejected: no secure-aggregation keys under its name");
+            else Record(u.Org, u.Round, u.Attempt, () => _succeeded[u.Org] = (u, new FetchCompleted("", 0, 0, 0, TimeSpan.Zero)));
+            return;
+        }
+        if (u.Delta is null) { Record(u.Org, u.Round, u.Attempt, () => _failed[u.Org] = "rejected: plain round but no delta offered"); return; }
+        if (u.Delta.Size > s.Spec.Limits.MaxBytes)
+        {
+            Reject(u.Org, $"update of {u.Delta.Size} bytes exceeds the limit of {s.Spec.Limits.MaxBytes}");
+            Record(u.Org, u.Round, u.Attempt, () => _failed[u.Org] = $"rejected: update of {u.Delta.Size} bytes exceeds the limit");
             return;
         }
         _fetching[u.Org] = u;
@@ -129,25 +174,87 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
             return;
         }
         _aggregating = true;
+        if (s.Spec.SecureAggregation.Enabled) StartSecureSum(s);
+        else AggregatePlain(s);
+    }
+
+    void AggregatePlain(StartRound s)
+    {
         var store = _s.Store;
         var updates = _succeeded.OrderBy(kv => kv.Key, StringComparer.Ordinal)
-            .Select(kv => (kv.Key, kv.Value.Update.Delta.Digest, kv.Value.Update.Samples)).ToList();
+            .Select(kv => (kv.Key, kv.Value.Update.Delta!.Digest, kv.Value.Update.Samples)).ToList();
         var spec = s.Spec;
         var globalDigest = s.Global.Digest;
         var stateDigest = s.ServerStateDigest;
+        var rules = new RoundRules(spec.Limits.MaxNorm, _quorum!.Min, spec.Dp, _quorum.Parties.Count);
         // Aggregation touches every adapter byte: keep it off the actor's thread.
         Task.Run(() =>
         {
-            var (global, state) = FederatedComputation.Aggregate(store.Read(globalDigest),
+            var r = FederatedComputation.AggregateValidated(store.Read(globalDigest),
                 updates.Select(u => (u.Key, store.Read(u.Digest), u.Samples)).ToList(),
-                stateDigest is null ? null : store.Read(stateDigest), spec.Strategy());
-            return (object)new Aggregated(store.Put(global), store.Put(state));
+                stateDigest is null ? null : store.Read(stateDigest), spec.Strategy(), rules);
+            return (object)new Aggregated(store.Put(r.Global), store.Put(r.ServerState), r.Rejected, r.Metrics);
+        }).PipeTo(Self, failure: e => new AggregationError($"aggregation failed: {e.GetBaseException().Message}"));
+    }
+
+    void StartSecureSum(StartRound s)
+    {
+        var global = _s.Store.Read(s.Global.Digest);
+        var session = SecureRoundSession.For(s.Spec, s.Round, s.Attempt, FederatedComputation.AdapterLength(global));
+        var clip = FederatedComputation.CurrentClip(s.ServerStateDigest is null ? null : _s.Store.Read(s.ServerStateDigest), s.Spec.Dp);
+        var keys = _succeeded.ToDictionary(kv => kv.Key, kv => kv.Value.Update.Keys!);
+        Context.ActorOf(SecureSum.Props(new SecureSum.Settings(session, s.JobId, s.Round, s.Attempt, keys, _s.PartyRegion, _s.Store, _s.Transfer,
+            _s.ResendInterval, TimeSpan.FromSeconds(s.Spec.SecureAggregation.PhaseTimeoutSeconds), clip)), "secure-sum");
+    }
+
+    void OnSecureSum(SecureSumReady r)
+    {
+        var s = _start!;
+        foreach (var (org, why) in r.Dropouts)
+            if (!r.Result.Contributors.Contains(org)) { _succeeded.Remove(org); _failed[org] = $"dropped out of secure aggregation ({why})"; }
+        foreach (var org in _succeeded.Keys.Where(o => !r.Result.Contributors.Contains(o)).ToList())
+        {
+            _succeeded.Remove(org);
+            _failed[org] = "dropped out of secure aggregation";
+        }
+        _secureSummary = r.Summary;
+        _log.Info("round {0}: secure aggregation: {1}", s.RoundId, r.Summary);
+        if (!_quorum!.Met(_succeeded.Count))
+        {
+            Reply(Failure(_quorum.Shortfall(_failed, _succeeded.Keys)));
+            return;
+        }
+        var store = _s.Store;
+        var spec = s.Spec;
+        var globalDigest = s.Global.Digest;
+        var stateDigest = s.ServerStateDigest;
+        var session = SecureRoundSession.For(spec, s.Round, s.Attempt, r.Result.Sum.Length - (spec.Dp.Enabled && spec.Dp.AdaptiveClip ? 2 : 1));
+        var expected = _quorum.Parties.Count;
+        Task.Run(() =>
+        {
+            var a = FederatedComputation.AggregateSecure(store.Read(globalDigest), session, r.Result,
+                stateDigest is null ? null : store.Read(stateDigest), spec.Strategy(), spec.Dp, expected);
+            return (object)new Aggregated(store.Put(a.Global), store.Put(a.ServerState), a.Rejected, a.Metrics);
         }).PipeTo(Self, failure: e => new AggregationError($"aggregation failed: {e.GetBaseException().Message}"));
     }
 
     void OnAggregated(Aggregated a)
     {
         var s = _start!;
+        foreach (var (org, reason) in a.Rejected)
+        {
+            Reject(org, reason);
+            _succeeded.Remove(org);
+            _failed[org] = $"rejected: {reason}";
+        }
+        if (s.Spec.Dp.Enabled)
+        {
+            var dp = s.Spec.Dp;
+            var population = dp.Population ?? _quorum!.Parties.Count;
+            // Under distributed DP a dropout's noise share is missing: account with the noise that is really there.
+            var z = dp.NoiseMultiplier * (dp.Mode == DpMode.Distributed ? Math.Sqrt(a.Metrics.GetValueOrDefault("dp.contributors", _quorum!.Parties.Count) / _quorum!.Parties.Count) : 1);
+            _privacy = new RoundPrivacy(_quorum!.Parties.Count / (double)population, z, a.Metrics.GetValueOrDefault("dp.clip", dp.ClipNorm), double.NaN, dp.Delta);
+        }
         var reports = _quorum!.Parties.Select(org =>
         {
             if (_succeeded.TryGetValue(org, out var ok))
@@ -158,7 +265,10 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
             }
             return new PartyRoundReport(org, false, _failed.GetValueOrDefault(org, "no answer"), 0, double.NaN, double.NaN, null, 0, 0, 0, 0);
         }).ToArray();
-        var summary = new RoundSummary(s.Round, s.Attempt, a.GlobalDigest, _clock.Elapsed.TotalSeconds, reports);
+        var summary = new RoundSummary(s.Round, s.Attempt, a.GlobalDigest, _clock.Elapsed.TotalSeconds, reports)
+        {
+            Privacy = _privacy, Rejections = _rejections.ToArray(), SecureAggregation = _secureSummary,
+        };
         _log.Info("round {0}: aggregated {1} updates into {2}", s.RoundId, _succeeded.Count, a.GlobalDigest[..12]);
         Reply(new RoundFinished(s.JobId, s.Round, s.Attempt, true, null, a.GlobalDigest, a.ServerStateDigest, summary));
     }

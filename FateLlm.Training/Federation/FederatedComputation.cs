@@ -5,6 +5,8 @@ using FateLlm.Training.Evaluation;
 using FateLlm.Training.IO;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
+using FateLlm.Training.Privacy;
+using FateLlm.Training.Privacy.SecureAggregation;
 using FateLlm.Training.Runtime;
 using FateLlm.Training.Tokenization;
 using FateLlm.Training.Trainer;
@@ -85,16 +87,88 @@ public static class FederatedComputation
     public static (byte[] Global, byte[] ServerState) Aggregate(byte[] global, IReadOnlyList<(string Party, byte[] Delta, long Samples)> updates,
         byte[]? serverState, IAggregationStrategy strategy)
     {
+        var r = AggregateValidated(global, updates, serverState, strategy, new RoundRules(double.PositiveInfinity, 1, new DpOptions(), updates.Count));
+        return (r.Global, r.ServerState);
+    }
+
+    /// <summary>
+    /// The arbiter's plain round: every update is validated (<see cref="UpdateValidation"/>); rejected ones are left
+    /// out and reported; the rest are aggregated by the strategy, under central DP when the job asks for it.
+    /// Fails when fewer than <see cref="RoundRules.MinAccepted"/> updates pass.
+    /// </summary>
+    public static AggregateResult AggregateValidated(byte[] global, IReadOnlyList<(string Party, byte[] Delta, long Samples)> updates,
+        byte[]? serverState, IAggregationStrategy strategy, RoundRules rules)
+    {
         using var scope = NewDisposeScope();
         var g = SafeTensors.FromBytes(global, "global adapter");
-        var state = serverState is { Length: > 0 } ? SafeTensors.FromBytes(serverState, "server state") : new Dictionary<string, Tensor>();
-        var deltas = updates.Select(u => new AdapterDelta(u.Party, SafeTensors.FromBytes(u.Delta, $"update of party '{u.Party}'"), u.Samples)).ToList();
-        foreach (var d in deltas)
-            foreach (var (name, t) in d.Tensors)
-                if (!t.isfinite().all().item<bool>()) throw new AggregationException($"party '{d.Party}': tensor '{name}' has non-finite values");
-        var outcome = strategy.Aggregate(g, deltas, state);
-        return (SafeTensors.ToBytes(outcome.Global), SafeTensors.ToBytes(outcome.ServerState));
+        var state = ReadState(serverState);
+        var rejected = new List<(string Party, string Reason)>();
+        var deltas = new List<AdapterDelta>();
+        foreach (var u in updates)
+        {
+            if (UpdateValidation.Check(g, u.Delta, rules.MaxNorm) is { } reason) rejected.Add((u.Party, reason));
+            else deltas.Add(new AdapterDelta(u.Party, SafeTensors.FromBytes(u.Delta, $"update of party '{u.Party}'"), u.Samples));
+        }
+        if (deltas.Count < rules.MinAccepted)
+            throw new AggregationException($"{deltas.Count} valid updates, {rules.MinAccepted} required; rejected: {string.Join("; ", rejected.Select(r => $"{r.Party}: {r.Reason}"))}");
+        var outcome = rules.Dp.Mode == DpMode.Central
+            ? PrivateAggregation.Central(g, deltas, state, strategy, rules.Dp, rules.ExpectedParties)
+            : strategy.Aggregate(g, deltas, state);
+        return new AggregateResult(SafeTensors.ToBytes(outcome.Global), SafeTensors.ToBytes(outcome.ServerState), rejected, outcome.Metrics);
     }
+
+    /// <summary>The clip norm this round's DP uses (the adaptive one from the server state, else the configured one).</summary>
+    public static double CurrentClip(byte[]? serverState, DpOptions dp)
+    {
+        using var scope = NewDisposeScope();
+        return PrivateAggregation.CurrentClip(ReadState(serverState), dp);
+    }
+
+    /// <summary>
+    /// A party's masked contribution: its delta flattened (clipped and noised under distributed DP, weighted otherwise)
+    /// and masked by its SecAgg+ client. Returns the masked words as little-endian bytes.
+    /// </summary>
+    public static byte[] MaskedInput(SecAggClient client, byte[] delta, long samples, long sampleCap, DpOptions dp, double clip, int expectedParties,
+        IReadOnlyList<EncryptedShare> inbox)
+    {
+        using var scope = NewDisposeScope();
+        var tensors = SafeTensors.FromBytes(delta, "local delta");
+        var (values, extras) = AdapterVector.PrepareInput(tensors, tensors, "self", samples, sampleCap, dp, clip, expectedParties);
+        var words = client.MaskInput(values, extras, inbox);
+        return System.Runtime.InteropServices.MemoryMarshal.AsBytes(words.AsSpan()).ToArray();
+    }
+
+    /// <summary>Reads masked words sent by a party; the length must be the session's.</summary>
+    public static uint[] MaskedWords(byte[] bytes, SecAggSession session, string party)
+    {
+        if (bytes.Length != session.Words * 4) throw new SecAggException($"party '{party}' uploaded {bytes.Length} masked bytes, expected {session.Words * 4}");
+        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(bytes).ToArray();
+    }
+
+    /// <summary>The arbiter's secure round: unmask the sum, turn it into the mean update (DP or weighted) and apply the strategy.</summary>
+    public static AggregateResult AggregateSecure(byte[] global, SecAggSession session, SecAggResult unmasked, byte[]? serverState,
+        IAggregationStrategy strategy, DpOptions dp, int expectedParties)
+    {
+        using var scope = NewDisposeScope();
+        var g = SafeTensors.FromBytes(global, "global adapter");
+        var state = ReadState(serverState);
+        var (values, extras) = unmasked.Decode(session);
+        var sum = AdapterVector.Unflatten(g, values);
+        var outcome = dp.Enabled
+            ? PrivateAggregation.FromNoisedSum(g, sum, dp.AdaptiveClip ? extras[1] : unmasked.Contributors.Count, unmasked.Contributors.Count, state, strategy, dp, expectedParties)
+            : PrivateAggregation.FromWeightedSum(g, sum, extras[0], state, strategy);
+        return new AggregateResult(SafeTensors.ToBytes(outcome.Global), SafeTensors.ToBytes(outcome.ServerState), [], outcome.Metrics);
+    }
+
+    /// <summary>The vector length secure aggregation works on for an adapter.</summary>
+    public static int AdapterLength(byte[] adapter)
+    {
+        using var scope = NewDisposeScope();
+        return checked((int)AdapterVector.Length(SafeTensors.FromBytes(adapter, "global adapter")));
+    }
+
+    static Dictionary<string, Tensor> ReadState(byte[]? serverState) =>
+        serverState is { Length: > 0 } ? SafeTensors.FromBytes(serverState, "server state") : new Dictionary<string, Tensor>();
 
     public static EvaluationResult Evaluate(FederatedTask task, byte[] adapter, string data, int limit, SamplingOptions sampling)
     {

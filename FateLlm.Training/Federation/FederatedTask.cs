@@ -25,3 +25,8 @@ public sealed record FederatedTask
 public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, double FirstLoss, double LastLoss, double? EvalLoss, double Seconds);
 
 public sealed record EvaluationResult(double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples);
+
+/// <summary>What the arbiter enforces when it aggregates a round.</summary>
+public sealed record RoundRules(double MaxNorm, int MinAccepted, Privacy.DpOptions Dp, int ExpectedParties);
+
+public sealed record AggregateResult(byte[] Global, byte[] ServerState, IReadOnlyList<(string Party, string Reason)> Rejected, IReadOnlyDictionary<string, double> Metrics);

@@ -1,0 +1,99 @@
+using Akka.Actor;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Rounds;
+using FateLlm.Training.IO;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Privacy;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>Secure aggregation and DP through the real cluster: three parties, the actor protocol, killed parties.</summary>
+public class SecureFederationSpec
+{
+    static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);
+
+    static float[] AdapterValues(JobSpec spec)
+    {
+        var tensors = SafeTensors.FromBytes(File.ReadAllBytes(Path.Combine(spec.OutputDir, "adapter", AdapterFolder.WeightsFile)));
+        return tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).SelectMany(kv => kv.Value.to(TorchSharp.torch.ScalarType.Float32).data<float>().ToArray()).ToArray();
+    }
+
+    [Fact]
+    public async Task Secure_aggregation_reaches_the_plain_fedavg_result_within_the_quantization_bound()
+    {
+        var g = FederationFixture.Prepare();
+        await using var fed = await FederationFixture.Start(g);
+        var plain = FederationFixture.Job(g, "plain", rounds: 2);
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(plain));
+        var p = await fed.WaitAsync(plain.JobId, Generous);
+        Assert.True(p.State == JobState.Completed, p.Reason);
+
+        var secure = FederationFixture.Job(g, "secure", rounds: 2) with { SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 20 } };
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(secure));
+        var s = await fed.WaitAsync(secure.JobId, Generous);
+        Assert.True(s.State == JobState.Completed, s.Reason);
+        Assert.All(s.Rounds, r => Assert.StartsWith("3 keyed, 3 shared, 3 masked, 3 revealed", r.SecureAggregation));
+        Assert.All(p.Rounds, r => Assert.Null(r.SecureAggregation));
+
+        var a = AdapterValues(plain);
+        var b = AdapterValues(secure);
+        var moved = a.Zip(b, (x, y) => Math.Abs(x - y)).Max();
+        Assert.True(moved < 1e-4, $"secure and plain FedAvg differ by {moved}");
+        Assert.NotEqual(p.GlobalDigest, s.GlobalDigest); // quantization noise: close, not bit-identical
+    }
+
+    [Fact]
+    public async Task With_distributed_dp_and_a_party_killed_during_secure_aggregation_the_job_completes_and_reports_epsilon()
+    {
+        var g = FederationFixture.Prepare();
+        await using var fed = await FederationFixture.Start(g);
+        var spec = FederationFixture.Job(g, "secure-dp", rounds: 3, quorum: 2, deadlineSeconds: 20) with
+        {
+            SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 5 },
+            Dp = new DpOptions { Mode = DpMode.Distributed, ClipNorm = 0.5, NoiseMultiplier = 0.8, AdaptiveClip = true, ClipCountNoise = 0.5 },
+        };
+        // Kill food as soon as the arbiter starts collecting masked inputs in round 2: it is then a dropout after
+        // sharing its keys (its pairwise masks are removed through its rebuilt key) or after its upload.
+        var killed = new TaskCompletionSource();
+        var watcher = fed.Arbiter.System.ActorOf(Props.Create(() => new StepWatcher(2, "mask", killed)));
+        fed.Arbiter.System.EventStream.Subscribe(watcher, typeof(SecureAggregationStepStarted));
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        await killed.Task.WaitAsync(Generous);
+        await fed.CrashParty("food");
+        var status = await fed.WaitAsync(spec.JobId, Generous);
+
+        Assert.True(status.State == JobState.Completed, status.Reason);
+        Assert.Equal([1, 2, 3], status.Rounds.Select(r => r.Round));
+        var round2 = status.Rounds[1];
+        Assert.NotNull(round2.SecureAggregation);
+        Assert.False(status.Rounds[2].Parties.Single(p => p.Org == "food").Succeeded);
+        // ε grows every round and the status carries it.
+        var eps = status.Rounds.Select(r => r.Privacy!.Epsilon).ToArray();
+        Assert.True(eps[0] > 0 && eps[1] > eps[0] && eps[2] > eps[1], string.Join(", ", eps));
+        Assert.Equal(eps[2], status.Epsilon);
+        // Round 3 ran with two of three noise shares: accounted with z·√(2/3).
+        Assert.Equal(0.8 * Math.Sqrt(2.0 / 3), status.Rounds[2].Privacy!.NoiseMultiplier, 6);
+    }
+
+    [Fact]
+    public async Task The_job_stops_before_a_round_that_would_exceed_its_epsilon_budget()
+    {
+        var g = FederationFixture.Prepare();
+        await using var fed = await FederationFixture.Start(g);
+        // Central DP, z = 1, q = 1, δ = 1e-5: ε ≈ 4.7 after one round, ≈ 7.1 after two; a budget of 5 allows one round.
+        var spec = FederationFixture.Job(g, "budget", rounds: 3) with { Dp = new DpOptions { Mode = DpMode.Central, NoiseMultiplier = 1.0, EpsilonBudget = 5 } };
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        var status = await fed.WaitAsync(spec.JobId, Generous);
+        Assert.True(status.State == JobState.Completed, status.Reason);
+        Assert.Single(status.Rounds);
+        Assert.Contains("past the budget 5", status.Reason);
+        Assert.True(status.Epsilon < 5);
+    }
+
+    sealed class StepWatcher : ReceiveActor
+    {
+        public StepWatcher(int round, string step, TaskCompletionSource hit) =>
+            Receive<SecureAggregationStepStarted>(e => { if (e.Round == round && e.Step == step) hit.TrySetResult(); });
+    }
+}
