@@ -6,6 +6,7 @@ using Akka.Persistence.Sql;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
+using FateLlm.Actors.Security;
 using FateLlm.Actors.Transfer;
 
 namespace FateLlm.Actors.Nodes;
@@ -26,6 +27,9 @@ public sealed record NodeOptions
     public IReadOnlyDictionary<string, string> Datasets { get; init; } = new Dictionary<string, string>();
     /// <summary>Extra HOCON with the highest precedence (node config file, test timings).</summary>
     public Config? Overrides { get; init; }
+    /// <summary>Mutual TLS with the federation CA (<c>--tls DIR</c>); null runs plain TCP.</summary>
+    public NodeTls? Tls { get; init; }
+    public string Scheme => Tls is null ? "akka.tcp" : "akka.ssl.tcp";
 }
 
 /// <summary>A running node: its actor system, the regions or proxies its role needs, its blob store and server.</summary>
@@ -81,15 +85,33 @@ public sealed class FederationNode : IAsyncDisposable
             akka.persistence.snapshot-store.sql.connection-string = "{{journal}}"
             """);
         var config = node;
+        if (o.Tls != null) config = NodeTls.EnableSsl.WithFallback(config);
         if (o.Overrides != null) config = o.Overrides.WithFallback(config);
         return config.WithFallback(Reference()).WithFallback(SqlPersistence.DefaultConfiguration);
     }
 
+    /// <summary>A node refuses to start under an identity its own certificate does not back.</summary>
+    public static void CheckOwnIdentity(NodeOptions o, Config config)
+    {
+        if (o.Tls is not { } tls) return;
+        if (o.Role == NodeRole.Party && tls.Organization != o.Org)
+            throw new TlsConfigurationException($"this node's certificate is for organization '{tls.Organization}'; it cannot run as party '{o.Org}'");
+        if (o.Role is NodeRole.Arbiter or NodeRole.Seed && !Operators(config).Contains(tls.Organization))
+            throw new TlsConfigurationException($"a {o.Role.ToString().ToLowerInvariant()} needs an operator certificate ({string.Join(", ", Operators(config))}); this one is for '{tls.Organization}'");
+    }
+
+    public static IReadOnlySet<string> Operators(Config config) => config.GetStringList("fate-llm.security.operator-organizations").ToHashSet();
+
+    public static ActorSystem CreateSystem(NodeOptions o, Config config) =>
+        o.Tls is null ? ActorSystem.Create(o.SystemName, config)
+            : ActorSystem.Create(o.SystemName, BootstrapSetup.Create().WithConfig(config).And(o.Tls.Setup()));
+
     public static FederationNode Start(NodeOptions o)
     {
         var config = BuildConfig(o);
+        CheckOwnIdentity(o, config);
         Directory.CreateDirectory(config.GetString("fate-llm.data-dir"));
-        var system = ActorSystem.Create(o.SystemName, config);
+        var system = CreateSystem(o, config);
         try
         {
             return Attach(system, o);
@@ -113,13 +135,19 @@ public sealed class FederationNode : IAsyncDisposable
             config.GetTimeSpan("fate-llm.transfer.chunk-timeout"),
             config.GetInt("fate-llm.transfer.max-attempts-per-chunk"));
         var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port), Transfer.BlobServer.Name);
+        Func<Address, string?>? proven = null;
+        if (o.Tls is { } tls)
+        {
+            system.ActorOf(OrganizationGuard.Props(tls, Operators(config)), OrganizationGuard.Name);
+            proven = tls.Identities.OrganizationOf;
+        }
         var sharding = ClusterSharding.Get(system);
         var modelsRoot = config.GetString("fate-llm.models-root");
         var party = o.Role == NodeRole.Party
             ? sharding.Start(PartyRegionName,
                 entityId => PartyActor.Props(entityId, new PartyNodeSettings(o.Org!, o.Datasets, store, blobServer, transfer,
                     config.GetString("fate-llm.training.dispatcher"), modelsRoot)),
-                ClusterShardingSettings.Create(system).WithRole("party"), new PartyMessageExtractor(), new PartyPlacement(system),
+                ClusterShardingSettings.Create(system).WithRole("party"), new PartyMessageExtractor(), new PartyPlacement(system, proven),
                 PoisonPill.Instance)
             : sharding.StartProxy(PartyRegionName, "party", new PartyMessageExtractor());
         IActorRef round, job;

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Configuration;
 using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Security;
 
 namespace FateLlm.Actors.Nodes;
 
@@ -22,9 +23,12 @@ public sealed class LocalFederation : IAsyncDisposable
     readonly Dictionary<string, IReadOnlyDictionary<string, string>> _datasets = new();
     public IReadOnlyDictionary<string, FederationNode> Parties => _parties;
     public string SeedAddress { get; }
+    /// <summary>Under TLS: the federation CA folder; every node gets its own certificate issued from it.</summary>
+    public string? CaDir { get; }
 
-    LocalFederation(string root, Config? overrides, FederationNode seed, string seedAddress, FederationNode arbiter, FederationNode client)
+    LocalFederation(string root, Config? overrides, string? caDir, FederationNode seed, string seedAddress, FederationNode arbiter, FederationNode client)
     {
+        CaDir = caDir;
         Root = root;
         Overrides = overrides;
         Seed = seed;
@@ -40,22 +44,41 @@ public sealed class LocalFederation : IAsyncDisposable
         return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 
+    /// <summary>
+    /// Starts seed, arbiter, a client node and the parties. With <paramref name="tls"/> a federation CA is created under
+    /// the root and every node runs mutual TLS with its own certificate (operator nodes "operator", parties their org).
+    /// </summary>
     public static async Task<LocalFederation> StartAsync(string root, IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> parties,
-        Config? overrides = null, TimeSpan? timeout = null)
+        Config? overrides = null, TimeSpan? timeout = null, bool tls = false)
     {
         var wait = timeout ?? TimeSpan.FromSeconds(60);
         var port = FreePort();
+        string? caDir = null;
+        if (tls)
+        {
+            caDir = Path.Combine(root, "tls", "ca");
+            if (!File.Exists(Path.Combine(caDir, CertificateAuthority.CaKeyFile))) CertificateAuthority.InitCa(caDir);
+        }
         // Transport adapters (trttl for blackholes in tests) change the address scheme.
         var adapters = overrides?.GetStringList("akka.remote.dot-netty.tcp.applied-adapters") ?? [];
-        var scheme = string.Concat(adapters.Select(a => a + ".")) + "tcp";
+        var scheme = string.Concat(adapters.Select(a => a + ".")) + (tls ? "ssl.tcp" : "tcp");
         var seedAddress = $"akka.{scheme}://fate-llm@127.0.0.1:{port}";
-        var seed = FederationNode.Start(new NodeOptions { Role = NodeRole.Seed, Port = port, Seeds = [seedAddress], DataDir = Path.Combine(root, "seed"), Overrides = overrides });
-        var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides });
-        var client = FederationNode.Start(new NodeOptions { Role = NodeRole.Client, Seeds = [seedAddress], DataDir = Path.Combine(root, "client"), Overrides = overrides });
-        var fed = new LocalFederation(root, overrides, seed, seedAddress, arbiter, client);
+        NodeTls? Tls(string org) => caDir is null ? null : IssuedTls(root, caDir, org);
+        var seed = FederationNode.Start(new NodeOptions { Role = NodeRole.Seed, Port = port, Seeds = [seedAddress], DataDir = Path.Combine(root, "seed"), Overrides = overrides, Tls = Tls("operator") });
+        var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides, Tls = Tls("operator") });
+        var client = FederationNode.Start(new NodeOptions { Role = NodeRole.Client, Seeds = [seedAddress], DataDir = Path.Combine(root, "client"), Overrides = overrides, Tls = Tls("operator") });
+        var fed = new LocalFederation(root, overrides, caDir, seed, seedAddress, arbiter, client);
         foreach (var (org, data) in parties) fed.StartParty(org, data);
         await Task.WhenAll(new[] { seed, arbiter, client }.Concat(fed._parties.Values).Select(n => n.WhenUp(wait)));
         return fed;
+    }
+
+    /// <summary>The certificate folder of <paramref name="org"/> under the root, issued from the CA on first use.</summary>
+    public static NodeTls IssuedTls(string root, string caDir, string org)
+    {
+        var dir = Path.Combine(root, "tls", org);
+        if (!File.Exists(Path.Combine(dir, CertificateAuthority.NodeFile))) CertificateAuthority.Issue(caDir, org, dir);
+        return NodeTls.Load(dir);
     }
 
     public FederationNode StartParty(string org, IReadOnlyDictionary<string, string>? datasets = null)
@@ -64,7 +87,7 @@ public sealed class LocalFederation : IAsyncDisposable
         var node = FederationNode.Start(new NodeOptions
         {
             Role = NodeRole.Party, Org = org, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "party-" + org),
-            Datasets = _datasets[org], Overrides = Overrides,
+            Datasets = _datasets[org], Overrides = Overrides, Tls = CaDir is null ? null : IssuedTls(Root, CaDir, org),
         });
         _parties[org] = node;
         return node;
@@ -86,7 +109,11 @@ public sealed class LocalFederation : IAsyncDisposable
     public async Task<FederationNode> RestartArbiter(TimeSpan? timeout = null)
     {
         await Crash(Arbiter);
-        Arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "arbiter"), Overrides = Overrides });
+        Arbiter = FederationNode.Start(new NodeOptions
+        {
+            Role = NodeRole.Arbiter, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "arbiter"), Overrides = Overrides,
+            Tls = CaDir is null ? null : IssuedTls(Root, CaDir, "operator"),
+        });
         await Arbiter.WhenUp(timeout ?? TimeSpan.FromSeconds(60));
         return Arbiter;
     }

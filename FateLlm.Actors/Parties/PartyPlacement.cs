@@ -9,9 +9,10 @@ namespace FateLlm.Actors.Parties;
 /// Places the shard of organization X only on the node whose cluster roles include <c>org-X</c> — the node that
 /// holds X's data. Identity comes from membership itself, so there is no registration to race: while that node is
 /// absent, allocation answers Nobody and the coordinator retries, so a party entity never starts elsewhere.
-/// Shards never rebalance away from their owner.
+/// Shards never rebalance away from their owner. Under TLS, <paramref name="provenOrganization"/> must also confirm
+/// the owner's certificate is for X: a node that merely claims the role gets nothing.
 /// </summary>
-public sealed class PartyPlacement(ActorSystem system) : IShardAllocationStrategy
+public sealed class PartyPlacement(ActorSystem system, Func<Address, string?>? provenOrganization = null) : IShardAllocationStrategy
 {
     public static string RoleOf(string org) => "org-" + org;
 
@@ -20,6 +21,7 @@ public sealed class PartyPlacement(ActorSystem system) : IShardAllocationStrateg
         var cluster = Cluster.Get(system);
         var owner = cluster.State.Members
             .Where(m => m.Status == MemberStatus.Up && m.HasRole(RoleOf(shardId)) && !cluster.State.Unreachable.Contains(m))
+            .Where(m => provenOrganization is null || provenOrganization(m.Address) == shardId)
             .Select(m => m.Address).FirstOrDefault();
         if (owner is null) return Task.FromResult<IActorRef>(ActorRefs.Nobody);
         var region = currentShardAllocations.Keys.FirstOrDefault(r => AddressOf(r, cluster) == owner);

@@ -50,6 +50,6 @@ internal static class FederationFixture
         OutputDir = Path.Combine(g.Root, "out-" + id), Data = new Training.Data.DataOptions { MaxPromptTokens = 128, MaxResponseTokens = 128, MaxTotalTokens = 96 },
     };
 
-    public static Task<LocalFederation> Start(Ground g, Config? extra = null) =>
-        LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster));
+    public static Task<LocalFederation> Start(Ground g, Config? extra = null, bool tls = false) =>
+        LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster), tls: tls);
 }
