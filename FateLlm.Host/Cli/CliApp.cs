@@ -28,6 +28,7 @@ public static class CliApp
         root.Subcommands.Add(BenchCommands.Build());
         foreach (var node in NodeCommands.Build()) root.Subcommands.Add(node);
         root.Subcommands.Add(JobCommands.Build());
+        root.Subcommands.Add(CertCommands.Build());
         root.Subcommands.Add(DemoCommand.Build());
         root.Subcommands.Add(DemoCommand.Experiment());
         root.Subcommands.Add(DataCommands.Data());
@@ -62,7 +63,7 @@ public static class CliApp
     {
         UsageException or ArgumentException => (UsageError, e.Message),
         ModelFormatException or DataFormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
-            or FateLlm.Actors.Jobs.JobSpecException or TimeoutException => (RuntimeError, e.Message),
+            or FateLlm.Actors.Jobs.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException => (RuntimeError, e.Message),
         OperationCanceledException => (RuntimeError, "cancelled"),

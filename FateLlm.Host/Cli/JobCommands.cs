@@ -13,6 +13,7 @@ internal static class JobCommands
 {
     static readonly Option<string[]> Seed = new("--seed") { Description = "Seed node address", Required = true };
     static readonly Option<int> Timeout = Opt("--timeout", "Seconds to wait for the cluster and the answer", 60);
+    static readonly Option<string?> Tls = NodeCommands.TlsOption();
 
     public static Command Build()
     {
@@ -31,7 +32,7 @@ internal static class JobCommands
                 var final = await Follow(node, spec.JobId);
                 if (final.State != JobState.Completed) throw new InvalidOperationException($"job {spec.JobId} {final.State.ToString().ToLowerInvariant()}: {final.Reason}");
             });
-        }, wait, Seed, Timeout);
+        }, wait, Seed, Timeout, Tls);
 
         var id = new Argument<string>("id") { Description = "Job id" };
         var json = Opt("--json", "Print as JSON", false);
@@ -42,7 +43,7 @@ internal static class JobCommands
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
             if (p.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(s, JsonOut));
             else Print(s);
-        }), json, Seed, Timeout);
+        }), json, Seed, Timeout, Tls);
 
         var list = new Command("list", "List jobs");
         list.With(p => WithClient(p, async node =>
@@ -63,14 +64,14 @@ internal static class JobCommands
                 Console.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
             }
             if (ids.Count == 0) Console.WriteLine("no jobs");
-        }), Seed, Timeout);
+        }), Seed, Timeout, Tls);
 
         var cancel = new Command("cancel", "Cancel a running job") { id };
         cancel.With(p => WithClient(p, async node =>
         {
             var s = await node.JobRegion.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             Console.WriteLine($"job {s.JobId}: {s.State}");
-        }), Seed, Timeout);
+        }), Seed, Timeout, Tls);
 
         var job = new Command("job", "Submit and query federated jobs");
         foreach (var c in new[] { submit, status, list, cancel }) job.Subcommands.Add(c);
@@ -93,7 +94,7 @@ internal static class JobCommands
         var timeout = TimeSpan.FromSeconds(p.GetValue(Timeout));
         var node = FederationNode.Start(new NodeOptions
         {
-            Role = NodeRole.Client, Seeds = seeds, DataDir = Path.Combine(Path.GetTempPath(), "fate-llm-client-" + Environment.ProcessId),
+            Role = NodeRole.Client, Seeds = seeds, Tls = NodeCommands.LoadTls(p.GetValue(Tls), seeds), DataDir = Path.Combine(Path.GetTempPath(), "fate-llm-client-" + Environment.ProcessId),
             Overrides = Akka.Configuration.ConfigurationFactory.ParseString("akka.loglevel = ERROR\nakka.stdout-loglevel = ERROR"),
         });
         try
@@ -134,11 +135,15 @@ internal static class JobCommands
             Console.WriteLine(p.Succeeded
                 ? $"  {p.Org,-12} loss {p.FirstLoss:F4} → {p.LastLoss:F4}  eval {p.EvalLoss?.ToString("F4") ?? "-"}  up {p.UploadBytes:N0} B  down {p.DownloadBytes:N0} B  retransmitted {p.Retransmissions}"
                 : $"  {p.Org,-12} dropped: {p.Reason}");
+        if (r.SecureAggregation is { } sa) Console.WriteLine($"  secure aggregation: {sa}");
+        foreach (var rejection in r.Rejections) Console.WriteLine($"  rejected {rejection}");
+        if (r.Privacy is { } dp) Console.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
     }
 
     static void Print(JobStatus s)
     {
         Console.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} rounds{(s.Reason is null ? "" : ", " + s.Reason)}");
+        if (s.Epsilon is { } eps) Console.WriteLine($"  differential privacy: (ε = {eps:F3}, δ = {s.Delta:G3})");
         foreach (var e in s.FinalEvaluation)
             Console.WriteLine($"  {e.Org,-12} loss {e.Loss:F4} ppl {e.Perplexity:F2} ROUGE-L {e.RougeL:F2} BLEU-4 {e.Bleu4:F2}");
         if (s.State == JobState.Completed) Console.WriteLine($"outputs in {s.OutputDir}");

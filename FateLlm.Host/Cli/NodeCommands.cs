@@ -22,7 +22,8 @@ internal static class NodeCommands
         public readonly Option<string?> ConfigFile = new("--config") { Description = "HOCON file overriding hocon/ defaults" };
         public readonly Option<string?> DataDir = new("--data-dir") { Description = "Journal, blobs and outputs (default fate-llm-data/<node>)" };
         public readonly Option<string?> ModelsRoot = new("--models-root") { Description = "Folder to find job models in when their path does not exist here" };
-        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot];
+        public readonly Option<string?> Tls = TlsOption();
+        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls];
 
         public NodeOptions Read(ParseResult p, NodeRole role, string defaultDir, string? org = null, IReadOnlyDictionary<string, string>? datasets = null)
         {
@@ -41,11 +42,12 @@ internal static class NodeCommands
             if (p.GetValue(ModelsRoot) is string root)
                 overrides = ConfigurationFactory.ParseString($"fate-llm.models-root = \"{root.Replace("\\", "/")}\"").WithFallback(overrides ?? Config.Empty);
             var host = p.GetValue(Host)!;
+            var tls = LoadTls(p.GetValue(Tls), seeds);
             // A seed lists itself first so the first seed can form the cluster alone.
-            if (role == NodeRole.Seed && seeds.Length == 0) seeds = [$"akka.tcp://fate-llm@{host}:{port}"];
+            if (role == NodeRole.Seed && seeds.Length == 0) seeds = [$"{(tls is null ? "akka.tcp" : "akka.ssl.tcp")}://fate-llm@{host}:{port}"];
             return new NodeOptions
             {
-                Role = role, Host = host, Port = port, Seeds = seeds, Org = org,
+                Role = role, Host = host, Port = port, Seeds = seeds, Org = org, Tls = tls,
                 DataDir = p.GetValue(DataDir) ?? Path.Combine("fate-llm-data", defaultDir),
                 Datasets = datasets ?? new Dictionary<string, string>(), Overrides = overrides,
             };
@@ -88,14 +90,31 @@ internal static class NodeCommands
         return [seed, arbiter, party];
     }
 
+    internal static Option<string?> TlsOption() =>
+        new("--tls") { Description = "Folder with node.pfx and ca.crt (fate-llm certs issue): mutual TLS with the federation CA" };
+
+    /// <summary>Loads --tls material and checks the seed addresses use the matching scheme.</summary>
+    internal static FateLlm.Actors.Security.NodeTls? LoadTls(string? dir, IEnumerable<string> seeds)
+    {
+        foreach (var s in seeds)
+        {
+            var ssl = s.StartsWith("akka.ssl.tcp://");
+            if (dir is not null && !ssl) throw new UsageException($"--seed '{s}': with --tls, seeds are akka.ssl.tcp:// addresses");
+            if (dir is null && ssl) throw new UsageException($"--seed '{s}' is a TLS address: pass --tls DIR");
+        }
+        return dir is null ? null : FateLlm.Actors.Security.NodeTls.Load(dir);
+    }
+
     static void RunNode(NodeOptions options)
     {
         var config = FederationNode.BuildConfig(options);
+        FederationNode.CheckOwnIdentity(options, config);
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.Services.AddAkka(options.SystemName, (akka, services) =>
         {
             akka.AddHocon(config, HoconAddMode.Replace);
+            if (options.Tls is { } tls) akka.AddSetup(tls.Setup());
             akka.AddStartup((system, _) =>
             {
                 var node = FederationNode.Attach(system, options);
