@@ -228,8 +228,16 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         var adapter = new BlobLocation(_globalDigest!, _s.Store.Size(_globalDigest!), _s.BlobServer);
         _awaitingEvaluation.Clear();
         _evaluations.Clear();
+        // Only parties with a node in the cluster can evaluate; one that crashed is not waited for.
+        var cluster = Akka.Cluster.Cluster.Get(Context.System).State;
+        var up = cluster.Members.Where(m => m.Status == Akka.Cluster.MemberStatus.Up && !cluster.Unreachable.Contains(m)).ToList();
         foreach (var p in spec.Parties.Where(p => p.EvalDataset != null))
         {
+            if (!up.Any(m => m.HasRole(PartyPlacement.RoleOf(p.Org))))
+            {
+                _log.Warning("job {0}: party {1} has no node in the cluster; it is left out of the final evaluation", _jobId, p.Org);
+                continue;
+            }
             _awaitingEvaluation.Add(p.Org);
             _s.PartyRegion.Tell(new EvaluateRequest(p.Org, _jobId, spec, adapter));
         }

@@ -153,7 +153,8 @@ public sealed class FederationNode : IAsyncDisposable
         IActorRef round, job;
         if (o.Role == NodeRole.Arbiter)
         {
-            var roundSettings = new RoundSettings(store, party, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"));
+            var roundSettings = new RoundSettings(store, party, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"),
+                config.GetTimeSpan("fate-llm.round.absent-grace"));
             round = sharding.Start(RoundRegionName, _ => AggregationRound.Props(roundSettings),
                 ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor());
             var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot);

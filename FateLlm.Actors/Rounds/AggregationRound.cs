@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Akka.Actor;
+using Akka.Cluster;
 using Akka.Event;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Parties;
@@ -10,7 +11,9 @@ using FateLlm.Training.Privacy.SecureAggregation;
 
 namespace FateLlm.Actors.Rounds;
 
-public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, TransferSettings Transfer, TimeSpan ResendInterval);
+/// <param name="AbsentGrace">How long a party with no node in the cluster is waited for before it counts as a dropout
+/// (null: no membership checks, e.g. outside a cluster).</param>
+public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, TransferSettings Transfer, TimeSpan ResendInterval, TimeSpan? AbsentGrace = null);
 
 /// <summary>
 /// One attempt of one aggregation round (entity id job/round/attempt). Asks every selected party to train, re-asks
@@ -41,6 +44,7 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
 
     sealed record Resend;
     sealed record Deadline;
+    sealed record AbsentCheck;
     sealed record Aggregated(string GlobalDigest, string ServerStateDigest, IReadOnlyList<(string Party, string Reason)> Rejected, IReadOnlyDictionary<string, double> Metrics);
     sealed record AggregationError(string Reason);
 
@@ -55,6 +59,9 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         Receive<FetchFailed>(OnFetchFailed);
         Receive<Resend>(_ => AskParties());
         Receive<Deadline>(_ => Conclude(deadline: true));
+        Receive<AbsentCheck>(_ => DropAbsent());
+        Receive<ClusterEvent.MemberRemoved>(e => DropGone(e.Member, "its node left the cluster (downed or stopped)"));
+        Receive<ClusterEvent.IMemberEvent>(_ => { });
         Receive<Aggregated>(OnAggregated);
         Receive<AggregationError>(e => Reply(Failure(e.Reason)));
         Receive<SecureSumReady>(OnSecureSum);
@@ -83,6 +90,36 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         AskParties();
         Timers.StartPeriodicTimer("resend", new Resend(), _s.ResendInterval);
         Timers.StartSingleTimer("deadline", new Deadline(), s.Spec.RoundDeadline);
+        if (_s.AbsentGrace is { } grace)
+        {
+            // A party whose node is gone cannot answer: do not hold the round to its deadline for it.
+            Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberRemoved));
+            Timers.StartSingleTimer("absent", new AbsentCheck(), grace);
+        }
+    }
+
+    protected override void PostStop()
+    {
+        if (_s.AbsentGrace is not null) Cluster.Get(Context.System).Unsubscribe(Self);
+        base.PostStop();
+    }
+
+    bool Waiting(string org) => !_succeeded.ContainsKey(org) && !_failed.ContainsKey(org) && !_fetching.ContainsKey(org);
+
+    void DropGone(Member m, string why)
+    {
+        if (_start is not { } s || _finished != null || _aggregating) return;
+        foreach (var org in _quorum!.Parties.Where(o => m.HasRole(PartyPlacement.RoleOf(o)) && Waiting(o)).ToList())
+            Record(org, s.Round, s.Attempt, () => _failed[org] = why);
+    }
+
+    void DropAbsent()
+    {
+        if (_start is not { } s || _finished != null || _aggregating) return;
+        var state = Cluster.Get(Context.System).State;
+        var members = state.Members.Where(m => m.Status == MemberStatus.Up && !state.Unreachable.Contains(m)).ToList();
+        foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && !members.Any(m => m.HasRole(PartyPlacement.RoleOf(o)))).ToList())
+            Record(org, s.Round, s.Attempt, () => _failed[org] = $"no node of this organization in the cluster for {_s.AbsentGrace!.Value.TotalSeconds:G3} s");
     }
 
     void AskParties()
@@ -217,6 +254,8 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
             _succeeded.Remove(org);
             _failed[org] = "dropped out of secure aggregation";
         }
+        foreach (var (org, bytes) in r.UploadBytes)
+            if (_succeeded.TryGetValue(org, out var ok)) _succeeded[org] = (ok.Update, new FetchCompleted("", bytes, 0, r.Retransmissions.GetValueOrDefault(org), TimeSpan.Zero));
         _secureSummary = r.Summary;
         _log.Info("round {0}: secure aggregation: {1}", s.RoundId, r.Summary);
         if (!_quorum!.Met(_succeeded.Count))

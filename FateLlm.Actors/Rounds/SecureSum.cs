@@ -30,7 +30,8 @@ public static class SecureRoundSession
 }
 
 /// <summary>Result of <see cref="SecureSum"/> to its parent round (local only, never sent over the wire).</summary>
-public sealed record SecureSumReady(SecAggResult Result, string Summary, IReadOnlyDictionary<string, string> Dropouts);
+public sealed record SecureSumReady(SecAggResult Result, string Summary, IReadOnlyDictionary<string, string> Dropouts,
+    IReadOnlyDictionary<string, long> UploadBytes, IReadOnlyDictionary<string, int> Retransmissions);
 
 public sealed record SecureSumFailed(string Reason, IReadOnlyDictionary<string, string> Dropouts);
 
@@ -53,6 +54,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
     readonly Dictionary<string, uint[]> _masked = new();
     readonly Dictionary<string, UnmaskShares> _revealed = new();
     readonly Dictionary<string, string> _dropouts = new();
+    readonly Dictionary<string, (long Bytes, int Retransmissions)> _uploads = new();
     Dictionary<string, List<EncryptedShare>> _inbox = new();
     Step _step = Step.Share;
 
@@ -152,6 +154,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         if (FetchingParty() is not { } org || !_fetching.Remove(org)) return;
         if (_step != Step.Mask) return; // arrived after the step closed: too late to count
         _masked[org] = FederatedComputation.MaskedWords(_s.Store.Read(f.Digest), _s.Session, org);
+        _uploads[org] = (f.Chunks > 0 ? f.Bytes : 0, f.Retransmissions);
         AdvanceIfComplete();
     }
 
@@ -200,13 +203,15 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
                 Timers.CancelAll();
                 var (s, keys, bundles, masked, revealed) = (_s.Session, _s.Keys, _bundles.ToDictionary(), _masked.ToDictionary(), _revealed.Values.ToList());
                 var dropouts = _dropouts.ToDictionary();
+                var bytes = _uploads.ToDictionary(kv => kv.Key, kv => kv.Value.Bytes);
+                var retransmissions = _uploads.ToDictionary(kv => kv.Key, kv => kv.Value.Retransmissions);
                 var counts = $"{keys.Count} keyed, {bundles.Count} shared, {masked.Count} masked, {revealed.Count} revealed (t = {s.Threshold}, k = {Math.Min(s.Degree, s.Parties.Count - 1)})";
                 Task.Run(() =>
                 {
                     var result = SecAggServer.Unmask(s, keys, bundles, masked, revealed);
                     var summary = counts + (result.RecoveredDropouts.Count > 0 ? $"; masks of dropped {string.Join(", ", result.RecoveredDropouts)} removed" : "")
                         + (result.WrongShares.Count > 0 ? $"; {string.Join("; ", result.WrongShares)}" : "");
-                    return (object)new SecureSumReady(result, summary, dropouts);
+                    return (object)new SecureSumReady(result, summary, dropouts, bytes, retransmissions);
                 }).PipeTo(Self, failure: e => new SecureSumFailed($"unmasking failed: {e.GetBaseException().Message}", dropouts));
                 break;
         }

@@ -19,6 +19,7 @@ internal static class BenchCommands
     {
         var cmd = new Command("bench", "Benchmarks (figures, not tests)");
         cmd.Subcommands.Add(TrainBench());
+        cmd.Subcommands.Add(SecAggBench.Build());
         var sizes = CliApp.Opt("--sizes", "Adapter sizes in MiB for the transfer bench", "1,16,64");
         var noRound = CliApp.Opt("--no-round", "Skip the real 3-party round", false);
         var window = CliApp.Opt("--window", "Chunks in flight per transfer", TransferSettings.Default.Window);

@@ -71,7 +71,7 @@ public sealed record ExperimentResult(ExperimentSettings Settings, PretrainResul
 /// </summary>
 public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 {
-    static readonly DataOptions Data = new() { MaxPromptTokens = 64, MaxResponseTokens = 96, MaxTotalTokens = 192 };
+    public static readonly DataOptions Data = new() { MaxPromptTokens = 64, MaxResponseTokens = 96, MaxTotalTokens = 192 };
 
     public async Task<ExperimentResult> RunAsync(IProgress<JobStatus>? federationProgress = null)
     {
@@ -132,7 +132,8 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return new ExperimentResult(s, pretrain, split.Counts, runs, communication, PublishedConfigs.Compute(), clock.Elapsed.TotalSeconds);
     }
 
-    PretrainResult EnsureBase(string basePath, string publicCorpus)
+    /// <summary>The pretrained base at <paramref name="basePath"/>, trained now unless a cached one is there.</summary>
+    public PretrainResult EnsureBase(string basePath, string publicCorpus)
     {
         var summary = Path.Combine(basePath, "pretrain_summary.json");
         if (File.Exists(summary) && File.Exists(Path.Combine(basePath, HfCheckpoint.SingleFile)))
@@ -172,7 +173,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return Score(model, test, tok);
     }
 
-    Scores Evaluate(string modelOrAdapterBase, string? adapterDir, List<Example> test, ITextTokenizer tok)
+    public Scores Evaluate(string modelOrAdapterBase, string? adapterDir, List<Example> test, ITextTokenizer tok)
     {
         using var model = adapterDir is null ? HfCheckpoint.Load(modelOrAdapterBase) : AdapterFolder.Load(adapterDir, modelOrAdapterBase).Model;
         return Score(model, test, tok);

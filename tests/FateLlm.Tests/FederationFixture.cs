@@ -18,6 +18,7 @@ internal static class FederationFixture
         akka.cluster.sharding.retry-interval = 200ms
         akka.remote.retry-gate-closed-for = 1s
         fate-llm.round.resend-interval = 500ms
+        fate-llm.round.absent-grace = 10s
         fate-llm.transfer.chunk-timeout = 1s
         fate-llm.transfer.chunk-size = 16KiB
         """);
