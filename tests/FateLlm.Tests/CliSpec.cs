@@ -1,5 +1,6 @@
 using FateLlm.Host.Cli;
 using FateLlm.Training.IO;
+using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using Xunit;
 
@@ -48,6 +49,61 @@ public class CliSpec
         Assert.Equal(CliApp.RuntimeError, code);
         Assert.Contains($"{bad}:2:", err);
         Assert.False(Directory.Exists(Path.Combine(dir, "o")), "nothing is written when the input is bad");
+    }
+
+    [Fact]
+    public void Broken_configuration_stops_the_command_with_one_line_naming_the_file_and_field()
+    {
+        var dir = TestSupport.TempDir();
+        var seed = new[] { "--seed", "akka.tcp://fate-llm@127.0.0.1:1" };
+        var malformed = Path.Combine(dir, "malformed.conf");
+        File.WriteAllText(malformed, "job { model = ${no.such.setting}\n parties = [ { org = a } ] }");
+        var (code, err) = Run(["job", "submit", malformed, .. seed]);
+        Assert.Equal(CliApp.UsageError, code);
+        Assert.Contains("malformed.conf: not valid HOCON", err);
+        Assert.Single(err.Trim().Split('\n'));
+
+        var robustSecure = Path.Combine(dir, "robust-secure.conf");
+        File.WriteAllText(robustSecure, "job { model = m, parties = [{org = a}, {org = b}, {org = c}], aggregation.algorithm = krum, secure-aggregation = on }");
+        (code, err) = Run(["job", "submit", robustSecure, .. seed]);
+        Assert.Equal(CliApp.UsageError, code);
+        Assert.Contains("robust-secure.conf: job.aggregation.algorithm", err);
+
+        var distributedPlain = Path.Combine(dir, "distributed.conf");
+        File.WriteAllText(distributedPlain, "job { model = m, parties = [{org = a}, {org = b}, {org = c}], dp.mode = distributed }");
+        (code, err) = Run(["job", "submit", distributedPlain, .. seed]);
+        Assert.Equal(CliApp.UsageError, code);
+        Assert.Contains("job.dp.mode", err);
+
+        (code, err) = Run("party", "--org", "acme", "--data", "train=" + WriteJsonl(dir, "a.jsonl", 2), "--seed", "akka.ssl.tcp://fate-llm@127.0.0.1:1",
+            "--tls", Path.Combine(dir, "no-certs"));
+        Assert.Equal(CliApp.RuntimeError, code);
+        Assert.Contains("node.pfx: node certificate not found", err);
+        (code, err) = Run("arbiter", "--seed", "akka.ssl.tcp://fate-llm@127.0.0.1:1");
+        Assert.Equal(CliApp.UsageError, code);
+        Assert.Contains("pass --tls", err);
+
+        Assert.Equal(0, Run("model", "init", "--preset", "tiny", "--out", Path.Combine(dir, "m")).Code);
+        (code, err) = Run("train", "--model", Path.Combine(dir, "m"), "--data", WriteJsonl(dir, "t.jsonl", 4), "--lora-targets", "no_such_proj",
+            "--out", Path.Combine(dir, "o"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("no_such_proj", err);
+        File.Delete(Path.Combine(dir, "m", HfCheckpoint.SingleFile));
+        (code, err) = Run("eval", "--model", Path.Combine(dir, "m"), "--data", WriteJsonl(dir, "e.jsonl", 2));
+        Assert.Equal(CliApp.RuntimeError, code);
+        Assert.Contains(Path.Combine(dir, "m"), err);
+    }
+
+    [Fact]
+    public void A_party_whose_base_model_differs_from_the_jobs_refuses_naming_both_digests()
+    {
+        var dir = TestSupport.TempDir();
+        Assert.Equal(0, Run("model", "init", "--preset", "tiny", "--seed", "1", "--out", Path.Combine(dir, "a")).Code);
+        Assert.Equal(0, Run("model", "init", "--preset", "tiny", "--seed", "2", "--out", Path.Combine(dir, "b")).Code);
+        var task = new Training.Federation.FederatedTask { ModelPath = Path.Combine(dir, "b"), ModelDigest = Training.Models.HfCheckpoint.WeightsDigest(Path.Combine(dir, "a")) };
+        var e = Assert.Throws<Training.Models.ModelFormatException>(() => Training.Federation.FederatedComputation.VerifyModel(task, "party 'acme'"));
+        Assert.Contains("party 'acme'", e.Message);
+        Assert.Contains(task.ModelDigest[..12], e.Message);
     }
 
     [Fact]
