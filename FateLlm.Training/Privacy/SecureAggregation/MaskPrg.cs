@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Numerics;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 
@@ -27,12 +28,23 @@ public static class MaskPrg
             aes.EncryptEcb(counters.AsSpan(0, blocks * 16), stream.AsSpan(0, blocks * 16), PaddingMode.None);
             var words = MemoryMarshal.Cast<byte, uint>(stream.AsSpan(0, blocks * 16));
             var n = (int)Math.Min(words.Length, target.Length - offset);
-            var dst = target.Slice((int)offset, n);
-            if (subtract) for (int i = 0; i < n; i++) dst[i] -= words[i];
-            else for (int i = 0; i < n; i++) dst[i] += words[i];
+            Add(target.Slice((int)offset, n), words[..n], subtract);
             block += blocks;
             offset += n;
         }
+    }
+
+    static void Add(Span<uint> dst, ReadOnlySpan<uint> src, bool subtract)
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var dv = MemoryMarshal.Cast<uint, Vector<uint>>(dst);
+            var sv = MemoryMarshal.Cast<uint, Vector<uint>>(src);
+            for (int k = 0; k < dv.Length; k++) dv[k] = subtract ? dv[k] - sv[k] : dv[k] + sv[k];
+            i = dv.Length * Vector<uint>.Count;
+        }
+        for (; i < dst.Length; i++) dst[i] = subtract ? dst[i] - src[i] : dst[i] + src[i];
     }
 
     public static uint[] Expand(ReadOnlySpan<byte> seed, int length)
