@@ -23,12 +23,7 @@ public sealed record SecureAggregationOptions
     public double PhaseTimeoutSeconds { get; init; } = 60;
 
     public int ThresholdFor(int parties) => Threshold > 0 ? Threshold : Math.Max(2, (Math.Min(DegreeFor(parties), parties - 1) + 1) / 2 + 1);
-    public int DegreeFor(int parties) => Degree > 0 ? Math.Min(Degree, parties - 1) : SecAggDefaults.Degree(parties);
-}
-
-static class SecAggDefaults
-{
-    public static int Degree(int parties) => Training.Privacy.SecureAggregation.SecAggSession.DefaultDegree(parties, 2);
+    public int DegreeFor(int parties) => Degree > 0 ? Math.Min(Degree, parties - 1) : Training.Privacy.SecureAggregation.SecAggSession.DefaultDegree(parties, 2);
 }
 
 /// <summary>What an update must satisfy before it touches the aggregate.</summary>

@@ -19,6 +19,7 @@ internal static class DemoCommand
         var secure = Opt("--secure", "Five parties over mutual TLS with SecAgg+ and distributed DP; one party is killed mid-round", false);
         var noise = Opt("--noise", "With --secure: DP noise multiplier z", 0.1);
         var kill = Opt("--kill", "With --secure: the party to kill during round 2's secure aggregation ('none' to keep all)", "gym");
+        var clip = ClipOption();
         return new Command("demo", "Federated LoRA on WordNet with 3 parties: live progress, then local vs federated vs centralized").With(p =>
         {
             var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with { Rounds = TrainingCommands.Positive(p.GetValue(rounds), "--rounds") };
@@ -28,27 +29,30 @@ internal static class DemoCommand
                 if (victim != "none" && !PrivateFederation.FiveParties.ContainsKey(victim))
                     throw new UsageException($"--kill '{victim}' is not one of {string.Join(", ", PrivateFederation.FiveParties.Keys)} or none");
                 if (!(p.GetValue(noise) > 0)) throw new UsageException("--noise must be > 0");
+                if (!(p.GetValue(clip) > 0)) throw new UsageException("--clip must be > 0");
                 AnsiConsole.MarkupLine("[bold]FateLlm secure demo[/]: 5 organizations over mutual TLS, SecAgg+ (t = 3 of 5) and distributed DP on FedAvg LoRA");
-                RunPrivate(s with { TrainPerParty = 300 }, [p.GetValue(noise)], victim == "none" ? null : victim);
+                RunPrivate(s with { TrainPerParty = 300 }, [p.GetValue(noise)], victim == "none" ? null : victim, p.GetValue(clip));
                 return;
             }
             AnsiConsole.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
             Run(s);
-        }, outDir, rounds, secure, noise, kill);
+        }, outDir, rounds, secure, noise, kill, clip);
     }
 
     public static Command PrivacyExperiment()
     {
         var outDir = Opt("--out", "Working folder (shares the cached base with the demo by default)", Path.Combine("runs", "demo"));
-        var noises = Opt("--noise", "Comma-separated DP noise multipliers; 'none' is secure aggregation without DP", "none,0.02,0.1,0.5");
+        var noises = Opt("--noise", "Comma-separated DP noise multipliers; 'none' is secure aggregation without DP", "none,0.001,0.1,0.5,2");
+        var clip = ClipOption();
         return new Command("privacy", "ε versus quality: 5-party secure federated LoRA at several DP noise multipliers").With(p =>
         {
             List<double?> zs;
             try { zs = p.GetValue(noises)!.Split(',').Select(x => x.Trim() == "none" ? (double?)null : double.Parse(x, System.Globalization.CultureInfo.InvariantCulture)).ToList(); }
             catch (FormatException) { throw new UsageException($"--noise '{p.GetValue(noises)}' must be comma-separated numbers or 'none'"); }
             if (zs.Any(z => z is <= 0)) throw new UsageException("--noise values must be > 0");
+            if (!(p.GetValue(clip) > 0)) throw new UsageException("--clip must be > 0");
             var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with { TrainPerParty = 300 };
-            var results = RunPrivate(s, zs, null);
+            var results = RunPrivate(s, zs, null, p.GetValue(clip));
             var md = new System.Text.StringBuilder("| noise multiplier z | ε (δ = 1e-5) | ROUGE-L | BLEU-4 | test loss | minutes |\n|---|---|---|---|---|---|\n");
             foreach (var r in results)
                 md.AppendLine($"| {(r.NoiseMultiplier is { } z ? z.ToString("G3") : "no DP")} | {(r.Epsilon is { } e ? e.ToString("F1") : "∞")} | {r.Scores.RougeL:F2} | {r.Scores.Bleu4:F2} | {r.Scores.Loss:F3} | {r.Seconds / 60:F1} |");
@@ -56,12 +60,14 @@ internal static class DemoCommand
             File.WriteAllText(path, md.ToString());
             AnsiConsole.WriteLine(md.ToString());
             AnsiConsole.MarkupLine($"written to [bold]{path}[/]");
-        }, outDir, noises);
+        }, outDir, noises, clip);
     }
 
-    static List<PrivateRunResult> RunPrivate(ExperimentSettings s, IReadOnlyList<double?> noises, string? kill)
+    static Option<double> ClipOption() => Opt("--clip", "Initial DP clip norm C (adaptive clipping moves it toward the median update norm)", 1.0);
+
+    static List<PrivateRunResult> RunPrivate(ExperimentSettings s, IReadOnlyList<double?> noises, string? kill, double clip)
     {
-        var results = new PrivateFederation(s, line => AnsiConsole.WriteLine(line)).RunAsync(noises, kill, RoundPrinter()).GetAwaiter().GetResult();
+        var results = new PrivateFederation(s, line => AnsiConsole.WriteLine(line), clip).RunAsync(noises, kill, RoundPrinter()).GetAwaiter().GetResult();
         foreach (var r in results)
         {
             var st = r.Status;

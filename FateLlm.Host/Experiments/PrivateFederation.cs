@@ -17,7 +17,7 @@ public sealed record PrivateRunResult(double? NoiseMultiplier, double? Epsilon, 
 /// The privacy demo and the ε-versus-quality sweep: five organizations (WordNet domains) over mutual TLS, SecAgg+
 /// with distributed DP, optionally one party crashed in the middle of a round's secure aggregation.
 /// </summary>
-public sealed class PrivateFederation(ExperimentSettings s, Action<string> log)
+public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, double clipNorm = 1.0)
 {
     /// <summary>Five parties over the same domains as the three-party demo, so the pretrained base is shared.</summary>
     public static readonly IReadOnlyDictionary<string, string[]> FiveParties = new Dictionary<string, string[]>
@@ -95,7 +95,7 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log)
             SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 30 },
             Dp = z is null ? new DpOptions() : new DpOptions
             {
-                Mode = DpMode.Distributed, NoiseMultiplier = z.Value, ClipNorm = 0.2, Delta = 1e-5, AdaptiveClip = true,
+                Mode = DpMode.Distributed, NoiseMultiplier = z.Value, ClipNorm = clipNorm, Delta = 1e-5, AdaptiveClip = true,
                 ClipCountNoise = Math.Max(0.1, z.Value / 2 / 5 * 1.5),
             },
         };
