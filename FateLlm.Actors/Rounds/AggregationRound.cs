@@ -145,6 +145,7 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
     void Reject(string org, string reason)
     {
         var line = $"{org}: {reason}";
+        if (_rejections.Contains(line)) return; // a re-sent copy of the same bad answer
         _rejections.Add(line);
         _log.Warning("round {0}: rejected update of party {1}: {2}", _start!.RoundId, org, reason);
     }

@@ -53,10 +53,10 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         return node;
     }
 
-    NodeProcess Party(string org) => Launch("party-" + org, "party", "--org", org, "--seed", _seed,
-        "--data", "train=" + _g.Datasets[org]["train"], "--data", "dev=" + _g.Datasets[org]["dev"]);
+    NodeProcess Party(string org, params string[] extra) => Launch("party-" + org, ["party", "--org", org, "--seed", _seed,
+        "--data", "train=" + _g.Datasets[org]["train"], "--data", "dev=" + _g.Datasets[org]["dev"], .. extra]);
 
-    NodeProcess Arbiter() => Launch("arbiter", "arbiter", "--seed", _seed);
+    NodeProcess Arbiter(params string[] extra) => Launch("arbiter", ["arbiter", "--seed", _seed, .. extra]);
 
     [Fact]
     public async Task Killing_parties_and_the_arbiter_with_sigkill_loses_no_completed_round()
@@ -65,7 +65,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         _seed = $"akka.tcp://fate-llm@127.0.0.1:{port}";
         Launch("seed", "seed", "--port", port.ToString());
         var arbiter = Arbiter();
-        var parties = FederationFixture.Orgs.ToDictionary(o => o, Party);
+        var parties = FederationFixture.Orgs.ToDictionary(o => o, o => Party(o));
 
         await using var client = FederationNode.Start(new NodeOptions
         {
@@ -104,6 +104,51 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         Assert.Equal([1, 2, 3, 4], final.Rounds.Select(r => r.Round));
         Assert.False(final.Rounds[1].Parties.Single(p => p.Org == "food").Succeeded);
         Assert.True(final.Rounds[3].Parties.Single(p => p.Org == "food").Succeeded, "the restarted party trains again");
+    }
+
+    [Fact]
+    public async Task Real_processes_run_a_secure_private_job_over_mutual_tls_set_up_with_the_cli()
+    {
+        string Certs(params string[] args)
+        {
+            var err = new StringWriter();
+            Assert.True(Host.Cli.CliApp.Run(["certs", .. args], new StringWriter(), err) == 0, err.ToString());
+            return args[^1];
+        }
+        var ca = Certs("init-ca", "--out", Path.Combine(_g.Root, "ca"));
+        var op = Certs("issue", "--ca", ca, "--org", "operator", "--out", Path.Combine(_g.Root, "tls-operator"));
+        var port = LocalFederation.FreePort();
+        _seed = $"akka.ssl.tcp://fate-llm@127.0.0.1:{port}";
+        Launch("seed", "seed", "--port", port.ToString(), "--tls", op);
+        Arbiter("--tls", op);
+        foreach (var org in FederationFixture.Orgs) Party(org, "--tls", Certs("issue", "--ca", ca, "--org", org, "--out", Path.Combine(_g.Root, "tls-" + org)));
+
+        await using var client = FederationNode.Start(new NodeOptions
+        {
+            Role = NodeRole.Client, Seeds = [_seed], DataDir = Path.Combine(_g.Root, "client"), Overrides = FederationFixture.FastCluster,
+            Tls = Actors.Security.NodeTls.Load(op),
+        });
+        await client.WhenUp(TimeSpan.FromSeconds(60));
+        var spec = FederationFixture.Job(_g, "tls-processes", rounds: 2, deadlineSeconds: 60) with
+        {
+            SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 20 },
+            Dp = new Training.Privacy.DpOptions { Mode = Training.Privacy.DpMode.Distributed, NoiseMultiplier = 1.0 },
+        };
+        Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
+        var deadline = DateTime.UtcNow.AddSeconds(240);
+        JobStatus status;
+        while (true)
+        {
+            status = await client.JobRegion.Ask<JobStatus>(new GetJobStatus(spec.JobId), TimeSpan.FromSeconds(10));
+            if (status.State is JobState.Completed or JobState.Failed) break;
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException("job stalled; node logs: " + string.Join("\n", _processes.Select(p => $"--- {p.Name}\n{SafeTail(p.Log)}")));
+            await Task.Delay(500);
+        }
+        Assert.True(status.State == JobState.Completed, status.Reason);
+        Assert.All(status.Rounds, r => Assert.StartsWith("3 keyed, 3 shared, 3 masked, 3 revealed", r.SecureAggregation));
+        Assert.True(status.Epsilon > 0);
+        Assert.Contains(_processes, p => p.Name == "seed" && File.ReadAllText(p.Log).Contains("akka.ssl.tcp://"));
     }
 
     static string SafeTail(string path)
