@@ -184,13 +184,20 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         {
             var summary = r.Summary!;
             if (summary.Privacy is { } p)
-                summary = summary with { Privacy = p with { Epsilon = Accountant(_rounds.Select(x => x.Privacy).Append(p)).Epsilon(p.Delta).Epsilon } };
+                summary = summary with
+                {
+                    Privacy = p with
+                    {
+                        Epsilon = Accountant(_rounds.Select(x => x.Privacy).Append(p)).Epsilon(p.Delta).Epsilon,
+                        RoundEpsilon = Accountant([p]).Epsilon(p.Delta).Epsilon,
+                    },
+                };
             Persist(new RoundCompleted(summary, r.ServerStateDigest, DateTime.UtcNow), e =>
             {
                 Apply(e);
                 AppendRoundMetrics(summary);
                 if (summary.Privacy is { } priv) _log.Info(
-                    $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
+                    $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
                 if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1);
                 else StartEvaluation();
             });
@@ -296,7 +303,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                     samples = p.Samples, first_loss = Finite(p.FirstLoss), last_loss = Finite(p.LastLoss), eval_loss = p.EvalLoss,
                     upload_bytes = p.UploadBytes, download_bytes = p.DownloadBytes, retransmissions = p.Retransmissions,
                     train_seconds = p.TrainSeconds, round_seconds = summary.Seconds, global = summary.GlobalDigest,
-                    epsilon = summary.Privacy?.Epsilon, rejections = summary.Rejections.Length, secure_aggregation = summary.SecureAggregation,
+                    epsilon = summary.Privacy?.Epsilon, round_epsilon = summary.Privacy?.RoundEpsilon, rejections = summary.Rejections.Length, secure_aggregation = summary.SecureAggregation,
                 }));
         }
         catch (IOException e)

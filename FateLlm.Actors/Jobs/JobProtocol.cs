@@ -18,7 +18,11 @@ public sealed record PartyRoundReport(string Org, bool Succeeded, string? Reason
     double? EvalLoss, long UploadBytes, long DownloadBytes, int Retransmissions, double TrainSeconds) : IControlMessage;
 
 /// <summary>A round's DP accounting: sampling rate q, effective noise multiplier z, clip norm C, and ε after this round (cumulative).</summary>
-public sealed record RoundPrivacy(double SamplingRate, double NoiseMultiplier, double ClipNorm, double Epsilon, double Delta) : IControlMessage;
+public sealed record RoundPrivacy(double SamplingRate, double NoiseMultiplier, double ClipNorm, double Epsilon, double Delta) : IControlMessage
+{
+    /// <summary>ε of this round alone, at the same δ.</summary>
+    public double RoundEpsilon { get; init; } = double.NaN;
+}
 
 public sealed record RoundSummary(int Round, int Attempt, string GlobalDigest, double Seconds, PartyRoundReport[] Parties) : IControlMessage
 {

@@ -137,7 +137,7 @@ internal static class JobCommands
                 : $"  {p.Org,-12} dropped: {p.Reason}");
         if (r.SecureAggregation is { } sa) Console.WriteLine($"  secure aggregation: {sa}");
         foreach (var rejection in r.Rejections) Console.WriteLine($"  rejected {rejection}");
-        if (r.Privacy is { } dp) Console.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
+        if (r.Privacy is { } dp) Console.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
     }
 
     static void Print(JobStatus s)

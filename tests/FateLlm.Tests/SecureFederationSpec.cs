@@ -72,6 +72,7 @@ public class SecureFederationSpec
         var eps = status.Rounds.Select(r => r.Privacy!.Epsilon).ToArray();
         Assert.True(eps[0] > 0 && eps[1] > eps[0] && eps[2] > eps[1], string.Join(", ", eps));
         Assert.Equal(eps[2], status.Epsilon);
+        Assert.All(status.Rounds, r => Assert.True(r.Privacy!.RoundEpsilon > 0 && r.Privacy.RoundEpsilon <= r.Privacy.Epsilon));
         // Round 3 ran with two of three noise shares: accounted with z·√(2/3).
         Assert.Equal(0.8 * Math.Sqrt(2.0 / 3), status.Rounds[2].Privacy!.NoiseMultiplier, 6);
     }
