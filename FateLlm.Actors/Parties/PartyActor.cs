@@ -195,6 +195,14 @@ public sealed class PartyActor : ReceiveActor
     void SecureStep(string jobId, int round, int attempt, string step, Type answerType, Func<SecureWork, object> run)
     {
         var key = new WorkKey(jobId, round, attempt);
+        // Only an arbiter may drive the protocol: a peer posing as one could otherwise ask first for the wrong shares.
+        var from = Sender.Path.Address;
+        var cluster = Cluster.Get(Context.System);
+        if (!from.HasLocalScope && !cluster.State.Members.Any(m => m.Address == from && m.HasRole("arbiter")))
+        {
+            _log.Warning("party {0}: secure aggregation step {1} of {2} requested by {3}, which is not an arbiter; refused", _s.Org, step, key, from);
+            return;
+        }
         if (!_secure.TryGetValue(key, out var work))
         {
             Sender.Tell(new SecAggStepFailed(_s.Org, jobId, round, attempt, step, "no secure-aggregation state for this round here (the party restarted or never trained it)"));

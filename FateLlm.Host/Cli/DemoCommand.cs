@@ -18,7 +18,7 @@ internal static class DemoCommand
         var rounds = Opt("--rounds", "Federated rounds", 3);
         var secure = Opt("--secure", "Five parties over mutual TLS with SecAgg+ and distributed DP; one party is killed mid-round", false);
         var noise = Opt("--noise", "With --secure: DP noise multiplier z", 0.1);
-        var kill = Opt("--kill", "With --secure: the party to kill during round 2's secure aggregation ('none' to keep all)", "gym");
+        var kill = Opt("--kill", "With --secure: the party to kill when round 2's secure aggregation starts ('none' to keep all)", "gym");
         var clip = ClipOption();
         return new Command("demo", "Federated LoRA on WordNet with 3 parties: live progress, then local vs federated vs centralized").With(p =>
         {

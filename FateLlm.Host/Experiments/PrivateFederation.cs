@@ -61,11 +61,11 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
             if (kill != null)
             {
                 var hit = new TaskCompletionSource();
-                var watcher = fed.Arbiter.System.ActorOf(Props.Create(() => new StepWatcher(Math.Min(2, s.Rounds), "mask", hit)));
+                var watcher = fed.Arbiter.System.ActorOf(Props.Create(() => new StepWatcher(Math.Min(2, s.Rounds), "share", hit)));
                 fed.Arbiter.System.EventStream.Subscribe(watcher, typeof(SecureAggregationStepStarted));
                 killing = hit.Task.ContinueWith(async _ =>
                 {
-                    log($"killing party '{kill}' while the arbiter collects masked inputs in round {Math.Min(2, s.Rounds)}");
+                    log($"killing party '{kill}' while the arbiter relays key shares in round {Math.Min(2, s.Rounds)}");
                     await fed.CrashParty(kill);
                 }).Unwrap();
                 killed = kill;
