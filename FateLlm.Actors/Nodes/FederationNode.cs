@@ -146,7 +146,7 @@ public sealed class FederationNode : IAsyncDisposable
         var party = o.Role == NodeRole.Party
             ? sharding.Start(PartyRegionName,
                 entityId => PartyActor.Props(entityId, new PartyNodeSettings(o.Org!, o.Datasets, store, blobServer, transfer,
-                    config.GetString("fate-llm.training.dispatcher"), modelsRoot)),
+                    config.GetString("fate-llm.training.dispatcher"), modelsRoot) { CrashAt = CrashAt(config, o.Org!) }),
                 ClusterShardingSettings.Create(system).WithRole("party"), new PartyMessageExtractor(), new PartyPlacement(system, proven),
                 PoisonPill.Instance)
             : sharding.StartProxy(PartyRegionName, "party", new PartyMessageExtractor());
@@ -168,6 +168,11 @@ public sealed class FederationNode : IAsyncDisposable
         }
         return new FederationNode(system, o, store, blobServer, job, round, party);
     }
+
+    static (int, string)? CrashAt(Config config, string org) =>
+        config.GetString("fate-llm.fault-injection.secagg-crash.org") == org
+            ? (config.GetInt("fate-llm.fault-injection.secagg-crash.round"), config.GetString("fate-llm.fault-injection.secagg-crash.step"))
+            : null;
 
     /// <summary>Completes when this node is Up in the cluster.</summary>
     public Task WhenUp(TimeSpan timeout)

@@ -11,7 +11,11 @@ namespace FateLlm.Actors.Parties;
 
 /// <summary>What a party node knows locally: its organization, its private datasets by name, its blob store.</summary>
 public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, string> Datasets, BlobStore Store, IActorRef BlobServer,
-    TransferSettings Transfer, string TrainingDispatcher, string? ModelsRoot);
+    TransferSettings Transfer, string TrainingDispatcher, string? ModelsRoot)
+{
+    /// <summary>Fault injection (specs, demo): this node crashes when asked for this secure-aggregation step in this round.</summary>
+    public (int Round, string Step)? CrashAt { get; init; }
+}
 
 /// <summary>
 /// The sharded entity of one organization, pinned to that organization's node. Per (job, round, attempt) it pulls
@@ -201,6 +205,12 @@ public sealed class PartyActor : ReceiveActor
         if (!from.HasLocalScope && !cluster.State.Members.Any(m => m.Address == from && m.HasRole("arbiter")))
         {
             _log.Warning("party {0}: secure aggregation step {1} of {2} requested by {3}, which is not an arbiter; refused", _s.Org, step, key, from);
+            return;
+        }
+        if (_s.CrashAt is { } crash && crash.Round == round && crash.Step == step)
+        {
+            _log.Warning("party {0}: fault injection: crashing this node at secure-aggregation step {1} of {2}", _s.Org, step, key);
+            Context.System.Terminate();
             return;
         }
         if (!_secure.TryGetValue(key, out var work))

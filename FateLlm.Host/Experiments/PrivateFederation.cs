@@ -1,9 +1,7 @@
 using System.Diagnostics;
-using Akka.Actor;
 using Akka.Configuration;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
-using FateLlm.Actors.Rounds;
 using FateLlm.Training.Data;
 using FateLlm.Training.Privacy;
 using FateLlm.Training.Tokenization;
@@ -52,27 +50,17 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
         foreach (var z in noiseMultipliers)
         {
             // A fresh federation per run: a killed party must not stay dead for the next one.
-            await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets, config, tls: true);
+            var crash = kill is null ? Config.Empty : ConfigurationFactory.ParseString(
+                $"fate-llm.fault-injection.secagg-crash {{ org = \"{kill}\", round = {Math.Min(2, s.Rounds)}, step = mask }}");
+            await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets,
+                crash.WithFallback(config), tls: true);
             log($"federation up over mutual TLS: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
             var sw = Stopwatch.StartNew();
             var spec = Spec(fed, basePath, z);
-            string? killed = null;
-            Task? killing = null;
-            if (kill != null)
-            {
-                var hit = new TaskCompletionSource();
-                var watcher = fed.Arbiter.System.ActorOf(Props.Create(() => new StepWatcher(Math.Min(2, s.Rounds), "share", hit)));
-                fed.Arbiter.System.EventStream.Subscribe(watcher, typeof(SecureAggregationStepStarted));
-                killing = hit.Task.ContinueWith(async _ =>
-                {
-                    log($"killing party '{kill}' while the arbiter relays key shares in round {Math.Min(2, s.Rounds)}");
-                    await fed.CrashParty(kill);
-                }).Unwrap();
-                killed = kill;
-            }
+            var killed = kill;
+            if (kill != null) log($"party '{kill}' will crash when asked for its masked input in round {Math.Min(2, s.Rounds)} (after sharing its keys)");
             if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
             var status = await fed.WaitAsync(spec.JobId, TimeSpan.FromHours(2), progress: progress);
-            if (killing != null) await killing.WaitAsync(TimeSpan.FromMinutes(1));
             if (status.State != JobState.Completed) throw new InvalidOperationException($"job {spec.JobId}: {status.State}: {status.Reason}");
             var scores = experiment.Evaluate(basePath, Path.Combine(status.OutputDir!, "adapter"), test, new ByteTokenizer());
             results.Add(new PrivateRunResult(z, status.Epsilon, spec.Dp.Delta, scores, status, killed, sw.Elapsed.TotalSeconds));
@@ -99,11 +87,5 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
                 ClipCountNoise = Math.Max(0.1, z.Value / 2 / 5 * 1.5),
             },
         };
-    }
-
-    sealed class StepWatcher : ReceiveActor
-    {
-        public StepWatcher(int round, string step, TaskCompletionSource hit) =>
-            Receive<SecureAggregationStepStarted>(e => { if (e.Round == round && e.Step == step) hit.TrySetResult(); });
     }
 }
