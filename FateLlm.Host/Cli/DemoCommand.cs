@@ -72,7 +72,7 @@ internal static class DemoCommand
         {
             var st = r.Status;
             AnsiConsole.MarkupLine($"job [bold]{st.JobId}[/]: {st.State}, {st.CompletedRounds}/{st.TotalRounds} rounds in {r.Seconds / 60:F1} min" +
-                (r.Killed is null ? "" : $", party '{r.Killed}' killed mid-round"));
+                (r.Killed is null ? "" : $", party '{r.Killed}' crashed mid-protocol in round 2"));
             AnsiConsole.MarkupLine(r.Epsilon is { } e
                 ? $"  differential privacy spent: [bold](ε = {e:F2}, δ = {r.Delta:G2})[/] at noise multiplier z = {r.NoiseMultiplier:G3}"
                 : "  no differential privacy (secure aggregation only)");
