@@ -29,7 +29,6 @@ public sealed record NodeOptions
     public Config? Overrides { get; init; }
     /// <summary>Mutual TLS with the federation CA (<c>--tls DIR</c>); null runs plain TCP.</summary>
     public NodeTls? Tls { get; init; }
-    public string Scheme => Tls is null ? "akka.tcp" : "akka.ssl.tcp";
 }
 
 /// <summary>A running node: its actor system, the regions or proxies its role needs, its blob store and server.</summary>
