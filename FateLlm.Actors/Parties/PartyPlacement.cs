@@ -16,6 +16,14 @@ public sealed class PartyPlacement(ActorSystem system, Func<Address, string?>? p
 {
     public static string RoleOf(string org) => "org-" + org;
 
+    /// <summary>
+    /// Whether the removed member was <paramref name="org"/>'s node and no other node of it is up: the removal of a
+    /// crashed incarnation can arrive after its replacement has joined, and must not count against the new one.
+    /// </summary>
+    public static bool LastNodeOf(ActorSystem system, Member removed, string org) =>
+        removed.HasRole(RoleOf(org)) && !Cluster.Get(system).State.Members.Any(m =>
+            m.UniqueAddress != removed.UniqueAddress && m.HasRole(RoleOf(org)) && m.Status is MemberStatus.Up or MemberStatus.Joining or MemberStatus.WeaklyUp);
+
     public Task<IActorRef> AllocateShard(IActorRef requester, string shardId, IImmutableDictionary<IActorRef, IImmutableList<string>> currentShardAllocations)
     {
         var cluster = Cluster.Get(system);

@@ -109,7 +109,7 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
     void DropGone(Member m, string why)
     {
         if (_start is not { } s || _finished != null || _aggregating) return;
-        foreach (var org in _quorum!.Parties.Where(o => m.HasRole(PartyPlacement.RoleOf(o)) && Waiting(o)).ToList())
+        foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && PartyPlacement.LastNodeOf(Context.System, m, o)).ToList())
             Record(org, s.Round, s.Attempt, () => _failed[org] = why);
     }
 
@@ -117,7 +117,8 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
     {
         if (_start is not { } s || _finished != null || _aggregating) return;
         var state = Cluster.Get(Context.System).State;
-        var members = state.Members.Where(m => m.Status == MemberStatus.Up && !state.Unreachable.Contains(m)).ToList();
+        // A node still joining counts as present: a restarted party is on its way back.
+        var members = state.Members.Where(m => m.Status is MemberStatus.Up or MemberStatus.Joining or MemberStatus.WeaklyUp && !state.Unreachable.Contains(m)).ToList();
         foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && !members.Any(m => m.HasRole(PartyPlacement.RoleOf(o)))).ToList())
             Record(org, s.Round, s.Attempt, () => _failed[org] = $"no node of this organization in the cluster for {_s.AbsentGrace!.Value.TotalSeconds:G3} s");
     }
@@ -242,7 +243,7 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         var clip = FederatedComputation.CurrentClip(s.ServerStateDigest is null ? null : _s.Store.Read(s.ServerStateDigest), s.Spec.Dp);
         var keys = _succeeded.ToDictionary(kv => kv.Key, kv => kv.Value.Update.Keys!);
         Context.ActorOf(SecureSum.Props(new SecureSum.Settings(session, s.JobId, s.Round, s.Attempt, keys, _s.PartyRegion, _s.Store, _s.Transfer,
-            _s.ResendInterval, TimeSpan.FromSeconds(s.Spec.SecureAggregation.PhaseTimeoutSeconds), clip)), "secure-sum");
+            _s.ResendInterval, TimeSpan.FromSeconds(s.Spec.SecureAggregation.PhaseTimeoutSeconds), clip, _s.AbsentGrace is not null)), "secure-sum");
     }
 
     void OnSecureSum(SecureSumReady r)

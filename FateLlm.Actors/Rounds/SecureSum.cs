@@ -1,4 +1,5 @@
 using Akka.Actor;
+using Akka.Cluster;
 using Akka.Event;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Parties;
@@ -43,7 +44,8 @@ public sealed record SecureSumFailed(string Reason, IReadOnlyDictionary<string, 
 public sealed class SecureSum : ReceiveActor, IWithTimers
 {
     public sealed record Settings(SecAggSession Session, string JobId, int Round, int Attempt, IReadOnlyDictionary<string, SecAggKeys> Keys,
-        IActorRef PartyRegion, BlobStore Store, TransferSettings Transfer, TimeSpan ResendInterval, TimeSpan PhaseTimeout, double ClipNorm);
+        IActorRef PartyRegion, BlobStore Store, TransferSettings Transfer, TimeSpan ResendInterval, TimeSpan PhaseTimeout, double ClipNorm,
+        bool WatchMembership);
 
     enum Step { Share, Mask, Unmask, Unmasking }
 
@@ -74,6 +76,17 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         Receive<SecAggStepFailed>(f => { if (Current(f.Round, f.Attempt) && Waiting().Contains(f.Org)) { Drop(f.Org, $"{f.Step}: {f.Reason}"); AdvanceIfComplete(); } });
         Receive<Resend>(_ => Ask());
         Receive<PhaseTimeout>(t => { if (t.Step == _step) Advance(timedOut: true); });
+        Receive<ClusterEvent.MemberRemoved>(e =>
+        {
+            // A party whose node left cannot answer this step: do not wait out the phase timeout for it.
+            foreach (var org in Waiting().Where(o => PartyPlacement.LastNodeOf(Context.System, e.Member, o)).ToList())
+            {
+                if (_fetching.Remove(org)) Context.Child(FetcherPrefix + org).Tell(PoisonPill.Instance);
+                Drop(org, $"its node left the cluster during step '{_step.ToString().ToLowerInvariant()}'");
+            }
+            AdvanceIfComplete();
+        });
+        Receive<ClusterEvent.IMemberEvent>(_ => { });
         Receive<SecureSumReady>(r => { Context.Parent.Tell(r); Context.Stop(Self); });
         Receive<SecureSumFailed>(f => { Context.Parent.Tell(f); Context.Stop(Self); });
     }
@@ -86,7 +99,14 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
             return;
         }
         Timers.StartPeriodicTimer("resend", new Resend(), _s.ResendInterval);
+        if (_s.WatchMembership) Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberRemoved));
         EnterStep(Step.Share);
+    }
+
+    protected override void PostStop()
+    {
+        if (_s.WatchMembership) Cluster.Get(Context.System).Unsubscribe(Self);
+        base.PostStop();
     }
 
     bool Current(int round, int attempt) => round == _s.Round && attempt == _s.Attempt;
