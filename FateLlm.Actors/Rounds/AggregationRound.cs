@@ -60,7 +60,7 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         Receive<Resend>(_ => AskParties());
         Receive<Deadline>(_ => Conclude(deadline: true));
         Receive<AbsentCheck>(_ => DropAbsent());
-        Receive<ClusterEvent.MemberRemoved>(e => DropGone(e.Member, "its node left the cluster (downed or stopped)"));
+        Receive<ClusterEvent.MemberRemoved>(e => OnRemoved(e.Member));
         Receive<ClusterEvent.IMemberEvent>(_ => { });
         Receive<Aggregated>(OnAggregated);
         Receive<AggregationError>(e => Reply(Failure(e.Reason)));
@@ -106,11 +106,15 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
 
     bool Waiting(string org) => !_succeeded.ContainsKey(org) && !_failed.ContainsKey(org) && !_fetching.ContainsKey(org);
 
-    void DropGone(Member m, string why)
+    /// <summary>
+    /// A waiting party's last node left: it gets the absent grace to come back (a restarted party usually does, on a new
+    /// node) before it counts as a dropout, rather than the whole round deadline.
+    /// </summary>
+    void OnRemoved(Member m)
     {
-        if (_start is not { } s || _finished != null || _aggregating) return;
-        foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && PartyPlacement.LastNodeOf(Context.System, m, o)).ToList())
-            Record(org, s.Round, s.Attempt, () => _failed[org] = why);
+        if (_start is null || _finished != null || _aggregating) return;
+        if (_quorum!.Parties.Any(o => Waiting(o) && PartyPlacement.LastNodeOf(Context.System, m, o)))
+            Timers.StartSingleTimer("absent", new AbsentCheck(), _s.AbsentGrace!.Value);
     }
 
     void DropAbsent()
@@ -120,7 +124,7 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         // A node still joining counts as present: a restarted party is on its way back.
         var members = state.Members.Where(m => m.Status is MemberStatus.Up or MemberStatus.Joining or MemberStatus.WeaklyUp && !state.Unreachable.Contains(m)).ToList();
         foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && !members.Any(m => m.HasRole(PartyPlacement.RoleOf(o)))).ToList())
-            Record(org, s.Round, s.Attempt, () => _failed[org] = $"no node of this organization in the cluster for {_s.AbsentGrace!.Value.TotalSeconds:G3} s");
+            Record(org, s.Round, s.Attempt, () => _failed[org] = $"its node left or never joined: no node of this organization in the cluster for {_s.AbsentGrace!.Value.TotalSeconds:G3} s");
     }
 
     void AskParties()

@@ -32,7 +32,8 @@ public class FederationFaultSpec
         var round2 = status.Rounds[1].Parties.ToDictionary(p => p.Org);
         Assert.False(round2["food"].Succeeded);
         Assert.True(round2["animal"].Succeeded && round2["artifact"].Succeeded);
-        Assert.True(status.Rounds[2].Parties.Single(p => p.Org == "food").Succeeded, "the restarted party trains again in round 3");
+        var food3 = status.Rounds[2].Parties.Single(p => p.Org == "food");
+        Assert.True(food3.Succeeded, $"the restarted party trains again in round 3 (it reported: {food3.Reason})");
     }
 
     [Fact]
