@@ -19,7 +19,8 @@ public class FederationFaultSpec
     {
         var g = FederationFixture.Prepare();
         await using var fed = await FederationFixture.Start(g);
-        var spec = FederationFixture.Job(g, "party-crash", rounds: 3, quorum: 2, deadlineSeconds: 8) with { LocalEpochs = 4 };
+        // The deadline leaves the restarted party time to rejoin, be placed and train 4 epochs in round 3 on a busy machine.
+        var spec = FederationFixture.Job(g, "party-crash", rounds: 3, quorum: 2, deadlineSeconds: 15) with { LocalEpochs = 4 };
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
         await fed.WaitAsync(spec.JobId, Generous, s => s.CompletedRounds >= 1);
         await fed.CrashParty("food"); // round 2 has just been asked for: food dies while training
