@@ -71,6 +71,22 @@ public sealed record ExperimentResult(ExperimentSettings Settings, PretrainResul
 /// </summary>
 public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 {
+    /// <summary>The in-process federation's settings for experiments: no log noise on the console, brisk retries.</summary>
+    public static readonly Config QuietCluster = ConfigurationFactory.ParseString("""
+        akka.loglevel = OFF
+        akka.stdout-loglevel = OFF
+        akka.remote.log-remote-lifecycle-events = off
+        akka.cluster.sharding.retry-interval = 300ms
+        fate-llm.round.resend-interval = 2s
+        """);
+
+    /// <summary>Each party's named datasets: "train" and "dev".</summary>
+    public static Dictionary<string, IReadOnlyDictionary<string, string>> Datasets(WordNetSplit split) =>
+        split.Parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string>
+        {
+            ["train"] = kv.Value.Train, ["dev"] = kv.Value.Dev,
+        });
+
     public static readonly DataOptions Data = new() { MaxPromptTokens = 64, MaxResponseTokens = 96, MaxTotalTokens = 192 };
 
     public async Task<ExperimentResult> RunAsync(IProgress<JobStatus>? federationProgress = null)
@@ -94,18 +110,8 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 
         var partyTrain = split.Parties.ToDictionary(kv => kv.Key, kv => InstructionData.ReadJsonl(kv.Value.Train, Data));
         var communication = new List<CommunicationResult>();
-        var config = ConfigurationFactory.ParseString("""
-            akka.loglevel = OFF
-            akka.stdout-loglevel = OFF
-            akka.remote.log-remote-lifecycle-events = off
-            akka.cluster.sharding.retry-interval = 300ms
-            fate-llm.round.resend-interval = 2s
-            """);
-        var datasets = split.Parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string>
-        {
-            ["train"] = kv.Value.Train, ["dev"] = kv.Value.Dev,
-        });
-        await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets, config);
+        var datasets = Datasets(split);
+        await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets, QuietCluster);
         log($"federation up: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
 
         foreach (var method in s.Methods)

@@ -35,17 +35,7 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
         var basePath = Path.Combine(s.OutDir, "base-" + s.Preset);
         experiment.EnsureBase(basePath, split.Public);
         var test = InstructionData.ReadJsonl(split.Test, PaperExperiment.Data);
-        var datasets = split.Parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string>
-        {
-            ["train"] = kv.Value.Train, ["dev"] = kv.Value.Dev,
-        });
-        var config = ConfigurationFactory.ParseString("""
-            akka.loglevel = OFF
-            akka.stdout-loglevel = OFF
-            akka.remote.log-remote-lifecycle-events = off
-            akka.cluster.sharding.retry-interval = 300ms
-            fate-llm.round.resend-interval = 2s
-            """);
+        var datasets = PaperExperiment.Datasets(split);
         var results = new List<PrivateRunResult>();
         foreach (var z in noiseMultipliers)
         {
@@ -53,7 +43,7 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
             var crash = kill is null ? Config.Empty : ConfigurationFactory.ParseString(
                 $"fate-llm.fault-injection.secagg-crash {{ org = \"{kill}\", round = {Math.Min(2, s.Rounds)}, step = mask }}");
             await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets,
-                crash.WithFallback(config), tls: true);
+                crash.WithFallback(PaperExperiment.QuietCluster), tls: true);
             log($"federation up over mutual TLS: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
             var sw = Stopwatch.StartNew();
             var spec = Spec(fed, basePath, z);
