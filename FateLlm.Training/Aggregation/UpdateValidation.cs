@@ -1,4 +1,5 @@
 using FateLlm.Training.IO;
+using FateLlm.Training.Privacy;
 using static TorchSharp.torch;
 
 namespace FateLlm.Training.Aggregation;
@@ -9,26 +10,25 @@ namespace FateLlm.Training.Aggregation;
 /// </summary>
 public static class UpdateValidation
 {
-    /// <summary>Null when the update is acceptable, otherwise the reason (naming the tensor where there is one).</summary>
-    public static string? Check(IReadOnlyDictionary<string, Tensor> global, byte[] update, double maxNorm)
+    /// <summary>The update's tensors, or the reason it is not a safetensors update.</summary>
+    public static (Dictionary<string, Tensor>? Tensors, string? Problem) Parse(byte[] update)
     {
-        using var scope = NewDisposeScope();
-        Dictionary<string, Tensor> tensors;
-        try { tensors = SafeTensors.FromBytes(update, "update"); }
+        try { return (SafeTensors.FromBytes(update, "update"), null); }
         catch (Exception e) when (e is InvalidDataException or FormatException or ArgumentException)
         {
-            return $"not a valid safetensors update ({e.Message})";
+            return (null, $"not a valid safetensors update ({e.Message})");
         }
-        try { AggregationStrategies.Validate(global, new AdapterDelta("", tensors, 0)); }
+    }
+
+    /// <summary>Null when the update is acceptable, otherwise the reason (naming the tensor where there is one).</summary>
+    public static string? Check(IReadOnlyDictionary<string, Tensor> global, IReadOnlyDictionary<string, Tensor> update, double maxNorm)
+    {
+        try { AggregationStrategies.Validate(global, new AdapterDelta("", update, 0)); }
         catch (AggregationException e) { return e.Message.Replace("party '': ", ""); }
-        double sq = 0;
-        foreach (var (name, t) in tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal))
-        {
-            using var d = t.to(ScalarType.Float64);
-            if (!d.isfinite().all().item<bool>()) return $"tensor '{name}' has non-finite values";
-            sq += d.square().sum().item<double>();
-        }
-        var norm = Math.Sqrt(sq);
+        using (var scope = NewDisposeScope())
+            foreach (var (name, t) in update.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                if (!t.isfinite().all().item<bool>()) return $"tensor '{name}' has non-finite values";
+        var norm = ClientDp.L2Norm(update);
         return norm > maxNorm ? $"L2 norm {norm:G4} exceeds the bound {maxNorm:G4}" : null;
     }
 }

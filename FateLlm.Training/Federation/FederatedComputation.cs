@@ -106,8 +106,10 @@ public static class FederatedComputation
         var deltas = new List<AdapterDelta>();
         foreach (var u in updates)
         {
-            if (UpdateValidation.Check(g, u.Delta, rules.MaxNorm) is { } reason) rejected.Add((u.Party, reason));
-            else deltas.Add(new AdapterDelta(u.Party, SafeTensors.FromBytes(u.Delta, $"update of party '{u.Party}'"), u.Samples));
+            var (tensors, problem) = UpdateValidation.Parse(u.Delta);
+            problem ??= UpdateValidation.Check(g, tensors!, rules.MaxNorm);
+            if (problem is not null) rejected.Add((u.Party, problem));
+            else deltas.Add(new AdapterDelta(u.Party, tensors!, u.Samples));
         }
         if (deltas.Count < rules.MinAccepted)
             throw new AggregationException($"{deltas.Count} valid updates, {rules.MinAccepted} required; rejected: {string.Join("; ", rejected.Select(r => $"{r.Party}: {r.Reason}"))}");
@@ -133,7 +135,7 @@ public static class FederatedComputation
     {
         using var scope = NewDisposeScope();
         var tensors = SafeTensors.FromBytes(delta, "local delta");
-        var (values, extras) = AdapterVector.PrepareInput(tensors, tensors, "self", samples, sampleCap, dp, clip, expectedParties);
+        var (values, extras) = AdapterVector.PrepareInput(tensors, samples, sampleCap, dp, clip, expectedParties);
         var words = client.MaskInput(values, extras, inbox);
         return System.Runtime.InteropServices.MemoryMarshal.AsBytes(words.AsSpan()).ToArray();
     }

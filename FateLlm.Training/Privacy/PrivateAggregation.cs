@@ -60,9 +60,16 @@ public static class PrivateAggregation
         IReadOnlyDictionary<string, Tensor> serverState, IAggregationStrategy inner)
     {
         if (!(weightSum > 0)) throw new AggregationException($"securely summed weights are {weightSum:G4}; nothing to average");
+        return StepWithMean(global, weightedSum, weightSum, serverState, inner, "secure-sum");
+    }
+
+    /// <summary>The server rule applied to one update, sum ÷ divisor, in the global's dtypes.</summary>
+    static AggregationOutcome StepWithMean(IReadOnlyDictionary<string, Tensor> global, Dictionary<string, Tensor> sum, double divisor,
+        IReadOnlyDictionary<string, Tensor> serverState, IAggregationStrategy inner, string name)
+    {
         using var _ = no_grad();
-        var mean = weightedSum.ToDictionary(kv => kv.Key, kv => kv.Value.div(weightSum).to(global[kv.Key].dtype));
-        var outcome = inner.Aggregate(global, [new AdapterDelta("secure-sum", mean, 1)], serverState);
+        var mean = sum.ToDictionary(kv => kv.Key, kv => kv.Value.div(divisor).to(global[kv.Key].dtype));
+        var outcome = inner.Aggregate(global, [new AdapterDelta(name, mean, 1)], serverState);
         foreach (var t in mean.Values) t.Dispose();
         return outcome;
     }
@@ -70,11 +77,8 @@ public static class PrivateAggregation
     static AggregationOutcome Finish(IReadOnlyDictionary<string, Tensor> global, Dictionary<string, Tensor> sum, double noisedUnclipped, int contributors,
         IReadOnlyDictionary<string, Tensor> serverState, IAggregationStrategy inner, DpOptions dp, int expectedParties, double clip, double noiseStd)
     {
-        using var _ = no_grad();
-        var mean = sum.ToDictionary(kv => kv.Key, kv => kv.Value.div((double)expectedParties).to(global[kv.Key].dtype));
         var innerState = serverState.Where(kv => kv.Key != ClipKey).ToDictionary(kv => kv.Key, kv => kv.Value);
-        var outcome = inner.Aggregate(global, [new AdapterDelta("dp-mean", mean, 1)], innerState);
-        foreach (var t in mean.Values) t.Dispose();
+        var outcome = StepWithMean(global, sum, expectedParties, innerState, inner, "dp-mean");
         var fraction = Math.Clamp(noisedUnclipped / expectedParties, 0, 1);
         var next = dp.AdaptiveClip ? ClientDp.NextClip(clip, fraction, dp.TargetQuantile, dp.ClipLearningRate) : clip;
         outcome.ServerState[ClipKey] = tensor(next, ScalarType.Float64);
