@@ -237,10 +237,9 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         _evaluations.Clear();
         // Only parties with a node in the cluster can evaluate; one that crashed is not waited for.
         var cluster = Akka.Cluster.Cluster.Get(Context.System).State;
-        var up = cluster.Members.Where(m => m.Status == Akka.Cluster.MemberStatus.Up && !cluster.Unreachable.Contains(m)).ToList();
         foreach (var p in spec.Parties.Where(p => p.EvalDataset != null))
         {
-            if (!up.Any(m => m.HasRole(PartyPlacement.RoleOf(p.Org))))
+            if (!PartyPlacement.Nodes(cluster, p.Org, includeJoining: false).Any())
             {
                 _log.Warning("job {0}: party {1} has no node in the cluster; it is left out of the final evaluation", _jobId, p.Org);
                 continue;

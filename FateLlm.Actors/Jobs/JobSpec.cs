@@ -174,7 +174,18 @@ public sealed record JobSpec
                 MaxResponseTokens = Get("data.max-response-tokens", 128, k => c.GetInt(k)),
                 MaxTotalTokens = Get("data.max-tokens", 256, k => c.GetInt(k)),
             },
-            SecureAggregation = ReadSecureAggregation(c, Get),
+            // `secure-aggregation = on`, or a block `secure-aggregation { enabled = on, threshold = 3, … }`.
+            SecureAggregation = !c.HasPath("secure-aggregation") ? new SecureAggregationOptions()
+                : !c.GetValue("secure-aggregation").IsObject() ? new SecureAggregationOptions { Enabled = Get("secure-aggregation", false, k => c.GetBoolean(k)) }
+                : new SecureAggregationOptions
+                {
+                    Enabled = Get("secure-aggregation.enabled", true, k => c.GetBoolean(k)),
+                    Threshold = Get("secure-aggregation.threshold", 0, k => c.GetInt(k)),
+                    Degree = Get("secure-aggregation.degree", 0, k => c.GetInt(k)),
+                    ClipRange = Get("secure-aggregation.clip-range", 0.5, k => c.GetDouble(k)),
+                    SampleCap = Get("secure-aggregation.sample-cap", 10_000L, k => c.GetLong(k)),
+                    PhaseTimeoutSeconds = Get("secure-aggregation.phase-timeout", TimeSpan.FromSeconds(60), k => c.GetTimeSpan(k)).TotalSeconds,
+                },
             Dp = new DpOptions
             {
                 Mode = Get("dp.mode", DpMode.Off, k => ParseDpMode(c.GetString(k))),
@@ -209,23 +220,6 @@ public sealed record JobSpec
         "distributed" => DpMode.Distributed,
         _ => throw new ArgumentException($"'{s}' is not one of off, central, distributed"),
     };
-
-    /// <summary><c>secure-aggregation = on</c>, or a block <c>secure-aggregation { enabled = on, threshold = 3, … }</c>.</summary>
-    static SecureAggregationOptions ReadSecureAggregation(Config c, Func<string, object, Func<string, object>, object> get)
-    {
-        const string key = "secure-aggregation";
-        if (!c.HasPath(key)) return new SecureAggregationOptions();
-        if (!c.GetValue(key).IsObject()) return new SecureAggregationOptions { Enabled = (bool)get(key, false, k => c.GetBoolean(k)) };
-        return new SecureAggregationOptions
-        {
-            Enabled = (bool)get(key + ".enabled", true, k => c.GetBoolean(k)),
-            Threshold = (int)get(key + ".threshold", 0, k => c.GetInt(k)),
-            Degree = (int)get(key + ".degree", 0, k => c.GetInt(k)),
-            ClipRange = (double)get(key + ".clip-range", 0.5, k => c.GetDouble(k)),
-            SampleCap = (long)get(key + ".sample-cap", 10_000L, k => c.GetLong(k)),
-            PhaseTimeoutSeconds = ((TimeSpan)get(key + ".phase-timeout", TimeSpan.FromSeconds(60), k => c.GetTimeSpan(k))).TotalSeconds,
-        };
-    }
 
     static readonly string[] RobustRules = ["median", "trimmed-mean", "krum", "multi-krum", "norm-bound"];
 

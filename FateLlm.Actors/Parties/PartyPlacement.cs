@@ -17,18 +17,26 @@ public sealed class PartyPlacement(ActorSystem system, Func<Address, string?>? p
     public static string RoleOf(string org) => "org-" + org;
 
     /// <summary>
+    /// The nodes of <paramref name="org"/>: Up (or also still joining, for code that waits for a restarted party),
+    /// and reachable unless <paramref name="reachableOnly"/> is false.
+    /// </summary>
+    public static IEnumerable<Member> Nodes(ClusterEvent.CurrentClusterState state, string org, bool includeJoining, bool reachableOnly = true) =>
+        state.Members.Where(m => m.HasRole(RoleOf(org))
+            && (m.Status == MemberStatus.Up || includeJoining && m.Status is MemberStatus.Joining or MemberStatus.WeaklyUp)
+            && !(reachableOnly && state.Unreachable.Contains(m)));
+
+    /// <summary>
     /// Whether the removed member was <paramref name="org"/>'s node and no other node of it is up: the removal of a
     /// crashed incarnation can arrive after its replacement has joined, and must not count against the new one.
     /// </summary>
     public static bool LastNodeOf(ActorSystem system, Member removed, string org) =>
-        removed.HasRole(RoleOf(org)) && !Cluster.Get(system).State.Members.Any(m =>
-            m.UniqueAddress != removed.UniqueAddress && m.HasRole(RoleOf(org)) && m.Status is MemberStatus.Up or MemberStatus.Joining or MemberStatus.WeaklyUp);
+        removed.HasRole(RoleOf(org)) &&
+        !Nodes(Cluster.Get(system).State, org, includeJoining: true, reachableOnly: false).Any(m => m.UniqueAddress != removed.UniqueAddress);
 
     public Task<IActorRef> AllocateShard(IActorRef requester, string shardId, IImmutableDictionary<IActorRef, IImmutableList<string>> currentShardAllocations)
     {
         var cluster = Cluster.Get(system);
-        var owner = cluster.State.Members
-            .Where(m => m.Status == MemberStatus.Up && m.HasRole(RoleOf(shardId)) && !cluster.State.Unreachable.Contains(m))
+        var owner = Nodes(cluster.State, shardId, includeJoining: false)
             .Where(m => provenOrganization is null || provenOrganization(m.Address) == shardId)
             .Select(m => m.Address).FirstOrDefault();
         if (owner is null) return Task.FromResult<IActorRef>(ActorRefs.Nobody);

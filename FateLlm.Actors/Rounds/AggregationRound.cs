@@ -122,8 +122,7 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         if (_start is not { } s || _finished != null || _aggregating) return;
         var state = Cluster.Get(Context.System).State;
         // A node still joining counts as present: a restarted party is on its way back.
-        var members = state.Members.Where(m => m.Status is MemberStatus.Up or MemberStatus.Joining or MemberStatus.WeaklyUp && !state.Unreachable.Contains(m)).ToList();
-        foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && !members.Any(m => m.HasRole(PartyPlacement.RoleOf(o)))).ToList())
+        foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && !PartyPlacement.Nodes(state, o, includeJoining: true).Any()).ToList())
             Record(org, s.Round, s.Attempt, () => _failed[org] = $"its node left or never joined: no node of this organization in the cluster for {_s.AbsentGrace!.Value.TotalSeconds:G3} s");
     }
 
@@ -273,11 +272,10 @@ public sealed class AggregationRound : ReceiveActor, IWithTimers
         var spec = s.Spec;
         var globalDigest = s.Global.Digest;
         var stateDigest = s.ServerStateDigest;
-        var session = SecureRoundSession.For(spec, s.Round, s.Attempt, r.Result.Sum.Length - (spec.Dp.Enabled && spec.Dp.AdaptiveClip ? 2 : 1));
         var expected = _quorum.Parties.Count;
         Task.Run(() =>
         {
-            var a = FederatedComputation.AggregateSecure(store.Read(globalDigest), session, r.Result,
+            var a = FederatedComputation.AggregateSecure(store.Read(globalDigest), r.Session, r.Result,
                 stateDigest is null ? null : store.Read(stateDigest), spec.Strategy(), spec.Dp, expected);
             return (object)new Aggregated(store.Put(a.Global), store.Put(a.ServerState), a.Rejected, a.Metrics);
         }).PipeTo(Self, failure: e => new AggregationError($"aggregation failed: {e.GetBaseException().Message}"));

@@ -31,7 +31,7 @@ public static class SecureRoundSession
 }
 
 /// <summary>Result of <see cref="SecureSum"/> to its parent round (local only, never sent over the wire).</summary>
-public sealed record SecureSumReady(SecAggResult Result, string Summary, IReadOnlyDictionary<string, string> Dropouts,
+public sealed record SecureSumReady(SecAggSession Session, SecAggResult Result, string Summary, IReadOnlyDictionary<string, string> Dropouts,
     IReadOnlyDictionary<string, long> UploadBytes, IReadOnlyDictionary<string, int> Retransmissions);
 
 public sealed record SecureSumFailed(string Reason, IReadOnlyDictionary<string, string> Dropouts);
@@ -231,7 +231,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
                     var result = SecAggServer.Unmask(s, keys, bundles, masked, revealed);
                     var summary = counts + (result.RecoveredDropouts.Count > 0 ? $"; masks of dropped {string.Join(", ", result.RecoveredDropouts)} removed" : "")
                         + (result.WrongShares.Count > 0 ? $"; {string.Join("; ", result.WrongShares)}" : "");
-                    return (object)new SecureSumReady(result, summary, dropouts, bytes, retransmissions);
+                    return (object)new SecureSumReady(s, result, summary, dropouts, bytes, retransmissions);
                 }).PipeTo(Self, failure: e => new SecureSumFailed($"unmasking failed: {e.GetBaseException().Message}", dropouts));
                 break;
         }
