@@ -5,9 +5,28 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
-/// <summary>No Docker engine runs here: check the compose file's commands against the real CLI parser instead.</summary>
+/// <summary>No Docker engine runs here: check the compose file's commands (and the example job file) against the real parsers instead.</summary>
 public class ComposeSpec
 {
+    [Fact]
+    public void The_example_job_file_parses_and_its_secure_aggregation_block_sets_every_field()
+    {
+        var example = Actors.Jobs.JobSpec.Load(RepoFile(Path.Combine("hocon", "job.conf")));
+        Assert.False(example.SecureAggregation.Enabled);
+        Assert.Equal(Training.Privacy.DpMode.Off, example.Dp.Mode);
+
+        var dir = TestSupport.TempDir();
+        var text = File.ReadAllText(RepoFile(Path.Combine("hocon", "job.conf")))
+            .Replace("    enabled = off", "    enabled = on").Replace("threshold = 0 ", "threshold = 3 ").Replace("phase-timeout = 60s", "phase-timeout = 20s")
+            .Replace("mode = off ", "mode = distributed ").Replace("quorum = 2 ", "quorum = 3 ").Replace("../runs/models/tiny", "model");
+        File.WriteAllText(Path.Combine(dir, "job.conf"), text);
+        var secure = Actors.Jobs.JobSpec.Load(Path.Combine(dir, "job.conf"));
+        Assert.True(secure.SecureAggregation.Enabled);
+        Assert.Equal(3, secure.SecureAggregation.ThresholdFor(secure.Parties.Length));
+        Assert.Equal(20, secure.SecureAggregation.PhaseTimeoutSeconds);
+        Assert.Equal(Training.Privacy.DpMode.Distributed, secure.Dp.Mode);
+    }
+
     static string RepoFile(string name)
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)

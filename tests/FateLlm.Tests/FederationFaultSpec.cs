@@ -46,9 +46,7 @@ public class FederationFaultSpec
         {
             // Same settings for all three runs; 3 local epochs keep the arbiter crash inside a round.
             var clean = FederationFixture.Job(g, "clean", rounds: 3) with { LocalEpochs = 3 };
-            Assert.IsType<JobAccepted>(await fed.SubmitAsync(clean));
-            var done = await fed.WaitAsync(clean.JobId, Generous);
-            Assert.True(done.State == JobState.Completed, done.Reason);
+            var done = await FederationFixture.RunToCompletion(fed, clean, Generous);
             reference = done.GlobalDigest!;
 
             var crash = FederationFixture.Job(g, "arbiter-crash", rounds: 3) with { LocalEpochs = 3 };
@@ -68,9 +66,7 @@ public class FederationFaultSpec
         await using (var fed = await FederationFixture.Start(g2, lossy))
         {
             var spec = FederationFixture.Job(g2, "lossy", rounds: 3) with { LocalEpochs = 3, ModelPath = g.Model };
-            Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
-            var done = await fed.WaitAsync(spec.JobId, Generous);
-            Assert.True(done.State == JobState.Completed, done.Reason);
+            var done = await FederationFixture.RunToCompletion(fed, spec, Generous);
             Assert.True(done.Rounds.SelectMany(r => r.Parties).Sum(p => p.Retransmissions) > 0, "10% loss must cause retransmissions");
             Assert.Equal(reference, done.GlobalDigest);
         }
@@ -107,10 +103,7 @@ public class FederationFaultSpec
         File.AppendAllText(bad, "{ this is not json\n");
         await using var fed = await FederationFixture.Start(g);
         var spec = FederationFixture.Job(g, "bad-data", rounds: 2, quorum: 2);
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
-        var status = await fed.WaitAsync(spec.JobId, Generous);
-
-        Assert.True(status.State == JobState.Completed, status.Reason);
+        var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
         foreach (var round in status.Rounds)
         {
             var food = round.Parties.Single(p => p.Org == "food");

@@ -51,6 +51,15 @@ internal static class FederationFixture
         OutputDir = Path.Combine(g.Root, "out-" + id), Data = new Training.Data.DataOptions { MaxPromptTokens = 128, MaxResponseTokens = 128, MaxTotalTokens = 96 },
     };
 
+    /// <summary>Submits a job, waits for it to end, and asserts it was accepted and completed.</summary>
+    public static async Task<JobStatus> RunToCompletion(LocalFederation fed, JobSpec spec, TimeSpan timeout)
+    {
+        Xunit.Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        var status = await fed.WaitAsync(spec.JobId, timeout);
+        Xunit.Assert.True(status.State == JobState.Completed, status.Reason);
+        return status;
+    }
+
     public static Task<LocalFederation> Start(Ground g, Config? extra = null, bool tls = false) =>
         LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster), tls: tls);
 }

@@ -15,9 +15,7 @@ public class FederationSpec
         var g = FederationFixture.Prepare();
         await using var fed = await FederationFixture.Start(g);
         var spec = FederationFixture.Job(g, "happy", rounds: 2);
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
-        var status = await fed.WaitAsync(spec.JobId, Generous);
-        Assert.True(status.State == JobState.Completed, status.Reason);
+        var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
         Assert.Equal(2, status.CompletedRounds);
         Assert.All(status.Rounds, r => Assert.All(r.Parties, p => Assert.True(p.Succeeded, p.Reason)));
         Assert.All(status.Rounds.SelectMany(r => r.Parties), p => Assert.True(p.UploadBytes > 0));
@@ -51,9 +49,7 @@ public class FederationDeterminismSpec
         var spec = FederationFixture.Job(g, "determinism", rounds: 2);
         await using (var fed = await FederationFixture.Start(g))
         {
-            Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
-            var status = await fed.WaitAsync(spec.JobId, TimeSpan.FromSeconds(120));
-            Assert.True(status.State == JobState.Completed, status.Reason);
+            var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(120));
 
             // The same computation without actors, serializers or networks: init, local rounds, FedAvg by name.
             var task = spec with { ModelDigest = Training.Models.HfCheckpoint.WeightsDigest(g.Model) };

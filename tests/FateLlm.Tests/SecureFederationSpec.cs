@@ -24,14 +24,10 @@ public class SecureFederationSpec
         var g = FederationFixture.Prepare();
         await using var fed = await FederationFixture.Start(g);
         var plain = FederationFixture.Job(g, "plain", rounds: 2);
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(plain));
-        var p = await fed.WaitAsync(plain.JobId, Generous);
-        Assert.True(p.State == JobState.Completed, p.Reason);
+        var p = await FederationFixture.RunToCompletion(fed, plain, Generous);
 
         var secure = FederationFixture.Job(g, "secure", rounds: 2) with { SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 20 } };
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(secure));
-        var s = await fed.WaitAsync(secure.JobId, Generous);
-        Assert.True(s.State == JobState.Completed, s.Reason);
+        var s = await FederationFixture.RunToCompletion(fed, secure, Generous);
         Assert.All(s.Rounds, r => Assert.StartsWith("3 keyed, 3 shared, 3 masked, 3 revealed", r.SecureAggregation));
         Assert.All(p.Rounds, r => Assert.Null(r.SecureAggregation));
 
@@ -55,10 +51,7 @@ public class SecureFederationSpec
             SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 5 },
             Dp = new DpOptions { Mode = DpMode.Distributed, ClipNorm = 0.5, NoiseMultiplier = 0.8, AdaptiveClip = true, ClipCountNoise = 0.5 },
         };
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
-        var status = await fed.WaitAsync(spec.JobId, Generous);
-
-        Assert.True(status.State == JobState.Completed, status.Reason);
+        var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
         Assert.Equal([1, 2, 3], status.Rounds.Select(r => r.Round));
         Assert.True(fed.Parties["food"].System.WhenTerminated.IsCompleted, "the fault injection crashed food's node");
         var round2 = status.Rounds[1];
@@ -82,9 +75,7 @@ public class SecureFederationSpec
         await using var fed = await FederationFixture.Start(g);
         // Central DP, z = 1, q = 1, δ = 1e-5: ε ≈ 4.7 after one round, ≈ 7.1 after two; a budget of 5 allows one round.
         var spec = FederationFixture.Job(g, "budget", rounds: 3) with { Dp = new DpOptions { Mode = DpMode.Central, NoiseMultiplier = 1.0, EpsilonBudget = 5 } };
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
-        var status = await fed.WaitAsync(spec.JobId, Generous);
-        Assert.True(status.State == JobState.Completed, status.Reason);
+        var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
         Assert.Single(status.Rounds);
         Assert.Contains("past the budget 5", status.Reason);
         Assert.True(status.Epsilon < 5);

@@ -25,9 +25,7 @@ public class TlsSpec
         Assert.StartsWith("akka.ssl.tcp://", fed.SeedAddress);
         Assert.Equal("akka.ssl.tcp", Cluster.Get(fed.Parties["food"].System).SelfAddress.Protocol);
         var spec = FederationFixture.Job(g, "tls", rounds: 1);
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
-        var status = await fed.WaitAsync(spec.JobId, Generous);
-        Assert.True(status.State == JobState.Completed, status.Reason);
+        var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
         Assert.All(status.Rounds[0].Parties, p => Assert.True(p.Succeeded, p.Reason));
     }
 
