@@ -2,20 +2,33 @@ using System.Text.Json;
 using Akka.Actor;
 using Akka.Event;
 using Akka.Persistence;
+using FateLlm.Actors.Faults;
+using FateLlm.Actors.Membership;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
 using FateLlm.Training.Privacy;
+using FateLlm.Training.Privacy.SecureAggregation;
 
 namespace FateLlm.Actors.Jobs;
 
-public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRef RoundRegion, IActorRef PartyRegion, string? ModelsRoot);
+public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRef RoundRegion, IActorRef PartyRegion, string? ModelsRoot)
+{
+    public IPartyPresence Presence { get; init; } = AlwaysPresent.Instance;
+    /// <summary>Added to a round's own time budget before the watchdog counts the attempt lost (pulling, aggregating).</summary>
+    public TimeSpan WatchdogSlack { get; init; } = TimeSpan.FromSeconds(60);
+    public FaultInjection Faults { get; init; } = FaultInjection.None;
+}
 
 /// <summary>
-/// One federated job, event-sourced (JobSubmitted, RoundStarted, RoundCompleted, …) and remembered by sharding, so
-/// after an arbiter restart it resumes at the round after the last completed one: completed rounds are never
-/// recomputed; an attempt that was in flight is simply retried.
+/// One federated job of any algorithm, event-sourced and remembered by sharding, as explicit phases: fresh, preparing
+/// (the algorithm's initial state, off the actor thread), running a round, evaluating, exporting, finished. After an
+/// arbiter restart it resumes at the round after the last completed one — at the exchange after the last completed
+/// one, for multi-phase rounds: completed rounds are never recomputed; an attempt in flight is simply retried.
 /// </summary>
 public sealed class JobActor : ReceivePersistentActor, IWithTimers
 {
@@ -23,9 +36,13 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     readonly ILoggingAdapter _log = Context.GetLogger();
     readonly string _jobId;
     JobSpec? _spec;
-    JobState _state = JobState.Unknown;
-    string? _globalDigest, _serverStateDigest, _reason, _outputDir, _stoppedEarly;
+    string _specDigest = "";
+    AlgorithmState? _state;
+    JobState _status = JobState.Unknown;
+    string? _reason, _outputDir, _stoppedEarly;
     int _round, _attempt;
+    string[] _participants = [];
+    RoundResume? _resume;
     readonly List<RoundSummary> _rounds = new();
     PartyEvaluation[] _evaluation = [];
     readonly List<IActorRef> _submitters = new();
@@ -36,9 +53,10 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     public override string PersistenceId => "job-" + _jobId;
     public ITimerScheduler Timers { get; set; } = null!;
 
-    sealed record Prepared(JobSpec Spec, string InitialDigest);
+    sealed record Prepared(JobSpec Spec, AlgorithmState Initial, string SpecDigest);
     sealed record PreparationFailed(string Reason);
-    sealed record RoundWatchdog(int Round, int Attempt);
+    sealed record RoundWatchdog(int Round, int Attempt, string Stage, TimeSpan Budget);
+    sealed record EvaluationPlanned(PartyInstruction? Instruction);
     sealed record EvaluationTimeout;
     sealed record Exported(string OutputDir);
     sealed record ExportFailed(string Reason);
@@ -49,39 +67,106 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         _s = settings;
         Recover<IJobEvent>(Apply);
         Recover<RecoveryCompleted>(_ => Resume());
+        Fresh();
+    }
 
+    // ---- phases ----
+
+    /// <summary>Every phase answers status queries; a submit for an existing job is refused.</summary>
+    void Always()
+    {
+        Command<GetJobStatus>(_ => Sender.Tell(Status()));
+        Command<SubmitJob>(_ => Sender.Tell(new JobRejected(_jobId, $"job '{_jobId}' already exists ({_status})")));
+    }
+
+    /// <summary>Round messages of an attempt this phase no longer waits for (late, duplicated, from before a restart).</summary>
+    void IgnoreStaleRounds()
+    {
+        Command<RoundFinished>(r => _log.Debug("job {0}: ignoring stale result of round {1} attempt {2}", _jobId, r.Round, r.Attempt));
+        Command<RoundProgress>(_ => { });
+        Command<RoundPhaseDone>(_ => { });
+        Command<RoundWatchdog>(_ => { });
+        Command<EvaluateReply>(_ => { });
+        Command<EvaluationTimeout>(_ => { });
+    }
+
+    void Fresh()
+    {
         Command<SubmitJob>(OnSubmit);
-        Command<Prepared>(p => Persist(new JobSubmitted(p.Spec, p.InitialDigest, DateTime.UtcNow), e =>
+        Command<GetJobStatus>(_ => Sender.Tell(Status()));
+        Command<CancelJob>(_ => Sender.Tell(Status()));
+    }
+
+    void Preparing()
+    {
+        Command<SubmitJob>(_ => _submitters.Add(Sender));
+        Command<GetJobStatus>(_ => Sender.Tell(Status()));
+        Command<CancelJob>(_ => Sender.Tell(Status()));
+        Command<Prepared>(p => Persist(new JobSubmitted(p.Spec, p.Initial, p.SpecDigest, DateTime.UtcNow), e =>
         {
             Apply(e);
             foreach (var s in _submitters) s.Tell(new JobAccepted(_jobId));
             _submitters.Clear();
-            StartAttempt(1, 1);
+            _s.Faults.Trip("job.prepared", Context);
+            StartAttempt(1, 1, resume: null);
         }));
         Command<PreparationFailed>(f =>
         {
-            _state = JobState.Unknown;
+            _status = JobState.Unknown;
             foreach (var s in _submitters) s.Tell(new JobRejected(_jobId, f.Reason));
             _submitters.Clear();
+            Become(Fresh);
         });
-        Command<GetJobStatus>(_ => Sender.Tell(Status()));
-        Command<CancelJob>(_ =>
-        {
-            if (_state is JobState.Running or JobState.Preparing)
-                Persist(new JobCancelled(DateTime.UtcNow), Apply);
-            Sender.Tell(Status());
-        });
-        Command<RoundFinished>(OnRoundFinished);
-        Command<RoundWatchdog>(w =>
-        {
-            if (_state == JobState.Running && w.Round == _round && w.Attempt == _attempt)
-                OnRoundFinished(new RoundFinished(_jobId, w.Round, w.Attempt, false, "the round did not report back (arbiter-side loss)", null, null, null));
-        });
+    }
+
+    void Running()
+    {
+        Always();
+        Command<CancelJob>(_ => Cancel());
+        Command<RoundProgress>(p => p.Round == _round && p.Attempt == _attempt, p => Watch(p.Stage, p.Budget));
+        Command<RoundPhaseDone>(p => p.Round == _round && p.Attempt == _attempt, p =>
+            Persist(new RoundPhaseCompleted(p.Round, p.Attempt, p.Phase, p.State, p.Next, DateTime.UtcNow), Apply));
+        Command<RoundFinished>(r => r.Round == _round && r.Attempt == _attempt, OnRoundFinished);
+        Command<RoundWatchdog>(w => w.Round == _round && w.Attempt == _attempt, w => OnRoundFinished(new RoundFinished(_jobId, w.Round, w.Attempt, false,
+            $"the round did not report back within its budget for stage '{w.Stage}' ({w.Budget.TotalSeconds:G4} s); the arbiter lost it", null, null)));
+        IgnoreStaleRounds();
+    }
+
+    void Evaluating()
+    {
+        Always();
+        Command<CancelJob>(_ => Cancel());
+        Command<EvaluationPlanned>(OnEvaluationPlanned);
         Command<EvaluateReply>(OnEvaluateReply);
         Command<EvaluationTimeout>(_ => RecordEvaluation());
-        Command<Exported>(e => Persist(new JobCompleted(e.OutputDir, DateTime.UtcNow), ev => { Apply(ev); WriteEventLog(); }));
-        Command<ExportFailed>(f => Persist(new JobFailed($"export failed: {f.Reason}", DateTime.UtcNow), ev => { Apply(ev); WriteEventLog(); }));
+        IgnoreStaleRounds();
     }
+
+    void Exporting()
+    {
+        Always();
+        Command<CancelJob>(_ => Sender.Tell(Status())); // the outputs are being written: too late to cancel
+        Command<Exported>(e => Persist(new JobCompleted(e.OutputDir, DateTime.UtcNow), ev => { Apply(ev); Finished(); }));
+        Command<ExportFailed>(f => Persist(new JobFailed($"export failed: {f.Reason}", DateTime.UtcNow), ev => { Apply(ev); Finished(); }));
+        IgnoreStaleRounds();
+    }
+
+    void Finished()
+    {
+        Timers.CancelAll();
+        WriteEventLog();
+        Become(() =>
+        {
+            Always();
+            Command<CancelJob>(_ => Sender.Tell(Status()));
+            IgnoreStaleRounds();
+            Command<EvaluationPlanned>(_ => { });
+            Command<Exported>(_ => { });
+            Command<ExportFailed>(_ => { });
+        });
+    }
+
+    // ---- events ----
 
     void Apply(IJobEvent e)
     {
@@ -90,94 +175,122 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         {
             case JobSubmitted s:
                 _spec = s.Spec;
-                _globalDigest = s.InitialDigest;
-                _state = JobState.Running;
+                _state = s.Initial;
+                _specDigest = s.SpecDigest;
+                _status = JobState.Running;
                 break;
             case RoundStarted r:
                 (_round, _attempt) = (r.Round, r.Attempt);
+                // v1 journals recorded no participants: every party took part.
+                _participants = r.Participants.Length > 0 ? r.Participants : _spec!.Parties.Select(p => p.Org).Order(StringComparer.Ordinal).ToArray();
+                break;
+            case RoundPhaseCompleted p:
+                _resume = new RoundResume(p.Phase + 1, p.Next, p.State);
                 break;
             case RoundCompleted c:
                 _rounds.Add(c.Summary);
-                _globalDigest = c.Summary.GlobalDigest;
-                _serverStateDigest = c.ServerStateDigest;
+                _state = c.State;
+                _resume = null;
                 break;
             case RoundAttemptFailed f:
                 _reason = f.Reason;
+                _resume = null;
                 break;
             case FinalEvaluationRecorded f:
                 _evaluation = f.Results;
                 break;
             case JobCompleted c:
-                _state = JobState.Completed;
+                _status = JobState.Completed;
                 _outputDir = c.OutputDir;
                 _reason = null;
                 break;
             case JobFailed f:
-                _state = JobState.Failed;
+                _status = JobState.Failed;
                 _reason = f.Reason;
                 break;
             case JobCancelled:
-                _state = JobState.Cancelled;
+                _status = JobState.Cancelled;
                 break;
         }
     }
 
     void Resume()
     {
-        if (_state != JobState.Running || _spec is null) return;
+        if (_status is JobState.Completed or JobState.Failed or JobState.Cancelled)
+        {
+            Finished();
+            return;
+        }
+        if (_status != JobState.Running || _spec is null) return;
+        if (_specDigest.Length == 0) _specDigest = _s.Store.Put(_spec.ToJson()); // a v1 journal kept no spec blob
         if (_rounds.Count >= _spec.Rounds || BudgetExhausted())
         {
             _log.Info("job {0}: recovered after its last round; finishing evaluation and export", _jobId);
             StartEvaluation();
             return;
         }
-        // The attempt that was in flight when we stopped is lost; start the next one of the same round.
-        _log.Info("job {0}: recovered with {1} completed rounds; resuming round {2}", _jobId, _rounds.Count, _rounds.Count + 1);
-        StartAttempt(_rounds.Count + 1, _round == _rounds.Count + 1 ? _attempt + 1 : 1);
+        var round = _rounds.Count + 1;
+        // The attempt in flight when we stopped is lost; the next one resumes after its last recorded exchange.
+        var resume = _round == round ? _resume : null;
+        _log.Info("job {0}: recovered with {1} completed rounds; resuming round {2}{3}", _jobId, _rounds.Count, round,
+            resume is null ? "" : $" at exchange {resume.Phase}");
+        StartAttempt(round, _round == round ? _attempt + 1 : 1, resume);
     }
+
+    // ---- preparation ----
 
     void OnSubmit(SubmitJob cmd)
     {
-        if (_state != JobState.Unknown)
-        {
-            if (_state == JobState.Preparing) _submitters.Add(Sender);
-            else Sender.Tell(new JobRejected(_jobId, $"job '{_jobId}' already exists ({_state})"));
-            return;
-        }
-        _state = JobState.Preparing;
+        _status = JobState.Preparing;
         _submitters.Add(Sender);
+        Become(Preparing);
         var spec = cmd.Spec with { JobId = _jobId };
-        var store = _s.Store;
-        var modelsRoot = _s.ModelsRoot;
+        var (store, modelsRoot, log) = (_s.Store, _s.ModelsRoot, _log);
         Task.Run(() =>
         {
-            spec.Validate($"job {spec.JobId}");
-            var local = PartyActor.LocalModelPath(spec.ModelPath, modelsRoot);
-            var digest = Training.Models.HfCheckpoint.WeightsDigest(local);
-            if (spec.ModelDigest.Length > 0 && spec.ModelDigest != digest)
-                throw new JobSpecException($"job {spec.JobId}: the arbiter's copy of '{spec.ModelPath}' has digest {digest[..12]}…, the job names {spec.ModelDigest[..12]}…");
-            spec = spec with { ModelDigest = digest };
-            var initial = store.Put(FederatedComputation.InitialAdapter(spec.ToTask(local)));
-            return (object)new Prepared(spec, initial);
+            JobSpecValidation.Validate(spec, $"job {spec.JobId}");
+            var algorithm = AlgorithmCatalog.For(spec);
+            var ctx = new ServerContext(spec, store, ModelLocation.Resolve(spec.ModelPath, modelsRoot), m => log.Info("job {0}: {1}", spec.JobId, m));
+            var prepared = algorithm.Server.Prepare(ctx);
+            return (object)new Prepared(prepared.Spec, prepared.Initial, store.Put(prepared.Spec.ToJson()));
         }).PipeTo(Self, failure: e => new PreparationFailed(e.GetBaseException().Message));
     }
 
-    void StartAttempt(int round, int attempt)
+    ServerContext ServerContextFor(JobSpec spec) =>
+        new(spec, _s.Store, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot), m => _log.Info("job {0}: {1}", _jobId, m));
+
+    BlobLocation Blob(string digest) => new(digest, _s.Store.Size(digest), _s.BlobServer);
+
+    // ---- rounds ----
+
+    void StartAttempt(int round, int attempt, RoundResume? resume)
     {
-        Persist(new RoundStarted(round, attempt, DateTime.UtcNow), e =>
+        var spec = _spec!;
+        // A resumed attempt asks the parties its exchanges were addressed to; a fresh one draws its sample.
+        var participants = resume is not null && _round == round ? _participants
+            : AlgorithmCatalog.For(spec).Server.SelectParticipants(spec, round, attempt).ToArray();
+        Become(Running);
+        Persist(new RoundStarted(round, attempt, participants, DateTime.UtcNow), e =>
         {
             Apply(e);
-            var spec = _spec!;
-            var global = new BlobLocation(_globalDigest!, _s.Store.Size(_globalDigest!), _s.BlobServer);
-            _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, global, _serverStateDigest));
-            Timers.StartSingleTimer("watchdog", new RoundWatchdog(round, attempt), spec.RoundDeadline + TimeSpan.FromSeconds(60));
-            _log.Info("job {0}: round {1}/{2} attempt {3} started", _jobId, round, spec.Rounds, attempt);
+            _resume = resume;
+            if (_s.Faults.Trip("job.round-started", Context, round: round)) return;
+            _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
+            Watch("configure", spec.Round.Deadline + SecureSteps(spec));
+            _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
+                resume is null ? "" : $", resuming at exchange {resume.Phase}");
         });
     }
 
+    static TimeSpan SecureSteps(JobSpec spec) =>
+        spec.SecureAggregation.Enabled ? spec.SecureAggregation.PhaseTimeout * SecureAggregationOptions.TimedSteps : TimeSpan.Zero;
+
+    /// <summary>The watchdog gives the round's current stage its own budget plus slack, so a slow but alive round is never cut off.</summary>
+    void Watch(string stage, TimeSpan budget) =>
+        Timers.StartSingleTimer("watchdog", new RoundWatchdog(_round, _attempt, stage, budget + _s.WatchdogSlack), budget + _s.WatchdogSlack);
+
     void OnRoundFinished(RoundFinished r)
     {
-        if (_state != JobState.Running || r.Round != _round || r.Attempt != _attempt) return; // stale attempt
         Timers.Cancel("watchdog");
         var spec = _spec!;
         if (r.Succeeded)
@@ -192,13 +305,14 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                         RoundEpsilon = Accountant([p]).Epsilon(p.Delta).Epsilon,
                     },
                 };
-            Persist(new RoundCompleted(summary, r.ServerStateDigest, DateTime.UtcNow), e =>
+            Persist(new RoundCompleted(summary, r.State!, DateTime.UtcNow), e =>
             {
                 Apply(e);
                 AppendRoundMetrics(summary);
                 if (summary.Privacy is { } priv) _log.Info(
                     $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
-                if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1);
+                if (_s.Faults.Trip("job.round-completed", Context, round: r.Round)) return;
+                if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1, resume: null);
                 else StartEvaluation();
             });
             return;
@@ -206,8 +320,20 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Persist(new RoundAttemptFailed(r.Round, r.Attempt, r.Reason ?? "unknown", DateTime.UtcNow), e =>
         {
             Apply(e);
-            if (r.Attempt < spec.MaxRoundAttempts) StartAttempt(r.Round, r.Attempt + 1);
-            else Persist(new JobFailed($"round {r.Round} failed after {r.Attempt} attempts: {r.Reason}", DateTime.UtcNow), f => { Apply(f); WriteEventLog(); });
+            if (r.Attempt < spec.Round.MaxAttempts) StartAttempt(r.Round, r.Attempt + 1, resume: null);
+            else Persist(new JobFailed($"round {r.Round} failed after {r.Attempt} attempts: {r.Reason}", DateTime.UtcNow), f => { Apply(f); Finished(); });
+        });
+    }
+
+    void Cancel()
+    {
+        var replyTo = Sender;
+        Persist(new JobCancelled(DateTime.UtcNow), e =>
+        {
+            Apply(e);
+            _s.RoundRegion.Tell(new AbortRound(_jobId, _round, _attempt, "the job was cancelled"));
+            replyTo.Tell(Status());
+            Finished();
         });
     }
 
@@ -229,27 +355,40 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         return true;
     }
 
+    // ---- evaluation and export ----
+
     void StartEvaluation()
     {
+        Become(Evaluating);
+        _s.Faults.Trip("job.evaluating", Context);
+        var (server, ctx, state) = (AlgorithmCatalog.For(_spec!).Server, ServerContextFor(_spec!), _state!);
+        Task.Run(() => (object)new EvaluationPlanned(server.Evaluation(ctx, state)))
+            .PipeTo(Self, failure: e => new EvaluationPlanned(null));
+    }
+
+    void OnEvaluationPlanned(EvaluationPlanned plan)
+    {
         var spec = _spec!;
-        var adapter = new BlobLocation(_globalDigest!, _s.Store.Size(_globalDigest!), _s.BlobServer);
         _awaitingEvaluation.Clear();
         _evaluations.Clear();
-        // Only parties with a node in the cluster can evaluate; one that crashed is not waited for.
-        var cluster = Akka.Cluster.Cluster.Get(Context.System).State;
-        foreach (var p in spec.Parties.Where(p => p.EvalDataset != null))
+        if (plan.Instruction is { } instruction)
         {
-            if (!PartyPlacement.Nodes(cluster, p.Org, includeJoining: false).Any())
+            var downloads = instruction.Downloads.ToDictionary(kv => kv.Key, kv => Blob(kv.Value));
+            foreach (var p in spec.Parties.Where(p => p.EvalDataset != null))
             {
-                _log.Warning("job {0}: party {1} has no node in the cluster; it is left out of the final evaluation", _jobId, p.Org);
-                continue;
+                // Only parties with a node in the cluster can evaluate; one that crashed is not waited for.
+                if (!_s.Presence.Present(p.Org))
+                {
+                    _log.Warning("job {0}: party {1} has no node in the cluster; it is left out of the final evaluation", _jobId, p.Org);
+                    continue;
+                }
+                _awaitingEvaluation.Add(p.Org);
+                _s.PartyRegion.Tell(new EvaluateRequest(p.Org, _jobId, Blob(_specDigest), downloads, instruction.Parameters));
             }
-            _awaitingEvaluation.Add(p.Org);
-            _s.PartyRegion.Tell(new EvaluateRequest(p.Org, _jobId, spec, adapter));
         }
         if (_awaitingEvaluation.Count == 0) RecordEvaluation();
-        // Parties that are gone are not waited for longer than a round would wait for them.
-        else Timers.StartSingleTimer("evaluation", new EvaluationTimeout(), spec.RoundDeadline);
+        // Parties that are gone are not waited for longer than an exchange would wait for them.
+        else Timers.StartSingleTimer("evaluation", new EvaluationTimeout(), spec.Round.Deadline);
     }
 
     void OnEvaluateReply(EvaluateReply r)
@@ -262,24 +401,22 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
 
     void RecordEvaluation()
     {
-        if (_state != JobState.Running) return;
         Timers.Cancel("evaluation");
         // Parties that did not answer in time are left out of the final table, not waited for.
         var results = _evaluations.OrderBy(v => v.Org).ToArray();
         _awaitingEvaluation.Clear();
+        Become(Exporting);
         Persist(new FinalEvaluationRecorded(results, DateTime.UtcNow), e =>
         {
             Apply(e);
+            if (_s.Faults.Trip("job.exporting", Context)) return;
             var spec = _spec!;
-            var adapter = _s.Store.Read(_globalDigest!);
-            var modelsRoot = _s.ModelsRoot;
-            var rounds = _rounds.ToArray();
+            var (server, ctx, state, rounds) = (AlgorithmCatalog.For(spec).Server, ServerContextFor(spec), _state!, _rounds.ToArray());
             Task.Run(() =>
             {
                 var dir = spec.OutputDir;
                 Directory.CreateDirectory(dir);
-                FederatedComputation.ExportAdapter(spec.ToTask(PartyActor.LocalModelPath(spec.ModelPath, modelsRoot)), adapter,
-                    Path.Combine(dir, "adapter"), Path.Combine(dir, "merged"));
+                server.Finalize(ctx, state, dir);
                 File.WriteAllText(Path.Combine(dir, "evaluation.json"), JsonSerializer.Serialize(results, JsonOptions));
                 PlotRounds(rounds, spec, Path.Combine(dir, "loss.png"));
                 return (object)new Exported(dir);
@@ -287,7 +424,9 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         });
     }
 
-    static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+    static readonly JsonSerializerOptions JsonOptions = new(JobSpec.JsonOptions) { WriteIndented = true };
+    /// <summary>One JSON object per line (rounds.jsonl, events.jsonl).</summary>
+    static readonly JsonSerializerOptions JsonLine = JobSpec.JsonOptions;
 
     void AppendRoundMetrics(RoundSummary summary)
     {
@@ -301,9 +440,9 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                     job = _jobId, round = summary.Round, attempt = summary.Attempt, party = p.Org, ok = p.Succeeded, reason = p.Reason,
                     samples = p.Samples, first_loss = Finite(p.FirstLoss), last_loss = Finite(p.LastLoss), eval_loss = p.EvalLoss,
                     upload_bytes = p.UploadBytes, download_bytes = p.DownloadBytes, retransmissions = p.Retransmissions,
-                    train_seconds = p.TrainSeconds, round_seconds = summary.Seconds, global = summary.GlobalDigest,
+                    train_seconds = p.TrainSeconds, round_seconds = summary.Seconds, global = summary.GlobalDigest, exchanges = summary.Exchanges,
                     epsilon = summary.Privacy?.Epsilon, round_epsilon = summary.Privacy?.RoundEpsilon, rejections = summary.Rejections.Length, secure_aggregation = summary.SecureAggregation,
-                }));
+                }, JsonLine));
         }
         catch (IOException e)
         {
@@ -313,28 +452,30 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
 
     static double? Finite(double x) => double.IsFinite(x) ? x : null;
 
-    /// <summary>Per party and round: its local training loss at the end of the round, and the eval loss of the global it received.</summary>
+    /// <summary>Per party and round: its local training loss at the end of the round, and the eval loss of the state it received.</summary>
     static void PlotRounds(RoundSummary[] rounds, JobSpec spec, string path)
     {
         var series = new List<Training.Reporting.Series>();
         foreach (var org in spec.Parties.Select(p => p.Org))
         {
-            var reports = rounds.Select(r => (r.Round, Report: r.Parties.FirstOrDefault(p => p.Org == org))).Where(x => x.Report is { Succeeded: true }).ToList();
-            series.Add(new(org + " train", reports.Select(x => (double)x.Round).ToArray(), reports.Select(x => x.Report!.LastLoss).ToArray()));
+            var reports = rounds.Select(r => (r.Round, Report: r.Parties.FirstOrDefault(p => p.Org == org)))
+                .Where(x => x.Report is { Succeeded: true } && double.IsFinite(x.Report.LastLoss)).ToList();
+            if (reports.Count > 0) series.Add(new(org + " train", reports.Select(x => (double)x.Round).ToArray(), reports.Select(x => x.Report!.LastLoss).ToArray()));
             var evals = reports.Where(x => x.Report!.EvalLoss.HasValue).ToList();
             if (evals.Count > 0) series.Add(new(org + " eval (global in)", evals.Select(x => (double)x.Round).ToArray(), evals.Select(x => x.Report!.EvalLoss!.Value).ToArray()));
         }
-        Training.Reporting.LineChart.Save(path, $"job {spec.JobId}: loss per round per party", "round", "loss", series);
+        if (series.Count > 0) Training.Reporting.LineChart.Save(path, $"job {spec.JobId}: loss per round per party", "round", "loss", series);
     }
 
     void WriteEventLog()
     {
+        if (_spec is null) return;
         try
         {
-            Directory.CreateDirectory(_spec!.OutputDir);
+            Directory.CreateDirectory(_spec.OutputDir);
             File.WriteAllText(Path.Combine(_spec.OutputDir, "status.json"), JsonSerializer.Serialize(Status(), JsonOptions));
             File.WriteAllLines(Path.Combine(_spec.OutputDir, "events.jsonl"),
-                _history.Select(e => JsonSerializer.Serialize(new { type = e.GetType().Name, @event = (object)e }, JsonOptions).ReplaceLineEndings(" ")));
+                _history.Select(e => JsonSerializer.Serialize(new { type = e.GetType().Name, @event = (object)e }, JsonLine)));
         }
         catch (IOException e)
         {
@@ -342,11 +483,13 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         }
     }
 
-    JobStatus Status() => new(_jobId, _state, _rounds.Count, _spec?.Rounds ?? 0, _attempt, _globalDigest, _reason ?? _stoppedEarly, _rounds.ToArray(),
-        _evaluation, _outputDir ?? _spec?.OutputDir)
+    JobStatus Status() => new(_jobId, _status, _rounds.Count, _spec?.Rounds ?? 0, _attempt, _state?.Find(Training.Algorithms.HomoPeft.HomoPeftAlgorithm.Global),
+        _reason ?? _stoppedEarly, _rounds.ToArray(), _evaluation, _outputDir ?? _spec?.OutputDir)
     {
         Epsilon = _rounds.LastOrDefault(r => r.Privacy != null)?.Privacy?.Epsilon,
         Delta = _rounds.LastOrDefault(r => r.Privacy != null)?.Privacy?.Delta,
+        Algorithm = _spec?.Algorithm.Name,
+        Artifacts = _state?.Artifacts ?? new Dictionary<string, string>(),
     };
 
     public static Props Props(string jobId, JobSettings settings) => Akka.Actor.Props.Create(() => new JobActor(jobId, settings));

@@ -1,11 +1,24 @@
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Federation;
+
 namespace FateLlm.Actors.Jobs;
 
-/// <summary>Persisted job history; bound to the JSON branch of <see cref="Serialization.FederationSerializer"/> for stable manifests.</summary>
+/// <summary>
+/// Persisted job history (schema v2), bound to <see cref="Serialization.FederationSerializer"/>: JSON under stable,
+/// versioned manifests. Events written by the pre-plug-in code (v1) are upcast on read (<see cref="Serialization.JournalSchemaV1"/>).
+/// </summary>
 public interface IJobEvent;
 
-public sealed record JobSubmitted(JobSpec Spec, string InitialDigest, DateTime At) : IJobEvent;
-public sealed record RoundStarted(int Round, int Attempt, DateTime At) : IJobEvent;
-public sealed record RoundCompleted(RoundSummary Summary, string? ServerStateDigest, DateTime At) : IJobEvent;
+/// <param name="SpecDigest">The spec as a blob in the arbiter's store: parties fetch it once per job.</param>
+public sealed record JobSubmitted(JobSpec Spec, AlgorithmState Initial, string SpecDigest, DateTime At) : IJobEvent;
+
+/// <param name="Participants">The parties this attempt asks (the round's sample), recorded so a replay asks the same.</param>
+public sealed record RoundStarted(int Round, int Attempt, string[] Participants, DateTime At) : IJobEvent;
+
+/// <summary>One exchange of a multi-phase round is done: its state and the next exchange, so a restarted arbiter resumes there.</summary>
+public sealed record RoundPhaseCompleted(int Round, int Attempt, int Phase, AlgorithmState State, Exchange Next, DateTime At) : IJobEvent;
+
+public sealed record RoundCompleted(RoundSummary Summary, AlgorithmState State, DateTime At) : IJobEvent;
 public sealed record RoundAttemptFailed(int Round, int Attempt, string Reason, DateTime At) : IJobEvent;
 public sealed record FinalEvaluationRecorded(PartyEvaluation[] Results, DateTime At) : IJobEvent;
 public sealed record JobCompleted(string OutputDir, DateTime At) : IJobEvent;

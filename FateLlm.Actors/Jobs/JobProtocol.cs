@@ -1,3 +1,5 @@
+using FateLlm.Training.Federation;
+
 namespace FateLlm.Actors.Jobs;
 
 public interface IJobCommand : IControlMessage
@@ -14,8 +16,13 @@ public sealed record JobRejected(string JobId, string Reason) : IControlMessage;
 
 public enum JobState { Unknown, Preparing, Running, Completed, Failed, Cancelled }
 
+/// <summary>One party's part in a round. Losses and times come from its update's metrics (NaN when it did not answer).</summary>
 public sealed record PartyRoundReport(string Org, bool Succeeded, string? Reason, long Samples, double FirstLoss, double LastLoss,
-    double? EvalLoss, long UploadBytes, long DownloadBytes, int Retransmissions, double TrainSeconds) : IControlMessage;
+    double? EvalLoss, long UploadBytes, long DownloadBytes, int Retransmissions, double TrainSeconds) : IControlMessage
+{
+    /// <summary>Everything the party's algorithm reported, by name (losses, steps, algorithm-specific figures).</summary>
+    public IReadOnlyDictionary<string, double> Metrics { get; init; } = new Dictionary<string, double>();
+}
 
 /// <summary>A round's DP accounting: sampling rate q, effective noise multiplier z, clip norm C, and ε after this round (cumulative).</summary>
 public sealed record RoundPrivacy(double SamplingRate, double NoiseMultiplier, double ClipNorm, double Epsilon, double Delta) : IControlMessage
@@ -24,13 +31,18 @@ public sealed record RoundPrivacy(double SamplingRate, double NoiseMultiplier, d
     public double RoundEpsilon { get; init; } = double.NaN;
 }
 
-public sealed record RoundSummary(int Round, int Attempt, string GlobalDigest, double Seconds, PartyRoundReport[] Parties) : IControlMessage
+/// <param name="GlobalDigest">The state's <c>global</c> artifact when the algorithm has one (the global adapter).</param>
+public sealed record RoundSummary(int Round, int Attempt, string? GlobalDigest, double Seconds, PartyRoundReport[] Parties) : IControlMessage
 {
     public RoundPrivacy? Privacy { get; init; }
     /// <summary>Updates refused before aggregation, one line each naming the party and the reason.</summary>
     public string[] Rejections { get; init; } = [];
     /// <summary>Under secure aggregation: how many parties reached each step and which dropouts were recovered.</summary>
     public string? SecureAggregation { get; init; }
+    /// <summary>Exchanges the round held (1 for single-exchange algorithms).</summary>
+    public int Exchanges { get; init; } = 1;
+    /// <summary>What the algorithm's server step reported, by name.</summary>
+    public IReadOnlyDictionary<string, double> Metrics { get; init; } = new Dictionary<string, double>();
 }
 
 public sealed record PartyEvaluation(string Org, double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples) : IControlMessage;
@@ -41,4 +53,7 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
     /// <summary>(ε, δ) spent so far under DP; null without DP.</summary>
     public double? Epsilon { get; init; }
     public double? Delta { get; init; }
+    /// <summary>The algorithm and its state's artifacts (name → digest) after the last completed round.</summary>
+    public string? Algorithm { get; init; }
+    public IReadOnlyDictionary<string, string> Artifacts { get; init; } = new Dictionary<string, string>();
 }

@@ -3,11 +3,14 @@ using Akka.Cluster;
 using Akka.Cluster.Sharding;
 using Akka.Configuration;
 using Akka.Persistence.Sql;
+using FateLlm.Actors.Faults;
 using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Membership;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Security;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.IO;
 
 namespace FateLlm.Actors.Nodes;
 
@@ -142,36 +145,54 @@ public sealed class FederationNode : IAsyncDisposable
         }
         var sharding = ClusterSharding.Get(system);
         var modelsRoot = config.GetString("fate-llm.models-root");
+        var faults = FaultInjection.FromConfig(config);
+        var presence = new ClusterPresence(system);
+        var cluster = Akka.Cluster.Cluster.Get(system);
         var party = o.Role == NodeRole.Party
             ? sharding.Start(PartyRegionName,
                 entityId => PartyActor.Props(entityId, new PartyNodeSettings(o.Org!, o.Datasets, store, blobServer, transfer,
-                    config.GetString("fate-llm.training.dispatcher"), modelsRoot) { CrashAt = CrashAt(config, o.Org!) }),
+                    config.GetString("fate-llm.training.dispatcher"), modelsRoot, Path.Combine(config.GetString("fate-llm.data-dir"), "work"))
+                {
+                    Faults = faults,
+                    TrainerBackoffMin = config.GetTimeSpan("fate-llm.party.trainer-backoff-min"),
+                    TrainerBackoffMax = config.GetTimeSpan("fate-llm.party.trainer-backoff-max"),
+                    IsArbiter = address => cluster.State.Members.Any(m => m.Address == address && m.HasRole("arbiter")),
+                    VerifyPlacement = org =>
+                    {
+                        // Private data never leaves its owner: refuse to run on a node without this organization's role.
+                        if (!cluster.SelfMember.HasRole(PartyPlacement.RoleOf(org)))
+                            throw new InvalidOperationException($"party '{org}' refused to start on {cluster.SelfAddress}: the node lacks role {PartyPlacement.RoleOf(org)}");
+                    },
+                }),
                 ClusterShardingSettings.Create(system).WithRole("party"), new PartyMessageExtractor(), new PartyPlacement(system, proven),
                 PoisonPill.Instance)
             : sharding.StartProxy(PartyRegionName, "party", new PartyMessageExtractor());
+        var jobShards = config.GetInt("fate-llm.sharding.job-shards");
+        var roundShards = config.GetInt("fate-llm.sharding.round-shards");
         IActorRef round, job;
         if (o.Role == NodeRole.Arbiter)
         {
-            var roundSettings = new RoundSettings(store, party, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"),
-                config.GetTimeSpan("fate-llm.round.absent-grace"));
+            var roundSettings = new RoundSettings(store, party, blobServer, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"))
+            {
+                Presence = presence, AbsentGrace = config.GetTimeSpan("fate-llm.round.absent-grace"), Linger = config.GetTimeSpan("fate-llm.round.linger"),
+                ModelsRoot = modelsRoot, Faults = faults,
+            };
             round = sharding.Start(RoundRegionName, _ => AggregationRound.Props(roundSettings),
-                ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor());
-            var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot);
+                ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor(roundShards));
+            var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot)
+            {
+                Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults,
+            };
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
-                ClusterShardingSettings.Create(system).WithRole("arbiter").WithRememberEntities(true), new JobMessageExtractor());
+                ClusterShardingSettings.Create(system).WithRole("arbiter").WithRememberEntities(true), new JobMessageExtractor(jobShards));
         }
         else
         {
-            round = sharding.StartProxy(RoundRegionName, "arbiter", new RoundMessageExtractor());
-            job = sharding.StartProxy(JobRegionName, "arbiter", new JobMessageExtractor());
+            round = sharding.StartProxy(RoundRegionName, "arbiter", new RoundMessageExtractor(roundShards));
+            job = sharding.StartProxy(JobRegionName, "arbiter", new JobMessageExtractor(jobShards));
         }
         return new FederationNode(system, o, store, blobServer, job, round, party);
     }
-
-    static (int, string)? CrashAt(Config config, string org) =>
-        config.GetString("fate-llm.fault-injection.secagg-crash.org") == org
-            ? (config.GetInt("fate-llm.fault-injection.secagg-crash.round"), config.GetString("fate-llm.fault-injection.secagg-crash.step"))
-            : null;
 
     /// <summary>Completes when this node is Up in the cluster.</summary>
     public Task WhenUp(TimeSpan timeout)
@@ -189,12 +210,12 @@ public sealed class FederationNode : IAsyncDisposable
     }
 }
 
-public sealed class JobMessageExtractor() : HashCodeMessageExtractor(20)
+public sealed class JobMessageExtractor(int shards) : HashCodeMessageExtractor(shards)
 {
     public override string? EntityId(object message) => (message as IJobCommand)?.JobId;
 }
 
-public sealed class RoundMessageExtractor() : HashCodeMessageExtractor(20)
+public sealed class RoundMessageExtractor(int shards) : HashCodeMessageExtractor(shards)
 {
     public override string? EntityId(object message) => (message as IRoundCommand)?.RoundId;
 }

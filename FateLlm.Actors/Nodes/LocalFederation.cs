@@ -4,6 +4,7 @@ using Akka.Actor;
 using Akka.Configuration;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Security;
+using FateLlm.Training.Federation;
 
 namespace FateLlm.Actors.Nodes;
 

@@ -14,7 +14,8 @@ namespace FateLlm.Actors.Parties;
 /// </summary>
 public sealed class PartyPlacement(ActorSystem system, Func<Address, string?>? provenOrganization = null) : IShardAllocationStrategy
 {
-    public static string RoleOf(string org) => "org-" + org;
+    public const string RolePrefix = "org-";
+    public static string RoleOf(string org) => RolePrefix + org;
 
     /// <summary>
     /// The nodes of <paramref name="org"/>: Up (or also still joining, for code that waits for a restarted party),

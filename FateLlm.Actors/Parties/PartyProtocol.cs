@@ -4,49 +4,85 @@ using FateLlm.Training.Privacy.SecureAggregation;
 
 namespace FateLlm.Actors.Parties;
 
+/// <summary>The correlation id of one party's work in one exchange of one round attempt; every reply echoes it.</summary>
+public sealed record WorkId(string JobId, int Round, int Attempt, int Phase)
+{
+    public override string ToString() => $"{JobId}/{Round}/{Attempt}/{Phase}";
+
+    /// <summary>Whether this work comes after <paramref name="other"/> of the same job (a later round, attempt or exchange).</summary>
+    public bool After(WorkId other) => JobId == other.JobId && (Round, Attempt, Phase).CompareTo((other.Round, other.Attempt, other.Phase)) > 0;
+}
+
 public interface IPartyCommand : IControlMessage
 {
     string Org { get; }
 }
 
-/// <summary>Train from the global adapter and upload the delta. Idempotent per (job, round, attempt): a repeat re-acknowledges.</summary>
-public sealed record TrainRequest(string Org, string JobId, int Round, int Attempt, JobSpec Spec, BlobLocation Global) : IPartyCommand;
+/// <summary>
+/// One exchange's work for one party: fetch the job's spec (a blob, fetched once per job and then cached by digest),
+/// the exchange's downloads, run the algorithm's party side, offer the update. Idempotent per <see cref="WorkId"/>:
+/// a re-sent request is re-acknowledged or answered with the result.
+/// </summary>
+/// <param name="VectorLayout">The download defining a summable update; with secure aggregation on, the update is masked, never offered.</param>
+/// <param name="Cohort">Every party of this exchange (the secure-aggregation session's members).</param>
+public sealed record WorkRequest(string Org, WorkId Id, BlobLocation Spec, string Exchange, IReadOnlyDictionary<string, BlobLocation> Downloads,
+    IReadOnlyDictionary<string, string> Parameters, string? VectorLayout, string[] Cohort) : IPartyCommand;
 
-public sealed record TrainAccepted(string Org, string JobId, int Round, int Attempt) : IControlMessage;
+public sealed record WorkAccepted(string Org, WorkId Id) : IControlMessage;
 
 /// <summary>
-/// The party has trained. In plain rounds its delta is ready to be pulled from its blob server; under secure
-/// aggregation there is no pullable delta (<see cref="Delta"/> is null) and the message advertises the party's keys.
+/// The party has its update. In plain exchanges it is ready to be pulled from the party's blob server; under secure
+/// aggregation there is nothing to pull (<see cref="Update"/> is null) and the message advertises the party's keys.
 /// </summary>
-public sealed record UpdateReady(string Org, string JobId, int Round, int Attempt, BlobLocation? Delta, long Samples,
-    double FirstLoss, double LastLoss, double? EvalLoss, double TrainSeconds, long DownloadBytes) : IControlMessage
+public sealed record UpdateReady(string Org, WorkId Id, BlobLocation? Update, long Samples, IReadOnlyDictionary<string, double> Metrics,
+    double TrainSeconds, long DownloadBytes) : IControlMessage
 {
     public SecAggKeys? Keys { get; init; }
 }
 
-public sealed record UpdateFailed(string Org, string JobId, int Round, int Attempt, string Reason) : IControlMessage;
+public sealed record UpdateFailed(string Org, WorkId Id, string Reason) : IControlMessage;
 
-/// <summary>Evaluate a global adapter on the party's evaluation data (generation metrics included).</summary>
-public sealed record EvaluateRequest(string Org, string JobId, JobSpec Spec, BlobLocation Adapter) : IPartyCommand;
+/// <summary>The job stopped this work (cancelled, or the round gave up): stop training now.</summary>
+public sealed record CancelWork(string Org, WorkId Id) : IPartyCommand;
+
+/// <summary>Evaluate the job's final state on the party's evaluation data (generation metrics included).</summary>
+public sealed record EvaluateRequest(string Org, string JobId, BlobLocation Spec, IReadOnlyDictionary<string, BlobLocation> Downloads,
+    IReadOnlyDictionary<string, string> Parameters) : IPartyCommand;
 
 public sealed record EvaluateReply(string Org, string JobId, PartyEvaluation? Result, string? Error) : IControlMessage;
 
-// Secure aggregation steps 2–4 (step 1, the keys, rides on UpdateReady). Each request is idempotent per
-// (job, round, attempt): a repeat gets the same answer. Shares and masks are tied to the round's session id.
+// Secure aggregation steps 2–4 (step 1, the keys, rides on UpdateReady). Each request is idempotent per work id: a
+// repeat gets the same answer. Shares and masks are tied to the exchange's session id.
+
+public interface ISecAggRequest : IPartyCommand
+{
+    WorkId Id { get; }
+    /// <summary>share | mask | unmask</summary>
+    string Step { get; }
+}
 
 /// <summary>Step 2: the keys of the party's neighbours that advertised; answer with sealed shares.</summary>
-public sealed record SecAggShareRequest(string Org, string JobId, int Round, int Attempt, SecAggKeys[] Advertised) : IPartyCommand;
+public sealed record SecAggShareRequest(string Org, WorkId Id, SecAggKeys[] Advertised) : ISecAggRequest
+{
+    public string Step => "share";
+}
 
-public sealed record SecAggSharesReady(string Org, string JobId, int Round, int Attempt, ShareBundle Bundle) : IControlMessage;
+public sealed record SecAggSharesReady(string Org, WorkId Id, ShareBundle Bundle) : IControlMessage;
 
 /// <summary>Step 3: the shares addressed to this party and this round's clip norm; answer with the masked input's blob.</summary>
-public sealed record SecAggMaskRequest(string Org, string JobId, int Round, int Attempt, EncryptedShare[] Inbox, double ClipNorm) : IPartyCommand;
+public sealed record SecAggMaskRequest(string Org, WorkId Id, EncryptedShare[] Inbox, double ClipNorm) : ISecAggRequest
+{
+    public string Step => "mask";
+}
 
-public sealed record SecAggMaskedReady(string Org, string JobId, int Round, int Attempt, BlobLocation Masked) : IControlMessage;
+public sealed record SecAggMaskedReady(string Org, WorkId Id, BlobLocation Masked) : IControlMessage;
 
 /// <summary>Step 4: who uploaded a masked input; answer with the shares that let the arbiter strip the masks.</summary>
-public sealed record SecAggUnmaskRequest(string Org, string JobId, int Round, int Attempt, string[] Survivors) : IPartyCommand;
+public sealed record SecAggUnmaskRequest(string Org, WorkId Id, string[] Survivors) : ISecAggRequest
+{
+    public string Step => "unmask";
+}
 
-public sealed record SecAggUnmaskReady(string Org, string JobId, int Round, int Attempt, UnmaskShares Shares) : IControlMessage;
+public sealed record SecAggUnmaskReady(string Org, WorkId Id, UnmaskShares Shares) : IControlMessage;
 
-public sealed record SecAggStepFailed(string Org, string JobId, int Round, int Attempt, string Step, string Reason) : IControlMessage;
+public sealed record SecAggStepFailed(string Org, WorkId Id, string Step, string Reason) : IControlMessage;

@@ -1,22 +1,20 @@
+using System.Diagnostics;
 using Akka.Actor;
-using FateLlm.Training.Evaluation;
+using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
 
 namespace FateLlm.Actors.Parties;
 
-public sealed record WorkKey(string JobId, int Round, int Attempt)
-{
-    public override string ToString() => $"{JobId}/{Round}/{Attempt}";
-}
-
-internal sealed record RunLocalRound(WorkKey Key, FederatedTask Task, string GlobalPath, string TrainData, string? EvalData, CancellationToken Cancel);
-internal sealed record RunEvaluation(string JobId, FederatedTask Task, string AdapterPath, string Data, int Limit, int MaxNewTokens);
-internal sealed record LocalRoundDone(WorkKey Key, LocalRoundResult Result);
-internal sealed record LocalRoundFailed(WorkKey Key, string Reason);
+internal sealed record RunFit(WorkId Id, ClientContext Context, string Exchange, PartyInstruction Instruction, IReadOnlyDictionary<string, string> Files,
+    CancellationToken Cancel);
+internal sealed record RunEvaluation(string JobId, ClientContext Context, PartyInstruction Instruction, IReadOnlyDictionary<string, string> Files,
+    CancellationToken Cancel);
+internal sealed record FitDone(WorkId Id, ClientUpdate Update, double Seconds);
+internal sealed record FitFailed(WorkId Id, string Reason);
 internal sealed record EvaluationDone(string JobId, EvaluationResult Result);
 internal sealed record EvaluationFailed(string JobId, string Reason);
 
-/// <summary>Consecutive trainer failures → the delay before the restarted trainer takes the next message.</summary>
+/// <summary>Consecutive trainer failures → the delay before the restarted trainer takes the next request.</summary>
 public sealed class RestartBackoff(TimeSpan min, TimeSpan max)
 {
     int _failures;
@@ -25,40 +23,61 @@ public sealed class RestartBackoff(TimeSpan min, TimeSpan max)
 }
 
 /// <summary>
-/// Wraps one TorchSharp run at a time on a pinned thread. A failure is reported to the party, then rethrown so the
-/// party's supervisor restarts the trainer with fresh state. A plain restart keeps the mailbox (the next request is
-/// not lost, unlike with a stopped-and-recreated child); the backoff is served by the new instance on its own thread.
+/// Runs one algorithm call at a time (a party's local fit or evaluation) on its own pinned thread. A failure is
+/// reported to the requester, then rethrown so the party's supervisor restarts the trainer with fresh state; the
+/// restarted trainer backs off (stashing requests, none lost) before it takes the next one. Phases: ready, backing off.
 /// </summary>
-public sealed class Trainer : ReceiveActor
+public sealed class Trainer : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
     readonly RestartBackoff _backoff;
 
-    protected override void PostRestart(Exception reason)
-    {
-        Thread.Sleep(_backoff.Next());
-        base.PostRestart(reason);
-    }
+    public IStash Stash { get; set; } = null!;
+    public ITimerScheduler Timers { get; set; } = null!;
 
-    public Trainer(string org, RestartBackoff backoff)
+    sealed record BackoffElapsed;
+
+    public Trainer(RestartBackoff backoff)
     {
         _backoff = backoff;
-        Receive<RunLocalRound>(r =>
+        Ready();
+    }
+
+    protected override void PostRestart(Exception reason)
+    {
+        base.PostRestart(reason);
+        Become(BackingOff);
+        Timers.StartSingleTimer("backoff", new BackoffElapsed(), _backoff.Next());
+    }
+
+    void BackingOff()
+    {
+        Receive<BackoffElapsed>(_ =>
+        {
+            Stash.UnstashAll();
+            Become(Ready);
+        });
+        ReceiveAny(_ => Stash.Stash());
+    }
+
+    void Ready()
+    {
+        Receive<RunFit>(r =>
         {
             try
             {
                 r.Cancel.ThrowIfCancellationRequested();
-                FederatedComputation.VerifyModel(r.Task, $"party '{org}'");
-                var result = FederatedComputation.LocalRound(r.Task, File.ReadAllBytes(r.GlobalPath), r.TrainData, r.EvalData, r.Key.Round, r.Cancel);
+                var sw = Stopwatch.StartNew();
+                var update = AlgorithmCatalog.For(r.Context.Spec).Client.Fit(r.Context, r.Exchange, r.Instruction, r.Files, r.Cancel);
                 _backoff.Reset();
-                Sender.Tell(new LocalRoundDone(r.Key, result));
+                Sender.Tell(new FitDone(r.Id, update, sw.Elapsed.TotalSeconds));
             }
             catch (OperationCanceledException)
             {
-                Sender.Tell(new LocalRoundFailed(r.Key, "superseded or cancelled"));
+                Sender.Tell(new FitFailed(r.Id, "superseded or cancelled"));
             }
             catch (Exception e)
             {
-                Sender.Tell(new LocalRoundFailed(r.Key, $"trainer failed: {e.Message}"));
+                Sender.Tell(new FitFailed(r.Id, $"trainer failed: {e.Message}"));
                 throw;
             }
         });
@@ -66,8 +85,7 @@ public sealed class Trainer : ReceiveActor
         {
             try
             {
-                var result = FederatedComputation.Evaluate(r.Task, File.ReadAllBytes(r.AdapterPath), r.Data, r.Limit,
-                    new SamplingOptions { MaxNewTokens = r.MaxNewTokens });
+                var result = AlgorithmCatalog.For(r.Context.Spec).Client.Evaluate(r.Context, r.Instruction, r.Files, r.Cancel);
                 Sender.Tell(new EvaluationDone(r.JobId, result));
             }
             catch (Exception e)
@@ -76,4 +94,7 @@ public sealed class Trainer : ReceiveActor
             }
         });
     }
+
+    public static Props Props(RestartBackoff backoff, string dispatcher) =>
+        Akka.Actor.Props.Create(() => new Trainer(backoff)).WithDispatcher(dispatcher);
 }

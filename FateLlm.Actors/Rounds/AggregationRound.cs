@@ -1,11 +1,15 @@
 using System.Diagnostics;
 using Akka.Actor;
-using Akka.Cluster;
 using Akka.Event;
+using FateLlm.Actors.Faults;
 using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Membership;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
 using FateLlm.Training.Privacy;
 using FateLlm.Training.Privacy.SecureAggregation;
 
@@ -13,323 +17,340 @@ namespace FateLlm.Actors.Rounds;
 
 /// <param name="AbsentGrace">How long a party with no node in the cluster is waited for before it counts as a dropout
 /// (null: no membership checks, e.g. outside a cluster).</param>
-public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, TransferSettings Transfer, TimeSpan ResendInterval, TimeSpan? AbsentGrace = null);
+public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, IActorRef BlobServer, TransferSettings Transfer, TimeSpan ResendInterval)
+{
+    public IPartyPresence Presence { get; init; } = AlwaysPresent.Instance;
+    public TimeSpan? AbsentGrace { get; init; }
+    /// <summary>How long a finished round answers a re-sent StartRound before it stops.</summary>
+    public TimeSpan Linger { get; init; } = TimeSpan.FromMinutes(2);
+    public string? ModelsRoot { get; init; }
+    public FaultInjection Faults { get; init; } = FaultInjection.None;
+}
 
 /// <summary>
-/// One attempt of one aggregation round (entity id job/round/attempt). Asks every selected party to train, re-asks
-/// those that have not answered (a message to a crashed node is lost), pulls each delta from the party's blob server,
-/// and aggregates once all answered or, at the deadline, when the quorum is met. Every update is validated first
-/// (ids, size, names, shapes, finiteness, norm); a rejected one is logged, counted and left out. Under secure
-/// aggregation no delta is pulled: a <see cref="SecureSum"/> child runs SecAgg+ among the parties that trained and
-/// only the unmasked sum is aggregated. The result is a new content-addressed global adapter; the job persists it.
+/// One attempt of one round of any algorithm (entity id job/round/attempt), as explicit phases: configuring (the
+/// algorithm's first exchange), collecting (an <see cref="UpdateCollection"/> child asks the exchange's parties and
+/// pulls their updates), summing (a <see cref="SecureSum"/> child, when the exchange is summed securely), stepping
+/// (validation, DP and the algorithm's server step, off the actor thread), and finished. A step may return another
+/// exchange: the round reports the finished one to the job (persisted, so a restarted arbiter resumes there) and
+/// collects again. The round never looks inside updates or state; the algorithm's codec and server side do.
 /// </summary>
-public sealed class AggregationRound : ReceiveActor, IWithTimers
+public sealed class AggregationRound : ReceiveActor
 {
     readonly RoundSettings _s;
     readonly ILoggingAdapter _log = Context.GetLogger();
     readonly Stopwatch _clock = new();
-    StartRound? _start;
-    IActorRef? _replyTo;
-    QuorumPolicy? _quorum;
-    readonly Dictionary<string, UpdateReady> _fetching = new();
-    readonly Dictionary<string, (UpdateReady Update, FetchCompleted Transfer)> _succeeded = new();
-    readonly Dictionary<string, string> _failed = new();
-    readonly List<string> _rejections = new();
+    StartRound _start = null!;
+    IActorRef _replyTo = ActorRefs.Nobody;
+    IFederatedAlgorithm _algorithm = null!;
+    RoundContext _ctx = null!;
+    AlgorithmState _state = null!;
+    int _phase;
+    Exchange _exchange = null!;
+    IActorRef? _child;
     RoundFinished? _finished;
-    bool _aggregating;
+    readonly Dictionary<string, PartyTrack> _parties = new();
+    readonly List<string> _rejections = new();
+    readonly Dictionary<string, double> _metrics = new();
+    IReadOnlyDictionary<string, CollectedUpdate> _collected = new Dictionary<string, CollectedUpdate>();
     string? _secureSummary;
     RoundPrivacy? _privacy;
 
-    public ITimerScheduler Timers { get; set; } = null!;
+    /// <summary>A party's part in the round so far, over all exchanges.</summary>
+    sealed class PartyTrack
+    {
+        public bool Succeeded;
+        public string? Reason;
+        public long Samples, Upload, Download;
+        public int Retransmissions;
+        public double TrainSeconds;
+        public readonly Dictionary<string, double> Metrics = new();
+    }
 
-    sealed record Resend;
-    sealed record Deadline;
-    sealed record AbsentCheck;
-    sealed record Aggregated(string GlobalDigest, string ServerStateDigest, IReadOnlyList<(string Party, string Reason)> Rejected, IReadOnlyDictionary<string, double> Metrics);
-    sealed record AggregationError(string Reason);
+    sealed record Configured(Exchange Exchange);
+    sealed record Stepped(StepOutcome Outcome);
+    sealed record StepFailed(string Reason);
 
     public AggregationRound(RoundSettings settings)
     {
         _s = settings;
-        Receive<StartRound>(OnStart);
-        Receive<TrainAccepted>(_ => { });
-        Receive<UpdateReady>(OnUpdate);
-        Receive<UpdateFailed>(f => Record(f.Org, f.Round, f.Attempt, () => _failed[f.Org] = f.Reason));
-        Receive<FetchCompleted>(OnFetched);
-        Receive<FetchFailed>(OnFetchFailed);
-        Receive<Resend>(_ => AskParties());
-        Receive<Deadline>(_ => Conclude(deadline: true));
-        Receive<AbsentCheck>(_ => DropAbsent());
-        Receive<ClusterEvent.MemberRemoved>(e => OnRemoved(e.Member));
-        Receive<ClusterEvent.IMemberEvent>(_ => { });
-        Receive<Aggregated>(OnAggregated);
-        Receive<AggregationError>(e => Reply(Failure(e.Reason)));
-        Receive<SecureSumReady>(OnSecureSum);
-        Receive<SecureSumFailed>(f =>
-        {
-            foreach (var (org, why) in f.Dropouts) _failed[org] = why;
-            Reply(Failure(f.Reason));
-        });
-        Receive<ReceiveTimeout>(_ => Context.Stop(Self));
+        Receive<StartRound>(Begin);
+        Receive<AbortRound>(_ => Context.Stop(Self));
     }
 
-    void OnStart(StartRound s)
+    string RoundId => _start.RoundId;
+    int MinAccepted => Math.Min(_start.Spec.Round.Quorum, _exchange.Instructions.Count);
+
+    /// <summary>What every phase but the last handles alike: a re-sent start (the job retried it) and an abort.</summary>
+    void InFlight()
     {
-        if (_start != null)
+        Receive<StartRound>(s => _replyTo = Sender);
+        Receive<AbortRound>(a =>
         {
-            // Duplicate start (the job re-sent it): answer with the result if we have one.
-            _replyTo = Sender;
-            if (_finished != null) Sender.Tell(_finished);
-            return;
-        }
+            _log.Info("round {0}: aborted ({1})", RoundId, a.Reason);
+            foreach (var org in _exchange?.Parties ?? []) _s.PartyRegion.Tell(new CancelWork(org, Work(_phase)));
+            Context.Stop(Self);
+        });
+    }
+
+    void Begin(StartRound s)
+    {
         _start = s;
         _replyTo = Sender;
-        _quorum = new QuorumPolicy(s.Spec.Quorum, s.Spec.Parties.Select(p => p.Org).ToList());
         _clock.Start();
-        _log.Info("round {0}: asking {1} parties (quorum {2}, deadline {3})", s.RoundId, _quorum.Parties.Count, _quorum.Min, s.Spec.RoundDeadline);
-        AskParties();
-        Timers.StartPeriodicTimer("resend", new Resend(), _s.ResendInterval);
-        Timers.StartSingleTimer("deadline", new Deadline(), s.Spec.RoundDeadline);
-        if (_s.AbsentGrace is { } grace)
-        {
-            // A party whose node is gone cannot answer: do not hold the round to its deadline for it.
-            Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberRemoved));
-            Timers.StartSingleTimer("absent", new AbsentCheck(), grace);
-        }
-    }
-
-    protected override void PostStop()
-    {
-        if (_s.AbsentGrace is not null) Cluster.Get(Context.System).Unsubscribe(Self);
-        base.PostStop();
-    }
-
-    bool Waiting(string org) => !_succeeded.ContainsKey(org) && !_failed.ContainsKey(org) && !_fetching.ContainsKey(org);
-
-    /// <summary>
-    /// A waiting party's last node left: it gets the absent grace to come back (a restarted party usually does, on a new
-    /// node) before it counts as a dropout, rather than the whole round deadline.
-    /// </summary>
-    void OnRemoved(Member m)
-    {
-        if (_start is null || _finished != null || _aggregating) return;
-        if (_quorum!.Parties.Any(o => Waiting(o) && PartyPlacement.LastNodeOf(Context.System, m, o)))
-            Timers.StartSingleTimer("absent", new AbsentCheck(), _s.AbsentGrace!.Value);
-    }
-
-    void DropAbsent()
-    {
-        if (_start is not { } s || _finished != null || _aggregating) return;
-        var state = Cluster.Get(Context.System).State;
-        // A node still joining counts as present: a restarted party is on its way back.
-        foreach (var org in _quorum!.Parties.Where(o => Waiting(o) && !PartyPlacement.Nodes(state, o, includeJoining: true).Any()).ToList())
-            Record(org, s.Round, s.Attempt, () => _failed[org] = $"its node left or never joined: no node of this organization in the cluster for {_s.AbsentGrace!.Value.TotalSeconds:G3} s");
-    }
-
-    void AskParties()
-    {
-        if (_start is not { } s || _finished != null) return;
-        foreach (var org in _quorum!.Parties.Where(p => !_succeeded.ContainsKey(p) && !_failed.ContainsKey(p) && !_fetching.ContainsKey(p)))
-            _s.PartyRegion.Tell(new TrainRequest(org, s.JobId, s.Round, s.Attempt, s.Spec, s.Global));
-    }
-
-    void Record(string org, int round, int attempt, Action apply)
-    {
-        if (_start is not { } s || _finished != null || _aggregating) return;
-        if (round != s.Round || attempt != s.Attempt)
-        {
-            Reject(org, $"answer for round {round} attempt {attempt}, this is round {s.Round} attempt {s.Attempt} (replay refused)");
-            return;
-        }
-        if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org)) return;
-        apply();
-        if (_quorum!.AllAnswered(_succeeded.Count + _failed.Count)) Conclude(deadline: false);
-    }
-
-    void Reject(string org, string reason)
-    {
-        var line = $"{org}: {reason}";
-        if (_rejections.Contains(line)) return; // a re-sent copy of the same bad answer
-        _rejections.Add(line);
-        _log.Warning("round {0}: rejected update of party {1}: {2}", _start!.RoundId, org, reason);
-    }
-
-    void OnUpdate(UpdateReady u)
-    {
-        if (_start is not { } s || _finished != null || _aggregating) return;
-        // A duplicate of an update already being pulled or accepted is idempotent.
-        if (_fetching.ContainsKey(u.Org) || _succeeded.ContainsKey(u.Org) || _failed.ContainsKey(u.Org)) return;
-        if (u.JobId != s.JobId || u.Round != s.Round || u.Attempt != s.Attempt)
-        {
-            Reject(u.Org, $"update for {RoundIds.Of(u.JobId, u.Round, u.Attempt)}, this round is {s.RoundId} (replay refused)");
-            return;
-        }
-        if (!_quorum!.Parties.Contains(u.Org))
-        {
-            Reject(u.Org, "party was not asked in this round");
-            return;
-        }
-        if (s.Spec.SecureAggregation.Enabled)
-        {
-            if (u.Keys is null || u.Keys.Party != u.Org) Record(u.Org, u.Round, u.Attempt, () => _failed[u.Org] = "rejected: no secure-aggregation keys under its name");
-            else Record(u.Org, u.Round, u.Attempt, () => _succeeded[u.Org] = (u, new FetchCompleted("", 0, 0, 0, TimeSpan.Zero)));
-            return;
-        }
-        if (u.Delta is null) { Record(u.Org, u.Round, u.Attempt, () => _failed[u.Org] = "rejected: plain round but no delta offered"); return; }
-        if (u.Delta.Size > s.Spec.Limits.MaxBytes)
-        {
-            Reject(u.Org, $"update of {u.Delta.Size} bytes exceeds the limit of {s.Spec.Limits.MaxBytes}");
-            Record(u.Org, u.Round, u.Attempt, () => _failed[u.Org] = $"rejected: update of {u.Delta.Size} bytes exceeds the limit");
-            return;
-        }
-        _fetching[u.Org] = u;
-        Context.ActorOf(BlobFetcher.Props(_s.Store, u.Delta, _s.Transfer), FetcherPrefix + u.Org);
-    }
-
-    // Fetchers are named per party: two parties may well upload identical deltas (same digest).
-    string? FetchingParty() => Sender.Path.Name.StartsWith(FetcherPrefix) ? Sender.Path.Name[FetcherPrefix.Length..] : null;
-    const string FetcherPrefix = "fetch-";
-
-    void OnFetched(FetchCompleted f)
-    {
-        if (FetchingParty() is not { } org || !_fetching.Remove(org, out var update)) return;
-        Record(org, update.Round, update.Attempt, () => _succeeded[org] = (update, f));
-    }
-
-    void OnFetchFailed(FetchFailed f)
-    {
-        if (FetchingParty() is not { } org || !_fetching.Remove(org, out var update)) return;
-        Record(org, update.Round, update.Attempt, () => _failed[org] = $"upload failed: {f.Reason}");
-    }
-
-    void Conclude(bool deadline)
-    {
-        if (_finished != null || _aggregating || _start is not { } s) return;
-        Timers.Cancel("resend");
-        Timers.Cancel("deadline");
-        if (deadline)
-            foreach (var org in _quorum!.Parties.Where(p => !_succeeded.ContainsKey(p) && !_failed.ContainsKey(p)))
-                _failed[org] = _fetching.ContainsKey(org) ? "upload not finished by the deadline" : "no answer by the deadline";
-        if (!_quorum!.Met(_succeeded.Count))
-        {
-            Reply(Failure(_quorum.Shortfall(_failed, _succeeded.Keys)));
-            return;
-        }
-        _aggregating = true;
-        if (s.Spec.SecureAggregation.Enabled) StartSecureSum(s);
-        else AggregatePlain(s);
-    }
-
-    void AggregatePlain(StartRound s)
-    {
-        var store = _s.Store;
-        var updates = _succeeded.OrderBy(kv => kv.Key, StringComparer.Ordinal)
-            .Select(kv => (kv.Key, kv.Value.Update.Delta!.Digest, kv.Value.Update.Samples)).ToList();
         var spec = s.Spec;
-        var globalDigest = s.Global.Digest;
-        var stateDigest = s.ServerStateDigest;
-        var rules = new RoundRules(spec.Limits.MaxNorm, _quorum!.Min, spec.Dp, _quorum.Parties.Count);
-        // Aggregation touches every adapter byte: keep it off the actor's thread.
-        Task.Run(() =>
+        _algorithm = AlgorithmCatalog.For(spec);
+        _ctx = new RoundContext(new ServerContext(spec, _s.Store, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot), m => _log.Info("round {0}: {1}", s.RoundId, m)),
+            s.Round, s.Attempt, s.Participants);
+        foreach (var org in s.Participants) _parties[org] = new PartyTrack { Reason = "no answer" };
+        _state = s.Resume?.State ?? s.State;
+        _log.Info("round {0}: {1} parties ({2}), quorum {3}, deadline {4}", s.RoundId, s.Participants.Length, string.Join(", ", s.Participants),
+            spec.Round.Quorum, spec.Round.Deadline);
+        if (s.Resume is { } resume)
         {
-            var r = FederatedComputation.AggregateValidated(store.Read(globalDigest),
-                updates.Select(u => (u.Key, store.Read(u.Digest), u.Samples)).ToList(),
-                stateDigest is null ? null : store.Read(stateDigest), spec.Strategy(), rules);
-            return (object)new Aggregated(store.Put(r.Global), store.Put(r.ServerState), r.Rejected, r.Metrics);
-        }).PipeTo(Self, failure: e => new AggregationError($"aggregation failed: {e.GetBaseException().Message}"));
+            _log.Info("round {0}: resuming at exchange {1} ('{2}')", s.RoundId, resume.Phase, resume.Exchange.Name);
+            Collect(resume.Phase, resume.Exchange);
+            return;
+        }
+        var (algorithm, ctx, state) = (_algorithm, _ctx, _state);
+        Become(() =>
+        {
+            InFlight();
+            Receive<Configured>(c => Collect(1, c.Exchange));
+            Receive<StepFailed>(f => Finish(Failure(f.Reason)));
+        });
+        Task.Run(() => (object)new Configured(algorithm.Server.BeginRound(ctx, state)))
+            .PipeTo(Self, failure: e => new StepFailed($"the algorithm could not configure the round: {e.GetBaseException().Message}"));
     }
 
-    void StartSecureSum(StartRound s)
+    WorkId Work(int phase) => new(_start.JobId, _start.Round, _start.Attempt, phase);
+
+    bool Secure(Exchange exchange) => _start.Spec.SecureAggregation.Enabled && exchange.VectorLayout is not null;
+
+    void Collect(int phase, Exchange exchange)
     {
-        var global = _s.Store.Read(s.Global.Digest);
-        var session = SecureRoundSession.For(s.Spec, s.Round, s.Attempt, FederatedComputation.AdapterLength(global));
-        var clip = FederatedComputation.CurrentClip(s.ServerStateDigest is null ? null : _s.Store.Read(s.ServerStateDigest), s.Spec.Dp);
-        var keys = _succeeded.ToDictionary(kv => kv.Key, kv => kv.Value.Update.Keys!);
-        Context.ActorOf(SecureSum.Props(new SecureSum.Settings(session, s.JobId, s.Round, s.Attempt, keys, _s.PartyRegion, _s.Store, _s.Transfer,
-            _s.ResendInterval, TimeSpan.FromSeconds(s.Spec.SecureAggregation.PhaseTimeoutSeconds), clip, _s.AbsentGrace is not null)), "secure-sum");
+        (_phase, _exchange) = (phase, exchange);
+        var spec = _start.Spec;
+        var unknown = exchange.Parties.Where(p => !_parties.ContainsKey(p)).ToList();
+        if (unknown.Count > 0)
+        {
+            Finish(Failure($"exchange '{exchange.Name}' addresses {string.Join(", ", unknown)}, who are not participants of this round"));
+            return;
+        }
+        var missing = exchange.Instructions.Values.SelectMany(i => i.Downloads.Values).Distinct().Where(d => !_s.Store.Has(d)).ToList();
+        if (missing.Count > 0)
+        {
+            Finish(Failure($"exchange '{exchange.Name}' offers downloads this arbiter does not hold: {string.Join(", ", missing.Select(d => d[..12] + "…"))}"));
+            return;
+        }
+        var secure = Secure(exchange);
+        var work = Work(phase);
+        var cohort = exchange.Parties.ToArray();
+        var requests = exchange.Instructions.ToDictionary(kv => kv.Key, kv => new WorkRequest(kv.Key, work, _start.SpecBlob, exchange.Name,
+            kv.Value.Downloads.ToDictionary(d => d.Key, d => new BlobLocation(d.Value, _s.Store.Size(d.Value), _s.BlobServer)),
+            kv.Value.Parameters, exchange.VectorLayout, cohort));
+        var budget = spec.Round.Deadline + (secure ? spec.SecureAggregation.PhaseTimeout * SecureAggregationOptions.TimedSteps : TimeSpan.Zero);
+        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, phase, "collect", budget));
+        _log.Info("round {0}: exchange {1} ('{2}') asks {3}", RoundId, phase, exchange.Name, string.Join(", ", cohort));
+        _child = Context.ActorOf(UpdateCollection.Props(new CollectionSettings(work, requests, secure, _algorithm.Codec.MaxBytes(exchange, spec.Validation),
+            MinAccepted, spec.Round.Deadline, _s)), $"collect-{phase}");
+        Become(() =>
+        {
+            InFlight();
+            Receive<ExchangeCollected>(OnCollected);
+        });
+    }
+
+    void OnCollected(ExchangeCollected c)
+    {
+        Context.Stop(_child);
+        _collected = c.Succeeded;
+        _rejections.AddRange(c.Rejections.Where(r => !_rejections.Contains(r)));
+        foreach (var (org, why) in c.Failed) Track(org, false, why);
+        foreach (var (org, u) in c.Succeeded)
+        {
+            var t = Track(org, true, null);
+            t.Samples = u.Update.Samples;
+            t.Upload += u.UploadBytes;
+            t.Download += u.Update.DownloadBytes;
+            t.Retransmissions += u.Retransmissions;
+            t.TrainSeconds += u.Update.TrainSeconds;
+            foreach (var (k, v) in u.Update.Metrics) t.Metrics.TryAdd(k, v);
+        }
+        if (c.Succeeded.Count < MinAccepted)
+        {
+            Finish(Failure(Shortfall(c.Succeeded.Keys)));
+            return;
+        }
+        if (_s.Faults.Trip("round.collected", Context, round: _start.Round, phase: _phase)) return;
+        if (Secure(_exchange)) Sum();
+        else
+        {
+            var (algorithm, ctx, state, exchange, phase, offered, min) = (_algorithm, _ctx, _state, _exchange, _phase, Offered(), MinAccepted);
+            Step(() => RoundStep.Plain(algorithm, ctx, state, exchange, phase, offered, min));
+        }
+    }
+
+    PartyTrack Track(string org, bool succeeded, string? reason)
+    {
+        var t = _parties[org];
+        t.Succeeded = succeeded;
+        t.Reason = succeeded ? null : _phase > 1 ? $"exchange {_phase} ('{_exchange.Name}'): {reason}" : reason;
+        return t;
+    }
+
+    List<OfferedUpdate> Offered() => _collected.Select(kv => new OfferedUpdate(kv.Key, kv.Value.Digest, kv.Value.Update.Samples, kv.Value.Update.Metrics)).ToList();
+
+    string Shortfall(IEnumerable<string> succeeded)
+    {
+        var ok = succeeded.ToHashSet();
+        var missing = _exchange.Parties.Where(p => !ok.Contains(p)).Select(p => $"{p} ({_parties[p].Reason ?? "no answer"})");
+        return $"quorum not met: {ok.Count} of {_exchange.Instructions.Count} parties delivered an update{(_phase > 1 ? $" in exchange {_phase}" : "")}, {MinAccepted} required; missing: {string.Join(", ", missing)}";
+    }
+
+    void Sum()
+    {
+        var spec = _start.Spec;
+        var layout = _s.Store.Read(RoundStep.LayoutDigest(_exchange)!);
+        var cohort = _exchange.Parties;
+        var session = RoundStep.Session(spec, Work(_phase).ToString(), cohort, _start.Round, _start.Attempt, _phase, RoundStep.VectorLength(layout));
+        var clip = RoundStep.Clip(_s.Store, _state, spec.Dp);
+        var keys = _collected.ToDictionary(kv => kv.Key, kv => kv.Value.Update.Keys!);
+        _child = Context.ActorOf(SecureSum.Props(new SecureSum.Settings(session, Work(_phase), keys, _s.PartyRegion, _s.Store, _s.Transfer,
+            _s.ResendInterval, spec.SecureAggregation.PhaseTimeout, clip, _s.Presence)), $"secure-sum-{_phase}");
+        Become(() =>
+        {
+            InFlight();
+            Receive<SecureSumReady>(OnSecureSum);
+            Receive<SecureSumFailed>(f =>
+            {
+                foreach (var (org, why) in f.Dropouts) Track(org, false, $"dropped out of secure aggregation ({why})");
+                Finish(Failure(f.Reason));
+            });
+        });
     }
 
     void OnSecureSum(SecureSumReady r)
     {
-        var s = _start!;
-        foreach (var (org, why) in r.Dropouts)
-            if (!r.Result.Contributors.Contains(org)) { _succeeded.Remove(org); _failed[org] = $"dropped out of secure aggregation ({why})"; }
-        foreach (var org in _succeeded.Keys.Where(o => !r.Result.Contributors.Contains(o)).ToList())
+        foreach (var org in _collected.Keys.Where(o => !r.Result.Contributors.Contains(o)))
+            Track(org, false, r.Dropouts.TryGetValue(org, out var why) ? $"dropped out of secure aggregation ({why})" : "dropped out of secure aggregation");
+        foreach (var (org, bytes) in r.UploadBytes) { _parties[org].Upload += bytes; _parties[org].Retransmissions += r.Retransmissions.GetValueOrDefault(org); }
+        _secureSummary = _secureSummary is null ? r.Summary : $"{_secureSummary}; exchange {_phase}: {r.Summary}";
+        _log.Info("round {0}: secure aggregation: {1}", RoundId, r.Summary);
+        if (r.Result.Contributors.Count < MinAccepted)
         {
-            _succeeded.Remove(org);
-            _failed[org] = "dropped out of secure aggregation";
-        }
-        foreach (var (org, bytes) in r.UploadBytes)
-            if (_succeeded.TryGetValue(org, out var ok)) _succeeded[org] = (ok.Update, new FetchCompleted("", bytes, 0, r.Retransmissions.GetValueOrDefault(org), TimeSpan.Zero));
-        _secureSummary = r.Summary;
-        _log.Info("round {0}: secure aggregation: {1}", s.RoundId, r.Summary);
-        if (!_quorum!.Met(_succeeded.Count))
-        {
-            Reply(Failure(_quorum.Shortfall(_failed, _succeeded.Keys)));
+            Finish(Failure(Shortfall(r.Result.Contributors)));
             return;
         }
-        var store = _s.Store;
-        var spec = s.Spec;
-        var globalDigest = s.Global.Digest;
-        var stateDigest = s.ServerStateDigest;
-        var expected = _quorum.Parties.Count;
-        Task.Run(() =>
-        {
-            var a = FederatedComputation.AggregateSecure(store.Read(globalDigest), r.Session, r.Result,
-                stateDigest is null ? null : store.Read(stateDigest), spec.Strategy(), spec.Dp, expected);
-            return (object)new Aggregated(store.Put(a.Global), store.Put(a.ServerState), a.Rejected, a.Metrics);
-        }).PipeTo(Self, failure: e => new AggregationError($"aggregation failed: {e.GetBaseException().Message}"));
+        var (algorithm, ctx, state, exchange, phase, input) = (_algorithm, _ctx, _state, _exchange, _phase, new SecureSumInput(r.Session, r.Result, Offered()));
+        Step(() => RoundStep.Secure(algorithm, ctx, state, exchange, phase, input));
     }
 
-    void OnAggregated(Aggregated a)
+    /// <summary>Validation, DP and the algorithm's server step (which may train) off the actor thread.</summary>
+    void Step(Func<StepOutcome> run)
     {
-        var s = _start!;
-        foreach (var (org, reason) in a.Rejected)
+        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, _phase, "step", _start.Spec.Round.Deadline));
+        Become(() =>
         {
-            Reject(org, reason);
-            _succeeded.Remove(org);
-            _failed[org] = $"rejected: {reason}";
+            InFlight();
+            Receive<Stepped>(OnStepped);
+            Receive<StepFailed>(f => Finish(Failure(f.Reason)));
+        });
+        Task.Run(() => (object)new Stepped(run())).PipeTo(Self, failure: e => new StepFailed($"aggregation failed: {e.GetBaseException().Message}"));
+    }
+
+    void OnStepped(Stepped s)
+    {
+        var o = s.Outcome;
+        if (_s.Faults.Trip("round.stepped", Context, round: _start.Round, phase: _phase)) return;
+        foreach (var r in o.Rejected)
+        {
+            var line = $"{r.Party}: {r.Reason}";
+            if (!_rejections.Contains(line)) _rejections.Add(line);
+            _log.Warning("round {0}: rejected update of party {1}: {2}", RoundId, r.Party, r.Reason);
+            Track(r.Party, false, $"rejected: {r.Reason}");
         }
-        if (s.Spec.Dp.Enabled)
+        foreach (var (k, v) in o.Metrics) _metrics[k] = v;
+        if (o.Metrics.ContainsKey("dp.clip")) _privacy = Privacy(o);
+        _state = o.State;
+        if (o.Next is { } next)
         {
-            var dp = s.Spec.Dp;
-            var population = dp.Population ?? _quorum!.Parties.Count;
-            // Under distributed DP a dropout's noise share is missing: account with the noise that is really there.
-            var z = dp.NoiseMultiplier * (dp.Mode == DpMode.Distributed ? Math.Sqrt(a.Metrics.GetValueOrDefault("dp.contributors", _quorum!.Parties.Count) / _quorum!.Parties.Count) : 1);
-            _privacy = new RoundPrivacy(_quorum!.Parties.Count / (double)population, z, a.Metrics.GetValueOrDefault("dp.clip", dp.ClipNorm), double.NaN, dp.Delta);
+            _replyTo.Tell(new RoundPhaseDone(_start.JobId, _start.Round, _start.Attempt, _phase, _state, next));
+            Collect(_phase + 1, next);
+            return;
         }
-        var reports = _quorum!.Parties.Select(org =>
+        var reports = _start.Participants.Select(org =>
         {
-            if (_succeeded.TryGetValue(org, out var ok))
-            {
-                var u = ok.Update;
-                return new PartyRoundReport(org, true, null, u.Samples, u.FirstLoss, u.LastLoss, u.EvalLoss, ok.Transfer.Bytes, u.DownloadBytes,
-                    ok.Transfer.Retransmissions, u.TrainSeconds);
-            }
-            return new PartyRoundReport(org, false, _failed.GetValueOrDefault(org, "no answer"), 0, double.NaN, double.NaN, null, 0, 0, 0, 0);
+            var t = _parties[org];
+            double M(string k) => t.Metrics.TryGetValue(k, out var v) ? v : double.NaN;
+            return t.Succeeded
+                ? new PartyRoundReport(org, true, null, t.Samples, M(ClientUpdate.FirstLoss), M(ClientUpdate.LastLoss),
+                    t.Metrics.TryGetValue(ClientUpdate.EvalLoss, out var e) ? e : null, t.Upload, t.Download, t.Retransmissions, t.TrainSeconds) { Metrics = t.Metrics }
+                : new PartyRoundReport(org, false, t.Reason ?? "no answer", 0, double.NaN, double.NaN, null, t.Upload, t.Download, t.Retransmissions, t.TrainSeconds);
         }).ToArray();
-        var summary = new RoundSummary(s.Round, s.Attempt, a.GlobalDigest, _clock.Elapsed.TotalSeconds, reports)
+        var summary = new RoundSummary(_start.Round, _start.Attempt, _state.Find(Training.Algorithms.HomoPeft.HomoPeftAlgorithm.Global), _clock.Elapsed.TotalSeconds, reports)
         {
-            Privacy = _privacy, Rejections = _rejections.ToArray(), SecureAggregation = _secureSummary,
+            Privacy = _privacy, Rejections = _rejections.ToArray(), SecureAggregation = _secureSummary, Exchanges = _phase, Metrics = _metrics,
         };
-        _log.Info("round {0}: aggregated {1} updates into {2}", s.RoundId, _succeeded.Count, a.GlobalDigest[..12]);
-        Reply(new RoundFinished(s.JobId, s.Round, s.Attempt, true, null, a.GlobalDigest, a.ServerStateDigest, summary));
+        _log.Info("round {0}: done after {1} exchange(s) with {2} contributors", RoundId, _phase, o.Contributors.Count);
+        Finish(new RoundFinished(_start.JobId, _start.Round, _start.Attempt, true, null, _state, summary));
+    }
+
+    /// <summary>The round's DP accounting: q from the sample, z from the noise really present (a dropout's share is missing).</summary>
+    RoundPrivacy Privacy(StepOutcome o)
+    {
+        var dp = _start.Spec.Dp;
+        var expected = _exchange.Instructions.Count;
+        var contributors = o.Metrics.GetValueOrDefault("dp.contributors", expected);
+        var z = dp.NoiseMultiplier * (dp.Mode == DpMode.Distributed ? Math.Sqrt(contributors / expected) : 1);
+        return new RoundPrivacy(_start.Participants.Length / (double)_start.Spec.Parties.Length, z, o.Metrics["dp.clip"], double.NaN, dp.Delta);
     }
 
     RoundFinished Failure(string reason)
     {
-        _log.Warning("round {0}: {1}", _start!.RoundId, reason);
-        return new RoundFinished(_start.JobId, _start.Round, _start.Attempt, false, reason, null, null, null);
+        _log.Warning("round {0}: {1}", RoundId, reason);
+        return new RoundFinished(_start.JobId, _start.Round, _start.Attempt, false, reason, null, null);
     }
 
-    void Reply(RoundFinished result)
+    void Finish(RoundFinished result)
     {
+        if (_child is not null) Context.Stop(_child);
         _finished = result;
-        _aggregating = false;
-        _replyTo?.Tell(result);
-        // Stay a little for duplicate StartRounds, then free the entity.
-        Context.SetReceiveTimeout(TimeSpan.FromMinutes(2));
+        _replyTo.Tell(result);
+        Become(() =>
+        {
+            // Re-sent starts get the result; then the entity passivates.
+            Receive<StartRound>(_ => Sender.Tell(_finished));
+            Receive<ReceiveTimeout>(_ => Context.Stop(Self));
+            ReceiveAny(_ => { });
+        });
+        Context.SetReceiveTimeout(_s.Linger);
     }
 
     public static Props Props(RoundSettings settings) => Akka.Actor.Props.Create(() => new AggregationRound(settings));
+}
+
+/// <summary>Runs one round outside a job (benchmarks, specs): completes with its result, skipping its progress reports.</summary>
+public static class RoundRunner
+{
+    public static Task<RoundFinished> RunAsync(ActorSystem system, RoundSettings settings, StartRound start, TimeSpan timeout)
+    {
+        var done = new TaskCompletionSource<RoundFinished>(TaskCreationOptions.RunContinuationsAsynchronously);
+        system.ActorOf(Props.Create(() => new Runner(settings, start, done)));
+        return done.Task.WaitAsync(timeout);
+    }
+
+    sealed class Runner : ReceiveActor
+    {
+        public Runner(RoundSettings settings, StartRound start, TaskCompletionSource<RoundFinished> done)
+        {
+            Context.ActorOf(AggregationRound.Props(settings)).Tell(start);
+            Receive<RoundFinished>(f =>
+            {
+                done.TrySetResult(f);
+                Context.Stop(Self);
+            });
+            ReceiveAny(_ => { });
+        }
+    }
 }

@@ -1,6 +1,7 @@
-using Akka.Actor;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Federation;
 
 namespace FateLlm.Actors.Rounds;
 
@@ -9,14 +10,33 @@ public interface IRoundCommand : IControlMessage
     string RoundId { get; }
 }
 
-/// <summary>Runs one attempt of one round; the entity id is <c>job/round/attempt</c>.</summary>
-public sealed record StartRound(string JobId, int Round, int Attempt, JobSpec Spec, BlobLocation Global, string? ServerStateDigest) : IRoundCommand
+/// <summary>
+/// Runs one attempt of one round (entity id <c>job/round/attempt</c>) from the job's state. <see cref="Resume"/> set:
+/// start at a later exchange, because the job recorded the earlier ones before the arbiter restarted.
+/// </summary>
+/// <param name="SpecBlob">The spec as a blob on the arbiter's blob server: what parties fetch once per job.</param>
+public sealed record StartRound(string JobId, int Round, int Attempt, JobSpec Spec, BlobLocation SpecBlob, AlgorithmState State,
+    string[] Participants, RoundResume? Resume) : IRoundCommand
 {
     public string RoundId => RoundIds.Of(JobId, Round, Attempt);
 }
 
-public sealed record RoundFinished(string JobId, int Round, int Attempt, bool Succeeded, string? Reason, string? GlobalDigest,
-    string? ServerStateDigest, RoundSummary? Summary) : IControlMessage;
+public sealed record RoundResume(int Phase, Exchange Exchange, AlgorithmState State);
+
+/// <summary>The job stopped this round (cancelled): tell the parties to stop and passivate.</summary>
+public sealed record AbortRound(string JobId, int Round, int Attempt, string Reason) : IRoundCommand
+{
+    public string RoundId => RoundIds.Of(JobId, Round, Attempt);
+}
+
+/// <summary>To the job: a stage of the round began and may take this long (the job's watchdog budget).</summary>
+public sealed record RoundProgress(string JobId, int Round, int Attempt, int Phase, string Stage, TimeSpan Budget) : IControlMessage;
+
+/// <summary>To the job: an exchange completed and the round goes on with <see cref="Next"/>; persisted so a restart resumes there.</summary>
+public sealed record RoundPhaseDone(string JobId, int Round, int Attempt, int Phase, AlgorithmState State, Exchange Next) : IControlMessage;
+
+public sealed record RoundFinished(string JobId, int Round, int Attempt, bool Succeeded, string? Reason, AlgorithmState? State,
+    RoundSummary? Summary) : IControlMessage;
 
 public static class RoundIds
 {

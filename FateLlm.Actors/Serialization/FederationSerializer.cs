@@ -6,31 +6,38 @@ using Akka.Actor;
 using Akka.Serialization;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.Federation;
 
 namespace FateLlm.Actors.Serialization;
 
 /// <summary>
-/// Adapter chunks as raw bytes behind a 84-byte header (so wire size ≈ payload), and persisted job events as JSON
-/// under stable short manifests (so the journal survives code changes that rename CLR types).
+/// Adapter chunks as raw bytes behind a 80-byte header (so wire size ≈ payload), and persisted job events as JSON
+/// under stable, versioned manifests (<c>Name</c> for schema v1, <c>Name.v2</c> for events whose shape changed), so
+/// the journal survives code changes that rename CLR types and journals written by older code still recover.
 /// </summary>
 public sealed class FederationSerializer(ExtendedActorSystem system) : SerializerWithStringManifest(system)
 {
     public const int SerializerId = 7301;
     const string Chunk = "C";
-    static readonly Dictionary<string, Type> Events = new[]
+
+    /// <summary>Today's manifest of every event type. Shapes unchanged since v1 keep their v1 manifest.</summary>
+    static readonly Dictionary<Type, string> Manifests = new()
     {
-        typeof(JobSubmitted), typeof(RoundStarted), typeof(RoundCompleted), typeof(RoundAttemptFailed),
-        typeof(FinalEvaluationRecorded), typeof(JobCompleted), typeof(JobFailed), typeof(JobCancelled),
-    }.ToDictionary(t => t.Name);
-    // Failed parties report NaN losses; without named literals the event would not persist and the job would stall.
-    static readonly JsonSerializerOptions Json = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+        [typeof(JobSubmitted)] = "JobSubmitted.v2", [typeof(RoundStarted)] = "RoundStarted.v2", [typeof(RoundCompleted)] = "RoundCompleted.v2",
+        [typeof(RoundPhaseCompleted)] = "RoundPhaseCompleted.v2",
+        [typeof(RoundAttemptFailed)] = nameof(RoundAttemptFailed), [typeof(FinalEvaluationRecorded)] = nameof(FinalEvaluationRecorded),
+        [typeof(JobCompleted)] = nameof(JobCompleted), [typeof(JobFailed)] = nameof(JobFailed), [typeof(JobCancelled)] = nameof(JobCancelled),
+    };
+    static readonly Dictionary<string, Type> Types = Manifests.ToDictionary(kv => kv.Value, kv => kv.Key);
+    // Failed parties report NaN losses (named literals); enums are written by name.
+    static readonly JsonSerializerOptions Json = JobSpec.JsonOptions;
 
     public override int Identifier => SerializerId;
 
     public override string Manifest(object o) => o switch
     {
         ChunkData => Chunk,
-        IJobEvent e when Events.ContainsKey(e.GetType().Name) => e.GetType().Name,
+        IJobEvent e when Manifests.TryGetValue(e.GetType(), out var m) => m,
         _ => throw new ArgumentException($"{nameof(FederationSerializer)} cannot serialize {o.GetType()}"),
     };
 
@@ -62,8 +69,9 @@ public sealed class FederationSerializer(ExtendedActorSystem system) : Serialize
             return new ChunkData(Encoding.ASCII.GetString(bytes, 0, 64), BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(64)),
                 BinaryPrimitives.ReadInt64LittleEndian(bytes.AsSpan(68)), bytes.AsSpan(80, length).ToArray());
         }
-        if (Events.TryGetValue(manifest, out var type))
+        if (Types.TryGetValue(manifest, out var type))
             return JsonSerializer.Deserialize(bytes, type, Json) ?? throw new SerializationException($"empty {manifest} event");
+        if (JournalSchemaV1.UpcastManifests.Contains(manifest)) return JournalSchemaV1.Upcast(manifest, bytes, Json);
         throw new SerializationException($"unknown manifest '{manifest}'");
     }
 }

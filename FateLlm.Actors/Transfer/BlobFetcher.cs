@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Akka.Actor;
+using FateLlm.Training.IO;
 
 namespace FateLlm.Actors.Transfer;
 
@@ -11,13 +12,15 @@ public sealed record TransferSettings(int ChunkSize, int Window, TimeSpan ChunkT
 /// <summary>
 /// Pulls one blob from a remote <see cref="BlobServer"/> into the local store: at most <c>Window</c> chunks in flight
 /// (memory is bounded by window × chunk size, never the blob), chunks written in place to a scratch file,
-/// re-requests after a timeout, SHA-256 verified before the blob becomes visible. Reports to its parent and stops.
+/// re-requests after a timeout, SHA-256 verified off the actor thread before the blob becomes visible. Reports to its
+/// parent with the parent's correlation id and stops. Phases: transferring, verifying.
 /// </summary>
 public sealed class BlobFetcher : ReceiveActor, IWithTimers
 {
     readonly BlobStore _store;
     readonly BlobLocation _source;
     readonly TransferSettings _s;
+    readonly string _correlation;
     readonly Stopwatch _clock = Stopwatch.StartNew();
     readonly Dictionary<int, (DateTime SentAt, int Attempts)> _inFlight = new();
     readonly HashSet<int> _received = new();
@@ -27,17 +30,40 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
 
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public BlobFetcher(BlobStore store, BlobLocation source, TransferSettings settings)
+    sealed record Tick;
+    sealed record Verified(bool Ok);
+
+    public BlobFetcher(BlobStore store, BlobLocation source, TransferSettings settings, string correlation)
     {
         _store = store;
         _source = source;
         _s = settings;
+        _correlation = correlation;
+        Transferring();
+    }
+
+    void Transferring()
+    {
         Receive<ChunkData>(OnChunk);
         Receive<BlobNotFound>(n => Fail($"the source no longer has blob {n.Digest[..12]}…"));
         Receive<Tick>(_ => CheckTimeouts());
     }
 
-    sealed record Tick;
+    void Verifying()
+    {
+        Receive<Verified>(v =>
+        {
+            if (!v.Ok)
+            {
+                Fail($"blob {_source.Digest[..12]}… arrived but its SHA-256 does not match");
+                return;
+            }
+            _incoming = null;
+            Finish(_totalChunks);
+        });
+        Receive<ChunkData>(_ => { }); // late duplicates of chunks already written
+        Receive<BlobNotFound>(_ => { });
+    }
 
     protected override void PreStart()
     {
@@ -76,7 +102,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         _received.Add(c.Index);
         _inFlight.Remove(c.Index);
         while (_inFlight.Count < _s.Window && _next < _totalChunks) Request(_next++);
-        if (_received.Count == _totalChunks) Complete();
+        if (_received.Count == _totalChunks) Verify();
     }
 
     void CheckTimeouts()
@@ -95,32 +121,30 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         }
     }
 
-    void Complete()
+    void Verify()
     {
+        Timers.CancelAll();
         _file!.Flush();
         _file.Dispose();
         _file = null;
-        if (!_store.Commit(_incoming!, _source.Digest))
-        {
-            Fail($"blob {_source.Digest[..12]}… arrived but its SHA-256 does not match");
-            return;
-        }
-        _incoming = null;
-        Finish(_totalChunks);
+        Become(Verifying);
+        var (store, incoming, digest) = (_store, _incoming!, _source.Digest);
+        // Hashing a large blob takes long: off the actor thread.
+        Task.Run(() => new Verified(store.Commit(incoming, digest))).PipeTo(Self);
     }
 
     void Finish(int chunks)
     {
-        Context.Parent.Tell(new FetchCompleted(_source.Digest, _store.Size(_source.Digest), chunks, _retransmissions, _clock.Elapsed));
+        Context.Parent.Tell(new FetchCompleted(_correlation, _source.Digest, _store.Size(_source.Digest), chunks, _retransmissions, _clock.Elapsed));
         Context.Stop(Self);
     }
 
     void Fail(string reason)
     {
-        Context.Parent.Tell(new FetchFailed(_source.Digest, reason));
+        Context.Parent.Tell(new FetchFailed(_correlation, _source.Digest, reason));
         Context.Stop(Self);
     }
 
-    public static Props Props(BlobStore store, BlobLocation source, TransferSettings settings) =>
-        Akka.Actor.Props.Create(() => new BlobFetcher(store, source, settings));
+    public static Props Props(BlobStore store, BlobLocation source, TransferSettings settings, string correlation) =>
+        Akka.Actor.Props.Create(() => new BlobFetcher(store, source, settings, correlation));
 }

@@ -1,15 +1,18 @@
 using Akka.Actor;
 using Akka.Event;
+using FateLlm.Training.IO;
 
 namespace FateLlm.Actors.Transfer;
 
 /// <summary>
-/// Serves chunks of the node's content-addressed blobs. Stateless per request, so a lost chunk is simply asked
-/// for again. <paramref name="dropRate"/> > 0 drops that fraction of replies (fault-injection in tests and demos).
+/// Serves chunks of the node's content-addressed blobs. Stateless per request, so a lost chunk is simply asked for
+/// again; each chunk is read off the actor thread and piped to the requester. <paramref name="dropRate"/> &gt; 0 drops
+/// that fraction of replies (fault injection in tests and demos).
 /// </summary>
 public sealed class BlobServer : ReceiveActor
 {
     public const string Name = "blobs";
+
     public BlobServer(BlobStore store, double dropRate = 0, int seed = 0)
     {
         var random = new Random(seed);
@@ -22,18 +25,25 @@ public sealed class BlobServer : ReceiveActor
                 return;
             }
             if (dropRate > 0 && random.NextDouble() < dropRate) return; // injected loss
-            using var s = File.OpenRead(store.PathOf(req.Digest));
-            var offset = (long)req.Index * req.ChunkSize;
-            if (req.Index < 0 || req.ChunkSize <= 0 || (offset >= s.Length && s.Length > 0))
+            if (req.Index < 0 || req.ChunkSize <= 0)
             {
                 log.Warning("chunk {0} of {1} requested with size {2}: out of range", req.Index, req.Digest, req.ChunkSize);
                 return;
             }
-            var data = new byte[Math.Min(req.ChunkSize, s.Length - offset)];
-            s.Seek(offset, SeekOrigin.Begin);
-            s.ReadExactly(data);
-            Sender.Tell(new ChunkData(req.Digest, req.Index, s.Length, data));
+            Task.Run(() => Read(store, req)).PipeTo(Sender, failure: e => new BlobNotFound(req.Digest));
         });
+    }
+
+    /// <summary>The chunk, or <see cref="BlobNotFound"/> for an offset past the end (the fetcher then fails clearly).</summary>
+    static object Read(BlobStore store, FetchChunk req)
+    {
+        using var s = File.OpenRead(store.PathOf(req.Digest));
+        var offset = (long)req.Index * req.ChunkSize;
+        if (offset >= s.Length && s.Length > 0) return new BlobNotFound(req.Digest);
+        var data = new byte[Math.Min(req.ChunkSize, s.Length - offset)];
+        s.Seek(offset, SeekOrigin.Begin);
+        s.ReadExactly(data);
+        return new ChunkData(req.Digest, req.Index, s.Length, data);
     }
 
     public static Props Props(BlobStore store, double dropRate = 0, int seed = 0) =>

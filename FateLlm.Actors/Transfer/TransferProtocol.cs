@@ -10,10 +10,10 @@ public sealed record ChunkData(string Digest, int Index, long TotalSize, byte[] 
 
 public sealed record BlobNotFound(string Digest) : IControlMessage;
 
-/// <summary>Reply of a <see cref="BlobFetcher"/> to its parent.</summary>
-public sealed record FetchCompleted(string Digest, long Bytes, int Chunks, int Retransmissions, TimeSpan Elapsed);
+/// <summary>Reply of a <see cref="BlobFetcher"/> to its parent, echoing the correlation id the parent gave it.</summary>
+public sealed record FetchCompleted(string Correlation, string Digest, long Bytes, int Chunks, int Retransmissions, TimeSpan Elapsed);
 
-public sealed record FetchFailed(string Digest, string Reason);
+public sealed record FetchFailed(string Correlation, string Digest, string Reason);
 
 /// <summary>Where a blob can be pulled from: its digest, size and the serving node's blob server.</summary>
 public sealed record BlobLocation(string Digest, long Size, IActorRef Server) : IControlMessage;

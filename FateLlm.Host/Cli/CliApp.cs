@@ -63,7 +63,7 @@ public static class CliApp
     {
         UsageException or ArgumentException => (UsageError, e.Message),
         ModelFormatException or DataFormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
-            or FateLlm.Actors.Jobs.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException => (RuntimeError, e.Message),
+            or FateLlm.Training.Federation.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException => (RuntimeError, e.Message),
         OperationCanceledException => (RuntimeError, "cancelled"),

@@ -13,12 +13,14 @@ namespace FateLlm.Host.Cli;
 /// <summary>Option groups shared by several commands, and how their values become library settings.</summary>
 internal sealed class DataOptionSet
 {
-    public readonly Option<string> PromptColumn = Opt("--prompt-column", "JSONL field holding the prompt", "content");
-    public readonly Option<string> ResponseColumn = Opt("--response-column", "JSONL field holding the response", "summary");
-    public readonly Option<string> Template = Opt("--template", "Prompt template; {prompt} is replaced by the prompt field", "{prompt}\n");
-    public readonly Option<int> MaxPromptLen = Opt("--max-prompt-len", "Max prompt tokens", 256);
-    public readonly Option<int> MaxResponseLen = Opt("--max-response-len", "Max response tokens", 256);
-    public readonly Option<int> MaxLen = Opt("--max-len", "Max tokens per example (bos + prompt + response + eos)", 512);
+    // The job defaults of reference.conf: local commands read data exactly as a federated job would.
+    static readonly Akka.Configuration.Config D = FateLlm.Actors.Jobs.JobFile.Defaults;
+    public readonly Option<string> PromptColumn = Opt("--prompt-column", "JSONL field holding the prompt", D.GetString("data.prompt-column"));
+    public readonly Option<string> ResponseColumn = Opt("--response-column", "JSONL field holding the response", D.GetString("data.response-column"));
+    public readonly Option<string> Template = Opt("--template", "Prompt template; {prompt} is replaced by the prompt field", D.GetString("data.template"));
+    public readonly Option<int> MaxPromptLen = Opt("--max-prompt-len", "Max prompt tokens", D.GetInt("data.max-prompt-tokens"));
+    public readonly Option<int> MaxResponseLen = Opt("--max-response-len", "Max response tokens", D.GetInt("data.max-response-tokens"));
+    public readonly Option<int> MaxLen = Opt("--max-len", "Max tokens per example (bos + prompt + response + eos)", D.GetInt("data.max-tokens"));
 
     public Option[] All => [PromptColumn, ResponseColumn, Template, MaxPromptLen, MaxResponseLen, MaxLen];
 

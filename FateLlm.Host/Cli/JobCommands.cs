@@ -4,6 +4,7 @@ using Akka.Actor;
 using Akka.Cluster.Sharding;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
+using FateLlm.Training.Federation;
 using static FateLlm.Host.Cli.CliApp;
 
 namespace FateLlm.Host.Cli;
@@ -82,7 +83,7 @@ internal static class JobCommands
 
     internal static JobSpec LoadSpec(string path)
     {
-        try { return JobSpec.Load(path); }
+        try { return JobFile.Load(path); }
         catch (JobSpecException e) { throw new UsageException(e.Message); }
     }
 
@@ -130,7 +131,7 @@ internal static class JobCommands
 
     internal static void PrintRound(RoundSummary r, int total)
     {
-        Console.WriteLine($"round {r.Round}/{total} (attempt {r.Attempt}) in {r.Seconds:F1}s → global {r.GlobalDigest[..12]}");
+        Console.WriteLine($"round {r.Round}/{total} (attempt {r.Attempt}) in {r.Seconds:F1}s {(r.GlobalDigest is { } g ? $" → global {g[..12]}" : "")}{(r.Exchanges > 1 ? $", {r.Exchanges} exchanges" : "")}");
         foreach (var p in r.Parties)
             Console.WriteLine(p.Succeeded
                 ? $"  {p.Org,-12} loss {p.FirstLoss:F4} → {p.LastLoss:F4}  eval {p.EvalLoss?.ToString("F4") ?? "-"}  up {p.UploadBytes:N0} B  down {p.DownloadBytes:N0} B  retransmitted {p.Retransmissions}"

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using TorchSharp;
 using System.Text.Json;
+using FateLlm.Actors.Jobs;
 using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
 using FateLlm.Training.Models;
@@ -18,23 +19,25 @@ internal static class TrainingCommands
         var model = Required<string>("--model", "Base model folder (HF format)");
         var data = Required<string>("--data", "Training JSONL");
         var evalData = new Option<string?>("--eval-data") { Description = "Dev JSONL: loss before/after, and ROUGE/BLEU after" };
-        var peft = Opt("--peft", "lora | ptuning-v2 | full", "lora");
-        var loraR = Opt("--lora-r", "LoRA rank", 8);
-        var loraAlpha = Opt("--lora-alpha", "LoRA alpha", 16.0);
-        var loraDropout = Opt("--lora-dropout", "LoRA dropout", 0.05);
+        // Defaults are the job defaults of reference.conf: a local run trains as a federated job would.
+        var d = JobFile.Defaults;
+        var peft = Opt("--peft", "lora | ptuning-v2 | full", d.GetString("peft.method"));
+        var loraR = Opt("--lora-r", "LoRA rank", d.GetInt("peft.r"));
+        var loraAlpha = Opt("--lora-alpha", "LoRA alpha", d.GetDouble("peft.alpha"));
+        var loraDropout = Opt("--lora-dropout", "LoRA dropout", d.GetDouble("peft.dropout"));
         var loraTargets = Opt("--lora-targets", "Comma-separated module names, or all-linear (default: c_attn for gpt2, q_proj,v_proj for llama)", "");
-        var virtualTokens = Opt("--num-virtual-tokens", "P-Tuning v2 prefix length", 16);
+        var virtualTokens = Opt("--num-virtual-tokens", "P-Tuning v2 prefix length", d.GetInt("peft.num-virtual-tokens"));
         var prefixProjection = Opt("--prefix-projection", "P-Tuning v2 reparameterisation MLP", false);
-        var epochs = Opt("--epochs", "Epochs", 1);
+        var epochs = Opt("--epochs", "Epochs", d.GetInt("local.epochs"));
         var maxSteps = new Option<int?>("--max-steps") { Description = "Stop after this many optimizer steps" };
-        var lr = Opt("--lr", "Peak learning rate", 2e-4);
-        var batch = Opt("--batch-size", "Examples per micro-batch", 8);
+        var lr = Opt("--lr", "Peak learning rate", d.GetDouble("local.learning-rate"));
+        var batch = Opt("--batch-size", "Examples per micro-batch", d.GetInt("local.batch-size"));
         var accum = Opt("--grad-accum", "Micro-batches per optimizer step", 1);
-        var warmup = Opt("--warmup-ratio", "Fraction of steps spent warming up", 0.0);
-        var schedule = Opt("--schedule", "constant | linear | cosine", "linear");
+        var warmup = Opt("--warmup-ratio", "Fraction of steps spent warming up", d.GetDouble("local.warmup-ratio"));
+        var schedule = Opt("--schedule", "constant | linear | cosine", d.GetString("local.schedule"));
         var weightDecay = Opt("--weight-decay", "AdamW weight decay", 0.0);
         var clip = Opt("--max-grad-norm", "Gradient clipping norm (0 = off)", 1.0);
-        var seed = Opt("--seed", "Seed for init, data order and dropout", 42L);
+        var seed = Opt("--seed", "Seed for init, data order and dropout", d.GetLong("seed"));
         var resume = Opt("--resume", "Continue from the latest epoch checkpoint in --out", false);
         var evalLimit = Opt("--eval-limit", "Evaluate on at most N dev examples (0 = all)", 0);
         var outDir = Required<string>("--out", "Output adapter folder (PEFT layout; checkpoints/ inside)");
@@ -73,26 +76,21 @@ internal static class TrainingCommands
         // Read and validate all inputs before any work, so a bad line costs nothing.
         var examples = InstructionData.ReadJsonl(dataPath, dataOptions);
         var dev = evalPath is null ? null : InstructionData.ReadJsonl(evalPath, dataOptions);
-        using var loaded = LoadedModel.Open(modelDir, null, device);
-        var (m, tok) = (loaded.Model, loaded.Tokenizer);
-        TorchSharp.torch.manual_seed(train.Seed);
-        PeftModel.Apply(m, peft);
-        m.to(device);
+        using var run = FineTuning.Open(modelDir, peft, train.Seed, device);
+        var m = run.Model;
         var spec = PeftModel.Spec(m);
-        var total = m.parameters().Sum(x => x.numel());
         Console.WriteLine($"{PeftConfig.MethodName(peft.Method)}: {spec.Parameters:N0} trainable parameters ({100.0 * spec.Parameters / m.Config.ParameterCount():F3}% of {m.Config.ParameterCount():N0}), {spec.Bytes:N0} bytes per update");
-        var tokenized = examples.Select(e => InstructionData.Tokenize(e, tok, dataOptions)).ToList();
-        var pad = tok.PadId ?? tok.EosId ?? 0;
-        var devTokens = dev?.Take(evalLimit > 0 ? evalLimit : int.MaxValue).Select(e => InstructionData.Tokenize(e, tok, dataOptions)).ToList();
-        double? before = devTokens is null ? null : Evaluator.Loss(m, devTokens, pad, train.BatchSize).Loss;
+        var tokenized = run.Tokenize(examples, dataOptions);
+        var devTokens = dev is null ? null : run.Tokenize(dev.Take(evalLimit > 0 ? evalLimit : int.MaxValue), dataOptions);
+        double? before = devTokens is null ? null : run.Loss(devTokens, train.BatchSize);
         if (before is double b) Console.WriteLine($"eval loss before: {b:F4} (ppl {Math.Exp(b):F2})");
         Directory.CreateDirectory(outDir);
         TrainResult result;
         using (var progress = TrainingProgress.Create())
-            result = new LocalTrainer(m, train, pad).Train(tokenized, progress);
+            result = run.Train(tokenized, train, progress);
         if (result.ResumedFromEpoch > 0) Console.WriteLine($"resumed after epoch {result.ResumedFromEpoch}");
         Console.WriteLine($"trained {result.Steps} steps on {result.Samples} samples: loss {result.FirstLoss:F4} → {result.LastLoss:F4}, {result.TokensPerSecond:F0} tokens/s, {result.Elapsed.TotalSeconds:F1}s");
-        AdapterFolder.Save(m, peft, outDir, modelDir);
+        run.SaveAdapter(outDir);
         var summary = new Dictionary<string, object?>
         {
             ["method"] = PeftConfig.MethodName(peft.Method), ["trainable_parameters"] = spec.Parameters, ["update_bytes"] = spec.Bytes,
@@ -101,7 +99,7 @@ internal static class TrainingCommands
         };
         if (dev != null)
         {
-            var report = Evaluator.Run(m, tok, dev, dataOptions, new EvalOptions { Limit = evalLimit, BatchSize = train.BatchSize });
+            var report = run.Evaluate(dev, dataOptions, new EvalOptions { Limit = evalLimit, BatchSize = train.BatchSize });
             Console.WriteLine($"eval loss after: {report.Loss:F4} (ppl {report.Perplexity:F2})");
             PrintScores(report);
             summary["eval_loss_after"] = report.Loss;

@@ -5,6 +5,7 @@ using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
+using FateLlm.Training.Federation;
 using FateLlm.Training.Metrics;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
@@ -168,15 +169,12 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 
     Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test, ITextTokenizer tok)
     {
-        using var model = HfCheckpoint.Load(basePath);
-        manual_seed(seed);
-        PeftModel.Apply(model, s.Peft(method));
-        var data = train.Select(e => InstructionData.Tokenize(e, tok, Data)).ToList();
-        new LocalTrainer(model, new TrainOptions
+        using var run = FineTuning.Open(basePath, s.Peft(method), seed);
+        run.Train(run.Tokenize(train, Data), new TrainOptions
         {
             Epochs = epochs, BatchSize = s.BatchSize, LearningRate = s.LearningRate(method), Schedule = LrSchedule.Constant, Seed = seed,
-        }, ByteTokenizer.Pad).Train(data);
-        return Score(model, test, tok);
+        });
+        return Score(run.Model, test, run.Tokenizer);
     }
 
     public Scores Evaluate(string modelOrAdapterBase, string? adapterDir, List<Example> test, ITextTokenizer tok)
@@ -204,19 +202,24 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
     {
         var jobId = $"{method}-seed{seed}-{DateTime.UtcNow:HHmmssfff}";
         var peft = s.Peft(method);
-        var spec = new JobSpec
-        {
-            JobId = jobId, ModelPath = basePath, Parties = fed.Parties.Keys.Order().Select(o => new PartySpec(o, "train", "dev")).ToArray(),
-            PeftMethod = method, LoraR = peft.LoraR, LoraAlpha = peft.LoraAlpha, LoraDropout = peft.LoraDropout, LoraTargets = peft.LoraTargets.ToArray(),
-            NumVirtualTokens = peft.NumVirtualTokens, Rounds = s.Rounds, LocalEpochs = s.LocalEpochs, BatchSize = s.BatchSize,
-            LearningRate = s.LearningRate(method), Seed = seed, Quorum = fed.Parties.Count, RoundDeadlineSeconds = 900,
-            Data = Data,
-            EvalLimit = 8, EvalMaxNewTokens = 16, OutputDir = Path.Combine(s.OutDir, "federated", jobId),
-        };
+        var spec = Job(jobId, basePath, fed, method, seed);
         if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"job {jobId} rejected: {r.Reason}");
         var status = await fed.WaitAsync(jobId, TimeSpan.FromHours(2), progress: progress);
         if (status.State != JobState.Completed) throw new InvalidOperationException($"federated {method} seed {seed}: {status.State}: {status.Reason}");
         return (status, Path.Combine(status.OutputDir!, "adapter"));
+    }
+
+    /// <summary>The federated job of one setting: the experiment's local training, 900 s per exchange, every party every round.</summary>
+    internal JobSpec Job(string jobId, string basePath, LocalFederation fed, string method, int seed)
+    {
+        var spec = JobFile.Default(jobId, basePath, fed.Parties.Keys.Order().Select(o => new PartySpec(o, "train", "dev")).ToArray(),
+            Path.Combine(s.OutDir, "federated", jobId));
+        return spec with
+        {
+            Peft = s.Peft(method), Rounds = s.Rounds, Seed = seed, Data = Data, Evaluation = new EvaluationOptions(8, 16),
+            Local = spec.Local with { Epochs = s.LocalEpochs, BatchSize = s.BatchSize, LearningRate = s.LearningRate(method), Schedule = LrSchedule.Constant },
+            Round = spec.Round with { DeadlineSeconds = 900 },
+        };
     }
 
     CommunicationResult Communication(string method, string basePath, JobStatus status)

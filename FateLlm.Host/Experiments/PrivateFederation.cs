@@ -3,6 +3,7 @@ using Akka.Configuration;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Data;
+using FateLlm.Training.Federation;
 using FateLlm.Training.Privacy;
 using FateLlm.Training.Tokenization;
 
@@ -41,7 +42,7 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
         {
             // A fresh federation per run: a killed party must not stay dead for the next one.
             var crash = kill is null ? Config.Empty : ConfigurationFactory.ParseString(
-                $"fate-llm.fault-injection.secagg-crash {{ org = \"{kill}\", round = {Math.Min(2, s.Rounds)}, step = mask }}");
+                $"fate-llm.fault-injection.points = [{{ at = party.mask, org = \"{kill}\", round = {Math.Min(2, s.Rounds)}, action = terminate }}]");
             await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets,
                 crash.WithFallback(PaperExperiment.QuietCluster), tls: true);
             log($"federation up over mutual TLS: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
@@ -61,17 +62,13 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
 
     JobSpec Spec(LocalFederation fed, string basePath, double? z)
     {
-        var peft = s.Peft("lora");
         var id = $"private-{(z is null ? "nodp" : "z" + z.Value.ToString("G3"))}-{DateTime.UtcNow:HHmmssfff}";
-        return new JobSpec
+        var spec = new PaperExperiment(s, log).Job(id, basePath, fed, "lora", s.Seeds[0]);
+        return spec with
         {
-            JobId = id, ModelPath = basePath, Parties = fed.Parties.Keys.Order().Select(o => new PartySpec(o, "train", "dev")).ToArray(),
-            PeftMethod = "lora", LoraR = peft.LoraR, LoraAlpha = peft.LoraAlpha, LoraDropout = peft.LoraDropout, LoraTargets = peft.LoraTargets.ToArray(),
-            Rounds = s.Rounds, LocalEpochs = s.LocalEpochs, BatchSize = s.BatchSize, LearningRate = s.LearningRate("lora"), Seed = s.Seeds[0],
-            Quorum = 3, RoundDeadlineSeconds = 900, Data = PaperExperiment.Data, EvalLimit = 8, EvalMaxNewTokens = 16,
-            OutputDir = Path.Combine(s.OutDir, "federated", id),
-            SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 30 },
-            Dp = z is null ? new DpOptions() : new DpOptions
+            Round = spec.Round with { Quorum = 3 },
+            SecureAggregation = spec.SecureAggregation with { Enabled = true, PhaseTimeoutSeconds = 30 },
+            Dp = z is null ? spec.Dp : spec.Dp with
             {
                 Mode = DpMode.Distributed, NoiseMultiplier = z.Value, ClipNorm = clipNorm, Delta = 1e-5, AdaptiveClip = true,
                 ClipCountNoise = Math.Max(0.1, z.Value / 2 / 5 * 1.5),

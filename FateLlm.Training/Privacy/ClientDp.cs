@@ -15,8 +15,6 @@ public sealed record DpOptions
     public double Delta { get; init; } = 1e-5;
     /// <summary>The job stops before a round that would take ε past this.</summary>
     public double? EpsilonBudget { get; init; }
-    /// <summary>Parties the round samples from; q = selected ÷ population (1 when every party takes part).</summary>
-    public int? Population { get; init; }
     public bool AdaptiveClip { get; init; }
     public double TargetQuantile { get; init; } = 0.5;
     public double ClipLearningRate { get; init; } = 0.2;

@@ -100,10 +100,13 @@ public class CliSpec
         var dir = TestSupport.TempDir();
         Assert.Equal(0, Run("model", "init", "--preset", "tiny", "--seed", "1", "--out", Path.Combine(dir, "a")).Code);
         Assert.Equal(0, Run("model", "init", "--preset", "tiny", "--seed", "2", "--out", Path.Combine(dir, "b")).Code);
-        var task = new Training.Federation.FederatedTask { ModelPath = Path.Combine(dir, "b"), ModelDigest = Training.Models.HfCheckpoint.WeightsDigest(Path.Combine(dir, "a")) };
-        var e = Assert.Throws<Training.Models.ModelFormatException>(() => Training.Federation.FederatedComputation.VerifyModel(task, "party 'acme'"));
+        var spec = Actors.Jobs.JobFile.Default("j", Path.Combine(dir, "b"), [new("acme", "train", null)], dir) with
+        {
+            ModelDigest = Training.Models.HfCheckpoint.WeightsDigest(Path.Combine(dir, "a")),
+        };
+        var e = Assert.Throws<Training.Models.ModelFormatException>(() => Training.Federation.FederatedComputation.VerifyModel(spec, spec.ModelPath, "party 'acme'"));
         Assert.Contains("party 'acme'", e.Message);
-        Assert.Contains(task.ModelDigest[..12], e.Message);
+        Assert.Contains(spec.ModelDigest[..12], e.Message);
     }
 
     [Fact]

@@ -11,7 +11,7 @@ public class ComposeSpec
     [Fact]
     public void The_example_job_file_parses_and_its_secure_aggregation_block_sets_every_field()
     {
-        var example = Actors.Jobs.JobSpec.Load(RepoFile(Path.Combine("hocon", "job.conf")));
+        var example = Actors.Jobs.JobFile.Load(RepoFile(Path.Combine("hocon", "job.conf")));
         Assert.False(example.SecureAggregation.Enabled);
         Assert.Equal(Training.Privacy.DpMode.Off, example.Dp.Mode);
 
@@ -20,7 +20,7 @@ public class ComposeSpec
             .Replace("    enabled = off", "    enabled = on").Replace("threshold = 0 ", "threshold = 3 ").Replace("phase-timeout = 60s", "phase-timeout = 20s")
             .Replace("mode = off ", "mode = distributed ").Replace("quorum = 2 ", "quorum = 3 ").Replace("../runs/models/tiny", "model");
         File.WriteAllText(Path.Combine(dir, "job.conf"), text);
-        var secure = Actors.Jobs.JobSpec.Load(Path.Combine(dir, "job.conf"));
+        var secure = Actors.Jobs.JobFile.Load(Path.Combine(dir, "job.conf"));
         Assert.True(secure.SecureAggregation.Enabled);
         Assert.Equal(3, secure.SecureAggregation.ThresholdFor(secure.Parties.Length));
         Assert.Equal(20, secure.SecureAggregation.PhaseTimeoutSeconds);

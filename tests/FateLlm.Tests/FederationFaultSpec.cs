@@ -20,7 +20,7 @@ public class FederationFaultSpec
         var g = FederationFixture.Prepare();
         await using var fed = await FederationFixture.Start(g);
         // The deadline leaves the restarted party time to rejoin, be placed and train 4 epochs in round 3 on a busy machine.
-        var spec = FederationFixture.Job(g, "party-crash", rounds: 3, quorum: 2, deadlineSeconds: 15) with { LocalEpochs = 4 };
+        var spec = FederationFixture.Job(g, "party-crash", rounds: 3, quorum: 2, deadlineSeconds: 15, epochs: 4);
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
         await fed.WaitAsync(spec.JobId, Generous, s => s.CompletedRounds >= 1);
         await fed.CrashParty("food"); // round 2 has just been asked for: food dies while training
@@ -45,11 +45,11 @@ public class FederationFaultSpec
         await using (var fed = await FederationFixture.Start(g))
         {
             // Same settings for all three runs; 3 local epochs keep the arbiter crash inside a round.
-            var clean = FederationFixture.Job(g, "clean", rounds: 3) with { LocalEpochs = 3 };
+            var clean = FederationFixture.Job(g, "clean", rounds: 3, epochs: 3);
             var done = await FederationFixture.RunToCompletion(fed, clean, Generous);
             reference = done.GlobalDigest!;
 
-            var crash = FederationFixture.Job(g, "arbiter-crash", rounds: 3) with { LocalEpochs = 3 };
+            var crash = FederationFixture.Job(g, "arbiter-crash", rounds: 3, epochs: 3);
             Assert.IsType<JobAccepted>(await fed.SubmitAsync(crash));
             await fed.WaitAsync(crash.JobId, Generous, s => s.CompletedRounds >= 1);
             await fed.RestartArbiter();
@@ -65,7 +65,7 @@ public class FederationFaultSpec
         var g2 = g with { Root = Path.Combine(g.Root, "lossy") };
         await using (var fed = await FederationFixture.Start(g2, lossy))
         {
-            var spec = FederationFixture.Job(g2, "lossy", rounds: 3) with { LocalEpochs = 3, ModelPath = g.Model };
+            var spec = FederationFixture.Job(g2, "lossy", rounds: 3, epochs: 3) with { ModelPath = g.Model };
             var done = await FederationFixture.RunToCompletion(fed, spec, Generous);
             Assert.True(done.Rounds.SelectMany(r => r.Parties).Sum(p => p.Retransmissions) > 0, "10% loss must cause retransmissions");
             Assert.Equal(reference, done.GlobalDigest);

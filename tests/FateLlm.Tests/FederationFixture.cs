@@ -2,6 +2,7 @@ using Akka.Configuration;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Federation;
+using FateLlm.Training.Algorithms;
 using FateLlm.Training.Models;
 
 namespace FateLlm.Tests;
@@ -43,13 +44,23 @@ internal static class FederationFixture
         return new Ground(root, model, datasets);
     }
 
-    public static JobSpec Job(Ground g, string id, int rounds = 2, int quorum = 3, double deadlineSeconds = 60, int attempts = 2) => new()
+    /// <summary>A LoRA job over the three domain parties, with the shapes and rates every federation spec has used (constant schedule).</summary>
+    public static JobSpec Job(Ground g, string id, int rounds = 2, int quorum = 3, double deadlineSeconds = 60, int attempts = 2, int epochs = 1)
     {
-        JobId = id, ModelPath = g.Model, Parties = Orgs.Select(o => new PartySpec(o, "train", "dev")).ToArray(),
-        Rounds = rounds, Quorum = quorum, RoundDeadlineSeconds = deadlineSeconds, MaxRoundAttempts = attempts,
-        LoraR = 4, LoraDropout = 0, BatchSize = 8, LearningRate = 5e-3, EvalLimit = 4, EvalMaxNewTokens = 8,
-        OutputDir = Path.Combine(g.Root, "out-" + id), Data = new Training.Data.DataOptions { MaxPromptTokens = 128, MaxResponseTokens = 128, MaxTotalTokens = 96 },
-    };
+        var spec = JobFile.Default(id, g.Model, Orgs.Select(o => new PartySpec(o, "train", "dev")).ToArray(), Path.Combine(g.Root, "out-" + id));
+        return spec with
+        {
+            Rounds = rounds,
+            Round = spec.Round with { Quorum = quorum, DeadlineSeconds = deadlineSeconds, MaxAttempts = attempts },
+            Peft = spec.Peft with { LoraR = 4, LoraDropout = 0 },
+            Local = spec.Local with { Epochs = epochs, BatchSize = 8, LearningRate = 5e-3, Schedule = Training.Trainer.LrSchedule.Constant },
+            Evaluation = new EvaluationOptions(4, 8),
+            Data = new Training.Data.DataOptions { MaxPromptTokens = 128, MaxResponseTokens = 128, MaxTotalTokens = 96 },
+        };
+    }
+
+    public static JobSpec Secure(JobSpec spec, double phaseTimeoutSeconds) =>
+        spec with { SecureAggregation = spec.SecureAggregation with { Enabled = true, PhaseTimeoutSeconds = phaseTimeoutSeconds } };
 
     /// <summary>Submits a job, waits for it to end, and asserts it was accepted and completed.</summary>
     public static async Task<JobStatus> RunToCompletion(LocalFederation fed, JobSpec spec, TimeSpan timeout)

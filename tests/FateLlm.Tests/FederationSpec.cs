@@ -1,6 +1,11 @@
 using Akka.Actor;
 using Akka.Cluster.Sharding;
 using FateLlm.Actors.Jobs;
+using FateLlm.Training.Aggregation;
+using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using TorchSharp;
+using static TorchSharp.torch;
 using Xunit;
 
 namespace FateLlm.Tests;
@@ -52,19 +57,21 @@ public class FederationDeterminismSpec
             var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(120));
 
             // The same computation without actors, serializers or networks: init, local rounds, FedAvg by name.
-            var task = spec with { ModelDigest = Training.Models.HfCheckpoint.WeightsDigest(g.Model) };
-            var global = Training.Federation.FederatedComputation.InitialAdapter(task.ToTask());
-            byte[]? state = null;
+            var global = FederatedComputation.InitialAdapter(spec, g.Model);
+            var state = new Dictionary<string, Tensor>();
             for (int round = 1; round <= spec.Rounds; round++)
             {
-                var updates = spec.Parties.OrderBy(p => p.Org, StringComparer.Ordinal).Select(p =>
+                using var scope = NewDisposeScope();
+                var deltas = spec.Parties.OrderBy(p => p.Org, StringComparer.Ordinal).Select(p =>
                 {
-                    var r = Training.Federation.FederatedComputation.LocalRound(task.ToTask(), global, g.Datasets[p.Org]["train"], g.Datasets[p.Org]["dev"], round, default);
-                    return (p.Org, r.Delta, r.Samples);
+                    var r = FederatedComputation.LocalRound(spec, g.Model, global, g.Datasets[p.Org]["train"], g.Datasets[p.Org]["dev"], round, default);
+                    return new AdapterDelta(p.Org, SafeTensors.FromBytes(r.Delta), r.Samples);
                 }).ToList();
-                (global, state) = Training.Federation.FederatedComputation.Aggregate(global, updates, state, spec.Strategy());
+                var outcome = spec.Strategy().Aggregate(SafeTensors.FromBytes(global), deltas, state);
+                global = SafeTensors.ToBytes(outcome.Global);
+                state = outcome.ServerState.ToDictionary(kv => kv.Key, kv => kv.Value.MoveToOuterDisposeScope());
             }
-            Assert.Equal(FateLlm.Actors.Transfer.BlobStore.Digest(global), status.GlobalDigest);
+            Assert.Equal(BlobStore.Digest(global), status.GlobalDigest);
         }
     }
 }

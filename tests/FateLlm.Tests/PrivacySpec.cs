@@ -105,35 +105,36 @@ public class ClientDpSpec
         var global = new Dictionary<string, Tensor> { ["a.lora_A.weight"] = zeros(20000) };
         var dp = new DpOptions { Mode = DpMode.Central, ClipNorm = 2.0, NoiseMultiplier = 1.5 };
         var deltas = Enumerable.Range(0, 4).Select(i => new AdapterDelta($"p{i}", new Dictionary<string, Tensor> { ["a.lora_A.weight"] = zeros(20000) }, 10)).ToList();
-        var outcome = PrivateAggregation.Central(global, deltas, new Dictionary<string, Tensor>(), new FedAvg(), dp, expectedParties: 4, noiseSeed: 7);
+        var outcome = PrivateAggregation.Central(global, deltas, dp.ClipNorm, dp, expectedParties: 4, noiseSeed: 7);
         // Zero updates: what remains is the noise, N(0, (zC/m)²) per coordinate.
-        var std = outcome.Global["a.lora_A.weight"].std().item<float>();
+        var std = outcome.Mean["a.lora_A.weight"].std().item<float>();
         Assert.InRange(std, 1.5 * 2.0 / 4 * 0.97, 1.5 * 2.0 / 4 * 1.03);
         Assert.Equal(0.75, outcome.Metrics["dp.noise_std"] / 4, 6);
 
         var poisoned = deltas.Take(3).Append(new AdapterDelta("evil", new Dictionary<string, Tensor> { ["a.lora_A.weight"] = full(20000, 1000f) }, 10)).ToList();
         var quiet = dp with { NoiseMultiplier = 0 };
-        var shifted = PrivateAggregation.Central(global, poisoned, new Dictionary<string, Tensor>(), new FedAvg(), quiet, 4);
-        Assert.Equal(2.0 / 4, ClientDp.L2Norm(shifted.Global), 4);
+        var shifted = PrivateAggregation.Central(global, poisoned, quiet.ClipNorm, quiet, 4);
+        Assert.Equal(2.0 / 4, ClientDp.L2Norm(shifted.Mean), 4);
     }
 
     [Fact]
-    public void Adaptive_clipping_moves_the_clip_norm_toward_the_target_quantile_and_keeps_it_in_server_state()
+    public void Adaptive_clipping_moves_the_clip_norm_toward_the_target_quantile_and_keeps_it_in_the_privacy_state()
     {
         var global = new Dictionary<string, Tensor> { ["a.lora_A.weight"] = zeros(2) };
         var dp = new DpOptions { Mode = DpMode.Central, ClipNorm = 1.0, NoiseMultiplier = 0, AdaptiveClip = true, ClipCountNoise = 0.01 };
         // All norms are 10 ≫ C: the fraction under C is 0 < 0.5, so C must grow each round.
-        var state = (IReadOnlyDictionary<string, Tensor>)new Dictionary<string, Tensor>();
         double clip = 1.0;
         for (int round = 0; round < 3; round++)
         {
             var deltas = Enumerable.Range(0, 5).Select(i => new AdapterDelta($"p{i}", Update(6, 8), 1)).ToList();
-            var outcome = PrivateAggregation.Central(global, deltas, state, new FedAvg(), dp, 5, noiseSeed: round);
-            Assert.True(outcome.Metrics["dp.next_clip"] > clip);
-            clip = outcome.Metrics["dp.next_clip"];
-            state = outcome.ServerState;
+            var outcome = PrivateAggregation.Central(global, deltas, clip, dp, 5, noiseSeed: round);
+            Assert.True(outcome.NextClip > clip);
+            Assert.Equal(outcome.NextClip, outcome.Metrics["dp.next_clip"]);
+            // Between rounds the clip norm lives in the privacy state artifact, and reads back exactly.
+            clip = PrivacyState.Clip(PrivacyState.ToBytes(outcome.NextClip), dp);
+            Assert.Equal(outcome.NextClip, clip, 12);
         }
-        Assert.Equal(clip, PrivateAggregation.CurrentClip(state, dp), 9);
+        Assert.Equal(dp.ClipNorm, PrivacyState.Clip(null, dp));
     }
 
     [Fact]

@@ -72,7 +72,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
             Role = NodeRole.Client, Seeds = [_seed], DataDir = Path.Combine(_g.Root, "client"), Overrides = FederationFixture.FastCluster,
         });
         await client.WhenUp(TimeSpan.FromSeconds(60));
-        var spec = FederationFixture.Job(_g, "processes", rounds: 4, quorum: 2, deadlineSeconds: 10, attempts: 3) with { LocalEpochs = 3 };
+        var spec = FederationFixture.Job(_g, "processes", rounds: 4, quorum: 2, deadlineSeconds: 10, attempts: 3, epochs: 3);
         Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
 
         async Task<JobStatus> WaitFor(Func<JobStatus, bool> until)
@@ -129,11 +129,8 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
             Tls = Actors.Security.NodeTls.Load(op),
         });
         await client.WhenUp(TimeSpan.FromSeconds(60));
-        var spec = FederationFixture.Job(_g, "tls-processes", rounds: 2, deadlineSeconds: 60) with
-        {
-            SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 20 },
-            Dp = new Training.Privacy.DpOptions { Mode = Training.Privacy.DpMode.Distributed, NoiseMultiplier = 1.0 },
-        };
+        var spec = FederationFixture.Secure(FederationFixture.Job(_g, "tls-processes", rounds: 2, deadlineSeconds: 60), 20);
+        spec = spec with { Dp = spec.Dp with { Mode = Training.Privacy.DpMode.Distributed, NoiseMultiplier = 1.0 } };
         Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
         var deadline = DateTime.UtcNow.AddSeconds(240);
         JobStatus status;

@@ -1,5 +1,6 @@
 using Akka.Configuration;
 using FateLlm.Actors.Jobs;
+using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Privacy;
@@ -26,7 +27,7 @@ public class SecureFederationSpec
         var plain = FederationFixture.Job(g, "plain", rounds: 2);
         var p = await FederationFixture.RunToCompletion(fed, plain, Generous);
 
-        var secure = FederationFixture.Job(g, "secure", rounds: 2) with { SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 20 } };
+        var secure = FederationFixture.Secure(FederationFixture.Job(g, "secure", rounds: 2), 20);
         var s = await FederationFixture.RunToCompletion(fed, secure, Generous);
         Assert.All(s.Rounds, r => Assert.StartsWith("3 keyed, 3 shared, 3 masked, 3 revealed", r.SecureAggregation));
         Assert.All(p.Rounds, r => Assert.Null(r.SecureAggregation));
@@ -44,13 +45,10 @@ public class SecureFederationSpec
         var g = FederationFixture.Prepare();
         // food's node terminates itself when asked for its masked input in round 2: it shared its keys (U2) but never
         // uploads (not in U3), so the survivors' pairwise masks with it must be removed through its rebuilt key.
-        var crash = ConfigurationFactory.ParseString("fate-llm.fault-injection.secagg-crash { org = food, round = 2, step = mask }");
+        var crash = ConfigurationFactory.ParseString("fate-llm.fault-injection.points = [{ at = party.mask, org = food, round = 2, action = terminate }]");
         await using var fed = await FederationFixture.Start(g, crash);
-        var spec = FederationFixture.Job(g, "secure-dp", rounds: 3, quorum: 2, deadlineSeconds: 20) with
-        {
-            SecureAggregation = new SecureAggregationOptions { Enabled = true, PhaseTimeoutSeconds = 5 },
-            Dp = new DpOptions { Mode = DpMode.Distributed, ClipNorm = 0.5, NoiseMultiplier = 0.8, AdaptiveClip = true, ClipCountNoise = 0.5 },
-        };
+        var spec = FederationFixture.Secure(FederationFixture.Job(g, "secure-dp", rounds: 3, quorum: 2, deadlineSeconds: 20), 5);
+        spec = spec with { Dp = spec.Dp with { Mode = DpMode.Distributed, ClipNorm = 0.5, NoiseMultiplier = 0.8, AdaptiveClip = true, ClipCountNoise = 0.5 } };
         var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
         Assert.Equal([1, 2, 3], status.Rounds.Select(r => r.Round));
         Assert.True(fed.Parties["food"].System.WhenTerminated.IsCompleted, "the fault injection crashed food's node");
@@ -74,7 +72,8 @@ public class SecureFederationSpec
         var g = FederationFixture.Prepare();
         await using var fed = await FederationFixture.Start(g);
         // Central DP, z = 1, q = 1, δ = 1e-5: ε ≈ 4.7 after one round, ≈ 7.1 after two; a budget of 5 allows one round.
-        var spec = FederationFixture.Job(g, "budget", rounds: 3) with { Dp = new DpOptions { Mode = DpMode.Central, NoiseMultiplier = 1.0, EpsilonBudget = 5 } };
+        var spec = FederationFixture.Job(g, "budget", rounds: 3);
+        spec = spec with { Dp = spec.Dp with { Mode = DpMode.Central, NoiseMultiplier = 1.0, EpsilonBudget = 5 } };
         var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
         Assert.Single(status.Rounds);
         Assert.Contains("past the budget 5", status.Reason);

@@ -5,6 +5,9 @@ using FateLlm.Actors.Nodes;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Algorithms.HomoPeft;
+using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using Xunit;
 using static TorchSharp.torch;
@@ -16,14 +19,14 @@ public class UpdateValidationSpec
 {
     static Dictionary<string, Tensor> Adapter(float v) => new() { ["m.lora_A.weight"] = full(4, 8, v), ["m.lora_B.weight"] = full(8, 4, v) };
 
-    /// <summary>Each org answers TrainRequest with a fixed blob; "replayer" answers with the ids of an older round.</summary>
+    /// <summary>Each org answers its work request with a fixed blob; "replayer" answers with the ids of an older round.</summary>
     sealed class ScriptedParties : ReceiveActor
     {
-        public ScriptedParties(BlobStore store, IActorRef server, IReadOnlyDictionary<string, string> blobs) => Receive<TrainRequest>(r =>
+        public ScriptedParties(BlobStore store, IActorRef server, IReadOnlyDictionary<string, string> blobs) => Receive<WorkRequest>(r =>
         {
             var digest = blobs[r.Org];
-            var round = r.Org == "replayer" ? r.Round - 1 : r.Round;
-            var update = new UpdateReady(r.Org, r.JobId, round, r.Attempt, new BlobLocation(digest, store.Size(digest), server), 10, 1, 1, null, 0, 0);
+            var id = r.Org == "replayer" ? r.Id with { Round = r.Id.Round - 1 } : r.Id;
+            var update = new UpdateReady(r.Org, id, new BlobLocation(digest, store.Size(digest), server), 10, new Dictionary<string, double>(), 0, 0);
             Sender.Tell(update);
             if (r.Org == "honest-1") Sender.Tell(update); // a duplicate submission is idempotent
         });
@@ -52,13 +55,14 @@ public class UpdateValidationSpec
         using var system = ActorSystem.Create("validation", ConfigurationFactory.ParseString("akka.actor.provider = local\nakka.loglevel = ERROR").WithFallback(FederationNode.Reference()));
         var server = system.ActorOf(BlobServer.Props(partyStore));
         var parties = system.ActorOf(Props.Create(() => new ScriptedParties(partyStore, server, blobs)));
-        var spec = new JobSpec
+        var spec = JobFile.Default("hostile", "-", blobs.Keys.Select(o => new PartySpec(o, "train", null)).ToArray(), dir);
+        spec = spec with
         {
-            JobId = "hostile", ModelPath = "-", Parties = blobs.Keys.Select(o => new PartySpec(o, "train", null)).ToArray(), Quorum = 3,
-            RoundDeadlineSeconds = 5, Limits = new UpdateLimits { MaxNorm = 100, MaxBytes = 200_000 },
+            Round = spec.Round with { Quorum = 3, DeadlineSeconds = 5 }, Validation = new UpdateLimits { MaxNorm = 100, MaxBytes = 200_000 },
         };
-        var round = system.ActorOf(AggregationRound.Props(new RoundSettings(arbiterStore, parties, TransferSettings.Default, TimeSpan.FromSeconds(30))));
-        var done = await round.Ask<RoundFinished>(new StartRound("hostile", 2, 1, spec, new BlobLocation(globalDigest, arbiterStore.Size(globalDigest), server), null),
+        var specDigest = arbiterStore.Put(spec.ToJson());
+        var done = await RoundRunner.RunAsync(system, new RoundSettings(arbiterStore, parties, server, TransferSettings.Default, TimeSpan.FromSeconds(30)), new StartRound("hostile", 2, 1, spec, new BlobLocation(specDigest, arbiterStore.Size(specDigest), server),
+                AlgorithmState.Of((HomoPeftAlgorithm.Global, globalDigest)), blobs.Keys.Order(StringComparer.Ordinal).ToArray(), null),
             TimeSpan.FromSeconds(30));
 
         Assert.True(done.Succeeded, done.Reason);
@@ -75,7 +79,7 @@ public class UpdateValidationSpec
         Assert.All(["nan", "huge", "shape", "garbage", "oversized"], o => Assert.StartsWith("rejected", reports[o].Reason));
 
         // Only the honest three count: equal samples, so the mean of 0.1, 0.3, 0.2.
-        var global = SafeTensors.FromBytes(arbiterStore.Read(done.GlobalDigest!));
+        var global = SafeTensors.FromBytes(arbiterStore.Read(done.State!.Get(HomoPeftAlgorithm.Global)));
         Assert.Equal(0.2f, global["m.lora_A.weight"].mean().item<float>(), 5);
         await system.Terminate();
     }

@@ -43,8 +43,8 @@ public static class AdapterVector
     /// What a party feeds into masking: with DP, Δ clipped to C plus N(0, z²C²/m) and extras [1, indicator + N(0, σ_b²/m)];
     /// without, w·Δ with w = min(n, cap)/cap and extras [w]. Returns the values and the extras.
     /// </summary>
-    public static (float[] Values, double[] Extras) PrepareInput(IReadOnlyDictionary<string, Tensor> delta, long samples, long sampleCap,
-        DpOptions dp, double clip, int expectedParties)
+    public static (float[] Values, double[] Extras) PrepareInput(IReadOnlyDictionary<string, Tensor> layout, IReadOnlyDictionary<string, Tensor> delta,
+        long samples, long sampleCap, DpOptions dp, double clip, int expectedParties)
     {
         using var _ = NewDisposeScope();
         var work = delta.ToDictionary(kv => kv.Key, kv => kv.Value.to(ScalarType.Float64).clone());
@@ -56,10 +56,10 @@ public static class AdapterVector
             double[] extras = dp.AdaptiveClip
                 ? [1.0, (norm <= clip ? 1 : 0) + ClientDp.Gaussian(dp.ClipCountNoise * expectedParties / Math.Sqrt(expectedParties))]
                 : [1.0];
-            return (Flatten(delta, work, "self"), extras);
+            return (Flatten(layout, work, "self"), extras);
         }
         var w = Math.Min(samples, sampleCap) / (double)sampleCap;
         foreach (var t in work.Values) t.mul_(w);
-        return (Flatten(delta, work, "self"), [w]);
+        return (Flatten(layout, work, "self"), [w]);
     }
 }

@@ -1,11 +1,9 @@
-using System.CommandLine;
 using System.Diagnostics;
 using FateLlm.Training.Aggregation;
 using FateLlm.Training.Privacy.SecureAggregation;
-using static FateLlm.Host.Cli.CliApp;
 using static TorchSharp.torch;
 
-namespace FateLlm.Host.Cli;
+namespace FateLlm.Host.Benchmarks;
 
 /// <summary>
 /// bench secagg: the cost of SecAgg+ per round for n parties — per-party masking (what each party spends, in
@@ -13,19 +11,11 @@ namespace FateLlm.Host.Cli;
 /// </summary>
 internal static class SecAggBench
 {
-    public static Command Build()
+    public static void Run(int[] parties, int length, double dropout)
     {
-        var parties = Opt("--parties", "Comma-separated party counts", "10,50,200");
-        var length = Opt("--length", "Adapter values per party (gpt2-small LoRA r=8 on c_attn ≈ 295k)", 100_000);
-        var dropout = Opt("--dropout", "Fraction of parties that drop after sharing keys", 0.05);
-        return new Command("secagg", "SecAgg+ masking/unmasking MB/s and per-round overhead vs plain FedAvg for 10, 50, 200 parties").With(p =>
-        {
-            var ns = p.GetValue(parties)!.Split(',').Select(x => int.TryParse(x, out var v) && v >= 3 ? v : throw new UsageException($"--parties '{x}' must be integers ≥ 3")).ToArray();
-            var len = TrainingCommands.Positive(p.GetValue(length), "--length");
-            Console.WriteLine($"vector {len:N0} values ({len * 4 / 1e6:F2} MB per party), {p.GetValue(dropout):P0} dropouts after sharing keys, {Environment.ProcessorCount} cores");
-            Console.WriteLine($"{"n",5} {"k",4} {"t",4} | {"party: keys+shares",19} {"mask",9} {"mask MB/s",10} | {"arbiter unmask",15} {"unmask MB/s",12} | {"plain FedAvg",13} {"overhead",9}");
-            foreach (var n in ns) Run(n, len, p.GetValue(dropout));
-        }, parties, length, dropout);
+        Console.WriteLine($"vector {length:N0} values ({length * 4 / 1e6:F2} MB per party), {dropout:P0} dropouts after sharing keys, {Environment.ProcessorCount} cores");
+        Console.WriteLine($"{"n",5} {"k",4} {"t",4} | {"party: keys+shares",19} {"mask",9} {"mask MB/s",10} | {"arbiter unmask",15} {"unmask MB/s",12} | {"plain FedAvg",13} {"overhead",9}");
+        foreach (var n in parties) Run(n, length, dropout);
     }
 
     static void Run(int n, int length, double dropout)

@@ -1,6 +1,6 @@
 using System.Security.Cryptography;
 
-namespace FateLlm.Actors.Transfer;
+namespace FateLlm.Training.IO;
 
 /// <summary>Content-addressed blobs on disk (name = SHA-256 of the bytes); writes are atomic.</summary>
 public sealed class BlobStore

@@ -9,13 +9,15 @@ using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Aggregation;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Algorithms.HomoPeft;
 using FateLlm.Training.IO;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Models;
 using FateLlm.Training.Tokenization;
 using static TorchSharp.torch;
 
-namespace FateLlm.Host.Cli;
+namespace FateLlm.Host.Benchmarks;
 
 /// <summary>
 /// <c>bench federation</c>: adapter transfer between two processes vs raw TCP, wire overhead, FedAvg throughput vs
@@ -107,7 +109,7 @@ internal static class FederationBench
 
     sealed class FetchParent(BlobStore store, BlobLocation source, TransferSettings transfer, TaskCompletionSource<object> done) : UntypedActor
     {
-        protected override void PreStart() => Context.ActorOf(BlobFetcher.Props(store, source, transfer));
+        protected override void PreStart() => Context.ActorOf(BlobFetcher.Props(store, source, transfer, correlation: "bench"));
         protected override void OnReceive(object message) => done.TrySetResult(message);
     }
 
@@ -173,15 +175,15 @@ internal static class FederationBench
 
     // ---- round protocol ----
 
-    /// <summary>Answers every TrainRequest at once with a distinct tiny delta served from its own store.</summary>
+    /// <summary>Answers every work request at once with a distinct tiny delta served from its own store.</summary>
     sealed class SimulatedParties : ReceiveActor
     {
         public SimulatedParties(BlobStore store, IActorRef server, IReadOnlyDictionary<string, string> deltas)
         {
-            Receive<TrainRequest>(r =>
+            Receive<WorkRequest>(r =>
             {
                 var digest = deltas[r.Org];
-                Sender.Tell(new UpdateReady(r.Org, r.JobId, r.Round, r.Attempt, new BlobLocation(digest, store.Size(digest), server), 10, 1, 1, null, 0, 0));
+                Sender.Tell(new UpdateReady(r.Org, r.Id, new BlobLocation(digest, store.Size(digest), server), 10, new Dictionary<string, double>(), 0, 0));
             });
         }
     }
@@ -198,18 +200,18 @@ internal static class FederationBench
         using var system = ActorSystem.Create("bench-rounds", ConfigurationFactory.ParseString("akka.actor.provider = local\nakka.loglevel = ERROR").WithFallback(FederationNode.Reference()));
         var server = system.ActorOf(BlobServer.Props(partyStore), "party-blobs");
         var simulated = system.ActorOf(Props.Create(() => new SimulatedParties(partyStore, server, deltas)));
-        var settings = new RoundSettings(arbiterStore, simulated, TransferSettings.Default, TimeSpan.FromSeconds(30));
-        var spec = new JobSpec { JobId = "bench", ModelPath = "-", Parties = orgs.Select(o => new PartySpec(o, "train", null)).ToArray(), Quorum = parties, RoundDeadlineSeconds = 60 };
+        var settings = new RoundSettings(arbiterStore, simulated, server, TransferSettings.Default, TimeSpan.FromSeconds(30));
+        var spec = JobFile.Default("bench", "-", orgs.Select(o => new PartySpec(o, "train", null)).ToArray(), dir);
+        spec = spec with { Round = spec.Round with { DeadlineSeconds = 60 } };
+        var specDigest = arbiterStore.Put(spec.ToJson());
+        var specBlob = new BlobLocation(specDigest, arbiterStore.Size(specDigest), server);
+        var state = AlgorithmState.Of((HomoPeftAlgorithm.Global, globalDigest));
         var sw = Stopwatch.StartNew();
-        string? state = null;
         for (int r = 1; r <= rounds; r++)
         {
-            var round = system.ActorOf(AggregationRound.Props(settings));
-            var finished = await round.Ask<RoundFinished>(new StartRound("bench", r, 1, spec, new BlobLocation(globalDigest, arbiterStore.Size(globalDigest), server), state), TimeSpan.FromSeconds(60));
+            var finished = await RoundRunner.RunAsync(system, settings, new StartRound("bench", r, 1, spec, specBlob, state, orgs, null), TimeSpan.FromSeconds(60));
             if (!finished.Succeeded) throw new InvalidOperationException(finished.Reason);
-            globalDigest = finished.GlobalDigest!;
-            state = finished.ServerStateDigest;
-            system.Stop(round);
+            state = finished.State!;
         }
         Console.WriteLine($"{rounds / sw.Elapsed.TotalSeconds:F2} rounds/s with {parties} parties ({sw.Elapsed.TotalMilliseconds / rounds:F0} ms per round: ask, pull {parties} deltas, aggregate, store)");
         await system.Terminate();
@@ -228,11 +230,8 @@ internal static class FederationBench
         var datasets = parties.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, string>)new Dictionary<string, string> { ["train"] = kv.Value.Train });
         var config = ConfigurationFactory.ParseString("akka.loglevel = ERROR\nakka.stdout-loglevel = ERROR\nakka.cluster.sharding.retry-interval = 200ms\nfate-llm.round.resend-interval = 1s");
         await using var fed = await LocalFederation.StartAsync(Path.Combine(root, "nodes"), datasets, config);
-        var spec = new JobSpec
-        {
-            JobId = "bench-round", ModelPath = model, Parties = parties.Keys.Select(o => new PartySpec(o, "train", null)).ToArray(),
-            Rounds = 2, Quorum = 3, LocalEpochs = 3, OutputDir = Path.Combine(root, "out"), RoundDeadlineSeconds = 120,
-        };
+        var spec = JobFile.Default("bench-round", model, parties.Keys.Select(o => new PartySpec(o, "train", null)).ToArray(), Path.Combine(root, "out"));
+        spec = spec with { Rounds = 2, Local = spec.Local with { Epochs = 3 }, Round = spec.Round with { DeadlineSeconds = 120 } };
         await fed.SubmitAsync(spec);
         var s = await fed.WaitAsync(spec.JobId, TimeSpan.FromMinutes(5));
         foreach (var r in s.Rounds)

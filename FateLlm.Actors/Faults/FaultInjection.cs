@@ -1,0 +1,75 @@
+using Akka.Actor;
+using Akka.Configuration;
+using Akka.Event;
+
+namespace FateLlm.Actors.Faults;
+
+public enum FaultAction { Throw, Terminate }
+
+/// <summary>One deterministic crash point (see <c>fate-llm.fault-injection.points</c> in reference.conf).</summary>
+public sealed record FaultPoint(string At, string Org, int Round, int Phase, FaultAction Action, int Times);
+
+/// <summary>Raised by a <see cref="FaultAction.Throw"/> point: the actor fails there and its supervisor takes over.</summary>
+public sealed class InjectedFaultException(string message) : Exception(message);
+
+/// <summary>
+/// The crash points configured for one node. Actors call <see cref="Trip"/> at their named points; a matching point
+/// with firings left either throws (actor-level crash, supervised restart) or terminates the node (kill -9 as the
+/// others see it). Points are counted per node, so "crash once, then recover" is reproducible.
+/// </summary>
+public sealed class FaultInjection
+{
+    public static readonly FaultInjection None = new([]);
+    readonly FaultPoint[] _points;
+    readonly int[] _fired;
+
+    public FaultInjection(IReadOnlyList<FaultPoint> points)
+    {
+        _points = points.ToArray();
+        _fired = new int[_points.Length];
+    }
+
+    public IReadOnlyList<FaultPoint> Points => _points;
+
+    public static FaultInjection FromConfig(Config config)
+    {
+        const string path = "fate-llm.fault-injection.points";
+        if (!config.HasPath(path)) return None;
+        var points = config.GetValue(path).GetArray().Select((v, i) =>
+        {
+            var o = v.GetObject() ?? throw new ConfigurationException($"{path}[{i}] must be an object {{ at, org, round, phase, action, times }}");
+            string S(string k, string fallback) => o.Items.TryGetValue(k, out var x) ? x.GetString() : fallback;
+            int I(string k, int fallback) => o.Items.TryGetValue(k, out var x) ? int.Parse(x.GetString()) : fallback;
+            var action = S("action", "throw").ToLowerInvariant() switch
+            {
+                "throw" => FaultAction.Throw,
+                "terminate" => FaultAction.Terminate,
+                var a => throw new ConfigurationException($"{path}[{i}].action '{a}' is not throw or terminate"),
+            };
+            var at = S("at", "");
+            if (at.Length == 0) throw new ConfigurationException($"{path}[{i}].at is required");
+            return new FaultPoint(at, S("org", ""), I("round", 0), I("phase", 0), action, I("times", 1));
+        }).ToList();
+        return new FaultInjection(points);
+    }
+
+    /// <summary>
+    /// Fires the first point matching <paramref name="at"/> that has firings left. Throws for <see cref="FaultAction.Throw"/>;
+    /// for <see cref="FaultAction.Terminate"/> starts terminating the node and returns true (the caller stops what it was doing).
+    /// </summary>
+    public bool Trip(string at, IActorContext context, string org = "", int round = 0, int phase = 0)
+    {
+        for (int i = 0; i < _points.Length; i++)
+        {
+            var p = _points[i];
+            if (p.At != at || (p.Org.Length > 0 && p.Org != org) || (p.Round > 0 && p.Round != round) || (p.Phase > 0 && p.Phase != phase)) continue;
+            if (Interlocked.Increment(ref _fired[i]) > p.Times) continue;
+            var what = $"fault injection at {at}{(org.Length > 0 ? $" of {org}" : "")} (round {round}, phase {phase})";
+            if (p.Action == FaultAction.Throw) throw new InjectedFaultException(what);
+            context.GetLogger().Warning("{0}: terminating this node", what);
+            context.System.Terminate();
+            return true;
+        }
+        return false;
+    }
+}

@@ -1,0 +1,246 @@
+using System.Diagnostics;
+using Akka.Actor;
+using Akka.Event;
+using FateLlm.Actors.Transfer;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Federation;
+using FateLlm.Training.Models;
+using FateLlm.Training.Privacy.SecureAggregation;
+
+namespace FateLlm.Actors.Parties;
+
+/// <summary>The party entity asks a work child to stop (superseded by later work of the same job, or cancelled).</summary>
+internal sealed record StopWork(string Reason);
+
+/// <summary>Later work of the same job arrived: work that has no answer yet stops, an answered one stays for re-asks.</summary>
+internal sealed record Superseded(WorkId By);
+
+/// <summary>
+/// One party's work in one exchange (a child of <see cref="PartyActor"/>, one per <see cref="WorkId"/>). Phases:
+/// fetching (the job's spec and the exchange's downloads, digest-checked, cached in the store), fitting (the
+/// algorithm's party side on the trainer), offered (the update waits to be pulled, or — under secure aggregation — the
+/// secure-aggregation steps are answered, each once), failed. Re-sent requests get the current phase's answer.
+/// </summary>
+internal sealed class FitWork : ReceiveActor
+{
+    const string SpecDownload = "job-spec";
+    readonly PartyNodeSettings _s;
+    readonly IActorRef _trainer;
+    readonly ILoggingAdapter _log = Context.GetLogger();
+    readonly WorkRequest _request;
+    readonly CancellationTokenSource _cancel = new();
+    readonly Dictionary<string, string> _files = new();
+    readonly Stopwatch _clock = Stopwatch.StartNew();
+    IActorRef _replyTo;
+    long _downloadBytes;
+    JobSpec? _spec;
+    object? _answer;
+    // Secure aggregation: the update stays here, only masked words leave. Lost with the node, correctly: a party that
+    // restarts mid-exchange has lost its secrets and is a dropout of that exchange.
+    SecAggClient? _secAgg;
+    byte[]? _update;
+    long _samples;
+    readonly Dictionary<string, object> _stepAnswers = new();
+    readonly List<IActorRef> _maskWaiters = new();
+
+    sealed record Masked(string Digest, long Size);
+    sealed record MaskFailed(string Reason);
+
+    WorkId Id => _request.Id;
+    string Org => _s.Org;
+
+    public FitWork(WorkRequest request, IActorRef replyTo, PartyNodeSettings settings, IActorRef trainer)
+    {
+        _request = request;
+        _replyTo = replyTo;
+        _s = settings;
+        _trainer = trainer;
+        Fetching();
+    }
+
+    protected override void PreStart()
+    {
+        _replyTo.Tell(new WorkAccepted(Org, Id));
+        foreach (var (name, location) in _request.Downloads.Prepend(new(SpecDownload, _request.Spec)))
+            Context.ActorOf(BlobFetcher.Props(_s.Store, location, _s.Transfer, name));
+    }
+
+    protected override void PostStop()
+    {
+        _cancel.Cancel();
+        _secAgg?.Dispose();
+    }
+
+    void Common()
+    {
+        Receive<StopWork>(w =>
+        {
+            _log.Info("party {0}: {1} stopped ({2})", Org, Id, w.Reason);
+            Context.Stop(Self);
+        });
+    }
+
+    void Unanswered()
+    {
+        Common();
+        Receive<Superseded>(w =>
+        {
+            _log.Info("party {0}: {1} superseded by {2}", Org, Id, w.By);
+            Context.Stop(Self);
+        });
+        Receive<WorkRequest>(r => { _replyTo = Sender; Sender.Tell(new WorkAccepted(Org, Id)); });
+        Receive<ISecAggRequest>(r => Sender.Tell(new SecAggStepFailed(Org, Id, r.Step, "this party has not offered its update yet")));
+    }
+
+    void Answered()
+    {
+        Common();
+        Receive<Superseded>(_ => { });
+        Receive<WorkRequest>(r => { _replyTo = Sender; Sender.Tell(_answer); });
+    }
+
+    void Fetching()
+    {
+        Unanswered();
+        Receive<WorkRequest>(r => { _replyTo = Sender; Sender.Tell(new WorkAccepted(Org, Id)); });
+        Receive<FetchCompleted>(f =>
+        {
+            _files[f.Correlation] = _s.Store.PathOf(f.Digest);
+            if (f.Correlation != SpecDownload && f.Chunks > 0) _downloadBytes += f.Bytes;
+            if (_files.Count == _request.Downloads.Count + 1) StartFit();
+        });
+        Receive<FetchFailed>(f => Fail($"download of '{f.Correlation}' failed: {f.Reason}"));
+    }
+
+    void StartFit()
+    {
+        JobSpec spec;
+        try { spec = JobSpec.FromJson(File.ReadAllBytes(_files[SpecDownload]), $"job {Id.JobId}"); }
+        catch (JobSpecException e) { Fail(e.Message); return; }
+        _spec = spec;
+        var party = spec.Parties.FirstOrDefault(p => p.Org == Org);
+        var problem = party is null ? $"party '{Org}' is not in job {Id.JobId}"
+            : !_s.Datasets.ContainsKey(party.Dataset) ? $"party '{Org}' has no dataset '{party.Dataset}' (known: {string.Join(", ", _s.Datasets.Keys)})"
+            : party.EvalDataset != null && !_s.Datasets.ContainsKey(party.EvalDataset) ? $"party '{Org}' has no dataset '{party.EvalDataset}' (known: {string.Join(", ", _s.Datasets.Keys)})"
+            : null;
+        if (problem is not null)
+        {
+            Fail(problem);
+            return;
+        }
+        if (_s.Faults.Trip("party.fit", Context, Org, Id.Round, Id.Phase)) return;
+        var files = _request.Downloads.Keys.ToDictionary(k => k, k => _files[k]);
+        var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
+        var context = new ClientContext(spec, Org, Id.Round, Id.Attempt, Id.Phase, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot),
+            _s.Datasets[party!.Dataset], party.EvalDataset is null ? null : _s.Datasets[party.EvalDataset], _s.Workspace(Id.JobId));
+        Become(Fitting);
+        _trainer.Tell(new RunFit(Id, context, _request.Exchange, instruction, files, _cancel.Token));
+    }
+
+    void Fitting()
+    {
+        Unanswered();
+        Receive<FitDone>(d => d.Id == Id, d => Offer(d));
+        Receive<FitFailed>(f => f.Id == Id, f => Fail(f.Reason));
+    }
+
+    void Offer(FitDone d)
+    {
+        var u = d.Update;
+        _log.Info("party {0}: {1} fitted {2} samples in {3:F1} s{4}", Org, Id, u.Samples, d.Seconds,
+            u.Metrics.TryGetValue(ClientUpdate.FirstLoss, out var first) && u.Metrics.TryGetValue(ClientUpdate.LastLoss, out var last) ? $", loss {first:F4} → {last:F4}" : "");
+        var spec = _spec!;
+        if (spec.SecureAggregation.Enabled && _request.VectorLayout is { } layout)
+        {
+            var session = RoundStep.Session(spec, Id.ToString(), _request.Cohort, Id.Round, Id.Attempt, Id.Phase,
+                RoundStep.VectorLength(File.ReadAllBytes(_files[layout])));
+            _secAgg = new SecAggClient(session, Org);
+            _update = u.Update;
+            _samples = u.Samples;
+            _answer = new UpdateReady(Org, Id, null, u.Samples, u.Metrics, d.Seconds, _downloadBytes) { Keys = _secAgg.Advertise() };
+            Become(OfferedSecurely);
+        }
+        else
+        {
+            var digest = _s.Store.Put(u.Update);
+            _answer = new UpdateReady(Org, Id, new BlobLocation(digest, u.Update.Length, _s.BlobServer), u.Samples, u.Metrics, d.Seconds, _downloadBytes);
+            Become(Offered);
+        }
+        _replyTo.Tell(_answer);
+    }
+
+    void Offered()
+    {
+        Answered();
+        Receive<ISecAggRequest>(r => Sender.Tell(new SecAggStepFailed(Org, Id, r.Step, "this exchange is not summed securely here")));
+    }
+
+    void OfferedSecurely()
+    {
+        Answered();
+        Receive<SecAggShareRequest>(r => Step(r, () => new SecAggSharesReady(Org, Id, _secAgg!.ShareKeys(r.Advertised))));
+        Receive<SecAggMaskRequest>(r =>
+        {
+            if (_stepAnswers.TryGetValue(r.Step, out var done)) { Sender.Tell(done); return; }
+            _maskWaiters.Add(Sender);
+            if (_maskWaiters.Count > 1) return; // masking already under way: answer everyone when it ends
+            if (_s.Faults.Trip("party.mask", Context, Org, Id.Round, Id.Phase)) return;
+            var (client, update, layout, samples, spec, store) = (_secAgg!, _update!, File.ReadAllBytes(_files[_request.VectorLayout!]), _samples, _spec!, _s.Store);
+            var expected = _request.Cohort.Length;
+            // Masking touches every value of the update: off the actor thread.
+            Task.Run(() =>
+            {
+                var words = RoundStep.MaskedInput(client, update, layout, samples, spec, r.ClipNorm, expected, r.Inbox);
+                return (object)new Masked(store.Put(words), words.Length);
+            }).PipeTo(Self, failure: e => new MaskFailed(e.GetBaseException().Message));
+        });
+        Receive<Masked>(m => AnswerMask(new SecAggMaskedReady(Org, Id, new BlobLocation(m.Digest, m.Size, _s.BlobServer))));
+        Receive<MaskFailed>(f => AnswerMask(new SecAggStepFailed(Org, Id, "mask", f.Reason)));
+        Receive<SecAggUnmaskRequest>(r => Step(r, () => new SecAggUnmaskReady(Org, Id, _secAgg!.Unmask(r.Survivors))));
+    }
+
+    void AnswerMask(object answer)
+    {
+        _stepAnswers["mask"] = answer;
+        foreach (var w in _maskWaiters) w.Tell(answer);
+        _maskWaiters.Clear();
+    }
+
+    /// <summary>Runs one secure-aggregation step once; repeats get the first answer, a protocol violation a clear refusal.</summary>
+    void Step(ISecAggRequest r, Func<object> run)
+    {
+        if (!_stepAnswers.TryGetValue(r.Step, out var answer))
+        {
+            if (_s.Faults.Trip($"party.{r.Step}", Context, Org, Id.Round, Id.Phase)) return;
+            try { answer = run(); }
+            catch (SecAggException e)
+            {
+                _log.Warning("party {0}: secure aggregation step {1} of {2} refused: {3}", Org, r.Step, Id, e.Message);
+                answer = new SecAggStepFailed(Org, Id, r.Step, e.Message);
+            }
+            _stepAnswers[r.Step] = answer;
+        }
+        Sender.Tell(answer);
+    }
+
+    void Fail(string reason)
+    {
+        _log.Warning("party {0}: {1} failed: {2}", Org, Id, reason);
+        _answer = new UpdateFailed(Org, Id, reason);
+        _replyTo.Tell(_answer);
+        Become(Failed);
+    }
+
+    void Failed()
+    {
+        Answered();
+        Receive<ISecAggRequest>(r => Sender.Tell(new SecAggStepFailed(Org, Id, r.Step, ((UpdateFailed)_answer!).Reason)));
+        Receive<FetchCompleted>(_ => { });
+        Receive<FetchFailed>(_ => { });
+        Receive<FitDone>(_ => { });
+        Receive<FitFailed>(_ => { });
+    }
+
+    public static Props Props(WorkRequest request, IActorRef replyTo, PartyNodeSettings settings, IActorRef trainer) =>
+        Akka.Actor.Props.Create(() => new FitWork(request, replyTo, settings, trainer));
+}

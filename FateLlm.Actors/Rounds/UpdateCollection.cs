@@ -1,0 +1,167 @@
+using Akka.Actor;
+using Akka.Event;
+using FateLlm.Actors.Membership;
+using FateLlm.Actors.Parties;
+using FateLlm.Actors.Transfer;
+
+namespace FateLlm.Actors.Rounds;
+
+/// <summary>One party's answer as collected: the update (pulled into the arbiter's store unless summed securely) and its transfer.</summary>
+public sealed record CollectedUpdate(UpdateReady Update, string Digest, long UploadBytes, int Retransmissions);
+
+/// <summary>The collection's report to its round (local only).</summary>
+public sealed record ExchangeCollected(int Phase, IReadOnlyDictionary<string, CollectedUpdate> Succeeded, IReadOnlyDictionary<string, string> Failed,
+    IReadOnlyList<string> Rejections);
+
+/// <param name="Requests">What each party of the exchange is asked (its work request).</param>
+/// <param name="Secure">Summed securely: parties advertise keys, no update is pulled.</param>
+/// <param name="MaxBytes">The codec's size bound, checked before an update is pulled.</param>
+public sealed record CollectionSettings(WorkId Work, IReadOnlyDictionary<string, WorkRequest> Requests, bool Secure, long MaxBytes, int Quorum,
+    TimeSpan Deadline, RoundSettings Round);
+
+/// <summary>
+/// The plain-collect protocol of one exchange (a child of <see cref="AggregationRound"/>): asks every party of the
+/// exchange, re-asks those that have not answered (a message to a crashed node is lost), pulls each update from the
+/// party's blob server (size checked first), and reports once all answered, or at the deadline. A party whose node is
+/// gone gets the absent grace to come back, not the whole deadline. Replies are matched by the work id it supplied;
+/// answers for another round or attempt are refused as replays.
+/// </summary>
+public sealed class UpdateCollection : ReceiveActor, IWithTimers
+{
+    readonly CollectionSettings _s;
+    readonly ILoggingAdapter _log = Context.GetLogger();
+    readonly Dictionary<string, UpdateReady> _fetching = new();
+    readonly Dictionary<string, CollectedUpdate> _succeeded = new();
+    readonly Dictionary<string, string> _failed = new();
+    readonly List<string> _rejections = new();
+
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    sealed record Resend;
+    sealed record Deadline;
+    sealed record AbsentCheck;
+
+    RoundSettings R => _s.Round;
+
+    public UpdateCollection(CollectionSettings settings)
+    {
+        _s = settings;
+        Receive<WorkAccepted>(_ => { });
+        Receive<UpdateReady>(OnUpdate);
+        Receive<UpdateFailed>(f => Record(f.Org, f.Id, () => _failed[f.Org] = f.Reason));
+        Receive<FetchCompleted>(OnFetched);
+        Receive<FetchFailed>(f =>
+        {
+            if (_fetching.Remove(f.Correlation, out var u)) Record(f.Correlation, u.Id, () => _failed[f.Correlation] = $"upload failed: {f.Reason}");
+        });
+        Receive<Resend>(_ => Ask());
+        Receive<Deadline>(_ => Conclude(deadline: true));
+        Receive<AbsentCheck>(_ => DropAbsent());
+        Receive<PartyNodeLeft>(l =>
+        {
+            if (R.AbsentGrace is { } grace && Waiting(l.Org)) Timers.StartSingleTimer("absent", new AbsentCheck(), grace);
+        });
+    }
+
+    protected override void PreStart()
+    {
+        Ask();
+        Timers.StartPeriodicTimer("resend", new Resend(), R.ResendInterval);
+        Timers.StartSingleTimer("deadline", new Deadline(), _s.Deadline);
+        if (R.AbsentGrace is { } grace)
+        {
+            if (R.Presence.Watcher(Self) is { } watcher) Context.ActorOf(watcher, "presence");
+            Timers.StartSingleTimer("absent", new AbsentCheck(), grace);
+        }
+    }
+
+    IEnumerable<string> Parties => _s.Requests.Keys;
+
+    bool Waiting(string org) => _s.Requests.ContainsKey(org) && !_succeeded.ContainsKey(org) && !_failed.ContainsKey(org) && !_fetching.ContainsKey(org);
+
+    void Ask()
+    {
+        foreach (var org in Parties.Where(Waiting)) R.PartyRegion.Tell(_s.Requests[org]);
+    }
+
+    void DropAbsent()
+    {
+        foreach (var org in Parties.Where(o => Waiting(o) && !R.Presence.Present(o)).ToList())
+            Record(org, _s.Work, () => _failed[org] = $"its node left or never joined: no node of this organization in the cluster for {R.AbsentGrace!.Value.TotalSeconds:G3} s");
+    }
+
+    void Reject(string org, string reason)
+    {
+        var line = $"{org}: {reason}";
+        if (_rejections.Contains(line)) return; // a re-sent copy of the same bad answer
+        _rejections.Add(line);
+        _log.Warning("round {0}: rejected update of party {1}: {2}", _s.Work, org, reason);
+    }
+
+    /// <summary>Records an answer of the current exchange once; anything for another work id is a replay.</summary>
+    void Record(string org, WorkId id, Action apply)
+    {
+        if (id != _s.Work)
+        {
+            Reject(org, $"answer for {id}, this exchange is {_s.Work} (replay refused)");
+            return;
+        }
+        if (!_s.Requests.ContainsKey(org))
+        {
+            Reject(org, "party was not asked in this exchange");
+            return;
+        }
+        if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org)) return;
+        apply();
+        if (_succeeded.Count + _failed.Count == _s.Requests.Count) Conclude(deadline: false);
+    }
+
+    void OnUpdate(UpdateReady u)
+    {
+        // A duplicate of an update already being pulled or accepted is idempotent.
+        if (_fetching.ContainsKey(u.Org) || _succeeded.ContainsKey(u.Org) || _failed.ContainsKey(u.Org)) return;
+        if (_s.Secure)
+        {
+            Record(u.Org, u.Id, () =>
+            {
+                if (u.Keys is null || u.Keys.Party != u.Org) _failed[u.Org] = "rejected: no secure-aggregation keys under its name";
+                else _succeeded[u.Org] = new CollectedUpdate(u, "", 0, 0);
+            });
+            return;
+        }
+        Record(u.Org, u.Id, () =>
+        {
+            if (u.Update is null) _failed[u.Org] = "rejected: plain exchange but no update offered";
+            else if (u.Update.Size > _s.MaxBytes)
+            {
+                Reject(u.Org, $"update of {u.Update.Size} bytes exceeds the limit of {_s.MaxBytes}");
+                _failed[u.Org] = $"rejected: update of {u.Update.Size} bytes exceeds the limit";
+            }
+            else
+            {
+                _fetching[u.Org] = u;
+                Context.ActorOf(BlobFetcher.Props(R.Store, u.Update, R.Transfer, correlation: u.Org));
+            }
+        });
+    }
+
+    void OnFetched(FetchCompleted f)
+    {
+        if (!_fetching.Remove(f.Correlation, out var u)) return;
+        Record(f.Correlation, u.Id, () => _succeeded[f.Correlation] = new CollectedUpdate(u, f.Digest, f.Bytes, f.Retransmissions));
+    }
+
+    void Conclude(bool deadline)
+    {
+        Timers.CancelAll();
+        if (deadline)
+            foreach (var org in Parties.Where(p => !_succeeded.ContainsKey(p) && !_failed.ContainsKey(p)))
+                _failed[org] = _fetching.ContainsKey(org) ? "upload not finished by the deadline" : "no answer by the deadline";
+        Context.Parent.Tell(new ExchangeCollected(_s.Work.Phase, _succeeded.ToDictionary(), _failed.ToDictionary(), _rejections.ToList()));
+        Become(Concluded);
+    }
+
+    void Concluded() => ReceiveAny(_ => { }); // late answers: the exchange is over
+
+    public static Props Props(CollectionSettings settings) => Akka.Actor.Props.Create(() => new UpdateCollection(settings));
+}

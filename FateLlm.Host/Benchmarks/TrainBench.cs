@@ -1,0 +1,105 @@
+using System.Diagnostics;
+using FateLlm.Training.Data;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Trainer;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace FateLlm.Host.Benchmarks;
+
+/// <summary><c>bench train</c>: ms/step, tokens/s, model FLOPs and achieved GFLOP/s against the same run's sgemm, peak RSS.</summary>
+internal static class TrainBench
+{
+    public static void Run(ModelConfig config, string presetName, PeftMethod method, string[] loraTargets, int b, int s, int warmup, int measured)
+    {
+        var model = CausalLm.Create(config);
+        model.InitializeWeights(1);
+        manual_seed(1);
+        PeftModel.Apply(model, new PeftConfig
+        {
+            Method = method,
+            LoraTargets = loraTargets,
+        });
+        var trainable = PeftModel.TrainableParameters(model);
+        var optimizer = optim.AdamW(trainable.Select(t => t.Param), lr: 1e-4);
+        model.train();
+        var ids = randint(0, config.VocabSize, [b, s], dtype: ScalarType.Int64);
+        var batchData = new Batch(ids, ids.clone(), ones_like(ids), b * s);
+        double Step()
+        {
+            var sw = Stopwatch.StartNew();
+            using var scope = NewDisposeScope();
+            LanguageModelLoss.Compute(model, batchData).backward();
+            optimizer.step();
+            optimizer.zero_grad();
+            return sw.Elapsed.TotalMilliseconds;
+        }
+        for (int i = 0; i < warmup; i++) Step();
+        var times = Enumerable.Range(0, measured).Select(_ => Step()).ToList();
+        var ms = times.Average();
+        var flops = StepFlops(model, method, b, s);
+        var achieved = flops / (ms / 1000) / 1e9;
+        var sgemm = SgemmGflops();
+        var trainableCount = trainable.Sum(t => t.Param.numel());
+        Console.WriteLine($"model            {config.ModelType} {presetName} ({config.ParameterCount():N0} params), {PeftConfig.MethodName(method)}");
+        Console.WriteLine($"threads          {get_num_threads()}");
+        Console.WriteLine($"batch x seq      {b} x {s} = {b * s} tokens");
+        Console.WriteLine($"trainable        {trainableCount:N0} params ({trainableCount * 4:N0} bytes)");
+        Console.WriteLine($"ms/step          {ms:F1} (min {times.Min():F1}, max {times.Max():F1}, {measured} steps)");
+        Console.WriteLine($"tokens/s         {b * s / (ms / 1000):F0}");
+        Console.WriteLine($"model GFLOP/step {flops / 1e9:F1}");
+        Console.WriteLine($"achieved GFLOP/s {achieved:F1}");
+        Console.WriteLine($"sgemm GFLOP/s    {sgemm:F1} (2048x2048 fp32 matmul, same threads)");
+        Console.WriteLine($"utilization      {achieved / sgemm:F2}");
+        Console.WriteLine($"peak RSS         {PeakRssMiB():F0} MiB");
+    }
+
+    /// <summary>
+    /// Matmul FLOPs of one step: forward 2·W·T over every projection and the output head, plus attention
+    /// (QKᵀ and AV: 4·s·d per token per layer, causal work counted in full as the kernels compute it);
+    /// backward always propagates input gradients (2·W·T) and adds weight gradients (2·W·T) only for trained weights.
+    /// </summary>
+    static double StepFlops(CausalLm model, PeftMethod method, int b, int s)
+    {
+        double tokens = (double)b * s;
+        var c = model.Config;
+        double frozen = 0, trained = 0;
+        foreach (var (_, proj) in model.Projections())
+        {
+            double w = proj.InFeatures * proj.OutFeatures;
+            if (method == PeftMethod.Full) trained += w; else frozen += w;
+            if (proj.HasLora) trained += proj.LoraA!.weight.numel() + proj.LoraB!.weight.numel();
+        }
+        double head = (double)c.HiddenSize * c.VocabSize;
+        if (method == PeftMethod.Full) trained += head; else frozen += head;
+        double attention = 4.0 * c.NumLayers * s * c.NumHeads * c.HeadDim * tokens;
+        var forward = 2 * (frozen + trained) * tokens + attention;
+        var backward = 2 * (frozen + trained) * tokens + 2 * trained * tokens + 2 * attention;
+        return forward + backward;
+    }
+
+    static double SgemmGflops()
+    {
+        const int n = 2048;
+        using var a = randn(n, n);
+        using var bm = randn(n, n);
+        using (var w = a.matmul(bm)) { }
+        var sw = Stopwatch.StartNew();
+        int reps = 0;
+        while (sw.Elapsed.TotalSeconds < 1.5 || reps < 3)
+        {
+            using var r = a.matmul(bm);
+            reps++;
+        }
+        return 2.0 * n * n * n * reps / sw.Elapsed.TotalSeconds / 1e9;
+    }
+
+    static double PeakRssMiB()
+    {
+        foreach (var line in File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status") : [])
+            if (line.StartsWith("VmHWM:"))
+                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+        return Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0;
+    }
+}

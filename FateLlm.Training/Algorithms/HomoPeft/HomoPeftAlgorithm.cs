@@ -1,0 +1,100 @@
+using FateLlm.Training.Aggregation;
+using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Privacy;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Algorithms.HomoPeft;
+
+/// <summary>
+/// FedHomoLLM: every party holds the same base model and trains the same PEFT adapter (LoRA, P-Tuning v2, or full
+/// fine-tuning); one exchange per round (global adapter down, delta up), aggregated by tensor name with the FedAvg
+/// family or a robust rule. State: <c>global</c> (the adapter) and <c>server-state</c> (optimizer moments).
+/// </summary>
+public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
+{
+    public const string AlgorithmName = "homo-peft";
+    public const string Global = "global", ServerStateArtifact = "server-state", AdapterDownload = "adapter";
+    static readonly string[] RobustRules = ["median", "trimmed-mean", "krum", "multi-krum", "norm-bound"];
+
+    public string Name => AlgorithmName;
+    public bool Summable => true;
+    public IServerAlgorithm Server { get; } = new ServerSide();
+    public IClientAlgorithm Client { get; } = new ClientSide();
+    public IUpdateCodec Codec { get; } = new TensorUpdateCodec();
+
+    public void Validate(JobSpec spec)
+    {
+        spec.Algorithm.Read().RefuseUnknown([]);
+        var aggregation = spec.Aggregation.Algorithm.ToLowerInvariant();
+        if (!AggregationStrategies.Names.Contains(aggregation))
+            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' is not one of {string.Join(", ", AggregationStrategies.Names)}");
+        var robust = RobustRules.Contains(aggregation);
+        if (robust && spec.Dp.Enabled)
+            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' needs individual updates; it cannot be combined with DP (use fedavg, fedavgm, fedadam, fedadagrad or fedyogi)");
+        if (robust && spec.SecureAggregation.Enabled)
+            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' needs individual updates; secure aggregation only reveals their sum");
+    }
+
+    sealed class ServerSide : IServerAlgorithm
+    {
+        public Preparation Prepare(ServerContext ctx)
+        {
+            var spec = ctx.Spec;
+            var digest = HfCheckpoint.WeightsDigest(ctx.ModelPath);
+            if (spec.ModelDigest.Length > 0 && spec.ModelDigest != digest)
+                throw new JobSpecException($"job {spec.JobId}: the arbiter's copy of '{spec.ModelPath}' has digest {digest[..12]}…, the job names {spec.ModelDigest[..12]}…");
+            spec = spec with { ModelDigest = digest };
+            var initial = ctx.Store.Put(FederatedComputation.InitialAdapter(spec, ctx.ModelPath));
+            return new Preparation(spec, AlgorithmState.Of((Global, initial)));
+        }
+
+        public Exchange BeginRound(RoundContext ctx, AlgorithmState state) =>
+            Exchange.Broadcast("fit", ctx.Participants, PartyInstruction.Of(new Dictionary<string, string> { [Global] = state.Get(Global) }), vectorLayout: Global);
+
+        public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result)
+        {
+            var store = ctx.Store;
+            var global = SafeTensors.FromBytes(store.Read(state.Get(Global)), "global adapter");
+            var serverState = state.Find(ServerStateArtifact) is { } s ? SafeTensors.FromBytes(store.Read(s), "server state") : new Dictionary<string, Tensor>();
+            // Under DP or secure aggregation the round sees one mean update, to which the server rule applies as to a single party.
+            var deltas = result.Mean is { } mean
+                ? [new AdapterDelta("mean", mean, 1)]
+                : result.Updates.Select(u => new AdapterDelta(u.Party, (IReadOnlyDictionary<string, Tensor>)u.Parsed!, u.Samples)).ToList();
+            var outcome = ctx.Spec.Strategy().Aggregate(global, deltas, serverState);
+            var next = state.With(Global, store.Put(SafeTensors.ToBytes(outcome.Global))).With(ServerStateArtifact, store.Put(SafeTensors.ToBytes(outcome.ServerState)));
+            return new StepResult(next, Next: null) { Metrics = outcome.Metrics };
+        }
+
+        public PartyInstruction Evaluation(ServerContext ctx, AlgorithmState state) =>
+            PartyInstruction.Of(new Dictionary<string, string> { [AdapterDownload] = state.Get(Global) });
+
+        public void Finalize(ServerContext ctx, AlgorithmState state, string outputDir) =>
+            FederatedComputation.ExportAdapter(ctx.Spec, ctx.ModelPath, ctx.Store.Read(state.Get(Global)),
+                Path.Combine(outputDir, "adapter"), Path.Combine(outputDir, "merged"));
+    }
+
+    sealed class ClientSide : IClientAlgorithm
+    {
+        public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
+        {
+            ct.ThrowIfCancellationRequested();
+            FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
+            var r = FederatedComputation.LocalRound(ctx.Spec, ctx.ModelPath, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct);
+            var metrics = new Dictionary<string, double>
+            {
+                [ClientUpdate.FirstLoss] = r.FirstLoss, [ClientUpdate.LastLoss] = r.LastLoss, [ClientUpdate.Steps] = r.Steps,
+            };
+            if (r.EvalLoss is { } e) metrics[ClientUpdate.EvalLoss] = e;
+            return new ClientUpdate(r.Delta, r.Samples, metrics);
+        }
+
+        public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
+        {
+            FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
+            return FederatedComputation.Evaluate(ctx.Spec, ctx.ModelPath, File.ReadAllBytes(files[AdapterDownload]), ctx.EvalData ?? ctx.TrainData, ct);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using FateLlm.Training.Aggregation;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Data;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Privacy;
+using FateLlm.Training.Privacy.SecureAggregation;
+using FateLlm.Training.Trainer;
+
+namespace FateLlm.Training.Federation;
+
+/// <summary>
+/// A federated job as submitted: typed, immutable, small enough for control messages and the journal. Every section
+/// is required; the defaults live in one place, the <c>fate-llm.job-defaults</c> block of the actors'
+/// <c>reference.conf</c>, which the job-file loader falls back to.
+/// </summary>
+public sealed record JobSpec
+{
+    /// <summary>Bumped when a persisted field changes meaning; the journal's upcaster maps older versions.</summary>
+    public const int SchemaVersion = 2;
+
+    public required string JobId { get; init; }
+    /// <summary>Base model folder as the job file names it (each node may resolve it under its models root).</summary>
+    public required string ModelPath { get; init; }
+    /// <summary>SHA-256 of the base model's weights, filled by the arbiter at preparation when the algorithm needs one.</summary>
+    public string ModelDigest { get; init; } = "";
+    public required PartySpec[] Parties { get; init; }
+    public required AlgorithmSpec Algorithm { get; init; }
+    public required PeftConfig Peft { get; init; }
+    public required LocalTraining Local { get; init; }
+    public required AggregationSpec Aggregation { get; init; }
+    public required int Rounds { get; init; }
+    public required RoundPolicy Round { get; init; }
+    public required DataOptions Data { get; init; }
+    public required SecureAggregationOptions SecureAggregation { get; init; }
+    public required DpOptions Dp { get; init; }
+    public required UpdateLimits Validation { get; init; }
+    public required EvaluationOptions Evaluation { get; init; }
+    public required string OutputDir { get; init; }
+    public required long Seed { get; init; }
+
+    public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation.Algorithm, Aggregation.Server);
+
+    /// <summary>How many parties a round asks: every party, or the sample <see cref="RoundPolicy.Sampling"/> draws.</summary>
+    [JsonIgnore] public int CohortSize => Round.Sampling.SizeOf(Parties.Length);
+
+    static readonly JsonSerializerOptions Json = new()
+    {
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals, Converters = { new JsonStringEnumConverter() },
+    };
+
+    public byte[] ToJson() => JsonSerializer.SerializeToUtf8Bytes(this, Json);
+
+    public static JobSpec FromJson(byte[] json, string origin)
+    {
+        try { return JsonSerializer.Deserialize<JobSpec>(json, Json) ?? throw new JobSpecException($"{origin}: empty job specification"); }
+        catch (JsonException e) { throw new JobSpecException($"{origin}: not a job specification ({e.Message})"); }
+    }
+
+    public static JsonSerializerOptions JsonOptions => Json;
+}
+
+public sealed record PartySpec(string Org, string Dataset, string? EvalDataset);
+
+/// <summary>
+/// <c>job.algorithm { name = ..., ... }</c>: the registered plug-in and its own block as flat dotted keys
+/// (<c>distill.steps</c> → <c>"100"</c>; lists as JSON arrays), read through <see cref="AlgorithmSettings"/>.
+/// </summary>
+public sealed record AlgorithmSpec(string Name, IReadOnlyDictionary<string, string> Settings)
+{
+    public AlgorithmSettings Read() => new(Name, Settings);
+}
+
+public sealed record LocalTraining
+{
+    public required int Epochs { get; init; }
+    /// <summary>&gt; 0: exactly this many optimizer steps per round instead of epochs.</summary>
+    public required int Steps { get; init; }
+    public required int BatchSize { get; init; }
+    public required double LearningRate { get; init; }
+    public required LrSchedule Schedule { get; init; }
+    public required double WarmupRatio { get; init; }
+    public required double FedProxMu { get; init; }
+    /// <summary>Torch threads per party.</summary>
+    public required int Threads { get; init; }
+}
+
+public sealed record AggregationSpec(string Algorithm, ServerOptimizerOptions Server);
+
+/// <summary>When a round may aggregate, how long it waits, how often it is retried, and whom it asks.</summary>
+public sealed record RoundPolicy
+{
+    /// <summary>Minimum parties whose updates a round (each of its exchanges) needs.</summary>
+    public required int Quorum { get; init; }
+    /// <summary>How long one exchange of a round waits for its parties.</summary>
+    public required double DeadlineSeconds { get; init; }
+    public required int MaxAttempts { get; init; }
+    public required PartySampling Sampling { get; init; }
+
+    [JsonIgnore] public TimeSpan Deadline => TimeSpan.FromSeconds(DeadlineSeconds);
+}
+
+/// <summary>Parties asked per round: <see cref="Count"/> when &gt; 0, else ⌈fraction · parties⌉ (1.0: everyone).</summary>
+public sealed record PartySampling(double Fraction, int Count)
+{
+    public int SizeOf(int parties) => parties == 0 ? 0 : Count > 0 ? Math.Min(Count, parties) : Math.Clamp((int)Math.Ceiling(Fraction * parties - 1e-9), 1, parties);
+    public bool SamplesAll(int parties) => SizeOf(parties) == parties;
+}
+
+/// <summary>What an update must satisfy before it touches the aggregate.</summary>
+public sealed record UpdateLimits
+{
+    /// <summary>Largest L2 norm of one party's delta.</summary>
+    public required double MaxNorm { get; init; }
+    /// <summary>Largest upload of one party, checked before it is pulled.</summary>
+    public required long MaxBytes { get; init; }
+}
+
+public sealed record EvaluationOptions(int Limit, int MaxNewTokens);
+
+/// <summary>Raised for a job that cannot run; the message names the origin and the field.</summary>
+public sealed class JobSpecException(string message) : Exception(message);
+
+public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, double FirstLoss, double LastLoss, double? EvalLoss, double Seconds);
+
+public sealed record EvaluationResult(double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples);

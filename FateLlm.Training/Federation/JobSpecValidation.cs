@@ -1,0 +1,61 @@
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Privacy;
+
+namespace FateLlm.Training.Federation;
+
+/// <summary>
+/// Whether a job can run, checked where it is loaded and again where the arbiter accepts it: the framework's rules
+/// (parties, rounds, quorum, sampling, secure aggregation, DP), then the algorithm's own.
+/// </summary>
+public static class JobSpecValidation
+{
+    public static void Validate(JobSpec spec, string origin)
+    {
+        void Check(bool ok, string field, string message)
+        {
+            if (!ok) throw new JobSpecException($"{origin}: job.{field} {message}");
+        }
+        var parties = spec.Parties;
+        Check(parties.Length > 0, "parties", "must name at least one party");
+        var dup = parties.GroupBy(p => p.Org).FirstOrDefault(g => g.Count() > 1);
+        Check(dup is null, "parties", $"names organization '{dup?.Key}' twice");
+        Check(parties.All(p => System.Text.RegularExpressions.Regex.IsMatch(p.Org, "^[A-Za-z0-9_-]+$")), "parties", "org ids may use letters, digits, '-' and '_' only");
+        Check(spec.Rounds >= 1, "rounds", $"must be ≥ 1, got {spec.Rounds}");
+        var sampling = spec.Round.Sampling;
+        Check(sampling.Count >= 0, "sampling.count", $"must be ≥ 0, got {sampling.Count}");
+        Check(sampling.Fraction is > 0 and <= 1, "sampling.fraction", $"must be in (0, 1], got {sampling.Fraction}");
+        var cohort = spec.CohortSize;
+        Check(spec.Round.Quorum >= 1 && spec.Round.Quorum <= cohort, "quorum",
+            $"must be between 1 and the {cohort} parties a round asks{(cohort < parties.Length ? " (after sampling)" : "")}, got {spec.Round.Quorum}");
+        Check(spec.Round.MaxAttempts >= 1, "max-round-attempts", "must be ≥ 1");
+        Check(spec.Round.DeadlineSeconds > 0, "round-deadline", "must be positive");
+        var local = spec.Local;
+        Check(local.BatchSize >= 1 && local.Epochs >= 1 && local.Steps >= 0 && local.Threads >= 1, "local", "needs batch-size ≥ 1, epochs ≥ 1, steps ≥ 0, threads ≥ 1");
+        Check(spec.Data.Template.Contains("{prompt}"), "data.template", "must contain {prompt}");
+        Check(spec.Validation.MaxNorm > 0, "validation.max-update-norm", "must be > 0");
+        Check(spec.Validation.MaxBytes > 0, "validation.max-update-bytes", "must be > 0");
+        try { spec.Dp.Validate(); } catch (ArgumentException e) { Check(false, "dp", e.Message); }
+        Check(!(spec.Dp.Mode == DpMode.Distributed && !spec.SecureAggregation.Enabled), "dp.mode", "'distributed' adds noise at the parties and needs secure-aggregation = on");
+        IFederatedAlgorithm algorithm;
+        try { algorithm = AlgorithmCatalog.For(spec); }
+        catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
+        if (!algorithm.Summable && (spec.SecureAggregation.Enabled || spec.Dp.Enabled))
+            Check(false, spec.SecureAggregation.Enabled ? "secure-aggregation" : "dp.mode",
+                $"cannot apply: algorithm '{algorithm.Name}' exchanges no summable updates");
+        if (spec.SecureAggregation.Enabled)
+        {
+            var sa = spec.SecureAggregation;
+            Check(cohort >= 3, "secure-aggregation", $"needs at least 3 parties per round (the job asks {cohort}): with 2 the sum reveals the other's update");
+            Check(spec.Dp.Mode != DpMode.Central, "dp.mode", "'central' needs the arbiter to see individual updates; with secure aggregation use 'distributed'");
+            var k = sa.DegreeFor(cohort);
+            var t = sa.ThresholdFor(cohort);
+            Check(t >= 2 && t <= k + 1, "secure-aggregation.threshold", $"{t} must be between 2 and {k + 1} (neighbours + self)");
+            Check(spec.Round.Quorum >= t, "quorum", $"{spec.Round.Quorum} must be at least the secure-aggregation threshold {t}");
+            Check(sa.ClipRange > 0, "secure-aggregation.clip-range", "must be > 0");
+            Check(sa.SampleCap > 0, "secure-aggregation.sample-cap", "must be > 0");
+            Check(sa.PhaseTimeoutSeconds > 0, "secure-aggregation.phase-timeout", "must be positive");
+        }
+        try { algorithm.Validate(spec); }
+        catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
+    }
+}
