@@ -275,8 +275,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Apply(e);
             _resume = resume;
             if (_s.Faults.Trip("job.round-started", Context, round: round)) return;
-            _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
             Watch("configure", spec.Round.Deadline + SecureSteps(spec));
+            _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
                 resume is null ? "" : $", resuming at exchange {resume.Phase}");
         });

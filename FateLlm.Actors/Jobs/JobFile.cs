@@ -130,7 +130,7 @@ public static class JobFile
             {
                 PromptColumn = Get("data.prompt-column", k => c.GetString(k)),
                 ResponseColumn = Get("data.response-column", k => c.GetString(k)),
-                Template = Get("data.template", k => c.GetString(k)),
+                Template = Get("data.template", k => ExactString(c, k)),
                 MaxPromptTokens = Get("data.max-prompt-tokens", k => c.GetInt(k)),
                 MaxResponseTokens = Get("data.max-response-tokens", k => c.GetInt(k)),
                 MaxTotalTokens = Get("data.max-tokens", k => c.GetInt(k)),
@@ -190,6 +190,22 @@ public static class JobFile
             foreach (var (key, child) in v.GetObject().Items) Flatten(child, prefix.Length == 0 ? key : $"{prefix}.{key}", into);
         else if (v.IsArray()) into[prefix] = JsonSerializer.Serialize(v.GetArray().Select(x => x.GetString()).ToArray());
         else into[prefix] = v.GetString();
+    }
+
+    /// <summary>
+    /// A string value exactly as written. Akka's <c>GetString</c> trims every value, which turns the template
+    /// <c>"{prompt}\n"</c> into <c>"{prompt}"</c> and silently changes the prompt format; a quoted value is one literal,
+    /// while an unquoted one also carries the whitespace tokens around it, which are dropped here.
+    /// </summary>
+    public static string ExactString(Config c, string key)
+    {
+        var parts = c.GetValue(key).Values.Select(e => e.GetString()).ToList();
+        if (parts.Count > 1)
+        {
+            while (parts.Count > 0 && string.IsNullOrWhiteSpace(parts[0])) parts.RemoveAt(0);
+            while (parts.Count > 0 && string.IsNullOrWhiteSpace(parts[^1])) parts.RemoveAt(parts.Count - 1);
+        }
+        return string.Concat(parts);
     }
 
     static DpMode ParseDpMode(string s) => s.ToLowerInvariant() switch

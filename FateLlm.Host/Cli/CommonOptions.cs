@@ -17,7 +17,7 @@ internal sealed class DataOptionSet
     static readonly Akka.Configuration.Config D = FateLlm.Actors.Jobs.JobFile.Defaults;
     public readonly Option<string> PromptColumn = Opt("--prompt-column", "JSONL field holding the prompt", D.GetString("data.prompt-column"));
     public readonly Option<string> ResponseColumn = Opt("--response-column", "JSONL field holding the response", D.GetString("data.response-column"));
-    public readonly Option<string> Template = Opt("--template", "Prompt template; {prompt} is replaced by the prompt field", D.GetString("data.template"));
+    public readonly Option<string> Template = Opt("--template", "Prompt template; {prompt} is replaced by the prompt field", FateLlm.Actors.Jobs.JobFile.ExactString(D, "data.template"));
     public readonly Option<int> MaxPromptLen = Opt("--max-prompt-len", "Max prompt tokens", D.GetInt("data.max-prompt-tokens"));
     public readonly Option<int> MaxResponseLen = Opt("--max-response-len", "Max response tokens", D.GetInt("data.max-response-tokens"));
     public readonly Option<int> MaxLen = Opt("--max-len", "Max tokens per example (bos + prompt + response + eos)", D.GetInt("data.max-tokens"));

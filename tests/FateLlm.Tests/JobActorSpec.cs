@@ -1,0 +1,306 @@
+using Akka.Actor;
+using Akka.TestKit;
+using Akka.TestKit.Xunit2;
+using FateLlm.Actors.Faults;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Parties;
+using FateLlm.Actors.Rounds;
+using FateLlm.Tests.Plugins;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>
+/// The job entity alone: probes stand in for the round and party regions, an in-memory journal keeps its events, and
+/// virtual time drives its watchdog and evaluation timers, so every timing below is exact and nothing sleeps.
+/// </summary>
+public sealed class JobActorSpec : TestKit
+{
+    readonly BlobStore _store = new(TestSupport.TempDir());
+    readonly TestProbe _rounds, _parties, _blobs;
+    readonly ActorSpecs.ScriptedPresence _presence = new();
+    static readonly TimeSpan Slack = TimeSpan.FromSeconds(5), Wait = TimeSpan.FromSeconds(10);
+
+    public JobActorSpec() : base(ActorSpecs.Config(virtualTime: true))
+    {
+        _rounds = CreateTestProbe();
+        _parties = CreateTestProbe();
+        _blobs = CreateTestProbe();
+    }
+
+    TestScheduler Clock => (TestScheduler)Sys.Scheduler;
+
+    IActorRef Job(string id, FaultInjection? faults = null) => Sys.ActorOf(JobActor.Props(id, new JobSettings(_store, _blobs.Ref, _rounds.Ref, _parties.Ref, null)
+    {
+        Presence = _presence, WatchdogSlack = Slack, Faults = faults ?? FaultInjection.None,
+    }));
+
+    IActorRef Submitted(JobSpec spec, FaultInjection? faults = null)
+    {
+        var job = Job(spec.JobId, faults);
+        job.Tell(new SubmitJob(spec.JobId, spec));
+        ExpectMsg<JobAccepted>(Wait);
+        return job;
+    }
+
+    StartRound NextStart(int round, int attempt)
+    {
+        var s = _rounds.ExpectMsg<StartRound>(Wait);
+        Assert.Equal((round, attempt), (s.Round, s.Attempt));
+        return s;
+    }
+
+    RoundFinished Success(StartRound s, double total) => new(s.JobId, s.Round, s.Attempt, true, null,
+        AlgorithmState.Of((EchoAlgorithm.Total, _store.Put(EchoAlgorithm.Write(total)))),
+        new RoundSummary(s.Round, s.Attempt, null, 0.1, s.Participants.Select(o => new PartyRoundReport(o, true, null, 1, 1, 1, null, 10, 10, 0, 0.1)).ToArray()));
+
+    JobStatus Status(IActorRef job)
+    {
+        job.Tell(new GetJobStatus("x"));
+        return ExpectMsg<JobStatus>(Wait);
+    }
+
+    /// <summary>Answers the final evaluation of every party it is asked.</summary>
+    void Evaluate(int parties)
+    {
+        for (int i = 0; i < parties; i++)
+        {
+            var e = _parties.ExpectMsg<EvaluateRequest>(Wait);
+            _parties.Reply(new EvaluateReply(e.Org, e.JobId, new PartyEvaluation(e.Org, 1, Math.E, null, null, null, null, 1), null));
+        }
+    }
+
+    JobStatus AwaitState(IActorRef job, JobState state)
+    {
+        JobStatus status = null!;
+        AwaitAssert(() => Assert.Equal(state, (status = Status(job)).State), Wait);
+        return status;
+    }
+
+    [Fact]
+    public void A_job_runs_its_rounds_evaluates_exports_and_refuses_a_second_submission()
+    {
+        var spec = ActorSpecs.EchoJob("happy", rounds: 2);
+        var job = Submitted(spec);
+        var r1 = NextStart(1, 1);
+        Assert.Equal(ActorSpecs.Orgs, r1.Participants);
+        Assert.Null(r1.Resume);
+        // The spec travels once, as a blob the parties fetch; the start names it.
+        Assert.Equal(spec.JobId, JobSpec.FromJson(_store.Read(r1.SpecBlob.Digest), "spec").JobId);
+        _rounds.Reply(Success(r1, 15));
+        var r2 = NextStart(2, 1);
+        Assert.Single(r1.State.Artifacts);
+        Assert.NotEqual(r1.State.Get(EchoAlgorithm.Total), r2.State.Get(EchoAlgorithm.Total));
+        _rounds.Reply(Success(r2, 30));
+        Evaluate(3);
+        var status = AwaitState(job, JobState.Completed);
+        Assert.Equal(2, status.CompletedRounds);
+        Assert.Equal(3, status.FinalEvaluation.Length);
+        Assert.Equal("30", File.ReadAllText(Path.Combine(spec.OutputDir, "total.txt")));
+        Assert.Equal(2 * 3, File.ReadAllLines(Path.Combine(spec.OutputDir, "rounds.jsonl")).Length);
+        Assert.Contains("\"State\": \"Completed\"", File.ReadAllText(Path.Combine(spec.OutputDir, "status.json")));
+
+        job.Tell(new SubmitJob(spec.JobId, spec));
+        Assert.Contains("already exists (Completed)", ExpectMsg<JobRejected>(Wait).Reason);
+    }
+
+    [Fact]
+    public void Duplicate_submissions_while_preparing_all_get_the_one_answer()
+    {
+        var spec = ActorSpecs.EchoJob("dup");
+        var job = Job(spec.JobId);
+        var first = CreateTestProbe();
+        var second = CreateTestProbe();
+        job.Tell(new SubmitJob(spec.JobId, spec), first.Ref);
+        job.Tell(new SubmitJob(spec.JobId, spec), second.Ref);
+        first.ExpectMsg<JobAccepted>(Wait);
+        second.ExpectMsg<JobAccepted>(Wait);
+        NextStart(1, 1);
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // one job, one round
+    }
+
+    [Fact]
+    public void An_invalid_job_is_rejected_naming_the_field_and_the_entity_can_be_submitted_again()
+    {
+        var spec = ActorSpecs.EchoJob("invalid");
+        var job = Job(spec.JobId);
+        job.Tell(new SubmitJob(spec.JobId, spec with { Round = spec.Round with { Quorum = 9 } }));
+        Assert.Contains("job.quorum must be between 1 and the 3 parties", ExpectMsg<JobRejected>(Wait).Reason);
+        job.Tell(new SubmitJob(spec.JobId, spec));
+        ExpectMsg<JobAccepted>(Wait);
+    }
+
+    [Fact]
+    public void A_start_lost_on_the_way_to_the_round_is_retried_once_the_rounds_own_budget_is_spent()
+    {
+        var spec = ActorSpecs.EchoJob("lost", deadlineSeconds: 30);
+        Submitted(spec);
+        NextStart(1, 1); // lost: nobody answers
+        Clock.Advance(TimeSpan.FromSeconds(30) + Slack - TimeSpan.FromSeconds(1));
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+        Clock.Advance(TimeSpan.FromSeconds(1));
+        var retry = NextStart(1, 2);
+        Assert.Null(retry.Resume);
+    }
+
+    [Fact]
+    public void A_slow_secure_round_is_given_its_deadline_plus_every_secure_aggregation_step_before_the_watchdog_fires()
+    {
+        // Deadline 10 s, each of the 3 SecAgg steps up to 60 s: the round may legitimately take 190 s. The old watchdog
+        // fired at deadline + 60 s and threw such a round away.
+        var spec = FederationFixture.Secure(ActorSpecs.EchoJob("slow-secure", deadlineSeconds: 10), phaseTimeoutSeconds: 60);
+        Submitted(spec);
+        NextStart(1, 1);
+        Clock.Advance(TimeSpan.FromSeconds(10 + 60 + 1));
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+        Clock.Advance(TimeSpan.FromSeconds(10 + 3 * 60) + Slack - TimeSpan.FromSeconds(10 + 60 + 1));
+        NextStart(1, 2);
+    }
+
+    [Fact]
+    public void Progress_reports_move_the_watchdog_to_the_stage_in_flight()
+    {
+        var spec = ActorSpecs.EchoJob("progress", deadlineSeconds: 10);
+        var job = Submitted(spec);
+        var s = NextStart(1, 1);
+        // The server step may train for a long time: the round says so.
+        job.Tell(new RoundProgress(s.JobId, 1, 1, 1, "step", TimeSpan.FromSeconds(300)), _rounds.Ref);
+        Status(job); // the report has been handled
+        Clock.Advance(TimeSpan.FromSeconds(10) + Slack + TimeSpan.FromSeconds(1));
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+        Clock.Advance(TimeSpan.FromSeconds(300));
+        NextStart(1, 2);
+    }
+
+    [Fact]
+    public void A_late_result_of_an_abandoned_attempt_and_a_duplicated_result_are_ignored()
+    {
+        var spec = ActorSpecs.EchoJob("late", rounds: 2, deadlineSeconds: 10);
+        var job = Submitted(spec);
+        var first = NextStart(1, 1);
+        Clock.Advance(TimeSpan.FromSeconds(10) + Slack);
+        var second = NextStart(1, 2);
+        job.Tell(Success(first, 99), _rounds.Ref); // attempt 1 answers after the job moved on
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(300));
+        Assert.Equal(0, Status(job).CompletedRounds);
+        var result = Success(second, 15);
+        job.Tell(result, _rounds.Ref);
+        job.Tell(result, _rounds.Ref); // duplicated on the way
+        NextStart(2, 1);
+        var status = Status(job);
+        Assert.Equal(1, status.CompletedRounds);
+        Assert.Equal(2, status.Rounds.Single().Attempt);
+    }
+
+    [Fact]
+    public void A_round_that_keeps_failing_is_retried_then_the_job_fails_naming_the_round_and_the_reason()
+    {
+        var spec = ActorSpecs.EchoJob("failing", attempts: 2);
+        var job = Submitted(spec);
+        var a1 = NextStart(1, 1);
+        _rounds.Reply(new RoundFinished(a1.JobId, 1, 1, false, "quorum not met: food (no answer by the deadline)", null, null));
+        var a2 = NextStart(1, 2);
+        _rounds.Reply(new RoundFinished(a2.JobId, 1, 2, false, "quorum not met: food (no answer by the deadline)", null, null));
+        var status = AwaitState(job, JobState.Failed);
+        Assert.Equal("round 1 failed after 2 attempts: quorum not met: food (no answer by the deadline)", status.Reason);
+        _parties.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // a failed job is not evaluated
+    }
+
+    [Theory]
+    [InlineData("job.prepared")]
+    [InlineData("job.round-started")]
+    [InlineData("job.round-completed")]
+    [InlineData("job.evaluating")]
+    [InlineData("job.exporting")]
+    public void A_crash_at_each_phase_recovers_from_the_journal_and_the_job_still_completes_without_recomputing_a_round(string point)
+    {
+        var spec = ActorSpecs.EchoJob("crash-" + point.Replace('.', '-'), rounds: 2);
+        var faults = new FaultInjection([new FaultPoint(point, "", point == "job.round-started" || point == "job.round-completed" ? 1 : 0, 0, FaultAction.Throw, 1)]);
+        var job = Submitted(spec, faults);
+        var completed = new List<int>();
+        var evaluated = 0;
+        // Drive the job to the end whatever the crash made it resend: answer every start, every evaluation.
+        AwaitAssert(() =>
+        {
+            var msg = _rounds.ReceiveOne(TimeSpan.FromMilliseconds(50)) ?? (object?)_parties.ReceiveOne(TimeSpan.FromMilliseconds(50));
+            switch (msg)
+            {
+                case StartRound s:
+                    Assert.DoesNotContain(s.Round, completed); // a completed round is never started again
+                    job.Tell(Success(s, s.Round * 10), _rounds.Ref);
+                    completed.Add(s.Round);
+                    break;
+                case EvaluateRequest e:
+                    evaluated++;
+                    job.Tell(new EvaluateReply(e.Org, e.JobId, new PartyEvaluation(e.Org, 1, Math.E, null, null, null, null, 1), null), _parties.Ref);
+                    break;
+            }
+            Assert.Equal(JobState.Completed, Status(job).State);
+        }, TimeSpan.FromSeconds(20), TimeSpan.FromMilliseconds(10));
+        var status = Status(job);
+        Assert.Equal([1, 2], status.Rounds.Select(r => r.Round));
+        Assert.Equal([1, 2], completed);
+        Assert.Equal("20", File.ReadAllText(Path.Combine(spec.OutputDir, "total.txt")));
+        Assert.True(evaluated >= 3);
+    }
+
+    [Fact]
+    public void An_exchange_recorded_before_the_arbiter_crashed_is_resumed_with_the_same_parties_not_recomputed()
+    {
+        var spec = ActorSpecs.EchoJob("resume", rounds: 1, exchanges: 2);
+        var job = Submitted(spec);
+        var start = NextStart(1, 1);
+        var next = Exchange.Broadcast("e2", ["animal", "food"], PartyInstruction.Of(new Dictionary<string, string>()));
+        var mid = AlgorithmState.Of((EchoAlgorithm.Total, _store.Put(EchoAlgorithm.Write(7))));
+        job.Tell(new RoundPhaseDone(start.JobId, 1, 1, 1, mid, next), _rounds.Ref);
+        Status(job); // persisted
+        // The arbiter dies; a new incarnation of the entity (as sharding's remember-entities starts it) recovers from the journal.
+        Watch(job);
+        job.Tell(Kill.Instance);
+        ExpectTerminated(job, Wait);
+        Job(spec.JobId);
+        var resumed = NextStart(1, 2);
+        Assert.NotNull(resumed.Resume);
+        Assert.Equal(2, resumed.Resume!.Phase);
+        Assert.Equal("e2", resumed.Resume.Exchange.Name);
+        Assert.Equal(mid.Artifacts, resumed.Resume.State.Artifacts);
+        Assert.Equal(start.Participants, resumed.Participants);
+    }
+
+    [Fact]
+    public void Cancelling_a_running_job_aborts_its_round_and_answers_cancelled()
+    {
+        var spec = ActorSpecs.EchoJob("cancel");
+        var job = Submitted(spec);
+        var s = NextStart(1, 1);
+        job.Tell(new CancelJob(spec.JobId));
+        Assert.Equal(JobState.Cancelled, ExpectMsg<JobStatus>(Wait).State);
+        var abort = _rounds.ExpectMsg<AbortRound>(Wait);
+        Assert.Equal(s.RoundId, abort.RoundId);
+        job.Tell(Success(s, 1), _rounds.Ref); // the round's late answer changes nothing
+        Assert.Equal(JobState.Cancelled, Status(job).State);
+        Assert.Equal(0, Status(job).CompletedRounds);
+    }
+
+    [Fact]
+    public void The_final_evaluation_skips_absent_parties_and_waits_for_silent_ones_only_until_the_deadline()
+    {
+        var spec = ActorSpecs.EchoJob("evaluation", rounds: 1, deadlineSeconds: 20);
+        var job = Submitted(spec);
+        _rounds.Reply(Success(NextStart(1, 1), 5));
+        _presence.Absent.Add("food");
+        var asked = new[] { _parties.ExpectMsg<EvaluateRequest>(Wait), _parties.ExpectMsg<EvaluateRequest>(Wait) };
+        Assert.Equal(["animal", "artifact"], asked.Select(a => a.Org).Order());
+        _parties.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+        var animal = asked.Single(a => a.Org == "animal");
+        job.Tell(new EvaluateReply("animal", spec.JobId, new PartyEvaluation("animal", 5, Math.Exp(5), null, null, null, null, 1), null), _parties.Ref);
+        Assert.Equal(JobState.Running, Status(job).State); // artifact is silent
+        Assert.Equal(EchoAlgorithm.Total, animal.Downloads.Keys.Single());
+        Clock.Advance(TimeSpan.FromSeconds(20));
+        var status = AwaitState(job, JobState.Completed);
+        Assert.Equal(["animal"], status.FinalEvaluation.Select(e => e.Org));
+    }
+}
