@@ -13,6 +13,9 @@ public sealed record CollectedUpdate(UpdateReady Update, string Digest, long Upl
 public sealed record ExchangeCollected(int Phase, IReadOnlyDictionary<string, CollectedUpdate> Succeeded, IReadOnlyDictionary<string, string> Failed,
     IReadOnlyList<string> Rejections);
 
+/// <summary>Published on the arbiter's event stream as each party's answer to an exchange is settled (observability, specs).</summary>
+public sealed record PartyAnswered(WorkId Work, string Org, bool Succeeded, string? Reason);
+
 /// <param name="Requests">What each party of the exchange is asked (its work request).</param>
 /// <param name="Secure">Summed securely: parties advertise keys, no update is pulled.</param>
 /// <param name="MaxBytes">The codec's size bound, checked before an update is pulled.</param>
@@ -113,6 +116,8 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         }
         if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org)) return;
         apply();
+        if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org))
+            Context.System.EventStream.Publish(new PartyAnswered(_s.Work, org, _succeeded.ContainsKey(org), _failed.GetValueOrDefault(org)));
         if (_succeeded.Count + _failed.Count == _s.Requests.Count) Conclude(deadline: false);
     }
 
