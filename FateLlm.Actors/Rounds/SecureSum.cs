@@ -18,6 +18,9 @@ public sealed record SecureSumFailed(string Reason, IReadOnlyDictionary<string, 
 /// <summary>Published on the arbiter's event stream as each secure-aggregation step begins (observability, fault specs).</summary>
 public sealed record SecureAggregationStepStarted(WorkId Work, string Step, string[] Parties);
 
+/// <summary>Published as a party's answer to a secure-aggregation step is recorded (for a masked input: once it is pulled).</summary>
+public sealed record SecureAggregationStepAnswered(WorkId Work, string Step, string Org);
+
 /// <summary>
 /// Runs SecAgg+ steps 2–4 of one exchange among the parties that advertised keys (U1), as explicit phases: sharing
 /// (relay sealed shares), masking (pull masked inputs), unmasking (collect unmasking shares), then the unmask itself
@@ -102,7 +105,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         Receive<SecAggSharesReady>(r => r.Id == _s.Work && Waiting().Contains(r.Org), r =>
         {
             if (r.Bundle.Party != r.Org || r.Bundle.Shares.Any(s => s.From != r.Org)) Drop(r.Org, "sent shares under another party's name");
-            else _bundles[r.Org] = r.Bundle;
+            else Answered(r.Org, () => _bundles[r.Org] = r.Bundle);
             AdvanceIfComplete(AfterSharing);
         });
         StepBehaviour("share", () => _s.Keys.Keys.Where(p => !_bundles.ContainsKey(p)),
@@ -134,8 +137,11 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         Receive<FetchCompleted>(f => _fetching.Contains(f.Correlation), f =>
         {
             _fetching.Remove(f.Correlation);
-            _masked[f.Correlation] = RoundStep.MaskedWords(_s.Store.Read(f.Digest), _s.Session, f.Correlation);
-            _uploads[f.Correlation] = (f.Chunks > 0 ? f.Bytes : 0, f.Retransmissions);
+            Answered(f.Correlation, () =>
+            {
+                _masked[f.Correlation] = RoundStep.MaskedWords(_s.Store.Read(f.Digest), _s.Session, f.Correlation);
+                _uploads[f.Correlation] = (f.Chunks > 0 ? f.Bytes : 0, f.Retransmissions);
+            });
             AdvanceIfComplete(AfterMasking);
         });
         Receive<FetchFailed>(f => _fetching.Contains(f.Correlation), f => { _fetching.Remove(f.Correlation); Drop(f.Correlation, $"masked upload failed: {f.Reason}"); AdvanceIfComplete(AfterMasking); });
@@ -154,7 +160,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         Receive<SecAggUnmaskReady>(r => r.Id == _s.Work && Waiting().Contains(r.Org), r =>
         {
             if (r.Shares.Party != r.Org) Drop(r.Org, "sent unmasking shares under another party's name");
-            else _revealed[r.Org] = r.Shares;
+            else Answered(r.Org, () => _revealed[r.Org] = r.Shares);
             AdvanceIfComplete(Unmask);
         });
         var survivors = _masked.Keys.Order(StringComparer.Ordinal).ToArray();
@@ -183,6 +189,12 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
                 + (result.WrongShares.Count > 0 ? $"; {string.Join("; ", result.WrongShares)}" : "");
             return (object)new SecureSumReady(s, result, summary, dropouts, bytes, retransmissions);
         }).PipeTo(Self, failure: e => new SecureSumFailed($"unmasking failed: {e.GetBaseException().Message}", dropouts));
+    }
+
+    void Answered(string org, Action record)
+    {
+        record();
+        Context.System.EventStream.Publish(new SecureAggregationStepAnswered(_s.Work, _step, org));
     }
 
     void Drop(string org, string reason)
