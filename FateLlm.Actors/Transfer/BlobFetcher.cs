@@ -22,7 +22,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     readonly TransferSettings _s;
     readonly string _correlation;
     readonly Stopwatch _clock = Stopwatch.StartNew();
-    readonly Dictionary<int, (DateTime SentAt, int Attempts)> _inFlight = new();
+    readonly Dictionary<int, (DateTimeOffset SentAt, int Attempts)> _inFlight = new();
     readonly HashSet<int> _received = new();
     int _totalChunks = -1, _next, _retransmissions;
     FileStream? _file;
@@ -86,10 +86,13 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         if (_incoming != null && File.Exists(_incoming)) File.Delete(_incoming);
     }
 
+    // The scheduler's clock, so chunk timeouts follow the same time as the timers that check them (virtual in specs).
+    DateTimeOffset Now => Context.System.Scheduler.Now;
+
     void Request(int index)
     {
         var attempts = _inFlight.TryGetValue(index, out var f) ? f.Attempts + 1 : 1;
-        _inFlight[index] = (DateTime.UtcNow, attempts);
+        _inFlight[index] = (Now, attempts);
         _source.Server.Tell(new FetchChunk(_source.Digest, index, _s.ChunkSize));
     }
 
@@ -107,7 +110,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
 
     void CheckTimeouts()
     {
-        var now = DateTime.UtcNow;
+        var now = Now;
         foreach (var (index, (sentAt, attempts)) in _inFlight.ToList())
         {
             if (now - sentAt < _s.ChunkTimeout) continue;

@@ -1,0 +1,153 @@
+using Akka.Actor;
+using Akka.TestKit;
+using Akka.TestKit.Xunit2;
+using FateLlm.Actors.Transfer;
+using FateLlm.Training.IO;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>
+/// The chunked transfer alone. A probe plays the serving node for the fetcher (answers chunks late, twice, out of order,
+/// corrupted, or never), with virtual time for the chunk timeout; the blob server is checked against a probe client.
+/// </summary>
+public sealed class TransferSpec : TestKit
+{
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(10), ChunkTimeout = TimeSpan.FromSeconds(5);
+    static readonly TransferSettings Small = new(ChunkSize: 4, Window: 2, ChunkTimeout, MaxAttemptsPerChunk: 3);
+    readonly BlobStore _store = new(TestSupport.TempDir());
+    readonly byte[] _blob = Enumerable.Range(0, 10).Select(i => (byte)(i * 7)).ToArray(); // 3 chunks of 4, 4, 2 bytes
+    readonly string _digest;
+    readonly TestProbe _server;
+
+    public TransferSpec() : base(ActorSpecs.Config(virtualTime: true))
+    {
+        _digest = BlobStore.Digest(_blob);
+        _server = CreateTestProbe();
+    }
+
+    TestScheduler Clock => (TestScheduler)Sys.Scheduler;
+
+    IActorRef Fetch(string correlation = "global") =>
+        ChildActorOf(BlobFetcher.Props(_store, new BlobLocation(_digest, _blob.Length, _server.Ref), Small, correlation));
+
+    FetchChunk Asked(int index)
+    {
+        var r = _server.ExpectMsg<FetchChunk>(Wait);
+        Assert.Equal((_digest, index, 4), (r.Digest, r.Index, r.ChunkSize));
+        return r;
+    }
+
+    ChunkData Chunk(int index, byte[]? data = null) =>
+        new(_digest, index, _blob.Length, data ?? _blob.Skip(index * 4).Take(4).ToArray());
+
+    [Fact]
+    public void Chunks_answered_out_of_order_and_twice_assemble_the_blob_within_the_window_and_the_parent_hears_its_correlation_id()
+    {
+        var fetcher = Fetch("adapter-of-food");
+        Asked(0);
+        _server.Reply(Chunk(0));
+        Asked(1);
+        Asked(2); // the window (2) keeps two requests in flight, never more
+        _server.ExpectNoMsg(TimeSpan.FromMilliseconds(100));
+        fetcher.Tell(Chunk(2), _server.Ref);
+        fetcher.Tell(Chunk(2), _server.Ref); // duplicated
+        fetcher.Tell(Chunk(1), _server.Ref);
+        var done = ExpectMsg<FetchCompleted>(Wait);
+        Assert.Equal(("adapter-of-food", _digest, 10L, 3, 0), (done.Correlation, done.Digest, done.Bytes, done.Chunks, done.Retransmissions));
+        Assert.Equal(_blob, _store.Read(_digest));
+    }
+
+    [Fact]
+    public void A_lost_chunk_is_asked_for_again_after_the_chunk_timeout_and_counted()
+    {
+        var fetcher = Fetch();
+        Asked(0);
+        _server.Reply(Chunk(0));
+        Asked(1);
+        Asked(2);
+        fetcher.Tell(Chunk(2), _server.Ref); // chunk 1 is lost
+        Clock.Advance(ChunkTimeout);
+        Asked(1);
+        fetcher.Tell(Chunk(1), _server.Ref);
+        Assert.Equal(1, ExpectMsg<FetchCompleted>(Wait).Retransmissions);
+    }
+
+    [Fact]
+    public void A_chunk_that_never_arrives_fails_the_transfer_naming_it_once_its_attempts_are_spent()
+    {
+        Fetch();
+        Asked(0);
+        for (int attempt = 2; attempt <= 3; attempt++)
+        {
+            Clock.Advance(ChunkTimeout);
+            Asked(0);
+        }
+        Clock.Advance(ChunkTimeout);
+        var failed = ExpectMsg<FetchFailed>(Wait);
+        Assert.Equal($"chunk 0 of blob {_digest[..12]}… did not arrive after 3 attempts", failed.Reason);
+        Assert.False(_store.Has(_digest));
+    }
+
+    [Fact]
+    public void Bytes_that_do_not_hash_to_the_digest_are_refused_and_never_enter_the_store()
+    {
+        var fetcher = Fetch();
+        Asked(0);
+        _server.Reply(Chunk(0, [9, 9, 9, 9]));
+        Asked(1);
+        Asked(2);
+        fetcher.Tell(Chunk(1), _server.Ref);
+        fetcher.Tell(Chunk(2), _server.Ref);
+        Assert.Equal($"blob {_digest[..12]}… arrived but its SHA-256 does not match", ExpectMsg<FetchFailed>(Wait).Reason);
+        Assert.False(_store.Has(_digest));
+        Assert.Empty(Directory.GetFiles(_store.Root, "*.part"));
+    }
+
+    [Fact]
+    public void A_source_that_lost_the_blob_fails_the_transfer_at_once_and_a_blob_already_held_needs_no_request()
+    {
+        Fetch("lost");
+        Asked(0);
+        _server.Reply(new BlobNotFound(_digest));
+        Assert.Equal("lost", ExpectMsg<FetchFailed>(Wait).Correlation);
+
+        _store.Put(_blob);
+        Fetch("cached");
+        var done = ExpectMsg<FetchCompleted>(Wait);
+        Assert.Equal(("cached", 0), (done.Correlation, done.Chunks));
+        _server.ExpectNoMsg(TimeSpan.FromMilliseconds(100));
+    }
+
+    [Fact]
+    public void The_blob_server_serves_chunks_and_answers_unknown_blobs_and_chunks_past_the_end_with_not_found()
+    {
+        _store.Put(_blob);
+        var server = Sys.ActorOf(BlobServer.Props(_store));
+        server.Tell(new FetchChunk(_digest, 2, 4));
+        var last = ExpectMsg<ChunkData>(Wait);
+        Assert.Equal([(byte)56, 63], last.Data);
+        Assert.Equal(10L, last.TotalSize);
+        server.Tell(new FetchChunk(_digest, 3, 4));
+        ExpectMsg<BlobNotFound>(Wait);
+        server.Tell(new FetchChunk(new string('f', 64), 0, 4));
+        ExpectMsg<BlobNotFound>(Wait);
+    }
+
+    [Fact]
+    public void A_lossy_blob_server_drops_some_replies_which_the_fetcher_recovers_by_retransmission()
+    {
+        _store.Put(_blob);
+        var lossy = Sys.ActorOf(BlobServer.Props(_store, dropRate: 0.5, seed: 3));
+        var target = new BlobStore(TestSupport.TempDir());
+        ChildActorOf(BlobFetcher.Props(target, new BlobLocation(_digest, _blob.Length, lossy), Small with { MaxAttemptsPerChunk = 50 }, "lossy"));
+        FetchCompleted? done = null;
+        AwaitAssert(() =>
+        {
+            Clock.Advance(ChunkTimeout);
+            done = ExpectMsg<FetchCompleted>(TimeSpan.FromMilliseconds(100));
+        }, Wait);
+        Assert.True(done!.Retransmissions > 0);
+        Assert.Equal(_blob, target.Read(_digest));
+    }
+}
