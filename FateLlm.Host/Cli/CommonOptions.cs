@@ -81,7 +81,8 @@ internal sealed class RuntimeOptionSet
 }
 
 /// <summary>A model ready for use: base weights, optional adapter, and the tokenizer of the base folder.</summary>
-internal sealed record LoadedModel(CausalLm Model, ITextTokenizer Tokenizer, PeftConfig? Peft, string BaseFolder) : IDisposable
+/// <param name="Data">The data layout an adapter recorded (its prompt template), if any.</param>
+internal sealed record LoadedModel(CausalLm Model, ITextTokenizer Tokenizer, PeftConfig? Peft, string BaseFolder, DataOptions? Data) : IDisposable
 {
     public void Dispose() => Model.Dispose();
 
@@ -104,6 +105,6 @@ internal sealed record LoadedModel(CausalLm Model, ITextTokenizer Tokenizer, Pef
         model.to(device);
         model.eval();
         var tok = TokenizerLoader.Load(baseDir, model.Config);
-        return new LoadedModel(model, tok, peft, baseDir);
+        return new LoadedModel(model, tok, peft, baseDir, adapterDir is null ? null : AdapterFolder.ReadDataOptions(adapterDir));
     }
 }

@@ -90,7 +90,7 @@ internal static class TrainingCommands
             result = run.Train(tokenized, train, progress);
         if (result.ResumedFromEpoch > 0) Console.WriteLine($"resumed after epoch {result.ResumedFromEpoch}");
         Console.WriteLine($"trained {result.Steps} steps on {result.Samples} samples: loss {result.FirstLoss:F4} → {result.LastLoss:F4}, {result.TokensPerSecond:F0} tokens/s, {result.Elapsed.TotalSeconds:F1}s");
-        run.SaveAdapter(outDir);
+        run.SaveAdapter(outDir, dataOptions);
         var summary = new Dictionary<string, object?>
         {
             ["method"] = PeftConfig.MethodName(peft.Method), ["trainable_parameters"] = spec.Parameters, ["update_bytes"] = spec.Bytes,
@@ -152,8 +152,11 @@ internal static class TrainingCommands
     {
         var model = new Option<string?>("--model") { Description = "Base model folder" };
         var adapter = new Option<string?>("--adapter") { Description = "Adapter folder" };
-        var prompt = Required<string>("--prompt", "Prompt text (the template is applied)");
-        var template = Opt("--template", "Prompt template; {prompt} is replaced by --prompt", "{prompt}\n");
+        var prompt = Required<string>("--prompt", "Prompt text, continued exactly as given (as HF generate does)");
+        var template = new Option<string?>("--template")
+        {
+            Description = "Apply this prompt template ({prompt} is replaced by --prompt); default: the template the adapter was trained with, none without one",
+        };
         var sampling = new SamplingOptionSet();
         var runtime = new RuntimeOptionSet();
         return new Command("generate", "Continue a prompt (greedy, temperature, top-k, top-p)").With(p =>
@@ -161,9 +164,13 @@ internal static class TrainingCommands
             var device = runtime.Apply(p);
             var o = sampling.Read(p);
             using var loaded = LoadedModel.Open(p.GetValue(model), p.GetValue(adapter), device);
-            var example = new Example(p.GetValue(prompt)!, "", "--prompt");
-            var ids = InstructionData.PromptIds(example, loaded.Tokenizer, new DataOptions { Template = p.GetValue(template)!, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
-            if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer has no BOS token");
+            var text = p.GetValue(prompt)!;
+            var chosen = p.GetValue(template) ?? loaded.Data?.Template;
+            if (chosen is not null && !chosen.Contains("{prompt}")) throw new UsageException("--template must contain {prompt}");
+            var ids = chosen is null ? InstructionData.TextIds(text, loaded.Tokenizer)
+                : InstructionData.PromptIds(new Example(text, "", "--prompt"), loaded.Tokenizer,
+                    new DataOptions { Template = chosen, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
+            if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer adds no BOS token to start from");
             var output = TextGeneration.Generate(loaded.Model, ids, o, loaded.Tokenizer.EosId);
             Console.WriteLine(loaded.Tokenizer.Decode(output));
         }, [model, adapter, prompt, template, .. sampling.All, .. runtime.All]);

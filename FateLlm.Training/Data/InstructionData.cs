@@ -70,7 +70,7 @@ public static class InstructionData
 
     public static string PromptText(Example e, DataOptions o) => o.Template.Replace("{prompt}", e.Prompt);
 
-    /// <summary>[bos] prompt response eos, with labels -100 on bos and prompt so only the response is learned.</summary>
+    /// <summary>prompt (as HF encodes it, BOS where the tokenizer adds one) response eos, labels -100 on the prompt so only the response is learned.</summary>
     public static TokenizedExample Tokenize(Example e, ITextTokenizer tok, DataOptions o)
     {
         var prompt = PromptIds(e, tok, o);
@@ -82,11 +82,23 @@ public static class InstructionData
         return new TokenizedExample(ids, labels);
     }
 
+    /// <summary>The templated prompt encoded as HF's tokenizer encodes a text: BOS and EOS only where it adds them.</summary>
     public static List<int> PromptIds(Example e, ITextTokenizer tok, DataOptions o)
     {
         var ids = new List<int>();
-        if (tok.BosId is int bos) ids.Add(bos);
+        if (tok.AddBos && tok.BosId is int bos) ids.Add(bos);
         ids.AddRange(tok.Encode(PromptText(e, o)).Take(Math.Min(o.MaxPromptTokens, o.MaxTotalTokens - ids.Count - 1)));
+        if (tok.AddEos && tok.EosId is int eos) ids.Add(eos);
+        return ids;
+    }
+
+    /// <summary>A text exactly as HF's <c>tokenizer(text)</c> encodes it (what a plain <c>generate</c> continues).</summary>
+    public static List<int> TextIds(string text, ITextTokenizer tok)
+    {
+        var ids = new List<int>();
+        if (tok.AddBos && tok.BosId is int bos) ids.Add(bos);
+        ids.AddRange(tok.Encode(text));
+        if (tok.AddEos && tok.EosId is int eos) ids.Add(eos);
         return ids;
     }
 

@@ -82,7 +82,7 @@ public static class FederatedComputation
     {
         using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
         run.LoadTrainable(adapter, "global adapter");
-        run.SaveAdapter(folder);
+        run.SaveAdapter(folder, spec.Data);
         if (mergedFolder is null || spec.Peft.Method != PeftMethod.Lora) return;
         PeftModel.MergeLora(run.Model);
         HfCheckpoint.Save(run.Model, mergedFolder);

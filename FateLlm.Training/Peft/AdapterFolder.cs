@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using FateLlm.Training.Data;
 using FateLlm.Training.IO;
 using FateLlm.Training.Models;
 using static TorchSharp.torch;
@@ -100,6 +101,22 @@ public static class AdapterFolder
                 break;
         }
         return o;
+    }
+
+    /// <summary>How the adapter's training data was laid out (template, columns, caps): kept beside the adapter, not in
+    /// adapter_config.json, which PEFT reads into its own config class.</summary>
+    public const string DataFile = "fatellm_data.json";
+
+    public static void SaveDataOptions(string folder, DataOptions data) =>
+        File.WriteAllText(Path.Combine(folder, DataFile), JsonSerializer.Serialize(data, new JsonSerializerOptions { WriteIndented = true }));
+
+    /// <summary>The data layout the adapter was trained with, or null for an adapter that does not record one.</summary>
+    public static DataOptions? ReadDataOptions(string folder)
+    {
+        var path = Path.Combine(folder, DataFile);
+        if (!File.Exists(path)) return null;
+        try { return JsonSerializer.Deserialize<DataOptions>(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new PeftException($"{path}: not valid JSON ({e.Message})"); }
     }
 
     public static PeftConfig ReadConfig(string folder, out string baseModelPath)

@@ -70,8 +70,12 @@ public sealed class FineTuning : IDisposable
     public EvalReport Evaluate(IReadOnlyList<Example> examples, DataOptions data, EvalOptions options) =>
         Evaluator.Run(Model, Tokenizer, examples, data, options);
 
-    /// <summary>A HF PEFT adapter folder (a full checkpoint for full fine-tuning).</summary>
-    public void SaveAdapter(string folder) => AdapterFolder.Save(Model, Peft, folder, ModelPath);
+    /// <summary>A HF PEFT adapter folder (a full checkpoint for full fine-tuning), with the data layout it was trained on.</summary>
+    public void SaveAdapter(string folder, DataOptions data)
+    {
+        AdapterFolder.Save(Model, Peft, folder, ModelPath);
+        AdapterFolder.SaveDataOptions(folder, data);
+    }
 
     public void Dispose() => Model.Dispose();
 }

@@ -121,6 +121,8 @@ public class CliSpec
             "--epochs", "2", "--lr", "5e-3", "--batch-size", "8", "--out", adapter, "--threads", "2").Code);
         Assert.True(File.Exists(Path.Combine(adapter, AdapterFolder.ConfigFile)));
         Assert.True(File.Exists(Path.Combine(adapter, "train_summary.json")));
+        // The adapter records the prompt layout it was trained with; generate applies that template to a bare prompt.
+        Assert.Equal("{prompt}\n", AdapterFolder.ReadDataOptions(adapter)!.Template);
         Assert.Equal(0, Run("eval", "--adapter", adapter, "--data", dev, "--json", "--max-new-tokens", "8").Code);
 
         var peft = Path.Combine(dir, "peft");
