@@ -7,7 +7,11 @@ namespace FateLlm.Actors.Faults;
 public enum FaultAction { Throw, Terminate }
 
 /// <summary>One deterministic crash point (see <c>fate-llm.fault-injection.points</c> in reference.conf).</summary>
-public sealed record FaultPoint(string At, string Org, int Round, int Phase, FaultAction Action, int Times);
+public sealed record FaultPoint(string At, string Org, int Round, int Phase, FaultAction Action, int Times)
+{
+    /// <summary>Only in this job ("" = any).</summary>
+    public string Job { get; init; } = "";
+}
 
 /// <summary>Raised by a <see cref="FaultAction.Throw"/> point: the actor fails there and its supervisor takes over.</summary>
 public sealed class InjectedFaultException(string message) : Exception(message);
@@ -48,7 +52,7 @@ public sealed class FaultInjection
             };
             var at = S("at", "");
             if (at.Length == 0) throw new ConfigurationException($"{path}[{i}].at is required");
-            return new FaultPoint(at, S("org", ""), I("round", 0), I("phase", 0), action, I("times", 1));
+            return new FaultPoint(at, S("org", ""), I("round", 0), I("phase", 0), action, I("times", 1)) { Job = S("job", "") };
         }).ToList();
         return new FaultInjection(points);
     }
@@ -57,12 +61,13 @@ public sealed class FaultInjection
     /// Fires the first point matching <paramref name="at"/> that has firings left. Throws for <see cref="FaultAction.Throw"/>;
     /// for <see cref="FaultAction.Terminate"/> starts terminating the node and returns true (the caller stops what it was doing).
     /// </summary>
-    public bool Trip(string at, IActorContext context, string org = "", int round = 0, int phase = 0)
+    public bool Trip(string at, IActorContext context, string org = "", int round = 0, int phase = 0, string job = "")
     {
         for (int i = 0; i < _points.Length; i++)
         {
             var p = _points[i];
-            if (p.At != at || (p.Org.Length > 0 && p.Org != org) || (p.Round > 0 && p.Round != round) || (p.Phase > 0 && p.Phase != phase)) continue;
+            if (p.At != at || (p.Org.Length > 0 && p.Org != org) || (p.Round > 0 && p.Round != round) || (p.Phase > 0 && p.Phase != phase)
+                || (p.Job.Length > 0 && p.Job != job)) continue;
             if (Interlocked.Increment(ref _fired[i]) > p.Times) continue;
             var what = $"fault injection at {at}{(org.Length > 0 ? $" of {org}" : "")} (round {round}, phase {phase})";
             if (p.Action == FaultAction.Throw) throw new InjectedFaultException(what);

@@ -107,7 +107,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Apply(e);
             foreach (var s in _submitters) s.Tell(new JobAccepted(_jobId));
             _submitters.Clear();
-            _s.Faults.Trip("job.prepared", Context);
+            _s.Faults.Trip("job.prepared", Context, job: _jobId);
             StartAttempt(1, 1, resume: null);
         }));
         Command<PreparationFailed>(f =>
@@ -274,7 +274,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         {
             Apply(e);
             _resume = resume;
-            if (_s.Faults.Trip("job.round-started", Context, round: round)) return;
+            if (_s.Faults.Trip("job.round-started", Context, round: round, job: _jobId)) return;
             Watch("configure", spec.Round.Deadline + SecureSteps(spec));
             _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
@@ -311,7 +311,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 AppendRoundMetrics(summary);
                 if (summary.Privacy is { } priv) _log.Info(
                     $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
-                if (_s.Faults.Trip("job.round-completed", Context, round: r.Round)) return;
+                if (_s.Faults.Trip("job.round-completed", Context, round: r.Round, job: _jobId)) return;
                 if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1, resume: null);
                 else StartEvaluation();
             });
@@ -360,7 +360,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void StartEvaluation()
     {
         Become(Evaluating);
-        _s.Faults.Trip("job.evaluating", Context);
+        _s.Faults.Trip("job.evaluating", Context, job: _jobId);
         var (server, ctx, state) = (AlgorithmCatalog.For(_spec!).Server, ServerContextFor(_spec!), _state!);
         Task.Run(() => (object)new EvaluationPlanned(server.Evaluation(ctx, state)))
             .PipeTo(Self, failure: e => new EvaluationPlanned(null));
@@ -409,7 +409,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Persist(new FinalEvaluationRecorded(results, DateTime.UtcNow), e =>
         {
             Apply(e);
-            if (_s.Faults.Trip("job.exporting", Context)) return;
+            if (_s.Faults.Trip("job.exporting", Context, job: _jobId)) return;
             var spec = _spec!;
             var (server, ctx, state, rounds) = (AlgorithmCatalog.For(spec).Server, ServerContextFor(spec), _state!, _rounds.ToArray());
             Task.Run(() =>

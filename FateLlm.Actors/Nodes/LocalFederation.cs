@@ -106,13 +106,16 @@ public sealed class LocalFederation : IAsyncDisposable
         _parties.Remove(org);
     }
 
-    /// <summary>Crashes the arbiter and starts a new one on the same data directory (journal and blobs).</summary>
-    public async Task<FederationNode> RestartArbiter(TimeSpan? timeout = null)
+    /// <summary>
+    /// Crashes the arbiter (if it still runs) and starts a new one on the same data directory (journal and blobs), with
+    /// <paramref name="overrides"/> instead of the federation's (e.g. without the fault point that crashed the old one).
+    /// </summary>
+    public async Task<FederationNode> RestartArbiter(TimeSpan? timeout = null, Config? overrides = null)
     {
         await Crash(Arbiter);
         Arbiter = FederationNode.Start(new NodeOptions
         {
-            Role = NodeRole.Arbiter, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "arbiter"), Overrides = Overrides,
+            Role = NodeRole.Arbiter, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "arbiter"), Overrides = overrides ?? Overrides,
             Tls = CaDir is null ? null : IssuedTls(Root, CaDir, "operator"),
         });
         await Arbiter.WhenUp(timeout ?? TimeSpan.FromSeconds(60));

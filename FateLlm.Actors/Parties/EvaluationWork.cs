@@ -61,7 +61,7 @@ internal sealed class EvaluationWork : ReceiveActor
             Reply(null, $"party '{Org}' has no evaluation data for job {_request.JobId}");
             return;
         }
-        if (_s.Faults.Trip("party.evaluate", Context, Org)) return;
+        if (_s.Faults.Trip("party.evaluate", Context, Org, job: _request.JobId)) return;
         var data = _s.Datasets[party.EvalDataset ?? party.Dataset];
         var context = new ClientContext(spec, Org, 0, 0, 0, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot), _s.Datasets[party.Dataset], data,
             _s.Workspace(_request.JobId));

@@ -128,7 +128,7 @@ internal sealed class FitWork : ReceiveActor
             Fail(problem);
             return;
         }
-        if (_s.Faults.Trip("party.fit", Context, Org, Id.Round, Id.Phase)) return;
+        if (_s.Faults.Trip("party.fit", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
         var files = _request.Downloads.Keys.ToDictionary(k => k, k => _files[k]);
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
         var context = new ClientContext(spec, Org, Id.Round, Id.Attempt, Id.Phase, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot),
@@ -184,7 +184,7 @@ internal sealed class FitWork : ReceiveActor
             if (_stepAnswers.TryGetValue(r.Step, out var done)) { Sender.Tell(done); return; }
             _maskWaiters.Add(Sender);
             if (_maskWaiters.Count > 1) return; // masking already under way: answer everyone when it ends
-            if (_s.Faults.Trip("party.mask", Context, Org, Id.Round, Id.Phase)) return;
+            if (_s.Faults.Trip("party.mask", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
             var (client, update, layout, samples, spec, store) = (_secAgg!, _update!, File.ReadAllBytes(_files[_request.VectorLayout!]), _samples, _spec!, _s.Store);
             var expected = _request.Cohort.Length;
             // Masking touches every value of the update: off the actor thread.
@@ -211,7 +211,7 @@ internal sealed class FitWork : ReceiveActor
     {
         if (!_stepAnswers.TryGetValue(r.Step, out var answer))
         {
-            if (_s.Faults.Trip($"party.{r.Step}", Context, Org, Id.Round, Id.Phase)) return;
+            if (_s.Faults.Trip($"party.{r.Step}", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
             try { answer = run(); }
             catch (SecAggException e)
             {

@@ -182,7 +182,7 @@ public sealed class AggregationRound : ReceiveActor
             Finish(Failure(Shortfall(c.Succeeded.Keys)));
             return;
         }
-        if (_s.Faults.Trip("round.collected", Context, round: _start.Round, phase: _phase)) return;
+        if (_s.Faults.Trip("round.collected", Context, round: _start.Round, phase: _phase, job: _start.JobId)) return;
         if (Secure(_exchange)) Sum();
         else
         {
@@ -262,7 +262,7 @@ public sealed class AggregationRound : ReceiveActor
     void OnStepped(Stepped s)
     {
         var o = s.Outcome;
-        if (_s.Faults.Trip("round.stepped", Context, round: _start.Round, phase: _phase)) return;
+        if (_s.Faults.Trip("round.stepped", Context, round: _start.Round, phase: _phase, job: _start.JobId)) return;
         foreach (var r in o.Rejected)
         {
             var line = $"{r.Party}: {r.Reason}";
