@@ -22,6 +22,9 @@ public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRe
     /// <summary>Added to a round's own time budget before the watchdog counts the attempt lost (pulling, aggregating).</summary>
     public TimeSpan WatchdogSlack { get; init; } = TimeSpan.FromSeconds(60);
     public FaultInjection Faults { get; init; } = FaultInjection.None;
+    /// <summary>A finished job idle this long passivates (its status is recovered from the journal when asked again).</summary>
+    public TimeSpan PassivateAfter { get; init; } = TimeSpan.FromMinutes(10);
+    public bool Sharded { get; init; }
 }
 
 /// <summary>
@@ -155,9 +158,11 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         Timers.CancelAll();
         WriteEventLog();
+        SetReceiveTimeout(_s.PassivateAfter);
         Become(() =>
         {
             Always();
+            Command<ReceiveTimeout>(_ => Entity.Passivate(Context, _s.Sharded));
             Command<CancelJob>(_ => Sender.Tell(Status()));
             IgnoreStaleRounds();
             Command<EvaluationPlanned>(_ => { });

@@ -175,13 +175,14 @@ public sealed class FederationNode : IAsyncDisposable
             var roundSettings = new RoundSettings(store, party, blobServer, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"))
             {
                 Presence = presence, AbsentGrace = config.GetTimeSpan("fate-llm.round.absent-grace"), Linger = config.GetTimeSpan("fate-llm.round.linger"),
-                ModelsRoot = modelsRoot, Faults = faults,
+                ModelsRoot = modelsRoot, Faults = faults, Sharded = true,
             };
             round = sharding.Start(RoundRegionName, _ => AggregationRound.Props(roundSettings),
                 ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor(roundShards));
             var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot)
             {
-                Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults,
+                Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults, Sharded = true,
+                PassivateAfter = config.GetTimeSpan("fate-llm.job.passivate-after"),
             };
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
                 ClusterShardingSettings.Create(system).WithRole("arbiter").WithRememberEntities(true), new JobMessageExtractor(jobShards));

@@ -25,6 +25,8 @@ public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, IActo
     public TimeSpan Linger { get; init; } = TimeSpan.FromMinutes(2);
     public string? ModelsRoot { get; init; }
     public FaultInjection Faults { get; init; } = FaultInjection.None;
+    /// <summary>Runs as a sharded entity: it passivates through its shard instead of stopping itself.</summary>
+    public bool Sharded { get; init; }
 }
 
 /// <summary>
@@ -321,7 +323,7 @@ public sealed class AggregationRound : ReceiveActor
         {
             // Re-sent starts get the result; then the entity passivates.
             Receive<StartRound>(_ => Sender.Tell(_finished));
-            Receive<ReceiveTimeout>(_ => Context.Stop(Self));
+            Receive<ReceiveTimeout>(_ => Entity.Passivate(Context, _s.Sharded));
             ReceiveAny(_ => { });
         });
         Context.SetReceiveTimeout(_s.Linger);

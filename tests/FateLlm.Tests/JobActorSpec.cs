@@ -303,4 +303,43 @@ public sealed class JobActorSpec : TestKit
         var status = AwaitState(job, JobState.Completed);
         Assert.Equal(["animal"], status.FinalEvaluation.Select(e => e.Org));
     }
+
+    [Fact]
+    public void A_finished_job_passivates_when_idle_and_its_status_is_recovered_from_the_journal_when_asked_again()
+    {
+        var spec = ActorSpecs.EchoJob("passivate", rounds: 1);
+        var job = Submitted(spec);
+        _rounds.Reply(Success(NextStart(1, 1), 5));
+        Evaluate(3);
+        AwaitState(job, JobState.Completed);
+        Watch(job);
+        Clock.Advance(TimeSpan.FromMinutes(10));
+        ExpectTerminated(job, Wait);
+        var again = Job(spec.JobId);
+        var status = AwaitState(again, JobState.Completed);
+        Assert.Equal(1, status.CompletedRounds);
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // nothing is run again
+    }
+
+    [Fact]
+    public void A_sampled_job_asks_a_reproducible_sample_each_attempt_and_records_it()
+    {
+        var spec = ActorSpecs.EchoJob("sampled", rounds: 2, quorum: 2);
+        spec = spec with { Round = spec.Round with { Sampling = new PartySampling(1.0, 2) } };
+        var job = Submitted(spec);
+        var r1 = NextStart(1, 1);
+        Assert.Equal(PartySelection.Sample(spec, 1, 1), r1.Participants);
+        Assert.Equal(2, r1.Participants.Length);
+        _rounds.Reply(Success(r1, 1));
+        var r2 = NextStart(2, 1);
+        Assert.Equal(PartySelection.Sample(spec, 2, 1), r2.Participants);
+        // The sample survives a crash: a resumed attempt of a round asks whom the journal says it asked.
+        job.Tell(new RoundPhaseDone(r2.JobId, 2, 1, 1, r2.State, Exchange.Broadcast("e2", r2.Participants, PartyInstruction.Of(new Dictionary<string, string>()))), _rounds.Ref);
+        Status(job);
+        Watch(job);
+        job.Tell(Kill.Instance);
+        ExpectTerminated(job, Wait);
+        Job(spec.JobId);
+        Assert.Equal(r2.Participants, NextStart(2, 2).Participants);
+    }
 }
