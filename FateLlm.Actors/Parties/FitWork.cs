@@ -45,6 +45,9 @@ internal sealed class FitWork : ReceiveActor
 
     sealed record Masked(string Digest, long Size);
     sealed record MaskFailed(string Reason);
+    /// <summary>The update stored for pulling (plain), or the secure-aggregation session's vector length (secure).</summary>
+    sealed record OfferPrepared(FitDone Fit, string? Digest, int VectorLength);
+    sealed record OfferFailed(string Reason);
 
     WorkId Id => _request.Id;
     string Org => _s.Org;
@@ -140,20 +143,35 @@ internal sealed class FitWork : ReceiveActor
     void Fitting()
     {
         Unanswered();
-        Receive<FitDone>(d => d.Id == Id, d => Offer(d));
+        Receive<FitDone>(d => d.Id == Id, Prepare);
         Receive<FitFailed>(f => f.Id == Id, f => Fail(f.Reason));
     }
 
-    void Offer(FitDone d)
+    bool Secure => _spec!.SecureAggregation.Enabled && _request.VectorLayout is not null;
+
+    /// <summary>Storing the update (hashing, writing) or reading its vector layout happens off the actor thread.</summary>
+    void Prepare(FitDone d)
     {
         var u = d.Update;
         _log.Info("party {0}: {1} fitted {2} samples in {3:F1} s{4}", Org, Id, u.Samples, d.Seconds,
             u.Metrics.TryGetValue(ClientUpdate.FirstLoss, out var first) && u.Metrics.TryGetValue(ClientUpdate.LastLoss, out var last) ? $", loss {first:F4} → {last:F4}" : "");
-        var spec = _spec!;
-        if (spec.SecureAggregation.Enabled && _request.VectorLayout is { } layout)
+        var (store, layout) = (_s.Store, Secure ? _files[_request.VectorLayout!] : null);
+        Become(() =>
         {
-            var session = RoundStep.Session(spec, Id.ToString(), _request.Cohort, Id.Round, Id.Attempt, Id.Phase,
-                RoundStep.VectorLength(File.ReadAllBytes(_files[layout])));
+            Unanswered();
+            Receive<OfferPrepared>(Offer);
+            Receive<OfferFailed>(f => Fail(f.Reason));
+        });
+        Task.Run(() => layout is null ? new OfferPrepared(d, store.Put(u.Update), 0) : new OfferPrepared(d, null, RoundStep.VectorLength(File.ReadAllBytes(layout))))
+            .PipeTo(Self, failure: e => new OfferFailed($"could not offer the update: {e.GetBaseException().Message}"));
+    }
+
+    void Offer(OfferPrepared p)
+    {
+        var (d, u) = (p.Fit, p.Fit.Update);
+        if (p.Digest is null)
+        {
+            var session = RoundStep.Session(_spec!, Id.ToString(), _request.Cohort, Id.Round, Id.Attempt, Id.Phase, p.VectorLength);
             _secAgg = new SecAggClient(session, Org);
             _update = u.Update;
             _samples = u.Samples;
@@ -162,8 +180,7 @@ internal sealed class FitWork : ReceiveActor
         }
         else
         {
-            var digest = _s.Store.Put(u.Update);
-            _answer = new UpdateReady(Org, Id, new BlobLocation(digest, u.Update.Length, _s.BlobServer), u.Samples, u.Metrics, d.Seconds, _downloadBytes);
+            _answer = new UpdateReady(Org, Id, new BlobLocation(p.Digest, u.Update.Length, _s.BlobServer), u.Samples, u.Metrics, d.Seconds, _downloadBytes);
             Become(Offered);
         }
         _replyTo.Tell(_answer);
@@ -185,12 +202,12 @@ internal sealed class FitWork : ReceiveActor
             _maskWaiters.Add(Sender);
             if (_maskWaiters.Count > 1) return; // masking already under way: answer everyone when it ends
             if (_s.Faults.Trip("party.mask", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
-            var (client, update, layout, samples, spec, store) = (_secAgg!, _update!, File.ReadAllBytes(_files[_request.VectorLayout!]), _samples, _spec!, _s.Store);
+            var (client, update, layout, samples, spec, store) = (_secAgg!, _update!, _files[_request.VectorLayout!], _samples, _spec!, _s.Store);
             var expected = _request.Cohort.Length;
             // Masking touches every value of the update: off the actor thread.
             Task.Run(() =>
             {
-                var words = RoundStep.MaskedInput(client, update, layout, samples, spec, r.ClipNorm, expected, r.Inbox);
+                var words = RoundStep.MaskedInput(client, update, File.ReadAllBytes(layout), samples, spec, r.ClipNorm, expected, r.Inbox);
                 return (object)new Masked(store.Put(words), words.Length);
             }).PipeTo(Self, failure: e => new MaskFailed(e.GetBaseException().Message));
         });

@@ -70,6 +70,7 @@ public sealed class AggregationRound : ReceiveActor
     }
 
     sealed record Configured(Exchange Exchange);
+    sealed record SumPrepared(SecAggSession Session, double Clip);
     sealed record Stepped(StepOutcome Outcome);
     sealed record StepFailed(string Reason);
 
@@ -210,19 +211,24 @@ public sealed class AggregationRound : ReceiveActor
         return $"quorum not met: {ok.Count} of {_exchange.Instructions.Count} parties delivered an update{(_phase > 1 ? $" in exchange {_phase}" : "")}, {MinAccepted} required; missing: {string.Join(", ", missing)}";
     }
 
+    /// <summary>The session (from the vector layout) and the DP clip norm are read off the actor thread, then the secure sum runs.</summary>
     void Sum()
     {
-        var spec = _start.Spec;
-        var layout = _s.Store.Read(RoundStep.LayoutDigest(_exchange)!);
-        var cohort = _exchange.Parties;
-        var session = RoundStep.Session(spec, Work(_phase).ToString(), cohort, _start.Round, _start.Attempt, _phase, RoundStep.VectorLength(layout));
-        var clip = RoundStep.Clip(_s.Store, _state, spec.Dp);
-        var keys = _collected.ToDictionary(kv => kv.Key, kv => kv.Value.Update.Keys!);
-        _child = Context.ActorOf(SecureSum.Props(new SecureSum.Settings(session, Work(_phase), keys, _s.PartyRegion, _s.Store, _s.Transfer,
-            _s.ResendInterval, spec.SecureAggregation.PhaseTimeout, clip, _s.Presence)), $"secure-sum-{_phase}");
+        var (spec, store, state, exchange, work, round, attempt, phase) = (_start.Spec, _s.Store, _state, _exchange, Work(_phase), _start.Round, _start.Attempt, _phase);
+        Task.Run(() => new SumPrepared(
+                RoundStep.Session(spec, work.ToString(), exchange.Parties, round, attempt, phase, RoundStep.VectorLength(store.Read(RoundStep.LayoutDigest(exchange)!))),
+                RoundStep.Clip(store, state, spec.Dp)))
+            .PipeTo(Self, failure: e => new StepFailed($"secure aggregation could not start: {e.GetBaseException().Message}"));
         Become(() =>
         {
             InFlight();
+            Receive<SumPrepared>(p =>
+            {
+                var keys = _collected.ToDictionary(kv => kv.Key, kv => kv.Value.Update.Keys!);
+                _child = Context.ActorOf(SecureSum.Props(new SecureSum.Settings(p.Session, work, keys, _s.PartyRegion, _s.Store, _s.Transfer,
+                    _s.ResendInterval, spec.SecureAggregation.PhaseTimeout, p.Clip, _s.Presence)), $"secure-sum-{phase}");
+            });
+            Receive<StepFailed>(f => Finish(Failure(f.Reason)));
             Receive<SecureSumReady>(OnSecureSum);
             Receive<SecureSumFailed>(f =>
             {

@@ -49,6 +49,8 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
 
     sealed record Resend;
     sealed record PhaseTimeout(string Step);
+    sealed record MaskedRead(string Org, uint[] Words, long Bytes, int Retransmissions);
+    sealed record MaskedReadFailed(string Org, string Reason);
 
     public SecureSum(Settings settings) => _s = settings;
 
@@ -136,14 +138,22 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         });
         Receive<FetchCompleted>(f => _fetching.Contains(f.Correlation), f =>
         {
-            _fetching.Remove(f.Correlation);
-            Answered(f.Correlation, () =>
+            // Reading the masked words (4 bytes per value) happens off the actor thread; the party is still "fetching" meanwhile.
+            var (store, session, org) = (_s.Store, _s.Session, f.Correlation);
+            Task.Run(() => new MaskedRead(org, RoundStep.MaskedWords(store.Read(f.Digest), session, org), f.Chunks > 0 ? f.Bytes : 0, f.Retransmissions))
+                .PipeTo(Self, failure: e => new MaskedReadFailed(org, e.GetBaseException().Message));
+        });
+        Receive<MaskedRead>(m => _fetching.Contains(m.Org), m =>
+        {
+            _fetching.Remove(m.Org);
+            Answered(m.Org, () =>
             {
-                _masked[f.Correlation] = RoundStep.MaskedWords(_s.Store.Read(f.Digest), _s.Session, f.Correlation);
-                _uploads[f.Correlation] = (f.Chunks > 0 ? f.Bytes : 0, f.Retransmissions);
+                _masked[m.Org] = m.Words;
+                _uploads[m.Org] = (m.Bytes, m.Retransmissions);
             });
             AdvanceIfComplete(AfterMasking);
         });
+        Receive<MaskedReadFailed>(f => _fetching.Contains(f.Org), f => { _fetching.Remove(f.Org); Drop(f.Org, f.Reason); AdvanceIfComplete(AfterMasking); });
         Receive<FetchFailed>(f => _fetching.Contains(f.Correlation), f => { _fetching.Remove(f.Correlation); Drop(f.Correlation, $"masked upload failed: {f.Reason}"); AdvanceIfComplete(AfterMasking); });
         StepBehaviour("mask", () => _bundles.Keys.Where(p => !_masked.ContainsKey(p)),
             org => new SecAggMaskRequest(org, _s.Work, _inbox.GetValueOrDefault(org)?.ToArray() ?? [], _s.ClipNorm), AfterMasking);
