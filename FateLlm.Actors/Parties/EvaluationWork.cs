@@ -3,7 +3,6 @@ using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
-using FateLlm.Training.Models;
 
 namespace FateLlm.Actors.Parties;
 
@@ -13,11 +12,10 @@ namespace FateLlm.Actors.Parties;
 /// </summary>
 internal sealed class EvaluationWork : ReceiveActor
 {
-    const string SpecDownload = "job-spec";
     readonly EvaluateRequest _request;
     readonly PartyNodeSettings _s;
     readonly IActorRef _trainer;
-    readonly Dictionary<string, string> _files = new();
+    WorkFiles _files = null!;
     readonly CancellationTokenSource _cancel = new();
     IActorRef _replyTo;
 
@@ -31,29 +29,21 @@ internal sealed class EvaluationWork : ReceiveActor
         _trainer = trainer;
         Receive<EvaluateRequest>(_ => _replyTo = Sender);
         Receive<StopWork>(_ => Context.Stop(Self));
-        Receive<FetchCompleted>(f =>
-        {
-            _files[f.Correlation] = _s.Store.PathOf(f.Digest);
-            if (_files.Count == _request.Downloads.Count + 1) Evaluate();
-        });
+        Receive<FetchCompleted>(f => { if (_files.Arrived(f, _s)) Evaluate(); });
         Receive<FetchFailed>(f => Reply(null, $"download of '{f.Correlation}' failed: {f.Reason}"));
         Receive<EvaluationDone>(d => Reply(new PartyEvaluation(Org, d.Result.Loss, d.Result.Perplexity, d.Result.Rouge1, d.Result.Rouge2,
             d.Result.RougeL, d.Result.Bleu4, d.Result.Samples), null));
         Receive<EvaluationFailed>(f => Reply(null, f.Reason));
     }
 
-    protected override void PreStart()
-    {
-        foreach (var (name, location) in _request.Downloads.Prepend(new(SpecDownload, _request.Spec)))
-            Context.ActorOf(BlobFetcher.Props(_s.Store, location, _s.Transfer, name));
-    }
+    protected override void PreStart() => _files = new WorkFiles(Context, _s, _request.Spec, _request.Downloads);
 
     protected override void PostStop() => _cancel.Cancel();
 
     void Evaluate()
     {
         JobSpec spec;
-        try { spec = JobSpec.FromJson(File.ReadAllBytes(_files[SpecDownload]), $"job {_request.JobId}"); }
+        try { spec = _files.Spec(_request.JobId); }
         catch (JobSpecException e) { Reply(null, e.Message); return; }
         var party = spec.Parties.FirstOrDefault(p => p.Org == Org);
         if (party is null || !_s.Datasets.ContainsKey(party.EvalDataset ?? party.Dataset))
@@ -62,11 +52,8 @@ internal sealed class EvaluationWork : ReceiveActor
             return;
         }
         if (_s.Faults.Trip("party.evaluate", Context, Org, job: _request.JobId)) return;
-        var data = _s.Datasets[party.EvalDataset ?? party.Dataset];
-        var context = new ClientContext(spec, Org, 0, 0, 0, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot), _s.Datasets[party.Dataset], data,
-            _s.Workspace(_request.JobId));
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
-        _trainer.Tell(new RunEvaluation(_request.JobId, context, instruction, _request.Downloads.Keys.ToDictionary(k => k, k => _files[k]), _cancel.Token));
+        _trainer.Tell(new RunEvaluation(_request.JobId, _s.ContextFor(spec, party, 0, 0, 0), instruction, _files.Downloads, _cancel.Token));
     }
 
     void Reply(PartyEvaluation? result, string? error)

@@ -1,10 +1,8 @@
-using System.Diagnostics;
 using Akka.Actor;
 using Akka.Event;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
-using FateLlm.Training.Models;
 using FateLlm.Training.Privacy.SecureAggregation;
 
 namespace FateLlm.Actors.Parties;
@@ -23,16 +21,13 @@ internal sealed record Superseded(WorkId By);
 /// </summary>
 internal sealed class FitWork : ReceiveActor
 {
-    const string SpecDownload = "job-spec";
     readonly PartyNodeSettings _s;
     readonly IActorRef _trainer;
     readonly ILoggingAdapter _log = Context.GetLogger();
     readonly WorkRequest _request;
     readonly CancellationTokenSource _cancel = new();
-    readonly Dictionary<string, string> _files = new();
-    readonly Stopwatch _clock = Stopwatch.StartNew();
+    WorkFiles _files = null!;
     IActorRef _replyTo;
-    long _downloadBytes;
     JobSpec? _spec;
     object? _answer;
     // Secure aggregation: the update stays here, only masked words leave. Lost with the node, correctly: a party that
@@ -64,8 +59,7 @@ internal sealed class FitWork : ReceiveActor
     protected override void PreStart()
     {
         _replyTo.Tell(new WorkAccepted(Org, Id));
-        foreach (var (name, location) in _request.Downloads.Prepend(new(SpecDownload, _request.Spec)))
-            Context.ActorOf(BlobFetcher.Props(_s.Store, location, _s.Transfer, name));
+        _files = new WorkFiles(Context, _s, _request.Spec, _request.Downloads);
     }
 
     protected override void PostStop()
@@ -106,19 +100,14 @@ internal sealed class FitWork : ReceiveActor
     {
         Unanswered();
         Receive<WorkRequest>(r => { _replyTo = Sender; Sender.Tell(new WorkAccepted(Org, Id)); });
-        Receive<FetchCompleted>(f =>
-        {
-            _files[f.Correlation] = _s.Store.PathOf(f.Digest);
-            if (f.Correlation != SpecDownload && f.Chunks > 0) _downloadBytes += f.Bytes;
-            if (_files.Count == _request.Downloads.Count + 1) StartFit();
-        });
+        Receive<FetchCompleted>(f => { if (_files.Arrived(f, _s)) StartFit(); });
         Receive<FetchFailed>(f => Fail($"download of '{f.Correlation}' failed: {f.Reason}"));
     }
 
     void StartFit()
     {
         JobSpec spec;
-        try { spec = JobSpec.FromJson(File.ReadAllBytes(_files[SpecDownload]), $"job {Id.JobId}"); }
+        try { spec = _files.Spec(Id.JobId); }
         catch (JobSpecException e) { Fail(e.Message); return; }
         _spec = spec;
         var party = spec.Parties.FirstOrDefault(p => p.Org == Org);
@@ -132,12 +121,9 @@ internal sealed class FitWork : ReceiveActor
             return;
         }
         if (_s.Faults.Trip("party.fit", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
-        var files = _request.Downloads.Keys.ToDictionary(k => k, k => _files[k]);
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
-        var context = new ClientContext(spec, Org, Id.Round, Id.Attempt, Id.Phase, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot),
-            _s.Datasets[party!.Dataset], party.EvalDataset is null ? null : _s.Datasets[party.EvalDataset], _s.Workspace(Id.JobId));
         Become(Fitting);
-        _trainer.Tell(new RunFit(Id, context, _request.Exchange, instruction, files, _cancel.Token));
+        _trainer.Tell(new RunFit(Id, _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase), _request.Exchange, instruction, _files.Downloads, _cancel.Token));
     }
 
     void Fitting()
@@ -155,7 +141,7 @@ internal sealed class FitWork : ReceiveActor
         var u = d.Update;
         _log.Info("party {0}: {1} fitted {2} samples in {3:F1} s{4}", Org, Id, u.Samples, d.Seconds,
             u.Metrics.TryGetValue(ClientUpdate.FirstLoss, out var first) && u.Metrics.TryGetValue(ClientUpdate.LastLoss, out var last) ? $", loss {first:F4} → {last:F4}" : "");
-        var (store, layout) = (_s.Store, Secure ? _files[_request.VectorLayout!] : null);
+        var (store, layout) = (_s.Store, Secure ? _files.PathOf(_request.VectorLayout!) : null);
         Become(() =>
         {
             Unanswered();
@@ -175,12 +161,12 @@ internal sealed class FitWork : ReceiveActor
             _secAgg = new SecAggClient(session, Org);
             _update = u.Update;
             _samples = u.Samples;
-            _answer = new UpdateReady(Org, Id, null, u.Samples, u.Metrics, d.Seconds, _downloadBytes) { Keys = _secAgg.Advertise() };
+            _answer = new UpdateReady(Org, Id, null, u.Samples, u.Metrics, d.Seconds, _files.DownloadBytes) { Keys = _secAgg.Advertise() };
             Become(OfferedSecurely);
         }
         else
         {
-            _answer = new UpdateReady(Org, Id, new BlobLocation(p.Digest, u.Update.Length, _s.BlobServer), u.Samples, u.Metrics, d.Seconds, _downloadBytes);
+            _answer = new UpdateReady(Org, Id, new BlobLocation(p.Digest, u.Update.Length, _s.BlobServer), u.Samples, u.Metrics, d.Seconds, _files.DownloadBytes);
             Become(Offered);
         }
         _replyTo.Tell(_answer);
@@ -202,7 +188,7 @@ internal sealed class FitWork : ReceiveActor
             _maskWaiters.Add(Sender);
             if (_maskWaiters.Count > 1) return; // masking already under way: answer everyone when it ends
             if (_s.Faults.Trip("party.mask", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
-            var (client, update, layout, samples, spec, store) = (_secAgg!, _update!, _files[_request.VectorLayout!], _samples, _spec!, _s.Store);
+            var (client, update, layout, samples, spec, store) = (_secAgg!, _update!, _files.PathOf(_request.VectorLayout!), _samples, _spec!, _s.Store);
             var expected = _request.Cohort.Length;
             // Masking touches every value of the update: off the actor thread.
             Task.Run(() =>

@@ -2,7 +2,10 @@ using Akka.Actor;
 using Akka.Event;
 using FateLlm.Actors.Faults;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
+using FateLlm.Training.Models;
 
 namespace FateLlm.Actors.Parties;
 
@@ -20,6 +23,11 @@ public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, s
 
     /// <summary>A folder of the party's for one job, kept across rounds (algorithms' local state between exchanges).</summary>
     public string Workspace(string jobId) => Path.Combine(WorkspaceRoot, Uri.EscapeDataString(jobId));
+
+    /// <summary>What the algorithm's party side sees of this node for one piece of work: its model copy, data and workspace.</summary>
+    public ClientContext ContextFor(JobSpec spec, PartySpec party, int round, int attempt, int phase) =>
+        new(spec, Org, round, attempt, phase, ModelLocation.Resolve(spec.ModelPath, ModelsRoot), Datasets[party.Dataset],
+            party.EvalDataset is null ? null : Datasets[party.EvalDataset], Workspace(spec.JobId));
 }
 
 /// <summary>

@@ -62,6 +62,10 @@ public static class Seeds
     /// <summary>Local training of round r uses seed·1000 + r, as every journal and reference run so far has (kept for reproducibility).</summary>
     public static long LocalTraining(long jobSeed, int round) => jobSeed * 1000 + round;
 
+    /// <summary>The SecAgg+ neighbour graph of an exchange; exchange 1 keeps the seed every journal so far has used.</summary>
+    public static long SecAggGraph(long jobSeed, int round, int attempt, int phase) =>
+        jobSeed * 1_000_003 + round * 1_009L + attempt + (phase - 1) * 7_919L;
+
     public static ulong Derive(long seed, long purpose, int a, int b)
     {
         var x = new SplitMix64((ulong)seed ^ (ulong)purpose * 0x9E3779B97F4A7C15UL);

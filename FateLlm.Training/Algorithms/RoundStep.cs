@@ -120,8 +120,7 @@ public static class RoundStep
             Parties = cohort.Order(StringComparer.Ordinal).ToArray(),
             Threshold = sa.ThresholdFor(n),
             Degree = sa.DegreeFor(n),
-            // Phase 1 keeps the graph seed every earlier journal used.
-            GraphSeed = spec.Seed * 1_000_003 + round * 1_009L + attempt + (phase - 1) * 7_919L,
+            GraphSeed = Seeds.SecAggGraph(spec.Seed, round, attempt, phase),
             VectorLength = vectorLength,
             ClipRange = sa.ClipRange,
             Extras = spec.Dp.Enabled && spec.Dp.AdaptiveClip ? 2 : 1,

@@ -114,6 +114,7 @@ public sealed class PartyActorSpec : TestKit
         ExpectMsg<WorkAccepted>(Wait);
         // Round 1 was cancelled: the trainer is free for round 2, which is then held too until the gate opens.
         AwaitCondition(() => EchoAlgorithm.FitsOf(_org) == 2, Wait);
+        Assert.Equal(1, EchoAlgorithm.CancelledOf(_org));
         EchoAlgorithm.Release(_org);
         Assert.Equal(next.Id, ExpectMsg<UpdateReady>(Wait).Id);
         ExpectNoMsg(TimeSpan.FromMilliseconds(300)); // round 1 never answers
@@ -129,6 +130,7 @@ public sealed class PartyActorSpec : TestKit
         ExpectMsg<WorkAccepted>(Wait);
         AwaitCondition(() => EchoAlgorithm.FitsOf(_org) == 1, Wait);
         party.Tell(new CancelWork(_org, held.Id));
+        AwaitCondition(() => EchoAlgorithm.CancelledOf(_org) == 1, Wait); // the fit held at the gate was cancelled, not finished
         EchoAlgorithm.Release(_org);
         var other = Work(Spec("cancel-b"), 1);
         party.Tell(other);

@@ -43,6 +43,19 @@ def pretokens(text):
     return ["".join(B2U[b] for b in t.encode("utf-8")) for t in re.findall(PAT, text)]
 
 
+def merge(word, pair):
+    """The word with every occurrence of the adjacent pair joined into one symbol."""
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
 def train_merges(n):
     words = Counter(tuple(t) for line in CORPUS for t in pretokens(line))
     merges = []
@@ -57,15 +70,7 @@ def train_merges(n):
         merges.append(best)
         new = Counter()
         for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            new[tuple(out)] += c
+            new[merge(w, best)] += c
         words = new
     return merges
 
@@ -78,15 +83,7 @@ def bpe(token, ranks):
         best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
         if best not in ranks:
             break
-        out, i = [], 0
-        while i < len(word):
-            if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                out.append(word[i] + word[i + 1])
-                i += 2
-            else:
-                out.append(word[i])
-                i += 1
-        word = tuple(out)
+        word = merge(word, best)
     return word
 
 

@@ -28,6 +28,7 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
     static readonly ConcurrentDictionary<string, SemaphoreSlim> Gates = new();
     static readonly ConcurrentDictionary<string, int> Failures = new();
     static readonly ConcurrentDictionary<string, int> Fits = new();
+    static readonly ConcurrentDictionary<string, int> Cancelled = new();
 
     /// <summary>The party's next fits wait until <see cref="Release"/> (or their cancellation).</summary>
     public static void Hold(string party) => Gates[party] = new SemaphoreSlim(0);
@@ -35,6 +36,8 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
     /// <summary>The party's next <paramref name="times"/> fits throw.</summary>
     public static void Fail(string party, int times) => Failures[party] = times;
     public static int FitsOf(string party) => Fits.GetValueOrDefault(party);
+    /// <summary>How many of the party's fits were cancelled while held at the gate.</summary>
+    public static int CancelledOf(string party) => Cancelled.GetValueOrDefault(party);
 
     public static double Read(byte[] bytes) => double.Parse(Encoding.UTF8.GetString(bytes), CultureInfo.InvariantCulture);
     public static byte[] Write(double value) => Encoding.UTF8.GetBytes(value.ToString("R", CultureInfo.InvariantCulture));
@@ -70,7 +73,15 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
         public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
             Fits.AddOrUpdate(ctx.Party, 1, (_, n) => n + 1);
-            if (Gates.TryGetValue(ctx.Party, out var gate)) gate.Wait(ct);
+            if (Gates.TryGetValue(ctx.Party, out var gate))
+            {
+                try { gate.Wait(ct); }
+                catch (OperationCanceledException)
+                {
+                    Cancelled.AddOrUpdate(ctx.Party, 1, (_, n) => n + 1);
+                    throw;
+                }
+            }
             ct.ThrowIfCancellationRequested();
             if (Failures.TryGetValue(ctx.Party, out var left) && left > 0)
             {
