@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Akka.Configuration;
 using Akka.Configuration.Hocon;
+using FateLlm.Actors.Configuration;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Aggregation;
 using FateLlm.Training.Algorithms;
@@ -30,17 +31,25 @@ public static class JobFile
     public static JobSpec Load(string path)
     {
         if (!File.Exists(path)) throw new JobSpecException($"{path}: job file not found");
+        return Parse(File.ReadAllText(path), path, Path.GetDirectoryName(Path.GetFullPath(path))!);
+    }
+
+    /// <summary>A job file's text: its syntax checked strictly (file, line, column), then read against the defaults.</summary>
+    public static JobSpec Parse(string text, string origin, string baseDir)
+    {
+        try { HoconSyntax.Check(text, origin); }
+        catch (HoconSyntaxException e) { throw new JobSpecException(e.Message); }
         Config root;
-        try { root = ConfigurationFactory.ParseString(File.ReadAllText(path)); }
-        catch (Exception e) { throw new JobSpecException($"{path}: not valid HOCON ({e.Message})"); }
-        return FromConfig(root, path, Path.GetDirectoryName(Path.GetFullPath(path))!);
+        try { root = ConfigurationFactory.ParseString(text); }
+        catch (Exception e) { throw new JobSpecException($"{origin}: not valid HOCON ({e.Message})"); }
+        return FromConfig(root, origin, baseDir);
     }
 
     /// <summary>A job with every default, for code that builds jobs (experiments, benchmarks, specs).</summary>
     public static JobSpec Default(string jobId, string modelPath, PartySpec[] parties, string outputDir)
     {
         var c = ConfigurationFactory.ParseString($$"""
-            job { id = {{Quote(jobId)}}, model = {{Quote(modelPath)}}, output = {{Quote(outputDir)}}, parties = [] }
+            job { id = {{Quote(jobId)}}, model = {{Quote(modelPath)}}, output = {{Quote(outputDir)}}, parties = [{ org = placeholder }] }
             """);
         var spec = FromConfig(c, "defaults", Directory.GetCurrentDirectory(), validate: false) with { Parties = parties };
         return spec with { Round = spec.Round with { Quorum = spec.CohortSize } };
@@ -48,123 +57,199 @@ public static class JobFile
 
     static string Quote(string s) => JsonSerializer.Serialize(s);
 
+    /// <summary>Every setting a job file may carry (leaf paths), besides the algorithm's own block and the party list.</summary>
+    static readonly Lazy<string[]> Known = new(() =>
+        LeafPaths(Defaults.Root, "").Concat(["id", "model", "output", "parties", "secure-aggregation", "dp.epsilon-budget"]).Distinct().Order(StringComparer.Ordinal).ToArray());
+
+    static readonly string[] PartyKeys = ["org", "data", "eval"];
+
+    /// <summary>A list, the empty one included (Akka's IsArray says false for <c>[]</c>).</summary>
+    static bool IsList(HoconValue v) => v.IsArray() || (v.Values.Count > 0 && v.Values.All(x => x is HoconArray));
+
+    static IEnumerable<string> LeafPaths(HoconValue v, string prefix) =>
+        v.IsObject()
+            ? v.GetObject().Items.SelectMany(kv => LeafPaths(kv.Value, prefix.Length == 0 ? kv.Key : $"{prefix}.{kv.Key}"))
+            : [prefix];
+
+    /// <summary>Refuses a key the job does not know, naming the nearest one it does (the algorithm's block is its plug-in's to check).</summary>
+    static void RefuseUnknown(Config job, string origin)
+    {
+        foreach (var path in LeafPaths(job.Root, ""))
+        {
+            if (path == "algorithm" || path.StartsWith("algorithm.") || Known.Value.Contains(path)) continue;
+            if (path.StartsWith("secure-aggregation") && job.HasPath("secure-aggregation") && !job.GetValue("secure-aggregation").IsObject()) continue;
+            throw new JobSpecException($"{origin}: job.{path} is not a job setting (did you mean 'job.{Spelling.Nearest(path, Known.Value)}'?)");
+        }
+    }
+
+    /// <summary>Typed reads of the merged job block; a value of the wrong type names the key and what was expected.</summary>
+    sealed class Reader(Config c, string origin)
+    {
+        public string Field(string key) => $"{origin}: job.{key}";
+
+        string Raw(string key)
+        {
+            var v = c.GetValue(key) ?? throw new JobSpecException($"{Field(key)} is required");
+            if (v.IsObject()) throw new JobSpecException($"{Field(key)} must be a value, not a block {{ }}");
+            if (v.IsArray()) throw new JobSpecException($"{Field(key)} must be a value, not a list [ ]");
+            return v.GetString();
+        }
+
+        JobSpecException Wrong(string key, string type) => new($"{Field(key)} = '{Raw(key)}' is not {type}");
+
+        public string String(string key) => Raw(key);
+        /// <summary>A string exactly as written (see <see cref="ExactString"/>).</summary>
+        public string Exact(string key)
+        {
+            Raw(key);
+            return ExactString(c, key);
+        }
+        public int Int(string key) => int.TryParse(Raw(key), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : throw Wrong(key, "an integer");
+        public long Long(string key) => long.TryParse(Raw(key), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : throw Wrong(key, "an integer");
+        public double Double(string key) => double.TryParse(Raw(key), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : throw Wrong(key, "a number");
+        public bool Bool(string key) => Raw(key).ToLowerInvariant() switch
+        {
+            "on" or "true" or "yes" => true,
+            "off" or "false" or "no" => false,
+            _ => throw Wrong(key, "on or off"),
+        };
+        public TimeSpan Duration(string key)
+        {
+            Raw(key);
+            try { return c.GetTimeSpan(key); }
+            catch (Exception) { throw Wrong(key, "a duration such as 90s, 5m or 1h"); }
+        }
+        public long Size(string key)
+        {
+            Raw(key);
+            try { return c.GetByteSize(key) ?? throw Wrong(key, "a size such as 512KiB or 1GiB"); }
+            catch (Exception e) when (e is not JobSpecException) { throw Wrong(key, "a size such as 512KiB or 1GiB"); }
+        }
+        public string[] Strings(string key)
+        {
+            var v = c.GetValue(key);
+            if (v is null || !IsList(v)) throw new JobSpecException($"{Field(key)} must be a list such as [q_proj, v_proj]");
+            return v.GetArray().Select(x => x.GetString()).ToArray();
+        }
+        public T Parsed<T>(string key, Func<string, T> parse)
+        {
+            try { return parse(Raw(key)); }
+            catch (ArgumentException e) { throw new JobSpecException($"{Field(key)}: {e.Message}"); }
+        }
+    }
+
     /// <summary>Reads the <c>job { }</c> block; relative paths are resolved against <paramref name="baseDir"/>.</summary>
     public static JobSpec FromConfig(Config root, string origin, string baseDir, bool validate = true)
     {
         var job = root.GetConfig("job") ?? throw new JobSpecException($"{origin}: no 'job' block");
         if (job.HasPath("dp.population"))
             throw new JobSpecException($"{origin}: job.dp.population was removed: rounds sample parties for real with job.sampling (q = sampled ÷ parties)");
+        RefuseUnknown(job, origin);
         var c = job.WithFallback(Defaults);
-        string Field(string f) => $"{origin}: job.{f}";
-        T Get<T>(string key, Func<string, T> read)
-        {
-            try { return read(key); }
-            catch (Exception e) when (e is not JobSpecException) { throw new JobSpecException($"{Field(key)}: {e.Message}"); }
-        }
+        var r = new Reader(c, origin);
         string Resolve(string p) => Path.IsPathRooted(p) ? p : Path.GetFullPath(Path.Combine(baseDir, p));
 
-        var model = job.HasPath("model") ? Get("model", k => c.GetString(k)) : "";
-        if (string.IsNullOrWhiteSpace(model)) throw new JobSpecException($"{Field("model")} is required (the base model folder)");
-        if (!job.HasPath("parties")) throw new JobSpecException($"{Field("parties")} is required");
+        var model = job.HasPath("model") ? r.String("model") : "";
+        if (string.IsNullOrWhiteSpace(model)) throw new JobSpecException($"{r.Field("model")} is required (the base model folder)");
+        if (!job.HasPath("parties")) throw new JobSpecException($"{r.Field("parties")} is required");
+        if (!IsList(c.GetValue("parties"))) throw new JobSpecException($"{r.Field("parties")} must be a list [ {{ org = ..., data = ..., eval = ... }} ]");
         var parties = c.GetValue("parties").GetArray().Select((v, i) =>
         {
-            var o = v.GetObject() ?? throw new JobSpecException($"{Field($"parties[{i}]")} must be an object {{ org, data, eval }}");
+            var o = v.IsObject() ? v.GetObject() : throw new JobSpecException($"{r.Field($"parties[{i}]")} must be an object {{ org, data, eval }}");
+            foreach (var key in o.Items.Keys.Where(k => !PartyKeys.Contains(k)))
+                throw new JobSpecException($"{r.Field($"parties[{i}].{key}")} is not a party setting (did you mean '{Spelling.Nearest(key, PartyKeys)}'?)");
             string? S(string k) => o.Items.TryGetValue(k, out var x) ? x.GetString() : null;
-            return new PartySpec(S("org") ?? throw new JobSpecException($"{Field($"parties[{i}].org")} is required"), S("data") ?? "train", S("eval"));
+            return new PartySpec(S("org") ?? throw new JobSpecException($"{r.Field($"parties[{i}].org")} is required"), S("data") ?? "train", S("eval"));
         }).ToArray();
-        var jobId = job.HasPath("id") ? Get("id", k => c.GetString(k)) : "";
+        var jobId = job.HasPath("id") ? r.String("id") : "";
         jobId = string.IsNullOrWhiteSpace(jobId) ? $"job-{DateTime.UtcNow:yyyyMMdd-HHmmss}" : jobId;
-        var sampling = new PartySampling(Get("sampling.fraction", k => c.GetDouble(k)), Get("sampling.count", k => c.GetInt(k)));
+        var sampling = new PartySampling(r.Double("sampling.fraction"), r.Int("sampling.count"));
         var cohort = sampling.SizeOf(parties.Length);
         // `secure-aggregation = on` replaces the defaults' block in the merge; its other settings then come from the defaults.
-        var saBlock = c.GetValue("secure-aggregation").IsObject() ? c : Defaults;
+        var shorthand = !c.GetValue("secure-aggregation").IsObject();
+        var sa = shorthand ? new Reader(Defaults, origin) : r;
         var spec = new JobSpec
         {
             JobId = jobId,
             ModelPath = Resolve(model),
             Parties = parties,
-            Algorithm = ReadAlgorithm(c, Field),
+            Algorithm = ReadAlgorithm(c, r.Field),
             Peft = new PeftConfig
             {
-                Method = Get("peft.method", k => PeftConfig.ParseMethod(c.GetString(k))),
-                LoraR = Get("peft.r", k => c.GetInt(k)),
-                LoraAlpha = Get("peft.alpha", k => c.GetDouble(k)),
-                LoraDropout = Get("peft.dropout", k => c.GetDouble(k)),
-                LoraTargets = Get("peft.targets", k => c.GetStringList(k).ToArray()),
-                NumVirtualTokens = Get("peft.num-virtual-tokens", k => c.GetInt(k)),
-                PrefixProjection = Get("peft.prefix-projection", k => c.GetBoolean(k)),
+                Method = r.Parsed("peft.method", PeftConfig.ParseMethod),
+                LoraR = r.Int("peft.r"),
+                LoraAlpha = r.Double("peft.alpha"),
+                LoraDropout = r.Double("peft.dropout"),
+                LoraTargets = r.Strings("peft.targets"),
+                NumVirtualTokens = r.Int("peft.num-virtual-tokens"),
+                PrefixProjection = r.Bool("peft.prefix-projection"),
             },
-            Rounds = Get("rounds", k => c.GetInt(k)),
+            Rounds = r.Int("rounds"),
             Local = new LocalTraining
             {
-                Epochs = Get("local.epochs", k => c.GetInt(k)),
-                Steps = Get("local.steps", k => c.GetInt(k)),
-                BatchSize = Get("local.batch-size", k => c.GetInt(k)),
-                LearningRate = Get("local.learning-rate", k => c.GetDouble(k)),
-                Schedule = Get("local.schedule", k => TrainOptions.ParseSchedule(c.GetString(k))),
-                WarmupRatio = Get("local.warmup-ratio", k => c.GetDouble(k)),
-                FedProxMu = Get("local.fedprox-mu", k => c.GetDouble(k)),
-                Threads = Get("local.threads", k => c.GetInt(k)),
+                Epochs = r.Int("local.epochs"),
+                Steps = r.Int("local.steps"),
+                BatchSize = r.Int("local.batch-size"),
+                LearningRate = r.Double("local.learning-rate"),
+                Schedule = r.Parsed("local.schedule", TrainOptions.ParseSchedule),
+                WarmupRatio = r.Double("local.warmup-ratio"),
+                FedProxMu = r.Double("local.fedprox-mu"),
+                Threads = r.Int("local.threads"),
             },
-            Aggregation = new AggregationSpec(Get("aggregation.algorithm", k => c.GetString(k)), new ServerOptimizerOptions
+            Aggregation = new AggregationSpec(r.String("aggregation.algorithm"), new ServerOptimizerOptions
             {
-                LearningRate = Get("aggregation.server-learning-rate", k => c.GetDouble(k)),
-                Beta1 = Get("aggregation.beta1", k => c.GetDouble(k)),
-                Beta2 = Get("aggregation.beta2", k => c.GetDouble(k)),
-                Tau = Get("aggregation.tau", k => c.GetDouble(k)),
-                Momentum = Get("aggregation.momentum", k => c.GetDouble(k)),
-                TrimFraction = Get("aggregation.trim-fraction", k => c.GetDouble(k)),
-                Byzantine = Get("aggregation.byzantine", k => c.GetInt(k)),
-                KrumSelect = Get("aggregation.krum-select", k => c.GetInt(k)),
-                NormBound = Get("aggregation.norm-bound", k => c.GetDouble(k)),
+                LearningRate = r.Double("aggregation.server-learning-rate"),
+                Beta1 = r.Double("aggregation.beta1"),
+                Beta2 = r.Double("aggregation.beta2"),
+                Tau = r.Double("aggregation.tau"),
+                Momentum = r.Double("aggregation.momentum"),
+                TrimFraction = r.Double("aggregation.trim-fraction"),
+                Byzantine = r.Int("aggregation.byzantine"),
+                KrumSelect = r.Int("aggregation.krum-select"),
+                NormBound = r.Double("aggregation.norm-bound"),
             }),
             Round = new RoundPolicy
             {
                 // `quorum = all`: every party a round asks.
-                Quorum = Get("quorum", k => c.GetString(k) == "all" ? cohort : c.GetInt(k)),
-                DeadlineSeconds = Get("round-deadline", k => c.GetTimeSpan(k)).TotalSeconds,
-                MaxAttempts = Get("max-round-attempts", k => c.GetInt(k)),
+                Quorum = r.String("quorum") == "all" ? cohort : r.Int("quorum"),
+                DeadlineSeconds = r.Duration("round-deadline").TotalSeconds,
+                MaxAttempts = r.Int("max-round-attempts"),
                 Sampling = sampling,
             },
             Data = new DataOptions
             {
-                PromptColumn = Get("data.prompt-column", k => c.GetString(k)),
-                ResponseColumn = Get("data.response-column", k => c.GetString(k)),
-                Template = Get("data.template", k => ExactString(c, k)),
-                MaxPromptTokens = Get("data.max-prompt-tokens", k => c.GetInt(k)),
-                MaxResponseTokens = Get("data.max-response-tokens", k => c.GetInt(k)),
-                MaxTotalTokens = Get("data.max-tokens", k => c.GetInt(k)),
+                PromptColumn = r.String("data.prompt-column"),
+                ResponseColumn = r.String("data.response-column"),
+                Template = r.Exact("data.template"),
+                MaxPromptTokens = r.Int("data.max-prompt-tokens"),
+                MaxResponseTokens = r.Int("data.max-response-tokens"),
+                MaxTotalTokens = r.Int("data.max-tokens"),
             },
-            // `secure-aggregation = on`, or a block `secure-aggregation { enabled = on, threshold = 3, … }`.
             SecureAggregation = new SecureAggregationOptions
             {
-                Enabled = Get("secure-aggregation", k => c.GetValue(k).IsObject() ? c.GetBoolean(k + ".enabled") : c.GetBoolean(k)),
-                Threshold = Get("secure-aggregation.threshold", k => saBlock.GetInt(k)),
-                Degree = Get("secure-aggregation.degree", k => saBlock.GetInt(k)),
-                ClipRange = Get("secure-aggregation.clip-range", k => saBlock.GetDouble(k)),
-                SampleCap = Get("secure-aggregation.sample-cap", k => saBlock.GetLong(k)),
-                PhaseTimeoutSeconds = Get("secure-aggregation.phase-timeout", k => saBlock.GetTimeSpan(k)).TotalSeconds,
+                Enabled = shorthand ? r.Bool("secure-aggregation") : r.Bool("secure-aggregation.enabled"),
+                Threshold = sa.Int("secure-aggregation.threshold"),
+                Degree = sa.Int("secure-aggregation.degree"),
+                ClipRange = sa.Double("secure-aggregation.clip-range"),
+                SampleCap = sa.Long("secure-aggregation.sample-cap"),
+                PhaseTimeoutSeconds = sa.Duration("secure-aggregation.phase-timeout").TotalSeconds,
             },
             Dp = new DpOptions
             {
-                Mode = Get("dp.mode", k => ParseDpMode(c.GetString(k))),
-                ClipNorm = Get("dp.clip-norm", k => c.GetDouble(k)),
-                NoiseMultiplier = Get("dp.noise-multiplier", k => c.GetDouble(k)),
-                Delta = Get("dp.delta", k => c.GetDouble(k)),
-                EpsilonBudget = c.HasPath("dp.epsilon-budget") ? Get("dp.epsilon-budget", k => c.GetDouble(k)) : null,
-                AdaptiveClip = Get("dp.adaptive-clip", k => c.GetBoolean(k)),
-                TargetQuantile = Get("dp.target-quantile", k => c.GetDouble(k)),
-                ClipLearningRate = Get("dp.clip-learning-rate", k => c.GetDouble(k)),
-                ClipCountNoise = Get("dp.clip-count-noise", k => c.GetDouble(k)),
+                Mode = r.Parsed("dp.mode", ParseDpMode),
+                ClipNorm = r.Double("dp.clip-norm"),
+                NoiseMultiplier = r.Double("dp.noise-multiplier"),
+                Delta = r.Double("dp.delta"),
+                EpsilonBudget = c.HasPath("dp.epsilon-budget") ? r.Double("dp.epsilon-budget") : null,
+                AdaptiveClip = r.Bool("dp.adaptive-clip"),
+                TargetQuantile = r.Double("dp.target-quantile"),
+                ClipLearningRate = r.Double("dp.clip-learning-rate"),
+                ClipCountNoise = r.Double("dp.clip-count-noise"),
             },
-            Validation = new UpdateLimits
-            {
-                MaxNorm = Get("validation.max-update-norm", k => c.GetDouble(k)),
-                MaxBytes = Get("validation.max-update-bytes", k => c.GetByteSize(k) ?? throw new JobSpecException($"{Field(k)}: not a size")),
-            },
-            Evaluation = new EvaluationOptions(Get("evaluation.limit", k => c.GetInt(k)), Get("evaluation.max-new-tokens", k => c.GetInt(k))),
-            OutputDir = Resolve(job.HasPath("output") ? Get("output", k => c.GetString(k)) : "runs/" + jobId),
-            Seed = Get("seed", k => c.GetLong(k)),
+            Validation = new UpdateLimits { MaxNorm = r.Double("validation.max-update-norm"), MaxBytes = r.Size("validation.max-update-bytes") },
+            Evaluation = new EvaluationOptions(r.Int("evaluation.limit"), r.Int("evaluation.max-new-tokens")),
+            OutputDir = Resolve(job.HasPath("output") ? r.String("output") : "runs/" + jobId),
+            Seed = r.Long("seed"),
         };
         if (validate) JobSpecValidation.Validate(spec, origin);
         return spec;

@@ -52,27 +52,9 @@ public sealed class AlgorithmSettings(string algorithm, IReadOnlyDictionary<stri
         foreach (var key in values.Keys)
         {
             if (known.Contains(key)) continue;
-            var nearest = known.OrderBy(k => EditDistance(k, key)).FirstOrDefault();
+            var nearest = Spelling.Nearest(key, known);
             throw new JobSpecException($"{Field(key)} is not a setting of algorithm '{algorithm}'" +
                 (nearest is null ? " (it takes none)" : $" (did you mean '{nearest}'?)"));
         }
-    }
-
-    static int EditDistance(string a, string b)
-    {
-        var d = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++) d[j] = j;
-        for (int i = 1; i <= a.Length; i++)
-        {
-            int prev = d[0];
-            d[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-            {
-                var tmp = d[j];
-                d[j] = Math.Min(Math.Min(d[j] + 1, d[j - 1] + 1), prev + (a[i - 1] == b[j - 1] ? 0 : 1));
-                prev = tmp;
-            }
-        }
-        return d[b.Length];
     }
 }

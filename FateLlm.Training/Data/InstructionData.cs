@@ -53,7 +53,12 @@ public static class InstructionData
             var where = $"{path}:{lineNo}";
             JsonElement root;
             try { root = JsonDocument.Parse(line).RootElement; }
-            catch (JsonException e) { throw new DataFormatException($"{where}: not valid JSON ({e.Message})"); }
+            catch (JsonException e)
+            {
+                // One position: the file's line and the column in it; the parser's own line and byte position would contradict it.
+                var reason = System.Text.RegularExpressions.Regex.Replace(e.Message, @"\s*(Path: .*?)?\s*\|?\s*LineNumber: \d+ \| BytePositionInLine: \d+\.?$", "").TrimEnd('.', ' ');
+                throw new DataFormatException($"{where}:{(e.BytePositionInLine ?? 0) + 1}: not valid JSON ({reason})");
+            }
             if (root.ValueKind != JsonValueKind.Object) throw new DataFormatException($"{where}: expected a JSON object, got {root.ValueKind}");
             result.Add(new Example(Field(root, options.PromptColumn, where), Field(root, options.ResponseColumn, where), where));
         }

@@ -141,4 +141,36 @@ public class CliSpec
             "--max-steps", "2", "--out", prefix).Code);
         Assert.Equal(CliApp.UsageError, Run("adapter", "export", "--adapter", prefix, "--format", "merged", "--out", Path.Combine(dir, "x")).Code);
     }
+
+    [Theory]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  rounds = 2\n", "bad.conf:5:1: missing '}' to close the '{' at line 1, column 5")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  output = \"../out/bad-quote\n  seed = 42\n}\n", "bad.conf:4:12: unterminated string opened at line 4, column 12 (a quoted value must close on its line)")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  peft [ method = lora ]\n}\n", "bad.conf:4:8: expected '=', ':' or '{' after 'peft', found '['")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  rounds = = 6\n}\n", "bad.conf:4:12: expected a value for 'rounds', found '='")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ] data { template = x }\n}\n", "bad.conf:3:29: expected ',' or a new line after the value of 'parties', found 'd'")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  rounds = six\n}\n", "bad.conf: job.rounds = 'six' is not an integer")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  round-deadline = soon\n}\n", "bad.conf: job.round-deadline = 'soon' is not a duration such as 90s, 5m or 1h")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  local { learnig-rate = 1e-3 }\n}\n", "bad.conf: job.local.learnig-rate is not a job setting (did you mean 'job.local.learning-rate'?)")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a, dta = train } ]\n}\n", "bad.conf: job.parties[0].dta is not a party setting (did you mean 'data'?)")]
+    [InlineData("job {\n  model = m\n  parties = [ { org = a } ]\n  peft.targets = q_proj\n}\n", "bad.conf: job.peft.targets must be a list such as [q_proj, v_proj]")]
+    public void A_broken_job_file_is_refused_with_file_line_column_or_key_and_what_was_expected(string text, string message)
+    {
+        var dir = TestSupport.TempDir();
+        var path = Path.Combine(dir, "bad.conf");
+        File.WriteAllText(path, text);
+        var (code, err) = Run("job", "submit", path, "--seed", "akka.tcp://fate-llm@127.0.0.1:1");
+        Assert.Equal(CliApp.UsageError, code);
+        Assert.Equal("error: " + Path.Combine(dir, message), err.Trim());
+        Assert.Single(err.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public void A_json_error_in_data_gives_one_position_the_files_line_and_column()
+    {
+        var dir = TestSupport.TempDir();
+        var bad = Path.Combine(dir, "bad-train.jsonl");
+        File.WriteAllLines(bad, ["{\"content\": \"a\", \"summary\": \"b\"}", "{\"content\": \"a\", \"summary\": oops}"]);
+        var e = Assert.Throws<Training.Data.DataFormatException>(() => Training.Data.InstructionData.ReadJsonl(bad, new Training.Data.DataOptions()));
+        Assert.Equal($"{bad}:2:29: not valid JSON ('o' is an invalid start of a value)", e.Message);
+    }
 }
