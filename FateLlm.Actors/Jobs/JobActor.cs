@@ -24,6 +24,9 @@ public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRe
     public FaultInjection Faults { get; init; } = FaultInjection.None;
     /// <summary>A finished job idle this long passivates (its status is recovered from the journal when asked again).</summary>
     public TimeSpan PassivateAfter { get; init; } = TimeSpan.FromMinutes(10);
+    /// <summary>How long an attempt whose quorum needs organizations with no node waits for them before the job fails.</summary>
+    public TimeSpan WaitForParties { get; init; } = TimeSpan.FromMinutes(2);
+    public TimeSpan PresencePoll { get; init; } = TimeSpan.FromSeconds(1);
     public bool Sharded { get; init; }
 }
 
@@ -52,6 +55,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     readonly HashSet<string> _awaitingEvaluation = new();
     readonly List<PartyEvaluation> _evaluations = new();
     readonly List<IJobEvent> _history = new();
+    string[] _waitingFor = [];
+    RoundInFlight? _current;
 
     public override string PersistenceId => "job-" + _jobId;
     public ITimerScheduler Timers { get; set; } = null!;
@@ -60,6 +65,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     sealed record PreparationFailed(string Reason);
     sealed record RoundWatchdog(int Round, int Attempt, string Stage, TimeSpan Budget);
     sealed record EvaluationPlanned(PartyInstruction? Instruction);
+    sealed record PresenceCheck;
+    sealed record WaitedTooLong;
     sealed record EvaluationTimeout;
     sealed record Exported(string OutputDir);
     sealed record ExportFailed(string Reason);
@@ -108,7 +115,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<Prepared>(p => Persist(new JobSubmitted(p.Spec, p.Initial, p.SpecDigest, DateTime.UtcNow), e =>
         {
             Apply(e);
-            foreach (var s in _submitters) s.Tell(new JobAccepted(_jobId));
+            var missing = Absent(AlgorithmCatalog.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
+            foreach (var s in _submitters) s.Tell(new JobAccepted(_jobId) { WaitingFor = missing, WaitUpTo = missing.Length > 0 ? _s.WaitForParties : TimeSpan.Zero });
             _submitters.Clear();
             _s.Faults.Trip("job.prepared", Context, job: _jobId);
             StartAttempt(1, 1, resume: null);
@@ -126,7 +134,14 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         Always();
         Command<CancelJob>(_ => Cancel());
-        Command<RoundProgress>(p => p.Round == _round && p.Attempt == _attempt, p => Watch(p.Stage, p.Budget));
+        Command<RoundProgress>(p => p.Round == _round && p.Attempt == _attempt, p =>
+        {
+            Watch(p.Stage, p.Budget);
+            _current = new RoundInFlight(p.Round, p.Attempt, p.Phase, p.Stage, p.Stage == "collect" ? p.Asked : _current?.Asked ?? [],
+                p.Stage == "collect" ? new Dictionary<string, string>() : _current?.Answers ?? new Dictionary<string, string>());
+        });
+        Command<RoundPartyAnswered>(a => a.Round == _round && a.Attempt == _attempt && _current is not null, a =>
+            _current = _current! with { Answers = new Dictionary<string, string>(_current.Answers) { [a.Org] = a.Succeeded ? "ok" : a.Reason ?? "failed" } });
         Command<RoundPhaseDone>(p => p.Round == _round && p.Attempt == _attempt, p =>
             Persist(new RoundPhaseCompleted(p.Round, p.Attempt, p.Phase, p.State, p.Next, DateTime.UtcNow), Apply));
         Command<RoundFinished>(r => r.Round == _round && r.Attempt == _attempt, OnRoundFinished);
@@ -268,12 +283,31 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
 
     // ---- rounds ----
 
+    /// <summary>Participants with no node in the cluster, when without them the quorum cannot be met (else none).</summary>
+    string[] Absent(IReadOnlyList<string> participants, int quorum)
+    {
+        var absent = participants.Where(p => !_s.Presence.Present(p)).ToArray();
+        return participants.Count - absent.Length < Math.Min(quorum, participants.Count) ? absent : [];
+    }
+
     void StartAttempt(int round, int attempt, RoundResume? resume)
     {
         var spec = _spec!;
         // A resumed attempt asks the parties its exchanges were addressed to; a fresh one draws its sample.
         var participants = resume is not null && _round == round ? _participants
             : AlgorithmCatalog.For(spec).Server.SelectParticipants(spec, round, attempt).ToArray();
+        // An attempt that cannot reach its quorum because organizations have no node would only be spent in vain: wait for them.
+        var absent = Absent(participants, spec.Round.Quorum);
+        if (absent.Length > 0)
+        {
+            WaitForParties(round, attempt, resume, absent);
+            return;
+        }
+        if (_waitingFor.Length > 0) _log.Info("job {0}: {1} joined; round {2} goes on", _jobId, string.Join(", ", _waitingFor), round);
+        Timers.Cancel("presence");
+        Timers.Cancel("wait-for-parties");
+        _waitingFor = [];
+        _current = null;
         Become(Running);
         Persist(new RoundStarted(round, attempt, participants, DateTime.UtcNow), e =>
         {
@@ -284,6 +318,35 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
                 resume is null ? "" : $", resuming at exchange {resume.Phase}");
+        });
+    }
+
+    /// <summary>
+    /// Holds an attempt back until the organizations its quorum needs have nodes (checked every presence poll), or fails the
+    /// job once <see cref="JobSettings.WaitForParties"/> has passed. No attempt is spent meanwhile.
+    /// </summary>
+    void WaitForParties(int round, int attempt, RoundResume? resume, string[] absent)
+    {
+        _waitingFor = absent;
+        if (!Timers.IsTimerActive("wait-for-parties"))
+        {
+            _log.Warning("job {0}: round {1} waits up to {2} s for a node of {3}: without them its quorum of {4} cannot be met",
+                _jobId, round, _s.WaitForParties.TotalSeconds, string.Join(", ", absent), _spec!.Round.Quorum);
+            Timers.StartSingleTimer("wait-for-parties", new WaitedTooLong(), _s.WaitForParties);
+            Timers.StartPeriodicTimer("presence", new PresenceCheck(), _s.PresencePoll);
+        }
+        Become(() =>
+        {
+            Always();
+            Command<CancelJob>(_ => Cancel());
+            Command<PresenceCheck>(_ => StartAttempt(round, attempt, resume));
+            Command<WaitedTooLong>(_ =>
+            {
+                Timers.Cancel("presence");
+                Persist(new JobFailed($"round {round} cannot meet its quorum of {_spec!.Round.Quorum}: no node of {string.Join(", ", _waitingFor)} joined within {_s.WaitForParties.TotalSeconds:G4} s",
+                    DateTime.UtcNow), f => { Apply(f); Finished(); });
+            });
+            IgnoreStaleRounds();
         });
     }
 
@@ -495,6 +558,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Delta = _rounds.LastOrDefault(r => r.Privacy != null)?.Privacy?.Delta,
         Algorithm = _spec?.Algorithm.Name,
         Artifacts = _state?.Artifacts ?? new Dictionary<string, string>(),
+        WaitingFor = _waitingFor,
+        Current = _status == JobState.Running ? _current : null,
     };
 
     public static Props Props(string jobId, JobSettings settings) => Akka.Actor.Props.Create(() => new JobActor(jobId, settings));

@@ -11,7 +11,12 @@ public sealed record SubmitJob(string JobId, JobSpec Spec) : IJobCommand;
 public sealed record GetJobStatus(string JobId) : IJobCommand;
 public sealed record CancelJob(string JobId) : IJobCommand;
 
-public sealed record JobAccepted(string JobId) : IControlMessage;
+/// <param name="WaitingFor">Organizations with no party node yet, whom round 1 waits for (up to <paramref name="WaitUpTo"/>).</param>
+public sealed record JobAccepted(string JobId) : IControlMessage
+{
+    public string[] WaitingFor { get; init; } = [];
+    public TimeSpan WaitUpTo { get; init; }
+}
 public sealed record JobRejected(string JobId, string Reason) : IControlMessage;
 
 public enum JobState { Unknown, Preparing, Running, Completed, Failed, Cancelled }
@@ -53,7 +58,14 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
     /// <summary>(ε, δ) spent so far under DP; null without DP.</summary>
     public double? Epsilon { get; init; }
     public double? Delta { get; init; }
+    /// <summary>Organizations the next attempt waits for: without their nodes its quorum cannot be met, so no attempt is spent.</summary>
+    public string[] WaitingFor { get; init; } = [];
+    /// <summary>The round in flight: its exchange, stage and who has answered.</summary>
+    public RoundInFlight? Current { get; init; }
     /// <summary>The algorithm and its state's artifacts (name → digest) after the last completed round.</summary>
     public string? Algorithm { get; init; }
     public IReadOnlyDictionary<string, string> Artifacts { get; init; } = new Dictionary<string, string>();
 }
+
+/// <param name="Answers">Party → "ok" or the reason it failed, for the exchange in flight.</param>
+public sealed record RoundInFlight(int Round, int Attempt, int Exchange, string Stage, string[] Asked, IReadOnlyDictionary<string, string> Answers) : IControlMessage;

@@ -183,6 +183,7 @@ public sealed class FederationNode : IAsyncDisposable
             {
                 Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults, Sharded = true,
                 PassivateAfter = config.GetTimeSpan("fate-llm.job.passivate-after"),
+                WaitForParties = config.GetTimeSpan("fate-llm.job.wait-for-parties"), PresencePoll = config.GetTimeSpan("fate-llm.job.presence-poll"),
             };
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
                 ClusterShardingSettings.Create(system).WithRole("arbiter").WithRememberEntities(true), new JobMessageExtractor(jobShards));

@@ -153,7 +153,7 @@ public sealed class AggregationRound : ReceiveActor
             kv.Value.Downloads.ToDictionary(d => d.Key, d => new BlobLocation(d.Value, _s.Store.Size(d.Value), _s.BlobServer)),
             kv.Value.Parameters, exchange.VectorLayout, cohort));
         var budget = spec.Round.Deadline + (secure ? spec.SecureAggregation.PhaseTimeout * SecureAggregationOptions.TimedSteps : TimeSpan.Zero);
-        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, phase, "collect", budget));
+        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, phase, "collect", budget) { Asked = cohort });
         _log.Info("round {0}: exchange {1} ('{2}') asks {3}", RoundId, phase, exchange.Name, string.Join(", ", cohort));
         _child = Context.ActorOf(UpdateCollection.Props(new CollectionSettings(work, requests, secure, _algorithm.Codec.MaxBytes(exchange, spec.Validation),
             MinAccepted, spec.Round.Deadline, _s)), $"collect-{phase}");
@@ -161,6 +161,7 @@ public sealed class AggregationRound : ReceiveActor
         {
             InFlight();
             Receive<ExchangeCollected>(OnCollected);
+            Receive<PartyAnswered>(a => _replyTo.Tell(new RoundPartyAnswered(_start.JobId, _start.Round, _start.Attempt, a.Work.Phase, a.Org, a.Succeeded, a.Reason)));
         });
     }
 

@@ -30,7 +30,14 @@ public sealed record AbortRound(string JobId, int Round, int Attempt, string Rea
 }
 
 /// <summary>To the job: a stage of the round began and may take this long (the job's watchdog budget).</summary>
-public sealed record RoundProgress(string JobId, int Round, int Attempt, int Phase, string Stage, TimeSpan Budget) : IControlMessage;
+public sealed record RoundProgress(string JobId, int Round, int Attempt, int Phase, string Stage, TimeSpan Budget) : IControlMessage
+{
+    /// <summary>For a collect stage: the parties this exchange asks.</summary>
+    public string[] Asked { get; init; } = [];
+}
+
+/// <summary>To the job: one party's answer to the exchange in flight is settled (live progress for operators).</summary>
+public sealed record RoundPartyAnswered(string JobId, int Round, int Attempt, int Phase, string Org, bool Succeeded, string? Reason) : IControlMessage;
 
 /// <summary>To the job: an exchange completed and the round goes on with <see cref="Next"/>; persisted so a restart resumes there.</summary>
 public sealed record RoundPhaseDone(string JobId, int Round, int Attempt, int Phase, AlgorithmState State, Exchange Next) : IControlMessage;

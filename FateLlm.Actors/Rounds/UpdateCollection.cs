@@ -117,7 +117,11 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org)) return;
         apply();
         if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org))
-            Context.System.EventStream.Publish(new PartyAnswered(_s.Work, org, _succeeded.ContainsKey(org), _failed.GetValueOrDefault(org)));
+        {
+            var answered = new PartyAnswered(_s.Work, org, _succeeded.ContainsKey(org), _failed.GetValueOrDefault(org));
+            Context.System.EventStream.Publish(answered);
+            Context.Parent.Tell(answered);
+        }
         if (_succeeded.Count + _failed.Count == _s.Requests.Count) Conclude(deadline: false);
     }
 

@@ -28,6 +28,8 @@ public sealed class AggregationRoundSpec : TestKit
 
     public AggregationRoundSpec() : base(ActorSpecs.Config(virtualTime: true))
     {
+        // Live answers for the job's status are not what these specs look at.
+        IgnoreMessages<RoundPartyAnswered>();
         _parties = CreateTestProbe();
         _answers = CreateTestProbe();
         Sys.EventStream.Subscribe(_answers.Ref, typeof(PartyAnswered));

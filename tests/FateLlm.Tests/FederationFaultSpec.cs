@@ -118,18 +118,22 @@ public class FederationFaultSpec
     }
 
     [Fact]
-    public async Task Without_a_quorum_the_round_is_retried_then_the_job_fails_naming_who_was_missing()
+    public async Task A_job_naming_an_organization_with_no_node_waits_for_it_without_spending_attempts_then_fails_naming_it()
     {
         var g = FederationFixture.Prepare();
         var two = g with { Datasets = g.Datasets.Where(kv => kv.Key != "food").ToDictionary() };
-        await using var fed = await FederationFixture.Start(two);
+        await using var fed = await FederationFixture.Start(two, ConfigurationFactory.ParseString("fate-llm.job.wait-for-parties = 5s"));
         var spec = FederationFixture.Job(g, "no-quorum", rounds: 2, quorum: 3, deadlineSeconds: 3, attempts: 2);
-        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        var accepted = Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        Assert.Equal(["food"], accepted.WaitingFor); // the answer says whom round 1 waits for, and how long
+        Assert.Equal(TimeSpan.FromSeconds(5), accepted.WaitUpTo);
         var status = await fed.WaitAsync(spec.JobId, Generous);
 
         Assert.Equal(JobState.Failed, status.State);
         Assert.Equal(0, status.CompletedRounds);
-        Assert.Contains("round 1 failed after 2 attempts", status.Reason);
-        Assert.Contains("food (no answer by the deadline)", status.Reason);
+        Assert.Equal(0, status.CurrentAttempt); // no attempt was spent in vain
+        Assert.Equal("round 1 cannot meet its quorum of 3: no node of food joined within 5 s", status.Reason);
+        // The parties that were there trained nothing for it.
+        Assert.All(fed.Parties.Values, n => Assert.Empty(Directory.GetFiles(n.Store.Root)));
     }
 }

@@ -342,4 +342,56 @@ public sealed class JobActorSpec : TestKit
         Job(spec.JobId);
         Assert.Equal(r2.Participants, NextStart(2, 2).Participants);
     }
+
+    [Fact]
+    public void An_attempt_whose_quorum_needs_an_organization_without_a_node_waits_for_it_and_spends_no_attempt()
+    {
+        _presence.Absent.Add("food");
+        var spec = ActorSpecs.EchoJob("waits", rounds: 1, quorum: 3);
+        var job = Job(spec.JobId);
+        job.Tell(new SubmitJob(spec.JobId, spec));
+        var accepted = ExpectMsg<JobAccepted>(Wait);
+        Assert.Equal(["food"], accepted.WaitingFor);
+        Assert.Equal(TimeSpan.FromMinutes(2), accepted.WaitUpTo);
+        Assert.Equal(["food"], Status(job).WaitingFor);
+        Clock.Advance(TimeSpan.FromSeconds(30));
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+        var waiting = Status(job);
+        Assert.Equal(["food"], waiting.WaitingFor);
+        Assert.Equal(0, waiting.CurrentAttempt);
+        _presence.Absent.Clear(); // food's node joins
+        Clock.Advance(TimeSpan.FromSeconds(1));
+        NextStart(1, 1); // attempt 1, not a later one
+        Assert.Empty(Status(job).WaitingFor);
+    }
+
+    [Fact]
+    public void A_job_waits_for_a_missing_organization_only_so_long_then_fails_naming_it()
+    {
+        _presence.Absent.Add("food");
+        var spec = ActorSpecs.EchoJob("gives-up", rounds: 1, quorum: 3);
+        var job = Submitted(spec);
+        Assert.Equal(["food"], Status(job).WaitingFor); // the wait has begun, its timer runs
+        Clock.Advance(TimeSpan.FromMinutes(2));
+        var status = AwaitState(job, JobState.Failed);
+        Assert.Equal("round 1 cannot meet its quorum of 3: no node of food joined within 120 s", status.Reason);
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+    }
+
+    [Fact]
+    public void The_status_shows_the_exchange_in_flight_and_who_has_answered()
+    {
+        var spec = ActorSpecs.EchoJob("live");
+        var job = Submitted(spec);
+        var s = NextStart(1, 1);
+        job.Tell(new RoundProgress(s.JobId, 1, 1, 1, "collect", TimeSpan.FromSeconds(10)) { Asked = ActorSpecs.Orgs }, _rounds.Ref);
+        job.Tell(new RoundPartyAnswered(s.JobId, 1, 1, 1, "animal", true, null), _rounds.Ref);
+        job.Tell(new RoundPartyAnswered(s.JobId, 1, 1, 1, "food", false, "no answer by the deadline"), _rounds.Ref);
+        var current = Status(job).Current!;
+        Assert.Equal((1, 1, 1, "collect"), (current.Round, current.Attempt, current.Exchange, current.Stage));
+        Assert.Equal(ActorSpecs.Orgs, current.Asked);
+        Assert.Equal("ok", current.Answers["animal"]);
+        Assert.Equal("no answer by the deadline", current.Answers["food"]);
+        Assert.False(current.Answers.ContainsKey("artifact"));
+    }
 }
