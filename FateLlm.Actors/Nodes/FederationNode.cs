@@ -10,6 +10,7 @@ using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Security;
 using FateLlm.Actors.Transfer;
+using System.Runtime.CompilerServices;
 using FateLlm.Training.IO;
 
 namespace FateLlm.Actors.Nodes;
@@ -44,11 +45,17 @@ public sealed class FederationNode : IAsyncDisposable
     public IActorRef JobRegion { get; }
     public IActorRef RoundRegion { get; }
     public IActorRef PartyRegion { get; }
+    /// <summary>Set when this party node was refused because another node already serves its organization.</summary>
+    public string? Refused => _refusal.Value;
 
     public const string JobRegionName = "job", RoundRegionName = "round", PartyRegionName = "party";
 
-    FederationNode(ActorSystem system, NodeOptions options, BlobStore store, IActorRef blobServer, IActorRef job, IActorRef round, IActorRef party)
+    readonly StrongBox<string?> _refusal;
+
+    FederationNode(ActorSystem system, NodeOptions options, BlobStore store, IActorRef blobServer, IActorRef job, IActorRef round, IActorRef party,
+        StrongBox<string?> refusal)
     {
+        _refusal = refusal;
         System = system;
         Options = options;
         Store = store;
@@ -148,6 +155,10 @@ public sealed class FederationNode : IAsyncDisposable
         var faults = FaultInjection.FromConfig(config);
         var presence = new ClusterPresence(system);
         var cluster = Akka.Cluster.Cluster.Get(system);
+        var refused = new StrongBox<string?>();
+        if (o.Role == NodeRole.Party)
+            system.ActorOf(OrganizationUniqueness.Props(o.Org!, config.GetTimeSpan("fate-llm.party.duplicate-grace"), reason => refused.Value = reason),
+                OrganizationUniqueness.Name);
         var party = o.Role == NodeRole.Party
             ? sharding.Start(PartyRegionName,
                 entityId => PartyActor.Props(entityId, new PartyNodeSettings(o.Org!, o.Datasets, store, blobServer, transfer,
@@ -193,7 +204,7 @@ public sealed class FederationNode : IAsyncDisposable
             round = sharding.StartProxy(RoundRegionName, "arbiter", new RoundMessageExtractor(roundShards));
             job = sharding.StartProxy(JobRegionName, "arbiter", new JobMessageExtractor(jobShards));
         }
-        return new FederationNode(system, o, store, blobServer, job, round, party);
+        return new FederationNode(system, o, store, blobServer, job, round, party, refused);
     }
 
     /// <summary>Completes when this node is Up in the cluster.</summary>

@@ -37,9 +37,10 @@ public sealed class PartyPlacement(ActorSystem system, Func<Address, string?>? p
     public Task<IActorRef> AllocateShard(IActorRef requester, string shardId, IImmutableDictionary<IActorRef, IImmutableList<string>> currentShardAllocations)
     {
         var cluster = Cluster.Get(system);
+        // The oldest node of the organization: a second node that claims it never gets its shard (see OrganizationUniqueness).
         var owner = Nodes(cluster.State, shardId, includeJoining: false)
             .Where(m => provenOrganization is null || provenOrganization(m.Address) == shardId)
-            .Select(m => m.Address).FirstOrDefault();
+            .OrderBy(m => m, Member.AgeOrdering).Select(m => m.Address).FirstOrDefault();
         if (owner is null) return Task.FromResult<IActorRef>(ActorRefs.Nobody);
         var region = currentShardAllocations.Keys.FirstOrDefault(r => AddressOf(r, cluster) == owner);
         return Task.FromResult<IActorRef>(region ?? ActorRefs.Nobody);

@@ -109,6 +109,7 @@ internal static class NodeCommands
     {
         var config = FederationNode.BuildConfig(options);
         FederationNode.CheckOwnIdentity(options, config);
+        FederationNode? started = null;
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.Services.AddAkka(options.SystemName, (akka, services) =>
@@ -117,7 +118,7 @@ internal static class NodeCommands
             if (options.Tls is { } tls) akka.AddSetup(tls.Setup());
             akka.AddStartup((system, _) =>
             {
-                var node = FederationNode.Attach(system, options);
+                var node = started = FederationNode.Attach(system, options);
                 var self = Akka.Cluster.Cluster.Get(system).SelfAddress;
                 Console.WriteLine($"{options.Role.ToString().ToLowerInvariant()}{(options.Org is null ? "" : " " + options.Org)} node at {self}, data in {Path.GetFullPath(options.DataDir)}");
                 // Downed by the split-brain resolver or shut down: end the process too.
@@ -127,5 +128,7 @@ internal static class NodeCommands
         });
         using var host = builder.Build();
         host.Run();
+        // A party node refused because its organization is already served ends with that reason, not silently.
+        if (started?.Refused is { } refused) throw new InvalidOperationException(refused);
     }
 }

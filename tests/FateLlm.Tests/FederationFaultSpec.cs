@@ -136,4 +136,24 @@ public class FederationFaultSpec
         // The parties that were there trained nothing for it.
         Assert.All(fed.Parties.Values, n => Assert.Empty(Directory.GetFiles(n.Store.Root)));
     }
+
+    [Fact]
+    public async Task A_second_node_claiming_an_organization_already_served_is_refused_and_leaves_while_the_first_keeps_serving()
+    {
+        var g = FederationFixture.Prepare();
+        await using var fed = await FederationFixture.Start(g);
+        var first = fed.Parties["food"];
+        var second = FederationNode.Start(new NodeOptions
+        {
+            Role = NodeRole.Party, Org = "food", Seeds = [fed.SeedAddress], DataDir = Path.Combine(g.Root, "food-again"),
+            Datasets = g.Datasets["food"], Overrides = FederationFixture.FastCluster,
+        });
+        await second.System.WhenTerminated.WaitAsync(Generous);
+        Assert.StartsWith($"organization 'food' is already served by node {Akka.Cluster.Cluster.Get(first.System).SelfAddress}", second.Refused);
+        Assert.Null(first.Refused);
+        Assert.False(first.System.WhenTerminated.IsCompleted);
+        // The organization's work still lands on the first node: a job runs through it.
+        var status = await FederationFixture.RunToCompletion(fed, FederationFixture.Job(g, "after-duplicate", rounds: 1), Generous);
+        Assert.True(status.Rounds[0].Parties.Single(p => p.Org == "food").Succeeded);
+    }
 }

@@ -22,6 +22,7 @@ internal static class FederationFixture
         fate-llm.round.absent-grace = 10s
         fate-llm.transfer.chunk-timeout = 1s
         fate-llm.transfer.chunk-size = 16KiB
+        fate-llm.party.duplicate-grace = 3s
         """);
 
     public static readonly string[] Orgs = ["animal", "artifact", "food"];
