@@ -84,6 +84,7 @@ public sealed class FederationNode : IAsyncDisposable
         var dataDir = Path.GetFullPath(o.DataDir);
         var journal = "Data Source=" + Path.Combine(dataDir, "journal.db").Replace("\\", "/");
         var seeds = string.Join(",", o.Seeds.Select(s => $"\"{s}\""));
+        var logFile = Path.Combine(dataDir, "node.log").Replace('\\', '/');
         var node = ConfigurationFactory.ParseString($$"""
             akka.remote.dot-netty.tcp.hostname = "{{o.Host}}"
             akka.remote.dot-netty.tcp.port = {{o.Port}}
@@ -92,6 +93,9 @@ public sealed class FederationNode : IAsyncDisposable
             fate-llm.data-dir = "{{dataDir.Replace("\\", "/")}}"
             akka.persistence.journal.sql.connection-string = "{{journal}}"
             akka.persistence.snapshot-store.sql.connection-string = "{{journal}}"
+            akka.loggers = ["FateLlm.Actors.Logging.NodeLog, FateLlm.Actors"]
+            akka.stdout-loglevel = OFF
+            fate-llm.logging.file = "{{logFile}}"
             """);
         var config = node;
         if (o.Tls != null) config = NodeTls.EnableSsl.WithFallback(config);
@@ -143,6 +147,7 @@ public sealed class FederationNode : IAsyncDisposable
             config.GetInt("fate-llm.transfer.window"),
             config.GetTimeSpan("fate-llm.transfer.chunk-timeout"),
             config.GetInt("fate-llm.transfer.max-attempts-per-chunk"));
+        if (o.Role != NodeRole.Client) system.ActorOf(MembershipAnnouncer.Props(), MembershipAnnouncer.Name);
         var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port), Transfer.BlobServer.Name);
         Func<Address, string?>? proven = null;
         if (o.Tls is { } tls)

@@ -17,6 +17,8 @@ using FateLlm.Training.Models;
 using FateLlm.Training.Tokenization;
 using static TorchSharp.torch;
 
+using FateLlm.Host.Cli;
+
 namespace FateLlm.Host.Benchmarks;
 
 /// <summary>
@@ -35,17 +37,17 @@ internal static class FederationBench
 
     public static async Task Run(int[] sizesMiB, bool skipRound, TransferSettings transfer)
     {
-        Console.WriteLine($"== adapter transfer between two processes over loopback ({transfer.ChunkSize >> 10} KiB chunks, window {transfer.Window})");
+        CliApp.Out.WriteLine($"== adapter transfer between two processes over loopback ({transfer.ChunkSize >> 10} KiB chunks, window {transfer.Window})");
         await Transfer(sizesMiB, transfer);
-        Console.WriteLine();
-        Console.WriteLine("== FedAvg over 10 x 16 MiB adapters");
+        CliApp.Out.WriteLine();
+        CliApp.Out.WriteLine("== FedAvg over 10 x 16 MiB adapters");
         FedAvgThroughput();
-        Console.WriteLine();
-        Console.WriteLine("== round protocol with 200 simulated parties (tiny adapters, in-process)");
+        CliApp.Out.WriteLine();
+        CliApp.Out.WriteLine("== round protocol with 200 simulated parties (tiny adapters, in-process)");
         await SimulatedRounds(200, 20);
         if (skipRound) return;
-        Console.WriteLine();
-        Console.WriteLine("== one real round: 3 parties, tiny model, in-process cluster");
+        CliApp.Out.WriteLine();
+        CliApp.Out.WriteLine("== one real round: 3 parties, tiny model, in-process cluster");
         await RealRound();
     }
 
@@ -62,7 +64,7 @@ internal static class FederationBench
         system.ActorOf(BlobServer.Props(store), BlobServer.Name);
         var listener = new TcpListener(IPAddress.Loopback, rawPort);
         listener.Start();
-        Console.WriteLine("READY " + string.Join(" ", digests));
+        CliApp.Out.WriteLine("READY " + string.Join(" ", digests));
         while (true)
         {
             using var client = listener.AcceptTcpClient();
@@ -89,15 +91,15 @@ internal static class FederationBench
             var digests = ready[6..].Split(' ');
             using var system = ActorSystem.Create("bench-client", Remote(0));
             var remote = await system.ActorSelection($"akka.tcp://bench@127.0.0.1:{port}/user/{BlobServer.Name}").ResolveOne(TimeSpan.FromSeconds(20));
-            Console.WriteLine($"{"size",8} {"akka MB/s",10} {"raw TCP MB/s",13} {"ratio",6} {"wire/raw",9} {"retransmits",12}");
+            CliApp.Out.WriteLine($"{"size",8} {"akka MB/s",10} {"raw TCP MB/s",13} {"ratio",6} {"wire/raw",9} {"retransmits",12}");
             for (int i = 0; i < sizesMiB.Length; i++)
             {
                 var size = (long)sizesMiB[i] << 20;
                 var (akkaSeconds, akkaWire, retransmits) = await Fetch(system, new BlobStore(Path.Combine(dir, "client-" + i)), new BlobLocation(digests[i], size, remote), transfer);
                 var (rawSeconds, rawWire) = RawCopy(rawPort, i, size);
-                Console.WriteLine($"{sizesMiB[i] + " MiB",8} {size / 1e6 / akkaSeconds,10:F1} {size / 1e6 / rawSeconds,13:F1} {rawSeconds / akkaSeconds,6:F2} {akkaWire / (double)rawWire,9:F3} {retransmits,12}");
+                CliApp.Out.WriteLine($"{sizesMiB[i] + " MiB",8} {size / 1e6 / akkaSeconds,10:F1} {size / 1e6 / rawSeconds,13:F1} {rawSeconds / akkaSeconds,6:F2} {akkaWire / (double)rawWire,9:F3} {retransmits,12}");
             }
-            Console.WriteLine("wire/raw: loopback bytes (TCP/IP headers included) for the actor transfer ÷ for a raw TCP copy of the same bytes");
+            CliApp.Out.WriteLine("wire/raw: loopback bytes (TCP/IP headers included) for the actor transfer ÷ for a raw TCP copy of the same bytes");
         }
         finally
         {
@@ -170,7 +172,7 @@ internal static class FederationBench
             foreach (var d in deltas) dst.copy_(d.Tensors["w"]);
         var copySeconds = sw.Elapsed.TotalSeconds / reps;
         double bytes = (double)parties * floats * 4;
-        Console.WriteLine($"FedAvg {bytes / 1e9 / fedSeconds:F2} GB/s, memcpy of the same bytes {bytes / 1e9 / copySeconds:F2} GB/s, ratio {copySeconds / fedSeconds:F2} ({get_num_threads()} torch threads)");
+        CliApp.Out.WriteLine($"FedAvg {bytes / 1e9 / fedSeconds:F2} GB/s, memcpy of the same bytes {bytes / 1e9 / copySeconds:F2} GB/s, ratio {copySeconds / fedSeconds:F2} ({get_num_threads()} torch threads)");
     }
 
     // ---- round protocol ----
@@ -213,7 +215,7 @@ internal static class FederationBench
             if (!finished.Succeeded) throw new InvalidOperationException(finished.Reason);
             state = finished.State!;
         }
-        Console.WriteLine($"{rounds / sw.Elapsed.TotalSeconds:F2} rounds/s with {parties} parties ({sw.Elapsed.TotalMilliseconds / rounds:F0} ms per round: ask, pull {parties} deltas, aggregate, store)");
+        CliApp.Out.WriteLine($"{rounds / sw.Elapsed.TotalSeconds:F2} rounds/s with {parties} parties ({sw.Elapsed.TotalMilliseconds / rounds:F0} ms per round: ask, pull {parties} deltas, aggregate, store)");
         await system.Terminate();
         try { Directory.Delete(dir, true); } catch (IOException) { }
     }
@@ -237,9 +239,9 @@ internal static class FederationBench
         foreach (var r in s.Rounds)
         {
             var slowest = r.Parties.Max(p => p.TrainSeconds);
-            Console.WriteLine($"round {r.Round}: wall {r.Seconds:F2}s, slowest party's local round {slowest:F2}s → overhead {100 * (r.Seconds / slowest - 1):F1}% (adapter {Bytes(r.Parties[0].UploadBytes)})");
+            CliApp.Out.WriteLine($"round {r.Round}: wall {r.Seconds:F2}s, slowest party's local round {slowest:F2}s → overhead {100 * (r.Seconds / slowest - 1):F1}% (adapter {Bytes(r.Parties[0].UploadBytes)})");
         }
-        Console.WriteLine("(3 parties train concurrently on 2 cores here, so the slowest party's time includes sharing the CPU)");
+        CliApp.Out.WriteLine("(3 parties train concurrently on 2 cores here, so the slowest party's time includes sharing the CPU)");
         try { Directory.Delete(root, true); } catch (IOException) { }
     }
 

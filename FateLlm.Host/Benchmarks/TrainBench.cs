@@ -6,6 +6,8 @@ using FateLlm.Training.Trainer;
 using TorchSharp;
 using static TorchSharp.torch;
 
+using FateLlm.Host.Cli;
+
 namespace FateLlm.Host.Benchmarks;
 
 /// <summary><c>bench train</c>: ms/step, tokens/s, model FLOPs and achieved GFLOP/s against the same run's sgemm, peak RSS.</summary>
@@ -42,17 +44,17 @@ internal static class TrainBench
         var achieved = flops / (ms / 1000) / 1e9;
         var sgemm = SgemmGflops();
         var trainableCount = trainable.Sum(t => t.Param.numel());
-        Console.WriteLine($"model            {config.ModelType} {presetName} ({config.ParameterCount():N0} params), {PeftConfig.MethodName(method)}");
-        Console.WriteLine($"threads          {get_num_threads()}");
-        Console.WriteLine($"batch x seq      {b} x {s} = {b * s} tokens");
-        Console.WriteLine($"trainable        {trainableCount:N0} params ({trainableCount * 4:N0} bytes)");
-        Console.WriteLine($"ms/step          {ms:F1} (min {times.Min():F1}, max {times.Max():F1}, {measured} steps)");
-        Console.WriteLine($"tokens/s         {b * s / (ms / 1000):F0}");
-        Console.WriteLine($"model GFLOP/step {flops / 1e9:F1}");
-        Console.WriteLine($"achieved GFLOP/s {achieved:F1}");
-        Console.WriteLine($"sgemm GFLOP/s    {sgemm:F1} (2048x2048 fp32 matmul, same threads)");
-        Console.WriteLine($"utilization      {achieved / sgemm:F2}");
-        Console.WriteLine($"peak RSS         {PeakRssMiB():F0} MiB");
+        CliApp.Out.WriteLine($"model            {config.ModelType} {presetName} ({config.ParameterCount():N0} params), {PeftConfig.MethodName(method)}");
+        CliApp.Out.WriteLine($"threads          {get_num_threads()}");
+        CliApp.Out.WriteLine($"batch x seq      {b} x {s} = {b * s} tokens");
+        CliApp.Out.WriteLine($"trainable        {trainableCount:N0} params ({trainableCount * 4:N0} bytes)");
+        CliApp.Out.WriteLine($"ms/step          {ms:F1} (min {times.Min():F1}, max {times.Max():F1}, {measured} steps)");
+        CliApp.Out.WriteLine($"tokens/s         {b * s / (ms / 1000):F0}");
+        CliApp.Out.WriteLine($"model GFLOP/step {flops / 1e9:F1}");
+        CliApp.Out.WriteLine($"achieved GFLOP/s {achieved:F1}");
+        CliApp.Out.WriteLine($"sgemm GFLOP/s    {sgemm:F1} (2048x2048 fp32 matmul, same threads)");
+        CliApp.Out.WriteLine($"utilization      {achieved / sgemm:F2}");
+        CliApp.Out.WriteLine($"peak RSS         {PeakRssMiB():F0} MiB");
     }
 
     /// <summary>

@@ -24,7 +24,7 @@ internal static class AdapterCommands
             if (fmt == "peft")
             {
                 AdapterFolder.Save(m, cfg, outPath, basePath);
-                Console.WriteLine($"wrote PEFT adapter ({PeftConfig.MethodName(cfg.Method)}) to {outPath}");
+                CliApp.Out.WriteLine($"wrote PEFT adapter ({PeftConfig.MethodName(cfg.Method)}) to {outPath}");
                 return;
             }
             if (cfg.Method == PeftMethod.PtuningV2)
@@ -32,7 +32,7 @@ internal static class AdapterCommands
             PeftModel.MergeLora(m);
             HfCheckpoint.Save(m, outPath);
             TokenizerLoader.CopyFiles(basePath, outPath);
-            Console.WriteLine($"wrote merged HF checkpoint to {outPath}");
+            CliApp.Out.WriteLine($"wrote merged HF checkpoint to {outPath}");
         }, adapter, model, format, outDir);
         var cmd = new Command("adapter", "Adapters");
         cmd.Subcommands.Add(export);

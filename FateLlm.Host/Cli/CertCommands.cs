@@ -17,7 +17,7 @@ internal static class CertCommands
         {
             var dir = p.GetValue(caOut)!;
             CertificateAuthority.InitCa(dir, p.GetValue(caName)!);
-            Console.WriteLine($"CA created: {Path.Combine(dir, CertificateAuthority.CaKeyFile)} (private: keep it off the nodes), {Path.Combine(dir, CertificateAuthority.CaCertFile)}");
+            CliApp.Out.WriteLine($"CA created: {Path.Combine(dir, CertificateAuthority.CaKeyFile)} (private: keep it off the nodes), {Path.Combine(dir, CertificateAuthority.CaCertFile)}");
         }, caOut, caName);
 
         var ca = Required<string>("--ca", "The CA folder made by init-ca");
@@ -29,7 +29,7 @@ internal static class CertCommands
         {
             if (p.GetValue(days) < 1) throw new UsageException("--days must be ≥ 1");
             using var cert = CertificateAuthority.Issue(p.GetValue(ca)!, p.GetValue(org)!, p.GetValue(outDir)!, p.GetValue(days));
-            Console.WriteLine($"issued {cert.Subject}, valid until {cert.NotAfter:yyyy-MM-dd}, into {p.GetValue(outDir)} (start the node with --tls {p.GetValue(outDir)})");
+            CliApp.Out.WriteLine($"issued {cert.Subject}, valid until {cert.NotAfter:yyyy-MM-dd}, into {p.GetValue(outDir)} (start the node with --tls {p.GetValue(outDir)})");
         }, ca, org, outDir, days);
         certs.Subcommands.Add(init);
         certs.Subcommands.Add(issue);

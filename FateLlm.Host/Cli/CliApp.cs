@@ -36,10 +36,18 @@ public static class CliApp
         return root;
     }
 
+    /// <summary>Where every command writes: the writers <see cref="Run"/> was given (the console by default).</summary>
+    internal static TextWriter Out { get; private set; } = Console.Out;
+    internal static TextWriter Err { get; private set; } = Console.Error;
+    /// <summary>Tables, markup and progress, written to <see cref="Out"/>.</summary>
+    internal static Spectre.Console.IAnsiConsole Ansi { get; private set; } = Spectre.Console.AnsiConsole.Console;
+
     public static int Run(string[] args, TextWriter? output = null, TextWriter? error = null)
     {
-        var stdout = output ?? Console.Out;
-        var stderr = error ?? Console.Error;
+        var stdout = Out = output ?? Console.Out;
+        var stderr = Err = error ?? Console.Error;
+        Ansi = output is null ? Spectre.Console.AnsiConsole.Console
+            : Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings { Out = new Spectre.Console.AnsiConsoleOutput(output) });
         var parse = Build().Parse(args);
         if (parse.Errors.Count > 0)
         {
@@ -61,11 +69,12 @@ public static class CliApp
 
     static (int, string) Classify(Exception e) => e switch
     {
-        UsageException or ArgumentException => (UsageError, e.Message),
+        // Only a usage error exits 2; an ArgumentException thrown at run time is a runtime fault.
+        UsageException => (UsageError, e.Message),
         ModelFormatException or DataFormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
             or FateLlm.Training.Federation.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
-        DirectoryNotFoundException or IOException or UnauthorizedAccessException => (RuntimeError, e.Message),
+        DirectoryNotFoundException or IOException or UnauthorizedAccessException or ArgumentException => (RuntimeError, e.Message),
         OperationCanceledException => (RuntimeError, "cancelled"),
         _ => (RuntimeError, $"{e.GetType().Name}: {e.Message}"),
     };

@@ -30,11 +30,11 @@ internal static class DemoCommand
                     throw new UsageException($"--kill '{victim}' is not one of {string.Join(", ", PrivateFederation.FiveParties.Keys)} or none");
                 if (!(p.GetValue(noise) > 0)) throw new UsageException("--noise must be > 0");
                 if (!(p.GetValue(clip) > 0)) throw new UsageException("--clip must be > 0");
-                AnsiConsole.MarkupLine("[bold]FateLlm secure demo[/]: 5 organizations over mutual TLS, SecAgg+ (t = 3 of 5) and distributed DP on FedAvg LoRA");
+                CliApp.Ansi.MarkupLine("[bold]FateLlm secure demo[/]: 5 organizations over mutual TLS, SecAgg+ (t = 3 of 5) and distributed DP on FedAvg LoRA");
                 RunPrivate(s with { TrainPerParty = 300 }, [p.GetValue(noise)], victim == "none" ? null : victim, p.GetValue(clip));
                 return;
             }
-            AnsiConsole.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
+            CliApp.Ansi.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
             Run(s);
         }, outDir, rounds, secure, noise, kill, clip);
     }
@@ -58,8 +58,8 @@ internal static class DemoCommand
                 md.AppendLine($"| {(r.NoiseMultiplier is { } z ? z.ToString("G3") : "no DP")} | {(r.Epsilon is { } e ? e.ToString("F1") : "∞")} | {r.Scores.RougeL:F2} | {r.Scores.Bleu4:F2} | {r.Scores.Loss:F3} | {r.Seconds / 60:F1} |");
             var path = Path.Combine(s.OutDir, "results-privacy.md");
             File.WriteAllText(path, md.ToString());
-            AnsiConsole.WriteLine(md.ToString());
-            AnsiConsole.MarkupLine($"written to [bold]{path}[/]");
+            CliApp.Ansi.WriteLine(md.ToString());
+            CliApp.Ansi.MarkupLine($"written to [bold]{path}[/]");
         }, outDir, noises, clip);
     }
 
@@ -67,16 +67,16 @@ internal static class DemoCommand
 
     static List<PrivateRunResult> RunPrivate(ExperimentSettings s, IReadOnlyList<double?> noises, string? kill, double clip)
     {
-        var results = new PrivateFederation(s, line => AnsiConsole.WriteLine(line), clip).RunAsync(noises, kill, RoundPrinter()).GetAwaiter().GetResult();
+        var results = new PrivateFederation(s, line => CliApp.Ansi.WriteLine(line), clip).RunAsync(noises, kill, RoundPrinter()).GetAwaiter().GetResult();
         foreach (var r in results)
         {
             var st = r.Status;
-            AnsiConsole.MarkupLine($"job [bold]{st.JobId}[/]: {st.State}, {st.CompletedRounds}/{st.TotalRounds} rounds in {r.Seconds / 60:F1} min" +
+            CliApp.Ansi.MarkupLine($"job [bold]{st.JobId}[/]: {st.State}, {st.CompletedRounds}/{st.TotalRounds} rounds in {r.Seconds / 60:F1} min" +
                 (r.Killed is null ? "" : $", party '{r.Killed}' crashed mid-protocol in round 2"));
-            AnsiConsole.MarkupLine(r.Epsilon is { } e
+            CliApp.Ansi.MarkupLine(r.Epsilon is { } e
                 ? $"  differential privacy spent: [bold](ε = {e:F2}, δ = {r.Delta:G2})[/] at noise multiplier z = {r.NoiseMultiplier:G3}"
                 : "  no differential privacy (secure aggregation only)");
-            AnsiConsole.MarkupLine($"  all-domain test set: ROUGE-L {r.Scores.RougeL:F2}, BLEU-4 {r.Scores.Bleu4:F2}, loss {r.Scores.Loss:F3}; outputs in {st.OutputDir}");
+            CliApp.Ansi.MarkupLine($"  all-domain test set: ROUGE-L {r.Scores.RougeL:F2}, BLEU-4 {r.Scores.Bleu4:F2}, loss {r.Scores.Loss:F3}; outputs in {st.OutputDir}");
         }
         return results;
     }
@@ -89,7 +89,7 @@ internal static class DemoCommand
             var n = printed.GetValueOrDefault(st.JobId);
             for (; n < st.Rounds.Length; n++)
             {
-                AnsiConsole.MarkupLine($"[grey]{st.JobId}[/]");
+                CliApp.Ansi.MarkupLine($"[grey]{st.JobId}[/]");
                 JobCommands.PrintRound(st.Rounds[n], st.TotalRounds);
             }
             printed[st.JobId] = n;
@@ -117,10 +117,10 @@ internal static class DemoCommand
 
     static void Run(ExperimentSettings s)
     {
-        var result = new PaperExperiment(s, line => AnsiConsole.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+        var result = new PaperExperiment(s, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
         ExperimentReport.Write(result, s.OutDir);
         Render(result);
-        AnsiConsole.MarkupLine($"results.md, results.json and plots in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+        CliApp.Ansi.MarkupLine($"results.md, results.json and plots in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
     }
 
     sealed class Progress(Action<JobStatus> report) : IProgress<JobStatus>
@@ -134,11 +134,11 @@ internal static class DemoCommand
             .AddColumns("method", "setting", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU-4", "loss");
         foreach (var x in ExperimentReport.Summarize(r.Runs))
             table.AddRow(x.Method, x.Setting, $"{x.Rouge1:F2}", $"{x.Rouge2:F2}", $"{x.RougeL:F2}", $"{x.Bleu4:F2}", $"{x.Loss:F3}");
-        AnsiConsole.Write(table);
+        CliApp.Ansi.Write(table);
         var comm = new Table().Title("communication").AddColumns("method", "trainable params", "% of model", "sent per party per round", "total (up + down)");
         foreach (var c in r.Communication)
             comm.AddRow(c.Method, $"{c.TrainableParameters:N0}", $"{c.PercentOfModel:F3} %", Bytes(c.BytesPerPartyPerRound), Bytes(c.TotalBytes));
-        AnsiConsole.Write(comm);
+        CliApp.Ansi.Write(comm);
     }
 
     static string Bytes(long b) => b >= 1 << 20 ? $"{b / 1048576.0:F2} MiB" : b >= 1024 ? $"{b / 1024.0:F1} KiB" : $"{b} B";

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using Akka.Actor;
 using Akka.Cluster.Sharding;
+using Spectre.Console;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Federation;
@@ -28,7 +29,9 @@ internal static class JobCommands
             {
                 var reply = await node.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
                 if (reply is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
-                Console.WriteLine($"job {spec.JobId} accepted");
+                var accepted = (JobAccepted)reply;
+                CliApp.Out.WriteLine(accepted.WaitingFor.Length == 0 ? $"job {spec.JobId} accepted"
+                    : $"job {spec.JobId} accepted; no node serves {string.Join(", ", accepted.WaitingFor)} yet: round 1 waits for them up to {accepted.WaitUpTo.TotalSeconds:G4} s");
                 if (!p.GetValue(wait)) return;
                 var final = await Follow(node, spec.JobId);
                 if (final.State != JobState.Completed) throw new InvalidOperationException($"job {spec.JobId} {final.State.ToString().ToLowerInvariant()}: {final.Reason}");
@@ -42,7 +45,7 @@ internal static class JobCommands
         {
             var s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
-            if (p.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(s, JsonOut));
+            if (p.GetValue(json)) CliApp.Out.WriteLine(JsonSerializer.Serialize(s, JsonOut));
             else Print(s);
         }), json, Seed, Timeout, Tls);
 
@@ -62,16 +65,16 @@ internal static class JobCommands
             foreach (var jobId in ids)
             {
                 var s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(p.GetValue(Timeout)));
-                Console.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
+                CliApp.Out.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
             }
-            if (ids.Count == 0) Console.WriteLine("no jobs");
+            if (ids.Count == 0) CliApp.Out.WriteLine("no jobs");
         }), Seed, Timeout, Tls);
 
         var cancel = new Command("cancel", "Cancel a running job") { id };
         cancel.With(p => WithClient(p, async node =>
         {
             var s = await node.JobRegion.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
-            Console.WriteLine($"job {s.JobId}: {s.State}");
+            CliApp.Out.WriteLine($"job {s.JobId}: {s.State}");
         }), Seed, Timeout, Tls);
 
         var job = new Command("job", "Submit and query federated jobs");
@@ -79,7 +82,26 @@ internal static class JobCommands
         return job;
     }
 
-    static readonly JsonSerializerOptions JsonOut = new() { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+    // States and enums by name, NaN losses as named literals.
+    static readonly JsonSerializerOptions JsonOut = new(JobSpec.JsonOptions) { WriteIndented = true };
+
+    /// <summary>Per round: attempt, who answered, mean losses, bytes, ε.</summary>
+    static void PrintTable(JobStatus s)
+    {
+        var table = new Table().AddColumns("round", "attempt", "parties ok", "train loss", "eval loss", "up", "down", "ε", "seconds");
+        foreach (var r in s.Rounds)
+        {
+            var ok = r.Parties.Where(p => p.Succeeded).ToList();
+            string Mean(IEnumerable<double> xs) => xs.Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average() is var m && double.IsFinite(m) ? m.ToString("F4") : "-";
+            table.AddRow($"{r.Round}", $"{r.Attempt}", $"{ok.Count}/{r.Parties.Length}", Mean(ok.Select(p => p.LastLoss)), Mean(ok.Select(p => p.EvalLoss ?? double.NaN)),
+                Bytes(r.Parties.Sum(p => p.UploadBytes)), Bytes(r.Parties.Sum(p => p.DownloadBytes)), r.Privacy is { } p ? p.Epsilon.ToString("F3") : "-", $"{r.Seconds:F1}");
+        }
+        CliApp.Ansi.Write(table);
+        foreach (var r in s.Rounds)
+            foreach (var p in r.Parties.Where(p => !p.Succeeded)) CliApp.Out.WriteLine($"  round {r.Round}: {p.Org} dropped ({p.Reason})");
+    }
+
+    static string Bytes(long b) => b >= 1 << 20 ? $"{b / 1048576.0:F1} MiB" : b >= 1024 ? $"{b / 1024.0:F1} KiB" : $"{b} B";
 
     internal static JobSpec LoadSpec(string path)
     {
@@ -96,7 +118,7 @@ internal static class JobCommands
         var node = FederationNode.Start(new NodeOptions
         {
             Role = NodeRole.Client, Seeds = seeds, Tls = NodeCommands.LoadTls(p.GetValue(Tls), seeds), DataDir = Path.Combine(Path.GetTempPath(), "fate-llm-client-" + Environment.ProcessId),
-            Overrides = Akka.Configuration.ConfigurationFactory.ParseString("akka.loglevel = ERROR\nakka.stdout-loglevel = ERROR"),
+            Overrides = Akka.Configuration.ConfigurationFactory.ParseString("akka.loglevel = WARNING\nfate-llm.logging.console-level = off"),
         });
         try
         {
@@ -111,15 +133,23 @@ internal static class JobCommands
         }
     }
 
+    /// <summary>Live progress: whom the job waits for, each exchange as parties answer, each failed attempt with its reason, each round.</summary>
     static async Task<JobStatus> Follow(FederationNode node, string jobId)
     {
         int printed = 0;
+        string? lastLine = null, lastReason = null;
         while (true)
         {
             JobStatus s;
             try { s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(10)); }
             catch (AskTimeoutException) { await Task.Delay(1000); continue; }
             for (; printed < s.Rounds.Length; printed++) PrintRound(s.Rounds[printed], s.TotalRounds);
+            if (s.State == JobState.Running && s.Reason is { } reason && reason != lastReason && s.CurrentAttempt > 1)
+                CliApp.Out.WriteLine($"round {s.CompletedRounds + 1}: attempt {s.CurrentAttempt - 1} failed ({reason}); retrying as attempt {s.CurrentAttempt}");
+            lastReason = s.Reason;
+            var line = Progress(s);
+            if (line is not null && line != lastLine) CliApp.Out.WriteLine(line);
+            lastLine = line;
             if (s.State is JobState.Completed or JobState.Failed or JobState.Cancelled)
             {
                 Print(s);
@@ -129,24 +159,35 @@ internal static class JobCommands
         }
     }
 
+    /// <summary>One line for the round in flight (or the wait before it), or null when there is nothing new to say.</summary>
+    internal static string? Progress(JobStatus s)
+    {
+        if (s.WaitingFor.Length > 0) return $"round {s.CompletedRounds + 1}: waiting for a node of {string.Join(", ", s.WaitingFor)} (its quorum needs them)";
+        if (s.Current is not { } c) return null;
+        var answers = c.Asked.Select(o => c.Answers.TryGetValue(o, out var a) ? (a == "ok" ? $"{o} ✓" : $"{o} ✗ ({a})") : $"{o} …");
+        return $"round {c.Round}/{s.TotalRounds} attempt {c.Attempt}, exchange {c.Exchange} {c.Stage}: {string.Join(", ", answers)}";
+    }
+
     internal static void PrintRound(RoundSummary r, int total)
     {
-        Console.WriteLine($"round {r.Round}/{total} (attempt {r.Attempt}) in {r.Seconds:F1}s {(r.GlobalDigest is { } g ? $" → global {g[..12]}" : "")}{(r.Exchanges > 1 ? $", {r.Exchanges} exchanges" : "")}");
+        CliApp.Out.WriteLine($"round {r.Round}/{total} (attempt {r.Attempt}) in {r.Seconds:F1}s {(r.GlobalDigest is { } g ? $" → global {g[..12]}" : "")}{(r.Exchanges > 1 ? $", {r.Exchanges} exchanges" : "")}");
         foreach (var p in r.Parties)
-            Console.WriteLine(p.Succeeded
+            CliApp.Out.WriteLine(p.Succeeded
                 ? $"  {p.Org,-12} loss {p.FirstLoss:F4} → {p.LastLoss:F4}  eval {p.EvalLoss?.ToString("F4") ?? "-"}  up {p.UploadBytes:N0} B  down {p.DownloadBytes:N0} B  retransmitted {p.Retransmissions}"
                 : $"  {p.Org,-12} dropped: {p.Reason}");
-        if (r.SecureAggregation is { } sa) Console.WriteLine($"  secure aggregation: {sa}");
-        foreach (var rejection in r.Rejections) Console.WriteLine($"  rejected {rejection}");
-        if (r.Privacy is { } dp) Console.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
+        if (r.SecureAggregation is { } sa) CliApp.Out.WriteLine($"  secure aggregation: {sa}");
+        foreach (var rejection in r.Rejections) CliApp.Out.WriteLine($"  rejected {rejection}");
+        if (r.Privacy is { } dp) CliApp.Out.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
     }
 
     static void Print(JobStatus s)
     {
-        Console.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} rounds{(s.Reason is null ? "" : ", " + s.Reason)}");
-        if (s.Epsilon is { } eps) Console.WriteLine($"  differential privacy: (ε = {eps:F3}, δ = {s.Delta:G3})");
+        CliApp.Out.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} rounds{(s.Reason is null ? "" : ", " + s.Reason)}");
+        if (s.Rounds.Length > 0) PrintTable(s);
+        if (Progress(s) is { } now) CliApp.Out.WriteLine("  now: " + now);
+        if (s.Epsilon is { } eps) CliApp.Out.WriteLine($"  differential privacy: (ε = {eps:F3}, δ = {s.Delta:G3})");
         foreach (var e in s.FinalEvaluation)
-            Console.WriteLine($"  {e.Org,-12} loss {e.Loss:F4} ppl {e.Perplexity:F2} ROUGE-L {e.RougeL:F2} BLEU-4 {e.Bleu4:F2}");
-        if (s.State == JobState.Completed) Console.WriteLine($"outputs in {s.OutputDir}");
+            CliApp.Out.WriteLine($"  {e.Org,-12} loss {e.Loss:F4} ppl {e.Perplexity:F2} ROUGE-L {e.RougeL:F2} BLEU-4 {e.Bleu4:F2}");
+        if (s.State == JobState.Completed) CliApp.Out.WriteLine($"outputs in {s.OutputDir}");
     }
 }

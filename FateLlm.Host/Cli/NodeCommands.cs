@@ -23,7 +23,8 @@ internal static class NodeCommands
         public readonly Option<string?> DataDir = new("--data-dir") { Description = "Journal, blobs and outputs (default fate-llm-data/<node>)" };
         public readonly Option<string?> ModelsRoot = new("--models-root") { Description = "Folder to find job models in when their path does not exist here" };
         public readonly Option<string?> Tls = TlsOption();
-        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls];
+        public readonly Option<string> LogLevel = Opt("--log-level", "Console: debug | info | warning | error | off (everything always goes to node.log in the data dir)", "info");
+        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel];
 
         public NodeOptions Read(ParseResult p, NodeRole role, string defaultDir, string? org = null, IReadOnlyDictionary<string, string>? datasets = null)
         {
@@ -36,9 +37,21 @@ internal static class NodeCommands
             if (p.GetValue(ConfigFile) is string file)
             {
                 if (!File.Exists(file)) throw new FileNotFoundException($"{file}: config file not found", file);
-                try { overrides = ConfigurationFactory.ParseString(File.ReadAllText(file)); }
+                var text = File.ReadAllText(file);
+                try { FateLlm.Actors.Configuration.HoconSyntax.Check(text, file); }
+                catch (FateLlm.Actors.Configuration.HoconSyntaxException e) { throw new UsageException(e.Message); }
+                try { overrides = ConfigurationFactory.ParseString(text); }
                 catch (Exception e) { throw new UsageException($"{file}: not valid HOCON ({e.Message})"); }
             }
+            var level = p.GetValue(LogLevel)!;
+            try { FateLlm.Actors.Logging.NodeLog.Level(level); }
+            catch (ArgumentException e) { throw new UsageException($"--log-level: {e.Message}"); }
+            // --verbose brings Akka's own messages and stack traces back to the console.
+            overrides = ConfigurationFactory.ParseString($"""
+                fate-llm.logging.console-level = {level}
+                fate-llm.logging.verbose = {(p.GetValue(Verbose) ? "on" : "off")}
+                {(level == "debug" ? "akka.loglevel = DEBUG" : "")}
+                """).WithFallback(overrides ?? Config.Empty);
             if (p.GetValue(ModelsRoot) is string root)
                 overrides = ConfigurationFactory.ParseString($"fate-llm.models-root = \"{root.Replace("\\", "/")}\"").WithFallback(overrides ?? Config.Empty);
             var host = p.GetValue(Host)!;
@@ -120,7 +133,7 @@ internal static class NodeCommands
             {
                 var node = started = FederationNode.Attach(system, options);
                 var self = Akka.Cluster.Cluster.Get(system).SelfAddress;
-                Console.WriteLine($"{options.Role.ToString().ToLowerInvariant()}{(options.Org is null ? "" : " " + options.Org)} node at {self}, data in {Path.GetFullPath(options.DataDir)}");
+                CliApp.Out.WriteLine($"{options.Role.ToString().ToLowerInvariant()}{(options.Org is null ? "" : " " + options.Org)} node at {self}, data in {Path.GetFullPath(options.DataDir)}");
                 // Downed by the split-brain resolver or shut down: end the process too.
                 var lifetime = services.GetRequiredService<IHostApplicationLifetime>();
                 system.WhenTerminated.ContinueWith(_ => lifetime.StopApplication());

@@ -79,17 +79,17 @@ internal static class TrainingCommands
         using var run = FineTuning.Open(modelDir, peft, train.Seed, device);
         var m = run.Model;
         var spec = PeftModel.Spec(m);
-        Console.WriteLine($"{PeftConfig.MethodName(peft.Method)}: {spec.Parameters:N0} trainable parameters ({100.0 * spec.Parameters / m.Config.ParameterCount():F3}% of {m.Config.ParameterCount():N0}), {spec.Bytes:N0} bytes per update");
+        CliApp.Out.WriteLine($"{PeftConfig.MethodName(peft.Method)}: {spec.Parameters:N0} trainable parameters ({100.0 * spec.Parameters / m.Config.ParameterCount():F3}% of {m.Config.ParameterCount():N0}), {spec.Bytes:N0} bytes per update");
         var tokenized = run.Tokenize(examples, dataOptions);
         var devTokens = dev is null ? null : run.Tokenize(dev.Take(evalLimit > 0 ? evalLimit : int.MaxValue), dataOptions);
         double? before = devTokens is null ? null : run.Loss(devTokens, train.BatchSize);
-        if (before is double b) Console.WriteLine($"eval loss before: {b:F4} (ppl {Math.Exp(b):F2})");
+        if (before is double b) CliApp.Out.WriteLine($"eval loss before: {b:F4} (ppl {Math.Exp(b):F2})");
         Directory.CreateDirectory(outDir);
         TrainResult result;
         using (var progress = TrainingProgress.Create())
             result = run.Train(tokenized, train, progress);
-        if (result.ResumedFromEpoch > 0) Console.WriteLine($"resumed after epoch {result.ResumedFromEpoch}");
-        Console.WriteLine($"trained {result.Steps} steps on {result.Samples} samples: loss {result.FirstLoss:F4} → {result.LastLoss:F4}, {result.TokensPerSecond:F0} tokens/s, {result.Elapsed.TotalSeconds:F1}s");
+        if (result.ResumedFromEpoch > 0) CliApp.Out.WriteLine($"resumed after epoch {result.ResumedFromEpoch}");
+        CliApp.Out.WriteLine($"trained {result.Steps} steps on {result.Samples} samples: loss {result.FirstLoss:F4} → {result.LastLoss:F4}, {result.TokensPerSecond:F0} tokens/s, {result.Elapsed.TotalSeconds:F1}s");
         run.SaveAdapter(outDir, dataOptions);
         var summary = new Dictionary<string, object?>
         {
@@ -100,13 +100,13 @@ internal static class TrainingCommands
         if (dev != null)
         {
             var report = run.Evaluate(dev, dataOptions, new EvalOptions { Limit = evalLimit, BatchSize = train.BatchSize });
-            Console.WriteLine($"eval loss after: {report.Loss:F4} (ppl {report.Perplexity:F2})");
+            CliApp.Out.WriteLine($"eval loss after: {report.Loss:F4} (ppl {report.Perplexity:F2})");
             PrintScores(report);
             summary["eval_loss_after"] = report.Loss;
             summary["scores"] = report.Scores;
         }
         File.WriteAllText(Path.Combine(outDir, "train_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
-        Console.WriteLine($"adapter written to {outDir}");
+        CliApp.Out.WriteLine($"adapter written to {outDir}");
     }
 
     public static Command Eval()
@@ -135,7 +135,7 @@ internal static class TrainingCommands
             });
             if (p.GetValue(json))
             {
-                Console.WriteLine(JsonSerializer.Serialize(new
+                CliApp.Out.WriteLine(JsonSerializer.Serialize(new
                 {
                     loss = report.Loss, perplexity = report.Perplexity, tokens = report.Tokens,
                     rouge1 = report.Scores?.Rouge1, rouge2 = report.Scores?.Rouge2, rougeL = report.Scores?.RougeL, bleu4 = report.Scores?.Bleu4,
@@ -143,7 +143,7 @@ internal static class TrainingCommands
                 }));
                 return;
             }
-            Console.WriteLine($"loss {report.Loss:F4}  perplexity {report.Perplexity:F2}  ({report.Tokens:N0} response tokens)");
+            CliApp.Out.WriteLine($"loss {report.Loss:F4}  perplexity {report.Perplexity:F2}  ({report.Tokens:N0} response tokens)");
             PrintScores(report);
         }, [model, adapter, data, json, batch, limit, noGenerate, .. dataSet.All, .. sampling.All, .. runtime.All]);
     }
@@ -172,14 +172,14 @@ internal static class TrainingCommands
                     new DataOptions { Template = chosen, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
             if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer adds no BOS token to start from");
             var output = TextGeneration.Generate(loaded.Model, ids, o, loaded.Tokenizer.EosId);
-            Console.WriteLine(loaded.Tokenizer.Decode(output));
+            CliApp.Out.WriteLine(loaded.Tokenizer.Decode(output));
         }, [model, adapter, prompt, template, .. sampling.All, .. runtime.All]);
     }
 
     internal static void PrintScores(EvalReport report)
     {
         if (report.Scores is not { } s) return;
-        Console.WriteLine($"ROUGE-1 {s.Rouge1:F2}  ROUGE-2 {s.Rouge2:F2}  ROUGE-L {s.RougeL:F2}  BLEU-4 {s.Bleu4:F2}  ({s.Samples} samples)");
+        CliApp.Out.WriteLine($"ROUGE-1 {s.Rouge1:F2}  ROUGE-2 {s.Rouge2:F2}  ROUGE-L {s.RougeL:F2}  BLEU-4 {s.Bleu4:F2}  ({s.Samples} samples)");
     }
 
     internal static int Positive(int v, string name) => v > 0 ? v : throw new UsageException($"{name} must be positive, got {v}");

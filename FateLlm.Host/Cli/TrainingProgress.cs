@@ -26,11 +26,11 @@ internal sealed class TrainingProgress : IProgress<TrainProgress>, IDisposable
         {
             const int width = 30;
             var filled = (int)(width * (double)p.Step / Math.Max(1, p.TotalSteps));
-            Console.Write($"\r{_label} [{new string('#', filled)}{new string('.', width - filled)}] {p.Step}/{p.TotalSteps} loss {p.Loss:F4} {p.TokensPerSecond:F0} tok/s ETA {p.Eta:mm\\:ss}   ");
+            CliApp.Out.Write($"\r{_label} [{new string('#', filled)}{new string('.', width - filled)}] {p.Step}/{p.TotalSteps} loss {p.Loss:F4} {p.TokensPerSecond:F0} tok/s ETA {p.Eta:mm\\:ss}   ");
         }
         else if (_sinceLine.Elapsed.TotalSeconds >= 5 || p.Step == p.TotalSteps || p.Step == 1)
         {
-            Console.WriteLine(Line(p));
+            CliApp.Out.WriteLine(Line(p));
             _sinceLine.Restart();
         }
     }
@@ -40,6 +40,6 @@ internal sealed class TrainingProgress : IProgress<TrainProgress>, IDisposable
 
     public void Dispose()
     {
-        if (_terminal && _last != null) Console.WriteLine();
+        if (_terminal && _last != null) CliApp.Out.WriteLine();
     }
 }

@@ -74,8 +74,8 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 {
     /// <summary>The in-process federation's settings for experiments: no log noise on the console, brisk retries.</summary>
     public static readonly Config QuietCluster = ConfigurationFactory.ParseString("""
-        akka.loglevel = OFF
-        akka.stdout-loglevel = OFF
+        akka.loglevel = INFO
+        fate-llm.logging.console-level = off
         akka.remote.log-remote-lifecycle-events = off
         akka.cluster.sharding.retry-interval = 300ms
         fate-llm.round.resend-interval = 2s

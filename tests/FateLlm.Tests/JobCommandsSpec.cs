@@ -1,0 +1,102 @@
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+using FateLlm.Host.Cli;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>The operator's job commands against a real in-process federation: live progress with retries, the status table, JSON, cancel.</summary>
+public class JobCommandsSpec
+{
+    static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);
+
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var (o, e) = (new StringWriter(), new StringWriter());
+        var code = CliApp.Run(args, o, e);
+        return (code, o.ToString(), e.ToString());
+    }
+
+    static string JobFile(FederationFixture.Ground g, string id, int rounds, int epochs, int deadline)
+    {
+        var path = Path.Combine(g.Root, id + ".conf");
+        File.WriteAllText(path, $$"""
+            job {
+              id = {{id}}
+              model = "{{g.Model}}"
+              parties = [
+                { org = animal, data = train, eval = dev }
+                { org = artifact, data = train, eval = dev }
+                { org = food, data = train, eval = dev }
+              ]
+              rounds = {{rounds}}
+              round-deadline = {{deadline}}s
+              max-round-attempts = 2
+              peft { r = 4, dropout = 0 }
+              local { epochs = {{epochs}}, learning-rate = 5e-3, schedule = constant }
+              data { max-tokens = 96 }
+              evaluation { limit = 4, max-new-tokens = 8 }
+              output = "{{Path.Combine(g.Root, "out-" + id)}}"
+            }
+            """);
+        return path;
+    }
+
+    [Fact]
+    public async Task Submit_wait_shows_live_progress_and_a_retry_with_its_reason_then_status_prints_the_table_and_json_names_states()
+    {
+        var g = FederationFixture.Prepare();
+        // The round actor of round 1 crashes once it has collected the updates: the job's watchdog (the stage's 8 s
+        // budget + 2 s slack) declares attempt 1 lost, and attempt 2 runs.
+        var crash = ConfigurationFactory.ParseString("""
+            fate-llm.fault-injection.points = [{ at = round.collected, round = 1, action = throw }]
+            fate-llm.job.watchdog-slack = 2s
+            """);
+        await using var fed = await FederationFixture.Start(g, crash);
+        var file = JobFile(g, "retried", rounds: 2, epochs: 1, deadline: 8);
+        var (code, output, error) = await Task.Run(() => Run("job", "submit", file, "--seed", fed.SeedAddress, "--wait"));
+        Assert.True(code == 0, error + output);
+        Assert.Contains("job retried accepted", output);
+        Assert.Contains("round 1/2 attempt 1, exchange 1 collect:", output);
+        Assert.Contains("✓", output);
+        Assert.Contains("round 1: attempt 1 failed (the round did not report back within its budget for stage 'collect' (10 s); the arbiter lost it); retrying as attempt 2", output);
+        Assert.Contains("round 2/2 (attempt 1)", output);
+        Assert.Contains("job retried: Completed, 2/2 rounds", output);
+        Assert.Empty(error);
+        Assert.DoesNotContain("ERROR", output);
+        Assert.DoesNotContain("   at ", output); // no stack trace
+
+        (code, output, _) = Run("job", "status", "retried", "--seed", fed.SeedAddress);
+        Assert.Equal(0, code);
+        Assert.Contains("3/3", output); // the per-round table: parties ok
+        Assert.Contains("attempt", output);
+        (code, output, _) = Run("job", "status", "retried", "--seed", fed.SeedAddress, "--json");
+        Assert.Equal(0, code);
+        Assert.Contains("\"State\": \"Completed\"", output);
+    }
+
+    [Fact]
+    public async Task Cancel_answers_cancelled_and_the_parties_stop_their_training_within_seconds()
+    {
+        var g = FederationFixture.Prepare();
+        await using var fed = await FederationFixture.Start(g, ConfigurationFactory.ParseString("akka.loglevel = INFO"));
+        var file = JobFile(g, "to-cancel", rounds: 3, epochs: 200, deadline: 600);
+        var (code, output, error) = Run("job", "submit", file, "--seed", fed.SeedAddress);
+        Assert.True(code == 0, error);
+        await fed.WaitAsync("to-cancel", Generous, s => s.Current is { Stage: "collect" });
+        (code, output, error) = Run("job", "cancel", "to-cancel", "--seed", fed.SeedAddress);
+        Assert.True(code == 0, error);
+        Assert.Equal("job to-cancel: Cancelled", output.Trim());
+        // Each party's work of the cancelled round is stopped (their node logs say so), long before 200 epochs could end.
+        var logs = fed.Parties.Values.Select(n => Path.Combine(n.Options.DataDir, "node.log")).ToList();
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (!logs.All(l => File.Exists(l) && File.ReadAllText(l).Contains("stopped (cancelled by the job)")))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "every party stops its training within seconds of the cancel");
+            await Task.Delay(200);
+        }
+        var status = await fed.StatusAsync("to-cancel");
+        Assert.Equal(JobState.Cancelled, status.State);
+        Assert.Equal(0, status.CompletedRounds);
+    }
+}
