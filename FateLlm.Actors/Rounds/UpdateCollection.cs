@@ -68,7 +68,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
 
     protected override void PreStart()
     {
-        Ask();
+        // Timers are armed before the first request leaves: a party that sees the request finds the re-ask pending.
         Timers.StartPeriodicTimer("resend", new Resend(), R.ResendInterval);
         Timers.StartSingleTimer("deadline", new Deadline(), _s.Deadline);
         if (R.AbsentGrace is { } grace)
@@ -76,6 +76,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
             if (R.Presence.Watcher(Self) is { } watcher) Context.ActorOf(watcher, "presence");
             Timers.StartSingleTimer("absent", new AbsentCheck(), grace);
         }
+        Ask();
     }
 
     IEnumerable<string> Parties => _s.Requests.Keys;

@@ -110,8 +110,9 @@ public sealed class OrganizationGuard : ReceiveActor, IWithTimers
             return;
         }
         _pending[m.Address] = (m, nonce, attempt);
-        _m.GuardAt(m.Address).Tell(new ProveIdentity(nonce), Self);
+        // The retry is armed before the challenge leaves, so whoever sees the challenge also sees the retry pending.
         Timers.StartSingleTimer(m.Address, new Retry(m.Address), RetryInterval);
+        _m.GuardAt(m.Address).Tell(new ProveIdentity(nonce), Self);
     }
 
     void OnProof(IdentityProof p)

@@ -75,9 +75,9 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         _incoming = _store.NewIncoming(_source.Digest);
         _file = new FileStream(_incoming, FileMode.Create, FileAccess.ReadWrite, FileShare.None);
         if (_source.Size > 0) _totalChunks = (int)((_source.Size + _s.ChunkSize - 1) / _s.ChunkSize);
+        Timers.StartPeriodicTimer("tick", new Tick(), TimeSpan.FromMilliseconds(Math.Max(50, _s.ChunkTimeout.TotalMilliseconds / 4)));
         Request(0);
         _next = 1;
-        Timers.StartPeriodicTimer("tick", new Tick(), TimeSpan.FromMilliseconds(Math.Max(50, _s.ChunkTimeout.TotalMilliseconds / 4)));
     }
 
     protected override void PostStop()

@@ -115,9 +115,10 @@ internal static class JobCommands
         foreach (var s in seeds)
             if (!Address.TryParse(s, out _)) throw new UsageException($"--seed '{s}' is not an Akka address like akka.tcp://fate-llm@host:port");
         var timeout = TimeSpan.FromSeconds(p.GetValue(Timeout));
+        var dataDir = Path.Combine(Path.GetTempPath(), $"fate-llm-client-{Environment.ProcessId}-{Guid.NewGuid():N}");
         var node = FederationNode.Start(new NodeOptions
         {
-            Role = NodeRole.Client, Seeds = seeds, Tls = NodeCommands.LoadTls(p.GetValue(Tls), seeds), DataDir = Path.Combine(Path.GetTempPath(), "fate-llm-client-" + Environment.ProcessId),
+            Role = NodeRole.Client, Seeds = seeds, Tls = NodeCommands.LoadTls(p.GetValue(Tls), seeds), DataDir = dataDir,
             Overrides = Akka.Configuration.ConfigurationFactory.ParseString("akka.loglevel = WARNING\nfate-llm.logging.console-level = off"),
         });
         try
@@ -130,6 +131,7 @@ internal static class JobCommands
         finally
         {
             node.DisposeAsync().AsTask().Wait(TimeSpan.FromSeconds(15));
+            try { Directory.Delete(dataDir, recursive: true); } catch (IOException) { } // a short-lived client keeps nothing
         }
     }
 
