@@ -15,6 +15,7 @@ internal static class JobCommands
 {
     static readonly Option<string[]> Seed = new("--seed") { Description = "Seed node address", Required = true };
     static readonly Option<int> Timeout = Opt("--timeout", "Seconds to wait for the cluster and the answer", 60);
+    static readonly Option<string?> Host = new("--host") { Description = "Address the cluster reaches this client at (default: this machine's address toward the seed)" };
     static readonly Option<string?> Tls = NodeCommands.TlsOption();
 
     public static Command Build()
@@ -36,7 +37,7 @@ internal static class JobCommands
                 var final = await Follow(node, spec.JobId);
                 if (final.State != JobState.Completed) throw new InvalidOperationException($"job {spec.JobId} {final.State.ToString().ToLowerInvariant()}: {final.Reason}");
             });
-        }, wait, Seed, Timeout, Tls);
+        }, wait, Seed, Timeout, Tls, Host);
 
         var id = new Argument<string>("id") { Description = "Job id" };
         var json = Opt("--json", "Print as JSON", false);
@@ -47,7 +48,7 @@ internal static class JobCommands
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
             if (p.GetValue(json)) CliApp.Out.WriteLine(JsonSerializer.Serialize(s, JsonOut));
             else Print(s);
-        }), json, Seed, Timeout, Tls);
+        }), json, Seed, Timeout, Tls, Host);
 
         var list = new Command("list", "List jobs");
         list.With(p => WithClient(p, async node =>
@@ -68,14 +69,14 @@ internal static class JobCommands
                 CliApp.Out.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
             }
             if (ids.Count == 0) CliApp.Out.WriteLine("no jobs");
-        }), Seed, Timeout, Tls);
+        }), Seed, Timeout, Tls, Host);
 
         var cancel = new Command("cancel", "Cancel a running job") { id };
         cancel.With(p => WithClient(p, async node =>
         {
             var s = await node.JobRegion.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             CliApp.Out.WriteLine($"job {s.JobId}: {s.State}");
-        }), Seed, Timeout, Tls);
+        }), Seed, Timeout, Tls, Host);
 
         var job = new Command("job", "Submit and query federated jobs");
         foreach (var c in new[] { submit, status, list, cancel }) job.Subcommands.Add(c);
@@ -119,6 +120,7 @@ internal static class JobCommands
         var node = FederationNode.Start(new NodeOptions
         {
             Role = NodeRole.Client, Seeds = seeds, Tls = NodeCommands.LoadTls(p.GetValue(Tls), seeds), DataDir = dataDir,
+            Host = p.GetValue(Host) ?? AddressToward(Address.Parse(seeds[0]).Host!),
             Overrides = Akka.Configuration.ConfigurationFactory.ParseString("akka.loglevel = WARNING\nfate-llm.logging.console-level = off"),
         });
         try
@@ -133,6 +135,21 @@ internal static class JobCommands
             node.DisposeAsync().AsTask().Wait(TimeSpan.FromSeconds(15));
             try { Directory.Delete(dataDir, recursive: true); } catch (IOException) { } // a short-lived client keeps nothing
         }
+    }
+
+    /// <summary>
+    /// The local address this machine uses to reach <paramref name="host"/> (a client joins the cluster, so the others must
+    /// reach it back): 127.0.0.1 toward a local seed, the right interface toward a remote one.
+    /// </summary>
+    static string AddressToward(string host)
+    {
+        try
+        {
+            using var probe = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+            probe.Connect(host, 9); // UDP connect sends nothing: it only picks the route
+            return ((System.Net.IPEndPoint)probe.LocalEndPoint!).Address.ToString();
+        }
+        catch (System.Net.Sockets.SocketException) { return "127.0.0.1"; }
     }
 
     /// <summary>Live progress: whom the job waits for, each exchange as parties answer, each failed attempt with its reason, each round.</summary>
