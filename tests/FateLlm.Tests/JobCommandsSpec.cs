@@ -34,7 +34,7 @@ public class JobCommandsSpec
               max-round-attempts = 2
               peft { r = 4, dropout = 0 }
               local { epochs = {{epochs}}, learning-rate = 5e-3, schedule = constant }
-              data { max-tokens = 96 }
+              data { max-tokens = 96, template = "{prompt}\n" }
               evaluation { limit = 4, max-new-tokens = 8 }
               output = "{{Path.Combine(g.Root, "out-" + id)}}"
             }
@@ -62,6 +62,8 @@ public class JobCommandsSpec
         Assert.Contains("round 1: attempt 1 failed (the round did not report back within its budget for stage 'collect' (10 s); the arbiter lost it); retrying as attempt 2", output);
         Assert.Contains("round 2/2 (attempt 1)", output);
         Assert.Contains("job retried: Completed, 2/2 rounds", output);
+        // The job ran with the template as written, its trailing newline included.
+        Assert.Contains("\"Template\":\"{prompt}\\n\"", File.ReadAllText(Path.Combine(g.Root, "out-retried", "events.jsonl")));
         Assert.Empty(error);
         Assert.DoesNotContain("ERROR", output);
         Assert.DoesNotContain("   at ", output); // no stack trace
@@ -98,5 +100,18 @@ public class JobCommandsSpec
         var status = await fed.StatusAsync("to-cancel");
         Assert.Equal(JobState.Cancelled, status.State);
         Assert.Equal(0, status.CompletedRounds);
+    }
+
+    [Fact]
+    public async Task A_job_naming_an_organization_with_no_node_is_accepted_with_a_note_saying_whom_it_waits_for_and_how_long()
+    {
+        var g = FederationFixture.Prepare();
+        await using var fed = await FederationFixture.Start(g with { Datasets = g.Datasets.Where(kv => kv.Key != "food").ToDictionary() });
+        var (code, output, error) = Run("job", "submit", JobFile(g, "no-food", rounds: 1, epochs: 1, deadline: 30), "--seed", fed.SeedAddress);
+        Assert.True(code == 0, error);
+        Assert.Equal("job no-food accepted; no node serves food yet: round 1 waits for them up to 120 s", output.Trim());
+        (code, output, _) = Run("job", "status", "no-food", "--seed", fed.SeedAddress);
+        Assert.Contains("now: round 1: waiting for a node of food (its quorum needs them)", output);
+        Assert.Equal("job no-food: Cancelled", Run("job", "cancel", "no-food", "--seed", fed.SeedAddress).Out.Trim());
     }
 }

@@ -26,7 +26,8 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
     {
         _g = FederationFixture.Prepare();
         _nodeConfig = Path.Combine(_g.Root, "node.conf");
-        File.WriteAllText(_nodeConfig, FederationFixture.FastCluster.ToString(true));
+        // Consoles as an operator sees them (the in-process fixture silences them).
+        File.WriteAllText(_nodeConfig, FederationFixture.FastCluster.ToString(true) + "\nfate-llm.logging.console-level = info\n");
         return Task.CompletedTask;
     }
 
@@ -63,7 +64,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
     {
         var port = LocalFederation.FreePort();
         _seed = $"akka.tcp://fate-llm@127.0.0.1:{port}";
-        Launch("seed", "seed", "--port", port.ToString());
+        var seedNode = Launch("seed", "seed", "--port", port.ToString());
         var arbiter = Arbiter();
         var parties = FederationFixture.Orgs.ToDictionary(o => o, o => Party(o));
 
@@ -104,6 +105,11 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         Assert.Equal([1, 2, 3, 4], final.Rounds.Select(r => r.Round));
         Assert.False(final.Rounds[1].Parties.Single(p => p.Org == "food").Succeeded);
         Assert.True(final.Rounds[3].Parties.Single(p => p.Org == "food").Succeeded, "the restarted party trains again");
+        // A peer killed with -9 is one WARNING line on the other consoles, never an ERROR or a stack trace.
+        var seedConsole = File.ReadAllText(seedNode.Log);
+        Assert.Matches(@"\d\d:\d\d:\d\d WARNING member unreachable: party food at akka\.tcp://", seedConsole);
+        WalkthroughSpec.AssertCalm("seed", seedConsole);
+        WalkthroughSpec.AssertCalm("arbiter", File.ReadAllText(arbiter.Log));
     }
 
     [Fact]

@@ -98,10 +98,30 @@ public sealed class WalkthroughSpec : IDisposable
             if (args[0] == "job" && args[1] == "submit") Assert.Contains("job walkthrough: Completed, 2/2 rounds", console.ToString());
         }
         Assert.True(File.Exists(Path.Combine(work, "walkthrough", "output", "adapter", "adapter_model.safetensors")));
+
+        // A second node for an organization that is already served is refused, says why, and exits 1; the first keeps serving.
+        var nature = commands.First(c => c[0] == "party" && c[2] == "nature").ToList();
+        nature[nature.IndexOf("--data-dir") + 1] = "walkthrough/nature-again";
+        var (again, againConsole) = Start(FateLlm(work, nature));
+        Assert.True(await Exited(again, TimeSpan.FromSeconds(90)), againConsole.ToString());
+        Assert.Equal(1, again.ExitCode);
+        Assert.Matches(@"error: organization 'nature' is already served by node akka\.tcp://fate-llm@127\.0\.0\.1:\d+; this node is refused and leaves the cluster", againConsole.ToString());
+        var first = _nodes.Single(n => n.Name == "party --org nature");
+        await Until(() => first.Console.ToString().Contains("claims organization 'nature', which this node serves; it is refused"));
         foreach (var (name, process, console) in _nodes)
         {
             Assert.False(process.HasExited, $"{name} stopped early:\n{console}");
             AssertCalm(name, console.ToString());
+        }
+    }
+
+    static async Task Until(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "timed out");
+            await Task.Delay(100);
         }
     }
 
