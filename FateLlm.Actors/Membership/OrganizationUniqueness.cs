@@ -34,7 +34,14 @@ public sealed class OrganizationUniqueness : ReceiveActor, IWithTimers
         _refused = refused;
         // Membership is looked at once the grace has passed: by then a crashed incarnation is unreachable and this
         // node's own view of itself is Up.
-        Receive<ClusterEvent.MemberUp>(e => { if (e.Member.HasRole(PartyPlacement.RoleOf(_org))) Timers.StartSingleTimer("check", new Recheck(), _grace); });
+        Receive<ClusterEvent.MemberUp>(e =>
+        {
+            if (!e.Member.HasRole(PartyPlacement.RoleOf(_org))) return;
+            var self = _cluster.SelfMember;
+            // The node that serves the organization says at once that it refuses a younger claimant (which leaves after its grace).
+            if (e.Member.UniqueAddress != self.UniqueAddress && self.Status == MemberStatus.Up && self.IsOlderThan(e.Member)) Refusing(e.Member);
+            Timers.StartSingleTimer("check", new Recheck(), _grace);
+        });
         Receive<ClusterEvent.IClusterDomainEvent>(_ => { });
         Receive<Recheck>(_ => Check());
     }
@@ -57,7 +64,12 @@ public sealed class OrganizationUniqueness : ReceiveActor, IWithTimers
             _cluster.Leave(_cluster.SelfAddress);
             return;
         }
-        foreach (var younger in others.Where(m => _reported.Add(m.UniqueAddress)))
+        foreach (var younger in others) Refusing(younger);
+    }
+
+    void Refusing(Member younger)
+    {
+        if (_reported.Add(younger.UniqueAddress))
             _log.Warning("a second node {0} claims organization '{1}', which this node serves; it is refused", younger.Address, _org);
     }
 

@@ -19,10 +19,14 @@ public class FederationFaultSpec
     {
         var g = FederationFixture.Prepare();
         // food's node dies the moment it is asked to train in round 2: deterministically inside the round.
-        var crash = ConfigurationFactory.ParseString("fate-llm.fault-injection.points = [{ at = party.fit, org = food, round = 2, action = terminate }]");
+        // The absent grace and the deadline leave the restarted party time to rejoin, be placed and train in round 3 on a
+        // busy machine (round 3 starts as soon as round 2 ends, while the new node is still joining).
+        var crash = ConfigurationFactory.ParseString("""
+            fate-llm.fault-injection.points = [{ at = party.fit, org = food, round = 2, action = terminate }]
+            fate-llm.round.absent-grace = 25s
+            """);
         await using var fed = await FederationFixture.Start(g, crash);
-        // The deadline leaves the restarted party time to rejoin, be placed and train in round 3 on a busy machine.
-        var spec = FederationFixture.Job(g, "party-crash", rounds: 3, quorum: 2, deadlineSeconds: 15);
+        var spec = FederationFixture.Job(g, "party-crash", rounds: 3, quorum: 2, deadlineSeconds: 40);
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
         await fed.Parties["food"].System.WhenTerminated.WaitAsync(Generous);
         await fed.CrashParty("food");
