@@ -57,6 +57,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     readonly List<IJobEvent> _history = new();
     string[] _waitingFor = [];
     RoundInFlight? _current;
+    AttemptFailure? _lastFailure;
 
     public override string PersistenceId => "job-" + _jobId;
     public ITimerScheduler Timers { get; set; } = null!;
@@ -214,6 +215,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 break;
             case RoundAttemptFailed f:
                 _reason = f.Reason;
+                _lastFailure = new AttemptFailure(f.Round, f.Attempt, f.Reason);
                 _resume = null;
                 break;
             case FinalEvaluationRecorded f:
@@ -360,6 +362,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void OnRoundFinished(RoundFinished r)
     {
         Timers.Cancel("watchdog");
+        _current = null;
         var spec = _spec!;
         if (r.Succeeded)
         {
@@ -559,6 +562,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Algorithm = _spec?.Algorithm.Name,
         Artifacts = _state?.Artifacts ?? new Dictionary<string, string>(),
         WaitingFor = _waitingFor,
+        LastFailure = _lastFailure,
         Current = _status == JobState.Running ? _current : null,
     };
 

@@ -60,6 +60,8 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
     public double? Delta { get; init; }
     /// <summary>Organizations the next attempt waits for: without their nodes its quorum cannot be met, so no attempt is spent.</summary>
     public string[] WaitingFor { get; init; } = [];
+    /// <summary>The last attempt that failed, with its reason (the job retries it while attempts are left).</summary>
+    public AttemptFailure? LastFailure { get; init; }
     /// <summary>The round in flight: its exchange, stage and who has answered.</summary>
     public RoundInFlight? Current { get; init; }
     /// <summary>The algorithm and its state's artifacts (name → digest) after the last completed round.</summary>
@@ -69,3 +71,5 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
 
 /// <param name="Answers">Party → "ok" or the reason it failed, for the exchange in flight.</param>
 public sealed record RoundInFlight(int Round, int Attempt, int Exchange, string Stage, string[] Asked, IReadOnlyDictionary<string, string> Answers) : IControlMessage;
+
+public sealed record AttemptFailure(int Round, int Attempt, string Reason) : IControlMessage;

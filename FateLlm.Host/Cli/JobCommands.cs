@@ -156,16 +156,17 @@ internal static class JobCommands
     static async Task<JobStatus> Follow(FederationNode node, string jobId)
     {
         int printed = 0;
-        string? lastLine = null, lastReason = null;
+        string? lastLine = null;
+        AttemptFailure? lastFailure = null;
         while (true)
         {
             JobStatus s;
             try { s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(10)); }
             catch (AskTimeoutException) { await Task.Delay(1000); continue; }
             for (; printed < s.Rounds.Length; printed++) PrintRound(s.Rounds[printed], s.TotalRounds);
-            if (s.State == JobState.Running && s.Reason is { } reason && reason != lastReason && s.CurrentAttempt > 1)
-                CliApp.Out.WriteLine($"round {s.CompletedRounds + 1}: attempt {s.CurrentAttempt - 1} failed ({reason}); retrying as attempt {s.CurrentAttempt}");
-            lastReason = s.Reason;
+            if (s.LastFailure is { } f && f != lastFailure)
+                CliApp.Out.WriteLine($"round {f.Round}: attempt {f.Attempt} failed ({f.Reason}){(s.State == JobState.Running ? "; it is retried" : "")}");
+            lastFailure = s.LastFailure;
             var line = Progress(s);
             if (line is not null && line != lastLine) CliApp.Out.WriteLine(line);
             lastLine = line;

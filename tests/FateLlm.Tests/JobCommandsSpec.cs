@@ -59,7 +59,8 @@ public class JobCommandsSpec
         Assert.Contains("job retried accepted", output);
         Assert.Contains("round 1/2 attempt 1, exchange 1 collect:", output);
         Assert.Contains("✓", output);
-        Assert.Contains("round 1: attempt 1 failed (the round did not report back within its budget for stage 'collect' (10 s); the arbiter lost it); retrying as attempt 2", output);
+        Assert.Contains("round 1: attempt 1 failed (the round did not report back within its budget for stage 'collect' (10 s); the arbiter lost it); it is retried", output);
+        Assert.Contains("round 1/2 attempt 2, exchange 1 collect:", output);
         Assert.Contains("round 2/2 (attempt 1)", output);
         Assert.Contains("job retried: Completed, 2/2 rounds", output);
         // The job ran with the template as written, its trailing newline included.
