@@ -82,13 +82,14 @@ public sealed class LocalFederation : IAsyncDisposable
         return NodeTls.Load(dir);
     }
 
-    public FederationNode StartParty(string org, IReadOnlyDictionary<string, string>? datasets = null)
+    /// <param name="overrides">This node's settings instead of the federation's (e.g. a restarted node without a crash point).</param>
+    public FederationNode StartParty(string org, IReadOnlyDictionary<string, string>? datasets = null, Config? overrides = null)
     {
         if (datasets != null) _datasets[org] = datasets;
         var node = FederationNode.Start(new NodeOptions
         {
             Role = NodeRole.Party, Org = org, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "party-" + org),
-            Datasets = _datasets[org], Overrides = Overrides, Tls = CaDir is null ? null : IssuedTls(Root, CaDir, org),
+            Datasets = _datasets[org], Overrides = overrides ?? Overrides, Tls = CaDir is null ? null : IssuedTls(Root, CaDir, org),
         });
         _parties[org] = node;
         return node;

@@ -45,6 +45,8 @@ public sealed class PartyActor : ReceiveActor
     readonly IActorRef _trainer;
     readonly Dictionary<WorkId, IActorRef> _works = new();
     readonly Dictionary<string, IActorRef> _evaluations = new();
+    /// <summary>The latest work seen per job: a later exchange is only issued once earlier ones are over.</summary>
+    readonly Dictionary<string, WorkId> _latest = new();
 
     public PartyActor(string org, PartyNodeSettings settings)
     {
@@ -89,6 +91,14 @@ public sealed class PartyActor : ReceiveActor
             existing.Forward(r);
             return;
         }
+        if (_latest.TryGetValue(r.Id.JobId, out var latest) && latest.After(r.Id))
+        {
+            // A request delayed in transit (e.g. buffered while this node restarted) for an exchange that is already over.
+            _log.Info("party {0}: {1} refused, this party already works on {2}", _s.Org, r.Id, latest);
+            Sender.Tell(new UpdateFailed(_s.Org, r.Id, $"stale request: the party already works on the later {latest}"));
+            return;
+        }
+        _latest[r.Id.JobId] = r.Id;
         foreach (var (id, work) in _works.Where(kv => r.Id.After(kv.Key)).ToList())
         {
             // Earlier work still fetching or fitting could no longer be used; finished work stays a while for re-asks.

@@ -121,6 +121,23 @@ public sealed class PartyActorSpec : TestKit
     }
 
     [Fact]
+    public void A_request_of_an_earlier_exchange_arriving_late_is_refused_and_never_fitted()
+    {
+        var party = Party();
+        var spec = Spec("late");
+        var round2 = Work(spec, 2);
+        party.Tell(round2);
+        ExpectMsg<WorkAccepted>(Wait);
+        Assert.Equal(round2.Id, ExpectMsg<UpdateReady>(Wait).Id);
+        var late = Work(spec, 1);
+        party.Tell(late);
+        var refused = ExpectMsg<UpdateFailed>(Wait);
+        Assert.Equal(late.Id, refused.Id);
+        Assert.Contains($"already works on the later {round2.Id}", refused.Reason);
+        Assert.Equal(1, EchoAlgorithm.FitsOf(_org));
+    }
+
+    [Fact]
     public void A_cancelled_work_stops_its_fit_and_the_trainer_serves_other_work()
     {
         var party = Party();
