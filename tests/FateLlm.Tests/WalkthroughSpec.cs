@@ -14,18 +14,10 @@ public sealed class WalkthroughSpec : IDisposable
 {
     readonly List<(string Name, Process Process, StringWriter Console)> _nodes = new();
 
-    internal static string RepoFile(string name)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, name)) && File.Exists(Path.Combine(dir.FullName, "FateLlm.sln")))
-                return Path.Combine(dir.FullName, name);
-        throw new FileNotFoundException(name);
-    }
-
     /// <summary>The fate-llm command lines of the README blocks under a marker, in order.</summary>
     internal static List<string[]> Commands(string marker)
     {
-        var lines = File.ReadAllLines(RepoFile("README.md"));
+        var lines = File.ReadAllLines(TestSupport.RepoFile("README.md"));
         var commands = new List<string[]>();
         for (int i = 0; i < lines.Length; i++)
         {
@@ -71,7 +63,7 @@ public sealed class WalkthroughSpec : IDisposable
     {
         var work = TestSupport.TempDir();
         Directory.CreateDirectory(Path.Combine(work, "hocon"));
-        File.Copy(RepoFile(Path.Combine("hocon", "walkthrough.conf")), Path.Combine(work, "hocon", "walkthrough.conf"));
+        File.Copy(TestSupport.RepoFile(Path.Combine("hocon", "walkthrough.conf")), Path.Combine(work, "hocon", "walkthrough.conf"));
         var commands = Commands("<!-- walkthrough -->");
         Assert.Contains(commands, c => c[0] == "seed");
         Assert.Equal(3, commands.Count(c => c[0] == "party"));

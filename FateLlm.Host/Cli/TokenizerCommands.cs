@@ -1,0 +1,88 @@
+using System.CommandLine;
+using System.Text.Json;
+using FateLlm.Training.Data;
+using FateLlm.Training.Models;
+using FateLlm.Training.Tokenization;
+using static FateLlm.Host.Cli.CliApp;
+
+namespace FateLlm.Host.Cli;
+
+/// <summary><c>tokenizer train|encode|decode</c>: BPE tokenizers trained on a public corpus, and ids for any tokenizer FateLlm loads.</summary>
+internal static class TokenizerCommands
+{
+    public static Command Build()
+    {
+        var data = Required<string>("--data", "Public corpus JSONL (every string field of every line is text)");
+        var vocab = Required<int>("--vocab", "Vocabulary size");
+        var kind = Opt("--kind", "gpt2-bpe (vocab.json + merges.txt, Ġ word marker) | sentencepiece-bpe (tokenizer.model, ▁ marker, byte fallback)", "gpt2-bpe");
+        var outDir = Required<string>("--out", "Output folder");
+        var train = new Command("train", "Train a byte-level BPE (GPT-2 files) or a SentencePiece BPE (LLaMA's tokenizer.model) on a corpus").With(p =>
+        {
+            var k = TrainingCommands.ParseEnum(() => TokenizerTraining.ParseKind(p.GetValue(kind)!));
+            var texts = CorpusTexts(p.GetValue(data)!);
+            TrainingCommands.ParseEnum(() =>
+            {
+                TokenizerTraining.Train(k, texts, TrainingCommands.Positive(p.GetValue(vocab), "--vocab"), p.GetValue(outDir)!);
+                return k;
+            });
+            var tok = TokenizerLoader.Load(p.GetValue(outDir)!, null);
+            CliApp.Out.WriteLine($"{p.GetValue(kind)} tokenizer of {tok.VocabSize:N0} tokens trained on {texts.Count:N0} texts, written to {p.GetValue(outDir)}");
+        }, data, vocab, kind, outDir);
+
+        var folder = Required<string>("--tokenizer", "A model or tokenizer folder (vocab.json + merges.txt, tokenizer.model, or FateLlm's byte tokenizer)");
+        var text = Required<string>("--text", "Text to encode");
+        var special = Opt("--special", "Add BOS/EOS where the tokenizer's HF configuration adds them", false);
+        var encode = new Command("encode", "Print the ids of a text, space-separated on one line").With(p =>
+        {
+            var tok = Load(p.GetValue(folder)!);
+            var t = p.GetValue(text)!;
+            CliApp.Out.WriteLine(string.Join(' ', p.GetValue(special) ? InstructionData.TextIds(t, tok) : tok.Encode(t)));
+        }, folder, text, special);
+
+        var ids = Required<string>("--ids", "Space-separated ids");
+        var decode = new Command("decode", "Print the text of ids (special tokens skipped)").With(p =>
+        {
+            var tok = Load(p.GetValue(folder)!);
+            int[] parsed;
+            try { parsed = p.GetValue(ids)!.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray(); }
+            catch (FormatException) { throw new UsageException($"--ids '{p.GetValue(ids)}' must be space-separated integers"); }
+            foreach (var i in parsed)
+                if (i < 0 || i >= tok.VocabSize) throw new UsageException($"--ids: {i} is not an id of this tokenizer (0..{tok.VocabSize - 1})");
+            CliApp.Out.WriteLine(tok.Decode(parsed));
+        }, folder, ids);
+
+        var cmd = new Command("tokenizer", "Train tokenizers; encode and decode with any tokenizer FateLlm loads");
+        foreach (var c in new[] { train, encode, decode }) cmd.Subcommands.Add(c);
+        return cmd;
+    }
+
+    /// <summary>A model folder's tokenizer (with its config.json for special ids), or a tokenizer-only folder's.</summary>
+    static ITextTokenizer Load(string folder)
+    {
+        if (!Directory.Exists(folder)) throw new ModelFormatException($"{folder}: tokenizer folder not found");
+        var config = Path.Combine(folder, "config.json");
+        return TokenizerLoader.Load(folder, File.Exists(config) ? ModelConfig.Load(config) : null);
+    }
+
+    /// <summary>Every string field of every line: prompts and responses alike are the corpus's text.</summary>
+    internal static List<string> CorpusTexts(string path)
+    {
+        if (!File.Exists(path)) throw new DataFormatException($"{path}: file not found");
+        var texts = new List<string>();
+        int line = 0;
+        foreach (var l in File.ReadLines(path))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(l)) continue;
+            try
+            {
+                using var doc = JsonDocument.Parse(l);
+                if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new DataFormatException($"{path}:{line}: expected a JSON object");
+                texts.AddRange(doc.RootElement.EnumerateObject().Where(p => p.Value.ValueKind == JsonValueKind.String).Select(p => p.Value.GetString()!));
+            }
+            catch (JsonException e) { throw new DataFormatException($"{path}:{line}:{(e.BytePositionInLine ?? 0) + 1}: not valid JSON"); }
+        }
+        if (texts.Count == 0) throw new DataFormatException($"{path}: no text");
+        return texts;
+    }
+}
