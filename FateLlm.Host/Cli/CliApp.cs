@@ -34,6 +34,7 @@ public static class CliApp
         root.Subcommands.Add(DataCommands.Data());
         root.Subcommands.Add(DataCommands.Pretrain());
         root.Subcommands.Add(TokenizerCommands.Build());
+        root.Subcommands.Add(ZooCommands.Build());
         return root;
     }
 

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using FateLlm.Actors.Jobs;
 using FateLlm.Host.Experiments;
+using FateLlm.Host.Zoo;
 using Spectre.Console;
 using static FateLlm.Host.Cli.CliApp;
 
@@ -14,15 +15,19 @@ internal static class DemoCommand
 {
     public static Command Build()
     {
-        var outDir = Opt("--out", "Working folder (data, cached base model, node state, outputs)", Path.Combine("runs", "demo"));
-        var rounds = Opt("--rounds", "Federated rounds", 3);
+        var outDir = Opt("--out", "Working folder (data, node state, outputs)", Path.Combine("runs", "demo"));
+        var rounds = Opt("--rounds", "Federated rounds", ExperimentSettings.Demo("").Rounds);
         var secure = Opt("--secure", "Five parties over mutual TLS with SecAgg+ and distributed DP; one party is killed mid-round", false);
         var noise = Opt("--noise", "With --secure: DP noise multiplier z", 0.1);
         var kill = Opt("--kill", "With --secure: the party to kill when round 2's secure aggregation starts ('none' to keep all)", "gym");
         var clip = ClipOption();
+        var zoo = ZooOption();
         return new Command("demo", "Federated LoRA on WordNet with 3 parties: live progress, then local vs federated vs centralized").With(p =>
         {
-            var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with { Rounds = TrainingCommands.Positive(p.GetValue(rounds), "--rounds") };
+            var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with
+            {
+                Rounds = TrainingCommands.Positive(p.GetValue(rounds), "--rounds"), ZooRoot = p.GetValue(zoo)!,
+            };
             if (p.GetValue(secure))
             {
                 var victim = p.GetValue(kill)!;
@@ -36,12 +41,13 @@ internal static class DemoCommand
             }
             CliApp.Ansi.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
             Run(s);
-        }, outDir, rounds, secure, noise, kill, clip);
+        }, outDir, rounds, secure, noise, kill, clip, zoo);
     }
 
     public static Command PrivacyExperiment()
     {
-        var outDir = Opt("--out", "Working folder (shares the cached base with the demo by default)", Path.Combine("runs", "demo"));
+        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "privacy"));
+        var zoo = ZooOption();
         var noises = Opt("--noise", "Comma-separated DP noise multipliers; 'none' is secure aggregation without DP", "none,0.001,0.1,0.5,2");
         var clip = ClipOption();
         return new Command("privacy", "ε versus quality: 5-party secure federated LoRA at several DP noise multipliers").With(p =>
@@ -51,7 +57,7 @@ internal static class DemoCommand
             catch (FormatException) { throw new UsageException($"--noise '{p.GetValue(noises)}' must be comma-separated numbers or 'none'"); }
             if (zs.Any(z => z is <= 0)) throw new UsageException("--noise values must be > 0");
             if (!(p.GetValue(clip) > 0)) throw new UsageException("--clip must be > 0");
-            var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with { TrainPerParty = 300 };
+            var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with { TrainPerParty = 300, ZooRoot = p.GetValue(zoo)! };
             var results = RunPrivate(s, zs, null, p.GetValue(clip));
             var md = new System.Text.StringBuilder("| noise multiplier z | ε (δ = 1e-5) | ROUGE-L | BLEU-4 | test loss | minutes |\n|---|---|---|---|---|---|\n");
             foreach (var r in results)
@@ -60,7 +66,7 @@ internal static class DemoCommand
             File.WriteAllText(path, md.ToString());
             CliApp.Ansi.WriteLine(md.ToString());
             CliApp.Ansi.MarkupLine($"written to [bold]{path}[/]");
-        }, outDir, noises, clip);
+        }, outDir, noises, clip, zoo);
     }
 
     static Option<double> ClipOption() => Opt("--clip", "Initial DP clip norm C (adaptive clipping moves it toward the median update norm)", 1.0);
@@ -98,29 +104,54 @@ internal static class DemoCommand
 
     public static Command Experiment()
     {
-        var quick = Opt("--quick", "The quick variant (3 seeds, 500 examples per party, 3 rounds; ≈ 30 min on 2 cores)", false);
+        var quick = Opt("--quick", "Fewer examples per party (400 train, 100 test): the same comparison in about a third of the time", false);
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", "paper"));
         var seeds = Opt("--seeds", "Comma-separated seeds", "1,2,3");
-        var paper = new Command("paper", "Reproduce the FATE-LLM comparison: zero-shot, local, federated, centralized; LoRA and P-Tuning v2; communication").With(p =>
+        var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test set, or on the parties' pooled dev sets (for tuning: never tune on test)", "test");
+        var methods = Opt("--methods", "Comma-separated PEFT methods", "lora,ptuning-v2");
+        var rounds = new Option<int?>("--rounds") { Description = "Federated rounds (= local epochs of every other setting); default 5" };
+        var lrLora = new Option<double?>("--lr-lora") { Description = "LoRA learning rate" };
+        var lrPrefix = new Option<double?>("--lr-prefix") { Description = "P-Tuning v2 learning rate" };
+        var perParty = new Option<int?>("--train-per-party") { Description = "Training examples per party" };
+        var full = Opt("--full-baseline", "Also federate full fine-tuning once (communication comparison)", true);
+        var zoo = ZooOption();
+        var paper = new Command("paper", "Reproduce the FATE-LLM comparison: zero-shot, each party alone, federated, centralized; LoRA and P-Tuning v2; intervals; communication").With(p =>
         {
             var dir = Path.GetFullPath(p.GetValue(outDir)!);
             var s = p.GetValue(quick) ? ExperimentSettings.Quick(dir) : ExperimentSettings.Full(dir);
             try { s = s with { Seeds = p.GetValue(seeds)!.Split(',').Select(int.Parse).ToArray() }; }
             catch (FormatException) { throw new UsageException($"--seeds '{p.GetValue(seeds)}' must be comma-separated integers"); }
+            var m = p.GetValue(methods)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            if (m.Length == 0 || m.Any(x => x is not ("lora" or "ptuning-v2"))) throw new UsageException($"--methods '{p.GetValue(methods)}': each must be lora or ptuning-v2");
+            s = s with
+            {
+                Methods = m, FullFineTuningBaseline = p.GetValue(full), ZooRoot = p.GetValue(zoo)!,
+                EvaluateOn = p.GetValue(evalOn) switch
+                {
+                    "test" => EvaluationSet.Test, "dev" => EvaluationSet.Dev,
+                    var x => throw new UsageException($"--eval-on '{x}' is not test or dev"),
+                },
+            };
+            if (p.GetValue(rounds) is int r) s = s with { Rounds = TrainingCommands.Positive(r, "--rounds") };
+            if (p.GetValue(perParty) is int n) s = s with { TrainPerParty = TrainingCommands.Positive(n, "--train-per-party") };
+            if (p.GetValue(lrLora) is double a) s = s with { LoraLearningRate = a > 0 ? a : throw new UsageException("--lr-lora must be > 0") };
+            if (p.GetValue(lrPrefix) is double b) s = s with { PrefixLearningRate = b > 0 ? b : throw new UsageException("--lr-prefix must be > 0") };
             Run(s);
-        }, quick, outDir, seeds);
+        }, quick, outDir, seeds, evalOn, methods, rounds, lrLora, lrPrefix, perParty, full, zoo);
         var cmd = new Command("experiment", "Experiments");
         cmd.Subcommands.Add(paper);
         cmd.Subcommands.Add(PrivacyExperiment());
         return cmd;
     }
 
+    static Option<string> ZooOption() => Opt("--zoo", "Zoo folder: the base model is built there on first use and reused after", ZooCatalog.Load().Root);
+
     static void Run(ExperimentSettings s)
     {
         var result = new PaperExperiment(s, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
         ExperimentReport.Write(result, s.OutDir);
         Render(result);
-        CliApp.Ansi.MarkupLine($"results.md, results.json and plots in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+        CliApp.Ansi.MarkupLine($"results.md, results.json, rougeL_by_setting.png and loss.png in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
     }
 
     sealed class Progress(Action<JobStatus> report) : IProgress<JobStatus>
@@ -130,11 +161,16 @@ internal static class DemoCommand
 
     static void Render(ExperimentResult r)
     {
-        var table = new Table().Title("all-domain test set: local vs federated vs centralized")
-            .AddColumns("method", "setting", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU-4", "loss");
+        var set = r.Settings.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "pooled dev sets";
+        var table = new Table().Title($"{set}: local vs federated vs centralized ({r.Examples.Count} examples; 95 % bootstrap intervals)")
+            .AddColumns("method", "setting", "ROUGE-L", "95 %", "BLEU-4", "95 %", "loss");
         foreach (var x in ExperimentReport.Summarize(r.Runs))
-            table.AddRow(x.Method, x.Setting, $"{x.Rouge1:F2}", $"{x.Rouge2:F2}", $"{x.RougeL:F2}", $"{x.Bleu4:F2}", $"{x.Loss:F3}");
+            table.AddRow(x.Method, x.Setting, $"{x.RougeL:F2}", $"[{x.RougeLInterval.Low:F2}, {x.RougeLInterval.High:F2}]", $"{x.Bleu4:F2}",
+                $"[{x.Bleu4Interval.Low:F2}, {x.Bleu4Interval.High:F2}]", $"{x.Loss:F3}");
         CliApp.Ansi.Write(table);
+        foreach (var c in ExperimentReport.Claims(r.Runs).Where(c => c.Metric == "ROUGE-L"))
+            CliApp.Ansi.MarkupLine(Markup.Escape($"{c.Method}: federated vs {c.Versus}: {(c.Difference.Estimate >= 0 ? "+" : "")}{c.Difference.Estimate:F2} " +
+                $"[{c.Difference.Low:F2}, {c.Difference.High:F2}] ROUGE-L ({c.Expectation}: {c.Verdict})"));
         var comm = new Table().Title("communication").AddColumns("method", "trainable params", "% of model", "sent per party per round", "total (up + down)");
         foreach (var c in r.Communication)
             comm.AddRow(c.Method, $"{c.TrainableParameters:N0}", $"{c.PercentOfModel:F3} %", Bytes(c.BytesPerPartyPerRound), Bytes(c.TotalBytes));

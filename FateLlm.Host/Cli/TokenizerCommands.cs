@@ -19,7 +19,7 @@ internal static class TokenizerCommands
         var train = new Command("train", "Train a byte-level BPE (GPT-2 files) or a SentencePiece BPE (LLaMA's tokenizer.model) on a corpus").With(p =>
         {
             var k = TrainingCommands.ParseEnum(() => TokenizerTraining.ParseKind(p.GetValue(kind)!));
-            var texts = CorpusTexts(p.GetValue(data)!);
+            var texts = TokenizerTraining.ReadCorpus(p.GetValue(data)!);
             TrainingCommands.ParseEnum(() =>
             {
                 TokenizerTraining.Train(k, texts, TrainingCommands.Positive(p.GetValue(vocab), "--vocab"), p.GetValue(outDir)!);
@@ -62,27 +62,5 @@ internal static class TokenizerCommands
         if (!Directory.Exists(folder)) throw new ModelFormatException($"{folder}: tokenizer folder not found");
         var config = Path.Combine(folder, "config.json");
         return TokenizerLoader.Load(folder, File.Exists(config) ? ModelConfig.Load(config) : null);
-    }
-
-    /// <summary>Every string field of every line: prompts and responses alike are the corpus's text.</summary>
-    internal static List<string> CorpusTexts(string path)
-    {
-        if (!File.Exists(path)) throw new DataFormatException($"{path}: file not found");
-        var texts = new List<string>();
-        int line = 0;
-        foreach (var l in File.ReadLines(path))
-        {
-            line++;
-            if (string.IsNullOrWhiteSpace(l)) continue;
-            try
-            {
-                using var doc = JsonDocument.Parse(l);
-                if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new DataFormatException($"{path}:{line}: expected a JSON object");
-                texts.AddRange(doc.RootElement.EnumerateObject().Where(p => p.Value.ValueKind == JsonValueKind.String).Select(p => p.Value.GetString()!));
-            }
-            catch (JsonException e) { throw new DataFormatException($"{path}:{line}:{(e.BytePositionInLine ?? 0) + 1}: not valid JSON"); }
-        }
-        if (texts.Count == 0) throw new DataFormatException($"{path}: no text");
-        return texts;
     }
 }

@@ -1,48 +1,79 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using FateLlm.Training.Metrics;
 using FateLlm.Training.Reporting;
 
 namespace FateLlm.Host.Experiments;
 
-/// <summary>results.json, results.md (tables) and PNG plots for an experiment.</summary>
+/// <summary>results.json, results.md (tables, claims with intervals, example generations) and PNG plots for an experiment.</summary>
 public static class ExperimentReport
 {
-    public sealed record Row(string Method, string Setting, int N, double Rouge1, double Rouge1Std, double Rouge2, double Rouge2Std,
-        double RougeL, double RougeLStd, double Bleu4, double Bleu4Std, double Loss);
+    /// <summary>One setting: mean ± sample std over seeds, and 95 % bootstrap intervals over evaluation examples (each example's score averaged over seeds).</summary>
+    public sealed record Row(string Method, string Setting, int Seeds, double Rouge1, double Rouge1Std, double Rouge2, double Rouge2Std,
+        double RougeL, double RougeLStd, Interval RougeLInterval, double Bleu4, double Bleu4Std, Interval Bleu4Interval, double Loss);
 
-    /// <summary>Mean ± sample std over seeds; "local (mean of parties)" averages each party-alone run of a seed first.</summary>
+    /// <summary>Federated minus another setting on the same examples (paired bootstrap), and whether the paper's claim holds.</summary>
+    public sealed record Claim(string Method, string Metric, string Versus, Interval Difference, string Expectation, string Verdict);
+
+    public const string ZeroShot = "zero-shot", Federated = "federated", Centralized = "centralized";
+
+    static string Label(string setting) => setting.StartsWith("local:") ? "local " + setting[6..] : setting;
+
+    /// <summary>Each example's score averaged over the seeds of one (method, setting).</summary>
+    static double[] PerExample(IEnumerable<RunResult> runs, Func<Scores, double[]> metric)
+    {
+        var list = runs.Select(r => metric(r.Scores)).ToList();
+        return Enumerable.Range(0, list[0].Length).Select(i => list.Average(x => x[i])).ToArray();
+    }
+
+    static IEnumerable<IGrouping<(string Method, string Setting), RunResult>> Settings(IReadOnlyList<RunResult> runs) =>
+        runs.GroupBy(r => (r.Method, r.Setting));
+
     public static List<Row> Summarize(IReadOnlyList<RunResult> runs)
     {
-        var groups = runs.GroupBy(r => (r.Method, Setting: r.Setting.StartsWith("local:") ? "local (mean of parties)" : r.Setting))
-            .Select(g => (g.Key, PerSeed: g.GroupBy(r => r.Seed).Select(s => Mean(s.Select(r => r.Scores))).ToList()));
-        var rows = groups.Select(g =>
+        var rows = Settings(runs).Select(g =>
         {
-            var p = g.PerSeed;
-            (double, double) MS(Func<Scores, double> f) => (p.Average(f), Std(p.Select(f).ToList()));
+            var p = g.ToList();
+            (double, double) MS(Func<Scores, double> f) => (p.Average(r => f(r.Scores)), Std(p.Select(r => f(r.Scores)).ToList()));
             var (r1, r1s) = MS(x => x.Rouge1);
             var (r2, r2s) = MS(x => x.Rouge2);
             var (rl, rls) = MS(x => x.RougeL);
             var (b, bs) = MS(x => x.Bleu4);
-            return new Row(g.Key.Method, g.Key.Setting, p.Count, r1, r1s, r2, r2s, rl, rls, b, bs, p.Average(x => x.Loss));
+            return new Row(g.Key.Method, g.Key.Setting, p.Count, r1, r1s, r2, r2s, rl, rls, Bootstrap.Mean(PerExample(p, x => x.RougeLPerExample)),
+                b, bs, Bootstrap.Mean(PerExample(p, x => x.Bleu4PerExample)), p.Average(r => r.Scores.Loss));
         }).ToList();
-        // Best single party per seed: the strongest "local" competitor.
-        foreach (var m in runs.Where(r => r.Setting.StartsWith("local:")).GroupBy(r => r.Method))
-        {
-            var best = m.GroupBy(r => r.Seed).Select(s => s.MaxBy(r => r.Scores.RougeL)!.Scores).ToList();
-            rows.Add(new Row(m.Key, "local (best party)", best.Count, best.Average(x => x.Rouge1), Std(best.Select(x => x.Rouge1).ToList()),
-                best.Average(x => x.Rouge2), Std(best.Select(x => x.Rouge2).ToList()), best.Average(x => x.RougeL), Std(best.Select(x => x.RougeL).ToList()),
-                best.Average(x => x.Bleu4), Std(best.Select(x => x.Bleu4).ToList()), best.Average(x => x.Loss)));
-        }
-        string[] order = ["zero-shot", "local (mean of parties)", "local (best party)", "federated", "centralized"];
-        return rows.OrderBy(r => r.Method == "none" ? "" : r.Method).ThenBy(r => Array.IndexOf(order, r.Setting)).ToList();
+        int Order(string setting) => setting == ZeroShot ? 0 : setting.StartsWith("local:") ? 1 : setting == Federated ? 2 : 3;
+        return rows.OrderBy(r => r.Method == "none" ? "" : r.Method).ThenBy(r => Order(r.Setting)).ThenBy(r => r.Setting, StringComparer.Ordinal).ToList();
     }
 
-    static Scores Mean(IEnumerable<Scores> xs)
+    /// <summary>
+    /// The paper's claim per PEFT method and metric: federated above every single party and above the zero-shot base,
+    /// and within one point of centralized. Differences are paired over examples (scores averaged over seeds).
+    /// </summary>
+    public static List<Claim> Claims(IReadOnlyList<RunResult> runs)
     {
-        var l = xs.ToList();
-        return new Scores(l.Average(x => x.Rouge1), l.Average(x => x.Rouge2), l.Average(x => x.RougeL), l.Average(x => x.Bleu4), l.Average(x => x.Loss),
-            new Dictionary<string, double>());
+        var claims = new List<Claim>();
+        var zero = runs.Where(r => r.Setting == ZeroShot).ToList();
+        foreach (var method in runs.Where(r => r.Setting == Federated && r.Method is not ("none" or "full")).Select(r => r.Method).Distinct())
+            foreach (var (metric, f) in new (string, Func<Scores, double[]>)[] { ("ROUGE-L", x => x.RougeLPerExample), ("BLEU-4", x => x.Bleu4PerExample) })
+            {
+                var mine = runs.Where(r => r.Method == method).ToList();
+                var fed = PerExample(mine.Where(r => r.Setting == Federated), f);
+                var others = mine.Where(r => r.Setting.StartsWith("local:")).GroupBy(r => r.Setting).OrderBy(g => g.Key, StringComparer.Ordinal)
+                    .Select(g => (Label(g.Key), g.AsEnumerable(), "above")).ToList();
+                if (zero.Count > 0) others.Add((ZeroShot, zero, "above"));
+                if (mine.Any(r => r.Setting == Centralized)) others.Add((Centralized, mine.Where(r => r.Setting == Centralized), "within 1 point"));
+                foreach (var (versus, other, expectation) in others)
+                {
+                    var d = Bootstrap.PairedDifference(fed, PerExample(other, f));
+                    var verdict = expectation == "above"
+                        ? d.Low > 0 ? "holds" : d.Estimate > 0 ? "holds on the mean; the interval includes 0" : "does not hold"
+                        : d.Estimate >= -1 ? d.Low >= -1 ? "holds" : "holds on the mean; the interval reaches below −1" : "does not hold";
+                    claims.Add(new Claim(method, metric, versus, d, expectation, verdict));
+                }
+            }
+        return claims;
     }
 
     static double Std(IReadOnlyList<double> xs)
@@ -56,53 +87,82 @@ public static class ExperimentReport
     {
         var json = new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
         var rows = Summarize(r.Runs);
-        File.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(new { summary = rows, result = r }, json));
-        File.WriteAllText(Path.Combine(outDir, "results.md"), Markdown(r, rows));
+        var claims = Claims(r.Runs);
+        File.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(new { summary = rows, claims, result = r }, json));
+        File.WriteAllText(Path.Combine(outDir, "results.md"), Markdown(r, rows, claims));
         var fed = r.Communication.Where(c => c.BytesPerRound.Length > 0).ToList();
         if (fed.Count > 0)
         {
             LineChart.Save(Path.Combine(outDir, "bytes_per_round.png"), "bytes exchanged per round (all parties, up + down)", "round", "MiB",
                 fed.Select(c => new Series(c.Method, Enumerable.Range(1, c.BytesPerRound.Length).Select(i => (double)i).ToArray(), c.BytesPerRound.Select(b => b / 1048576).ToArray())));
-            LineChart.Save(Path.Combine(outDir, "eval_loss_per_round.png"), "federated: parties' dev loss of the global adapter they receive", "round", "loss",
+            LineChart.Save(Path.Combine(outDir, "eval_loss_per_round.png"), "federated: parties' dev loss of the global state they receive", "round", "loss",
                 fed.Select(c => new Series(c.Method, Enumerable.Range(1, c.MeanEvalLossPerRound.Length).Select(i => (double)i).ToArray(), c.MeanEvalLossPerRound)));
         }
-        var settings = rows.Where(x => x.Method != "none").ToList();
-        LineChart.Save(Path.Combine(outDir, "rougeL_by_setting.png"), "ROUGE-L on the all-domain test set (x: 1 zero-shot, 2 local mean, 3 local best, 4 federated, 5 centralized)",
-            "setting", "ROUGE-L", settings.GroupBy(x => x.Method).Select(g => new Series(g.Key,
-                g.Select(x => (double)(Array.IndexOf(["zero-shot", "local (mean of parties)", "local (best party)", "federated", "centralized"], x.Setting) + 1)).ToArray(),
-                g.Select(x => x.RougeL).ToArray())));
+        var zero = rows.FirstOrDefault(x => x.Setting == ZeroShot);
+        var bars = new List<BarValue>();
+        foreach (var method in rows.Where(x => x.Method is not ("none" or "full")).Select(x => x.Method).Distinct())
+        {
+            if (zero is not null) bars.Add(new BarValue(method, ZeroShot, zero.RougeL, zero.RougeLInterval.Low, zero.RougeLInterval.High));
+            foreach (var x in rows.Where(x => x.Method == method))
+                bars.Add(new BarValue(method, Label(x.Setting), x.RougeL, x.RougeLInterval.Low, x.RougeLInterval.High));
+        }
+        var set = r.Settings.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "pooled dev sets";
+        if (bars.Count > 0)
+            BarChart.Save(Path.Combine(outDir, "rougeL_by_setting.png"), $"ROUGE-L on the {set} (95 % bootstrap intervals, {r.Settings.Seeds.Length} seed(s))", "ROUGE-L", bars);
+        // The federated job's per-round losses, beside the comparison.
+        if (r.LossPlot is not null) File.Copy(r.LossPlot, Path.Combine(outDir, "loss.png"), overwrite: true);
     }
 
     static string F(double x) => x.ToString("F2", CultureInfo.InvariantCulture);
     static string PM(double m, double s, int n) => n > 1 ? $"{F(m)} ± {F(s)}" : F(m);
+    static string CI(Interval i) => $"[{F(i.Low)}, {F(i.High)}]";
+    static string Signed(double x) => (x >= 0 ? "+" : "−") + F(Math.Abs(x));
 
-    public static string Markdown(ExperimentResult r, List<Row> rows)
+    public static string Markdown(ExperimentResult r, List<Row> rows, List<Claim> claims)
     {
         var s = r.Settings;
+        var b = r.Base;
         var md = new StringBuilder();
+        var set = s.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "parties' pooled dev sets (tuning run: not the test set)";
         md.AppendLine("# FATE-LLM experiment at small scale: WordNet definition generation");
         md.AppendLine();
-        md.AppendLine($"Base: LLaMA-family `{s.Preset}` preset ({r.Base.Parameters:N0} parameters, byte tokenizer) pretrained from scratch on {r.Base.TrainExamples:N0} public WordNet " +
-            $"glosses of *other* domains: {r.Base.Steps} steps in {r.Base.Seconds:F0} s, dev perplexity {F(r.Base.DevPerplexity)} per byte.");
-        md.AppendLine($"Data: {string.Join(", ", r.DataCounts.Select(kv => $"{kv.Key} {kv.Value}"))}. Parties are non-IID by domain; the test set covers all of them.");
+        md.AppendLine($"Base: zoo model `{b.Name}` ({b.Arch}, {b.Parameters:N0} parameters, {b.Layers} blocks, {b.Tokenizer} tokenizer of {b.Vocab:N0}) pretrained here from scratch " +
+            $"on {b.TrainExamples:N0} public WordNet glosses of domains no party holds: {b.Steps} steps in {b.WallSeconds / 60:F1} min; dev perplexity " +
+            $"{F(b.DevPerplexityPerToken)} per token, {b.DevPerplexityPerByte:F3} per byte.");
+        md.AppendLine($"Data: {string.Join(", ", r.DataCounts.Select(kv => $"{kv.Key} {kv.Value}"))}. Parties are non-IID by domain; the test set covers all of them equally.");
         md.AppendLine($"Every setting makes the same number of local passes ({s.Rounds} rounds × {s.LocalEpochs} local epoch = {s.Rounds * s.LocalEpochs} epochs over its data); " +
-            $"seeds {string.Join(", ", s.Seeds)}; greedy decoding, ≤ {s.MaxNewTokens} new tokens. Federated runs go through the Akka federation (in-process cluster, FedAvg).");
+            $"learning rate {s.LoraLearningRate:G3} (LoRA r = 8 on q/v), {s.PrefixLearningRate:G3} (P-Tuning v2, 16 virtual tokens), batch {s.BatchSize}; seeds {string.Join(", ", s.Seeds)}; " +
+            $"greedy decoding, ≤ {s.MaxNewTokens} new tokens. Federated runs go through the Akka federation (in-process cluster, FedAvg).");
         md.AppendLine();
-        md.AppendLine("## Test set (all domains), mean ± std over seeds");
+        md.AppendLine($"## Scores on the {set} ({r.Examples.Count} examples)");
         md.AppendLine();
-        md.AppendLine("| method | setting | seeds | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU-4 | loss |");
-        md.AppendLine("|---|---|---|---|---|---|---|---|");
+        md.AppendLine("Mean ± std over seeds; in brackets the 95 % bootstrap interval over examples (each example's score averaged over seeds, 2,000 resamples).");
+        md.AppendLine();
+        md.AppendLine("| method | setting | seeds | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-L 95 % | BLEU-4 | BLEU-4 95 % | loss |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
         foreach (var x in rows)
-            md.AppendLine($"| {x.Method} | {x.Setting} | {x.N} | {PM(x.Rouge1, x.Rouge1Std, x.N)} | {PM(x.Rouge2, x.Rouge2Std, x.N)} | {PM(x.RougeL, x.RougeLStd, x.N)} | {PM(x.Bleu4, x.Bleu4Std, x.N)} | {x.Loss:F3} |");
+            md.AppendLine($"| {x.Method} | {Label(x.Setting)} | {x.Seeds} | {PM(x.Rouge1, x.Rouge1Std, x.Seeds)} | {PM(x.Rouge2, x.Rouge2Std, x.Seeds)} | " +
+                $"{PM(x.RougeL, x.RougeLStd, x.Seeds)} | {CI(x.RougeLInterval)} | {PM(x.Bleu4, x.Bleu4Std, x.Seeds)} | {CI(x.Bleu4Interval)} | {x.Loss:F3} |");
+        md.AppendLine();
+        md.AppendLine("## The paper's claim, checked");
+        md.AppendLine();
+        md.AppendLine("Federated minus each other setting, paired over the same examples (95 % bootstrap interval). \"Above\" holds when the interval is above 0; " +
+            "\"within 1 point\" of centralized holds when the difference is at least −1.");
+        md.AppendLine();
+        md.AppendLine("| method | metric | federated vs | difference | 95 % | claim | verdict |");
+        md.AppendLine("|---|---|---|---|---|---|---|");
+        foreach (var c in claims)
+            md.AppendLine($"| {c.Method} | {c.Metric} | {c.Versus} | {Signed(c.Difference.Estimate)} | {CI(c.Difference)} | {c.Expectation} | {c.Verdict} |");
         md.AppendLine();
         md.AppendLine("## ROUGE-L per domain (mean over seeds)");
         md.AppendLine();
         var domains = r.Runs.SelectMany(x => x.Scores.RougeLByDomain.Keys).Distinct().Order().ToList();
         md.AppendLine("| method | setting | " + string.Join(" | ", domains) + " |");
         md.AppendLine("|---|---|" + string.Concat(domains.Select(_ => "---|")));
-        foreach (var g in r.Runs.GroupBy(x => (x.Method, x.Setting)))
-            md.AppendLine($"| {g.Key.Method} | {g.Key.Setting} | " + string.Join(" | ", domains.Select(d => F(g.Average(x => x.Scores.RougeLByDomain.GetValueOrDefault(d))))) + " |");
+        foreach (var g in Settings(r.Runs))
+            md.AppendLine($"| {g.Key.Method} | {Label(g.Key.Setting)} | " + string.Join(" | ", domains.Select(d => F(g.Average(x => x.Scores.RougeLByDomain.GetValueOrDefault(d))))) + " |");
         md.AppendLine();
+        Generations(r, md);
         md.AppendLine("## Communication (measured through the federation)");
         md.AppendLine();
         md.AppendLine("| method | trainable params | % of model | bytes per party per round (up) | total bytes (up + down, all rounds) |");
@@ -121,5 +181,31 @@ public static class ExperimentReport
         md.AppendLine();
         md.AppendLine($"Wall time: {r.Seconds / 60:F1} min.");
         return md.ToString();
+    }
+
+    /// <summary>The same few prompts (two per domain) through every setting of the first method and seed: what federated learning changed.</summary>
+    static void Generations(ExperimentResult r, StringBuilder md)
+    {
+        var method = r.Settings.Methods.FirstOrDefault();
+        var seed = r.Settings.Seeds.FirstOrDefault();
+        var chosen = r.Examples.Select((e, i) => (e, i)).GroupBy(x => x.e.Domain).OrderBy(g => g.Key, StringComparer.Ordinal)
+            .SelectMany(g => g.Take(2)).Select(x => x.i).ToList();
+        var settings = r.Runs.Where(x => x.Setting == ZeroShot || (x.Method == method && x.Seed == seed))
+            .OrderBy(x => x.Setting == ZeroShot ? 0 : x.Setting.StartsWith("local:") ? 1 : x.Setting == Federated ? 2 : 3).ThenBy(x => x.Setting, StringComparer.Ordinal).ToList();
+        if (chosen.Count == 0 || settings.Count == 0) return;
+        md.AppendLine($"## Example generations ({method}, seed {seed}; greedy)");
+        md.AppendLine();
+        static string Cell(string t) => t.Replace("|", "\\|").Replace("\n", " ");
+        foreach (var i in chosen)
+        {
+            var e = r.Examples[i];
+            md.AppendLine($"**`{Cell(e.Prompt)}`** — reference: *{Cell(e.Reference)}*");
+            md.AppendLine();
+            md.AppendLine("| setting | generation | ROUGE-L |");
+            md.AppendLine("|---|---|---|");
+            foreach (var x in settings)
+                md.AppendLine($"| {Label(x.Setting)} | {Cell(x.Scores.Predictions[i])} | {F(x.Scores.RougeLPerExample[i])} |");
+            md.AppendLine();
+        }
     }
 }

@@ -11,9 +11,12 @@ using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Tokenization;
 using FateLlm.Training.Trainer;
-using static TorchSharp.torch;
+using FateLlm.Training.Zoo;
+using FateLlm.Host.Zoo;
 
 namespace FateLlm.Host.Experiments;
+
+public enum EvaluationSet { Test, Dev }
 
 public sealed record ExperimentSettings
 {
@@ -21,33 +24,33 @@ public sealed record ExperimentSettings
     public int[] Seeds { get; init; } = [1, 2, 3];
     public string[] Methods { get; init; } = ["lora", "ptuning-v2"];
     public bool FullFineTuningBaseline { get; init; } = true;
-    public int Rounds { get; init; } = 3;
+    public int Rounds { get; init; } = 5;
     public int LocalEpochs { get; init; } = 1;
-    public int TrainPerParty { get; init; } = 500;
-    public int DevPerParty { get; init; } = 40;
-    public int TestPerParty { get; init; } = 50;
-    public int PublicExamples { get; init; } = 20000;
-    /// <summary>A fixed step count, not a time budget, so the base (and every result after it) is the same on any machine.</summary>
-    public int PretrainSteps { get; init; } = 240;
-    public string Preset { get; init; } = "tiny";
-    public int MaxNewTokens { get; init; } = 64;
+    public int TrainPerParty { get; init; } = 800;
+    public int DevPerParty { get; init; } = 100;
+    public int TestPerParty { get; init; } = 200;
+    /// <summary>The zoo model every setting fine-tunes (built on first use).</summary>
+    public string BaseModel { get; init; } = "base";
+    public string ZooRoot { get; init; } = "runs/zoo";
+    public int MaxNewTokens { get; init; } = 40;
     public int BatchSize { get; init; } = 16;
+    /// <summary>Dev: score every setting on the parties' pooled dev sets instead of the test set (for tuning).</summary>
+    public EvaluationSet EvaluateOn { get; init; } = EvaluationSet.Test;
+    public double LoraLearningRate { get; init; } = 5e-3;
+    public double PrefixLearningRate { get; init; } = 1e-2;
     public string WordNetDir { get; init; } = WordNetCorpus.DefaultDictionary;
 
-    public static ExperimentSettings Quick(string outDir) => new() { OutDir = outDir };
+    /// <summary>Fewer examples per party: the same comparison in about a third of the time.</summary>
+    public static ExperimentSettings Quick(string outDir) => new() { OutDir = outDir, TrainPerParty = 400, TestPerParty = 100 };
 
-    public static ExperimentSettings Full(string outDir) => new()
-    {
-        OutDir = outDir, Rounds = 5, TrainPerParty = 1500, DevPerParty = 100, TestPerParty = 100, PretrainSteps = 720,
-    };
+    public static ExperimentSettings Full(string outDir) => new() { OutDir = outDir };
 
     public static ExperimentSettings Demo(string outDir) => new()
     {
-        OutDir = outDir, Seeds = [1], Methods = ["lora"], FullFineTuningBaseline = false, TrainPerParty = 400, TestPerParty = 30,
-        DevPerParty = 20,
+        OutDir = outDir, Seeds = [1], Methods = ["lora"], FullFineTuningBaseline = false, TrainPerParty = 400, TestPerParty = 60, DevPerParty = 20,
     };
 
-    public double LearningRate(string method) => method switch { "lora" => 5e-3, "ptuning-v2" => 1e-2, _ => 1e-3 };
+    public double LearningRate(string method) => method switch { "lora" => LoraLearningRate, "ptuning-v2" => PrefixLearningRate, _ => 1e-3 };
 
     public PeftConfig Peft(string method) => new()
     {
@@ -56,15 +59,20 @@ public sealed record ExperimentSettings
     };
 }
 
-public sealed record Scores(double Rouge1, double Rouge2, double RougeL, double Bleu4, double Loss, IReadOnlyDictionary<string, double> RougeLByDomain);
+/// <param name="RougeLPerExample">Each evaluation example's ROUGE-L F1 (0–100), in the evaluation set's order: paired bootstrap input.</param>
+public sealed record Scores(double Rouge1, double Rouge2, double RougeL, double Bleu4, double Loss, IReadOnlyDictionary<string, double> RougeLByDomain,
+    double[] RougeLPerExample, double[] Bleu4PerExample, string[] Predictions);
 
 public sealed record RunResult(string Method, string Setting, int Seed, Scores Scores, double Seconds);
 
 public sealed record CommunicationResult(string Method, long TrainableParameters, double PercentOfModel, long BytesPerPartyPerRound, long TotalBytes, int Rounds, int Parties,
     double[] BytesPerRound, double[] MeanEvalLossPerRound);
 
-public sealed record ExperimentResult(ExperimentSettings Settings, PretrainResult Base, IReadOnlyDictionary<string, int> DataCounts, List<RunResult> Runs,
-    List<CommunicationResult> Communication, IReadOnlyList<AnalyticShare> Analytic, double Seconds);
+/// <param name="Examples">The evaluation examples (prompt, reference, domain) in the order of every per-example array.</param>
+public sealed record ExperimentResult(ExperimentSettings Settings, ZooCard Base, IReadOnlyDictionary<string, int> DataCounts, List<RunResult> Runs,
+    List<CommunicationResult> Communication, IReadOnlyList<AnalyticShare> Analytic, double Seconds, IReadOnlyList<EvaluatedExample> Examples, string? LossPlot);
+
+public sealed record EvaluatedExample(string Prompt, string Reference, string Domain);
 
 /// <summary>
 /// The FATE-LLM experiment at small scale on WordNet: zero-shot base, each party alone, federated (through the Akka
@@ -96,22 +104,24 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         Directory.CreateDirectory(s.OutDir);
         var split = WordNetCorpus.Write(WordNetCorpus.Read(s.WordNetDir), Path.Combine(s.OutDir, "data"), new WordNetSplitOptions
         {
-            TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = s.PublicExamples,
+            TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = 1,
         });
-        log($"data: {string.Join(", ", split.Counts.Select(kv => $"{kv.Key} {kv.Value}"))}");
-        var basePath = Path.Combine(s.OutDir, "base-" + s.Preset);
-        var pretrain = EnsureBase(basePath, split.Public);
-        var test = InstructionData.ReadJsonl(split.Test, Data);
-        var tok = new ByteTokenizer();
+        log($"data: {string.Join(", ", split.Counts.Where(kv => kv.Key != "public").Select(kv => $"{kv.Key} {kv.Value}"))}");
+        var (basePath, card) = EnsureBase();
+        var evaluation = s.EvaluateOn == EvaluationSet.Test
+            ? InstructionData.ReadJsonl(split.Test, Data)
+            : split.Parties.Values.SelectMany(p => InstructionData.ReadJsonl(p.Dev, Data)).ToList();
+        log($"scoring every setting on the {(s.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "parties' pooled dev sets (tuning)")}: {evaluation.Count} examples");
         var runs = new List<RunResult>();
 
-        var zero = Evaluate(basePath, null, test, tok);
+        var zero = Evaluate(basePath, null, evaluation);
         runs.Add(new RunResult("none", "zero-shot", 0, zero, 0));
         log($"zero-shot base: ROUGE-L {zero.RougeL:F2}, BLEU-4 {zero.Bleu4:F2}");
 
         var partyTrain = split.Parties.ToDictionary(kv => kv.Key, kv => InstructionData.ReadJsonl(kv.Value.Train, Data));
         var communication = new List<CommunicationResult>();
         var datasets = Datasets(split);
+        string? lossPlot = null;
         await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets, QuietCluster);
         log($"federation up: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
 
@@ -119,45 +129,51 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
             foreach (var seed in s.Seeds)
             {
                 var epochs = s.Rounds * s.LocalEpochs; // same number of local passes in every setting
-                foreach (var (party, examples) in partyTrain)
-                    runs.Add(Timed(method, $"local:{party}", seed, () => TrainAndEvaluate(basePath, method, examples, epochs, seed, test, tok)));
-                runs.Add(Timed(method, "centralized", seed, () => TrainAndEvaluate(basePath, method, partyTrain.Values.SelectMany(x => x).ToList(), epochs, seed, test, tok)));
+                foreach (var (party, partyExamples) in partyTrain)
+                    runs.Add(Timed(method, $"local:{party}", seed, () => TrainAndEvaluate(basePath, method, partyExamples, epochs, seed, evaluation)));
+                runs.Add(Timed(method, "centralized", seed, () => TrainAndEvaluate(basePath, method, partyTrain.Values.SelectMany(x => x).ToList(), epochs, seed, evaluation)));
                 var sw = Stopwatch.StartNew();
                 var (status, adapterDir) = await Federate(fed, basePath, method, seed, federationProgress);
-                var fedScores = Evaluate(basePath, adapterDir, test, tok);
+                var fedScores = Evaluate(basePath, adapterDir, evaluation);
                 runs.Add(new RunResult(method, "federated", seed, fedScores, sw.Elapsed.TotalSeconds));
                 if (seed == s.Seeds[0]) communication.Add(Communication(method, basePath, status));
+                lossPlot ??= Path.Combine(status.OutputDir!, "loss.png");
                 foreach (var r in runs.Where(r => r.Method == method && r.Seed == seed))
                     log($"{method} seed {seed} {r.Setting,-16} ROUGE-1 {r.Scores.Rouge1:F2} ROUGE-L {r.Scores.RougeL:F2} BLEU-4 {r.Scores.Bleu4:F2} loss {r.Scores.Loss:F3}");
             }
         if (s.FullFineTuningBaseline)
         {
             var (status, adapterDir) = await Federate(fed, basePath, "full", s.Seeds[0], federationProgress);
-            runs.Add(new RunResult("full", "federated", s.Seeds[0], Evaluate(adapterDir, null, test, tok), 0));
+            runs.Add(new RunResult("full", "federated", s.Seeds[0], Evaluate(adapterDir, null, evaluation), 0));
             communication.Add(Communication("full", basePath, status));
         }
-        return new ExperimentResult(s, pretrain, split.Counts, runs, communication, PublishedConfigs.Compute(), clock.Elapsed.TotalSeconds);
+        var examples = evaluation.Select(e => new EvaluatedExample(e.Prompt, e.Response, Domain(e.Prompt))).ToList();
+        return new ExperimentResult(s, card, split.Counts.Where(kv => kv.Key != "public").ToDictionary(), runs, communication, PublishedConfigs.Compute(),
+            clock.Elapsed.TotalSeconds, examples, lossPlot is not null && File.Exists(lossPlot) ? lossPlot : null);
     }
 
-    /// <summary>The pretrained base at <paramref name="basePath"/>, trained now unless a cached one is there.</summary>
-    public PretrainResult EnsureBase(string basePath, string publicCorpus)
+    /// <summary>The zoo's base model: built now (with progress) unless the zoo has it cached.</summary>
+    public (string Path, ZooCard Card) EnsureBase()
     {
-        var summary = Path.Combine(basePath, "pretrain_summary.json");
-        if (File.Exists(summary) && File.Exists(Path.Combine(basePath, HfCheckpoint.SingleFile)))
+        var catalog = ZooCatalog.Load();
+        var zoo = catalog.Open(s.ZooRoot, s.WordNetDir, log);
+        var recipe = catalog[s.BaseModel];
+        ZooCard card;
+        using (var progress = new PretrainLog(log, "pretrain " + recipe.Name)) card = zoo.Ensure(recipe, progress);
+        return (zoo.Folder(recipe.Name), card);
+    }
+
+    /// <summary>Pretraining progress as a log line every 30 s (the experiment's console is a log, not a terminal bar).</summary>
+    sealed class PretrainLog(Action<string> log, string label) : IProgress<TrainProgress>, IDisposable
+    {
+        readonly Stopwatch _since = Stopwatch.StartNew();
+        public void Report(TrainProgress p)
         {
-            var cached = JsonSerializer.Deserialize<PretrainResult>(File.ReadAllText(summary))!;
-            log($"base model cached at {basePath} (dev perplexity {cached.DevPerplexity:F2})");
-            return cached;
+            if (_since.Elapsed.TotalSeconds < 30 && p.Step != p.TotalSteps) return;
+            _since.Restart();
+            log($"{label}: step {p.Step}/{p.TotalSteps}, loss {p.Loss:F3}, {p.TokensPerSecond:F0} tokens/s, eta {p.Eta:mm\\:ss}");
         }
-        log($"pretraining the {s.Preset} base on the public WordNet corpus for {s.PretrainSteps} steps (≈ 2 min per 240 on 2 cores; cached for later runs)...");
-        var r = Pretraining.Run("llama", s.Preset, publicCorpus, basePath, new TrainOptions
-        {
-            Epochs = 3, LearningRate = 3e-3, BatchSize = 32, Seed = 42, WarmupRatio = 0.05, Schedule = LrSchedule.Cosine,
-            MaxSteps = s.PretrainSteps,
-        }, Data);
-        File.WriteAllText(summary, JsonSerializer.Serialize(r));
-        log($"base: {r.Parameters:N0} parameters, {r.Steps} steps, dev perplexity {r.DevPerplexity:F2} (bytes)");
-        return r;
+        public void Dispose() { }
     }
 
     RunResult Timed(string method, string setting, int seed, Func<Scores> run)
@@ -167,7 +183,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return new RunResult(method, setting, seed, scores, sw.Elapsed.TotalSeconds);
     }
 
-    Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test, ITextTokenizer tok)
+    Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test)
     {
         using var run = FineTuning.Open(basePath, s.Peft(method), seed);
         run.Train(run.Tokenize(train, Data), new TrainOptions
@@ -177,22 +193,23 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return Score(run.Model, test, run.Tokenizer);
     }
 
-    public Scores Evaluate(string modelOrAdapterBase, string? adapterDir, List<Example> test, ITextTokenizer tok)
+    public Scores Evaluate(string modelOrAdapterBase, string? adapterDir, List<Example> test)
     {
         using var model = adapterDir is null ? HfCheckpoint.Load(modelOrAdapterBase) : AdapterFolder.Load(adapterDir, modelOrAdapterBase).Model;
-        return Score(model, test, tok);
+        return Score(model, test, TokenizerLoader.Load(modelOrAdapterBase, model.Config));
     }
 
     Scores Score(CausalLm model, List<Example> test, ITextTokenizer tok)
     {
         var report = Evaluator.Run(model, tok, test, Data, new EvalOptions { BatchSize = 32, Sampling = new SamplingOptions { MaxNewTokens = s.MaxNewTokens } });
-        var byDomain = report.Samples.GroupBy(x => Domain(x.Prompt))
-            .ToDictionary(g => g.Key, g => GenerationScores.Average(g.Select(x => (x.Reference, x.Prediction)).ToList()).RougeL);
+        var each = report.Samples.Select(x => GenerationScores.Of(x.Reference, x.Prediction)).ToArray();
+        var byDomain = report.Samples.Select((x, i) => (Domain(x.Prompt), each[i].RougeL)).GroupBy(x => x.Item1).ToDictionary(g => g.Key, g => g.Average(x => x.RougeL));
         var sc = report.Scores!;
-        return new Scores(sc.Rouge1, sc.Rouge2, sc.RougeL, sc.Bleu4, report.Loss, byDomain);
+        return new Scores(sc.Rouge1, sc.Rouge2, sc.RougeL, sc.Bleu4, report.Loss, byDomain, each.Select(x => x.RougeL).ToArray(), each.Select(x => x.Bleu4).ToArray(),
+            report.Samples.Select(x => x.Prediction).ToArray());
     }
 
-    static string Domain(string content)
+    internal static string Domain(string content)
     {
         var i = content.IndexOf("domain#", StringComparison.Ordinal);
         return i < 0 ? "?" : content[(i + 7)..];

@@ -5,7 +5,6 @@ using FateLlm.Actors.Nodes;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Privacy;
-using FateLlm.Training.Tokenization;
 
 namespace FateLlm.Host.Experiments;
 
@@ -18,7 +17,7 @@ public sealed record PrivateRunResult(double? NoiseMultiplier, double? Epsilon, 
 /// </summary>
 public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, double clipNorm = 1.0)
 {
-    /// <summary>Five parties over the same domains as the three-party demo, so the pretrained base is shared.</summary>
+    /// <summary>Five parties over the same domains as the three-party demo (none of them in the zoo's public corpus).</summary>
     public static readonly IReadOnlyDictionary<string, string[]> FiveParties = new Dictionary<string, string[]>
     {
         ["zoo"] = ["noun.animal"], ["garden"] = ["noun.plant"], ["workshop"] = ["noun.artifact"], ["kitchen"] = ["noun.food"],
@@ -30,11 +29,10 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
         Directory.CreateDirectory(s.OutDir);
         var split = WordNetCorpus.Write(WordNetCorpus.Read(s.WordNetDir), Path.Combine(s.OutDir, "data-5"), new WordNetSplitOptions
         {
-            Parties = FiveParties, TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = s.PublicExamples,
+            Parties = FiveParties, TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = 1,
         });
         var experiment = new PaperExperiment(s, log);
-        var basePath = Path.Combine(s.OutDir, "base-" + s.Preset);
-        experiment.EnsureBase(basePath, split.Public);
+        var (basePath, _) = experiment.EnsureBase();
         var test = InstructionData.ReadJsonl(split.Test, PaperExperiment.Data);
         var datasets = PaperExperiment.Datasets(split);
         var results = new List<PrivateRunResult>();
@@ -53,7 +51,7 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
             if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
             var status = await fed.WaitAsync(spec.JobId, TimeSpan.FromHours(2), progress: progress);
             if (status.State != JobState.Completed) throw new InvalidOperationException($"job {spec.JobId}: {status.State}: {status.Reason}");
-            var scores = experiment.Evaluate(basePath, Path.Combine(status.OutputDir!, "adapter"), test, new ByteTokenizer());
+            var scores = experiment.Evaluate(basePath, Path.Combine(status.OutputDir!, "adapter"), test);
             results.Add(new PrivateRunResult(z, status.Epsilon, spec.Dp.Delta, scores, status, killed, sw.Elapsed.TotalSeconds));
             log($"z = {(z is null ? "no DP" : z.Value.ToString("G3"))}: ε = {(status.Epsilon is { } e ? e.ToString("F2") : "∞ (no DP)")}, ROUGE-L {scores.RougeL:F2}, loss {scores.Loss:F3}");
         }

@@ -126,20 +126,18 @@ internal static class NGrams
 /// <summary>Per-sample generation metrics, averaged (the AdvertiseGen convention), all in [0, 100].</summary>
 public sealed record GenerationScores(double Rouge1, double Rouge2, double RougeL, double Bleu4, int Samples)
 {
+    /// <summary>One sample's ROUGE-1/2/L F1 and sentence BLEU-4, in [0, 100].</summary>
+    public static GenerationScores Of(string reference, string prediction)
+    {
+        var t = Rouge.Tokenize(reference);
+        var p = Rouge.Tokenize(prediction);
+        return new GenerationScores(100 * Rouge.N(t, p, 1).F1, 100 * Rouge.N(t, p, 2).F1, 100 * Rouge.L(t, p).F1, t.Count == 0 ? 0 : 100 * Bleu.Sentence(t, p), 1);
+    }
+
     public static GenerationScores Average(IReadOnlyList<(string Reference, string Prediction)> pairs)
     {
         if (pairs.Count == 0) return new GenerationScores(0, 0, 0, 0, 0);
-        double r1 = 0, r2 = 0, rl = 0, b = 0;
-        foreach (var (reference, prediction) in pairs)
-        {
-            var t = Rouge.Tokenize(reference);
-            var p = Rouge.Tokenize(prediction);
-            r1 += Rouge.N(t, p, 1).F1;
-            r2 += Rouge.N(t, p, 2).F1;
-            rl += Rouge.L(t, p).F1;
-            b += t.Count == 0 ? 0 : Bleu.Sentence(t, p);
-        }
-        double k = 100.0 / pairs.Count;
-        return new GenerationScores(r1 * k, r2 * k, rl * k, b * k, pairs.Count);
+        var each = pairs.Select(x => Of(x.Reference, x.Prediction)).ToList();
+        return new GenerationScores(each.Average(x => x.Rouge1), each.Average(x => x.Rouge2), each.Average(x => x.RougeL), each.Average(x => x.Bleu4), pairs.Count);
     }
 }

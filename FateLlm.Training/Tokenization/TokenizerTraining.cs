@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using FateLlm.Training.Data;
 
 namespace FateLlm.Training.Tokenization;
 
@@ -29,6 +30,30 @@ public static class TokenizerTraining
     {
         if (kind == TokenizerKind.Gpt2Bpe) TrainGpt2(texts, vocabSize, outDir);
         else TrainSentencePiece(texts, vocabSize, outDir);
+    }
+
+    /// <summary>The texts of a JSONL corpus: the named string fields of every line, or every string field when none are named.</summary>
+    public static List<string> ReadCorpus(string path, IReadOnlyCollection<string>? fields = null)
+    {
+        if (!File.Exists(path)) throw new DataFormatException($"{path}: file not found");
+        var texts = new List<string>();
+        int line = 0;
+        foreach (var l in File.ReadLines(path))
+        {
+            line++;
+            if (string.IsNullOrWhiteSpace(l)) continue;
+            JsonDocument doc;
+            try { doc = JsonDocument.Parse(l); }
+            catch (JsonException e) { throw new DataFormatException($"{path}:{line}:{(e.BytePositionInLine ?? 0) + 1}: not valid JSON"); }
+            using (doc)
+            {
+                if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new DataFormatException($"{path}:{line}: expected a JSON object");
+                texts.AddRange(doc.RootElement.EnumerateObject()
+                    .Where(p => p.Value.ValueKind == JsonValueKind.String && (fields is null || fields.Contains(p.Name))).Select(p => p.Value.GetString()!));
+            }
+        }
+        if (texts.Count == 0) throw new DataFormatException($"{path}: no text");
+        return texts;
     }
 
     // ---- GPT-2 byte-level BPE ----

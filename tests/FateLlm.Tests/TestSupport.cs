@@ -29,6 +29,27 @@ internal static class TestSupport
         return d;
     }
 
+    const string WordNetHeader = "  1 This software and database is being provided to you, the LICENSEE, by  \n";
+
+    /// <summary>A WordNet 3.0 dictionary folder in miniature: seven domains of <paramref name="perDomain"/> synsets each.</summary>
+    public static string WordNetDictionary(int perDomain = 30)
+    {
+        var dir = TempDir();
+        string Line(int i, string lex, string type, string word) =>
+            $"{i:D8} {lex} {type} 02 {word} 0 {word}_too 0 000 | the meaning number {i} of {word}; \"an example with {word}\"";
+        var noun = Enumerable.Range(0, perDomain).SelectMany(i => new[]
+        {
+            Line(1000 + i, "05", "n", "beast" + i), Line(2000 + i, "20", "n", "herb" + i), Line(3000 + i, "06", "n", "tool" + i),
+            Line(4000 + i, "13", "n", "dish" + i), Line(5000 + i, "18", "n", "person" + i),
+        });
+        File.WriteAllText(Path.Combine(dir, "data.noun"), WordNetHeader + string.Join("\n", noun) + "\n");
+        var verb = Enumerable.Range(0, perDomain).SelectMany(i => new[] { Line(6000 + i, "38", "v", "run" + i), Line(7000 + i, "35", "v", "hit" + i) });
+        File.WriteAllText(Path.Combine(dir, "data.verb"), WordNetHeader + string.Join("\n", verb) + "\n");
+        File.WriteAllText(Path.Combine(dir, "data.adj"), WordNetHeader + Line(8000, "00", "s", "big(a)") + "\n");
+        File.WriteAllText(Path.Combine(dir, "data.adv"), WordNetHeader);
+        return dir;
+    }
+
     public static CausalLm TinyModel(string arch = "llama", long seed = 7)
     {
         var m = CausalLm.Create(ModelPresets.Create(arch, "tiny"));

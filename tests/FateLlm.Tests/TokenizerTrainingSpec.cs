@@ -27,7 +27,7 @@ public sealed class TokenizerTrainingSpec : IClassFixture<TokenizerTrainingSpec.
         {
             var dir = TestSupport.TempDir();
             Jsonl = WordNetCorpus.Write(WordNetCorpus.Read(), Path.Combine(dir, "data"), new WordNetSplitOptions { PublicLimit = 0 }).Public;
-            Texts = TokenizerCommands.CorpusTexts(Jsonl);
+            Texts = TokenizerTraining.ReadCorpus(Jsonl);
             Gpt2 = Train(dir, "gpt2-bpe", 1500);
             SentencePiece = Train(dir, "sentencepiece-bpe", 2000);
         }

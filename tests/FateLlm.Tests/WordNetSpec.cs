@@ -6,26 +6,6 @@ namespace FateLlm.Tests;
 
 public class WordNetSpec
 {
-    const string Header = "  1 This software and database is being provided to you, the LICENSEE, by  \n";
-
-    static string Dictionary(int perDomain = 30)
-    {
-        var dir = TestSupport.TempDir();
-        string Line(int i, string lex, string type, string word) =>
-            $"{i:D8} {lex} {type} 02 {word} 0 {word}_too 0 000 | the meaning number {i} of {word}; \"an example with {word}\"";
-        var noun = Enumerable.Range(0, perDomain).SelectMany(i => new[]
-        {
-            Line(1000 + i, "05", "n", "beast" + i), Line(2000 + i, "20", "n", "herb" + i), Line(3000 + i, "06", "n", "tool" + i),
-            Line(4000 + i, "13", "n", "dish" + i), Line(5000 + i, "18", "n", "person" + i),
-        });
-        File.WriteAllText(Path.Combine(dir, "data.noun"), Header + string.Join("\n", noun) + "\n");
-        var verb = Enumerable.Range(0, perDomain).SelectMany(i => new[] { Line(6000 + i, "38", "v", "run" + i), Line(7000 + i, "35", "v", "hit" + i) });
-        File.WriteAllText(Path.Combine(dir, "data.verb"), Header + string.Join("\n", verb) + "\n");
-        File.WriteAllText(Path.Combine(dir, "data.adj"), Header + Line(8000, "00", "s", "big(a)") + "\n");
-        File.WriteAllText(Path.Combine(dir, "data.adv"), Header);
-        return dir;
-    }
-
     [Fact]
     public void A_data_line_gives_words_domain_definition_and_examples()
     {
@@ -41,7 +21,7 @@ public class WordNetSpec
     [Fact]
     public void A_malformed_line_is_named_by_file_and_line()
     {
-        var dir = Dictionary();
+        var dir = TestSupport.WordNetDictionary();
         File.AppendAllText(Path.Combine(dir, "data.verb"), "12345678 99 v 01 fly 0 000 | move through the air\n");
         var e = Assert.Throws<DataFormatException>(() => WordNetCorpus.Read(dir));
         Assert.Contains("data.verb:62: lexicographer file number '99'", e.Message);
@@ -52,7 +32,7 @@ public class WordNetSpec
     [Fact]
     public void Splits_are_deterministic_non_iid_by_domain_and_keep_party_domains_out_of_the_public_corpus()
     {
-        var synsets = WordNetCorpus.Read(Dictionary());
+        var synsets = WordNetCorpus.Read(TestSupport.WordNetDictionary());
         var o = new WordNetSplitOptions { TrainPerParty = 20, DevPerParty = 5, TestPerParty = 5, PublicLimit = 0 };
         var a = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);
         var b = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);

@@ -1,0 +1,108 @@
+using FateLlm.Host.Experiments;
+using FateLlm.Training.Metrics;
+using FateLlm.Training.Zoo;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+public class BootstrapSpec
+{
+    [Fact]
+    public void The_interval_of_a_mean_matches_the_normal_approximation_and_is_deterministic()
+    {
+        var rng = new Random(3);
+        var xs = Enumerable.Range(0, 400).Select(_ => rng.NextDouble() * 100).ToArray();
+        var ci = Bootstrap.Mean(xs, seed: 9);
+        var mean = xs.Average();
+        var sd = Math.Sqrt(xs.Sum(x => (x - mean) * (x - mean)) / (xs.Length - 1));
+        var normalHalfWidth = 1.96 * sd / Math.Sqrt(xs.Length);
+        Assert.Equal(mean, ci.Estimate, 9);
+        Assert.True(ci.Low < mean && mean < ci.High);
+        Assert.InRange((ci.High - ci.Low) / 2, normalHalfWidth * 0.85, normalHalfWidth * 1.15);
+        Assert.Equal(ci, Bootstrap.Mean(xs, seed: 9));
+    }
+
+    [Fact]
+    public void A_paired_difference_cancels_what_the_examples_share()
+    {
+        var rng = new Random(4);
+        var difficulty = Enumerable.Range(0, 300).Select(_ => rng.NextDouble() * 80).ToArray();
+        var a = difficulty.Select(d => d + 2 + rng.NextDouble()).ToArray();
+        Assert.Equal(new Interval(0, 0, 0), Bootstrap.PairedDifference(difficulty, difficulty));
+        var paired = Bootstrap.PairedDifference(a, difficulty);
+        Assert.True(paired.Low > 2 && paired.High < 3, $"{paired}");
+        // Unpaired, the same 2.5-point gap hides in the spread of difficulty.
+        var unpaired = Bootstrap.Mean(a);
+        Assert.True(unpaired.High - unpaired.Low > 10 * (paired.High - paired.Low));
+        Assert.Throws<ArgumentException>(() => Bootstrap.PairedDifference(a, difficulty[..10]));
+        Assert.Throws<ArgumentException>(() => Bootstrap.Mean([]));
+    }
+}
+
+public class ExperimentReportSpec
+{
+    const int N = 120;
+
+    static Scores Scores(double level, int seed)
+    {
+        var rng = new Random(seed * 31 + (int)level);
+        var rouge = Enumerable.Range(0, N).Select(i => Math.Clamp(level + (i % 7) * 3 + rng.NextDouble() * 4, 0, 100)).ToArray();
+        var bleu = rouge.Select(x => x / 2).ToArray();
+        return new Scores(rouge.Average() + 5, rouge.Average() / 3, rouge.Average(), bleu.Average(), 3 - level / 50,
+            new Dictionary<string, double> { ["animal"] = rouge.Average() }, rouge, bleu, Enumerable.Range(0, N).Select(i => $"prediction {i} at {level}").ToArray());
+    }
+
+    static ExperimentResult Result(string outDir, double federated, double centralized)
+    {
+        var runs = new List<RunResult> { new("none", "zero-shot", 0, Scores(10, 0), 0) };
+        foreach (var seed in new[] { 1, 2, 3 })
+        {
+            runs.Add(new("lora", "local:nature", seed, Scores(20, seed), 1));
+            runs.Add(new("lora", "local:things", seed, Scores(22, seed), 1));
+            runs.Add(new("lora", "federated", seed, Scores(federated, seed), 1));
+            runs.Add(new("lora", "centralized", seed, Scores(centralized, seed), 1));
+        }
+        var card = new ZooCard("base", "d", "llama", 1000, 4, 64, "sentencepiece-bpe", 4000, "digest", 100, 10, 5, 4, 1e-3, 42, 2, 60, 1000, 3, 20, 1.5, "f", DateTime.UtcNow);
+        var examples = Enumerable.Range(0, N).Select(i => new EvaluatedExample($"word#w{i}*pos#noun*domain#animal", $"reference {i}", "animal")).ToList();
+        return new ExperimentResult(new ExperimentSettings { OutDir = outDir, Seeds = [1, 2, 3], Methods = ["lora"] }, card,
+            new Dictionary<string, int> { ["test"] = N }, runs, [], [], 60, examples, null);
+    }
+
+    [Fact]
+    public void The_claims_follow_paired_intervals_of_federated_against_every_other_setting()
+    {
+        var holds = ExperimentReport.Claims(Result(TestSupport.TempDir(), federated: 30, centralized: 30.5).Runs);
+        var rouge = holds.Where(c => c.Metric == "ROUGE-L").ToDictionary(c => c.Versus);
+        Assert.Equal(["local nature", "local things", "zero-shot", "centralized"], rouge.Keys);
+        Assert.All(rouge.Values, c => Assert.Equal("holds", c.Verdict));
+        Assert.InRange(rouge["local things"].Difference.Estimate, 6, 10);
+        Assert.Contains(holds, c => c.Metric == "BLEU-4");
+
+        var fails = ExperimentReport.Claims(Result(TestSupport.TempDir(), federated: 21, centralized: 30).Runs).Where(c => c.Metric == "ROUGE-L").ToDictionary(c => c.Versus);
+        Assert.Equal("does not hold", fails["local things"].Verdict);
+        Assert.Equal("does not hold", fails["centralized"].Verdict);
+        Assert.True(fails["local things"].Difference.High < 0);
+    }
+
+    [Fact]
+    public void The_report_has_interval_tables_claims_generations_and_a_bar_chart()
+    {
+        var dir = TestSupport.TempDir();
+        var result = Result(dir, federated: 30, centralized: 31);
+        ExperimentReport.Write(result, dir);
+        var md = File.ReadAllText(Path.Combine(dir, "results.md"));
+        Assert.Contains("ROUGE-L 95 %", md);
+        Assert.Contains("| lora | ROUGE-L | local things |", md);
+        Assert.Contains("## Example generations (lora, seed 1; greedy)", md);
+        Assert.Contains("prediction 0 at 30", md);
+        var rows = ExperimentReport.Summarize(result.Runs);
+        Assert.Equal(["zero-shot", "local:nature", "local:things", "federated", "centralized"], rows.Select(r => r.Setting));
+        var fed = rows.Single(r => r.Setting == "federated");
+        Assert.Equal(3, fed.Seeds);
+        Assert.True(fed.RougeLInterval.Low < fed.RougeL && fed.RougeL < fed.RougeLInterval.High);
+        var png = Path.Combine(dir, "rougeL_by_setting.png");
+        Assert.True(File.Exists(png));
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], File.ReadAllBytes(png)[..4]);
+        Assert.True(File.Exists(Path.Combine(dir, "results.json")));
+    }
+}
