@@ -29,9 +29,11 @@ public sealed record ExperimentSettings
     public int TrainPerParty { get; init; } = 800;
     public int DevPerParty { get; init; } = 100;
     public int TestPerParty { get; init; } = 200;
-    /// <summary>The zoo model every setting fine-tunes (built on first use).</summary>
-    public string BaseModel { get; init; } = "base";
-    public string ZooRoot { get; init; } = "runs/zoo";
+    /// <summary>The zoo's recipes (reference.conf's unless a caller brings its own).</summary>
+    public ZooCatalog Zoo { get; init; } = ZooCatalog.Load();
+    /// <summary>The zoo model every setting fine-tunes (built on first use); the catalog's demo base by default.</summary>
+    public string? BaseModel { get; init; }
+    public string ZooRoot { get; init; } = ZooCatalog.Load().Root;
     public int MaxNewTokens { get; init; } = 40;
     public int BatchSize { get; init; } = 16;
     /// <summary>Dev: score every setting on the parties' pooled dev sets instead of the test set (for tuning).</summary>
@@ -155,9 +157,8 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
     /// <summary>The zoo's base model: built now (with progress) unless the zoo has it cached.</summary>
     public (string Path, ZooCard Card) EnsureBase()
     {
-        var catalog = ZooCatalog.Load();
-        var zoo = catalog.Open(s.ZooRoot, s.WordNetDir, log);
-        var recipe = catalog[s.BaseModel];
+        var zoo = s.Zoo.Open(s.ZooRoot, s.WordNetDir, log);
+        var recipe = s.Zoo[s.BaseModel ?? s.Zoo.DemoBase];
         ZooCard card;
         using (var progress = new PretrainLog(log, "pretrain " + recipe.Name)) card = zoo.Ensure(recipe, progress);
         return (zoo.Folder(recipe.Name), card);
