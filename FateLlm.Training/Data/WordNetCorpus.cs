@@ -5,11 +5,20 @@ using System.Text.RegularExpressions;
 namespace FateLlm.Training.Data;
 
 /// <summary>One WordNet synset: its words, part of speech, lexicographer file (semantic domain), definition and examples.</summary>
-public sealed record Synset(string Offset, string Pos, string Domain, string[] Words, string Definition, string[] Examples)
+/// <param name="HypernymOffsets">The synsets this one is a kind or an instance of (WordNet's <c>@</c> and <c>@i</c> pointers), same part of speech.</param>
+public sealed record Synset(string Offset, string Pos, string Domain, string[] Words, string Definition, string[] Examples, string[] HypernymOffsets)
 {
+    /// <summary>The first word of the first hypernym, once <see cref="WordNetCorpus.Read"/> has resolved it.</summary>
+    public string? Kind { get; init; }
+
     /// <summary>noun.animal → "animal"</summary>
     public string ShortDomain => Domain[(Domain.IndexOf('.') + 1)..];
-    public string Content => $"word#{Words[0]}*pos#{Pos}*domain#{ShortDomain}";
+
+    /// <summary>
+    /// The attributes, AdvertiseGen-style. The hypernym is an attribute as a product's type is in AdvertiseGen: WordNet's
+    /// definitions are mostly genus + differentia ("musk kangaroo" → "small kangaroo of …"), so the text reuses it.
+    /// </summary>
+    public string Content => $"word#{Words[0]}*pos#{Pos}*domain#{ShortDomain}" + (Kind is null ? "" : $"*kind#{Kind}");
 }
 
 public sealed record WordNetSplitOptions
@@ -35,7 +44,7 @@ public sealed record WordNetSplit(Dictionary<string, (string Train, string Dev)>
 
 /// <summary>
 /// Reads WordNet 3.0's <c>data.noun|verb|adj|adv</c> (Debian package wordnet-base) into AdvertiseGen-style examples:
-/// content = <c>word#ox*pos#noun*domain#animal</c>, summary = the definition.
+/// content = <c>word#ox*pos#noun*domain#animal*kind#bovine</c>, summary = the definition.
 /// </summary>
 public static class WordNetCorpus
 {
@@ -61,7 +70,10 @@ public static class WordNetCorpus
         var missing = files.FirstOrDefault(f => !File.Exists(f));
         if (missing != null)
             throw new DataFormatException($"{missing}: WordNet dictionary not found (install it with `apt-get install wordnet-base`, or run build/setup.sh, or pass --dict DIR)");
-        return files.SelectMany(ReadFile).ToList();
+        var synsets = files.SelectMany(ReadFile).ToList();
+        // Offsets are byte positions within one part of speech's file: hypernyms resolve within it.
+        var byOffset = synsets.GroupBy(s => (s.Pos, s.Offset)).ToDictionary(g => g.Key, g => g.First());
+        return synsets.Select(s => s.HypernymOffsets.Length > 0 && byOffset.TryGetValue((s.Pos, s.HypernymOffsets[0]), out var h) ? s with { Kind = h.Words[0] } : s).ToList();
     }
 
     public static IEnumerable<Synset> ReadFile(string path)
@@ -96,12 +108,18 @@ public static class WordNetCorpus
         if (!int.TryParse(f[3], NumberStyles.HexNumber, CultureInfo.InvariantCulture, out var wordCount) || wordCount < 1 || f.Length < 4 + 2 * wordCount)
             throw new DataFormatException($"{where}: word count '{f[3]}' does not match the line");
         var words = Enumerable.Range(0, wordCount).Select(i => AdjMarker.Replace(f[4 + 2 * i], "").Replace('_', ' ')).ToArray();
+        // p_cnt, then per pointer: symbol, target offset, target part of speech, source/target word numbers.
+        var at = 4 + 2 * wordCount;
+        var hypernyms = new List<string>();
+        if (at < f.Length && int.TryParse(f[at], out var pointers) && at + 1 + 4 * pointers <= f.Length)
+            for (int i = 0; i < pointers; i++)
+                if (f[at + 1 + 4 * i] is "@" or "@i" && f[at + 3 + 4 * i] == f[2]) hypernyms.Add(f[at + 2 + 4 * i]);
         var gloss = line[(bar + 3)..].Trim();
         var examples = Quoted.Matches(gloss).Select(m => m.Groups[1].Value.Trim()).ToArray();
         var cut = gloss.IndexOf("; \"", StringComparison.Ordinal);
         var definition = (cut >= 0 ? gloss[..cut] : gloss).Trim().TrimEnd(';').Trim();
         if (definition.Length == 0) throw new DataFormatException($"{where}: empty definition");
-        return new Synset(f[0], pos, LexNames[lex], words, definition, examples);
+        return new Synset(f[0], pos, LexNames[lex], words, definition, examples, [.. hypernyms]);
     }
 
     /// <summary>Writes party train/dev shards, one all-domain test set and the public corpus as JSONL.</summary>

@@ -43,21 +43,34 @@ public sealed class ModelZoo(string root, string wordNetDictionary, Action<strin
     public string Root => root;
     public string Folder(string name) => Path.Combine(root, name);
 
-    /// <summary>The public corpus (written once from WordNet) and its SHA-256.</summary>
+    (string Path, string Digest)? _corpus;
+
+    /// <summary>
+    /// The public corpus and its SHA-256, made from WordNet on first use in this process and rewritten when it differs
+    /// from the cached file (a new corpus format or dictionary): models and tokenizers of another corpus are then rebuilt.
+    /// </summary>
     public (string Path, string Digest) PublicCorpus()
     {
+        if (_corpus is { } known) return known;
         var path = Path.Combine(root, "corpus", "public.jsonl");
-        if (!File.Exists(path))
+        var tmp = Path.Combine(root, "corpus.tmp");
+        var split = WordNetCorpus.Write(WordNetCorpus.Read(wordNetDictionary), tmp, new WordNetSplitOptions { PublicLimit = 0, TrainPerParty = 0, DevPerParty = 0, TestPerParty = 0 });
+        var digest = Digest(split.Public);
+        if (!File.Exists(path) || Digest(path) != digest)
         {
-            var tmp = Path.Combine(root, "corpus.tmp");
-            var split = WordNetCorpus.Write(WordNetCorpus.Read(wordNetDictionary), tmp, new WordNetSplitOptions { PublicLimit = 0, TrainPerParty = 0, DevPerParty = 0, TestPerParty = 0 });
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
             File.Move(split.Public, path, overwrite: true);
-            Directory.Delete(tmp, recursive: true);
             log($"zoo: public corpus of {split.Counts["public"]:N0} WordNet glosses (domains no party holds) at {path}");
         }
-        using var s = File.OpenRead(path);
-        return (path, Convert.ToHexStringLower(SHA256.HashData(s)));
+        Directory.Delete(tmp, recursive: true);
+        _corpus = (path, digest);
+        return (path, digest);
+    }
+
+    static string Digest(string file)
+    {
+        using var s = File.OpenRead(file);
+        return Convert.ToHexStringLower(SHA256.HashData(s));
     }
 
     /// <summary>The card of a built zoo model folder, or null when it has none (or an unreadable one).</summary>
@@ -82,7 +95,7 @@ public sealed class ModelZoo(string root, string wordNetDictionary, Action<strin
             log($"zoo: {r.Name} cached at {Folder(r.Name)} ({cached.Parameters:N0} parameters, dev perplexity {cached.DevPerplexityPerByte:F3} per byte)");
             return cached;
         }
-        var tokenizerDir = r.Tokenizer.Kind == "byte" ? null : EnsureTokenizer(r.Tokenizer, corpus);
+        var tokenizerDir = r.Tokenizer.Kind == "byte" ? null : EnsureTokenizer(r.Tokenizer, corpus, digest);
         var vocab = tokenizerDir is null ? ByteTokenizer.VocabularySize : TokenizerLoader.Load(tokenizerDir, null).VocabSize;
         var tok = tokenizerDir is null ? (ITextTokenizer)new ByteTokenizer() : TokenizerLoader.Load(tokenizerDir, null);
         var config = ModelPresets.Create(r.Arch, r.Shape, vocab, (tok.BosId, tok.EosId, tok.PadId), tieEmbeddings: true, $"zoo recipe {r.Name}");
@@ -107,15 +120,18 @@ public sealed class ModelZoo(string root, string wordNetDictionary, Action<strin
     }
 
     /// <summary>The tokenizer of a recipe, trained on the public corpus's prompts and glosses once and shared by every model that names it.</summary>
-    string EnsureTokenizer(ZooTokenizer t, string corpus)
+    string EnsureTokenizer(ZooTokenizer t, string corpus, string corpusDigest)
     {
         var dir = Path.Combine(root, "tokenizers", t.Folder);
-        if (File.Exists(Path.Combine(dir, TokenizerLoader.ConfigFile))) return dir;
+        // The digest sits beside the tokenizer folder, not in it: a model copies the folder's files.
+        var stamp = dir + ".corpus-sha256";
+        if (File.Exists(Path.Combine(dir, TokenizerLoader.ConfigFile)) && File.Exists(stamp) && File.ReadAllText(stamp) == corpusDigest) return dir;
         log($"zoo: training the {t.Kind} tokenizer of {t.Vocab:N0} tokens on the public corpus");
         var building = dir + ".building";
         TokenizerTraining.Train(TokenizerTraining.ParseKind(t.Kind), TokenizerTraining.ReadCorpus(corpus, ["content", "summary"]), t.Vocab, building);
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         Directory.Move(building, dir);
+        File.WriteAllText(stamp, corpusDigest);
         return dir;
     }
 }

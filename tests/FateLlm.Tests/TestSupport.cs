@@ -35,8 +35,10 @@ internal static class TestSupport
     public static string WordNetDictionary(int perDomain = 30)
     {
         var dir = TempDir();
+        // Every synset but a domain's first is a kind of that first one (a hypernym pointer to it).
         string Line(int i, string lex, string type, string word) =>
-            $"{i:D8} {lex} {type} 02 {word} 0 {word}_too 0 000 | the meaning number {i} of {word}; \"an example with {word}\"";
+            $"{i:D8} {lex} {type} 02 {word} 0 {word}_too 0 " + (i % 1000 == 0 ? "000" : $"001 @ {i - i % 1000:D8} {type} 0000") +
+            $" | the meaning number {i} of {word}; \"an example with {word}\"";
         var noun = Enumerable.Range(0, perDomain).SelectMany(i => new[]
         {
             Line(1000 + i, "05", "n", "beast" + i), Line(2000 + i, "20", "n", "herb" + i), Line(3000 + i, "06", "n", "tool" + i),

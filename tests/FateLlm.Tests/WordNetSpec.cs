@@ -9,12 +9,14 @@ public class WordNetSpec
     [Fact]
     public void A_data_line_gives_words_domain_definition_and_examples()
     {
-        var s = WordNetCorpus.Parse("02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 023 @ 02083346 n 0000 | a member of the genus Canis; \"the dog barked all night\"", "data.noun:1");
+        var s = WordNetCorpus.Parse("02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 002 @ 02083346 n 0000 ~ 01322604 n 0000 | a member of the genus Canis; \"the dog barked all night\"", "data.noun:1");
         Assert.Equal(["dog", "domestic dog", "Canis familiaris"], s.Words);
         Assert.Equal("noun.animal", s.Domain);
         Assert.Equal("a member of the genus Canis", s.Definition);
         Assert.Equal(["the dog barked all night"], s.Examples);
+        Assert.Equal(["02083346"], s.HypernymOffsets);
         Assert.Equal("word#dog*pos#noun*domain#animal", s.Content);
+        Assert.Equal("word#dog*pos#noun*domain#animal*kind#canine", (s with { Kind = "canine" }).Content);
         Assert.Equal("big", WordNetCorpus.Parse("00001740 00 s 01 big(a) 0 000 | large", "x").Words[0]);
     }
 
@@ -33,6 +35,10 @@ public class WordNetSpec
     public void Splits_are_deterministic_non_iid_by_domain_and_keep_party_domains_out_of_the_public_corpus()
     {
         var synsets = WordNetCorpus.Read(TestSupport.WordNetDictionary());
+        // Hypernyms resolve within a part of speech's file, to the first word of the synset pointed at.
+        Assert.Equal("word#beast7*pos#noun*domain#animal*kind#beast0", synsets.Single(s => s.Words[0] == "beast7").Content);
+        Assert.Equal("word#run3*pos#verb*domain#motion*kind#run0", synsets.Single(s => s.Words[0] == "run3").Content);
+        Assert.Null(synsets.Single(s => s.Words[0] == "beast0").Kind);
         var o = new WordNetSplitOptions { TrainPerParty = 20, DevPerParty = 5, TestPerParty = 5, PublicLimit = 0 };
         var a = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);
         var b = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);

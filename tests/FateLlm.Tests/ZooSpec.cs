@@ -35,10 +35,8 @@ public class ZooSpec
         Assert.Equal(5, card.Seed);
         Assert.Equal(Dev, card.DevExamples);
         Assert.Equal(File.ReadLines(corpus).Count() - Dev, card.TrainExamples);
-        Assert.True(card.WallSeconds > 0 && card.Tokens > 0);
+        Assert.True(card.WallSeconds >= 0 && card.Tokens > 0);
         Assert.True(card.DevPerplexityPerToken > 1 && card.DevPerplexityPerByte > 1, $"{card.DevPerplexityPerToken} {card.DevPerplexityPerByte}");
-        // Per byte is per token spread over the bytes each token covers: below it for a multi-byte tokenizer.
-        Assert.True(card.DevPerplexityPerByte < card.DevPerplexityPerToken);
         Assert.Equal(card, ModelZoo.ReadCard(folder));
         Assert.True(File.Exists(Path.Combine(folder, "tokenizer.model")));
         using (var model = HfCheckpoint.Load(folder))
@@ -62,6 +60,14 @@ public class ZooSpec
         var longer = zoo.Ensure(Tiny(steps: 4));
         Assert.Equal(4, longer.Steps);
         Assert.NotEqual(card.Fingerprint, longer.Fingerprint);
+
+        // Another corpus (a new dictionary or corpus format) rebuilds the tokenizer and the model.
+        File.AppendAllText(Path.Combine(dict, "data.adj"), "00009000 00 s 01 tall(a) 0 000 | of great height\n");
+        var other = new ModelZoo(root, dict, log.Add, Dev).Ensure(Tiny(steps: 4));
+        Assert.NotEqual(longer.CorpusDigest, other.CorpusDigest);
+        Assert.Contains("of great height", File.ReadAllText(Path.Combine(root, "corpus", "public.jsonl")));
+        Assert.Equal(other.CorpusDigest, File.ReadAllText(Path.Combine(root, "tokenizers", "sentencepiece-bpe-320.corpus-sha256")));
+        Assert.NotEqual(longer.BuiltUtc, other.BuiltUtc);
     }
 
     [Fact]
