@@ -212,8 +212,11 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 
     internal static string Domain(string content)
     {
-        var i = content.IndexOf("domain#", StringComparison.Ordinal);
-        return i < 0 ? "?" : content[(i + 7)..];
+        const string key = "domain: ";
+        var i = content.IndexOf(key, StringComparison.Ordinal);
+        if (i < 0) return "?";
+        var end = content.IndexOf(" | ", i, StringComparison.Ordinal);
+        return content[(i + key.Length)..(end < 0 ? content.Length : end)];
     }
 
     async Task<(JobStatus Status, string AdapterDir)> Federate(LocalFederation fed, string basePath, string method, int seed, IProgress<JobStatus>? progress)

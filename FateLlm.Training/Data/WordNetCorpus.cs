@@ -15,10 +15,12 @@ public sealed record Synset(string Offset, string Pos, string Domain, string[] W
     public string ShortDomain => Domain[(Domain.IndexOf('.') + 1)..];
 
     /// <summary>
-    /// The attributes, AdvertiseGen-style. The hypernym is an attribute as a product's type is in AdvertiseGen: WordNet's
-    /// definitions are mostly genus + differentia ("musk kangaroo" → "small kangaroo of …"), so the text reuses it.
+    /// The attributes, AdvertiseGen-style (key and value pairs). The hypernym is an attribute as a product's type is in
+    /// AdvertiseGen: WordNet's definitions are mostly genus + differentia ("musk kangaroo" → "small kangaroo of …"), so
+    /// the text reuses it. Each value follows a space, so a word tokenizes alike in the attributes and in the text
+    /// (glued to a '#' as in AdvertiseGen's Chinese, a word-start BPE token could not be copied).
     /// </summary>
-    public string Content => $"word#{Words[0]}*pos#{Pos}*domain#{ShortDomain}" + (Kind is null ? "" : $"*kind#{Kind}");
+    public string Content => $"word: {Words[0]} | pos: {Pos} | domain: {ShortDomain}" + (Kind is null ? "" : $" | kind: {Kind}");
 }
 
 public sealed record WordNetSplitOptions
@@ -44,7 +46,7 @@ public sealed record WordNetSplit(Dictionary<string, (string Train, string Dev)>
 
 /// <summary>
 /// Reads WordNet 3.0's <c>data.noun|verb|adj|adv</c> (Debian package wordnet-base) into AdvertiseGen-style examples:
-/// content = <c>word#ox*pos#noun*domain#animal*kind#bovine</c>, summary = the definition.
+/// content = <c>word: ox | pos: noun | domain: animal | kind: bovine</c>, summary = the definition.
 /// </summary>
 public static class WordNetCorpus
 {

@@ -63,7 +63,7 @@ public class ExperimentReportSpec
             runs.Add(new("lora", "centralized", seed, Scores(centralized, seed), 1));
         }
         var card = new ZooCard("base", "d", "llama", 1000, 4, 64, "sentencepiece-bpe", 4000, "digest", 100, 10, 5, 4, 1e-3, 42, 2, 60, 1000, 3, 20, 1.5, "f", DateTime.UtcNow);
-        var examples = Enumerable.Range(0, N).Select(i => new EvaluatedExample($"word#w{i}*pos#noun*domain#animal", $"reference {i}", "animal")).ToList();
+        var examples = Enumerable.Range(0, N).Select(i => new EvaluatedExample($"word: w{i} | pos: noun | domain: animal | kind: thing", $"reference {i}", "animal")).ToList();
         return new ExperimentResult(new ExperimentSettings { OutDir = outDir, Seeds = [1, 2, 3], Methods = ["lora"] }, card,
             new Dictionary<string, int> { ["test"] = N }, runs, [], [], 60, examples, null);
     }
@@ -130,6 +130,7 @@ public class PaperExperimentSpec
         Assert.All(result.Runs, r => Assert.Equal(18, r.Scores.RougeLPerExample.Length));
         Assert.All(result.Runs, r => Assert.Equal(18, r.Scores.Predictions.Length));
         Assert.Equal("base", result.Base.Name);
+        Assert.Equal(["animal", "artifact", "contact", "food", "motion", "plant"], result.Runs[0].Scores.RougeLByDomain.Keys.Order());
         Assert.True(File.Exists(Path.Combine(settings.ZooRoot, "base", ModelZoo.CardFile)), "the experiment builds its base into the zoo");
         Assert.Equal(2, result.Communication.Single().Rounds);
         ExperimentReport.Write(result, settings.OutDir);

@@ -15,8 +15,8 @@ public class WordNetSpec
         Assert.Equal("a member of the genus Canis", s.Definition);
         Assert.Equal(["the dog barked all night"], s.Examples);
         Assert.Equal(["02083346"], s.HypernymOffsets);
-        Assert.Equal("word#dog*pos#noun*domain#animal", s.Content);
-        Assert.Equal("word#dog*pos#noun*domain#animal*kind#canine", (s with { Kind = "canine" }).Content);
+        Assert.Equal("word: dog | pos: noun | domain: animal", s.Content);
+        Assert.Equal("word: dog | pos: noun | domain: animal | kind: canine", (s with { Kind = "canine" }).Content);
         Assert.Equal("big", WordNetCorpus.Parse("00001740 00 s 01 big(a) 0 000 | large", "x").Words[0]);
     }
 
@@ -36,18 +36,18 @@ public class WordNetSpec
     {
         var synsets = WordNetCorpus.Read(TestSupport.WordNetDictionary());
         // Hypernyms resolve within a part of speech's file, to the first word of the synset pointed at.
-        Assert.Equal("word#beast7*pos#noun*domain#animal*kind#beast0", synsets.Single(s => s.Words[0] == "beast7").Content);
-        Assert.Equal("word#run3*pos#verb*domain#motion*kind#run0", synsets.Single(s => s.Words[0] == "run3").Content);
+        Assert.Equal("word: beast7 | pos: noun | domain: animal | kind: beast0", synsets.Single(s => s.Words[0] == "beast7").Content);
+        Assert.Equal("word: run3 | pos: verb | domain: motion | kind: run0", synsets.Single(s => s.Words[0] == "run3").Content);
         Assert.Null(synsets.Single(s => s.Words[0] == "beast0").Kind);
         var o = new WordNetSplitOptions { TrainPerParty = 20, DevPerParty = 5, TestPerParty = 5, PublicLimit = 0 };
         var a = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);
         var b = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);
         foreach (var party in a.Parties.Keys)
             Assert.Equal(File.ReadAllText(a.Parties[party].Train), File.ReadAllText(b.Parties[party].Train));
-        Assert.All(File.ReadLines(a.Parties["nature"].Train), l => Assert.Matches("domain#(animal|plant)", l));
-        Assert.All(File.ReadLines(a.Parties["actions"].Train), l => Assert.Matches("pos#verb", l));
+        Assert.All(File.ReadLines(a.Parties["nature"].Train), l => Assert.Matches("domain: (animal|plant)", l));
+        Assert.All(File.ReadLines(a.Parties["actions"].Train), l => Assert.Matches("pos: verb", l));
         Assert.Equal(15, File.ReadLines(a.Test).Count());
-        Assert.All(File.ReadLines(a.Public), l => Assert.DoesNotMatch("domain#(animal|plant|artifact|food|motion|contact)", l));
+        Assert.All(File.ReadLines(a.Public), l => Assert.DoesNotMatch("domain: (animal|plant|artifact|food|motion|contact)", l));
         var trainWords = a.Parties.Values.SelectMany(p => File.ReadLines(p.Train)).ToHashSet();
         Assert.DoesNotContain(File.ReadLines(a.Test), trainWords.Contains);
     }
