@@ -159,14 +159,15 @@ internal static class DemoCommand
         public void Report(JobStatus value) => report(value);
     }
 
-    static void Render(ExperimentResult r)
+    /// <summary>The comparison on the console (cells are plain text: an interval's brackets are not markup).</summary>
+    internal static void Render(ExperimentResult r)
     {
         var set = r.Settings.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "pooled dev sets";
         var table = new Table().Title($"{set}: local vs federated vs centralized ({r.Examples.Count} examples; 95 % bootstrap intervals)")
             .AddColumns("method", "setting", "ROUGE-L", "95 %", "BLEU-4", "95 %", "loss");
         foreach (var x in ExperimentReport.Summarize(r.Runs))
-            table.AddRow(x.Method, x.Setting, $"{x.RougeL:F2}", $"[{x.RougeLInterval.Low:F2}, {x.RougeLInterval.High:F2}]", $"{x.Bleu4:F2}",
-                $"[{x.Bleu4Interval.Low:F2}, {x.Bleu4Interval.High:F2}]", $"{x.Loss:F3}");
+            table.AddRow(new[] { x.Method, x.Setting, $"{x.RougeL:F2}", $"[{x.RougeLInterval.Low:F2}, {x.RougeLInterval.High:F2}]", $"{x.Bleu4:F2}",
+                $"[{x.Bleu4Interval.Low:F2}, {x.Bleu4Interval.High:F2}]", $"{x.Loss:F3}" }.Select(cell => new Text(cell)));
         CliApp.Ansi.Write(table);
         foreach (var c in ExperimentReport.Claims(r.Runs).Where(c => c.Metric == "ROUGE-L"))
             CliApp.Ansi.MarkupLine(Markup.Escape($"{c.Method}: federated vs {c.Versus}: {(c.Difference.Estimate >= 0 ? "+" : "")}{c.Difference.Estimate:F2} " +

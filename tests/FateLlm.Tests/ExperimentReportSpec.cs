@@ -104,6 +104,11 @@ public class ExperimentReportSpec
         Assert.True(File.Exists(png));
         Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], File.ReadAllBytes(png)[..4]);
         Assert.True(File.Exists(Path.Combine(dir, "results.json")));
+
+        var console = new StringWriter();
+        FateLlm.Host.Cli.CliApp.Run(["--help"], console, new StringWriter()); // binds the CLI's console to a writer
+        // Intervals in brackets once broke the console's markup after the whole experiment had run.
+        Assert.Null(Record.Exception(() => FateLlm.Host.Cli.DemoCommand.Render(result)));
     }
 }
 
