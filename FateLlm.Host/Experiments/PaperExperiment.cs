@@ -82,9 +82,13 @@ public sealed record EvaluatedExample(string Prompt, string Reference, string Do
 /// </summary>
 public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 {
-    /// <summary>The in-process federation's settings for experiments: no log noise on the console, brisk retries.</summary>
+    /// <summary>
+    /// The in-process federation's settings for experiments: no log noise on the console, brisk retries. Warnings and
+    /// up only: Akka writes the INFO events of a system's shutdown ("Remoting shut down.") to stdout once its loggers
+    /// have stopped, whatever stdout-loglevel says (akkadotnet/akka.net#5246).
+    /// </summary>
     public static readonly Config QuietCluster = ConfigurationFactory.ParseString("""
-        akka.loglevel = INFO
+        akka.loglevel = WARNING
         fate-llm.logging.console-level = off
         akka.remote.log-remote-lifecycle-events = off
         akka.cluster.sharding.retry-interval = 300ms
