@@ -33,7 +33,8 @@ public sealed record ExperimentSettings
     public ZooCatalog Zoo { get; init; } = ZooCatalog.Load();
     /// <summary>The zoo model every setting fine-tunes (built on first use); the catalog's demo base by default.</summary>
     public string? BaseModel { get; init; }
-    public string ZooRoot { get; init; } = ZooCatalog.Load().Root;
+    /// <summary>The zoo's folder; the catalog's root unless set.</summary>
+    public string? ZooRoot { get; init; }
     public int MaxNewTokens { get; init; } = 40;
     public int BatchSize { get; init; } = 16;
     /// <summary>Dev: score every setting on the parties' pooled dev sets instead of the test set (for tuning).</summary>
@@ -161,7 +162,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
     /// <summary>The zoo's base model: built now (with progress) unless the zoo has it cached.</summary>
     public (string Path, ZooCard Card) EnsureBase()
     {
-        var zoo = s.Zoo.Open(s.ZooRoot, s.WordNetDir, log);
+        var zoo = s.Zoo.Open(s.ZooRoot ?? s.Zoo.Root, s.WordNetDir, log);
         var recipe = s.Zoo[s.BaseModel ?? s.Zoo.DemoBase];
         ZooCard card;
         using (var progress = new PretrainLog(log, "pretrain " + recipe.Name)) card = zoo.Ensure(recipe, progress);

@@ -136,7 +136,7 @@ public class PaperExperimentSpec
         Assert.All(result.Runs, r => Assert.Equal(18, r.Scores.Predictions.Length));
         Assert.Equal("base", result.Base.Name);
         Assert.Equal(["animal", "artifact", "contact", "food", "motion", "plant"], result.Runs[0].Scores.RougeLByDomain.Keys.Order());
-        Assert.True(File.Exists(Path.Combine(settings.ZooRoot, "base", ModelZoo.CardFile)), "the experiment builds its base into the zoo");
+        Assert.True(File.Exists(Path.Combine(settings.ZooRoot!, "base", ModelZoo.CardFile)), "the experiment builds its base into the zoo");
         Assert.Equal(2, result.Communication.Single().Rounds);
         ExperimentReport.Write(result, settings.OutDir);
         Assert.True(File.Exists(Path.Combine(settings.OutDir, "rougeL_by_setting.png")));
