@@ -41,7 +41,7 @@ public abstract class CausalLm : nn.Module
             Positions = positions,
             Cache = cache,
             Prefix = prefix,
-            Mask = DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device),
+            Mask = DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device, Config.SlidingWindow),
         };
         return ForwardCore(inputIds, step);
     }
@@ -81,7 +81,7 @@ public abstract class CausalLm : nn.Module
         foreach (var (name, p) in BaseParameters())
         {
             if (name.EndsWith(".bias")) p.zero_();
-            else if (IsNormName(name)) p.fill_(1.0);
+            else if (IsNormName(name)) p.fill_(Config.GemmaNorm ? 0.0 : 1.0); // Gemma stores norm weights as offsets from one
             else
             {
                 var std = Config.Family == ModelFamily.Gpt2 && name.EndsWith("c_proj.weight")

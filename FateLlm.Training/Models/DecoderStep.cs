@@ -52,16 +52,20 @@ internal sealed class DecoderStep
 
     /// <summary>
     /// Query i (absolute position past+i) may see every prefix slot, every earlier real key that is not padding,
-    /// and always itself (so a padding row never attends to nothing).
+    /// and always itself (so a padding row never attends to nothing). With a sliding window W, only keys at most
+    /// W − 1 positions back (HF: <c>kv_idx &gt; q_idx − W</c>); prefix slots stay visible.
     /// </summary>
-    public static Tensor? BuildMask(long batch, long newLen, long pastLen, long prefixLen, Tensor? attentionMask, Device device)
+    public static Tensor? BuildMask(long batch, long newLen, long pastLen, long prefixLen, Tensor? attentionMask, Device device, int? window = null)
     {
-        if (prefixLen == 0 && pastLen == 0 && attentionMask is null) return null;
-        using var scope = NewDisposeScope();
         var total = pastLen + newLen;
+        var windowed = window is int w && total > w;
+        if (prefixLen == 0 && pastLen == 0 && attentionMask is null && !windowed) return null;
+        using var scope = NewDisposeScope();
         var qpos = arange(pastLen, total, device: device).unsqueeze(1);
         var kpos = arange(0, total, device: device).unsqueeze(0);
-        var allowed = kpos.le(qpos).unsqueeze(0).unsqueeze(0); // [1,1,S,T+S]
+        var causal = kpos.le(qpos);
+        if (windowed) causal = causal.logical_and(kpos.gt(qpos.sub(window!.Value)));
+        var allowed = causal.unsqueeze(0).unsqueeze(0); // [1,1,S,T+S]
         if (attentionMask is not null)
         {
             if (attentionMask.shape[1] != total)

@@ -34,12 +34,34 @@ public sealed record ModelConfig
     public bool MlpBias { get; init; }
     public string Activation { get; init; } = "gelu_new";
     public bool ScaleAttnByInverseLayerIdx { get; init; }
+    public RopeScaling Rope { get; init; } = new();
+    /// <summary>Leading dimensions of each head that RoPE rotates (Phi-3's <c>partial_rotary_factor</c>); the rest pass through.</summary>
+    public int RotaryDim { get; init; }
+    /// <summary>Keys further back than this many positions are masked (Mistral, Phi-3 <c>sliding_window</c>).</summary>
+    public int? SlidingWindow { get; init; }
+    /// <summary>Phi-3: one <c>qkv_proj</c> and one <c>gate_up_proj</c> instead of separate projections.</summary>
+    public bool FusedProjections { get; init; }
+    /// <summary>Gemma: RMSNorm multiplies by (1 + w), and embeddings are scaled by √hidden.</summary>
+    public bool GemmaNorm { get; init; }
     public int? BosTokenId { get; init; }
     public int? EosTokenId { get; init; }
     public int? PadTokenId { get; init; }
     public JsonObject Raw { get; init; } = new();
 
-    public static readonly string[] SupportedModelTypes = ["gpt2", "llama", "qwen2", "mistral"];
+    public static readonly string[] SupportedModelTypes = ["gpt2", "llama", "qwen2", "mistral", "phi3", "gemma"];
+
+    // Families whose attention or layers differ from what is implemented: refused with the reason, not loaded wrongly.
+    static readonly Dictionary<string, string> Refused = new()
+    {
+        ["gemma2"] = "logit soft-capping, sandwich norms and alternating sliding-window layers are not implemented",
+        ["gemma3"] = "QK-norm, local/global layers with two RoPE bases are not implemented",
+        ["gemma3_text"] = "QK-norm, local/global layers with two RoPE bases are not implemented",
+        ["phi"] = "Phi-1/2 (parallel attention and MLP, LayerNorm, partial RoPE dense layer) is not implemented; Phi-3 is",
+        ["phi3small"] = "block-sparse attention is not implemented",
+        ["qwen3"] = "per-head QK RMSNorm is not implemented",
+        ["mixtral"] = "mixture-of-experts layers are not implemented",
+        ["qwen2_moe"] = "mixture-of-experts layers are not implemented",
+    };
 
     public static ModelConfig Load(string path)
     {
@@ -53,12 +75,12 @@ public sealed record ModelConfig
     public static ModelConfig FromJson(JsonObject o, string origin = "config.json")
     {
         var type = Str(o, "model_type") ?? throw new ModelFormatException($"{origin}: field 'model_type' is missing");
+        if (Refused.TryGetValue(type, out var why))
+            throw new ModelFormatException($"{origin}: model_type '{type}' is not supported: {why} (supported: {string.Join(", ", SupportedModelTypes)})");
         if (!SupportedModelTypes.Contains(type))
             throw new ModelFormatException($"{origin}: model_type '{type}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})");
         int Req(params string[] names) => names.Select(n => Int(o, n)).FirstOrDefault(v => v.HasValue)
             ?? throw new ModelFormatException($"{origin}: field '{names[0]}' is missing");
-        if (o["rope_scaling"] is JsonObject rs && rs.Count > 0)
-            throw new ModelFormatException($"{origin}: field 'rope_scaling' ({rs.ToJsonString()}) is not supported; only plain RoPE is implemented");
         if (type == "gpt2")
         {
             var hidden = Req("n_embd", "hidden_size");
@@ -84,26 +106,47 @@ public sealed record ModelConfig
         var h = Req("hidden_size");
         var nh = Req("num_attention_heads");
         var attnBias = Bool(o, "attention_bias") ?? false;
+        var headDim = Int(o, "head_dim") ?? h / nh;
+        var partial = Dbl(o, "partial_rotary_factor") ?? 1.0;
+        if (partial is <= 0 or > 1) throw new ModelFormatException($"{origin}: field 'partial_rotary_factor' = {partial} must be in (0, 1]");
+        var rotaryDim = (int)(headDim * partial);
+        var maxPositions = Int(o, "max_position_embeddings") ?? 2048;
+        // Qwen2 declares a window but applies it only with use_sliding_window, and then only above max_window_layers.
+        if (type == "qwen2" && Bool(o, "use_sliding_window") == true)
+            throw new ModelFormatException($"{origin}: field 'use_sliding_window' = true is not supported for qwen2 (per-layer windows from 'max_window_layers'); Qwen2.5 releases set it false");
+        int? window = type is "mistral" or "phi3" ? Int(o, "sliding_window") : null;
+        if (window is <= 0) throw new ModelFormatException($"{origin}: field 'sliding_window' = {window} must be positive");
+        foreach (var field in new[] { "attn_logit_softcapping", "final_logit_softcapping" })
+            if (Dbl(o, field) is double cap && cap > 0)
+                throw new ModelFormatException($"{origin}: field '{field}' = {cap} (logit soft-capping) is not supported");
+        var gemma = type == "gemma";
         var cfg = new ModelConfig
         {
             ModelType = type, Raw = o,
             VocabSize = Req("vocab_size"), HiddenSize = h, NumLayers = Req("num_hidden_layers"),
             NumHeads = nh, NumKvHeads = Int(o, "num_key_value_heads") ?? nh,
-            HeadDim = Int(o, "head_dim") ?? h / nh,
+            HeadDim = headDim,
             IntermediateSize = Req("intermediate_size"),
-            MaxPositions = Int(o, "max_position_embeddings") ?? 2048,
+            MaxPositions = maxPositions,
             NormEps = Dbl(o, "rms_norm_eps") ?? 1e-6,
             RopeTheta = Dbl(o, "rope_theta") ?? 10000.0,
-            TieWordEmbeddings = Bool(o, "tie_word_embeddings") ?? false,
+            Rope = RopeScaling.Parse(o, rotaryDim, maxPositions, origin),
+            RotaryDim = rotaryDim,
+            SlidingWindow = window,
+            FusedProjections = type == "phi3",
+            GemmaNorm = gemma,
+            // Gemma always ties its head; transformers' GemmaConfig defaults it true.
+            TieWordEmbeddings = Bool(o, "tie_word_embeddings") ?? gemma,
             QkvBias = type == "qwen2" || attnBias,
             OutputBias = type != "qwen2" && attnBias,
             MlpBias = Bool(o, "mlp_bias") ?? false,
-            Activation = Str(o, "hidden_act") ?? "silu",
+            // Gemma's released configs say hidden_act "gelu" but HF runs the tanh approximation named by hidden_activation.
+            Activation = gemma ? Str(o, "hidden_activation") ?? "gelu_pytorch_tanh" : Str(o, "hidden_act") ?? "silu",
             BosTokenId = FirstId(o, "bos_token_id"), EosTokenId = FirstId(o, "eos_token_id"), PadTokenId = FirstId(o, "pad_token_id"),
         };
         if (cfg.NumHeads % cfg.NumKvHeads != 0)
             throw new ModelFormatException($"{origin}: num_attention_heads {cfg.NumHeads} is not a multiple of num_key_value_heads {cfg.NumKvHeads}");
-        if (cfg.HeadDim % 2 != 0) throw new ModelFormatException($"{origin}: head_dim {cfg.HeadDim} must be even for RoPE");
+        if (cfg.RotaryDim % 2 != 0) throw new ModelFormatException($"{origin}: rotary dimension {cfg.RotaryDim} (head_dim × partial_rotary_factor) must be even for RoPE");
         return cfg;
     }
 
@@ -112,7 +155,11 @@ public sealed record ModelConfig
     {
         var o = JsonNode.Parse(Raw.ToJsonString())!.AsObject();
         o["architectures"] ??= new JsonArray(Family == ModelFamily.Gpt2 ? "GPT2LMHeadModel"
-            : ModelType == "qwen2" ? "Qwen2ForCausalLM" : ModelType == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM");
+            : ModelType switch
+            {
+                "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma" => "GemmaForCausalLM",
+                _ => "LlamaForCausalLM",
+            });
         o["torch_dtype"] ??= "float32";
         File.WriteAllText(path, o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
@@ -134,7 +181,7 @@ public sealed record ModelConfig
     static int? Int(JsonObject o, string n) => Number(o[n]) is double d ? (int)d : null;
     static double? Dbl(JsonObject o, string n) => Number(o[n]);
     // Values built in code are typed (int, long, double); parsed ones are JsonElements: read both through their JSON text.
-    static double? Number(JsonNode? node) =>
+    internal static double? Number(JsonNode? node) =>
         node is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? double.Parse(v.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture) : null;
     static bool? Bool(JsonObject o, string n) => o[n] is JsonValue v && v.TryGetValue<bool>(out var b) ? b : null;
     // Some configs list several EOS ids; the first is the one generation stops on by default.

@@ -108,23 +108,30 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>RMSNorm as HF LLaMA computes it: in fp32, x · rsqrt(mean(x²) + eps) · weight.</summary>
+/// <summary>
+/// RMSNorm as HF computes it, in fp32: LLaMA casts back before x · weight; Gemma multiplies by (1 + weight) in fp32
+/// and then casts (its weights are stored as offsets from one).
+/// </summary>
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     public Parameter weight { get; }
     readonly double _eps;
-    public RmsNorm(long dim, double eps) : base("RmsNorm")
+    readonly bool _plusOne;
+    public RmsNorm(long dim, double eps, bool plusOne = false) : base("RmsNorm")
     {
         _eps = eps;
-        weight = new Parameter(ones(dim));
+        _plusOne = plusOne;
+        weight = new Parameter(plusOne ? zeros(dim) : ones(dim));
         register_parameter("weight", weight);
     }
+    public bool PlusOne => _plusOne;
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
         var xf = x.to_type(ScalarType.Float32);
         var normed = xf.mul(xf.pow(2).mean([-1L], keepdim: true).add(_eps).rsqrt());
-        return weight.mul(normed.to_type(x.dtype)).MoveToOuterDisposeScope();
+        var y = _plusOne ? normed.mul(weight.to_type(ScalarType.Float32).add(1)).to_type(x.dtype) : weight.mul(normed.to_type(x.dtype));
+        return y.MoveToOuterDisposeScope();
     }
 }
 

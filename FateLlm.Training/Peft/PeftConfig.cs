@@ -37,7 +37,9 @@ public sealed record PeftConfig
     };
 
     public IReadOnlyList<string> EffectiveTargets(ModelConfig c) =>
-        LoraTargets.Count > 0 ? LoraTargets : c.Family == ModelFamily.Gpt2 ? ["c_attn"] : ["q_proj", "v_proj"];
+        LoraTargets.Count > 0 ? LoraTargets
+        // PEFT's defaults per model type; Phi-3 fuses q, k and v into qkv_proj.
+        : c.Family == ModelFamily.Gpt2 ? ["c_attn"] : c.ModelType == "phi3" ? ["qkv_proj"] : ["q_proj", "v_proj"];
 }
 
 /// <summary>Names and shapes of a trainable state: what every party's update must match exactly.</summary>

@@ -7,9 +7,11 @@ namespace FateLlm.Training.Models;
 // The LLaMA family (HF modeling_llama; mistral and qwen2 share it): RMSNorm, RoPE, SwiGLU, grouped-query attention.
 public sealed class LlamaAttention : nn.Module
 {
-    public Projection q_proj { get; }
-    public Projection k_proj { get; }
-    public Projection v_proj { get; }
+    // Separate projections, or Phi-3's fused qkv_proj (queries, then keys, then values along the output).
+    public Projection? q_proj { get; }
+    public Projection? k_proj { get; }
+    public Projection? v_proj { get; }
+    public Projection? qkv_proj { get; }
     public Projection o_proj { get; }
     readonly ModelConfig _c;
     readonly int _layer;
@@ -17,22 +19,39 @@ public sealed class LlamaAttention : nn.Module
     {
         _c = c;
         _layer = layer;
-        q_proj = new Projection(c.HiddenSize, (long)c.NumHeads * c.HeadDim, c.QkvBias);
-        k_proj = new Projection(c.HiddenSize, (long)c.NumKvHeads * c.HeadDim, c.QkvBias);
-        v_proj = new Projection(c.HiddenSize, (long)c.NumKvHeads * c.HeadDim, c.QkvBias);
-        o_proj = new Projection((long)c.NumHeads * c.HeadDim, c.HiddenSize, c.OutputBias);
-        register_module("q_proj", q_proj);
-        register_module("k_proj", k_proj);
-        register_module("v_proj", v_proj);
+        long q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim;
+        if (c.FusedProjections)
+        {
+            qkv_proj = new Projection(c.HiddenSize, q + 2 * kv, c.QkvBias);
+            register_module("qkv_proj", qkv_proj);
+        }
+        else
+        {
+            q_proj = new Projection(c.HiddenSize, q, c.QkvBias);
+            k_proj = new Projection(c.HiddenSize, kv, c.QkvBias);
+            v_proj = new Projection(c.HiddenSize, kv, c.QkvBias);
+            register_module("q_proj", q_proj);
+            register_module("k_proj", k_proj);
+            register_module("v_proj", v_proj);
+        }
+        o_proj = new Projection(q, c.HiddenSize, c.OutputBias);
         register_module("o_proj", o_proj);
     }
 
     internal Tensor Forward(Tensor x, DecoderStep step)
     {
         long b = x.shape[0], s = x.shape[1];
-        var q = q_proj.forward(x).view(b, s, _c.NumHeads, _c.HeadDim).transpose(1, 2);
-        var k = k_proj.forward(x).view(b, s, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
-        var v = v_proj.forward(x).view(b, s, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
+        Tensor q, k, v;
+        if (qkv_proj is not null)
+        {
+            long qn = (long)_c.NumHeads * _c.HeadDim, kvn = (long)_c.NumKvHeads * _c.HeadDim;
+            var qkv = qkv_proj.forward(x);
+            (q, k, v) = (qkv.narrow(-1, 0, qn), qkv.narrow(-1, qn, kvn), qkv.narrow(-1, qn + kvn, kvn));
+        }
+        else (q, k, v) = (q_proj!.forward(x), k_proj!.forward(x), v_proj!.forward(x));
+        q = q.reshape(b, s, _c.NumHeads, _c.HeadDim).transpose(1, 2);
+        k = k.reshape(b, s, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
+        v = v.reshape(b, s, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
         q = Rotary.Apply(q, step.Cos!, step.Sin!);
         k = Rotary.Apply(k, step.Cos!, step.Sin!);
         (k, v) = step.Extend(_layer, k, v);
@@ -43,22 +62,43 @@ public sealed class LlamaAttention : nn.Module
 
 public sealed class LlamaMlp : nn.Module
 {
-    public Projection gate_proj { get; }
-    public Projection up_proj { get; }
+    // gate/up separately, or Phi-3's fused gate_up_proj (gate first, then up).
+    public Projection? gate_proj { get; }
+    public Projection? up_proj { get; }
+    public Projection? gate_up_proj { get; }
     public Projection down_proj { get; }
     readonly string _act;
+    readonly long _inter;
     public LlamaMlp(ModelConfig c) : base("LlamaMlp")
     {
         _act = c.Activation;
-        gate_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias);
-        up_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias);
+        _inter = c.IntermediateSize;
+        if (c.FusedProjections)
+        {
+            gate_up_proj = new Projection(c.HiddenSize, 2L * c.IntermediateSize, c.MlpBias);
+            register_module("gate_up_proj", gate_up_proj);
+        }
+        else
+        {
+            gate_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias);
+            up_proj = new Projection(c.HiddenSize, c.IntermediateSize, c.MlpBias);
+            register_module("gate_proj", gate_proj);
+            register_module("up_proj", up_proj);
+        }
         down_proj = new Projection(c.IntermediateSize, c.HiddenSize, c.MlpBias);
-        register_module("gate_proj", gate_proj);
-        register_module("up_proj", up_proj);
         register_module("down_proj", down_proj);
     }
-    internal Tensor Forward(Tensor x) =>
-        down_proj.forward(DecoderStep.Activate(gate_proj.forward(x), _act).mul(up_proj.forward(x)));
+    internal Tensor Forward(Tensor x)
+    {
+        Tensor gate, up;
+        if (gate_up_proj is not null)
+        {
+            var gu = gate_up_proj.forward(x);
+            (gate, up) = (gu.narrow(-1, 0, _inter), gu.narrow(-1, _inter, _inter));
+        }
+        else (gate, up) = (gate_proj!.forward(x), up_proj!.forward(x));
+        return down_proj.forward(DecoderStep.Activate(gate, _act).mul(up));
+    }
 }
 
 public sealed class LlamaDecoderLayer : nn.Module
@@ -71,8 +111,8 @@ public sealed class LlamaDecoderLayer : nn.Module
     {
         self_attn = new LlamaAttention(c, layer);
         mlp = new LlamaMlp(c);
-        input_layernorm = new RmsNorm(c.HiddenSize, c.NormEps);
-        post_attention_layernorm = new RmsNorm(c.HiddenSize, c.NormEps);
+        input_layernorm = new RmsNorm(c.HiddenSize, c.NormEps, c.GemmaNorm);
+        post_attention_layernorm = new RmsNorm(c.HiddenSize, c.NormEps, c.GemmaNorm);
         register_module("self_attn", self_attn);
         register_module("mlp", mlp);
         register_module("input_layernorm", input_layernorm);
@@ -94,14 +134,17 @@ public sealed class LlamaModelBody : nn.Module
     {
         embed_tokens = new Embedding(c.VocabSize, c.HiddenSize);
         layers = new LayerList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(i => new LlamaDecoderLayer(c, i)));
-        norm = new RmsNorm(c.HiddenSize, c.NormEps);
+        norm = new RmsNorm(c.HiddenSize, c.NormEps, c.GemmaNorm);
         register_module("embed_tokens", embed_tokens);
         register_module("layers", layers);
         register_module("norm", norm);
     }
 }
 
-/// <summary>LLaMA family (LLaMA, Mistral, Qwen2): RMSNorm, RoPE, SwiGLU, grouped-query attention.</summary>
+/// <summary>
+/// LLaMA family (LLaMA 2/3, Mistral, Qwen2/2.5, Phi-3, Gemma): RMSNorm, RoPE, gated MLP, grouped-query attention.
+/// Phi-3 fuses projections; Gemma scales embeddings by √hidden and norms by (1 + w).
+/// </summary>
 public sealed class LlamaForCausalLm : CausalLm
 {
     public LlamaModelBody model { get; }
@@ -120,26 +163,30 @@ public sealed class LlamaForCausalLm : CausalLm
 
     internal override Tensor ForwardCore(Tensor ids, DecoderStep step)
     {
-        (step.Cos, step.Sin) = Rotary.Tables(step.Positions, Config.HeadDim, Config.RopeTheta);
+        (step.Cos, step.Sin) = Rotary.Tables(step.Positions, Config);
         var x = model.embed_tokens.forward(ids);
+        // HF rounds √hidden to the activations' dtype before multiplying.
+        if (Config.GemmaNorm) x = x.mul(tensor(Math.Sqrt(Config.HiddenSize), dtype: x.dtype));
         foreach (var layer in model.layers.Items) x = layer.Forward(x, step);
         x = model.norm.forward(x);
         return lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
     }
 }
 
-/// <summary>Rotary position embedding exactly as HF: cat(freqs, freqs) tables and rotate_half.</summary>
+/// <summary>Rotary position embedding exactly as HF: cat(freqs, freqs) tables and rotate_half, on the leading rotary dims.</summary>
 public static class Rotary
 {
-    public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, int headDim, double theta)
+    public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, ModelConfig c)
     {
         using var scope = NewDisposeScope();
-        // 1 / theta^(2i/d) in fp32, the same pow HF evaluates.
-        var exponent = arange(0, headDim, 2, dtype: ScalarType.Int64, device: positions.device).to_type(ScalarType.Float32).div(headDim);
-        var invFreq = tensor((float)theta, device: positions.device).pow(exponent).reciprocal();
+        // Length-dependent scalings (dynamic NTK, LongRoPE) see the largest position of this pass, as HF's dynamic update does.
+        var seqLen = c.Rope.DependsOnLength ? positions.max().ToInt64() + 1 : 0;
+        var (invFreq, scaling) = c.Rope.Frequencies(c.RotaryDim, c.RopeTheta, seqLen, positions.device);
         var freqs = positions.to_type(ScalarType.Float32).unsqueeze(-1).mul(invFreq); // [b, s, d/2]
         var emb = cat([freqs, freqs], -1).unsqueeze(1); // [b, 1, s, d]
-        return (emb.cos().MoveToOuterDisposeScope(), emb.sin().MoveToOuterDisposeScope());
+        var (cos, sin) = (emb.cos(), emb.sin());
+        if (scaling != 1.0) (cos, sin) = (cos.mul(scaling), sin.mul(scaling));
+        return (cos.MoveToOuterDisposeScope(), sin.MoveToOuterDisposeScope());
     }
 
     public static Tensor RotateHalf(Tensor x)
@@ -148,5 +195,12 @@ public static class Rotary
         return cat([x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], -1);
     }
 
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin) => x.mul(cos).add(RotateHalf(x).mul(sin));
+    /// <summary>Rotates the first cos.shape[-1] dims of each head; any remaining dims (partial rotary) pass unchanged.</summary>
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        var rot = cos.shape[^1];
+        if (rot == x.shape[^1]) return x.mul(cos).add(RotateHalf(x).mul(sin));
+        var head = x.narrow(-1, 0, rot);
+        return cat([head.mul(cos).add(RotateHalf(head).mul(sin)), x.narrow(-1, rot, x.shape[^1] - rot)], -1);
+    }
 }
