@@ -172,6 +172,8 @@ public static class TokenizerLoader
         var cls = tc?["tokenizer_class"]?.GetValue<string>();
         if (cls == ByteTokenizer.ClassName) return new ByteTokenizer();
         if (cls == TiktokenGpt2Tokenizer.ClassName) return new TiktokenGpt2Tokenizer();
+        // HF's fast tokenizer is the tokenizer of record when the folder ships one (as AutoTokenizer does by default).
+        if (File.Exists(Path.Combine(folder, HfTokenizerJson.FileName))) return HfTokenizerJson.Load(folder, tc, config);
         var spm = Path.Combine(folder, "tokenizer.model");
         if (File.Exists(spm))
         {
@@ -211,7 +213,7 @@ public static class TokenizerLoader
         }
         if (config?.VocabSize == ByteTokenizer.VocabularySize) return new ByteTokenizer();
         throw new ModelFormatException(
-            $"{folder}: no tokenizer found (expected tokenizer.model, vocab.json + merges.txt, or tokenizer_config.json with tokenizer_class {ByteTokenizer.ClassName})");
+            $"{folder}: no tokenizer found (expected tokenizer.json, tokenizer.model, vocab.json + merges.txt, or {ConfigFile} with field 'tokenizer_class' = {ByteTokenizer.ClassName})");
     }
 
     /// <summary>A boolean of tokenizer_config.json, or the HF class default when the file does not set it.</summary>
