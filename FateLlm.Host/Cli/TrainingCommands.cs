@@ -157,6 +157,10 @@ internal static class TrainingCommands
         {
             Description = "Apply this prompt template ({prompt} is replaced by --prompt); default: the template the adapter was trained with, none without one",
         };
+        var chat = new Option<bool>("--chat")
+        {
+            Description = "Send --prompt as a user message through the model's chat_template (tokenizer_config.json) with the assistant turn opened",
+        };
         var sampling = new SamplingOptionSet();
         var runtime = new RuntimeOptionSet();
         return new Command("generate", "Continue a prompt (greedy, temperature, top-k, top-p)").With(p =>
@@ -167,13 +171,24 @@ internal static class TrainingCommands
             var text = p.GetValue(prompt)!;
             var chosen = p.GetValue(template) ?? loaded.Data?.Template;
             if (chosen is not null && !chosen.Contains("{prompt}")) throw new UsageException("--template must contain {prompt}");
+            if (p.GetValue(chat))
+            {
+                if (p.GetValue(template) is not null) throw new UsageException("--chat and --template exclude each other");
+                var (chatTemplate, bos, eos) = TokenizerLoader.ReadChatTemplate(loaded.BaseFolder)
+                    ?? throw new UsageException($"--chat: {Path.Combine(loaded.BaseFolder, TokenizerLoader.ConfigFile)} has no field 'chat_template'");
+                // As apply_chat_template(tokenize=True): the rendered text already holds its special tokens.
+                text = chatTemplate.Render([new ChatMessage("user", text)], addGenerationPrompt: true, bos, eos);
+                var chatIds = loaded.Tokenizer.Encode(text).ToList();
+                CliApp.Out.WriteLine(loaded.Tokenizer.Decode(TextGeneration.Generate(loaded.Model, chatIds, o, loaded.Tokenizer.EosId)));
+                return;
+            }
             var ids = chosen is null ? InstructionData.TextIds(text, loaded.Tokenizer)
                 : InstructionData.PromptIds(new Example(text, "", "--prompt"), loaded.Tokenizer,
                     new DataOptions { Template = chosen, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
             if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer adds no BOS token to start from");
             var output = TextGeneration.Generate(loaded.Model, ids, o, loaded.Tokenizer.EosId);
             CliApp.Out.WriteLine(loaded.Tokenizer.Decode(output));
-        }, [model, adapter, prompt, template, .. sampling.All, .. runtime.All]);
+        }, [model, adapter, prompt, template, chat, .. sampling.All, .. runtime.All]);
     }
 
     internal static void PrintScores(EvalReport report)

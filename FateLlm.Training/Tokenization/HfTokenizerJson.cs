@@ -78,12 +78,7 @@ public sealed class HfTokenizerJson : ITextTokenizer, IDisposable
 
         int? Special(string field, int? fallback)
         {
-            var text = tokenizerConfig?[field] switch
-            {
-                JsonObject o => o["content"]?.GetValue<string>(),
-                JsonValue v when v.TryGetValue<string>(out var s) => s,
-                _ => null,
-            };
+            var text = TokenizerLoader.SpecialText(tokenizerConfig, field);
             if (text is null) return fallback;
             return ids.TryGetValue(text, out var id) ? id
                 : throw new ModelFormatException($"{Path.Combine(folder, TokenizerLoader.ConfigFile)}: field '{field}' = '{text}' is not a token of {path}");

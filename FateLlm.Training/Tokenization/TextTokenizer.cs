@@ -184,16 +184,8 @@ public static class TokenizerLoader
         if (File.Exists(vocab) && File.Exists(merges))
         {
             var ids = JsonNode.Parse(File.ReadAllText(vocab))!.AsObject();
-            int? Special(string field, int? fallback)
-            {
-                var text = tc?[field] switch
-                {
-                    JsonObject o => o["content"]?.GetValue<string>(),
-                    JsonValue v when v.TryGetValue<string>(out var s) => s,
-                    _ => null,
-                };
-                return text != null && ids[text] is JsonNode n ? n.GetValue<int>() : fallback;
-            }
+            int? Special(string field, int? fallback) =>
+                SpecialText(tc, field) is string text && ids[text] is JsonNode n ? n.GetValue<int>() : fallback;
             var mergeLines = File.ReadAllLines(merges);
             var pairs = new List<(string, string)>();
             for (int i = 0; i < mergeLines.Length; i++)
@@ -214,6 +206,22 @@ public static class TokenizerLoader
         if (config?.VocabSize == ByteTokenizer.VocabularySize) return new ByteTokenizer();
         throw new ModelFormatException(
             $"{folder}: no tokenizer found (expected tokenizer.json, tokenizer.model, vocab.json + merges.txt, or {ConfigFile} with field 'tokenizer_class' = {ByteTokenizer.ClassName})");
+    }
+
+    /// <summary>A special token's text in tokenizer_config.json: a string, or an AddedToken object's <c>content</c>.</summary>
+    internal static string? SpecialText(JsonObject? tc, string field) => tc?[field] switch
+    {
+        JsonObject o => o["content"]?.GetValue<string>(),
+        JsonValue v when v.TryGetValue<string>(out var s) => s,
+        _ => null,
+    };
+
+    /// <summary>The folder's chat template with the BOS/EOS texts it refers to, or null when tokenizer_config.json has none.</summary>
+    public static (ChatTemplate Template, string? Bos, string? Eos)? ReadChatTemplate(string folder)
+    {
+        var tc = ReadTokenizerConfig(folder);
+        var template = ChatTemplate.FromTokenizerConfig(tc, Path.Combine(folder, ConfigFile));
+        return template is null ? null : (template, SpecialText(tc, "bos_token"), SpecialText(tc, "eos_token"));
     }
 
     /// <summary>A boolean of tokenizer_config.json, or the HF class default when the file does not set it.</summary>
