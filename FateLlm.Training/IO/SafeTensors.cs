@@ -122,7 +122,117 @@ public static class SafeTensors
         }
     }
 
-    internal readonly record struct Entry(string Name, string DType, long[] Shape, long Begin, long End);
+    const int ChunkBytes = 64 << 20;
+
+    public readonly record struct Entry(string Name, string DType, long[] Shape, long Begin, long End);
+
+    /// <summary>The tensor entries of a file and where its data starts, without reading any tensor data.</summary>
+    public static (IReadOnlyList<Entry> Entries, long DataStart) ReadEntries(string path)
+    {
+        using var stream = File.OpenRead(path);
+        var (entries, _, start) = ReadHeader(stream, path);
+        return (entries, start);
+    }
+
+    public static ScalarType StoredType(Entry e, string origin) => e.DType switch
+    {
+        "F32" => ScalarType.Float32, "F64" => ScalarType.Float64, "F16" => ScalarType.Float16, "BF16" => ScalarType.BFloat16,
+        "I64" => ScalarType.Int64, "I32" => ScalarType.Int32, "U8" => ScalarType.Byte, "BOOL" => ScalarType.Bool,
+        _ => throw new SafeTensorsFormatException($"{origin}: tensor '{e.Name}' has unsupported dtype {e.DType}"),
+    };
+
+    /// <summary>
+    /// Reads one tensor's bytes from the file straight into <paramref name="destination"/>'s memory (contiguous, CPU);
+    /// when the stored dtype differs, through one transient tensor of the stored dtype and a converting copy. So a
+    /// checkpoint loads with at most one tensor held twice, never the whole model.
+    /// </summary>
+    public static void ReadInto(Microsoft.Win32.SafeHandles.SafeFileHandle file, Entry e, long dataStart, Tensor destination, string origin)
+    {
+        if (!destination.shape.SequenceEqual(e.Shape))
+            throw new SafeTensorsFormatException($"{origin}: tensor '{e.Name}' has shape [{string.Join(",", e.Shape)}] but [{string.Join(",", destination.shape)}] is needed");
+        var stored = StoredType(e, origin);
+        using var _ = no_grad();
+        if (stored == destination.dtype && destination.is_contiguous() && destination.device_type == DeviceType.CPU)
+        {
+            ReadBytes(file, dataStart + e.Begin, e.End - e.Begin, destination, origin, e.Name);
+            return;
+        }
+        using var staging = empty(e.Shape, stored);
+        ReadBytes(file, dataStart + e.Begin, e.End - e.Begin, staging, origin, e.Name);
+        destination.copy_(staging);
+    }
+
+    // Straight into the tensor's memory, in slices of at most 64 MiB (a span's length is an int).
+    static void ReadBytes(Microsoft.Win32.SafeHandles.SafeFileHandle file, long offset, long length, Tensor target, string origin, string name)
+    {
+        using var flat = target.view(-1);
+        long perChunk = ChunkBytes / target.ElementSize, n = flat.shape[0], elementSize = target.ElementSize;
+        for (long at = 0; at < n; at += perChunk)
+        {
+            using var slice = flat.narrow(0, at, Math.Min(perChunk, n - at));
+            var span = slice.bytes;
+            var filled = 0;
+            while (filled < span.Length)
+            {
+                var read = RandomAccess.Read(file, span[filled..], offset + at * elementSize + filled);
+                if (read <= 0) throw new SafeTensorsFormatException($"{origin}: tensor '{name}' is cut short at byte {offset + at * elementSize + filled} of {offset + length}");
+                filled += read;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes a safetensors file whose tensors are produced one at a time (the header needs only names, dtypes and
+    /// shapes): a checkpoint larger than memory can be written without holding it.
+    /// </summary>
+    public static void WriteStreaming(string path, IReadOnlyList<(string Name, ScalarType DType, long[] Shape)> layout, Func<string, Tensor> produce)
+    {
+        var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
+        long offset = 0;
+        var ordered = layout.OrderBy(l => l.Name, StringComparer.Ordinal).ToList();
+        foreach (var (name, dtype, shape) in ordered)
+        {
+            var bytes = shape.Aggregate(1L, (a, b) => a * b) * ElementSize(dtype, name);
+            header[name] = new JsonObject
+            {
+                ["dtype"] = DTypeName(dtype, name),
+                ["shape"] = new JsonArray(shape.Select(d => (JsonNode)d).ToArray()),
+                ["data_offsets"] = new JsonArray(offset, offset + bytes),
+            };
+            offset += bytes;
+        }
+        var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
+        var padded = (headerBytes.Length + 7) / 8 * 8;
+        var tmp = path + ".tmp";
+        using (var stream = File.Create(tmp))
+        {
+            Span<byte> len = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
+            stream.Write(len);
+            stream.Write(headerBytes);
+            for (int i = headerBytes.Length; i < padded; i++) stream.WriteByte((byte)' ');
+            foreach (var (name, dtype, shape) in ordered)
+            {
+                using var t = produce(name);
+                if (t.dtype != dtype || !t.shape.SequenceEqual(shape))
+                    throw new InvalidOperationException($"tensor '{name}' was produced as {t.dtype} [{string.Join(",", t.shape)}], not {dtype} [{string.Join(",", shape)}]");
+                using var c = t.contiguous();
+                WriteBytes(stream, c);
+            }
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    static void WriteBytes(Stream stream, Tensor t)
+    {
+        using var flat = t.view(-1);
+        long perChunk = ChunkBytes / t.ElementSize, n = flat.shape[0];
+        for (long at = 0; at < n; at += perChunk)
+        {
+            using var slice = flat.narrow(0, at, Math.Min(perChunk, n - at));
+            stream.Write(slice.bytes);
+        }
+    }
 
     static (List<Entry> Entries, Dictionary<string, string> Metadata, long DataStart) ReadHeader(Stream stream, string origin)
     {

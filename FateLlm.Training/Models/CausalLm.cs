@@ -43,7 +43,9 @@ public abstract class CausalLm : nn.Module
             Prefix = prefix,
             Mask = DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device, Config.SlidingWindow),
         };
-        return ForwardCore(inputIds, step);
+        var logits = ForwardCore(inputIds, step);
+        // A bf16/fp16 base still yields fp32 logits, as HF upcasts them for the loss.
+        return logits.dtype == ScalarType.Float32 ? logits : logits.to_type(ScalarType.Float32);
     }
 
     internal abstract Tensor ForwardCore(Tensor inputIds, DecoderStep step);

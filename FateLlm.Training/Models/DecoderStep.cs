@@ -30,8 +30,8 @@ internal sealed class DecoderStep
         if (Prefix != null)
         {
             var (xk, xv) = Prefix[layer];
-            k = cat([xk, k], 2);
-            v = cat([xv, v], 2);
+            k = cat([xk.dtype == k.dtype ? xk : xk.to_type(k.dtype), k], 2);
+            v = cat([xv.dtype == v.dtype ? xv : xv.to_type(v.dtype), v], 2);
         }
         return (k, v);
     }

@@ -1,6 +1,8 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using FateLlm.Training.IO;
+using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace FateLlm.Training.Models;
@@ -17,23 +19,88 @@ public static class HfCheckpoint
 
     public sealed record LoadReport(IReadOnlyList<string> IgnoredTensors);
 
-    public static CausalLm Load(string folder) => Load(folder, out _);
+    public static CausalLm Load(string folder, ScalarType? dtype = null) => Load(folder, out _, dtype);
 
-    public static CausalLm Load(string folder, out LoadReport report)
+    /// <summary>
+    /// Builds the model from config.json and reads every tensor of the checkpoint (single file or all shards of the
+    /// index) straight into its parameter, one tensor at a time: never two copies of the model. With
+    /// <paramref name="dtype"/> (bf16, fp16) the base stays in that dtype; adapters attached later stay fp32.
+    /// </summary>
+    public static CausalLm Load(string folder, out LoadReport report, ScalarType? dtype = null)
     {
         if (!Directory.Exists(folder)) throw new ModelFormatException($"{folder}: model folder not found");
         var config = ModelConfig.Load(Path.Combine(folder, ConfigFile));
-        var model = CausalLm.Create(config);
-        var tensors = ReadWeights(folder);
+        var files = WeightFiles(folder);
+        CausalLm model;
+        using (BaseDtype.Use(dtype ?? ScalarType.Float32)) model = CausalLm.Create(config);
         try
         {
-            report = Assign(model, tensors, folder);
+            report = Stream(model, files, folder);
         }
-        finally
+        catch
         {
-            foreach (var t in tensors.Values) t.Dispose();
+            model.Dispose();
+            throw;
         }
         return model;
+    }
+
+    /// <summary>The weight files of a folder: the single file, or every shard the index lists (each must exist).</summary>
+    public static IReadOnlyList<string> WeightFiles(string folder)
+    {
+        var single = Path.Combine(folder, SingleFile);
+        var index = Path.Combine(folder, IndexFile);
+        if (File.Exists(single)) return [single];
+        if (!File.Exists(index))
+            throw new ModelFormatException($"{folder}: neither {SingleFile} nor {IndexFile} found");
+        JsonObject map;
+        try { map = JsonNode.Parse(File.ReadAllText(index))!["weight_map"]!.AsObject(); }
+        catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException)
+        { throw new ModelFormatException($"{index}: no valid 'weight_map' ({e.Message})"); }
+        var files = new List<string>();
+        foreach (var (tensor, shard) in map)
+        {
+            var name = shard?.GetValue<string>() ?? throw new ModelFormatException($"{index}: field 'weight_map.{tensor}' names no shard");
+            var path = Path.Combine(folder, name);
+            if (!File.Exists(path)) throw new ModelFormatException($"{index}: shard '{name}' listed in field 'weight_map.{tensor}' is missing");
+            if (!files.Contains(path)) files.Add(path);
+        }
+        return files;
+    }
+
+    static LoadReport Stream(CausalLm model, IReadOnlyList<string> files, string origin)
+    {
+        var byKey = new Dictionary<string, (string Name, Parameter Param)>(StringComparer.Ordinal);
+        foreach (var (name, p) in model.BaseParameters())
+        {
+            byKey[name] = (name, p);
+            // A bare GPT2Model checkpoint has no "transformer." prefix.
+            if (model.Config.Family == ModelFamily.Gpt2 && name.StartsWith("transformer.", StringComparison.Ordinal))
+                byKey.TryAdd(name["transformer.".Length..], (name, p));
+        }
+        var loaded = new HashSet<string>();
+        var ignored = new List<string>();
+        foreach (var file in files)
+        {
+            var (entries, dataStart) = SafeTensors.ReadEntries(file);
+            using var handle = File.OpenHandle(file);
+            foreach (var e in entries.OrderBy(e => e.Begin))
+            {
+                if (!byKey.TryGetValue(e.Name, out var target))
+                {
+                    // Tied heads are stored by some writers; equal to the embedding, so nothing is lost by skipping them.
+                    if (e.Name == "lm_head.weight" || IgnoredSuffixes.Any(e.Name.EndsWith)) { ignored.Add(e.Name); continue; }
+                    throw new ModelFormatException($"{file}: unexpected tensor '{e.Name}' does not belong to a {model.Config.ModelType} model with this config");
+                }
+                if (!e.Shape.SequenceEqual(target.Param.shape))
+                    throw new ModelFormatException($"{file}: tensor '{e.Name}' has shape [{string.Join(",", e.Shape)}] but the config needs [{string.Join(",", target.Param.shape)}]");
+                SafeTensors.ReadInto(handle, e, dataStart, target.Param, file);
+                loaded.Add(target.Name);
+            }
+        }
+        var missing = model.BaseParameters().Select(p => p.Name).FirstOrDefault(n => !loaded.Contains(n));
+        if (missing != null) throw new ModelFormatException($"{origin}: tensor '{missing}' is missing from the checkpoint");
+        return new LoadReport(ignored);
     }
 
     /// <summary>All tensors of a folder, from the single file or every shard of the index.</summary>

@@ -22,7 +22,7 @@ public sealed class LoraFactor : nn.Module
 /// </summary>
 public sealed class Projection : nn.Module<Tensor, Tensor>
 {
-    public Parameter weight { get; private set; }
+    public Parameter weight { get; }
     public Parameter? bias { get; private set; }
     public bool Conv1DLayout { get; }
     public long InFeatures { get; }
@@ -38,11 +38,11 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
         Conv1DLayout = conv1dLayout;
-        weight = new Parameter(conv1dLayout ? empty(inFeatures, outFeatures) : empty(outFeatures, inFeatures));
+        weight = new Parameter(conv1dLayout ? empty(inFeatures, outFeatures, dtype: BaseDtype.Current) : empty(outFeatures, inFeatures, dtype: BaseDtype.Current));
         register_parameter("weight", weight);
         if (hasBias)
         {
-            bias = new Parameter(zeros(outFeatures));
+            bias = new Parameter(zeros(outFeatures, dtype: BaseDtype.Current));
             register_parameter("bias", bias);
         }
     }
@@ -97,7 +97,10 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
             : nn.functional.linear(x, weight, bias);
         if (LoraA is null || LoraB is null || Merged) return y;
         var h = training && _loraDropout > 0 ? nn.functional.dropout(x, _loraDropout, training) : x;
-        return y.add_(nn.functional.linear(nn.functional.linear(h, LoraA.weight), LoraB.weight).mul_(LoraScaling));
+        // Adapters train in their own dtype (fp32) on a base that may stay bf16: cast in, and the update back.
+        if (h.dtype != LoraA.weight.dtype) h = h.to_type(LoraA.weight.dtype);
+        var delta = nn.functional.linear(nn.functional.linear(h, LoraA.weight), LoraB.weight).mul_(LoraScaling);
+        return y.add_(delta.dtype == y.dtype ? delta : delta.to_type(y.dtype));
     }
 
     static long[] LeadingShape(Tensor x, long last)
@@ -121,7 +124,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     {
         _eps = eps;
         _plusOne = plusOne;
-        weight = new Parameter(plusOne ? zeros(dim) : ones(dim));
+        weight = new Parameter(plusOne ? zeros(dim, dtype: BaseDtype.Current) : ones(dim, dtype: BaseDtype.Current));
         register_parameter("weight", weight);
     }
     public bool PlusOne => _plusOne;
@@ -145,8 +148,8 @@ public sealed class LayerNorm : nn.Module<Tensor, Tensor>
     {
         _eps = eps;
         _dim = dim;
-        weight = new Parameter(ones(dim));
-        bias = new Parameter(zeros(dim));
+        weight = new Parameter(ones(dim, dtype: BaseDtype.Current));
+        bias = new Parameter(zeros(dim, dtype: BaseDtype.Current));
         register_parameter("weight", weight);
         register_parameter("bias", bias);
     }
@@ -159,7 +162,7 @@ public sealed class Embedding : nn.Module<Tensor, Tensor>
     public Parameter weight { get; }
     public Embedding(long count, long dim) : base("Embedding")
     {
-        weight = new Parameter(empty(count, dim));
+        weight = new Parameter(empty(count, dim, dtype: BaseDtype.Current));
         register_parameter("weight", weight);
     }
     public override Tensor forward(Tensor ids) => weight.index_select(0, ids.reshape(-1)).reshape([.. ids.shape, weight.shape[1]]);
@@ -173,5 +176,27 @@ public sealed class LayerList<T> : nn.Module where T : nn.Module
     {
         Items = items.ToList();
         for (int i = 0; i < Items.Count; i++) register_module(i.ToString(), Items[i]);
+    }
+}
+
+/// <summary>
+/// The dtype base-model parameters are created in (fp32 unless a checkpoint is loaded as bf16/fp16). Per thread, so a
+/// load on one thread never changes what another creates; adapters (LoRA factors, prompt encoders) are always fp32.
+/// </summary>
+public static class BaseDtype
+{
+    [ThreadStatic] static ScalarType? _current;
+    public static ScalarType Current => _current ?? ScalarType.Float32;
+
+    public static IDisposable Use(ScalarType dtype)
+    {
+        var previous = _current;
+        _current = dtype;
+        return new Restore(previous);
+    }
+
+    sealed class Restore(ScalarType? previous) : IDisposable
+    {
+        public void Dispose() => _current = previous;
     }
 }

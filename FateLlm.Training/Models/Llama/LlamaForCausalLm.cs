@@ -163,8 +163,10 @@ public sealed class LlamaForCausalLm : CausalLm
 
     internal override Tensor ForwardCore(Tensor ids, DecoderStep step)
     {
-        (step.Cos, step.Sin) = Rotary.Tables(step.Positions, Config);
         var x = model.embed_tokens.forward(ids);
+        var (cos, sin) = Rotary.Tables(step.Positions, Config);
+        // HF computes the tables in fp32 and casts them to the activations' dtype.
+        (step.Cos, step.Sin) = cos.dtype == x.dtype ? (cos, sin) : (cos.to_type(x.dtype), sin.to_type(x.dtype));
         // HF rounds √hidden to the activations' dtype before multiplying.
         if (Config.GemmaNorm) x = x.mul(tensor(Math.Sqrt(Config.HiddenSize), dtype: x.dtype));
         foreach (var layer in model.layers.Items) x = layer.Forward(x, step);
