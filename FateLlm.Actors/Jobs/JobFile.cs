@@ -183,6 +183,7 @@ public static class JobFile
                 LoraTargets = r.Strings("peft.targets"),
                 NumVirtualTokens = r.Int("peft.num-virtual-tokens"),
                 PrefixProjection = r.Bool("peft.prefix-projection"),
+                BaseDtype = r.Parsed("peft.base-dtype", PeftConfig.ParseDtype),
             },
             Rounds = r.Int("rounds"),
             Local = new LocalTraining

@@ -54,7 +54,7 @@ internal static class TrainBench
         CliApp.Out.WriteLine($"achieved GFLOP/s {achieved:F1}");
         CliApp.Out.WriteLine($"sgemm GFLOP/s    {sgemm:F1} (2048x2048 fp32 matmul, same threads)");
         CliApp.Out.WriteLine($"utilization      {achieved / sgemm:F2}");
-        CliApp.Out.WriteLine($"peak RSS         {PeakRssMiB():F0} MiB");
+        CliApp.Out.WriteLine($"peak RSS         {CheckpointBench.PeakRss():F0} MiB");
     }
 
     /// <summary>
@@ -62,7 +62,7 @@ internal static class TrainBench
     /// (QKᵀ and AV: 4·s·d per token per layer, causal work counted in full as the kernels compute it);
     /// backward always propagates input gradients (2·W·T) and adds weight gradients (2·W·T) only for trained weights.
     /// </summary>
-    static double StepFlops(CausalLm model, PeftMethod method, int b, int s)
+    internal static double StepFlops(CausalLm model, PeftMethod method, int b, int s)
     {
         double tokens = (double)b * s;
         var c = model.Config;
@@ -81,7 +81,7 @@ internal static class TrainBench
         return forward + backward;
     }
 
-    static double SgemmGflops()
+    internal static double SgemmGflops()
     {
         const int n = 2048;
         using var a = randn(n, n);
@@ -95,13 +95,5 @@ internal static class TrainBench
             reps++;
         }
         return 2.0 * n * n * n * reps / sw.Elapsed.TotalSeconds / 1e9;
-    }
-
-    static double PeakRssMiB()
-    {
-        foreach (var line in File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status") : [])
-            if (line.StartsWith("VmHWM:"))
-                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
-        return Process.GetCurrentProcess().PeakWorkingSet64 / 1048576.0;
     }
 }

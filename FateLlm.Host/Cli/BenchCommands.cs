@@ -66,13 +66,33 @@ internal static class BenchCommands
         var batch = Opt("--batch", "Sequences per step", 4);
         var seq = Opt("--seq", "Tokens per sequence", 128);
         var loraTargets = Opt("--lora-targets", "LoRA targets", "");
-        return new Command("train", "Time training steps: ms/step, tokens/s, FLOPs, achieved GFLOP/s vs sgemm").With(p =>
+        var config = Opt("--config", "A HF config.json: write a random checkpoint of that exact shape, then time load, generation and LoRA steps with peak RSS", "");
+        var dtype = Opt("--dtype", "With --config: dtype of the frozen base (bf16 | fp16 | fp32); adapters train in fp32", "bf16");
+        var work = Opt("--work", "With --config: folder for the generated checkpoint (reused while config and dtype match)", "");
+        var genTokens = Opt("--gen-tokens", "With --config: tokens to generate greedily", 16);
+        var loraR = Opt("--lora-r", "With --config: LoRA rank", 8);
+        var json = Opt("--json", "With --config: one JSON object instead of the table", false);
+        return new Command("train", "Time training steps: ms/step, tokens/s, FLOPs, achieved GFLOP/s vs sgemm; with --config, a real-size checkpoint's load, RSS and steps").With(p =>
         {
             TorchRuntime.SetThreads(p.GetValue(threads));
+            if (p.GetValue(config) is { Length: > 0 } configPath)
+            {
+                var d = p.GetValue(dtype) switch
+                {
+                    "bf16" => ScalarType.BFloat16, "fp16" => ScalarType.Float16, "fp32" => ScalarType.Float32,
+                    var other => throw new UsageException($"--dtype '{other}' must be bf16, fp16 or fp32"),
+                };
+                CheckpointBench.Run(new CheckpointBench.Options(configPath, d, p.GetValue(work) is { Length: > 0 } w ? w : null,
+                    TrainingCommands.Positive(p.GetValue(batch), "--batch"), TrainingCommands.Positive(p.GetValue(seq), "--seq"),
+                    TrainingCommands.Positive(p.GetValue(steps), "--steps"), p.GetValue(warmupSteps), p.GetValue(genTokens),
+                    TrainingCommands.Positive(p.GetValue(loraR), "--lora-r"),
+                    p.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), p.GetValue(json)));
+                return;
+            }
             TrainBench.Run(ModelPresets.Create(p.GetValue(arch)!, p.GetValue(preset)!), p.GetValue(preset)!,
                 TrainingCommands.ParseEnum(() => PeftConfig.ParseMethod(p.GetValue(peft)!)),
                 p.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
                 p.GetValue(batch), p.GetValue(seq), p.GetValue(warmupSteps), TrainingCommands.Positive(p.GetValue(steps), "--steps"));
-        }, arch, preset, peft, threads, steps, warmupSteps, batch, seq, loraTargets);
+        }, arch, preset, peft, threads, steps, warmupSteps, batch, seq, loraTargets, config, dtype, work, genTokens, loraR, json);
     }
 }

@@ -28,6 +28,7 @@ internal static class TrainingCommands
         var loraTargets = Opt("--lora-targets", "Comma-separated module names, or all-linear (default: c_attn for gpt2, q_proj,v_proj for llama)", "");
         var virtualTokens = Opt("--num-virtual-tokens", "P-Tuning v2 prefix length", d.GetInt("peft.num-virtual-tokens"));
         var prefixProjection = Opt("--prefix-projection", "P-Tuning v2 reparameterisation MLP", false);
+        var baseDtype = Opt("--base-dtype", "fp32 | bf16 | fp16: dtype the frozen base is loaded in (adapters train in fp32)", d.GetString("peft.base-dtype"));
         var epochs = Opt("--epochs", "Epochs", d.GetInt("local.epochs"));
         var maxSteps = new Option<int?>("--max-steps") { Description = "Stop after this many optimizer steps" };
         var lr = Opt("--lr", "Peak learning rate", d.GetDouble("local.learning-rate"));
@@ -43,7 +44,7 @@ internal static class TrainingCommands
         var outDir = Required<string>("--out", "Output adapter folder (PEFT layout; checkpoints/ inside)");
         var dataSet = new DataOptionSet();
         var runtime = new RuntimeOptionSet();
-        Option[] options = [model, data, evalData, peft, loraR, loraAlpha, loraDropout, loraTargets, virtualTokens, prefixProjection,
+        Option[] options = [model, data, evalData, peft, loraR, loraAlpha, loraDropout, loraTargets, virtualTokens, prefixProjection, baseDtype,
             epochs, maxSteps, lr, batch, accum, warmup, schedule, weightDecay, clip, seed, resume, evalLimit, outDir, .. dataSet.All, .. runtime.All];
         return new Command("train", "Fine-tune a model locally with LoRA, P-Tuning v2 or full fine-tuning").With(p =>
         {
@@ -55,6 +56,7 @@ internal static class TrainingCommands
                 LoraR = Positive(p.GetValue(loraR), "--lora-r"), LoraAlpha = p.GetValue(loraAlpha), LoraDropout = p.GetValue(loraDropout),
                 LoraTargets = p.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
                 NumVirtualTokens = Positive(p.GetValue(virtualTokens), "--num-virtual-tokens"), PrefixProjection = p.GetValue(prefixProjection),
+                BaseDtype = ParseEnum(() => PeftConfig.ParseDtype(p.GetValue(baseDtype)!)),
             };
             var trainOptions = new TrainOptions
             {

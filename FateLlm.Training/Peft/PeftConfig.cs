@@ -20,6 +20,16 @@ public sealed record PeftConfig
     public bool PrefixProjection { get; init; }
     public int? EncoderHiddenSize { get; init; }
     public double PrefixInitStd { get; init; } = 1.0;
+    /// <summary>dtype the frozen base is loaded in (bf16/fp16 halve a large model's memory); adapters stay fp32.</summary>
+    public ScalarType BaseDtype { get; init; } = ScalarType.Float32;
+
+    public static ScalarType ParseDtype(string s) => s.ToLowerInvariant() switch
+    {
+        "fp32" or "float32" => ScalarType.Float32,
+        "bf16" or "bfloat16" => ScalarType.BFloat16,
+        "fp16" or "float16" => ScalarType.Float16,
+        _ => throw new ArgumentException($"unknown dtype '{s}' (known: fp32, bf16, fp16)"),
+    };
 
     public static PeftMethod ParseMethod(string s) => s.ToLowerInvariant() switch
     {

@@ -31,7 +31,10 @@ public sealed class FineTuning : IDisposable
     /// <summary>The base model with PEFT applied; <paramref name="initSeed"/> seeds the adapter's initialisation.</summary>
     public static FineTuning Open(string modelPath, PeftConfig peft, long initSeed, Device? device = null)
     {
-        var model = HfCheckpoint.Load(modelPath);
+        // Full fine-tuning updates the base itself, which needs fp32 weights.
+        if (peft.Method == PeftMethod.Full && peft.BaseDtype != ScalarType.Float32)
+            throw new PeftException($"peft.base-dtype {peft.BaseDtype} needs a parameter-efficient method: full fine-tuning trains the base in fp32");
+        var model = HfCheckpoint.Load(modelPath, peft.BaseDtype);
         try
         {
             manual_seed(initSeed);

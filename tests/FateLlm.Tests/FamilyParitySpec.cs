@@ -112,3 +112,25 @@ public class FamilyRefusalSpec
         Assert.DoesNotContain('\n', e.Message);
     }
 }
+
+/// <summary>The spec-sized form of the real-size benchmark: it runs end to end and its checkpoint loads as HF writes them.</summary>
+public class CheckpointBenchSpec
+{
+    [Fact]
+    public void Bench_train_with_a_config_writes_a_checkpoint_loads_it_generates_and_steps()
+    {
+        var work = Path.Combine(TestSupport.TempDir(), "ckpt");
+        var (o, e) = (new StringWriter(), new StringWriter());
+        var code = FateLlm.Host.Cli.CliApp.Run(["bench", "train", "--config", TestSupport.FixturePath("families", "llama3", "config.json"),
+            "--work", work, "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--gen-tokens", "2", "--json"], o, e);
+        Assert.True(code == 0, e.ToString());
+        var line = o.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Last();
+        var r = System.Text.Json.Nodes.JsonNode.Parse(line)!.AsObject();
+        Assert.Equal("bf16", r["dtype"]!.GetValue<string>());
+        Assert.Equal(2, r["generated_tokens"]!.GetValue<int>());
+        foreach (var field in new[] { "load_seconds", "peak_rss_load_mib", "peak_rss_train_mib", "ms_per_token", "ms_per_step", "cpu_utilization" })
+            Assert.True(r[field]!.GetValue<double>() > 0, field);
+        using var model = HfCheckpoint.Load(work, ScalarType.BFloat16);
+        Assert.Equal(r["parameters"]!.GetValue<long>(), model.BaseParameters().Sum(p => p.Param.numel()));
+    }
+}

@@ -25,6 +25,7 @@ public class JobFileSpec
         Assert.Equal((peft.Method, peft.LoraR, peft.LoraAlpha, peft.LoraDropout, peft.NumVirtualTokens, peft.PrefixProjection),
             (spec.Peft.Method, spec.Peft.LoraR, spec.Peft.LoraAlpha, spec.Peft.LoraDropout, spec.Peft.NumVirtualTokens, spec.Peft.PrefixProjection));
         Assert.Empty(spec.Peft.LoraTargets);
+        Assert.Equal(peft.BaseDtype, spec.Peft.BaseDtype);
         Assert.Equal(new DataOptions(), spec.Data);
         Assert.Equal(new ServerOptimizerOptions(), spec.Aggregation.Server);
         Assert.Equal(new DpOptions(), spec.Dp);
@@ -32,6 +33,17 @@ public class JobFileSpec
         Assert.Equal(3, spec.Round.Quorum); // quorum = all
         Assert.Equal("homo-peft", spec.Algorithm.Name);
         Assert.Empty(spec.Algorithm.Settings);
+    }
+
+    [Fact]
+    public void A_bf16_base_is_carried_by_the_job_and_a_wrong_dtype_names_the_field()
+    {
+        var spec = Parse(Minimal + "peft { base-dtype = bf16 } }");
+        Assert.Equal(TorchSharp.torch.ScalarType.BFloat16, spec.Peft.BaseDtype);
+        Assert.Equal(TorchSharp.torch.ScalarType.BFloat16, JobSpec.FromJson(spec.ToJson(), "round trip").Peft.BaseDtype);
+        var e = Assert.ThrowsAny<Exception>(() => Parse(Minimal + "peft { base-dtype = fp8 } }"));
+        Assert.Contains("peft.base-dtype", e.Message);
+        Assert.Contains("fp8", e.Message);
     }
 
     [Fact]

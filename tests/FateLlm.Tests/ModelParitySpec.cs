@@ -93,6 +93,10 @@ public class ModelParitySpec
         opt.step();
         Assert.All(trainable.Where(p => p.Name.Contains("lora_A")), p => Assert.NotNull(p.Param.grad));
         Assert.True(half.BaseParameters().First().Param.eq(before).all().item<bool>(), "the frozen bf16 base must not move");
+        // Full fine-tuning would train the bf16 weights themselves: refused, naming the field.
+        var e = Assert.Throws<PeftException>(() => FateLlm.Training.Trainer.FineTuning.Open(TestSupport.FixturePath("llama-gqa"),
+            new PeftConfig { Method = PeftMethod.Full, BaseDtype = ScalarType.BFloat16 }, 1));
+        Assert.Contains("peft.base-dtype", e.Message);
     }
 
     [Fact]
