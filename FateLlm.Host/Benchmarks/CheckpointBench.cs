@@ -87,7 +87,7 @@ internal static class CheckpointBench
             ["config"] = Path.GetFullPath(o.ConfigPath), ["model_type"] = config.ModelType, ["parameters"] = parameters,
             ["dtype"] = DtypeName(o.Dtype), ["checkpoint_bytes"] = bytes, ["shards"] = files.Count,
             ["checkpoint_written_seconds"] = wrote ? Math.Round(writeSeconds, 1) : null,
-            ["load_seconds"] = Math.Round(loadSeconds, 2), ["rss_before_load_mib"] = Math.Round(rssBefore), ["rss_after_load_mib"] = Math.Round(loadRss),
+            ["load_seconds"] = Math.Round(loadSeconds, 4), ["rss_before_load_mib"] = Math.Round(rssBefore), ["rss_after_load_mib"] = Math.Round(loadRss),
             ["peak_rss_load_mib"] = Math.Round(loadPeak), ["peak_rss_generate_mib"] = Math.Round(generatePeak), ["peak_rss_train_mib"] = Math.Round(trainPeak),
             ["ms_per_token"] = Math.Round(msPerToken, 1), ["generated_tokens"] = generated.Count,
             ["batch"] = o.Batch, ["seq"] = o.Seq, ["lora_r"] = o.LoraR, ["trainable_parameters"] = trainable.Sum(t => t.Param.numel()),

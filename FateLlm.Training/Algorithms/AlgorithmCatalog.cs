@@ -14,6 +14,7 @@ public static class AlgorithmCatalog
     static readonly ConcurrentDictionary<string, IFederatedAlgorithm> Registered = new(StringComparer.Ordinal)
     {
         [HomoPeft.HomoPeftAlgorithm.AlgorithmName] = new HomoPeft.HomoPeftAlgorithm(),
+        [Offsite.OffsiteAlgorithm.AlgorithmName] = new Offsite.OffsiteAlgorithm(),
     };
 
     public static IReadOnlyCollection<string> Names => Registered.Keys.Order(StringComparer.Ordinal).ToArray();

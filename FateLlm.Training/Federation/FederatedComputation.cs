@@ -39,12 +39,18 @@ public static class FederatedComputation
     /// </summary>
     public static LocalRoundResult LocalRound(JobSpec spec, string modelPath, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct)
     {
+        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
+        return LocalRound(spec, run, globalAdapter, trainData, evalData, round, ct);
+    }
+
+    /// <summary>The same round on a model a plug-in opened itself (its own trainable parameters).</summary>
+    public static LocalRoundResult LocalRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct)
+    {
         var sw = Stopwatch.StartNew();
         var local = spec.Local;
         TorchRuntime.SetThreads(local.Threads);
         var examples = InstructionData.ReadJsonl(trainData, spec.Data);
         var dev = evalData is null ? null : InstructionData.ReadJsonl(evalData, spec.Data);
-        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
         using var scope = NewDisposeScope();
         var global = SafeTensors.FromBytes(globalAdapter, "global adapter");
         PeftModel.LoadTrainableState(run.Model, global, "global adapter");
@@ -61,10 +67,15 @@ public static class FederatedComputation
 
     public static EvaluationResult Evaluate(JobSpec spec, string modelPath, byte[] adapter, string data, CancellationToken ct = default)
     {
+        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
+        return Evaluate(spec, run, adapter, data, ct);
+    }
+
+    public static EvaluationResult Evaluate(JobSpec spec, FineTuning run, byte[] adapter, string data, CancellationToken ct = default)
+    {
         TorchRuntime.SetThreads(spec.Local.Threads);
         var examples = InstructionData.ReadJsonl(data, spec.Data);
         ct.ThrowIfCancellationRequested();
-        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
         run.LoadTrainable(adapter, "global adapter");
         var report = run.Evaluate(examples, spec.Data, new EvalOptions
         {

@@ -236,10 +236,13 @@ public static class TokenizerLoader
         catch (JsonException e) { throw new ModelFormatException($"{path}: not valid JSON ({e.Message})"); }
     }
 
+    /// <summary>The files of a model folder that make up its tokenizer (and generation defaults).</summary>
+    public static readonly string[] Files = [ConfigFile, "tokenizer.model", "vocab.json", "merges.txt", "tokenizer.json", "special_tokens_map.json", "generation_config.json"];
+
     /// <summary>Copies the tokenizer files of one model folder into another (used by merge/export).</summary>
     public static void CopyFiles(string from, string to)
     {
-        foreach (var f in new[] { ConfigFile, "tokenizer.model", "vocab.json", "merges.txt", "tokenizer.json", "special_tokens_map.json", "generation_config.json" })
+        foreach (var f in Files)
         {
             var src = Path.Combine(from, f);
             if (File.Exists(src) && Path.GetFullPath(from) != Path.GetFullPath(to)) File.Copy(src, Path.Combine(to, f), overwrite: true);

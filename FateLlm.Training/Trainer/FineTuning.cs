@@ -29,7 +29,14 @@ public sealed class FineTuning : IDisposable
     }
 
     /// <summary>The base model with PEFT applied; <paramref name="initSeed"/> seeds the adapter's initialisation.</summary>
-    public static FineTuning Open(string modelPath, PeftConfig peft, long initSeed, Device? device = null)
+    public static FineTuning Open(string modelPath, PeftConfig peft, long initSeed, Device? device = null) =>
+        Open(modelPath, peft, initSeed, m => PeftModel.Apply(m, peft), device);
+
+    /// <summary>
+    /// The base model with its trainable parameters chosen by <paramref name="makeTrainable"/> (a plug-in's own choice,
+    /// such as offsite tuning's adapter blocks), seeded by <paramref name="initSeed"/>.
+    /// </summary>
+    public static FineTuning Open(string modelPath, PeftConfig peft, long initSeed, Action<CausalLm> makeTrainable, Device? device = null)
     {
         // Full fine-tuning updates the base itself, which needs fp32 weights.
         if (peft.Method == PeftMethod.Full && peft.BaseDtype != ScalarType.Float32)
@@ -38,7 +45,7 @@ public sealed class FineTuning : IDisposable
         try
         {
             manual_seed(initSeed);
-            PeftModel.Apply(model, peft);
+            makeTrainable(model);
             if (device is not null) model.to(device);
             return new FineTuning(model, TokenizerLoader.Load(modelPath, model.Config), peft, modelPath);
         }

@@ -1,0 +1,203 @@
+using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using FateLlm.Training.Tokenization;
+using FateLlm.Training.Trainer;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Algorithms.Offsite;
+
+/// <summary>
+/// FedOST / FedOST+ (offsite tuning): the arbiter keeps the full model and sends each party a sub-model of adapter
+/// blocks around a frozen emulator (<see cref="EmulatorPlan"/>); parties train only the adapters (fully, or LoRA on
+/// them) and upload only adapter deltas, which the FedAvg family aggregates every round (FedOST+; with one party it is
+/// FedOST). Finalize plugs the aggregated adapters into the full model. Parties never need the full model.
+/// State: <c>submodel</c> (the download), <c>global</c> (adapter tensors, sub-model names), <c>server-state</c>.
+/// </summary>
+public sealed class OffsiteAlgorithm : IFederatedAlgorithm
+{
+    public const string AlgorithmName = "offsite";
+    public const string Global = "global", SubModelArtifact = "submodel", ServerStateArtifact = "server-state";
+    static readonly string[] Keys = ["bottom", "top", "emulator", "adapters", "export-emulator"];
+
+    public string Name => AlgorithmName;
+    public bool Summable => true;
+    public IServerAlgorithm Server { get; } = new ServerSide();
+    public IClientAlgorithm Client { get; } = new ClientSide();
+    public IUpdateCodec Codec { get; } = new TensorUpdateCodec();
+
+    /// <summary>The job's offsite settings (defaults in reference.conf <c>fate-llm.algorithms.offsite</c>).</summary>
+    public sealed record Settings(int Bottom, int Top, int Emulator, bool LoraAdapters, bool ExportEmulator)
+    {
+        public static Settings Of(JobSpec spec)
+        {
+            var s = spec.Algorithm.Read();
+            s.RefuseUnknown(Keys);
+            var adapters = s.GetString("adapters", "full");
+            if (adapters is not ("full" or "lora"))
+                throw new JobSpecException($"job.algorithm.adapters = '{adapters}' must be full (train the adapter blocks) or lora (LoRA on them)");
+            return new Settings(s.GetInt("bottom", 1), s.GetInt("top", 1), s.GetInt("emulator", 2), adapters == "lora", s.GetBool("export-emulator", false));
+        }
+
+        public EmulatorPlan Plan(int layers) => EmulatorPlan.Choose(layers, Bottom, Top, Emulator);
+    }
+
+    public void Validate(JobSpec spec)
+    {
+        var s = Settings.Of(spec);
+        // The block count is the arbiter's model's; here only what no model allows is refused (Prepare checks e against the middle).
+        s.Plan(1 << 20);
+        var aggregation = spec.Aggregation.Algorithm.ToLowerInvariant();
+        if (!Aggregation.AggregationStrategies.Names.Contains(aggregation))
+            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' is not one of {string.Join(", ", Aggregation.AggregationStrategies.Names)}");
+        if (spec.Peft.Method != PeftMethod.Lora && s.LoraAdapters)
+            throw new JobSpecException($"job.algorithm.adapters = lora needs job.peft.method = lora (its rank, alpha and targets), not {PeftConfig.MethodName(spec.Peft.Method)}");
+    }
+
+    /// <summary>
+    /// Freezes the sub-model except its adapter blocks: every tensor of those blocks (full), or LoRA on the job's targets
+    /// inside them. The LoRA factors are seeded by the caller.
+    /// </summary>
+    public static void MakeTrainable(CausalLm model, Settings s, PeftConfig peft, EmulatorPlan plan)
+    {
+        var adapters = plan.AdapterSubIndices.ToHashSet();
+        bool InAdapter(string name) => SubModel.ParseBlock(name) is { } b && adapters.Contains(b.Block);
+        foreach (var (name, p) in model.BaseParameters()) p.requires_grad = !s.LoraAdapters && InAdapter(name);
+        if (!s.LoraAdapters) return;
+        var targets = PeftModel.ResolveTargets(model, peft.EffectiveTargets(model.Config)).Where(t => InAdapter(t.Path + ".weight")).ToList();
+        if (targets.Count == 0)
+            throw new JobSpecException($"job.peft.targets match no projection inside the adapter blocks {string.Join(", ", plan.AdapterSubIndices)}");
+        foreach (var (_, proj) in targets) proj.AddLora(peft.LoraR, peft.LoraAlpha, peft.LoraDropout);
+    }
+
+    static FineTuning OpenSubModel(JobSpec spec, string folder, Settings s)
+    {
+        var config = ModelConfig.Load(Path.Combine(folder, HfCheckpoint.ConfigFile));
+        var plan = SubPlan(s);
+        if (config.NumLayers != plan.Layers)
+            throw new ModelFormatException($"{folder}: the sub-model has {config.NumLayers} blocks but bottom {s.Bottom} + emulator {s.Emulator} + top {s.Top} = {plan.Layers}");
+        return FineTuning.Open(folder, spec.Peft with { Method = s.LoraAdapters ? PeftMethod.Lora : PeftMethod.Full }, spec.Seed,
+            m => MakeTrainable(m, s, spec.Peft, plan));
+    }
+
+    /// <summary>The plan as seen inside the sub-model: b adapters, e emulator blocks, t adapters, already renumbered.</summary>
+    static EmulatorPlan SubPlan(Settings s) => new(s.Bottom + s.Emulator + s.Top, Enumerable.Range(0, s.Bottom).ToArray(),
+        Enumerable.Range(s.Bottom, s.Emulator).ToArray(), Enumerable.Range(s.Bottom + s.Emulator, s.Top).ToArray());
+
+    sealed class ServerSide : IServerAlgorithm
+    {
+        public Preparation Prepare(ServerContext ctx)
+        {
+            var spec = ctx.Spec;
+            if (!Directory.Exists(ctx.ModelPath))
+                throw new JobSpecException($"job {spec.JobId}: job.model '{spec.ModelPath}' is not on the arbiter (nor a folder of that name under its models root)");
+            var s = Settings.Of(spec);
+            var full = ModelConfig.Load(Path.Combine(ctx.ModelPath, HfCheckpoint.ConfigFile));
+            var plan = s.Plan(full.NumLayers);
+            spec = spec with { ModelDigest = HfCheckpoint.WeightsDigest(ctx.ModelPath) };
+            var bundle = ctx.Store.Put(SubModel.Bundle(ctx.ModelPath, plan));
+            ctx.Log($"offsite: adapters = blocks [{string.Join(", ", plan.Bottom.Concat(plan.Top))}] ({(s.LoraAdapters ? "LoRA" : "full")}), emulator = blocks [{string.Join(", ", plan.Emulator)}] of {plan.Layers}; sub-model {ctx.Store.Size(bundle):N0} bytes");
+            // The round-0 adapters: the sub-model's own adapter tensors (or seeded LoRA factors on them).
+            var folder = SubModel.Materialize(ctx.Store.PathOf(bundle), Path.Combine(ctx.Store.Root, ".offsite-" + spec.JobId));
+            byte[] initial;
+            using (var run = OpenSubModel(spec, folder, s)) initial = run.TrainableBytes();
+            return new Preparation(spec, AlgorithmState.Of((SubModelArtifact, bundle), (Global, ctx.Store.Put(initial))));
+        }
+
+        public Exchange BeginRound(RoundContext ctx, AlgorithmState state) =>
+            Exchange.Broadcast("fit", ctx.Participants, Downloads(state), vectorLayout: Global);
+
+        static PartyInstruction Downloads(AlgorithmState state) => PartyInstruction.Of(new Dictionary<string, string>
+        {
+            [SubModelArtifact] = state.Get(SubModelArtifact), [Global] = state.Get(Global),
+        });
+
+        public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result)
+        {
+            var store = ctx.Store;
+            var global = SafeTensors.FromBytes(store.Read(state.Get(Global)), "global adapters");
+            var serverState = state.Find(ServerStateArtifact) is { } s ? SafeTensors.FromBytes(store.Read(s), "server state") : new Dictionary<string, Tensor>();
+            var deltas = result.Mean is { } mean
+                ? [new Aggregation.AdapterDelta("mean", mean, 1)]
+                : result.Updates.Select(u => new Aggregation.AdapterDelta(u.Party, (IReadOnlyDictionary<string, Tensor>)u.Parsed!, u.Samples)).ToList();
+            var outcome = ctx.Spec.Strategy().Aggregate(global, deltas, serverState);
+            var next = state.With(Global, store.Put(SafeTensors.ToBytes(outcome.Global))).With(ServerStateArtifact, store.Put(SafeTensors.ToBytes(outcome.ServerState)));
+            return new StepResult(next, Next: null) { Metrics = outcome.Metrics };
+        }
+
+        // Parties can only evaluate what they hold: the emulator with the federation's adapters (the paper's "emulator fine-tuned").
+        public PartyInstruction Evaluation(ServerContext ctx, AlgorithmState state) => Downloads(state);
+
+        public void Finalize(ServerContext ctx, AlgorithmState state, string outputDir)
+        {
+            var s = Settings.Of(ctx.Spec);
+            var global = ctx.Store.Read(state.Get(Global));
+            Plug(ctx.Spec, s, ctx.ModelPath, global, Path.Combine(outputDir, "model"));
+            if (!s.ExportEmulator) return;
+            var emulator = SubModel.Materialize(ctx.Store.PathOf(state.Get(SubModelArtifact)), Path.Combine(ctx.Store.Root, ".offsite-" + ctx.Spec.JobId));
+            using var run = OpenSubModel(ctx.Spec, emulator, s);
+            run.LoadTrainable(global, "global adapters");
+            if (s.LoraAdapters) PeftModel.MergeLora(run.Model);
+            HfCheckpoint.Save(run.Model, Path.Combine(outputDir, "emulator"));
+            TokenizerLoader.CopyFiles(emulator, Path.Combine(outputDir, "emulator"));
+        }
+    }
+
+    /// <summary>
+    /// The plug-in: the aggregated adapters written into the full model's blocks (LoRA merged into them), saved as an HF
+    /// checkpoint with the full model's tokenizer.
+    /// </summary>
+    public static void Plug(JobSpec spec, Settings s, string fullModel, byte[] adapters, string outFolder)
+    {
+        using var scope = NewDisposeScope();
+        using var model = HfCheckpoint.Load(fullModel);
+        var plan = s.Plan(model.Config.NumLayers);
+        var toFull = plan.FullIndices;
+        string FullName(string name) => SubModel.ParseBlock(name) is { } b ? SubModel.BlockName(b.Prefix, toFull[b.Block], b.Tail)
+            : throw new InvalidOperationException($"adapter tensor '{name}' lies outside the blocks");
+        var tensors = SafeTensors.FromBytes(adapters, "global adapters").ToDictionary(kv => FullName(kv.Key), kv => kv.Value);
+        if (s.LoraAdapters)
+        {
+            var paths = tensors.Keys.Select(k => k[..k.IndexOf(".lora_", StringComparison.Ordinal)]).Distinct().ToList();
+            manual_seed(spec.Seed);
+            PeftModel.Apply(model, spec.Peft with { LoraTargets = paths });
+            PeftModel.LoadTrainableState(model, tensors, "global adapters");
+            PeftModel.MergeLora(model);
+        }
+        else
+        {
+            var own = model.BaseParameters().ToDictionary(p => p.Name, p => p.Param);
+            using var _ = no_grad();
+            foreach (var (name, t) in tensors)
+                (own.TryGetValue(name, out var p) ? p : throw new InvalidOperationException($"the full model has no tensor '{name}'")).copy_(t);
+        }
+        HfCheckpoint.Save(model, outFolder);
+        TokenizerLoader.CopyFiles(fullModel, outFolder);
+    }
+
+    sealed class ClientSide : IClientAlgorithm
+    {
+        // The party's model is the downloaded sub-model; ctx.ModelPath (the full model's name) is never read.
+        public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
+        {
+            ct.ThrowIfCancellationRequested();
+            var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace);
+            using var run = OpenSubModel(ctx.Spec, folder, Settings.Of(ctx.Spec));
+            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct);
+            var metrics = new Dictionary<string, double>
+            {
+                [ClientUpdate.FirstLoss] = r.FirstLoss, [ClientUpdate.LastLoss] = r.LastLoss, [ClientUpdate.Steps] = r.Steps,
+            };
+            if (r.EvalLoss is { } e) metrics[ClientUpdate.EvalLoss] = e;
+            return new ClientUpdate(r.Delta, r.Samples, metrics);
+        }
+
+        public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
+        {
+            var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace);
+            using var run = OpenSubModel(ctx.Spec, folder, Settings.Of(ctx.Spec));
+            return FederatedComputation.Evaluate(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.EvalData ?? ctx.TrainData, ct);
+        }
+    }
+}

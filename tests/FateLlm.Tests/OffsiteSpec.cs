@@ -1,0 +1,202 @@
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Algorithms.Offsite;
+using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using FateLlm.Training.Peft;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace FateLlm.Tests;
+
+/// <summary>Offsite tuning's pure parts: the emulator's blocks, the sub-model, and plugging adapters back in.</summary>
+public class OffsiteSpec
+{
+    internal static bool Same(Tensor a, Tensor b) => a.eq(b).all().item<bool>();
+
+    [Theory]
+    [InlineData(12, 1, 1, 4, new[] { 1, 4, 7, 10 })]               // FATE-LLM's GPT-2 tutorial
+    [InlineData(24, 2, 2, 8, new[] { 2, 5, 7, 10, 13, 16, 18, 21 })] // OPT-1.3B in the Offsite-Tuning paper
+    [InlineData(6, 1, 1, 3, new[] { 1, 3, 4 })]                     // stride 1.5: round half to even, as Python's round
+    [InlineData(6, 1, 1, 1, new[] { 3 })]                           // one block: the middle's centre, 1.5 → 2
+    [InlineData(4, 1, 1, 2, new[] { 1, 2 })]                        // the whole middle: the sub-model is the model
+    public void The_emulator_takes_middle_blocks_uniformly(int layers, int bottom, int top, int emulator, int[] expected)
+    {
+        var plan = EmulatorPlan.Choose(layers, bottom, top, emulator);
+        Assert.Equal(expected, plan.Emulator);
+        Assert.Equal(Enumerable.Range(0, bottom), plan.Bottom);
+        Assert.Equal(Enumerable.Range(layers - top, top), plan.Top);
+        Assert.Equal(bottom + emulator + top, plan.SubLayers);
+    }
+
+    [Theory]
+    [InlineData(12, 2, 2, 11, "job.algorithm.emulator = 11 must be between 1 and the 8 middle blocks (model of 12 blocks, bottom 2, top 2); more would repeat blocks")]
+    [InlineData(4, 2, 2, 1, "job.algorithm: bottom 2 + top 2 adapter blocks leave no middle block of the model's 4")]
+    [InlineData(12, 0, 0, 4, "job.algorithm.bottom = 0 and job.algorithm.top = 0: the adapters need at least one block (both ≥ 0, not both 0)")]
+    public void An_impossible_split_is_refused_with_the_numbers(int layers, int bottom, int top, int emulator, string message)
+    {
+        var e = Assert.Throws<JobSpecException>(() => EmulatorPlan.Choose(layers, bottom, top, emulator));
+        Assert.Equal(message, e.Message);
+    }
+
+    static string TinyModel(string arch = "llama", bool tied = true)
+    {
+        var dir = TestSupport.TempDir();
+        var config = ModelPresets.Create(arch, "tiny");
+        var raw = (System.Text.Json.Nodes.JsonObject)config.Raw.DeepClone();
+        raw["tie_word_embeddings"] = tied;
+        using var m = CausalLm.Create(ModelConfig.FromJson(raw));
+        m.InitializeWeights(5);
+        HfCheckpoint.Save(m, dir);
+        FateLlm.Training.Tokenization.ByteTokenizer.Save(dir);
+        return dir;
+    }
+
+    static JobSpec Spec(string model, string adapters = "full", int emulator = 2) => JobFile.Default("ost", model, [new PartySpec("a", "train", null)], TestSupport.TempDir()) with
+    {
+        Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
+        {
+            ["bottom"] = "1", ["top"] = "1", ["emulator"] = emulator.ToString(), ["adapters"] = adapters, ["export-emulator"] = "off",
+        }),
+    };
+
+    [Theory]
+    [InlineData("llama")]
+    [InlineData("gpt2")]
+    public void With_the_whole_middle_as_emulator_the_sub_model_is_the_model(string arch)
+    {
+        var full = TinyModel(arch);
+        var plan = EmulatorPlan.Choose(4, 1, 1, 2);
+        var work = TestSupport.TempDir();
+        var bundle = Path.Combine(work, "bundle");
+        File.WriteAllBytes(bundle, SubModel.Bundle(full, plan));
+        var folder = SubModel.Materialize(bundle, work);
+        Assert.Equal(folder, SubModel.Materialize(bundle, work)); // unpacked once
+        using var a = HfCheckpoint.Load(full);
+        using var b = HfCheckpoint.Load(folder);
+        var ids = TestSupport.Ids([1, 40, 99, 7, 200, 3]);
+        using var _ = no_grad();
+        Assert.Equal(0f, TestSupport.MaxAbsDiff(a.Forward(ids), b.Forward(ids)));
+        Assert.True(File.Exists(Path.Combine(folder, "tokenizer_config.json")), "the tokenizer travels with the sub-model");
+    }
+
+    [Fact]
+    public void A_smaller_emulator_keeps_every_tensor_a_forward_needs_including_an_untied_head()
+    {
+        var full = TinyModel(tied: false);
+        var plan = EmulatorPlan.Choose(4, 1, 1, 1);
+        using var m = HfCheckpoint.Load(full);
+        var sub = SubModel.Tensors(m.BaseParameters().Select(p => (p.Name, (Tensor)p.Param)), plan);
+        Assert.Contains("lm_head.weight", sub.Keys);
+        Assert.Contains("model.embed_tokens.weight", sub.Keys);
+        Assert.Contains("model.norm.weight", sub.Keys);
+        Assert.Equal(3, sub.Keys.Select(SubModel.ParseBlock).Where(b => b is not null).Select(b => b!.Value.Block).Distinct().Count());
+        // Sub-model block 1 is the full model's block 2 (the centre of the middle {1, 2}, 0.5 → 0, so block 1).
+        Assert.True(Same(sub["model.layers.1.mlp.up_proj.weight"], m.BaseParameters().Single(p => p.Name == "model.layers.1.mlp.up_proj.weight").Param));
+        Assert.True(Same(sub["model.layers.2.mlp.up_proj.weight"], m.BaseParameters().Single(p => p.Name == "model.layers.3.mlp.up_proj.weight").Param));
+    }
+
+    [Theory]
+    [InlineData("full")]
+    [InlineData("lora")]
+    public void Plugged_in_adapters_land_in_the_full_models_blocks_and_the_rest_is_untouched(string adapters)
+    {
+        var full = TinyModel();
+        var spec = Spec(full, adapters) with { Peft = new PeftConfig { Method = PeftMethod.Lora, LoraR = 2, LoraAlpha = 4, LoraDropout = 0 } };
+        var s = OffsiteAlgorithm.Settings.Of(spec);
+        var plan = s.Plan(4);
+        var work = TestSupport.TempDir();
+        var bundle = Path.Combine(work, "bundle");
+        File.WriteAllBytes(bundle, SubModel.Bundle(full, plan));
+        var folder = SubModel.Materialize(bundle, work);
+        // A sub-model whose adapters moved: adapter blocks (or their LoRA factors) shifted by a constant.
+        using var sub = HfCheckpoint.Load(folder);
+        manual_seed(1);
+        OffsiteAlgorithm.MakeTrainable(sub, s, spec.Peft, new EmulatorPlan(4, [0], [1, 2], [3]));
+        var trainable = PeftModel.TrainableParameters(sub);
+        Assert.All(trainable, p => Assert.Matches(@"^model\.layers\.[03]\.", p.Name));
+        if (adapters == "lora") Assert.All(trainable, p => Assert.Contains(".lora_", p.Name));
+        using (no_grad()) foreach (var (_, p) in trainable) p.add_(0.01);
+        var moved = SafeTensors.ToBytes(PeftModel.TrainableState(sub));
+
+        var outDir = Path.Combine(work, "plugged");
+        OffsiteAlgorithm.Plug(spec, s, full, moved, outDir);
+        using var plugged = HfCheckpoint.Load(outDir);
+        using var original = HfCheckpoint.Load(full);
+        // With e = M the sub-model is the model: the plugged model computes what the trained sub-model computes.
+        var ids = TestSupport.Ids([5, 17, 80, 120, 3]);
+        using var _ = no_grad();
+        if (adapters == "lora") PeftModel.MergeLora(sub);
+        Assert.True(TestSupport.MaxAbsDiff(plugged.Forward(ids), sub.Forward(ids)) < 1e-5);
+        var before = original.BaseParameters().ToDictionary(p => p.Name, p => p.Param);
+        foreach (var (name, p) in plugged.BaseParameters())
+        {
+            var same = Same(p, before[name]);
+            if (name.StartsWith("model.layers.1.") || name.StartsWith("model.layers.2.") || !name.StartsWith("model.layers.")) Assert.True(same, $"{name} must be untouched");
+        }
+        Assert.Contains(plugged.BaseParameters(), p => p.Name.StartsWith("model.layers.3.") && !Same(p.Param, before[p.Name]));
+    }
+}
+
+/// <summary>Offsite tuning through the real cluster: parties without the full model, adapters only upward, a crash survived.</summary>
+public class OffsiteFederationSpec
+{
+    static bool Same(Tensor a, Tensor b) => OffsiteSpec.Same(a, b);
+
+    [Fact]
+    public async Task Parties_without_the_base_model_tune_adapters_upload_only_them_survive_a_crash_and_the_arbiter_plugs_them_in()
+    {
+        var g = FederationFixture.Prepare();
+        // Only the arbiter finds the model: by name under its models root. Parties get no models root and no path to it.
+        var models = Path.Combine(g.Root, "arbiter-models");
+        Directory.CreateDirectory(models);
+        var baseModel = Path.Combine(models, "offsite-base");
+        Directory.Move(g.Model, baseModel);
+        var arbiterSide = ConfigurationFactory.ParseString($"fate-llm.models-root = \"{models.Replace("\\", "/")}\"");
+        await using var fed = await Actors.Nodes.LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"),
+            new Dictionary<string, IReadOnlyDictionary<string, string>>(), arbiterSide.WithFallback(FederationFixture.FastCluster));
+        var partySide = ConfigurationFactory.ParseString("fate-llm.fault-injection.points = [{ at = party.fit, org = food, round = 2, action = terminate }]")
+            .WithFallback(FederationFixture.FastCluster);
+        foreach (var org in FederationFixture.Orgs) fed.StartParty(org, g.Datasets[org], partySide);
+        await Task.WhenAll(FederationFixture.Orgs.Select(o => fed.Parties[o].WhenUp(TimeSpan.FromSeconds(60))));
+
+        var spec = FederationFixture.Job(g, "offsite", rounds: 2, quorum: 2, deadlineSeconds: 40) with
+        {
+            ModelPath = "offsite-base",
+            Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
+            {
+                ["bottom"] = "1", ["top"] = "1", ["emulator"] = "1", ["adapters"] = "full", ["export-emulator"] = "off",
+            }),
+        };
+        Assert.False(Directory.Exists(spec.ModelPath), "the job's model path must not resolve on a party");
+        var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(180));
+
+        Assert.Equal([1, 2], status.Rounds.Select(r => r.Round));
+        Assert.All(status.Rounds[0].Parties, p => Assert.True(p.Succeeded, p.Reason));
+        var round2 = status.Rounds[1].Parties.ToDictionary(p => p.Org);
+        Assert.False(round2["food"].Succeeded);
+        Assert.True(round2["animal"].Succeeded && round2["artifact"].Succeeded);
+
+        // Upward: the adapter blocks' deltas only (2 of the tiny model's 4 blocks, no embeddings or head).
+        using var full = HfCheckpoint.Load(baseModel);
+        long adapterBytes = full.BaseParameters().Where(p => p.Name.StartsWith("model.layers.0.") || p.Name.StartsWith("model.layers.3."))
+            .Sum(p => p.Param.numel() * 4);
+        long modelBytes = full.BaseParameters().Sum(p => p.Param.numel() * 4);
+        foreach (var p in status.Rounds[0].Parties)
+        {
+            Assert.InRange(p.UploadBytes, adapterBytes, adapterBytes + 16_384);
+            // Downward in round 1: the sub-model (3 blocks + embeddings + head) and the adapters, less than the whole model plus adapters.
+            Assert.InRange(p.DownloadBytes, adapterBytes, modelBytes + adapterBytes);
+        }
+
+        // The plug-in: an HF checkpoint of the full model whose adapter blocks moved and whose middle did not.
+        using var plugged = HfCheckpoint.Load(Path.Combine(spec.OutputDir, "model"));
+        var before = full.BaseParameters().ToDictionary(p => p.Name, p => p.Param);
+        Assert.All(plugged.BaseParameters().Where(p => p.Name.StartsWith("model.layers.1.") || p.Name.StartsWith("model.layers.2.")),
+            p => Assert.True(Same(p.Param, before[p.Name]), p.Name));
+        Assert.Contains(plugged.BaseParameters(), p => p.Name.StartsWith("model.layers.0.") && !Same(p.Param, before[p.Name]));
+        Assert.False(Directory.Exists(Path.Combine(spec.OutputDir, "emulator")), "the emulator stays home unless asked for");
+    }
+}
