@@ -22,7 +22,17 @@ public abstract class CausalLm : nn.Module
     };
 
     /// <summary>Logits [batch, new tokens, vocab]. With a cache, only the new tokens are given and the cache grows.</summary>
-    public Tensor Forward(Tensor inputIds, KvCache? cache = null, Tensor? attentionMask = null)
+    public Tensor Forward(Tensor inputIds, KvCache? cache = null, Tensor? attentionMask = null) => Run(inputIds, cache, attentionMask, null).Logits;
+
+    /// <summary>Logits and the hidden state [batch, tokens, hidden] after block <paramref name="block"/> (0-based).</summary>
+    public (Tensor Logits, Tensor Hidden) ForwardCapturing(Tensor inputIds, int block, Tensor? attentionMask = null)
+    {
+        if (block < 0 || block >= Config.NumLayers) throw new ArgumentOutOfRangeException(nameof(block), $"block {block} of a {Config.NumLayers}-block model");
+        var (logits, hidden) = Run(inputIds, null, attentionMask, block);
+        return (logits, hidden!);
+    }
+
+    (Tensor Logits, Tensor? Hidden) Run(Tensor inputIds, KvCache? cache, Tensor? attentionMask, int? captureAfter)
     {
         var batch = inputIds.shape[0];
         var len = inputIds.shape[1];
@@ -42,10 +52,11 @@ public abstract class CausalLm : nn.Module
             Cache = cache,
             Prefix = prefix,
             Mask = DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device, Config.SlidingWindow),
+            CaptureAfter = captureAfter,
         };
         var logits = ForwardCore(inputIds, step);
         // A bf16/fp16 base still yields fp32 logits, as HF upcasts them for the loss.
-        return logits.dtype == ScalarType.Float32 ? logits : logits.to_type(ScalarType.Float32);
+        return (logits.dtype == ScalarType.Float32 ? logits : logits.to_type(ScalarType.Float32), step.Captured);
     }
 
     internal abstract Tensor ForwardCore(Tensor inputIds, DecoderStep step);

@@ -10,6 +10,15 @@ internal sealed class DecoderStep
     public required IReadOnlyList<(Tensor Key, Tensor Value)>? Prefix { get; init; }
     /// <summary>Boolean [b|1, 1, S, keys] mask (true = may attend), or null for the plain causal case.</summary>
     public required Tensor? Mask { get; init; }
+    /// <summary>When set, the hidden state after this block is kept in <see cref="Captured"/> (emulator distillation).</summary>
+    public int? CaptureAfter { get; init; }
+    public Tensor? Captured { get; set; }
+
+    public Tensor Capture(int block, Tensor x)
+    {
+        if (block == CaptureAfter) Captured = x;
+        return x;
+    }
     /// <summary>Rotary tables, filled by families that use RoPE.</summary>
     public Tensor? Cos { get; set; }
     public Tensor? Sin { get; set; }

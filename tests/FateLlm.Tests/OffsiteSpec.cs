@@ -200,3 +200,65 @@ public class OffsiteFederationSpec
         Assert.False(Directory.Exists(Path.Combine(spec.OutputDir, "emulator")), "the emulator stays home unless asked for");
     }
 }
+
+/// <summary>Emulator distillation on the arbiter: the emulator alone moves, the KD loss falls, and the result is cached by content.</summary>
+public class EmulatorDistillationSpec
+{
+    [Fact]
+    public void Distillation_trains_only_the_emulator_lowers_the_kd_loss_and_is_reused_for_the_same_inputs()
+    {
+        var root = TestSupport.TempDir();
+        var full = Path.Combine(root, "model");
+        var config = ModelPresets.Create("llama", "tiny");
+        using (var m = CausalLm.Create(config))
+        {
+            m.InitializeWeights(9);
+            HfCheckpoint.Save(m, full);
+            FateLlm.Training.Tokenization.ByteTokenizer.Save(full);
+        }
+        var corpus = Path.Combine(root, "public.jsonl");
+        File.WriteAllLines(corpus, Enumerable.Range(0, 60).Select(i => System.Text.Json.JsonSerializer.Serialize(new { text = $"entry {i}: a word and its gloss, number {i * 7 % 13}" })));
+        var spec = JobFile.Default("distil", full, [new PartySpec("a", "train", null)], Path.Combine(root, "out")) with
+        {
+            Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
+            {
+                ["bottom"] = "1", ["top"] = "1", ["emulator"] = "1", ["adapters"] = "full", ["distill.steps"] = "40", ["distill.data"] = corpus,
+                ["distill.learning-rate"] = "0.005", ["distill.batch-size"] = "4", ["distill.max-tokens"] = "32",
+            }),
+        };
+        var store = new BlobStore(Path.Combine(root, "blobs"));
+        var log = new List<string>();
+        var ctx = new ServerContext(spec, store, full, log.Add);
+        var algorithm = new OffsiteAlgorithm();
+        var first = algorithm.Server.Prepare(ctx);
+        var line = Assert.Single(log, l => l.Contains("emulator distilled"));
+        var kd = System.Text.RegularExpressions.Regex.Match(line, @"KD ([\d.]+) → ([\d.]+)");
+        Assert.True(double.Parse(kd.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) < double.Parse(kd.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), line);
+
+        // Only the emulator (sub-model block 1 = the middle's centre, full block 1) differs from the plain split.
+        var distilled = SafeTensors.FromBytes(store.Read(first.Initial.Get(OffsiteAlgorithm.SubModelArtifact)), "distilled");
+        var plain = SafeTensors.FromBytes(SubModel.Bundle(full, EmulatorPlan.Choose(4, 1, 1, 1)), "plain");
+        foreach (var (name, t) in plain)
+        {
+            var same = OffsiteSpec.Same(t, distilled[name]);
+            Assert.True(name.StartsWith("model.layers.1.") ? !same || name.EndsWith("norm.weight") : same, name);
+        }
+        Assert.Contains(plain, kv => kv.Key.StartsWith("model.layers.1.") && !OffsiteSpec.Same(kv.Value, distilled[kv.Key]));
+
+        log.Clear();
+        var second = algorithm.Server.Prepare(ctx);
+        Assert.Equal(first.Initial.Get(OffsiteAlgorithm.SubModelArtifact), second.Initial.Get(OffsiteAlgorithm.SubModelArtifact));
+        Assert.Contains(log, l => l.Contains("distilled emulator reused"));
+    }
+
+    [Fact]
+    public void Distillation_without_a_corpus_is_refused_naming_the_field()
+    {
+        var spec = JobFile.Default("distil", "m", [new PartySpec("a", "train", null)], TestSupport.TempDir()) with
+        {
+            Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string> { ["distill.steps"] = "10" }),
+        };
+        var e = Assert.Throws<JobSpecException>(() => new OffsiteAlgorithm().Validate(spec));
+        Assert.Equal("job.algorithm.distill.data (a public corpus JSONL on the arbiter) is required when distill.steps = 10", e.Message);
+    }
+}

@@ -86,12 +86,16 @@ public static class SubModel
     {
         using var scope = NewDisposeScope();
         using var full = HfCheckpoint.Load(fullModelFolder);
-        var config = Config(full.Config, plan);
-        var tensors = Tensors(full.BaseParameters().Select(p => (p.Name, (Tensor)p.Param)), plan);
+        return Bundle(Config(full.Config, plan), Tensors(full.BaseParameters().Select(p => (p.Name, (Tensor)p.Param)), plan), fullModelFolder);
+    }
+
+    /// <summary>A bundle of a sub-model held in memory (a distilled emulator), with the tokenizer files of <paramref name="tokenizerFolder"/>.</summary>
+    public static byte[] Bundle(ModelConfig config, IReadOnlyDictionary<string, Tensor> tensors, string tokenizerFolder)
+    {
         var metadata = new Dictionary<string, string> { [ConfigKey] = config.Raw.ToJsonString() };
         foreach (var file in TokenizerLoader.Files)
         {
-            var path = Path.Combine(fullModelFolder, file);
+            var path = Path.Combine(tokenizerFolder, file);
             if (File.Exists(path)) metadata[FilePrefix + file] = Convert.ToBase64String(File.ReadAllBytes(path));
         }
         return SafeTensors.ToBytes(tensors, metadata);

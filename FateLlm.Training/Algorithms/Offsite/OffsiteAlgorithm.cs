@@ -19,7 +19,8 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
 {
     public const string AlgorithmName = "offsite";
     public const string Global = "global", SubModelArtifact = "submodel", ServerStateArtifact = "server-state";
-    static readonly string[] Keys = ["bottom", "top", "emulator", "adapters", "export-emulator"];
+    static readonly string[] Keys = ["bottom", "top", "emulator", "adapters", "export-emulator", "distill.steps", "distill.data", "distill.batch-size",
+        "distill.max-tokens", "distill.learning-rate", "distill.lm-weight", "distill.kd-weight"];
 
     public string Name => AlgorithmName;
     public bool Summable => true;
@@ -28,7 +29,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
     public IUpdateCodec Codec { get; } = new TensorUpdateCodec();
 
     /// <summary>The job's offsite settings (defaults in reference.conf <c>fate-llm.algorithms.offsite</c>).</summary>
-    public sealed record Settings(int Bottom, int Top, int Emulator, bool LoraAdapters, bool ExportEmulator)
+    public sealed record Settings(int Bottom, int Top, int Emulator, bool LoraAdapters, bool ExportEmulator, DistillOptions Distill)
     {
         public static Settings Of(JobSpec spec)
         {
@@ -37,7 +38,14 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             var adapters = s.GetString("adapters", "full");
             if (adapters is not ("full" or "lora"))
                 throw new JobSpecException($"job.algorithm.adapters = '{adapters}' must be full (train the adapter blocks) or lora (LoRA on them)");
-            return new Settings(s.GetInt("bottom", 1), s.GetInt("top", 1), s.GetInt("emulator", 2), adapters == "lora", s.GetBool("export-emulator", false));
+            var distill = new DistillOptions(s.GetInt("distill.steps", 0), s.GetString("distill.data", "") is { Length: > 0 } d ? d : null,
+                s.GetInt("distill.batch-size", 8), s.GetInt("distill.max-tokens", 128), s.GetDouble("distill.learning-rate", 1e-4),
+                s.GetDouble("distill.lm-weight", 1.0), s.GetDouble("distill.kd-weight", 30.0), spec.Seed);
+            if (distill.Steps < 0 || distill.BatchSize < 1 || distill.MaxTokens < 2)
+                throw new JobSpecException($"job.algorithm.distill: steps ≥ 0, batch-size ≥ 1 and max-tokens ≥ 2 (got {distill.Steps}, {distill.BatchSize}, {distill.MaxTokens})");
+            if (distill.Enabled && distill.Data is null)
+                throw new JobSpecException($"job.algorithm.distill.data (a public corpus JSONL on the arbiter) is required when distill.steps = {distill.Steps}");
+            return new Settings(s.GetInt("bottom", 1), s.GetInt("top", 1), s.GetInt("emulator", 2), adapters == "lora", s.GetBool("export-emulator", false), distill);
         }
 
         public EmulatorPlan Plan(int layers) => EmulatorPlan.Choose(layers, Bottom, Top, Emulator);
@@ -96,13 +104,42 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             var full = ModelConfig.Load(Path.Combine(ctx.ModelPath, HfCheckpoint.ConfigFile));
             var plan = s.Plan(full.NumLayers);
             spec = spec with { ModelDigest = HfCheckpoint.WeightsDigest(ctx.ModelPath) };
-            var bundle = ctx.Store.Put(SubModel.Bundle(ctx.ModelPath, plan));
+            var bundle = s.Distill.Enabled ? Distilled(ctx, spec, s, plan) : ctx.Store.Put(SubModel.Bundle(ctx.ModelPath, plan));
             ctx.Log($"offsite: adapters = blocks [{string.Join(", ", plan.Bottom.Concat(plan.Top))}] ({(s.LoraAdapters ? "LoRA" : "full")}), emulator = blocks [{string.Join(", ", plan.Emulator)}] of {plan.Layers}; sub-model {ctx.Store.Size(bundle):N0} bytes");
             // The round-0 adapters: the sub-model's own adapter tensors (or seeded LoRA factors on them).
             var folder = SubModel.Materialize(ctx.Store.PathOf(bundle), Path.Combine(ctx.Store.Root, ".offsite-" + spec.JobId));
             byte[] initial;
             using (var run = OpenSubModel(spec, folder, s)) initial = run.TrainableBytes();
             return new Preparation(spec, AlgorithmState.Of((SubModelArtifact, bundle), (Global, ctx.Store.Put(initial))));
+        }
+
+        /// <summary>The distilled sub-model's blob, from the cache when the same model, plan, options and corpus were distilled before.</summary>
+        static string Distilled(ServerContext ctx, JobSpec spec, Settings s, EmulatorPlan plan)
+        {
+            var o = s.Distill;
+            if (!File.Exists(o.Data)) throw new JobSpecException($"job {spec.JobId}: job.algorithm.distill.data '{o.Data}' is not a file on the arbiter");
+            var key = EmulatorDistillation.Key(spec.ModelDigest, plan, o);
+            var index = Path.Combine(ctx.Store.Root, ".offsite-distilled", key);
+            if (File.Exists(index) && File.ReadAllText(index).Trim() is var cached && ctx.Store.Has(cached))
+            {
+                ctx.Log($"offsite: distilled emulator reused ({key[..12]}…)");
+                return cached;
+            }
+            var plain = Path.Combine(ctx.Store.Root, ".offsite-" + spec.JobId, "undistilled");
+            Directory.CreateDirectory(plain);
+            var bundlePath = Path.Combine(plain, "bundle.safetensors");
+            File.WriteAllBytes(bundlePath, SubModel.Bundle(ctx.ModelPath, plan));
+            var folder = SubModel.Materialize(bundlePath, plain);
+            using var teacher = HfCheckpoint.Load(ctx.ModelPath);
+            using var student = HfCheckpoint.Load(folder);
+            var tok = TokenizerLoader.Load(ctx.ModelPath, teacher.Config);
+            Runtime.TorchRuntime.SetThreads(spec.Local.Threads);
+            var r = EmulatorDistillation.Run(teacher, student, plan, tok, o);
+            ctx.Log($"offsite: emulator distilled in {r.Steps} steps ({r.Seconds:F0} s): loss {r.FirstLoss:F3} → {r.LastLoss:F3}, KD {r.FirstKd:F4} → {r.LastKd:F4}");
+            var digest = ctx.Store.Put(SubModel.Bundle(student.Config, student.BaseParameters().ToDictionary(p => p.Name, p => (Tensor)p.Param), ctx.ModelPath));
+            Directory.CreateDirectory(Path.GetDirectoryName(index)!);
+            File.WriteAllText(index, digest);
+            return digest;
         }
 
         public Exchange BeginRound(RoundContext ctx, AlgorithmState state) =>

@@ -113,7 +113,7 @@ public sealed class Gpt2LmHeadModel : CausalLm
     internal override Tensor ForwardCore(Tensor ids, DecoderStep step)
     {
         var x = transformer.wte.forward(ids).add(transformer.wpe.forward(step.Positions));
-        foreach (var block in transformer.h.Items) x = block.Forward(x, step);
+        for (int i = 0; i < transformer.h.Items.Count; i++) x = step.Capture(i, transformer.h.Items[i].Forward(x, step));
         x = transformer.ln_f.forward(x);
         return lm_head is null ? nn.functional.linear(x, transformer.wte.weight) : lm_head.forward(x);
     }

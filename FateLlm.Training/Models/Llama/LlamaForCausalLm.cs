@@ -169,7 +169,7 @@ public sealed class LlamaForCausalLm : CausalLm
         (step.Cos, step.Sin) = cos.dtype == x.dtype ? (cos, sin) : (cos.to_type(x.dtype), sin.to_type(x.dtype));
         // HF rounds √hidden to the activations' dtype before multiplying.
         if (Config.GemmaNorm) x = x.mul(tensor(Math.Sqrt(Config.HiddenSize), dtype: x.dtype));
-        foreach (var layer in model.layers.Items) x = layer.Forward(x, step);
+        for (int i = 0; i < model.layers.Items.Count; i++) x = step.Capture(i, model.layers.Items[i].Forward(x, step));
         x = model.norm.forward(x);
         return lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
     }
