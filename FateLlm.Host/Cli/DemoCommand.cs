@@ -141,7 +141,32 @@ internal static class DemoCommand
         var cmd = new Command("experiment", "Experiments");
         cmd.Subcommands.Add(paper);
         cmd.Subcommands.Add(PrivacyExperiment());
+        cmd.Subcommands.Add(OffsiteExperimentCommand());
         return cmd;
+    }
+
+    static Command OffsiteExperimentCommand()
+    {
+        var quick = Opt("--quick", "One seed, 2 rounds, 200 training and 30 test examples per party, 150 distillation steps", false);
+        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "offsite"));
+        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var zoo = ZooOption();
+        return new Command("offsite", "Offsite tuning: full zero-shot, emulator zero-shot and fine-tuned, plug-in (FedOST+, FedOST), full-model federated LoRA; with and without emulator distillation").With(p =>
+        {
+            var dir = Path.GetFullPath(p.GetValue(outDir)!);
+            var s = (p.GetValue(quick) ? ExperimentSettings.Quick(dir) with { Seeds = [1], Rounds = 2, TrainPerParty = 200, TestPerParty = 30 } : ExperimentSettings.Full(dir))
+                with { BaseModel = "server", ZooRoot = p.GetValue(zoo)! };
+            if (!p.GetValue(quick))
+            {
+                try { s = s with { Seeds = p.GetValue(seeds)!.Split(',').Select(int.Parse).ToArray() }; }
+                catch (FormatException) { throw new UsageException($"--seeds '{p.GetValue(seeds)}' must be comma-separated integers"); }
+            }
+            var o = p.GetValue(quick) ? OffsiteOptions.Quick : new OffsiteOptions();
+            var result = new OffsiteExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            OffsiteExperiment.Write(result, s.OutDir);
+            CliApp.Ansi.WriteLine(OffsiteExperiment.Markdown(result));
+            CliApp.Ansi.MarkupLine($"results-offsite.md and results-offsite.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+        }, quick, outDir, seeds, zoo);
     }
 
     static Option<string> ZooOption() => Opt("--zoo", "Zoo folder: the base model is built there on first use and reused after", ZooCatalog.Load().Root);
