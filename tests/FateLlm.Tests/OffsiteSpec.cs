@@ -262,3 +262,19 @@ public class EmulatorDistillationSpec
         Assert.Equal("job.algorithm.distill.data (a public corpus JSONL on the arbiter) is required when distill.steps = 10", e.Message);
     }
 }
+
+public class OffsiteJobFileSpec
+{
+    [Fact]
+    public void The_example_offsite_job_parses_and_validates()
+    {
+        var spec = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "offsite.conf")));
+        Assert.Equal(OffsiteAlgorithm.AlgorithmName, spec.Algorithm.Name);
+        var s = OffsiteAlgorithm.Settings.Of(spec);
+        Assert.Equal((1, 1, 2, false, false, 0), (s.Bottom, s.Top, s.Emulator, s.LoraAdapters, s.ExportEmulator, s.Distill.Steps));
+        JobSpecValidation.Validate(spec, "offsite.conf");
+        var typo = spec with { Algorithm = spec.Algorithm with { Settings = new Dictionary<string, string>(spec.Algorithm.Settings) { ["emulater"] = "3" } } };
+        var e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(typo, "offsite.conf"));
+        Assert.Contains("job.algorithm.emulater is not a setting of algorithm 'offsite' (did you mean 'emulator'?)", e.Message);
+    }
+}
