@@ -17,7 +17,6 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
 {
     public const string AlgorithmName = "homo-peft";
     public const string Global = "global", ServerStateArtifact = "server-state", AdapterDownload = "adapter";
-    static readonly string[] RobustRules = ["median", "trimmed-mean", "krum", "multi-krum", "norm-bound"];
 
     public string Name => AlgorithmName;
     public bool Summable => true;
@@ -28,14 +27,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
     public void Validate(JobSpec spec)
     {
         spec.Algorithm.Read().RefuseUnknown([]);
-        var aggregation = spec.Aggregation.Algorithm.ToLowerInvariant();
-        if (!AggregationStrategies.Names.Contains(aggregation))
-            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' is not one of {string.Join(", ", AggregationStrategies.Names)}");
-        var robust = RobustRules.Contains(aggregation);
-        if (robust && spec.Dp.Enabled)
-            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' needs individual updates; it cannot be combined with DP (use fedavg, fedavgm, fedadam, fedadagrad or fedyogi)");
-        if (robust && spec.SecureAggregation.Enabled)
-            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' needs individual updates; secure aggregation only reveals their sum");
+        AdapterAggregation.Validate(spec);
     }
 
     sealed class ServerSide : IServerAlgorithm
@@ -56,19 +48,8 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         public Exchange BeginRound(RoundContext ctx, AlgorithmState state) =>
             Exchange.Broadcast("fit", ctx.Participants, PartyInstruction.Of(new Dictionary<string, string> { [Global] = state.Get(Global) }), vectorLayout: Global);
 
-        public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result)
-        {
-            var store = ctx.Store;
-            var global = SafeTensors.FromBytes(store.Read(state.Get(Global)), "global adapter");
-            var serverState = state.Find(ServerStateArtifact) is { } s ? SafeTensors.FromBytes(store.Read(s), "server state") : new Dictionary<string, Tensor>();
-            // Under DP or secure aggregation the round sees one mean update, to which the server rule applies as to a single party.
-            var deltas = result.Mean is { } mean
-                ? [new AdapterDelta("mean", mean, 1)]
-                : result.Updates.Select(u => new AdapterDelta(u.Party, (IReadOnlyDictionary<string, Tensor>)u.Parsed!, u.Samples)).ToList();
-            var outcome = ctx.Spec.Strategy().Aggregate(global, deltas, serverState);
-            var next = state.With(Global, store.Put(SafeTensors.ToBytes(outcome.Global))).With(ServerStateArtifact, store.Put(SafeTensors.ToBytes(outcome.ServerState)));
-            return new StepResult(next, Next: null) { Metrics = outcome.Metrics };
-        }
+        public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result) =>
+            AdapterAggregation.Step(ctx, state, result, Global, ServerStateArtifact);
 
         public PartyInstruction Evaluation(ServerContext ctx, AlgorithmState state) =>
             PartyInstruction.Of(new Dictionary<string, string> { [AdapterDownload] = state.Get(Global) });

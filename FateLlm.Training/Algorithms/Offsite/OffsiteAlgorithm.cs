@@ -56,9 +56,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         var s = Settings.Of(spec);
         // The block count is the arbiter's model's; here only what no model allows is refused (Prepare checks e against the middle).
         s.Plan(1 << 20);
-        var aggregation = spec.Aggregation.Algorithm.ToLowerInvariant();
-        if (!Aggregation.AggregationStrategies.Names.Contains(aggregation))
-            throw new JobSpecException($"job.aggregation.algorithm: '{spec.Aggregation.Algorithm}' is not one of {string.Join(", ", Aggregation.AggregationStrategies.Names)}");
+        AdapterAggregation.Validate(spec);
         if (spec.Peft.Method != PeftMethod.Lora && s.LoraAdapters)
             throw new JobSpecException($"job.algorithm.adapters = lora needs job.peft.method = lora (its rank, alpha and targets), not {PeftConfig.MethodName(spec.Peft.Method)}");
     }
@@ -150,18 +148,8 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             [SubModelArtifact] = state.Get(SubModelArtifact), [Global] = state.Get(Global),
         });
 
-        public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result)
-        {
-            var store = ctx.Store;
-            var global = SafeTensors.FromBytes(store.Read(state.Get(Global)), "global adapters");
-            var serverState = state.Find(ServerStateArtifact) is { } s ? SafeTensors.FromBytes(store.Read(s), "server state") : new Dictionary<string, Tensor>();
-            var deltas = result.Mean is { } mean
-                ? [new Aggregation.AdapterDelta("mean", mean, 1)]
-                : result.Updates.Select(u => new Aggregation.AdapterDelta(u.Party, (IReadOnlyDictionary<string, Tensor>)u.Parsed!, u.Samples)).ToList();
-            var outcome = ctx.Spec.Strategy().Aggregate(global, deltas, serverState);
-            var next = state.With(Global, store.Put(SafeTensors.ToBytes(outcome.Global))).With(ServerStateArtifact, store.Put(SafeTensors.ToBytes(outcome.ServerState)));
-            return new StepResult(next, Next: null) { Metrics = outcome.Metrics };
-        }
+        public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result) =>
+            AdapterAggregation.Step(ctx, state, result, Global, ServerStateArtifact);
 
         // Parties can only evaluate what they hold: the emulator with the federation's adapters (the paper's "emulator fine-tuned").
         public PartyInstruction Evaluation(ServerContext ctx, AlgorithmState state) => Downloads(state);
