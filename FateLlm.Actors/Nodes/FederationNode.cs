@@ -146,7 +146,11 @@ public sealed class FederationNode : IAsyncDisposable
             (int)config.GetByteSize("fate-llm.transfer.chunk-size")!.Value,
             config.GetInt("fate-llm.transfer.window"),
             config.GetTimeSpan("fate-llm.transfer.chunk-timeout"),
-            config.GetInt("fate-llm.transfer.max-attempts-per-chunk"));
+            config.GetInt("fate-llm.transfer.max-attempts-per-chunk"))
+        {
+            ProgressMinBytes = config.GetByteSize("fate-llm.transfer.progress-min-size")!.Value,
+            ProgressInterval = config.GetTimeSpan("fate-llm.transfer.progress-interval"),
+        };
         if (o.Role != NodeRole.Client) system.ActorOf(MembershipAnnouncer.Props(), MembershipAnnouncer.Name);
         var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port), Transfer.BlobServer.Name);
         Func<Address, string?>? proven = null;

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Akka.Actor;
+using Akka.Event;
 using FateLlm.Training.IO;
 
 namespace FateLlm.Actors.Transfer;
@@ -7,6 +8,10 @@ namespace FateLlm.Actors.Transfer;
 public sealed record TransferSettings(int ChunkSize, int Window, TimeSpan ChunkTimeout, int MaxAttemptsPerChunk)
 {
     public static readonly TransferSettings Default = new(512 * 1024, 4, TimeSpan.FromSeconds(5), 8);
+
+    /// <summary>Blobs at least this large (sub-models, full checkpoints) log their progress every <see cref="ProgressInterval"/>.</summary>
+    public long ProgressMinBytes { get; init; } = 16L << 20;
+    public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromSeconds(5);
 }
 
 /// <summary>
@@ -25,6 +30,8 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     readonly Dictionary<int, (DateTimeOffset SentAt, int Attempts)> _inFlight = new();
     readonly HashSet<int> _received = new();
     int _totalChunks = -1, _next, _retransmissions;
+    long _totalBytes, _receivedBytes;
+    TimeSpan _lastReport;
     FileStream? _file;
     string? _incoming;
 
@@ -103,9 +110,23 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         _file.Seek((long)c.Index * _s.ChunkSize, SeekOrigin.Begin);
         _file.Write(c.Data);
         _received.Add(c.Index);
+        ReportProgress(c);
         _inFlight.Remove(c.Index);
         while (_inFlight.Count < _s.Window && _next < _totalChunks) Request(_next++);
         if (_received.Count == _totalChunks) Verify();
+    }
+
+    // Large downloads (an offsite sub-model, a checkpoint) say how far they are, so a long wait is not taken for a hang.
+    void ReportProgress(ChunkData c)
+    {
+        _totalBytes = c.TotalSize;
+        _receivedBytes += c.Data.Length;
+        if (_totalBytes < _s.ProgressMinBytes) return;
+        var done = _receivedBytes >= _totalBytes;
+        if (!done && _clock.Elapsed - _lastReport < _s.ProgressInterval) return;
+        _lastReport = _clock.Elapsed;
+        Context.GetLogger().Info("blob {0}…: {1:N1} of {2:N1} MB ({3:P0}) in {4:F1} s", _source.Digest[..12], _receivedBytes / 1e6, _totalBytes / 1e6,
+            (double)_receivedBytes / _totalBytes, _clock.Elapsed.TotalSeconds);
     }
 
     void CheckTimeouts()

@@ -59,6 +59,22 @@ public sealed class TransferSpec : TestKit
     }
 
     [Fact]
+    public void A_large_blob_reports_its_progress_and_completion_in_megabytes()
+    {
+        // "Large" lowered to the 10-byte blob; the interval of zero reports every chunk.
+        var settings = Small with { ProgressMinBytes = 8, ProgressInterval = TimeSpan.Zero };
+        Sys.EventStream.SetLogLevel(Akka.Event.LogLevel.InfoLevel); // actor specs log warnings and up
+        var fetcher = ChildActorOf(BlobFetcher.Props(_store, new BlobLocation(_digest, _blob.Length, _server.Ref), settings, "big"));
+        Asked(0);
+        EventFilter.Info(contains: "0.0 of 0.0 MB (40").ExpectOne(() => _server.Reply(Chunk(0)));
+        Asked(1);
+        Asked(2);
+        fetcher.Tell(Chunk(1), _server.Ref);
+        EventFilter.Info(contains: "(100 %)").ExpectOne(() => fetcher.Tell(Chunk(2), _server.Ref));
+        ExpectMsg<FetchCompleted>(Wait);
+    }
+
+    [Fact]
     public void A_lost_chunk_is_asked_for_again_after_the_chunk_timeout_and_counted()
     {
         var fetcher = Fetch();
