@@ -87,7 +87,9 @@ public class FederationFaultSpec
         var g = FederationFixture.Prepare();
         var throttled = ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.applied-adapters = [trttl]");
         await using var fed = await FederationFixture.Start(g, throttled);
-        var spec = FederationFixture.Job(g, "partition", rounds: 2, quorum: 2, deadlineSeconds: 10);
+        // Three rounds: on a loaded machine food may finish round 2 before the blackhole lands (a tiny model trains in
+        // about a second); a later round then runs without it.
+        var spec = FederationFixture.Job(g, "partition", rounds: 3, quorum: 2, deadlineSeconds: 10);
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
         await fed.WaitAsync(spec.JobId, Generous, s => s.CompletedRounds >= 1);
 
@@ -98,7 +100,8 @@ public class FederationFaultSpec
 
         var status = await fed.WaitAsync(spec.JobId, Generous);
         Assert.True(status.State == JobState.Completed, status.Reason);
-        Assert.False(status.Rounds[1].Parties.Single(p => p.Org == "food").Succeeded);
+        Assert.Contains(status.Rounds.Skip(1), r => !r.Parties.Single(p => p.Org == "food").Succeeded);
+        Assert.All(status.Rounds.Skip(1), r => Assert.True(r.Parties.Count(p => p.Succeeded) >= 2, $"round {r.Round} ran with the quorum"));
         // The split-brain resolver downed the isolated party: it is gone from the majority's view.
         var arbiterView = Akka.Cluster.Cluster.Get(fed.Arbiter.System).State.Members;
         Assert.DoesNotContain(arbiterView, m => m.HasRole("org-food"));
