@@ -103,61 +103,6 @@ public static class HfCheckpoint
         return new LoadReport(ignored);
     }
 
-    /// <summary>All tensors of a folder, from the single file or every shard of the index.</summary>
-    public static Dictionary<string, Tensor> ReadWeights(string folder)
-    {
-        var single = Path.Combine(folder, SingleFile);
-        var index = Path.Combine(folder, IndexFile);
-        if (File.Exists(single)) return SafeTensors.Load(single);
-        if (!File.Exists(index))
-            throw new ModelFormatException($"{folder}: neither {SingleFile} nor {IndexFile} found");
-        JsonObject map;
-        try { map = JsonNode.Parse(File.ReadAllText(index))!["weight_map"]!.AsObject(); }
-        catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException)
-        { throw new ModelFormatException($"{index}: no valid 'weight_map' ({e.Message})"); }
-        var result = new Dictionary<string, Tensor>();
-        foreach (var shard in map.Select(kv => kv.Value!.GetValue<string>()).Distinct())
-        {
-            var path = Path.Combine(folder, shard);
-            if (!File.Exists(path)) throw new ModelFormatException($"{index}: shard '{shard}' listed but missing");
-            foreach (var (k, t) in SafeTensors.Load(path)) result[k] = t;
-        }
-        return result;
-    }
-
-    public static LoadReport Assign(CausalLm model, IReadOnlyDictionary<string, Tensor> tensors, string origin)
-    {
-        var used = new HashSet<string>();
-        using (no_grad())
-        {
-            foreach (var (name, p) in model.BaseParameters())
-            {
-                var key = Resolve(name, tensors, model.Config)
-                    ?? throw new ModelFormatException($"{origin}: tensor '{name}' is missing from the checkpoint");
-                var t = tensors[key];
-                if (!t.shape.SequenceEqual(p.shape))
-                    throw new ModelFormatException($"{origin}: tensor '{key}' has shape [{string.Join(",", t.shape)}] but the config needs [{string.Join(",", p.shape)}]");
-                p.copy_(t);
-                used.Add(key);
-            }
-        }
-        var ignored = tensors.Keys.Where(k => !used.Contains(k)).ToList();
-        // Tied heads are stored by some writers; equal to the embedding, so nothing is lost by skipping them.
-        var unexpected = ignored.Where(k => k != "lm_head.weight" && !IgnoredSuffixes.Any(k.EndsWith)).ToList();
-        if (unexpected.Count > 0)
-            throw new ModelFormatException($"{origin}: unexpected tensor '{unexpected[0]}' ({unexpected.Count} in all) does not belong to a {model.Config.ModelType} model with this config");
-        return new LoadReport(ignored);
-    }
-
-    static string? Resolve(string name, IReadOnlyDictionary<string, Tensor> tensors, ModelConfig c)
-    {
-        if (tensors.ContainsKey(name)) return name;
-        // A bare GPT2Model checkpoint has no "transformer." prefix.
-        if (c.Family == ModelFamily.Gpt2 && name.StartsWith("transformer.") && tensors.ContainsKey(name["transformer.".Length..]))
-            return name["transformer.".Length..];
-        return null;
-    }
-
     /// <summary>Saves config and weights; shards when the weights exceed <paramref name="maxShardBytes"/>.</summary>
     public static void Save(CausalLm model, string folder, long maxShardBytes = 2L << 30)
     {
