@@ -87,39 +87,46 @@ public static class SafeTensors
     /// <summary>Writes tensors in name order (deterministic bytes for content addressing) as their own dtype.</summary>
     public static void Write(Stream stream, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var header = new JsonObject();
+        var ordered = WriteHeader(stream, tensors.Select(kv => (kv.Key, kv.Value.dtype, kv.Value.shape)).ToList(), metadata);
+        foreach (var (name, _, _) in ordered)
+        {
+            using var scope = NewDisposeScope();
+            WriteBytes(stream, tensors[name].detach().cpu().contiguous());
+        }
+    }
+
+    /// <summary>
+    /// The length prefix and JSON header of tensors in name order (deterministic bytes), padded with spaces to an
+    /// 8-byte boundary as the reference writer does; returns the order the data must follow.
+    /// </summary>
+    static List<(string Name, ScalarType DType, long[] Shape)> WriteHeader(Stream stream, IReadOnlyList<(string Name, ScalarType DType, long[] Shape)> layout,
+        IReadOnlyDictionary<string, string>? metadata)
+    {
         var meta = new JsonObject { ["format"] = "pt" };
         if (metadata != null)
             foreach (var (k, v) in metadata) meta[k] = v;
-        header["__metadata__"] = meta;
+        var header = new JsonObject { ["__metadata__"] = meta };
         long offset = 0;
-        var names = tensors.Keys.OrderBy(n => n, StringComparer.Ordinal).ToList();
-        foreach (var name in names)
+        var ordered = layout.OrderBy(l => l.Name, StringComparer.Ordinal).ToList();
+        foreach (var (name, dtype, shape) in ordered)
         {
-            var t = tensors[name];
-            var bytes = t.numel() * ElementSize(t.dtype, name);
+            var bytes = shape.Aggregate(1L, (a, b) => a * b) * ElementSize(dtype, name);
             header[name] = new JsonObject
             {
-                ["dtype"] = DTypeName(t.dtype, name),
-                ["shape"] = new JsonArray(t.shape.Select(d => (JsonNode)d).ToArray()),
+                ["dtype"] = DTypeName(dtype, name),
+                ["shape"] = new JsonArray(shape.Select(d => (JsonNode)d).ToArray()),
                 ["data_offsets"] = new JsonArray(offset, offset + bytes),
             };
             offset += bytes;
         }
         var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
-        // Pad the header with spaces to an 8-byte boundary, as the reference writer does.
         var padded = (headerBytes.Length + 7) / 8 * 8;
         Span<byte> len = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
         stream.Write(len);
         stream.Write(headerBytes);
         for (int i = headerBytes.Length; i < padded; i++) stream.WriteByte((byte)' ');
-        foreach (var name in names)
-        {
-            using var scope = NewDisposeScope();
-            var t = tensors[name].detach().cpu().contiguous();
-            stream.Write(t.bytes);
-        }
+        return ordered;
     }
 
     const int ChunkBytes = 64 << 20;
@@ -187,31 +194,10 @@ public static class SafeTensors
     /// </summary>
     public static void WriteStreaming(string path, IReadOnlyList<(string Name, ScalarType DType, long[] Shape)> layout, Func<string, Tensor> produce)
     {
-        var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
-        long offset = 0;
-        var ordered = layout.OrderBy(l => l.Name, StringComparer.Ordinal).ToList();
-        foreach (var (name, dtype, shape) in ordered)
-        {
-            var bytes = shape.Aggregate(1L, (a, b) => a * b) * ElementSize(dtype, name);
-            header[name] = new JsonObject
-            {
-                ["dtype"] = DTypeName(dtype, name),
-                ["shape"] = new JsonArray(shape.Select(d => (JsonNode)d).ToArray()),
-                ["data_offsets"] = new JsonArray(offset, offset + bytes),
-            };
-            offset += bytes;
-        }
-        var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
-        var padded = (headerBytes.Length + 7) / 8 * 8;
         var tmp = path + ".tmp";
         using (var stream = File.Create(tmp))
         {
-            Span<byte> len = stackalloc byte[8];
-            BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
-            stream.Write(len);
-            stream.Write(headerBytes);
-            for (int i = headerBytes.Length; i < padded; i++) stream.WriteByte((byte)' ');
-            foreach (var (name, dtype, shape) in ordered)
+            foreach (var (name, dtype, shape) in WriteHeader(stream, layout, null))
             {
                 using var t = produce(name);
                 if (t.dtype != dtype || !t.shape.SequenceEqual(shape))
