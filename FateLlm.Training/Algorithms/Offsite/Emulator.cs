@@ -101,10 +101,14 @@ public static class SubModel
         return SafeTensors.ToBytes(tensors, metadata);
     }
 
-    /// <summary>Unpacks a downloaded bundle as an HF model folder (config.json, model.safetensors, tokenizer files) once.</summary>
-    public static string Materialize(string bundlePath, string workspace)
+    /// <summary>
+    /// Unpacks a bundle as an HF model folder (config.json, model.safetensors, tokenizer files) once. Pass the
+    /// bundle's <paramref name="digest"/> when it is known (a download the transfer verified, a store blob) to spare
+    /// hashing the whole bundle on every round.
+    /// </summary>
+    public static string Materialize(string bundlePath, string workspace, string? digest = null)
     {
-        var digest = BlobStore.DigestOfFile(bundlePath);
+        digest ??= BlobStore.DigestOfFile(bundlePath);
         var folder = Path.Combine(workspace, "submodel-" + digest[..16]);
         if (File.Exists(Path.Combine(folder, HfCheckpoint.SingleFile))) return folder;
         var building = folder + ".building";

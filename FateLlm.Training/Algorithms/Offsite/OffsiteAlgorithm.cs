@@ -105,7 +105,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             var bundle = s.Distill.Enabled ? Distilled(ctx, spec, s, plan) : ctx.Store.Put(SubModel.Bundle(ctx.ModelPath, plan));
             ctx.Log($"offsite: adapters = blocks [{string.Join(", ", plan.Bottom.Concat(plan.Top))}] ({(s.LoraAdapters ? "LoRA" : "full")}), emulator = blocks [{string.Join(", ", plan.Emulator)}] of {plan.Layers}; sub-model {ctx.Store.Size(bundle):N0} bytes");
             // The round-0 adapters: the sub-model's own adapter tensors (or seeded LoRA factors on them).
-            var folder = SubModel.Materialize(ctx.Store.PathOf(bundle), Path.Combine(ctx.Store.Root, ".offsite-" + spec.JobId));
+            var folder = SubModel.Materialize(ctx.Store.PathOf(bundle), Path.Combine(ctx.Store.Root, ".offsite-" + spec.JobId), bundle);
             byte[] initial;
             using (var run = OpenSubModel(spec, folder, s)) initial = run.TrainableBytes();
             return new Preparation(spec, AlgorithmState.Of((SubModelArtifact, bundle), (Global, ctx.Store.Put(initial))));
@@ -160,7 +160,8 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             var global = ctx.Store.Read(state.Get(Global));
             Plug(ctx.Spec, s, ctx.ModelPath, global, Path.Combine(outputDir, "model"));
             if (!s.ExportEmulator) return;
-            var emulator = SubModel.Materialize(ctx.Store.PathOf(state.Get(SubModelArtifact)), Path.Combine(ctx.Store.Root, ".offsite-" + ctx.Spec.JobId));
+            var emulator = SubModel.Materialize(ctx.Store.PathOf(state.Get(SubModelArtifact)), Path.Combine(ctx.Store.Root, ".offsite-" + ctx.Spec.JobId),
+                state.Get(SubModelArtifact));
             using var run = OpenSubModel(ctx.Spec, emulator, s);
             run.LoadTrainable(global, "global adapters");
             if (s.LoraAdapters) PeftModel.MergeLora(run.Model);
@@ -207,7 +208,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
             ct.ThrowIfCancellationRequested();
-            var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace);
+            var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace, instruction.Downloads[SubModelArtifact]);
             using var run = OpenSubModel(ctx.Spec, folder, Settings.Of(ctx.Spec));
             var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct);
             var metrics = new Dictionary<string, double>
@@ -220,7 +221,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
 
         public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
-            var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace);
+            var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace, instruction.Downloads[SubModelArtifact]);
             using var run = OpenSubModel(ctx.Spec, folder, Settings.Of(ctx.Spec));
             return FederatedComputation.Evaluate(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.EvalData ?? ctx.TrainData, ct);
         }
