@@ -139,6 +139,7 @@ internal static class CheckpointBench
             shards[^1].Add(entry);
             current += size;
         }
+        var shapes = layout.ToDictionary(l => l.Name, l => l.Shape);
         var weightMap = new JsonObject();
         var gen = new Generator(1234);
         for (int i = 0; i < shards.Count; i++)
@@ -146,7 +147,7 @@ internal static class CheckpointBench
             var file = shards.Count == 1 ? HfCheckpoint.SingleFile : $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
             SafeTensors.WriteStreaming(Path.Combine(dir, file), shards[i], name =>
             {
-                var shape = layout.First(l => l.Name == name).Shape;
+                var shape = shapes[name];
                 using var scope = NewDisposeScope();
                 var t = name.EndsWith("norm.weight") || name.Contains("layernorm.")
                     ? (config.GemmaNorm ? zeros(shape, dtype: dtype) : ones(shape, dtype: dtype))
