@@ -7,6 +7,7 @@ using FateLlm.Training.Aggregation;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
+using FateLlm.Training.Ipr;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Privacy;
 using FateLlm.Training.Privacy.SecureAggregation;
@@ -251,6 +252,16 @@ public static class JobFile
             Evaluation = new EvaluationOptions(r.Int("evaluation.limit"), r.Int("evaluation.max-new-tokens")),
             OutputDir = Resolve(job.HasPath("output") ? r.String("output") : "runs/" + jobId),
             Seed = r.Long("seed"),
+            Ipr = new IprOptions
+            {
+                Enabled = r.Bool("ipr.enabled"),
+                Blocks = r.Int("ipr.blocks"),
+                Bits = r.String("ipr.bits") == "auto" ? 0 : r.Int("ipr.bits"),
+                Margin = r.Double("ipr.margin"),
+                LearningRate = r.Double("ipr.learning-rate"),
+                Triggers = r.Int("ipr.triggers"),
+                TriggersPerBatch = r.Int("ipr.triggers-per-batch"),
+            },
         };
         if (validate) JobSpecValidation.Validate(spec, origin);
         return spec;

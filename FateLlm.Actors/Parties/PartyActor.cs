@@ -21,13 +21,16 @@ public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, s
     /// <summary>Throws when this entity is not on its organization's node (private data never leaves its owner).</summary>
     public Action<string> VerifyPlacement { get; init; } = _ => { };
 
+    /// <summary>The party's private keys folder (FedIPR), beside its workspaces: <c>&lt;data-dir&gt;/ipr</c>.</summary>
+    public string KeysRoot { get; init; } = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(WorkspaceRoot))!, "ipr");
+
     /// <summary>A folder of the party's for one job, kept across rounds (algorithms' local state between exchanges).</summary>
     public string Workspace(string jobId) => Path.Combine(WorkspaceRoot, Uri.EscapeDataString(jobId));
 
     /// <summary>What the algorithm's party side sees of this node for one piece of work: its model copy, data and workspace.</summary>
     public ClientContext ContextFor(JobSpec spec, PartySpec party, int round, int attempt, int phase) =>
         new(spec, Org, round, attempt, phase, ModelLocation.Resolve(spec.ModelPath, ModelsRoot), Datasets[party.Dataset],
-            party.EvalDataset is null ? null : Datasets[party.EvalDataset], Workspace(spec.JobId));
+            party.EvalDataset is null ? null : Datasets[party.EvalDataset], Workspace(spec.JobId)) { KeysDir = KeysRoot };
 }
 
 /// <summary>

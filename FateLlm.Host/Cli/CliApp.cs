@@ -35,6 +35,7 @@ public static class CliApp
         root.Subcommands.Add(DataCommands.Pretrain());
         root.Subcommands.Add(TokenizerCommands.Build());
         root.Subcommands.Add(ZooCommands.Build());
+        root.Subcommands.Add(IprCommands.Build());
         return root;
     }
 

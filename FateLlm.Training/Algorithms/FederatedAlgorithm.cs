@@ -18,6 +18,8 @@ public interface IFederatedAlgorithm
     void Validate(JobSpec spec);
     /// <summary>Whether its exchanges can declare a <see cref="Exchange.VectorLayout"/> (so secure aggregation and DP apply).</summary>
     bool Summable { get; }
+    /// <summary>Whether parties can embed FedIPR watermarks (<c>job.ipr</c>) through <see cref="Ipr.PartyWatermark"/>.</summary>
+    bool Watermarkable => false;
     IServerAlgorithm Server { get; }
     IClientAlgorithm Client { get; }
     IUpdateCodec Codec { get; }
@@ -132,7 +134,11 @@ public sealed record RoundContext(ServerContext Server, int Round, int Attempt, 
 
 /// <param name="Workspace">A folder of this party's for the job, kept across rounds and attempts (local state between exchanges).</param>
 public sealed record ClientContext(JobSpec Spec, string Party, int Round, int Attempt, int Phase, string ModelPath, string TrainData, string? EvalData,
-    string Workspace);
+    string Workspace)
+{
+    /// <summary>The party's private keys folder (FedIPR keys and the secret they derive from); never inside a checkpoint or output.</summary>
+    public string KeysDir { get; init; } = "";
+}
 
 /// <summary>A party's answer to one exchange: the update's bytes, the samples behind it, and figures worth reporting.</summary>
 public sealed record ClientUpdate(byte[] Update, long Samples, IReadOnlyDictionary<string, double> Metrics)

@@ -3,6 +3,7 @@ using FateLlm.Training.Algorithms;
 using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
 using FateLlm.Training.IO;
+using FateLlm.Training.Ipr;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Runtime;
@@ -21,9 +22,17 @@ public static class FederatedComputation
     /// <summary>The round-0 global adapter: PEFT applied to the base model with the job's seed.</summary>
     public static byte[] InitialAdapter(JobSpec spec, string modelPath)
     {
-        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
+        using var run = Open(spec, modelPath);
         return run.TrainableBytes();
     }
+
+    /// <summary>The job's base model with its PEFT method applied (seeded) and, under FedIPR, the watermarked norm scales trainable.</summary>
+    public static FineTuning Open(JobSpec spec, string modelPath) =>
+        FineTuning.Open(modelPath, spec.Peft, spec.Seed, m =>
+        {
+            PeftModel.Apply(m, spec.Peft);
+            WatermarkSites.MakeTrainable(m, spec.Ipr);
+        });
 
     /// <summary>Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files).</summary>
     public static void VerifyModel(JobSpec spec, string modelPath, string who)
@@ -39,12 +48,16 @@ public static class FederatedComputation
     /// </summary>
     public static LocalRoundResult LocalRound(JobSpec spec, string modelPath, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct)
     {
-        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
+        using var run = Open(spec, modelPath);
         return LocalRound(spec, run, globalAdapter, trainData, evalData, round, ct);
     }
 
-    /// <summary>The same round on a model a plug-in opened itself (its own trainable parameters).</summary>
-    public static LocalRoundResult LocalRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct)
+    /// <summary>
+    /// The same round on a model a plug-in opened itself (its own trainable parameters), optionally embedding the
+    /// party's FedIPR watermark (its hinge, its scales' learning rate, its triggers).
+    /// </summary>
+    public static LocalRoundResult LocalRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct,
+        PartyWatermark? watermark = null)
     {
         var sw = Stopwatch.StartNew();
         var local = spec.Local;
@@ -55,19 +68,21 @@ public static class FederatedComputation
         var global = SafeTensors.FromBytes(globalAdapter, "global adapter");
         PeftModel.LoadTrainableState(run.Model, global, "global adapter");
         double? evalLoss = dev is null ? null : run.Loss(run.Tokenize(dev, spec.Data), local.BatchSize);
-        var result = run.Train(run.Tokenize(examples, spec.Data), new TrainOptions
+        var options = new TrainOptions
         {
             Epochs = local.Epochs, MaxSteps = local.Steps > 0 ? local.Steps : null, BatchSize = local.BatchSize, LearningRate = local.LearningRate,
             WarmupRatio = local.WarmupRatio, Schedule = local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, round),
             ProximalMu = local.FedProxMu, ProximalReference = local.FedProxMu > 0 ? global : null,
-        }, ct: ct);
+        };
+        if (watermark is not null) options = watermark.Apply(options, run, spec);
+        var result = run.Train(run.Tokenize(examples, spec.Data), options, ct: ct);
         var delta = PeftModel.TrainableState(run.Model).ToDictionary(kv => kv.Key, kv => kv.Value.sub(global[kv.Key]));
         return new LocalRoundResult(SafeTensors.ToBytes(delta), result.Samples, result.Steps, result.FirstLoss, result.LastLoss, evalLoss, sw.Elapsed.TotalSeconds);
     }
 
     public static EvaluationResult Evaluate(JobSpec spec, string modelPath, byte[] adapter, string data, CancellationToken ct = default)
     {
-        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
+        using var run = Open(spec, modelPath);
         return Evaluate(spec, run, adapter, data, ct);
     }
 
@@ -91,7 +106,7 @@ public static class FederatedComputation
     /// </summary>
     public static void ExportAdapter(JobSpec spec, string modelPath, byte[] adapter, string folder, string? mergedFolder = null)
     {
-        using var run = FineTuning.Open(modelPath, spec.Peft, spec.Seed);
+        using var run = Open(spec, modelPath);
         run.LoadTrainable(adapter, "global adapter");
         run.SaveAdapter(folder, spec.Data);
         if (mergedFolder is null || spec.Peft.Method != PeftMethod.Lora) return;

@@ -39,6 +39,8 @@ public sealed record JobSpec
     public required EvaluationOptions Evaluation { get; init; }
     public required string OutputDir { get; init; }
     public required long Seed { get; init; }
+    /// <summary>FedIPR watermarks; off in jobs written before it existed.</summary>
+    public Ipr.IprOptions Ipr { get; init; } = FateLlm.Training.Ipr.IprOptions.Off;
 
     public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation.Algorithm, Aggregation.Server);
 

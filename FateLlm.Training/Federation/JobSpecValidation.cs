@@ -55,6 +55,9 @@ public static class JobSpecValidation
             Check(sa.SampleCap > 0, "secure-aggregation.sample-cap", "must be > 0");
             Check(sa.PhaseTimeoutSeconds > 0, "secure-aggregation.phase-timeout", "must be positive");
         }
+        try { spec.Ipr.Validate(); } catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
+        if (spec.Ipr.Enabled && !algorithm.Watermarkable)
+            Check(false, "ipr", $"cannot apply: algorithm '{algorithm.Name}' trains no norm scales a party could watermark (homo-peft and offsite do)");
         try { algorithm.Validate(spec); }
         catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
     }

@@ -76,7 +76,9 @@ public static class AdapterFolder
                     : new JsonArray(targets.Select(t => (JsonNode)t).ToArray());
                 o["fan_in_fan_out"] = c.Family == ModelFamily.Gpt2;
                 o["bias"] = "none";
-                o["modules_to_save"] = null;
+                // Watermarked norm scales (FedIPR) train next to LoRA; PEFT restores them from modules_to_save.
+                var saved = PeftModel.TrainedModules(model);
+                o["modules_to_save"] = saved.Count == 0 ? null : new JsonArray(saved.Select(m => (JsonNode)m).ToArray());
                 o["init_lora_weights"] = true;
                 o["layers_to_transform"] = null;
                 o["layers_pattern"] = null;
@@ -142,6 +144,7 @@ public static class AdapterFolder
                     JsonValue v => [v.GetValue<string>()],
                     _ => throw new PeftException($"{path}: field 'target_modules' is missing"),
                 },
+                ModulesToSave = o["modules_to_save"] is JsonArray m ? m.Select(x => x!.GetValue<string>()).ToList() : [],
             },
             "PREFIX_TUNING" or "P_TUNING_V2" => new PeftConfig
             {

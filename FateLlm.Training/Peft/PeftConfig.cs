@@ -22,6 +22,8 @@ public sealed record PeftConfig
     public double PrefixInitStd { get; init; } = 1.0;
     /// <summary>dtype the frozen base is loaded in (bf16/fp16 halve a large model's memory); adapters stay fp32.</summary>
     public ScalarType BaseDtype { get; init; } = ScalarType.Float32;
+    /// <summary>PEFT's <c>modules_to_save</c>: modules (full path or last segments) whose own parameters train and are saved with the adapter.</summary>
+    public IReadOnlyList<string> ModulesToSave { get; init; } = [];
 
     public static ScalarType ParseDtype(string s) => s.ToLowerInvariant() switch
     {
@@ -80,7 +82,17 @@ public static class PeftModel
                     cfg.EncoderHiddenSize ?? model.Config.HiddenSize, cfg.PrefixInitStd));
                 break;
         }
+        foreach (var module in cfg.ModulesToSave)
+        {
+            var hit = model.BaseParameters().Where(p => p.Name[..p.Name.LastIndexOf('.')] is var m && (m == module || m.EndsWith("." + module))).ToList();
+            if (hit.Count == 0) throw new PeftException($"modules_to_save '{module}' matches no module of this {model.Config.ModelType} model");
+            foreach (var (_, p) in hit) p.requires_grad = true;
+        }
     }
+
+    /// <summary>Modules whose own (base) parameters train next to the adapter: PEFT's <c>modules_to_save</c> when saved.</summary>
+    public static IReadOnlyList<string> TrainedModules(CausalLm model) =>
+        TrainableParameters(model).Where(p => !CausalLm.IsAdapterName(p.Name)).Select(p => p.Name[..p.Name.LastIndexOf('.')]).Distinct().ToList();
 
     /// <summary>Projections a target list selects; "all-linear" is every projection but the output head.</summary>
     public static List<(string Path, Projection Module)> ResolveTargets(CausalLm model, IReadOnlyList<string> targets)

@@ -34,6 +34,13 @@ public sealed record TrainOptions
     public string? CheckpointDir { get; init; }
     public bool Resume { get; init; }
     public Device? Device { get; init; }
+    /// <summary>Trainable parameters (by name) the optimizer leaves alone: they move only by <see cref="AfterStep"/> (a watermark's own update).</summary>
+    public IReadOnlySet<string>? OwnUpdate { get; init; }
+    /// <summary>Runs after every optimizer step.</summary>
+    public Action? AfterStep { get; init; }
+    /// <summary>Examples cycled into every batch, <see cref="MixInPerBatch"/> at a time (trigger examples); not counted as samples.</summary>
+    public IReadOnlyList<TokenizedExample>? MixIn { get; init; }
+    public int MixInPerBatch { get; init; } = 1;
 
     public static LrSchedule ParseSchedule(string s) => s.ToLowerInvariant() switch
     {
@@ -65,7 +72,9 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
     {
         if (data.Count == 0) throw new ArgumentException("no training examples");
         var o = options;
-        var trainable = PeftModel.TrainableParameters(model);
+        var all = PeftModel.TrainableParameters(model);
+        var trainable = all.Where(p => o.OwnUpdate?.Contains(p.Name) != true).ToList();
+        var own = all.Where(p => o.OwnUpdate?.Contains(p.Name) == true).Select(p => p.Param).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (apply a PEFT method first)");
         var batchesPerEpoch = (data.Count + o.BatchSize - 1) / o.BatchSize;
         var stepsPerEpoch = Math.Max(1, batchesPerEpoch / o.GradientAccumulation);
@@ -73,6 +82,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         var epochs = o.MaxSteps is int ms ? (ms + stepsPerEpoch - 1) / stepsPerEpoch : o.Epochs;
         var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
         var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
+        var mixed = 0;
 
         int step = 0, startEpoch = 0;
         if (o.Resume && o.CheckpointDir is string dir && TrainerCheckpoint.Latest(dir) is { } ckpt)
@@ -98,6 +108,9 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
             {
                 ct.ThrowIfCancellationRequested();
                 var items = order.Skip(b * o.BatchSize).Take(o.BatchSize).Select(i => data[i]).ToList();
+                var batchSamples = items.Count;
+                if (o.MixIn is { Count: > 0 } mix)
+                    for (int m = 0; m < o.MixInPerBatch; m++) items.Add(mix[mixed++ % mix.Count]);
                 using (var scope = NewDisposeScope())
                 {
                     using var batch = InstructionData.Collate(items, padId, o.Device);
@@ -107,7 +120,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                     loss.div(o.GradientAccumulation).backward();
                     accumulated += loss.item<float>() / o.GradientAccumulation;
                     tokens += batch.Tokens;
-                    samples += items.Count;
+                    samples += batchSamples;
                 }
                 if (++micro < o.GradientAccumulation && b < batchesPerEpoch - 1) continue;
                 if (o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(trainable.Select(p => p.Param), o.MaxGradNorm);
@@ -115,6 +128,8 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
                 optimizer.step();
                 optimizer.zero_grad();
+                foreach (var p in own) p.grad?.zero_();
+                o.AfterStep?.Invoke();
                 step++;
                 var stepLoss = accumulated * o.GradientAccumulation / micro;
                 if (double.IsNaN(first)) first = stepLoss;

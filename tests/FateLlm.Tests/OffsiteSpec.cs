@@ -92,7 +92,7 @@ public class OffsiteSpec
         Assert.Contains("lm_head.weight", sub.Keys);
         Assert.Contains("model.embed_tokens.weight", sub.Keys);
         Assert.Contains("model.norm.weight", sub.Keys);
-        Assert.Equal(3, sub.Keys.Select(SubModel.ParseBlock).Where(b => b is not null).Select(b => b!.Value.Block).Distinct().Count());
+        Assert.Equal(3, sub.Keys.Select(BlockName.Parse).Where(b => b is not null).Select(b => b!.Value.Block).Distinct().Count());
         // Sub-model block 1 is the full model's block 2 (the centre of the middle {1, 2}, 0.5 → 0, so block 1).
         Assert.True(Same(sub["model.layers.1.mlp.up_proj.weight"], m.BaseParameters().Single(p => p.Name == "model.layers.1.mlp.up_proj.weight").Param));
         Assert.True(Same(sub["model.layers.2.mlp.up_proj.weight"], m.BaseParameters().Single(p => p.Name == "model.layers.3.mlp.up_proj.weight").Param));
@@ -114,7 +114,7 @@ public class OffsiteSpec
         // A sub-model whose adapters moved: adapter blocks (or their LoRA factors) shifted by a constant.
         using var sub = HfCheckpoint.Load(folder);
         manual_seed(1);
-        OffsiteAlgorithm.MakeTrainable(sub, s, spec.Peft, new EmulatorPlan(4, [0], [1, 2], [3]));
+        OffsiteAlgorithm.MakeTrainable(sub, s, spec, new EmulatorPlan(4, [0], [1, 2], [3]));
         var trainable = PeftModel.TrainableParameters(sub);
         Assert.All(trainable, p => Assert.Matches(@"^model\.layers\.[03]\.", p.Name));
         if (adapters == "lora") Assert.All(trainable, p => Assert.Contains(".lora_", p.Name));

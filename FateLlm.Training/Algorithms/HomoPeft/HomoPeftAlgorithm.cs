@@ -1,6 +1,7 @@
 using FateLlm.Training.Aggregation;
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
+using FateLlm.Training.Ipr;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Privacy;
@@ -20,6 +21,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
 
     public string Name => AlgorithmName;
     public bool Summable => true;
+    public bool Watermarkable => true;
     public IServerAlgorithm Server { get; } = new ServerSide();
     public IClientAlgorithm Client { get; } = new ClientSide();
     public IUpdateCodec Codec { get; } = new TensorUpdateCodec();
@@ -65,7 +67,9 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         {
             ct.ThrowIfCancellationRequested();
             FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
-            var r = FederatedComputation.LocalRound(ctx.Spec, ctx.ModelPath, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct);
+            using var run = FederatedComputation.Open(ctx.Spec, ctx.ModelPath);
+            using var watermark = PartyWatermark.Open(ctx, run);
+            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark);
             var metrics = new Dictionary<string, double>
             {
                 [ClientUpdate.FirstLoss] = r.FirstLoss, [ClientUpdate.LastLoss] = r.LastLoss, [ClientUpdate.Steps] = r.Steps,

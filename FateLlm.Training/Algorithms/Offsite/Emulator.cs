@@ -1,5 +1,4 @@
 using System.Text.Json.Nodes;
-using System.Text.RegularExpressions;
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using FateLlm.Training.Models;
@@ -50,13 +49,6 @@ public sealed record EmulatorPlan(int Layers, int[] Bottom, int[] Emulator, int[
 public static class SubModel
 {
     const string ConfigKey = "fate-llm.config", FilePrefix = "fate-llm.file.";
-    static readonly Regex Block = new(@"^(model\.layers|transformer\.h)\.(\d+)\.(.+)$", RegexOptions.Compiled);
-
-    /// <summary>(prefix, block, rest) of a block tensor's name, or null for tensors outside the blocks.</summary>
-    public static (string Prefix, int Block, string Tail)? ParseBlock(string name) =>
-        Block.Match(name) is { Success: true } m ? (m.Groups[1].Value, int.Parse(m.Groups[2].Value), m.Groups[3].Value) : null;
-
-    public static string BlockName(string prefix, int block, string tail) => $"{prefix}.{block}.{tail}";
 
     /// <summary>The full model's config with the sub-model's block count.</summary>
     public static ModelConfig Config(ModelConfig full, EmulatorPlan plan)
@@ -75,8 +67,8 @@ public static class SubModel
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (name, value) in full)
         {
-            if (ParseBlock(name) is not { } b) result[name] = value;
-            else if (subOf.TryGetValue(b.Block, out var sub)) result[BlockName(b.Prefix, sub, b.Tail)] = value;
+            if (BlockName.Parse(name) is not { } b) result[name] = value;
+            else if (subOf.TryGetValue(b.Block, out var sub)) result[BlockName.Format(b.Prefix, sub, b.Tail)] = value;
         }
         return result;
     }

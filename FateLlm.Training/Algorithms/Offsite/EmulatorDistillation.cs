@@ -47,7 +47,7 @@ public static class EmulatorDistillation
         foreach (var (_, p) in teacher.BaseParameters()) p.requires_grad = false;
         var emulatorBlocks = Enumerable.Range(plan.Bottom.Length, plan.Emulator.Length).ToHashSet();
         foreach (var (name, p) in student.BaseParameters())
-            p.requires_grad = SubModel.ParseBlock(name) is { } blk && emulatorBlocks.Contains(blk.Block);
+            p.requires_grad = BlockName.Parse(name) is { } blk && emulatorBlocks.Contains(blk.Block);
         var trainable = PeftModel.TrainableParameters(student);
         student.train();
         using var optimizer = optim.AdamW(trainable.Select(t => t.Param), lr: o.LearningRate);

@@ -1,5 +1,6 @@
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
+using FateLlm.Training.Ipr;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Tokenization;
@@ -24,6 +25,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
 
     public string Name => AlgorithmName;
     public bool Summable => true;
+    public bool Watermarkable => true;
     public IServerAlgorithm Server { get; } = new ServerSide();
     public IClientAlgorithm Client { get; } = new ClientSide();
     public IUpdateCodec Codec { get; } = new TensorUpdateCodec();
@@ -59,17 +61,22 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         AdapterAggregation.Validate(spec);
         if (spec.Peft.Method != PeftMethod.Lora && s.LoraAdapters)
             throw new JobSpecException($"job.algorithm.adapters = lora needs job.peft.method = lora (its rank, alpha and targets), not {PeftConfig.MethodName(spec.Peft.Method)}");
+        // Parties can only watermark blocks they train: the sub-model's last blocks are the top adapters.
+        if (spec.Ipr.Enabled && spec.Ipr.Blocks > s.Top)
+            throw new JobSpecException($"job.ipr.blocks = {spec.Ipr.Blocks} exceeds job.algorithm.top = {s.Top}: parties watermark only the top adapter blocks they train");
     }
 
     /// <summary>
     /// Freezes the sub-model except its adapter blocks: every tensor of those blocks (full), or LoRA on the job's targets
     /// inside them. The LoRA factors are seeded by the caller.
     /// </summary>
-    public static void MakeTrainable(CausalLm model, Settings s, PeftConfig peft, EmulatorPlan plan)
+    public static void MakeTrainable(CausalLm model, Settings s, JobSpec spec, EmulatorPlan plan)
     {
+        var peft = spec.Peft;
         var adapters = plan.AdapterSubIndices.ToHashSet();
-        bool InAdapter(string name) => SubModel.ParseBlock(name) is { } b && adapters.Contains(b.Block);
+        bool InAdapter(string name) => BlockName.Parse(name) is { } b && adapters.Contains(b.Block);
         foreach (var (name, p) in model.BaseParameters()) p.requires_grad = !s.LoraAdapters && InAdapter(name);
+        WatermarkSites.MakeTrainable(model, spec.Ipr);
         if (!s.LoraAdapters) return;
         var targets = PeftModel.ResolveTargets(model, peft.EffectiveTargets(model.Config)).Where(t => InAdapter(t.Path + ".weight")).ToList();
         if (targets.Count == 0)
@@ -84,7 +91,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         if (config.NumLayers != plan.Layers)
             throw new ModelFormatException($"{folder}: the sub-model has {config.NumLayers} blocks but bottom {s.Bottom} + emulator {s.Emulator} + top {s.Top} = {plan.Layers}");
         return FineTuning.Open(folder, spec.Peft with { Method = s.LoraAdapters ? PeftMethod.Lora : PeftMethod.Full }, spec.Seed,
-            m => MakeTrainable(m, s, spec.Peft, plan));
+            m => MakeTrainable(m, s, spec, plan));
     }
 
     /// <summary>The plan as seen inside the sub-model: b adapters, e emulator blocks, t adapters, already renumbered.</summary>
@@ -180,23 +187,22 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         using var model = HfCheckpoint.Load(fullModel);
         var plan = s.Plan(model.Config.NumLayers);
         var toFull = plan.FullIndices;
-        string FullName(string name) => SubModel.ParseBlock(name) is { } b ? SubModel.BlockName(b.Prefix, toFull[b.Block], b.Tail)
+        string FullName(string name) => BlockName.Parse(name) is { } b ? BlockName.Format(b.Prefix, toFull[b.Block], b.Tail)
             : throw new InvalidOperationException($"adapter tensor '{name}' lies outside the blocks");
         var tensors = SafeTensors.FromBytes(adapters, "global adapters").ToDictionary(kv => FullName(kv.Key), kv => kv.Value);
-        if (s.LoraAdapters)
+        // Base tensors (whole adapter blocks, or watermarked norm scales next to LoRA) are copied; LoRA factors merged.
+        var own = model.BaseParameters().ToDictionary(p => p.Name, p => p.Param);
+        using (var _ = no_grad())
+            foreach (var (name, t) in tensors.Where(kv => !CausalLm.IsAdapterName(kv.Key)))
+                (own.TryGetValue(name, out var p) ? p : throw new InvalidOperationException($"the full model has no tensor '{name}'")).copy_(t);
+        var lora = tensors.Where(kv => CausalLm.IsAdapterName(kv.Key)).ToDictionary();
+        if (lora.Count > 0)
         {
-            var paths = tensors.Keys.Select(k => k[..k.IndexOf(".lora_", StringComparison.Ordinal)]).Distinct().ToList();
+            var paths = lora.Keys.Select(k => k[..k.IndexOf(".lora_", StringComparison.Ordinal)]).Distinct().ToList();
             manual_seed(spec.Seed);
             PeftModel.Apply(model, spec.Peft with { LoraTargets = paths });
-            PeftModel.LoadTrainableState(model, tensors, "global adapters");
+            PeftModel.LoadTrainableState(model, lora, "global adapters");
             PeftModel.MergeLora(model);
-        }
-        else
-        {
-            var own = model.BaseParameters().ToDictionary(p => p.Name, p => p.Param);
-            using var _ = no_grad();
-            foreach (var (name, t) in tensors)
-                (own.TryGetValue(name, out var p) ? p : throw new InvalidOperationException($"the full model has no tensor '{name}'")).copy_(t);
         }
         HfCheckpoint.Save(model, outFolder);
         TokenizerLoader.CopyFiles(fullModel, outFolder);
@@ -210,7 +216,8 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             ct.ThrowIfCancellationRequested();
             var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace, instruction.Downloads[SubModelArtifact]);
             using var run = OpenSubModel(ctx.Spec, folder, Settings.Of(ctx.Spec));
-            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct);
+            using var watermark = PartyWatermark.Open(ctx, run);
+            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark);
             var metrics = new Dictionary<string, double>
             {
                 [ClientUpdate.FirstLoss] = r.FirstLoss, [ClientUpdate.LastLoss] = r.LastLoss, [ClientUpdate.Steps] = r.Steps,
