@@ -119,8 +119,7 @@ internal static class DemoCommand
         {
             var dir = Path.GetFullPath(p.GetValue(outDir)!);
             var s = p.GetValue(quick) ? ExperimentSettings.Quick(dir) : ExperimentSettings.Full(dir);
-            try { s = s with { Seeds = p.GetValue(seeds)!.Split(',').Select(int.Parse).ToArray() }; }
-            catch (FormatException) { throw new UsageException($"--seeds '{p.GetValue(seeds)}' must be comma-separated integers"); }
+            s = s with { Seeds = Seeds(p.GetValue(seeds)!) };
             var m = p.GetValue(methods)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             if (m.Length == 0 || m.Any(x => x is not ("lora" or "ptuning-v2"))) throw new UsageException($"--methods '{p.GetValue(methods)}': each must be lora or ptuning-v2");
             s = s with
@@ -142,7 +141,36 @@ internal static class DemoCommand
         cmd.Subcommands.Add(paper);
         cmd.Subcommands.Add(PrivacyExperiment());
         cmd.Subcommands.Add(OffsiteExperimentCommand());
+        cmd.Subcommands.Add(IprExperimentCommand());
         return cmd;
+    }
+
+    static Command IprExperimentCommand()
+    {
+        var quick = Opt("--quick", "One seed, 3 rounds, 200 training and 30 test examples per party", false);
+        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "ipr"));
+        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var zoo = ZooOption();
+        return new Command("ipr", "FedIPR: own-key verification, false positives, key-less fine-tuning, pruning, SecAgg and DP, and the watermark's cost in quality").With(p =>
+        {
+            var dir = Path.GetFullPath(p.GetValue(outDir)!);
+            var s = (p.GetValue(quick) ? ExperimentSettings.Quick(dir) with { Seeds = [1], Rounds = 3, TrainPerParty = 200, TestPerParty = 30 } : ExperimentSettings.Full(dir))
+                with { ZooRoot = p.GetValue(zoo)! };
+            if (!p.GetValue(quick)) s = s with { Seeds = Seeds(p.GetValue(seeds)!) };
+            var reference = FateLlm.Actors.Nodes.FederationNode.Reference();
+            var thresholds = new FateLlm.Training.Ipr.VerifyThresholds(reference.GetDouble("fate-llm.ipr.verify.max-p-value"),
+                reference.GetDouble("fate-llm.ipr.verify.min-trigger-accuracy"));
+            var result = new IprExperiment(s, new IprExperimentOptions(), thresholds, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            IprExperiment.Write(result, s.OutDir);
+            CliApp.Ansi.WriteLine(IprExperiment.Markdown(result));
+            CliApp.Ansi.MarkupLine($"results-ipr.md and results-ipr.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+        }, quick, outDir, seeds, zoo);
+    }
+
+    static int[] Seeds(string list)
+    {
+        try { return list.Split(',').Select(int.Parse).ToArray(); }
+        catch (FormatException) { throw new UsageException($"--seeds '{list}' must be comma-separated integers"); }
     }
 
     static Command OffsiteExperimentCommand()
@@ -156,11 +184,7 @@ internal static class DemoCommand
             var dir = Path.GetFullPath(p.GetValue(outDir)!);
             var s = (p.GetValue(quick) ? ExperimentSettings.Quick(dir) with { Seeds = [1], Rounds = 2, TrainPerParty = 200, TestPerParty = 30 } : ExperimentSettings.Full(dir))
                 with { BaseModel = "server", ZooRoot = p.GetValue(zoo)! };
-            if (!p.GetValue(quick))
-            {
-                try { s = s with { Seeds = p.GetValue(seeds)!.Split(',').Select(int.Parse).ToArray() }; }
-                catch (FormatException) { throw new UsageException($"--seeds '{p.GetValue(seeds)}' must be comma-separated integers"); }
-            }
+            if (!p.GetValue(quick)) s = s with { Seeds = Seeds(p.GetValue(seeds)!) };
             var o = p.GetValue(quick) ? OffsiteOptions.Quick : new OffsiteOptions();
             var result = new OffsiteExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
             OffsiteExperiment.Write(result, s.OutDir);

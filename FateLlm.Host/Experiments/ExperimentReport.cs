@@ -21,9 +21,10 @@ public static class ExperimentReport
     static string Label(string setting) => setting.StartsWith("local:") ? "local " + setting[6..] : setting;
 
     /// <summary>Each example's score averaged over the seeds of one (method, setting).</summary>
-    static double[] PerExample(IEnumerable<RunResult> runs, Func<Scores, double[]> metric)
+    public static double[] PerExample(IEnumerable<RunResult> runs, Func<Scores, double[]> metric)
     {
         var list = runs.Select(r => metric(r.Scores)).ToList();
+        if (list.Count == 0) return [];
         return Enumerable.Range(0, list[0].Length).Select(i => list.Average(x => x[i])).ToArray();
     }
 

@@ -50,10 +50,7 @@ public sealed class OffsiteExperiment(ExperimentSettings s, OffsiteOptions o, Ac
     {
         var clock = Stopwatch.StartNew();
         Directory.CreateDirectory(s.OutDir);
-        var split = WordNetCorpus.Write(WordNetCorpus.Read(s.WordNetDir), Path.Combine(s.OutDir, "data"), new WordNetSplitOptions
-        {
-            TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = 1,
-        });
+        var split = s.WriteSplit(publicLimit: 1);
         var paper = new PaperExperiment(s, log);
         var (full, card) = paper.EnsureBase();
         var corpus = s.Zoo.Open(s.ZooRoot ?? s.Zoo.Root, s.WordNetDir, log).PublicCorpus().Path;
@@ -195,7 +192,7 @@ public sealed class OffsiteExperiment(ExperimentSettings s, OffsiteOptions o, Ac
         sb.AppendLine();
         sb.AppendLine("## Paired differences (ROUGE-L, same test examples)");
         sb.AppendLine();
-        double[] PerExample(string setting, string method) => Avg(r.Runs.Where(x => x.Setting == setting && x.Method == method).Select(x => x.Scores.RougeLPerExample).ToList());
+        double[] PerExample(string setting, string method) => ExperimentReport.PerExample(r.Runs.Where(x => x.Setting == setting && x.Method == method), x => x.RougeLPerExample);
         void Diff(string label, (string, string) a, (string, string) b)
         {
             var x = PerExample(a.Item1, a.Item2);
@@ -212,7 +209,4 @@ public sealed class OffsiteExperiment(ExperimentSettings s, OffsiteOptions o, Ac
         Diff("emulator zero-shot, distilled − plain", (EmulatorZeroShot, "distilled"), (EmulatorZeroShot, "plain"));
         return sb.ToString();
     }
-
-    static double[] Avg(List<double[]> xs) =>
-        xs.Count == 0 ? [] : Enumerable.Range(0, xs[0].Length).Select(i => xs.Average(x => x[i])).ToArray();
 }

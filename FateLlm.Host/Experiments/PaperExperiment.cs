@@ -53,6 +53,13 @@ public sealed record ExperimentSettings
         OutDir = outDir, Seeds = [1], Methods = ["lora"], FullFineTuningBaseline = false, TrainPerParty = 400, TestPerParty = 60, DevPerParty = 20,
     };
 
+    /// <summary>The three-party WordNet split of this experiment, written under its folder (public examples capped at <paramref name="publicLimit"/>).</summary>
+    public WordNetSplit WriteSplit(int publicLimit) =>
+        WordNetCorpus.Write(WordNetCorpus.Read(WordNetDir), Path.Combine(OutDir, "data"), new WordNetSplitOptions
+        {
+            TrainPerParty = TrainPerParty, DevPerParty = DevPerParty, TestPerParty = TestPerParty, PublicLimit = publicLimit,
+        });
+
     public double LearningRate(string method) => method switch { "lora" => LoraLearningRate, "ptuning-v2" => PrefixLearningRate, _ => 1e-3 };
 
     public PeftConfig Peft(string method) => new()

@@ -144,6 +144,14 @@ public sealed record ClientContext(JobSpec Spec, string Party, int Round, int At
 public sealed record ClientUpdate(byte[] Update, long Samples, IReadOnlyDictionary<string, double> Metrics)
 {
     public const string FirstLoss = "loss.first", LastLoss = "loss.last", EvalLoss = "loss.eval", Steps = "train.steps";
+
+    /// <summary>A local round's delta with its losses and steps as the update's metrics.</summary>
+    public static ClientUpdate Of(LocalRoundResult r)
+    {
+        var metrics = new Dictionary<string, double> { [FirstLoss] = r.FirstLoss, [LastLoss] = r.LastLoss, [Steps] = r.Steps };
+        if (r.EvalLoss is { } e) metrics[EvalLoss] = e;
+        return new ClientUpdate(r.Delta, r.Samples, metrics);
+    }
 }
 
 /// <summary>One party's accepted update as the server step sees it.</summary>

@@ -164,4 +164,52 @@ public class IprSpec
         var zero = text.Replace("blocks = 2", "blocks = 2, margin = 0");
         Assert.Contains("job.ipr.margin must be > 0", Assert.Throws<JobSpecException>(() => JobFile.Parse(zero, "wm.conf", dir)).Message);
     }
+
+    [Fact]
+    public void Ipr_verify_exits_0_for_the_watermarked_model_and_3_for_a_plain_model_or_a_wrong_key_file()
+    {
+        TestSupport.CapThreads();
+        var dir = TestSupport.TempDir();
+        using var m = TestSupport.TinyModel();
+        WatermarkSites.MakeTrainable(m, new IprOptions { Enabled = true });
+        var keys = Keys(m, SecretA, bits: 40, triggers: 0);
+        using (var sign = SignWatermark.Bind(m, keys, "test"))
+            for (int i = 0; i < 40 && sign.Step(0.25, 0.1) > 0; i++) { }
+        var marked = Path.Combine(dir, "marked");
+        HfCheckpoint.Save(m, marked);
+        ByteTokenizer.Save(marked);
+        var plain = Path.Combine(dir, "plain");
+        using (var p = TestSupport.TinyModel()) HfCheckpoint.Save(p, plain);
+        ByteTokenizer.Save(plain);
+        var own = Path.Combine(dir, "own.keys.json");
+        keys.Save(own);
+        var wrong = Path.Combine(dir, "wrong.keys.json");
+        Keys(m, SecretB, bits: 40, triggers: 0).Save(wrong);
+
+        (int, string) Verify(string model, string keyFile)
+        {
+            var output = new StringWriter();
+            return (Host.Cli.CliApp.Run(["ipr", "verify", "--model", model, "--keys", keyFile], output, new StringWriter()), output.ToString());
+        }
+        var (ok, text) = Verify(marked, own);
+        Assert.Equal(0, ok);
+        Assert.Contains("sign watermark: 40/40 bits match (100.0 %)", text);
+        Assert.Contains("p = 9.09E-13", text);
+        Assert.Contains("threshold p ≤ 1E-09", text);
+        Assert.Contains("verdict: VERIFIED", text);
+        Assert.Equal(3, Verify(plain, own).Item1);
+        var (bad, badText) = Verify(marked, wrong);
+        Assert.Equal(3, bad);
+        Assert.Contains("verdict: NOT VERIFIED", badText);
+        var missing = Host.Cli.CliApp.Run(["ipr", "verify", "--model", marked, "--keys", Path.Combine(dir, "none.json")], new StringWriter(), new StringWriter());
+        Assert.Equal(Host.Cli.CliApp.RuntimeError, missing);
+    }
+
+    [Fact]
+    public void The_example_ipr_job_parses_and_validates()
+    {
+        var spec = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "ipr.conf")));
+        Assert.Equal(new IprOptions { Enabled = true, Blocks = 1, Bits = 64, Margin = 0.25, LearningRate = 0.1, Triggers = 8, TriggersPerBatch = 4 }, spec.Ipr);
+        JobSpecValidation.Validate(spec, "ipr.conf");
+    }
 }

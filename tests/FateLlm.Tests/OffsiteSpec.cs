@@ -99,12 +99,18 @@ public class OffsiteSpec
     }
 
     [Theory]
-    [InlineData("full")]
-    [InlineData("lora")]
-    public void Plugged_in_adapters_land_in_the_full_models_blocks_and_the_rest_is_untouched(string adapters)
+    [InlineData("full", false)]
+    [InlineData("lora", false)]
+    [InlineData("lora", true)]
+    public void Plugged_in_adapters_land_in_the_full_models_blocks_and_the_rest_is_untouched(string adapters, bool watermark)
     {
         var full = TinyModel();
-        var spec = Spec(full, adapters) with { Peft = new PeftConfig { Method = PeftMethod.Lora, LoraR = 2, LoraAlpha = 4, LoraDropout = 0 } };
+        var spec = Spec(full, adapters) with
+        {
+            Peft = new PeftConfig { Method = PeftMethod.Lora, LoraR = 2, LoraAlpha = 4, LoraDropout = 0 },
+            // FedIPR under LoRA adapters: the top block's norm scales train and travel next to the LoRA factors.
+            Ipr = watermark ? new Training.Ipr.IprOptions { Enabled = true } : Training.Ipr.IprOptions.Off,
+        };
         var s = OffsiteAlgorithm.Settings.Of(spec);
         var plan = s.Plan(4);
         var work = TestSupport.TempDir();
@@ -117,7 +123,9 @@ public class OffsiteSpec
         OffsiteAlgorithm.MakeTrainable(sub, s, spec, new EmulatorPlan(4, [0], [1, 2], [3]));
         var trainable = PeftModel.TrainableParameters(sub);
         Assert.All(trainable, p => Assert.Matches(@"^model\.layers\.[03]\.", p.Name));
-        if (adapters == "lora") Assert.All(trainable, p => Assert.Contains(".lora_", p.Name));
+        if (adapters == "lora")
+            Assert.Equal(watermark ? ["model.layers.3.input_layernorm.weight", "model.layers.3.post_attention_layernorm.weight"] : [],
+                trainable.Where(p => !p.Name.Contains(".lora_")).Select(p => p.Name).Order());
         using (no_grad()) foreach (var (_, p) in trainable) p.add_(0.01);
         var moved = SafeTensors.ToBytes(PeftModel.TrainableState(sub));
 

@@ -70,12 +70,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             using var run = FederatedComputation.Open(ctx.Spec, ctx.ModelPath);
             using var watermark = PartyWatermark.Open(ctx, run);
             var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark);
-            var metrics = new Dictionary<string, double>
-            {
-                [ClientUpdate.FirstLoss] = r.FirstLoss, [ClientUpdate.LastLoss] = r.LastLoss, [ClientUpdate.Steps] = r.Steps,
-            };
-            if (r.EvalLoss is { } e) metrics[ClientUpdate.EvalLoss] = e;
-            return new ClientUpdate(r.Delta, r.Samples, metrics);
+            return ClientUpdate.Of(r);
         }
 
         public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
