@@ -31,7 +31,7 @@ public static class FederatedComputation
         FineTuning.Open(modelPath, spec.Peft, spec.Seed, m =>
         {
             PeftModel.Apply(m, spec.Peft);
-            WatermarkSites.MakeTrainable(m, spec.Ipr);
+            WatermarkSites.MakeTrainable(m, spec);
         });
 
     /// <summary>Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files).</summary>

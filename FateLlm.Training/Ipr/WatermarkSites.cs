@@ -1,3 +1,4 @@
+using FateLlm.Training.Federation;
 using FateLlm.Training.Models;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -19,7 +20,7 @@ public static class WatermarkSites
     {
         var layers = model.Config.NumLayers;
         if (lastBlocks < 1 || lastBlocks > layers)
-            throw new Federation.JobSpecException($"job.ipr.blocks = {lastBlocks} must be between 1 and the model's {layers} blocks");
+            throw new JobSpecException($"job.ipr.blocks = {lastBlocks} must be between 1 and the model's {layers} blocks");
         var norms = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (path, module) in model.named_modules())
             if (module is RmsNorm or Models.LayerNorm && !path.Contains('<')) norms.Add(path + ".weight");
@@ -48,12 +49,16 @@ public static class WatermarkSites
     /// <summary>
     /// Makes the sites of a watermarking job trainable (under LoRA they become part of the trainable state, so they
     /// are uploaded and aggregated with the adapter). Called on every node that opens the job's model, keys or not,
-    /// so the arbiter's global state has the same tensors as the parties'.
+    /// so the arbiter's global state has the same tensors as the parties'. Refuses a bit budget over the capacity bound
+    /// (on the arbiter this refuses the job before round 1).
     /// </summary>
-    public static void MakeTrainable(CausalLm model, IprOptions ipr)
+    public static void MakeTrainable(CausalLm model, JobSpec spec)
     {
+        var ipr = spec.Ipr;
         if (!ipr.Enabled) return;
-        foreach (var (_, name, p) in Of(model, ipr.Blocks))
+        var sites = Of(model, ipr.Blocks);
+        ipr.BitsPerParty(sites.Sum(s => s.Site.Length), spec.Parties.Length, $"the last {ipr.Blocks} block(s)");
+        foreach (var (_, name, p) in sites)
         {
             if (p.dtype != ScalarType.Float32)
                 throw new Peft.PeftException($"job.ipr: the watermarked norm scale '{name}' is {p.dtype}; watermarks train in fp32 (set job.peft.base-dtype = fp32)");

@@ -20,6 +20,12 @@ public class IprSpec
     static OwnershipKeys Keys(CausalLm model, byte[] secret, string party = "animal", int bits = 48, int blocks = 1, int triggers = 2) =>
         OwnershipKeys.Derive(secret, "job-1", party, WatermarkSites.Of(model, blocks).Select(s => s.Site).ToList(), bits, 1.0, triggers, "{prompt}\n");
 
+    static JobSpec WatermarkJob(int parties = 1, int bits = 64, string model = "m") =>
+        JobFile.Default("wm", model, Enumerable.Range(0, parties).Select(i => new PartySpec($"p{i}", "train", null)).ToArray(), "out") with
+        {
+            Ipr = new IprOptions { Enabled = true, Bits = bits },
+        };
+
     [Theory]
     [InlineData("llama", new[] { "input_layernorm.weight", "post_attention_layernorm.weight" })]
     [InlineData("gpt2", new[] { "ln_1.weight", "ln_2.weight" })]
@@ -78,6 +84,21 @@ public class IprSpec
     }
 
     [Fact]
+    public void The_arbiter_refuses_a_job_whose_parties_ask_more_bits_than_the_norm_scales_hold()
+    {
+        var folder = Path.Combine(TestSupport.TempDir(), "tiny");
+        using (var m = TestSupport.TinyModel()) HfCheckpoint.Save(m, folder);
+        ByteTokenizer.Save(folder);
+        var e = Assert.Throws<JobSpecException>(() => FederatedComputation.InitialAdapter(WatermarkJob(parties: 3, bits: 200, model: folder), folder));
+        Assert.Equal("job.ipr.bits: 3 parties × 200 bits = 600 must stay below the 384 embeddable norm scalars of the last 1 block(s); lower job.ipr.bits or raise job.ipr.blocks", e.Message);
+        // Within the bound the global state carries the last block's scales next to the LoRA factors.
+        using var scope = NewDisposeScope();
+        var global = Training.IO.SafeTensors.FromBytes(FederatedComputation.InitialAdapter(WatermarkJob(parties: 3, bits: 100, model: folder), folder), "global");
+        Assert.Equal(["model.layers.3.input_layernorm.weight", "model.layers.3.post_attention_layernorm.weight"],
+            global.Keys.Where(k => !CausalLm.IsAdapterName(k)).Order());
+    }
+
+    [Fact]
     [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
     public void Keys_files_are_private_and_round_trip()
     {
@@ -103,7 +124,7 @@ public class IprSpec
         using var m = TestSupport.TinyModel();
         var peft = new PeftConfig { LoraR = 4, LoraDropout = 0 };
         PeftModel.Apply(m, peft);
-        WatermarkSites.MakeTrainable(m, new IprOptions { Enabled = true });
+        WatermarkSites.MakeTrainable(m, WatermarkJob());
         var keys = Keys(m, SecretA, bits: 64, triggers: 0);
         using var sign = SignWatermark.Bind(m, keys, "test");
         var before = sign.Matched();
@@ -171,7 +192,7 @@ public class IprSpec
         TestSupport.CapThreads();
         var dir = TestSupport.TempDir();
         using var m = TestSupport.TinyModel();
-        WatermarkSites.MakeTrainable(m, new IprOptions { Enabled = true });
+        WatermarkSites.MakeTrainable(m, WatermarkJob());
         var keys = Keys(m, SecretA, bits: 40, triggers: 0);
         using (var sign = SignWatermark.Bind(m, keys, "test"))
             for (int i = 0; i < 40 && sign.Step(0.25, 0.1) > 0; i++) { }

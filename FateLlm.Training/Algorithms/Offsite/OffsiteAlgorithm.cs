@@ -76,7 +76,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         var adapters = plan.AdapterSubIndices.ToHashSet();
         bool InAdapter(string name) => BlockName.Parse(name) is { } b && adapters.Contains(b.Block);
         foreach (var (name, p) in model.BaseParameters()) p.requires_grad = !s.LoraAdapters && InAdapter(name);
-        WatermarkSites.MakeTrainable(model, spec.Ipr);
+        WatermarkSites.MakeTrainable(model, spec);
         if (!s.LoraAdapters) return;
         var targets = PeftModel.ResolveTargets(model, peft.EffectiveTargets(model.Config)).Where(t => InAdapter(t.Path + ".weight")).ToList();
         if (targets.Count == 0)
