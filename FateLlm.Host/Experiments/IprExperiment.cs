@@ -127,6 +127,8 @@ public sealed class IprExperiment(ExperimentSettings s, IprExperimentOptions o, 
         var spec = paper.Job(id, basePath, fed, "lora", seed);
         spec = spec with
         {
+            // LoRA on every projection: on q/v only this model cannot learn even one party's triggers alone in 100 steps.
+            Peft = spec.Peft with { LoraTargets = ["all-linear"] },
             Ipr = ipr ? new IprOptions { Enabled = true, Bits = o.Bits, Blocks = o.Blocks, Triggers = o.Triggers, TriggersPerBatch = o.TriggersPerBatch } : IprOptions.Off,
             Round = spec.Round with { Quorum = 3 },
             SecureAggregation = secure ? spec.SecureAggregation with { Enabled = true, PhaseTimeoutSeconds = 60 } : spec.SecureAggregation,
@@ -192,7 +194,7 @@ public sealed class IprExperiment(ExperimentSettings s, IprExperimentOptions o, 
         var sb = new StringBuilder();
         sb.AppendLine($"# FedIPR ownership watermarks on WordNet — {r.Model.Name}");
         sb.AppendLine();
-        sb.AppendLine($"{r.Model.Name} ({r.Model.Layers} blocks, hidden {r.Model.Hidden}), LoRA, 3 parties each embedding {o.Bits} bits in the norm scales of the last {o.Blocks} block(s) " +
+        sb.AppendLine($"{r.Model.Name} ({r.Model.Layers} blocks, hidden {r.Model.Hidden}), LoRA on every projection (r = 8), 3 parties each embedding {o.Bits} bits in the norm scales of the last {o.Blocks} block(s) " +
             $"({2 * o.Blocks * r.Model.Hidden} scalars) and {o.Triggers} triggers ({o.TriggersPerBatch} in every batch); {s.Rounds} rounds × {s.LocalEpochs} local epoch(s), {s.TrainPerParty} training examples per party, " +
             $"seeds {string.Join(", ", s.Seeds)}. Verified: p ≤ {r.Thresholds.MaxPValue:G3} for the sign watermark, or ≥ {100 * r.Thresholds.MinTriggerAccuracy:F0} % of triggers. " +
             $"Key-less fine-tuning runs as many steps as the whole federation took ({string.Join(", ", r.FederationSteps.Values)}); DP: distributed, z = {o.DpNoiseMultiplier}, " +

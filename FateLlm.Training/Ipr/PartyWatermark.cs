@@ -57,26 +57,22 @@ public sealed class PartyWatermark : IDisposable
     }
 
     /// <summary>
-    /// The round's training options with the watermark's loss, learning rate and triggers added; call it once the
-    /// global state is loaded, which anchors the hinge there (a party's share of FedAvg taken as 1 / the round's cohort).
+    /// The round's training options with the watermark's hinge step and triggers added; call it once the global state
+    /// is loaded, which anchors the hinge there (a party's share of FedAvg taken as 1 / the round's cohort).
     /// </summary>
     public TrainOptions Apply(TrainOptions o, FineTuning run, JobSpec spec)
     {
         _sign.Anchor(1.0 / spec.CohortSize);
-        return Options(o, run, spec.Data);
+        return o with
+        {
+            // Under LoRA the scales were frozen: they move only to carry the watermark, so the task's drift never walks
+            // the bits (a party's own or another's) across the boundary. When whole blocks train, the task moves them too.
+            OwnUpdate = run.Peft.Method == Peft.PeftMethod.Full ? null : _scaleNames.ToHashSet(),
+            AfterStep = () => _sign.Step(_options.Margin, _options.LearningRate),
+            MixIn = Keys.Triggers.Select(t => InstructionData.Tokenize(new Example(t.Prompt, t.Response, "trigger"), run.Tokenizer, spec.Data)).ToList(),
+            MixInPerBatch = _options.TriggersPerBatch,
+        };
     }
-
-    TrainOptions Options(TrainOptions o, FineTuning run, DataOptions data) => o with
-    {
-        // Under LoRA the scales were frozen: they move only to carry the watermark, so the task's drift never walks the
-        // bits (a party's own or another's) across the boundary. When whole blocks train, the task moves them too.
-        OwnUpdate = run.Peft.Method == Peft.PeftMethod.Full ? null : _scaleNames.ToHashSet(),
-        AfterStep = () => _sign.Step(_options.Margin, _options.LearningRate),
-        MixIn = Keys.Triggers.Select(t => InstructionData.Tokenize(new Example(t.Prompt, t.Response, "trigger"), run.Tokenizer, data)).ToList(),
-        MixInPerBatch = _options.TriggersPerBatch,
-    };
-
-    public int MatchedBits() => _sign.Matched();
 
     public void Dispose() => _sign.Dispose();
 }
