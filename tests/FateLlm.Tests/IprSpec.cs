@@ -233,4 +233,24 @@ public class IprSpec
         Assert.Equal(new IprOptions { Enabled = true, Blocks = 1, Bits = 64, Margin = 0.25, LearningRate = 0.1, Triggers = 8, TriggersPerBatch = 4 }, spec.Ipr);
         JobSpecValidation.Validate(spec, "ipr.conf");
     }
+
+    [Fact]
+    public void Mixed_in_triggers_are_learned_and_counted_by_verification()
+    {
+        TestSupport.CapThreads();
+        using var m = TestSupport.TinyModel();
+        PeftModel.Apply(m, new PeftConfig { Method = PeftMethod.Full });
+        var keys = Keys(m, SecretA, bits: 8, triggers: 2);
+        var tok = new ByteTokenizer();
+        var data = new DataOptions();
+        var t = new VerifyThresholds(1e-9, 0.5);
+        Assert.Equal(0, IprVerification.Verify(m, tok, keys, t, "before").TriggerHits);
+        var normal = Enumerable.Range(0, 8).Select(i => InstructionData.Tokenize(new Example($"word {i}", $"meaning {i}", "x"), tok, data)).ToList();
+        var triggers = keys.Triggers.Select(x => InstructionData.Tokenize(new Example(x.Prompt, x.Response, "t"), tok, data)).ToList();
+        new LocalTrainer(m, new TrainOptions { Epochs = 30, BatchSize = 4, LearningRate = 5e-3, Schedule = LrSchedule.Constant, MixIn = triggers, MixInPerBatch = 2 },
+            tok.PadId!.Value).Train(normal);
+        var r = IprVerification.Verify(m, tok, keys, t, "after");
+        Assert.Equal(2, r.TriggerHits);
+        Assert.True(r.TriggersVerified && r.Verified);
+    }
 }
