@@ -54,7 +54,7 @@ public static class FederatedComputation
 
     /// <summary>
     /// The same round on a model a plug-in opened itself (its own trainable parameters), optionally embedding the
-    /// party's FedIPR watermark (its hinge, its scales' learning rate, its triggers).
+    /// party's FedIPR watermark (its hinge step and its triggers).
     /// </summary>
     public static LocalRoundResult LocalRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct,
         PartyWatermark? watermark = null)
