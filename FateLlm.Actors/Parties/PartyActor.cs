@@ -77,6 +77,8 @@ public sealed class PartyActor : ReceiveActor
             _log.Warning("party {0}: trainer crashed ({1}); restarting it", _s.Org, e.Message);
             return Directive.Restart;
         }
+        // Forget the crashed work now, not when its Terminated arrives: a re-ask in between would go to the dying child.
+        foreach (var k in _works.Where(kv => kv.Value.Equals(Sender)).Select(kv => kv.Key).ToList()) _works.Remove(k);
         _log.Warning("party {0}: work crashed ({1}); it restarts when asked again", _s.Org, e.Message);
         return Directive.Stop;
     });

@@ -175,8 +175,12 @@ public sealed class PartyActorSpec : TestKit
     {
         var party = Party(new FaultInjection([new FaultPoint("party.fit", "", 1, 1, FaultAction.Throw, 1)]));
         var work = Work(Spec("fit-crash"), 1);
-        party.Tell(work);
-        ExpectMsg<WorkAccepted>(Wait);
+        // The crash comes after the downloads, however long they take; the re-ask must follow it, not race it.
+        EventFilter.Warning(contains: "work crashed").ExpectOne(Wait, () =>
+        {
+            party.Tell(work);
+            ExpectMsg<WorkAccepted>(Wait);
+        });
         ExpectNoMsg(TimeSpan.FromMilliseconds(300)); // the crashed work answers nothing; the round will ask again
         party.Tell(work);
         ExpectMsg<WorkAccepted>(Wait);
