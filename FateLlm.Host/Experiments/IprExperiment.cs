@@ -200,13 +200,14 @@ public sealed class IprExperiment(ExperimentSettings s, IprExperimentOptions o, 
             $"Key-less fine-tuning runs as many steps as the whole federation took ({string.Join(", ", r.FederationSteps.Values)}); DP: distributed, z = {o.DpNoiseMultiplier}, " +
             $"ε = {string.Join(", ", r.Epsilon.Values.Select(e => e is { } x ? x.ToString("F1", CultureInfo.InvariantCulture) : "-"))} (δ = 1e-5). {r.Seconds / 60:F1} min.");
         sb.AppendLine();
-        sb.AppendLine("| model | keys | checks | bits matched (min – max) | largest p | triggers | verified |");
+        // The worst case for each row: the largest p for a party's own keys, the smallest for keys the model does not carry.
+        sb.AppendLine("| model | keys | checks | bits matched (min – max) | worst p | triggers | verified |");
         sb.AppendLine("|---|---|---|---|---|---|---|");
         foreach (var g in r.Checks.GroupBy(c => (c.Condition, c.Keys)))
         {
             var c = g.ToList();
             sb.AppendLine($"| {g.Key.Condition} | {g.Key.Keys} | {c.Count} | {100.0 * c.Min(x => (double)x.Matched / x.Bits):F1} – {100.0 * c.Max(x => (double)x.Matched / x.Bits):F1} % | " +
-                $"{P(c.Max(x => x.Log10P))} | {c.Sum(x => x.TriggerHits)}/{c.Sum(x => x.Triggers)} | {c.Count(x => x.Verified)}/{c.Count} |");
+                $"{P(c[0].Own ? c.Max(x => x.Log10P) : c.Min(x => x.Log10P))} | {c.Sum(x => x.TriggerHits)}/{c.Sum(x => x.Triggers)} | {c.Count(x => x.Verified)}/{c.Count} |");
         }
         sb.AppendLine();
         var falsePositives = r.Checks.Where(c => !c.Own).ToList();

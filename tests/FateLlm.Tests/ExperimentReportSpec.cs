@@ -43,7 +43,7 @@ public class ExperimentReportSpec
 {
     const int N = 120;
 
-    static Scores Scores(double level, int seed)
+    internal static Scores Scores(double level, int seed)
     {
         var rng = new Random(seed * 31 + (int)level);
         var rouge = Enumerable.Range(0, N).Select(i => Math.Clamp(level + (i % 7) * 3 + rng.NextDouble() * 4, 0, 100)).ToArray();
@@ -142,5 +142,33 @@ public class PaperExperimentSpec
         Assert.True(File.Exists(Path.Combine(settings.OutDir, "rougeL_by_setting.png")));
         Assert.True(File.Exists(Path.Combine(settings.OutDir, "loss.png")), "the federated job's loss plot sits beside the comparison");
         Assert.Contains("| lora | ROUGE-L | centralized |", File.ReadAllText(Path.Combine(settings.OutDir, "results.md")));
+    }
+}
+
+public class IprReportSpec
+{
+    [Fact]
+    public void The_ipr_report_gives_each_rows_worst_case_p_and_counts_false_positives()
+    {
+        IprCheck Check(string condition, bool own, int matched) =>
+            new(condition, 1, "p", own ? "own" : "foreign", own, 64, matched, BinomialTailLog10(64, matched), 8, 0, own && matched > 50, false);
+        static double BinomialTailLog10(int n, int k) => Training.Ipr.BinomialTail.Log10P(n, k);
+        var checks = new List<IprCheck>
+        {
+            Check(IprExperiment.Own, true, 64), Check(IprExperiment.Own, true, 62),
+            Check(IprExperiment.Plain, false, 30), Check(IprExperiment.Plain, false, 40),
+        };
+        var quality = new List<RunResult>
+        {
+            new("watermarked", IprExperiment.Own, 1, ExperimentReportSpec.Scores(20, 1), 0), new("plain", IprExperiment.Plain, 1, ExperimentReportSpec.Scores(21, 1), 0),
+        };
+        var card = new ZooCard("base", "d", "llama", 1000, 4, 64, "sentencepiece-bpe", 4000, "digest", 100, 10, 5, 4, 1e-3, 42, 2, 60, 1000, 3, 20, 1.5, "f", DateTime.UtcNow);
+        var md = IprExperiment.Markdown(new IprResult(new ExperimentSettings { OutDir = "x", Seeds = [1] }, new IprExperimentOptions(), card, quality, checks,
+            new Dictionary<int, int> { [1] = 100 }, new Dictionary<int, double?> { [1] = 30.1 }, new Training.Ipr.VerifyThresholds(1e-9, 0.5), 60));
+        // Own keys: the largest p (62 of 64 bits); foreign keys: the smallest (40 of 64), each the row's worst case.
+        Assert.Contains($"| {IprExperiment.Own} | own | 2 | 96.9 – 100.0 % | {Math.Pow(10, Training.Ipr.BinomialTail.Log10P(64, 62)).ToString("G3", System.Globalization.CultureInfo.InvariantCulture)} |", md);
+        Assert.Contains($"| {IprExperiment.Plain} | foreign | 2 | 46.9 – 62.5 % | {Math.Pow(10, Training.Ipr.BinomialTail.Log10P(64, 40)).ToString("G3", System.Globalization.CultureInfo.InvariantCulture)} |", md);
+        Assert.Contains("False positives (keys on a model that does not carry them): 0 of 2.", md);
+        Assert.Contains("Cost of the watermark (ROUGE-L, watermarked − plain", md);
     }
 }
