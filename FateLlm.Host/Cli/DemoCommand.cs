@@ -153,18 +153,24 @@ internal static class DemoCommand
         var zoo = ZooOption();
         return new Command("ipr", "FedIPR: own-key verification, false positives, key-less fine-tuning, pruning, SecAgg and DP, and the watermark's cost in quality").With(p =>
         {
-            var dir = Path.GetFullPath(p.GetValue(outDir)!);
-            var s = (p.GetValue(quick) ? ExperimentSettings.Quick(dir) with { Seeds = [1], Rounds = 3, TrainPerParty = 200, TestPerParty = 30 } : ExperimentSettings.Full(dir))
-                with { ZooRoot = p.GetValue(zoo)! };
-            if (!p.GetValue(quick)) s = s with { Seeds = Seeds(p.GetValue(seeds)!) };
-            var reference = FateLlm.Actors.Nodes.FederationNode.Reference();
-            var thresholds = new FateLlm.Training.Ipr.VerifyThresholds(reference.GetDouble("fate-llm.ipr.verify.max-p-value"),
-                reference.GetDouble("fate-llm.ipr.verify.min-trigger-accuracy"));
-            var result = new IprExperiment(s, new IprExperimentOptions(), thresholds, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 3);
+            var result = new IprExperiment(s, new IprExperimentOptions(), IprCommands.DefaultThresholds(), line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
             IprExperiment.Write(result, s.OutDir);
             CliApp.Ansi.WriteLine(IprExperiment.Markdown(result));
             CliApp.Ansi.MarkupLine($"results-ipr.md and results-ipr.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
         }, quick, outDir, seeds, zoo);
+    }
+
+    /// <summary>
+    /// A paradigm experiment's settings: one seed, <paramref name="quickRounds"/> rounds and 200 training / 30 test
+    /// examples per party with --quick, else the full run over --seeds; the zoo from --zoo.
+    /// </summary>
+    static ExperimentSettings Settings(ParseResult p, Option<bool> quick, Option<string> outDir, Option<string> seeds, Option<string> zoo, int quickRounds)
+    {
+        var dir = Path.GetFullPath(p.GetValue(outDir)!);
+        return (p.GetValue(quick)
+            ? ExperimentSettings.Quick(dir) with { Seeds = [1], Rounds = quickRounds, TrainPerParty = 200, TestPerParty = 30 }
+            : ExperimentSettings.Full(dir) with { Seeds = Seeds(p.GetValue(seeds)!) }) with { ZooRoot = p.GetValue(zoo)! };
     }
 
     static int[] Seeds(string list)
@@ -181,10 +187,7 @@ internal static class DemoCommand
         var zoo = ZooOption();
         return new Command("offsite", "Offsite tuning: full zero-shot, emulator zero-shot and fine-tuned, plug-in (FedOST+, FedOST), full-model federated LoRA; with and without emulator distillation").With(p =>
         {
-            var dir = Path.GetFullPath(p.GetValue(outDir)!);
-            var s = (p.GetValue(quick) ? ExperimentSettings.Quick(dir) with { Seeds = [1], Rounds = 2, TrainPerParty = 200, TestPerParty = 30 } : ExperimentSettings.Full(dir))
-                with { BaseModel = "server", ZooRoot = p.GetValue(zoo)! };
-            if (!p.GetValue(quick)) s = s with { Seeds = Seeds(p.GetValue(seeds)!) };
+            var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 2) with { BaseModel = "server" };
             var o = p.GetValue(quick) ? OffsiteOptions.Quick : new OffsiteOptions();
             var result = new OffsiteExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
             OffsiteExperiment.Write(result, s.OutDir);

@@ -16,11 +16,9 @@ internal static class IprCommands
         var model = new Option<string?>("--model") { Description = "The model folder (HF checkpoint), or the base model of --adapter" };
         var adapter = new Option<string?>("--adapter") { Description = "A PEFT adapter folder to apply to --model" };
         var keys = Required<string>("--keys", "The party's keys file (<data-dir>/ipr/<job>/<party>.keys.json on its node)");
-        var reference = FederationNode.Reference();
-        var maxP = Opt("--max-p-value", "Sign watermark found when chance would match as many bits with at most this probability",
-            reference.GetDouble("fate-llm.ipr.verify.max-p-value"));
-        var minTriggers = Opt("--min-trigger-accuracy", "Backdoor found when at least this share of triggers gives its response",
-            reference.GetDouble("fate-llm.ipr.verify.min-trigger-accuracy"));
+        var defaults = DefaultThresholds();
+        var maxP = Opt("--max-p-value", "Sign watermark found when chance would match as many bits with at most this probability", defaults.MaxPValue);
+        var minTriggers = Opt("--min-trigger-accuracy", "Backdoor found when at least this share of triggers gives its response", defaults.MinTriggerAccuracy);
         var verify = new Command("verify", "Check a model against one party's watermark keys: bit-match rate, p-value, trigger accuracy; exit 0 verified, 3 not");
         foreach (var o in new Option[] { model, adapter, keys, maxP, minTriggers }) verify.Options.Add(o);
         verify.SetAction(p =>
@@ -37,6 +35,13 @@ internal static class IprCommands
         var cmd = new Command("ipr", "FedIPR ownership watermarks");
         cmd.Subcommands.Add(verify);
         return cmd;
+    }
+
+    /// <summary>The verdict's thresholds of reference.conf (<c>fate-llm.ipr.verify</c>).</summary>
+    public static VerifyThresholds DefaultThresholds()
+    {
+        var reference = FederationNode.Reference();
+        return new VerifyThresholds(reference.GetDouble("fate-llm.ipr.verify.max-p-value"), reference.GetDouble("fate-llm.ipr.verify.min-trigger-accuracy"));
     }
 
     public static IEnumerable<string> Describe(IprReport r)

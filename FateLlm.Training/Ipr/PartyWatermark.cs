@@ -48,9 +48,8 @@ public sealed class PartyWatermark : IDisposable
         }
         else
         {
-            var bits = ipr.BitsPerParty(sites.Sum(s => s.Site.Length), ctx.Spec.Parties.Length, $"the last {ipr.Blocks} block(s)");
             keys = OwnershipKeys.Derive(PrivateFile.Secret(Path.Combine(ctx.KeysDir, SecretFile)), ctx.Spec.JobId, ctx.Party,
-                sites.Select(s => s.Site).ToList(), bits, ipr.Margin, ipr.Triggers, ctx.Spec.Data.Template);
+                sites.Select(s => s.Site).ToList(), WatermarkSites.BitsPerParty(sites, ctx.Spec), ipr.Margin, ipr.Triggers, ctx.Spec.Data.Template);
             keys.Save(path);
         }
         return new PartyWatermark(keys, SignWatermark.Bind(run.Model, keys, path), ipr, sites.Select(s => s.Name).ToList());

@@ -57,7 +57,7 @@ public static class WatermarkSites
         var ipr = spec.Ipr;
         if (!ipr.Enabled) return;
         var sites = Of(model, ipr.Blocks);
-        ipr.BitsPerParty(sites.Sum(s => s.Site.Length), spec.Parties.Length, $"the last {ipr.Blocks} block(s)");
+        BitsPerParty(sites, spec);
         foreach (var (_, name, p) in sites)
         {
             if (p.dtype != ScalarType.Float32)
@@ -65,4 +65,8 @@ public static class WatermarkSites
             p.requires_grad = true;
         }
     }
+
+    /// <summary>Each party's bits for these sites under the job's budget; refuses one over the capacity bound.</summary>
+    public static int BitsPerParty(IReadOnlyList<(WatermarkSite Site, string Name, Parameter Param)> sites, JobSpec spec) =>
+        spec.Ipr.BitsPerParty(sites.Sum(s => s.Site.Length), spec.Parties.Length, $"the last {spec.Ipr.Blocks} block(s)");
 }
