@@ -36,6 +36,7 @@ public static class CliApp
         root.Subcommands.Add(TokenizerCommands.Build());
         root.Subcommands.Add(ZooCommands.Build());
         root.Subcommands.Add(IprCommands.Build());
+        root.Subcommands.Add(KSeedCommands.Build());
         return root;
     }
 
@@ -74,7 +75,7 @@ public static class CliApp
     {
         // Only a usage error exits 2; an ArgumentException thrown at run time is a runtime fault.
         UsageException => (UsageError, e.Message),
-        ModelFormatException or DataFormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
+        ModelFormatException or DataFormatException or FormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
             or FateLlm.Training.Federation.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException or ArgumentException => (RuntimeError, e.Message),

@@ -88,10 +88,16 @@ public static class FederatedComputation
 
     public static EvaluationResult Evaluate(JobSpec spec, FineTuning run, byte[] adapter, string data, CancellationToken ct = default)
     {
+        run.LoadTrainable(adapter, "global adapter");
+        return Evaluate(spec, run, data, ct);
+    }
+
+    /// <summary>The job's evaluation (loss, and generation scores on up to <c>evaluation.limit</c> examples) of a model as it stands.</summary>
+    public static EvaluationResult Evaluate(JobSpec spec, FineTuning run, string data, CancellationToken ct = default)
+    {
         TorchRuntime.SetThreads(spec.Local.Threads);
         var examples = InstructionData.ReadJsonl(data, spec.Data);
         ct.ThrowIfCancellationRequested();
-        run.LoadTrainable(adapter, "global adapter");
         var report = run.Evaluate(examples, spec.Data, new EvalOptions
         {
             Limit = spec.Evaluation.Limit, BatchSize = Math.Max(8, spec.Local.BatchSize), Sampling = new SamplingOptions { MaxNewTokens = spec.Evaluation.MaxNewTokens },
