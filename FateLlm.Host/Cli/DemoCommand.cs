@@ -142,6 +142,7 @@ internal static class DemoCommand
         cmd.Subcommands.Add(PrivacyExperiment());
         cmd.Subcommands.Add(OffsiteExperimentCommand());
         cmd.Subcommands.Add(IprExperimentCommand());
+        cmd.Subcommands.Add(FedKSeedExperimentCommand());
         return cmd;
     }
 
@@ -159,6 +160,35 @@ internal static class DemoCommand
             CliApp.Ansi.WriteLine(IprExperiment.Markdown(result));
             CliApp.Ansi.MarkupLine($"results-ipr.md and results-ipr.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
         }, quick, outDir, seeds, zoo);
+    }
+
+    static Command FedKSeedExperimentCommand()
+    {
+        var quick = Opt("--quick", "One seed, 2 rounds, 100 steps per round, 200 training and 30 test examples per party", false);
+        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "fedkseed"));
+        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
+        var defaults = new FedKSeedOptions();
+        var lr = Opt("--learning-rate", "η of the zeroth-order steps", defaults.LearningRate);
+        var steps = new Option<int?>("--steps") { Description = $"τ: steps per party and round (default {defaults.Steps}, {FedKSeedOptions.Quick.Steps} with --quick)" };
+        var zoo = ZooOption();
+        return new Command("fedkseed", "FedKSeed-Pro: full-parameter zeroth-order tuning with seeds against federated LoRA given the same training time; bytes per round; replay cost").With(p =>
+        {
+            var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 2) with
+            {
+                EvaluateOn = p.GetValue(evalOn) switch
+                {
+                    "test" => EvaluationSet.Test, "dev" => EvaluationSet.Dev,
+                    var x => throw new UsageException($"--eval-on '{x}' is not test or dev"),
+                },
+            };
+            var o = (p.GetValue(quick) ? FedKSeedOptions.Quick : defaults) with { LearningRate = p.GetValue(lr) > 0 ? p.GetValue(lr) : throw new UsageException("--learning-rate must be > 0") };
+            if (p.GetValue(steps) is int n) o = o with { Steps = TrainingCommands.Positive(n, "--steps") };
+            var result = new FedKSeedExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            FedKSeedExperiment.Write(result, s.OutDir);
+            CliApp.Ansi.WriteLine(FedKSeedExperiment.Markdown(result));
+            CliApp.Ansi.MarkupLine($"results-fedkseed.md and results-fedkseed.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+        }, quick, outDir, seeds, evalOn, lr, steps, zoo);
     }
 
     /// <summary>

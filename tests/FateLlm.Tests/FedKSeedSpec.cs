@@ -154,7 +154,7 @@ public class FedKSeedSpec
             Algorithm = new AlgorithmSpec(FedKSeedAlgorithm.AlgorithmName, settings.ToDictionary(s => s.Key, s => s.Value)),
         };
         var s = FedKSeedAlgorithm.Settings.Of(With(("seeds", "1024"), ("steps", "50")));
-        Assert.Equal((1024, 50, 1), (s.Seeds, s.Steps, s.BatchSize));
+        Assert.Equal((1024, 50, 4), (s.Seeds, s.Steps, s.BatchSize));
         var algorithm = AlgorithmCatalog.Get(FedKSeedAlgorithm.AlgorithmName);
         Assert.Contains("did you mean 'seeds'", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("seed", "3")))).Message);
         Assert.Contains("job.algorithm.epsilon = 0 must be a positive number", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("epsilon", "0")))).Message);
