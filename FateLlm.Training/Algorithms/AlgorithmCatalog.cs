@@ -16,6 +16,7 @@ public static class AlgorithmCatalog
         [HomoPeft.HomoPeftAlgorithm.AlgorithmName] = new HomoPeft.HomoPeftAlgorithm(),
         [Offsite.OffsiteAlgorithm.AlgorithmName] = new Offsite.OffsiteAlgorithm(),
         [KSeed.FedKSeedAlgorithm.AlgorithmName] = new KSeed.FedKSeedAlgorithm(),
+        [CoLlm.FedCoLlmAlgorithm.AlgorithmName] = new CoLlm.FedCoLlmAlgorithm(),
     };
 
     public static IReadOnlyCollection<string> Names => Registered.Keys.Order(StringComparer.Ordinal).ToArray();
