@@ -143,6 +143,7 @@ internal static class DemoCommand
         cmd.Subcommands.Add(OffsiteExperimentCommand());
         cmd.Subcommands.Add(IprExperimentCommand());
         cmd.Subcommands.Add(FedKSeedExperimentCommand());
+        cmd.Subcommands.Add(FedCoLlmExperimentCommand());
         return cmd;
     }
 
@@ -189,6 +190,23 @@ internal static class DemoCommand
             CliApp.Ansi.WriteLine(FedKSeedExperiment.Markdown(result));
             CliApp.Ansi.MarkupLine($"results-fedkseed.md and results-fedkseed.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
         }, quick, outDir, seeds, evalOn, lr, steps, zoo);
+    }
+
+    static Command FedCoLlmExperimentCommand()
+    {
+        var quick = Opt("--quick", "One seed, 2 rounds, 200 training and 30 test examples per party, 30 co-tuning steps per round", false);
+        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "fedcollm"));
+        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var zoo = ZooOption();
+        return new Command("fedcollm", "FedCoLLM: the small model (zero-shot, each party alone, federated LoRA, FedCoLLM, centralized) and the server model (zero-shot, FedCoLLM, centralized)").With(p =>
+        {
+            var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 2);
+            var o = p.GetValue(quick) ? FedCoLlmOptions.Quick : new FedCoLlmOptions();
+            var result = new FedCoLlmExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            FedCoLlmExperiment.Write(result, s.OutDir);
+            CliApp.Ansi.WriteLine(FedCoLlmExperiment.Markdown(result));
+            CliApp.Ansi.MarkupLine($"results-fedcollm.md and results-fedcollm.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+        }, quick, outDir, seeds, zoo);
     }
 
     /// <summary>

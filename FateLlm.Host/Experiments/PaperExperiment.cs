@@ -196,7 +196,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return new RunResult(method, setting, seed, scores, sw.Elapsed.TotalSeconds);
     }
 
-    Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test)
+    internal Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test)
     {
         using var run = FineTuning.Open(basePath, s.Peft(method), seed);
         run.Train(run.Tokenize(train, Data), new TrainOptions
