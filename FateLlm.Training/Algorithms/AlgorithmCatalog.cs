@@ -17,6 +17,7 @@ public static class AlgorithmCatalog
         [Offsite.OffsiteAlgorithm.AlgorithmName] = new Offsite.OffsiteAlgorithm(),
         [KSeed.FedKSeedAlgorithm.AlgorithmName] = new KSeed.FedKSeedAlgorithm(),
         [CoLlm.FedCoLlmAlgorithm.AlgorithmName] = new CoLlm.FedCoLlmAlgorithm(),
+        [Mkt.FedMktAlgorithm.AlgorithmName] = new Mkt.FedMktAlgorithm(),
     };
 
     public static IReadOnlyCollection<string> Names => Registered.Keys.Order(StringComparer.Ordinal).ToArray();

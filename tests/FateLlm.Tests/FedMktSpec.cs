@@ -1,0 +1,120 @@
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Algorithms.Mkt;
+using FateLlm.Training.Data;
+using FateLlm.Training.Federation;
+using FateLlm.Training.Models;
+using FateLlm.Training.Tokenization;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>FedMKT's logit blocks and their checks, and rounds through the cluster with three tokenizers and a party killed mid-round.</summary>
+public class FedMktSpec
+{
+    static PublicLogits Block() => new(50, 2, new Dictionary<int, string> { [3] = " cat", [7] = "s" },
+        [new ExampleLogits(1.5f, "cats", [0, 3], [3, 7, 7, 3], [(Half)2.0, (Half)1.0, (Half)0.5, (Half)(-1.0)])]);
+
+    static readonly PublicLogits.Limits Limits = new(Examples: 1, MaxTokens: 16, MaxK: 4, MaxVocab: 100);
+
+    [Fact]
+    public void A_block_round_trips_and_a_malformed_one_is_refused_naming_the_party_and_the_fault()
+    {
+        var bytes = Block().ToBytes();
+        var back = PublicLogits.Parse(bytes, Limits);
+        Assert.Equal(Block().Surfaces, back.Surfaces);
+        Assert.Equal(Block().Examples[0].Ids, back.Examples[0].Ids);
+        Assert.Equal(Block().Examples[0].Values, back.Examples[0].Values);
+        Assert.InRange(bytes.LongLength, 1, Limits.MaxBytes);
+
+        var codec = AlgorithmCatalog.Get(FedMktAlgorithm.AlgorithmName).Codec;
+        var exchange = new Exchange(FedMktAlgorithm.FitPhase, new Dictionary<string, PartyInstruction>
+        {
+            ["acme"] = PartyInstruction.Of(new Dictionary<string, string>(), new Dictionary<string, string> { ["examples"] = "1", ["max-tokens"] = "16", ["top-k"] = "4" }),
+        });
+        var context = new UpdateCheckContext(exchange, "acme", new UpdateLimits { MaxNorm = 1e6, MaxBytes = 1 << 20 }, null);
+        string Refusal(byte[] b) => codec.Check(context, b).Problem!;
+        Assert.Null(codec.Check(context, bytes).Problem);
+        Assert.Contains("party 'acme' sent a malformed logit block: the block ends", Refusal(bytes[..^3]));
+        Assert.Contains("not a FedMKT logit block", Refusal([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]));
+        var nan = Block() with { Examples = [Block().Examples[0] with { Values = [Half.NaN, (Half)1, (Half)1, (Half)1] }] };
+        Assert.Contains("logit 0 is NaN", Refusal(nan.ToBytes()));
+        var foreign = Block() with { Examples = [Block().Examples[0] with { Ids = [3, 9, 7, 3] }] };
+        Assert.Contains("token id 9 outside the vocabulary of 50 or the surface table", Refusal(foreign.ToBytes()));
+        var backwards = Block() with { Examples = [Block().Examples[0] with { Starts = [3, 0] }] };
+        Assert.Contains("token 1 starts at 0", Refusal(backwards.ToBytes()));
+        Assert.Contains("2 examples for a public set of 1", Refusal((Block() with { Examples = [Block().Examples[0], Block().Examples[0]] }).ToBytes()));
+    }
+
+    [Fact]
+    public void Settings_need_a_model_for_every_party_and_public_data()
+    {
+        var spec = JobFile.Default("m", "server", [new PartySpec("acme", "train", null), new PartySpec("globex", "train", null)], "out") with
+        {
+            Algorithm = new AlgorithmSpec(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string> { ["public-data"] = "p.jsonl", ["party-models.acme"] = "slm-gpt2" }),
+        };
+        var algorithm = AlgorithmCatalog.Get(FedMktAlgorithm.AlgorithmName);
+        Assert.Contains("job.algorithm.party-models.globex: party 'globex' needs its small model", Assert.Throws<JobSpecException>(() => algorithm.Validate(spec)).Message);
+        var typo = spec with { Algorithm = spec.Algorithm with { Settings = new Dictionary<string, string>(spec.Algorithm.Settings) { ["party-models.globx"] = "x" } } };
+        Assert.Contains("did you mean 'party-models.globex'", Assert.Throws<JobSpecException>(() => algorithm.Validate(typo)).Message);
+    }
+}
+
+public class FedMktFederationSpec
+{
+    static string SmallModel(string root, string name, string arch, string? tokenizerDir)
+    {
+        var dir = Path.Combine(root, name);
+        var tok = tokenizerDir is null ? new ByteTokenizer() : TokenizerLoader.Load(tokenizerDir, null);
+        var raw = (System.Text.Json.Nodes.JsonObject)ModelPresets.Create(arch, "tiny").Raw.DeepClone();
+        raw["vocab_size"] = tok.VocabSize;
+        using (var m = CausalLm.Create(ModelConfig.FromJson(raw)))
+        {
+            m.InitializeWeights(name.Length);
+            HfCheckpoint.Save(m, dir);
+        }
+        if (tokenizerDir is null) ByteTokenizer.Save(dir);
+        else TokenizerLoader.CopyFiles(tokenizerDir, dir);
+        return dir;
+    }
+
+    [Fact]
+    public async Task Three_tokenizers_exchange_logits_through_the_cluster_and_a_party_killed_in_the_distil_phase_is_left_out()
+    {
+        var g = FederationFixture.Prepare();
+        var texts = g.Datasets.Values.SelectMany(d => TokenizerTraining.ReadCorpus(d["train"])).ToList();
+        TokenizerTraining.Train(TokenizerKind.Gpt2Bpe, texts, 400, Path.Combine(g.Root, "bpe"));
+        TokenizerTraining.Train(TokenizerKind.SentencePieceBpe, texts, 400, Path.Combine(g.Root, "sp"));
+        var models = new Dictionary<string, string>
+        {
+            ["party-models.animal"] = SmallModel(g.Root, "slm-gpt2", "gpt2", Path.Combine(g.Root, "bpe")),
+            ["party-models.artifact"] = SmallModel(g.Root, "slm-llama", "llama", Path.Combine(g.Root, "sp")),
+            ["party-models.food"] = SmallModel(g.Root, "slm-bytes", "llama", null),
+        };
+        var (_, publicSet) = DemoCorpus.Write(Path.Combine(g.Root, "public"));
+        // food's node dies when asked to distil in round 1, after its logits were used: the phase and round 2 go on without it.
+        var crash = ConfigurationFactory.ParseString("fate-llm.fault-injection.points = [{ at = party.fit, org = food, round = 1, phase = 2, action = terminate }]");
+        await using var fed = await FederationFixture.Start(g, crash);
+        var spec = FederationFixture.Job(g, "mkt", rounds: 2, quorum: 2, deadlineSeconds: 60) with
+        {
+            Algorithm = new AlgorithmSpec(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string>(models)
+            {
+                ["public-data"] = publicSet, ["public-limit"] = "6", ["top-k"] = "8", ["batch-size"] = "3",
+            }),
+        };
+        var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(240));
+
+        Assert.Equal([1, 2], status.Rounds.Select(r => r.Round));
+        var round1 = status.Rounds[0].Parties.ToDictionary(p => p.Org);
+        Assert.True(round1["animal"].Succeeded && round1["artifact"].Succeeded, $"{round1["animal"].Reason} {round1["artifact"].Reason}");
+        Assert.False(round1["food"].Succeeded);
+        Assert.All(status.Rounds[1].Parties.Where(p => p.Org != "food"), p => Assert.True(p.Succeeded, p.Reason));
+        // Each distilling party aligned part of the server's logits into its own tokenization (the rest fell back to one-hots).
+        Assert.All(status.Rounds[1].Parties.Where(p => p.Succeeded), p => Assert.InRange(p.Metrics["mkt.aligned"], 0.05, 1.0));
+        // The server model moved; the small models never left their nodes (only logits did).
+        using var before = HfCheckpoint.Load(g.Model);
+        using var after = HfCheckpoint.Load(Path.Combine(spec.OutputDir, "server-merged"));
+        Assert.Contains(after.BaseParameters().Zip(before.BaseParameters()), x => !OffsiteSpec.Same(x.Item1.Param, x.Item2.Param));
+    }
+}
