@@ -144,6 +144,7 @@ internal static class DemoCommand
         cmd.Subcommands.Add(IprExperimentCommand());
         cmd.Subcommands.Add(FedKSeedExperimentCommand());
         cmd.Subcommands.Add(FedCoLlmExperimentCommand());
+        cmd.Subcommands.Add(FedMktExperimentCommand());
         return cmd;
     }
 
@@ -163,51 +164,68 @@ internal static class DemoCommand
         }, quick, outDir, seeds, zoo);
     }
 
+    /// <summary>
+    /// A paradigm experiment's command: --quick, --out, --seeds, --zoo and its own options; <paramref name="run"/> runs it,
+    /// writes its results and returns the markdown and minutes to print.
+    /// </summary>
+    static Command ParadigmExperiment(string name, string description, string quickHelp, int quickRounds,
+        Func<ParseResult, ExperimentSettings, bool, (string Markdown, double Seconds)> run, params Option[] extra)
+    {
+        var quick = Opt("--quick", quickHelp, false);
+        var outDir = Opt("--out", "Working folder", Path.Combine("runs", name));
+        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var zoo = ZooOption();
+        return new Command(name, description).With(p =>
+        {
+            var s = Settings(p, quick, outDir, seeds, zoo, quickRounds);
+            var (markdown, seconds) = run(p, s, p.GetValue(quick));
+            CliApp.Ansi.WriteLine(markdown);
+            CliApp.Ansi.MarkupLine($"results-{name}.md and results-{name}.json in [bold]{s.OutDir}[/] ({seconds / 60:F1} min)");
+        }, [quick, outDir, seeds, zoo, .. extra]);
+    }
+
     static Command FedKSeedExperimentCommand()
     {
-        var quick = Opt("--quick", "One seed, 2 rounds, 100 steps per round, 200 training and 30 test examples per party", false);
-        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "fedkseed"));
-        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
         var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
         var defaults = new FedKSeedOptions();
         var lr = Opt("--learning-rate", "η of the zeroth-order steps", defaults.LearningRate);
         var steps = new Option<int?>("--steps") { Description = $"τ: steps per party and round (default {defaults.Steps}, {FedKSeedOptions.Quick.Steps} with --quick)" };
-        var zoo = ZooOption();
-        return new Command("fedkseed", "FedKSeed-Pro: full-parameter zeroth-order tuning with seeds against federated LoRA given the same training time; bytes per round; replay cost").With(p =>
-        {
-            var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 2) with
+        return ParadigmExperiment("fedkseed", "FedKSeed-Pro: full-parameter zeroth-order tuning with seeds against federated LoRA given the same training time; bytes per round; replay cost",
+            "One seed, 2 rounds, 100 steps per round, 200 training and 30 test examples per party", 2, (p, s, quick) =>
             {
-                EvaluateOn = p.GetValue(evalOn) switch
+                s = s with
                 {
-                    "test" => EvaluationSet.Test, "dev" => EvaluationSet.Dev,
-                    var x => throw new UsageException($"--eval-on '{x}' is not test or dev"),
-                },
-            };
-            var o = (p.GetValue(quick) ? FedKSeedOptions.Quick : defaults) with { LearningRate = p.GetValue(lr) > 0 ? p.GetValue(lr) : throw new UsageException("--learning-rate must be > 0") };
-            if (p.GetValue(steps) is int n) o = o with { Steps = TrainingCommands.Positive(n, "--steps") };
-            var result = new FedKSeedExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
-            FedKSeedExperiment.Write(result, s.OutDir);
-            CliApp.Ansi.WriteLine(FedKSeedExperiment.Markdown(result));
-            CliApp.Ansi.MarkupLine($"results-fedkseed.md and results-fedkseed.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
-        }, quick, outDir, seeds, evalOn, lr, steps, zoo);
+                    EvaluateOn = p.GetValue(evalOn) switch
+                    {
+                        "test" => EvaluationSet.Test, "dev" => EvaluationSet.Dev,
+                        var x => throw new UsageException($"--eval-on '{x}' is not test or dev"),
+                    },
+                };
+                var o = (quick ? FedKSeedOptions.Quick : defaults) with { LearningRate = p.GetValue(lr) > 0 ? p.GetValue(lr) : throw new UsageException("--learning-rate must be > 0") };
+                if (p.GetValue(steps) is int n) o = o with { Steps = TrainingCommands.Positive(n, "--steps") };
+                var result = new FedKSeedExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+                FedKSeedExperiment.Write(result, s.OutDir);
+                return (FedKSeedExperiment.Markdown(result), result.Seconds);
+            }, evalOn, lr, steps);
     }
 
-    static Command FedCoLlmExperimentCommand()
-    {
-        var quick = Opt("--quick", "One seed, 2 rounds, 200 training and 30 test examples per party, 30 co-tuning steps per round", false);
-        var outDir = Opt("--out", "Working folder", Path.Combine("runs", "fedcollm"));
-        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
-        var zoo = ZooOption();
-        return new Command("fedcollm", "FedCoLLM: the small model (zero-shot, each party alone, federated LoRA, FedCoLLM, centralized) and the server model (zero-shot, FedCoLLM, centralized)").With(p =>
+    static Command FedCoLlmExperimentCommand() => ParadigmExperiment("fedcollm",
+        "FedCoLLM: the small model (zero-shot, each party alone, federated LoRA, FedCoLLM, centralized) and the server model (zero-shot, FedCoLLM, centralized)",
+        "One seed, 2 rounds, 200 training and 30 test examples per party, 30 co-tuning steps per round", 2, (_, s, quick) =>
         {
-            var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 2);
-            var o = p.GetValue(quick) ? FedCoLlmOptions.Quick : new FedCoLlmOptions();
-            var result = new FedCoLlmExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            var result = new FedCoLlmExperiment(s, quick ? FedCoLlmOptions.Quick : new FedCoLlmOptions(), line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
             FedCoLlmExperiment.Write(result, s.OutDir);
-            CliApp.Ansi.WriteLine(FedCoLlmExperiment.Markdown(result));
-            CliApp.Ansi.MarkupLine($"results-fedcollm.md and results-fedcollm.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
-        }, quick, outDir, seeds, zoo);
-    }
+            return (FedCoLlmExperiment.Markdown(result), result.Seconds);
+        });
+
+    static Command FedMktExperimentCommand() => ParadigmExperiment("fedmkt",
+        "FedMKT: three small models with three tokenizers and the server model exchange top-k logits; each against its own-data-only and centralized references; bytes per round",
+        "One seed, 2 rounds, 200 training and 30 test examples per party, 32 public examples", 2, (_, s, quick) =>
+        {
+            var result = new FedMktExperiment(s, quick ? FedMktOptions.Quick : new FedMktOptions(), line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            FedMktExperiment.Write(result, s.OutDir);
+            return (FedMktExperiment.Markdown(result), result.Seconds);
+        });
 
     /// <summary>
     /// A paradigm experiment's settings: one seed, <paramref name="quickRounds"/> rounds and 200 training / 30 test

@@ -18,6 +18,35 @@ public static class ExperimentReport
 
     public const string ZeroShot = "zero-shot", Federated = "federated", Centralized = "centralized";
 
+    /// <summary>A paradigm experiment's results-NAME.json (named floats allowed: a diverged run's NaN stays visible) and results-NAME.md.</summary>
+    public static void WriteResults(string outDir, string name, object json, string markdown)
+    {
+        File.WriteAllText(Path.Combine(outDir, $"results-{name}.json"), JsonSerializer.Serialize(json,
+            new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
+        File.WriteAllText(Path.Combine(outDir, $"results-{name}.md"), markdown);
+    }
+
+    /// <summary>The quality table of a paradigm experiment: one row per (model, setting) in the given order, ROUGE-L and BLEU-4 with 95 % intervals.</summary>
+    public static void QualityTable(StringBuilder sb, IReadOnlyList<RunResult> runs, bool modelColumn, Func<RunResult, string>? extra = null, string? extraHeader = null)
+    {
+        var order = runs.Select(q => (q.Method, q.Setting)).Distinct().ToList();
+        sb.AppendLine($"| {(modelColumn ? "model | " : "")}setting | seeds | ROUGE-L [95 % CI] | BLEU-4 [95 % CI] | loss |{(extraHeader is null ? "" : $" {extraHeader} |")}");
+        sb.AppendLine($"|{(modelColumn ? "---|" : "")}---|---|---|---|---|{(extraHeader is null ? "" : "---|")}");
+        foreach (var row in Summarize(runs).OrderBy(x => order.FindIndex(k => k.Method == x.Method)).ThenBy(x => order.IndexOf((x.Method, x.Setting))))
+        {
+            var first = runs.First(x => x.Method == row.Method && x.Setting == row.Setting);
+            sb.AppendLine($"| {(modelColumn ? row.Method + " | " : "")}{row.Setting} | {row.Seeds} | {row.RougeL:F2} [{row.RougeLInterval.Low:F2}, {row.RougeLInterval.High:F2}] | " +
+                $"{row.Bleu4:F2} [{row.Bleu4Interval.Low:F2}, {row.Bleu4Interval.High:F2}] | {row.Loss:F3} |{(extra is null ? "" : $" {extra(first)} |")}");
+        }
+    }
+
+    /// <summary>One line: a paired difference of per-example ROUGE-L (each example averaged over seeds) with its 95 % interval.</summary>
+    public static string PairedLine(string name, IReadOnlyList<RunResult> a, IReadOnlyList<RunResult> b)
+    {
+        var d = Bootstrap.PairedDifference(PerExample(a, x => x.RougeLPerExample), PerExample(b, x => x.RougeLPerExample));
+        return $"- ROUGE-L {name} (paired over examples, scores averaged over seeds): {d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]";
+    }
+
     static string Label(string setting) => setting.StartsWith("local:") ? "local " + setting[6..] : setting;
 
     /// <summary>Each example's score averaged over the seeds of one (method, setting).</summary>

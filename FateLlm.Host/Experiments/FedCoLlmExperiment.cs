@@ -1,14 +1,12 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using System.Text.Json;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Algorithms.CoLlm;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
-using FateLlm.Training.Metrics;
 using FateLlm.Training.Zoo;
 
 namespace FateLlm.Host.Experiments;
@@ -101,15 +99,11 @@ public sealed class FedCoLlmExperiment(ExperimentSettings s, FedCoLlmOptions o, 
         return status.OutputDir!;
     }
 
-    public static void Write(FedCoLlmResult r, string outDir)
+    public static void Write(FedCoLlmResult r, string outDir) => ExperimentReport.WriteResults(outDir, "fedcollm", new
     {
-        File.WriteAllText(Path.Combine(outDir, "results-fedcollm.json"), JsonSerializer.Serialize(new
-        {
-            r.Settings.Seeds, r.Settings.Rounds, r.Settings.TrainPerParty, r.Settings.TestPerParty, r.Options, small = r.Small.Name, server = r.Server.Name, r.Seconds,
-            quality = r.Runs.Select(x => new { model = x.Method, x.Setting, x.Seed, x.Scores.RougeL, x.Scores.Bleu4, x.Scores.Loss, x.Seconds }),
-        }, new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
-        File.WriteAllText(Path.Combine(outDir, "results-fedcollm.md"), Markdown(r));
-    }
+        r.Settings.Seeds, r.Settings.Rounds, r.Settings.TrainPerParty, r.Settings.TestPerParty, r.Options, small = r.Small.Name, server = r.Server.Name, r.Seconds,
+        quality = r.Runs.Select(x => new { model = x.Method, x.Setting, x.Seed, x.Scores.RougeL, x.Scores.Bleu4, x.Scores.Loss, x.Seconds }),
+    }, Markdown(r));
 
     public static string Markdown(FedCoLlmResult r)
     {
@@ -121,14 +115,9 @@ public sealed class FedCoLlmExperiment(ExperimentSettings s, FedCoLlmOptions o, 
             $"{r.Options.DistillSteps} co-tuning steps per round on the zoo's public corpus (λ = 1, top-k 128, lr {r.Options.DistillLearningRate:G3}); " +
             $"local and centralized runs train for the same {s.Rounds * s.LocalEpochs} epochs; seeds {string.Join(", ", s.Seeds)}; {r.Seconds / 60:F1} min.");
         sb.AppendLine();
-        sb.AppendLine("| model | setting | seeds | ROUGE-L [95 % CI] | BLEU-4 [95 % CI] | loss |");
-        sb.AppendLine("|---|---|---|---|---|---|");
-        var order = r.Runs.Select(q => (q.Method, q.Setting)).Distinct().ToList();
-        foreach (var row in ExperimentReport.Summarize(r.Runs).OrderBy(x => x.Method == Small ? 0 : 1).ThenBy(x => order.IndexOf((x.Method, x.Setting))))
-            sb.AppendLine($"| {row.Method} | {row.Setting} | {row.Seeds} | {row.RougeL:F2} [{row.RougeLInterval.Low:F2}, {row.RougeLInterval.High:F2}] | " +
-                $"{row.Bleu4:F2} [{row.Bleu4Interval.Low:F2}, {row.Bleu4Interval.High:F2}] | {row.Loss:F3} |");
+        ExperimentReport.QualityTable(sb, r.Runs, modelColumn: true);
         sb.AppendLine();
-        double[] PerExample(string model, string setting) => ExperimentReport.PerExample(r.Runs.Where(x => x.Method == model && x.Setting == setting), x => x.RougeLPerExample);
+        IReadOnlyList<RunResult> Of(string model, string setting) => r.Runs.Where(x => x.Method == model && x.Setting == setting).ToList();
         var bestLocal = r.Runs.Where(x => x.Method == Small && x.Setting.StartsWith("local:")).GroupBy(x => x.Setting)
             .OrderByDescending(g => g.Average(x => x.Scores.RougeL)).First().Key;
         foreach (var (name, model, a, b) in new[]
@@ -137,10 +126,7 @@ public sealed class FedCoLlmExperiment(ExperimentSettings s, FedCoLlmOptions o, 
                      ("small: FedCoLLM − centralized", Small, CoLlm, Centralized), ("server: FedCoLLM − zero-shot", Large, CoLlm, ZeroShot),
                      ("server: FedCoLLM − centralized", Large, CoLlm, Centralized),
                  })
-        {
-            var d = Bootstrap.PairedDifference(PerExample(model, a), PerExample(model, b));
-            sb.AppendLine($"- ROUGE-L {name} (paired over test examples, scores averaged over seeds): {d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]");
-        }
+            sb.AppendLine(ExperimentReport.PairedLine(name, Of(model, a), Of(model, b)));
         return sb.ToString();
     }
 }

@@ -8,7 +8,6 @@ using FateLlm.Training.Algorithms;
 using FateLlm.Training.Algorithms.KSeed;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
-using FateLlm.Training.Metrics;
 using FateLlm.Training.Models;
 using FateLlm.Training.Zoo;
 
@@ -151,16 +150,12 @@ public sealed class FedKSeedExperiment(ExperimentSettings s, FedKSeedOptions o, 
 
     static string I(int v) => v.ToString(CultureInfo.InvariantCulture);
 
-    public static void Write(FedKSeedResult r, string outDir)
+    public static void Write(FedKSeedResult r, string outDir) => ExperimentReport.WriteResults(outDir, "fedkseed", new
     {
-        File.WriteAllText(Path.Combine(outDir, "results-fedkseed.json"), JsonSerializer.Serialize(new
-        {
-            r.Settings.Seeds, r.Settings.Rounds, r.Settings.TrainPerParty, r.Settings.TestPerParty, evaluate_on = r.Settings.EvaluateOn.ToString(), r.Options,
-            model = r.Model.Name, r.Parameters, r.Traffic, r.JobSeconds, r.LoraSteps, r.LoraUpBytesPerRound, r.LoraDownBytesPerRound, r.FullReplaySeconds, r.Seconds,
-            quality = r.Runs.Select(x => new { x.Setting, x.Seed, x.Scores.RougeL, x.Scores.Bleu4, x.Scores.Loss, x.Seconds }),
-        }, new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
-        File.WriteAllText(Path.Combine(outDir, "results-fedkseed.md"), Markdown(r));
-    }
+        r.Settings.Seeds, r.Settings.Rounds, r.Settings.TrainPerParty, r.Settings.TestPerParty, evaluate_on = r.Settings.EvaluateOn.ToString(), r.Options,
+        model = r.Model.Name, r.Parameters, r.Traffic, r.JobSeconds, r.LoraSteps, r.LoraUpBytesPerRound, r.LoraDownBytesPerRound, r.FullReplaySeconds, r.Seconds,
+        quality = r.Runs.Select(x => new { x.Setting, x.Seed, x.Scores.RougeL, x.Scores.Bleu4, x.Scores.Loss, x.Seconds }),
+    }, Markdown(r));
 
     public static string Markdown(FedKSeedResult r)
     {
@@ -174,22 +169,12 @@ public sealed class FedKSeedExperiment(ExperimentSettings s, FedKSeedOptions o, 
             $"seeds {string.Join(", ", s.Seeds)}; scored on {(s.EvaluateOn == EvaluationSet.Test ? "the all-domain test set" : "the pooled dev sets")}. " +
             $"Federated LoRA (r = 8, q/v) gets {r.LoraSteps} local steps per round: as long as FedKSeed's parties trained, at LoRA's step time measured in the same federation. {r.Seconds / 60:F1} min.");
         sb.AppendLine();
-        sb.AppendLine("| model | seeds | ROUGE-L [95 % CI] | BLEU-4 [95 % CI] | loss | job wall time (s) |");
-        sb.AppendLine("|---|---|---|---|---|---|");
-        var order = r.Runs.Select(q => q.Setting).Distinct().ToList();
-        foreach (var row in ExperimentReport.Summarize(r.Runs).OrderBy(x => order.IndexOf(x.Setting)))
-        {
-            var wall = r.Runs.Where(x => x.Setting == row.Setting && x.Seconds > 0).Select(x => x.Seconds).DefaultIfEmpty(0).Average();
-            sb.AppendLine($"| {row.Setting} | {row.Seeds} | {row.RougeL:F2} [{row.RougeLInterval.Low:F2}, {row.RougeLInterval.High:F2}] | " +
-                $"{row.Bleu4:F2} [{row.Bleu4Interval.Low:F2}, {row.Bleu4Interval.High:F2}] | {row.Loss:F3} | {(wall > 0 ? wall.ToString("F0", CultureInfo.InvariantCulture) : "-")} |");
-        }
+        ExperimentReport.QualityTable(sb, r.Runs, modelColumn: false, x => r.Runs.Where(y => y.Setting == x.Setting && y.Seconds > 0).Select(y => y.Seconds)
+            .DefaultIfEmpty(0).Average() is var wall and > 0 ? wall.ToString("F0", CultureInfo.InvariantCulture) : "-", "job wall time (s)");
         sb.AppendLine();
-        double[] PerExample(string setting) => ExperimentReport.PerExample(r.Runs.Where(x => x.Setting == setting), x => x.RougeLPerExample);
-        foreach (var (name, a, b) in new[] { ("FedKSeed − zero-shot", KSeed, ZeroShot), ("FedKSeed − LoRA", KSeed, Lora) })
-        {
-            var d = Bootstrap.PairedDifference(PerExample(a), PerExample(b));
-            sb.AppendLine($"- ROUGE-L {name} (paired over examples, scores averaged over seeds): {d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]");
-        }
+        IReadOnlyList<RunResult> Of(string setting) => r.Runs.Where(x => x.Setting == setting).ToList();
+        sb.AppendLine(ExperimentReport.PairedLine("FedKSeed − zero-shot", Of(KSeed), Of(ZeroShot)));
+        sb.AppendLine(ExperimentReport.PairedLine("FedKSeed − LoRA", Of(KSeed), Of(Lora)));
         sb.AppendLine();
         var t = r.Traffic;
         sb.AppendLine("| per party and round | FedKSeed (max over rounds) | federated LoRA |");

@@ -196,9 +196,10 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return new RunResult(method, setting, seed, scores, sw.Elapsed.TotalSeconds);
     }
 
-    internal Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test)
+    /// <param name="peft">Instead of the method's configuration (e.g. PEFT's per-family default targets for a GPT-2 model).</param>
+    internal Scores TrainAndEvaluate(string basePath, string method, List<Example> train, int epochs, int seed, List<Example> test, PeftConfig? peft = null)
     {
-        using var run = FineTuning.Open(basePath, s.Peft(method), seed);
+        using var run = FineTuning.Open(basePath, peft ?? s.Peft(method), seed);
         run.Train(run.Tokenize(train, Data), new TrainOptions
         {
             Epochs = epochs, BatchSize = s.BatchSize, LearningRate = s.LearningRate(method), Schedule = LrSchedule.Constant, Seed = seed,
