@@ -56,6 +56,11 @@ public class FedMktSpec
         };
         var algorithm = AlgorithmCatalog.Get(FedMktAlgorithm.AlgorithmName);
         Assert.Contains("job.algorithm.party-models.globex: party 'globex' needs its small model", Assert.Throws<JobSpecException>(() => algorithm.Validate(spec)).Message);
+        var example = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "fedmkt.conf")));
+        JobSpecValidation.Validate(example, "fedmkt.conf");
+        var settings = FedMktAlgorithm.Settings.Of(example);
+        Assert.Equal("slm-gpt2", settings.Models["acme"]);
+        Assert.Equal((64, 128, 0.9, 1), (settings.PublicLimit, settings.TopK, settings.Transfer.Alpha, settings.Transfer.Epochs));
         var typo = spec with { Algorithm = spec.Algorithm with { Settings = new Dictionary<string, string>(spec.Algorithm.Settings) { ["party-models.globx"] = "x" } } };
         Assert.Contains("did you mean 'party-models.globex'", Assert.Throws<JobSpecException>(() => algorithm.Validate(typo)).Message);
     }
