@@ -189,7 +189,7 @@ public class FedKSeedFederationSpec
         {
             Algorithm = new AlgorithmSpec(FedKSeedAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
-                ["steps"] = "200", ["learning-rate"] = "1e-4", ["batch-size"] = "2",
+                ["steps"] = "100", ["learning-rate"] = "1e-4", ["batch-size"] = "2",
             }),
         };
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
@@ -209,7 +209,7 @@ public class FedKSeedFederationSpec
         // The wire, from the transfer accounting: 8 bytes a step up; one round's history down (the model never travels).
         foreach (var p in status.Rounds.SelectMany(r => r.Parties).Where(p => p.Succeeded))
         {
-            Assert.Equal(8 + 8 * 200, p.UploadBytes);
+            Assert.Equal(8 + 8 * 100, p.UploadBytes);
             Assert.InRange(p.DownloadBytes, 0, 18_000);
         }
         Assert.True(status.Rounds[2].Parties.Single(p => p.Org == "animal").DownloadBytes > 0, "round 2's history is downloaded in round 3");

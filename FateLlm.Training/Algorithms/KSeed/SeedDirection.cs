@@ -125,6 +125,9 @@ public sealed class ParameterLayout
             entries.Add((name, p, offset));
             offset += p.numel();
         }
+        // The flat model is one .NET array; a larger model would need a chunked layout.
+        if (offset > Array.MaxLength)
+            throw new ModelFormatException($"fedkseed holds the model as one flat fp32 array of at most {Array.MaxLength:N0} values; this model has {offset:N0}");
         return new ParameterLayout(entries, offset);
     }
 

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using FateLlm.Training.Data;
 using FateLlm.Training.Models;
@@ -114,27 +115,20 @@ public static class KnowledgeTransfer
         return result;
     }
 
+    /// <summary>Surface → receiver id, per receiver vocabulary (by digest): the nearest-surface search runs once per surface for the process.</summary>
+    static readonly ConcurrentDictionary<string, ConcurrentDictionary<string, int>> Nearest = new(StringComparer.Ordinal);
+
     static Dictionary<int, long> MapIds(IReadOnlyDictionary<int, string> surfaces, TokenVocabulary receiver)
     {
-        var exact = new Dictionary<string, int>(StringComparer.Ordinal);
-        for (int v = receiver.Surfaces.Count - 1; v >= 0; v--)
-            if (receiver.Surfaces[v].Length > 0) exact[receiver.Surfaces[v]] = v;
-        var map = new Dictionary<int, long>(surfaces.Count);
-        foreach (var (id, surface) in surfaces)
+        var known = Nearest.GetOrAdd(receiver.Digest, _ =>
         {
-            if (surface.Length == 0) { map[id] = receiver.Eos ?? 0; continue; }
-            if (exact.TryGetValue(surface, out var same)) { map[id] = same; continue; }
-            int best = receiver.Eos ?? 0, bestDistance = int.MaxValue;
-            for (int t = 0; t < receiver.Surfaces.Count; t++)
-            {
-                var candidate = receiver.Surfaces[t];
-                if (candidate.Length == 0 || Math.Abs(candidate.Length - surface.Length) >= bestDistance) continue;
-                var d = TokenAlignment.EditDistance(surface, candidate, bestDistance);
-                if (d < bestDistance) (best, bestDistance) = (t, d);
-            }
-            map[id] = best;
-        }
-        return map;
+            var exact = new ConcurrentDictionary<string, int>(StringComparer.Ordinal);
+            for (int v = receiver.Surfaces.Count - 1; v >= 0; v--)
+                if (receiver.Surfaces[v].Length > 0) exact[receiver.Surfaces[v]] = v;
+            exact[""] = receiver.Eos ?? 0;
+            return exact;
+        });
+        return surfaces.ToDictionary(kv => kv.Key, kv => (long)known.GetOrAdd(kv.Value, surface => TokenAlignment.Nearest(surface, receiver)));
     }
 
     /// <summary>

@@ -62,23 +62,28 @@ public static class TokenAlignment
         for (int v = to.Surfaces.Count - 1; v >= 0; v--)
             if (to.Surfaces[v].Length > 0) exact[to.Surfaces[v]] = v;
         var map = new int[from.Surfaces.Count];
-        // Brute force with early exits: a few seconds for 50k × 50k surfaces, once per pair of tokenizers and job.
+        // Brute force, pruned by length difference and by the row minimum of the edit distance.
         for (int v = 0; v < map.Length; v++)
         {
             var s = from.Surfaces[v];
             if (s.Length == 0) { map[v] = from.SpecialCounterpart(v, to) ?? to.Eos ?? 0; continue; }
-            if (exact.TryGetValue(s, out var same)) { map[v] = same; continue; }
-            int best = -1, bestDistance = int.MaxValue;
-            for (int t = 0; t < to.Surfaces.Count; t++)
-            {
-                var candidate = to.Surfaces[t];
-                if (candidate.Length == 0 || Math.Abs(candidate.Length - s.Length) >= bestDistance) continue;
-                var d = EditDistance(s, candidate, bestDistance);
-                if (d < bestDistance) (best, bestDistance) = (t, d);
-            }
-            map[v] = best >= 0 ? best : to.Eos ?? 0;
+            map[v] = exact.TryGetValue(s, out var same) ? same : Nearest(s, to);
         }
         return map;
+    }
+
+    /// <summary>The target token whose surface is nearest by edit distance (ties to the lowest id; eos when the target has none).</summary>
+    public static int Nearest(string surface, TokenVocabulary to)
+    {
+        int best = to.Eos ?? 0, bestDistance = int.MaxValue;
+        for (int t = 0; t < to.Surfaces.Count; t++)
+        {
+            var candidate = to.Surfaces[t];
+            if (candidate.Length == 0 || Math.Abs(candidate.Length - surface.Length) >= bestDistance) continue;
+            var d = EditDistance(surface, candidate, bestDistance);
+            if (d < bestDistance) (best, bestDistance) = (t, d);
+        }
+        return best;
     }
 
     /// <summary>Levenshtein distance, giving up (returning ≥ <paramref name="limit"/>) once every path costs that much.</summary>
