@@ -25,7 +25,7 @@ namespace FateLlm.Training.Algorithms.KSeed;
 public sealed class FedKSeedAlgorithm : IFederatedAlgorithm
 {
     public const string AlgorithmName = "fedkseed";
-    public const string ManifestArtifact = "kseed", RoundPrefix = "round-";
+    public const string ManifestArtifact = "kseed", RoundPrefix = "round-", HistoryExtension = ".ksr";
     // What the codec checks an upload against travels in the instruction (the codec does not see the spec).
     const string StepsParameter = "steps", SeedsParameter = "seeds", MaxScalarParameter = "max-scalar";
     const long SamplingPurpose = 0x4B534545; // "KSEE"
@@ -130,8 +130,6 @@ public sealed class FedKSeedAlgorithm : IFederatedAlgorithm
             Export(ctx.ModelPath, manifest, rounds, Path.Combine(outputDir, "model"), ctx.Spec.Local.Threads);
         }
     }
-
-    public const string HistoryExtension = ".ksr";
 
     /// <summary>Replays a history onto the base model and saves the result as an HF checkpoint with the base's tokenizer.</summary>
     public static void Export(string modelPath, KSeedManifest manifest, IReadOnlyList<RoundScalars> rounds, string folder, int threads)
