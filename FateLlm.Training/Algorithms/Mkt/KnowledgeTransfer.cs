@@ -110,7 +110,8 @@ public static class KnowledgeTransfer
                 }
                 teacher[t] = new TokenTarget(probabilities.Keys.ToArray(), probabilities.Values.Select(p => (float)p).ToArray());
             }
-            result.Add(new ExampleTarget(s.Metric, teacher, aligned));
+            // A sender that had no response tokens for this example (truncation) is no teacher for it.
+            result.Add(new ExampleTarget(s.Tokens == 0 ? float.PositiveInfinity : s.Metric, teacher, aligned));
         }
         return result;
     }
