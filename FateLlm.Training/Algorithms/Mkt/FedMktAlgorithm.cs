@@ -114,7 +114,8 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
             using var run = OpenServer(spec, ctx.Server.ModelPath);
             run.LoadTrainable(ctx.Store.Read(state.Get(ServerAdapter)), "server adapter");
             var vocab = TokenVocabulary.Of(run.Tokenizer);
-            var own = KnowledgeTransfer.Compute(run.Model, run.Tokenizer, vocab, publicSet, spec.Data, s.TopK);
+            // Only its own cross-entropy per example is needed before training (the Min-CE bar), so k = 1.
+            var own = KnowledgeTransfer.Compute(run.Model, run.Tokenizer, vocab, publicSet, spec.Data, 1);
             var candidates = result.Updates.Select(u => (IReadOnlyList<ExampleTarget>)KnowledgeTransfer.Align((PublicLogits)u.Parsed!, run.Tokenizer, vocab, publicSet,
                 spec.Data, s.Transfer.Temperature)).ToList();
             var teachers = KnowledgeTransfer.Select(candidates, own.Examples.Select(e => e.Metric).ToList());
