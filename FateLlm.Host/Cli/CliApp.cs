@@ -73,9 +73,10 @@ public static class CliApp
 
     static (int, string) Classify(Exception e) => e switch
     {
-        // Only a usage error exits 2; an ArgumentException thrown at run time is a runtime fault.
+        // Only a usage error exits 2; an ArgumentException thrown at run time is a runtime fault. FormatException covers
+        // DataFormatException and every plug-in's parse errors (fedkseed histories, fedmkt blocks).
         UsageException => (UsageError, e.Message),
-        ModelFormatException or DataFormatException or FormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
+        ModelFormatException or FormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
             or FateLlm.Training.Federation.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException or ArgumentException => (RuntimeError, e.Message),
