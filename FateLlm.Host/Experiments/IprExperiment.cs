@@ -176,16 +176,12 @@ public sealed class IprExperiment(ExperimentSettings s, IprExperimentOptions o, 
         bool Prunable(string tensor, Tensor t) => t.dim() == 2 || (norms && t.dim() == 1 && !tensor.EndsWith(".bias"));
     }
 
-    public static void Write(IprResult r, string outDir)
+    public static void Write(IprResult r, string outDir) => ExperimentReport.WriteResults(outDir, "ipr", new
     {
-        File.WriteAllText(Path.Combine(outDir, "results-ipr.json"), JsonSerializer.Serialize(new
-        {
-            r.Settings.Seeds, r.Settings.Rounds, r.Settings.TrainPerParty, r.Settings.TestPerParty, r.Options, model = r.Model.Name, r.Thresholds,
-            r.FederationSteps, r.Epsilon, r.Seconds, r.Checks,
-            quality = r.Quality.Select(x => new { x.Method, x.Setting, x.Seed, x.Scores.RougeL, x.Scores.Bleu4, x.Scores.Loss }),
-        }, new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
-        File.WriteAllText(Path.Combine(outDir, "results-ipr.md"), Markdown(r));
-    }
+        r.Settings.Seeds, r.Settings.Rounds, r.Settings.TrainPerParty, r.Settings.TestPerParty, r.Options, model = r.Model.Name, r.Thresholds,
+        r.FederationSteps, r.Epsilon, r.Seconds, r.Checks,
+        quality = r.Quality.Select(x => new { x.Method, x.Setting, x.Seed, x.Scores.RougeL, x.Scores.Bleu4, x.Scores.Loss }),
+    }, Markdown(r));
 
     public static string Markdown(IprResult r)
     {

@@ -40,8 +40,6 @@ public static class MutualDistillation
         if (small.Config.VocabSize != large.Config.VocabSize)
             throw new ModelFormatException($"mutual distillation needs one vocabulary: the small model has {small.Config.VocabSize} tokens, the large {large.Config.VocabSize}");
         if (texts.Count == 0) throw new DataFormatException("mutual distillation: the public set has no text");
-        var pad = tok.PadId ?? tok.EosId ?? 0;
-        int[] Encode(string t) => (tok.AddBos && tok.BosId is int b ? new[] { b } : []).Concat(tok.Encode(t)).Take(o.MaxTokens).ToArray();
         var smallParams = PeftModel.TrainableParameters(small).Select(p => p.Param).ToList();
         var largeParams = PeftModel.TrainableParameters(large).Select(p => p.Param).ToList();
         if (smallParams.Count == 0 || largeParams.Count == 0) throw new InvalidOperationException("mutual distillation: both models need trainable adapters");
@@ -49,7 +47,7 @@ public static class MutualDistillation
         using var optLarge = optim.AdamW(largeParams, lr: o.LearningRate);
         small.train();
         large.train();
-        var rng = new Random((int)(o.Seed & 0x7FFFFFFF));
+        var batches = new CorpusBatches(tok, texts, o.MaxTokens, (int)(o.Seed & 0x7FFFFFFF));
         var sw = Stopwatch.StartNew();
         double firstS = double.NaN, lastS = double.NaN, firstL = double.NaN, lastL = double.NaN;
         var t2 = o.Temperature * o.Temperature;
@@ -57,12 +55,7 @@ public static class MutualDistillation
         {
             ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
-            var batch = Enumerable.Range(0, o.BatchSize).Select(_ => Encode(texts[rng.Next(texts.Count)])).Where(x => x.Length > 1).ToList();
-            if (batch.Count == 0) continue;
-            var width = batch.Max(x => x.Length);
-            var ids = tensor(batch.SelectMany(x => x.Concat(Enumerable.Repeat(pad, width - x.Length))).Select(i => (long)i).ToArray(), [batch.Count, width]);
-            var mask = tensor(batch.SelectMany(x => Enumerable.Range(0, width).Select(i => i < x.Length)).ToArray(), [batch.Count, width]);
-            var labels = ids.masked_fill(mask.logical_not(), InstructionData.IgnoreIndex);
+            if (batches.Next(o.BatchSize) is not var (ids, mask, labels)) continue;
             var logitsS = small.Forward(ids);
             var logitsL = large.Forward(ids);
             var kdS = TopKDivergence(logitsS, logitsL, mask, o.TopK, o.Temperature);

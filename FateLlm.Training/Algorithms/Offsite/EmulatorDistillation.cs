@@ -40,8 +40,6 @@ public static class EmulatorDistillation
         var data = o.Data ?? throw new ArgumentException("distillation needs a public corpus (job.algorithm.distill.data)");
         var texts = TokenizerTraining.ReadCorpus(data);
         if (texts.Count == 0) throw new DataFormatException($"{data}: no text to distil the emulator on");
-        var pad = tok.PadId ?? tok.EosId ?? 0;
-        int[] Encode(string t) => (tok.AddBos && tok.BosId is int b ? new[] { b } : []).Concat(tok.Encode(t)).Take(o.MaxTokens).ToArray();
 
         teacher.eval();
         foreach (var (_, p) in teacher.BaseParameters()) p.requires_grad = false;
@@ -53,19 +51,14 @@ public static class EmulatorDistillation
         using var optimizer = optim.AdamW(trainable.Select(t => t.Param), lr: o.LearningRate);
         // Both hidden states enter the top adapter: after the teacher's last middle block and the student's last emulator block.
         int teacherBlock = plan.Layers - plan.Top.Length - 1, studentBlock = plan.Bottom.Length + plan.Emulator.Length - 1;
-        var rng = new Random((int)o.Seed);
+        var batches = new CorpusBatches(tok, texts, o.MaxTokens, (int)o.Seed);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         double firstLoss = double.NaN, lastLoss = double.NaN, firstKd = double.NaN, lastKd = double.NaN;
         for (int step = 0; step < o.Steps; step++)
         {
             ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
-            var batch = Enumerable.Range(0, o.BatchSize).Select(_ => Encode(texts[rng.Next(texts.Count)])).Where(x => x.Length > 1).ToList();
-            if (batch.Count == 0) continue;
-            var width = batch.Max(x => x.Length);
-            var ids = tensor(batch.SelectMany(x => x.Concat(Enumerable.Repeat(pad, width - x.Length))).Select(i => (long)i).ToArray(), [batch.Count, width]);
-            var mask = tensor(batch.SelectMany(x => Enumerable.Range(0, width).Select(i => i < x.Length)).ToArray(), [batch.Count, width]);
-            var labels = ids.masked_fill(mask.logical_not(), InstructionData.IgnoreIndex);
+            if (batches.Next(o.BatchSize) is not var (ids, mask, labels)) continue;
             Tensor hT;
             using (no_grad()) hT = teacher.ForwardCapturing(ids, teacherBlock).Hidden.to_type(ScalarType.Float32);
             var (logits, hS) = student.ForwardCapturing(ids, studentBlock);
