@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using System.Text.Json;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Algorithms;
