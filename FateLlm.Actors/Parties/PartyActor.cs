@@ -50,6 +50,9 @@ public sealed class PartyActor : ReceiveActor
     readonly Dictionary<string, IActorRef> _evaluations = new();
     /// <summary>The latest work seen per job: a later exchange is only issued once earlier ones are over.</summary>
     readonly Dictionary<string, WorkId> _latest = new();
+    /// <summary>Work the job cancelled, remembered (the last few) because a re-ask sent before the cancel may arrive after it.</summary>
+    readonly Queue<WorkId> _cancelled = new();
+    const int RememberedCancels = 64;
 
     public PartyActor(string org, PartyNodeSettings settings)
     {
@@ -59,7 +62,7 @@ public sealed class PartyActor : ReceiveActor
         _trainer = Context.ActorOf(Trainer.Props(new RestartBackoff(settings.TrainerBackoffMin, settings.TrainerBackoffMax), settings.TrainingDispatcher), "trainer");
 
         Receive<WorkRequest>(OnWork);
-        Receive<CancelWork>(c => { if (_works.TryGetValue(c.Id, out var w)) w.Tell(new StopWork("cancelled by the job")); });
+        Receive<CancelWork>(OnCancel);
         Receive<ISecAggRequest>(OnSecAgg);
         Receive<EvaluateRequest>(OnEvaluate);
         Receive<Terminated>(t =>
@@ -89,8 +92,24 @@ public sealed class PartyActor : ReceiveActor
         _log.Info("party {0} ready with datasets [{1}]", _s.Org, string.Join(", ", _s.Datasets.Keys));
     }
 
+    void OnCancel(CancelWork c)
+    {
+        if (!_cancelled.Contains(c.Id))
+        {
+            _cancelled.Enqueue(c.Id);
+            if (_cancelled.Count > RememberedCancels) _cancelled.Dequeue();
+        }
+        if (_works.TryGetValue(c.Id, out var w)) w.Tell(new StopWork("cancelled by the job"));
+    }
+
     void OnWork(WorkRequest r)
     {
+        if (_cancelled.Contains(r.Id))
+        {
+            _log.Info("party {0}: {1} refused (cancelled by the job)", _s.Org, r.Id);
+            Sender.Tell(new UpdateFailed(_s.Org, r.Id, "the job cancelled this work"));
+            return;
+        }
         if (_works.TryGetValue(r.Id, out var existing))
         {
             existing.Forward(r);

@@ -93,10 +93,14 @@ public class JobCommandsSpec
         Assert.Equal("job to-cancel: Cancelled", output.Trim());
         // Each party's work of the cancelled round is stopped (their node logs say so), long before 200 epochs could end.
         var logs = fed.Parties.Values.Select(n => Path.Combine(n.Options.DataDir, "node.log")).ToList();
-        var deadline = DateTime.UtcNow.AddSeconds(20);
-        while (!logs.All(l => File.Exists(l) && File.ReadAllText(l).Contains("stopped (cancelled by the job)")))
+        static string Read(string log) => File.Exists(log) ? File.ReadAllText(log) : "";
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!logs.All(l => Read(l).Contains("(cancelled by the job)")))
         {
-            Assert.True(DateTime.UtcNow < deadline, "every party stops its training within seconds of the cancel");
+            // On failure, say which party did not stop and what its node logged of the job.
+            Assert.True(DateTime.UtcNow < deadline, "every party stops its training within seconds of the cancel; " + string.Join(" | ",
+                logs.Where(l => !Read(l).Contains("(cancelled by the job)")).Select(l => l + ": " + string.Join(" / ",
+                    Read(l).Split('\n').Where(x => x.Contains("to-cancel") || x.Contains("WARN") || x.Contains("ERROR")).TakeLast(8)))));
             await Task.Delay(200);
         }
         var status = await fed.StatusAsync("to-cancel");
