@@ -4,6 +4,7 @@ using FateLlm.Training.Algorithms;
 using FateLlm.Training.Algorithms.Mkt;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
 using FateLlm.Training.Models;
 using FateLlm.Training.Tokenization;
 using Xunit;
@@ -63,6 +64,18 @@ public class FedMktSpec
         Assert.Equal((64, 128, 0.9, 1), (settings.PublicLimit, settings.TopK, settings.Transfer.Alpha, settings.Transfer.Epochs));
         var typo = spec with { Algorithm = spec.Algorithm with { Settings = new Dictionary<string, string>(spec.Algorithm.Settings) { ["party-models.globx"] = "x" } } };
         Assert.Contains("did you mean 'party-models.globex'", Assert.Throws<JobSpecException>(() => algorithm.Validate(typo)).Message);
+        Assert.False(settings.OneWay || settings.PostFedAvg);
+        JobSpec With(params (string Key, string Value)[] extra)
+        {
+            var settings = new Dictionary<string, string>(spec.Algorithm.Settings) { ["party-models.globex"] = "slm-llama" };
+            foreach (var (k, v) in extra) settings[k] = v;
+            return spec with { Algorithm = spec.Algorithm with { Settings = settings } };
+        }
+        Assert.Contains("job.algorithm.mode = 'both' must be two-way", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("mode", "both")))).Message);
+        Assert.Contains("post-fedavg = on averages the parties' LoRA, so every party-models.<org> must name the same model (got acme → slm-gpt2, globex → slm-llama)",
+            Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("post-fedavg", "on")))).Message);
+        var same = FedMktAlgorithm.Settings.Of(With(("post-fedavg", "on"), ("mode", "one-way"), ("party-models.globex", "slm-gpt2")));
+        Assert.True(same.OneWay && same.PostFedAvg);
     }
 }
 
@@ -121,5 +134,42 @@ public class FedMktFederationSpec
         using var before = HfCheckpoint.Load(g.Model);
         using var after = HfCheckpoint.Load(Path.Combine(spec.OutputDir, "server-merged"));
         Assert.Contains(after.BaseParameters().Zip(before.BaseParameters()), x => !OffsiteSpec.Same(x.Item1.Param, x.Item2.Param));
+    }
+
+    [Fact]
+    public async Task One_way_with_post_fedavg_is_one_exchange_per_round_leaves_the_server_untouched_and_averages_the_parties_lora()
+    {
+        var g = FederationFixture.Prepare();
+        var small = SmallModel(g.Root, "slm-bytes", "llama", null);
+        var (_, publicSet) = DemoCorpus.Write(Path.Combine(g.Root, "public"));
+        await using var fed = await FederationFixture.Start(g);
+        var spec = FederationFixture.Job(g, "mkt-oneway", rounds: 2, quorum: 3, deadlineSeconds: 60) with
+        {
+            Algorithm = new AlgorithmSpec(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string>(g.Datasets.Keys.ToDictionary(o => "party-models." + o, _ => small))
+            {
+                ["public-data"] = publicSet, ["public-limit"] = "6", ["top-k"] = "8", ["batch-size"] = "3", ["mode"] = "one-way", ["post-fedavg"] = "on",
+            }),
+        };
+        var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(240));
+
+        Assert.All(status.Rounds, r => Assert.Equal(1, r.Exchanges)); // fit and distil in one exchange
+        Assert.All(status.Rounds, r => Assert.Equal(3, r.Metrics["mkt.parties-averaged"]));
+        Assert.All(status.Rounds.SelectMany(r => r.Parties), p => Assert.True(p.Succeeded && p.Metrics.ContainsKey("mkt.fit-loss.last"), p.Reason));
+        // The average the arbiter exports is Σ n_k·LoRA_k / Σ n_k over the adapters the parties ended round 2 with, n_k their private examples.
+        var average = SafeTensors.Load(Path.Combine(spec.OutputDir, "party-average.safetensors"));
+        var parties = g.Datasets.Keys.Select(o => (Lora: SafeTensors.Load(Path.Combine(fed.Parties[o].Options.DataDir, "work", "mkt-oneway", "fedmkt-r0002-distill.safetensors")),
+            N: (double)File.ReadLines(g.Datasets[o]["train"]).Count(l => l.Trim().Length > 0))).ToList();
+        Assert.NotEmpty(average);
+        foreach (var (name, t) in average)
+        {
+            var expected = parties.Select(x => x.Lora[name] * (x.N / parties.Sum(y => y.N))).Aggregate((a, b) => a + b);
+            Assert.True(t.allclose(expected, rtol: 1e-5, atol: 1e-7), name);
+        }
+        // Round 2 started from that round-1 average: each party downloaded it (the public set and logits came in round 1).
+        Assert.All(status.Rounds[1].Parties, p => Assert.True(p.DownloadBytes > 0 && p.UploadBytes > 4, $"{p.Org}: {p.DownloadBytes} B down, {p.UploadBytes} B up"));
+        // One-way: the server model is not tuned.
+        using var before = HfCheckpoint.Load(g.Model);
+        using var after = HfCheckpoint.Load(Path.Combine(spec.OutputDir, "server-merged"));
+        Assert.All(after.BaseParameters().Zip(before.BaseParameters()), x => Assert.True(OffsiteSpec.Same(x.Item1.Param, x.Item2.Param), x.Item1.Name));
     }
 }
