@@ -61,6 +61,9 @@ public abstract class CausalLm : nn.Module
 
     internal abstract Tensor ForwardCore(Tensor inputIds, DecoderStep step);
 
+    /// <summary>The input token embedding matrix [vocab, hidden] (InferDPT builds its perturbation kit from it).</summary>
+    public abstract Parameter InputEmbeddings { get; }
+
     public KvCache NewCache() => new(Config.NumLayers);
 
     /// <summary>Every projection by module path (LoRA targets are chosen from these).</summary>

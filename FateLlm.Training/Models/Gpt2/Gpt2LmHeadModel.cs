@@ -98,6 +98,7 @@ public sealed class Gpt2LmHeadModel : CausalLm
 {
     public Gpt2Transformer transformer { get; }
     public Projection? lm_head { get; }
+    public override Parameter InputEmbeddings => transformer.wte.weight;
 
     public Gpt2LmHeadModel(ModelConfig c) : base("Gpt2LmHeadModel", c)
     {

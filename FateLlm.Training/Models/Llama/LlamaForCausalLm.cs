@@ -149,6 +149,7 @@ public sealed class LlamaForCausalLm : CausalLm
 {
     public LlamaModelBody model { get; }
     public Projection? lm_head { get; }
+    public override Parameter InputEmbeddings => model.embed_tokens.weight;
 
     public LlamaForCausalLm(ModelConfig c) : base("LlamaForCausalLM", c)
     {
