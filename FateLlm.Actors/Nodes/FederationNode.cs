@@ -9,6 +9,7 @@ using FateLlm.Actors.Membership;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Security;
+using FateLlm.Actors.Services;
 using FateLlm.Actors.Transfer;
 using System.Runtime.CompilerServices;
 using FateLlm.Training.IO;
@@ -33,6 +34,11 @@ public sealed record NodeOptions
     public Config? Overrides { get; init; }
     /// <summary>Mutual TLS with the federation CA (<c>--tls DIR</c>); null runs plain TCP.</summary>
     public NodeTls? Tls { get; init; }
+    /// <summary>Models this node serves to other organizations (<c>--serve NAME=DIR</c>).</summary>
+    public IReadOnlyList<ServedModelOptions> Services { get; init; } = [];
+
+    /// <summary>The organization a node's services belong to: a party's own, else its certificate's, else <c>operator</c>.</summary>
+    public string ServiceOrg => Org ?? Tls?.Organization ?? "operator";
 }
 
 /// <summary>A running node: its actor system, the regions or proxies its role needs, its blob store and server.</summary>
@@ -45,6 +51,7 @@ public sealed class FederationNode : IAsyncDisposable
     public IActorRef JobRegion { get; }
     public IActorRef RoundRegion { get; }
     public IActorRef PartyRegion { get; }
+    public TransferSettings BlobTransfer { get; private init; } = TransferSettings.Default;
     /// <summary>Set when this party node was refused because another node already serves its organization.</summary>
     public string? Refused => _refusal.Value;
 
@@ -83,6 +90,7 @@ public sealed class FederationNode : IAsyncDisposable
         }
         var dataDir = Path.GetFullPath(o.DataDir);
         var journal = "Data Source=" + Path.Combine(dataDir, "journal.db").Replace("\\", "/");
+        roles.AddRange(o.Services.Select(sv => ModelService.RoleOf(o.ServiceOrg, sv.Name)));
         var seeds = string.Join(",", o.Seeds.Select(s => $"\"{s}\""));
         var logFile = Path.Combine(dataDir, "node.log").Replace('\\', '/');
         var node = ConfigurationFactory.ParseString($$"""
@@ -159,6 +167,8 @@ public sealed class FederationNode : IAsyncDisposable
             system.ActorOf(OrganizationGuard.Props(tls, Operators(config)), OrganizationGuard.Name);
             proven = tls.Identities.OrganizationOf;
         }
+        foreach (var sv in o.Services)
+            system.ActorOf(ModelService.Props(ModelServiceSettings.FromConfig(config, sv, store, blobServer, o.Tls)), ModelService.ActorName(sv.Name));
         var sharding = ClusterSharding.Get(system);
         var modelsRoot = config.GetString("fate-llm.models-root");
         var faults = FaultInjection.FromConfig(config);
@@ -213,7 +223,7 @@ public sealed class FederationNode : IAsyncDisposable
             round = sharding.StartProxy(RoundRegionName, "arbiter", new RoundMessageExtractor(roundShards));
             job = sharding.StartProxy(JobRegionName, "arbiter", new JobMessageExtractor(jobShards));
         }
-        return new FederationNode(system, o, store, blobServer, job, round, party, refused);
+        return new FederationNode(system, o, store, blobServer, job, round, party, refused) { BlobTransfer = transfer };
     }
 
     /// <summary>Completes when this node is Up in the cluster.</summary>

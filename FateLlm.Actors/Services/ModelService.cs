@@ -53,8 +53,8 @@ public sealed record ModelServiceSettings(ServedModelOptions Model, BlobStore St
 /// </summary>
 public sealed class ModelService : ReceiveActor
 {
-    public const string PathRoot = "services";
     public static string RoleOf(string org, string service) => $"service-{org}.{service}";
+    public static string ActorName(string service) => "service-" + service;
 
     readonly ModelServiceSettings _s;
     readonly ILoggingAdapter _log = Context.GetLogger();

@@ -109,19 +109,11 @@ internal static class FederationBench
         }
     }
 
-    sealed class FetchParent(BlobStore store, BlobLocation source, TransferSettings transfer, TaskCompletionSource<object> done) : UntypedActor
-    {
-        protected override void PreStart() => Context.ActorOf(BlobFetcher.Props(store, source, transfer, correlation: "bench"));
-        protected override void OnReceive(object message) => done.TrySetResult(message);
-    }
-
     static async Task<(double Seconds, long Wire, int Retransmits)> Fetch(ActorSystem system, BlobStore store, BlobLocation source, TransferSettings transfer)
     {
-        var done = new TaskCompletionSource<object>();
         var before = LoopbackBytes();
         var sw = Stopwatch.StartNew();
-        system.ActorOf(Props.Create(() => new FetchParent(store, source, transfer, done)));
-        var result = await done.Task.WaitAsync(TimeSpan.FromMinutes(5));
+        var result = await BlobDownload.Run(system, store, source, transfer).WaitAsync(TimeSpan.FromMinutes(5));
         var seconds = sw.Elapsed.TotalSeconds;
         if (result is FetchFailed f) throw new InvalidOperationException(f.Reason);
         return (seconds, LoopbackBytes() - before, ((FetchCompleted)result).Retransmissions);

@@ -37,6 +37,7 @@ public static class CliApp
         root.Subcommands.Add(ZooCommands.Build());
         root.Subcommands.Add(IprCommands.Build());
         root.Subcommands.Add(KSeedCommands.Build());
+        root.Subcommands.Add(InferCommands.Build());
         return root;
     }
 
@@ -77,7 +78,8 @@ public static class CliApp
         // DataFormatException and every plug-in's parse errors (fedkseed histories, fedmkt blocks).
         UsageException => (UsageError, e.Message),
         ModelFormatException or FormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
-            or FateLlm.Training.Federation.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException => (RuntimeError, e.Message),
+            or FateLlm.Training.Federation.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException
+            or FateLlm.Actors.Services.ServiceRefusedException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException or ArgumentException => (RuntimeError, e.Message),
         OperationCanceledException => (RuntimeError, "cancelled"),

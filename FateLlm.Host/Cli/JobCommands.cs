@@ -13,10 +13,10 @@ namespace FateLlm.Host.Cli;
 /// <summary>job submit/status/list/cancel: join as a short-lived client node, ask the job region, leave.</summary>
 internal static class JobCommands
 {
-    static readonly Option<string[]> Seed = new("--seed") { Description = "Seed node address", Required = true };
-    static readonly Option<int> Timeout = Opt("--timeout", "Seconds to wait for the cluster and the answer", 60);
-    static readonly Option<string?> Host = new("--host") { Description = "Address the cluster reaches this client at (default: this machine's address toward the seed)" };
-    static readonly Option<string?> Tls = NodeCommands.TlsOption();
+    internal static readonly Option<string[]> Seed = new("--seed") { Description = "Seed node address", Required = true };
+    internal static readonly Option<int> Timeout = Opt("--timeout", "Seconds to wait for the cluster and the answer", 60);
+    internal static readonly Option<string?> Host = new("--host") { Description = "Address the cluster reaches this client at (default: this machine's address toward the seed)" };
+    internal static readonly Option<string?> Tls = NodeCommands.TlsOption();
 
     public static Command Build()
     {
@@ -110,7 +110,7 @@ internal static class JobCommands
         catch (JobSpecException e) { throw new UsageException(e.Message); }
     }
 
-    static void WithClient(ParseResult p, Func<FederationNode, Task> action)
+    internal static void WithClient(ParseResult p, Func<FederationNode, Task> action)
     {
         var seeds = p.GetValue(Seed)!;
         foreach (var s in seeds)

@@ -24,7 +24,24 @@ internal static class NodeCommands
         public readonly Option<string?> ModelsRoot = new("--models-root") { Description = "Folder to find job models in when their path does not exist here" };
         public readonly Option<string?> Tls = TlsOption();
         public readonly Option<string> LogLevel = Opt("--log-level", "Console: debug | info | warning | error | off (everything always goes to node.log in the data dir)", "info");
-        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel];
+        public readonly Option<string[]> Serve = new("--serve") { Description = "Serve a model to other organizations, NAME=MODEL_DIR (repeatable; callers use ORG/NAME)" };
+        public readonly Option<string> ServeAllow = Opt("--serve-allow", "Organizations allowed to call this node's services, comma-separated, or * for all", "*");
+        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow];
+
+        IReadOnlyList<FateLlm.Actors.Services.ServedModelOptions> Services(ParseResult p)
+        {
+            var allowed = p.GetValue(ServeAllow)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
+            if (allowed.Count == 0) throw new UsageException("--serve-allow names no organization (use * for all)");
+            return (p.GetValue(Serve) ?? []).Select(sv =>
+            {
+                var eq = sv.IndexOf('=');
+                if (eq <= 0 || eq == sv.Length - 1 || !System.Text.RegularExpressions.Regex.IsMatch(sv[..eq], "^[A-Za-z0-9_-]+$"))
+                    throw new UsageException($"--serve '{sv}' must be NAME=MODEL_DIR with a name of letters, digits, '-' and '_'");
+                var dir = Path.GetFullPath(sv[(eq + 1)..]);
+                if (!File.Exists(Path.Combine(dir, "config.json"))) throw new UsageException($"--serve '{sv}': {dir} is not a model folder (no config.json)");
+                return new FateLlm.Actors.Services.ServedModelOptions(sv[..eq], dir, allowed);
+            }).ToList();
+        }
 
         public NodeOptions Read(ParseResult p, NodeRole role, string defaultDir, string? org = null, IReadOnlyDictionary<string, string>? datasets = null)
         {
@@ -62,7 +79,7 @@ internal static class NodeCommands
             {
                 Role = role, Host = host, Port = port, Seeds = seeds, Org = org, Tls = tls,
                 DataDir = p.GetValue(DataDir) ?? Path.Combine("fate-llm-data", defaultDir),
-                Datasets = datasets ?? new Dictionary<string, string>(), Overrides = overrides,
+                Datasets = datasets ?? new Dictionary<string, string>(), Overrides = overrides, Services = Services(p),
             };
         }
     }

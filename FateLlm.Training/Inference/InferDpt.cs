@@ -1,3 +1,4 @@
+using FateLlm.Training.Evaluation;
 using FateLlm.Training.Tokenization;
 
 namespace FateLlm.Training.Inference;
@@ -9,6 +10,9 @@ public sealed record PerturbedPrompt(string Text, IReadOnlyList<TokenOutcome> To
     public double EpsilonTotal => Tokens.Sum(t => t.Epsilon);
     public int Masked => Tokens.Count(t => t.Fate == TokenFate.Masked);
 }
+
+/// <summary>One prompt through InferDPT: what left the party, what came back, the local answer, and the ε spent.</summary>
+public sealed record InferDptAnswer(string Prompt, string Perturbed, string RemoteAnswer, string Answer, double Epsilon, int Tokens, int Masked);
 
 /// <summary>
 /// InferDPT's party side: perturb a prompt with the remote model's kit (tokenized with the remote tokenizer), and
@@ -40,4 +44,19 @@ public static class InferDpt
     /// </summary>
     public static string LocalPrompt(string template, string original, string perturbed, string remoteAnswer) =>
         template.Replace("{perturbed}", perturbed).Replace("{remote}", remoteAnswer).Replace("{prompt}", original);
+
+    /// <summary>
+    /// The whole party side for a batch: perturb each prompt (seed + index), ask the remote model through
+    /// <paramref name="remote"/> (it sees only the perturbed texts), and let the local model answer from the original
+    /// prompt and the remote answer.
+    /// </summary>
+    public static IReadOnlyList<InferDptAnswer> Answer(TokenPerturbation mechanism, ITextTokenizer remoteTokenizer, ServedModel local, IReadOnlyList<string> prompts,
+        PerturbationOptions o, string maskText, string localTemplate, Func<string[], string[]> remote, SamplingOptions localSampling)
+    {
+        var perturbed = prompts.Select((p, i) => Perturb(mechanism, remoteTokenizer, p, o with { Seed = o.Seed + i }, maskText)).ToList();
+        var answers = remote([.. perturbed.Select(p => p.Text)]);
+        if (answers.Length != prompts.Count) throw new InvalidOperationException($"the remote model answered {answers.Length} of {prompts.Count} prompts");
+        var finals = local.Generate([.. prompts.Select((p, i) => LocalPrompt(localTemplate, p, perturbed[i].Text, answers[i]))], localSampling);
+        return [.. prompts.Select((p, i) => new InferDptAnswer(p, perturbed[i].Text, answers[i], finals[i], perturbed[i].EpsilonTotal, perturbed[i].Tokens.Count, perturbed[i].Masked))];
+    }
 }
