@@ -145,6 +145,7 @@ internal static class DemoCommand
         cmd.Subcommands.Add(FedKSeedExperimentCommand());
         cmd.Subcommands.Add(FedCoLlmExperimentCommand());
         cmd.Subcommands.Add(FedMktExperimentCommand());
+        cmd.Subcommands.Add(InferencePrivacyExperimentCommand());
         return cmd;
     }
 
@@ -216,6 +217,16 @@ internal static class DemoCommand
             var result = new FedCoLlmExperiment(s, quick ? FedCoLlmOptions.Quick : new FedCoLlmOptions(), line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
             FedCoLlmExperiment.Write(result, s.OutDir);
             return (FedCoLlmExperiment.Markdown(result), result.Seconds);
+        });
+
+    static Command InferencePrivacyExperimentCommand() => ParadigmExperiment("inference-privacy",
+        "InferDPT and PDSS: utility and token recovery per ε with the zoo's server model served through the cluster and the base model local; PDSS against labels only and clear rationales",
+        "One seed, ε ∈ {1, 6, ∞}, 30 test examples per domain, PDSS on 150 examples for 2 epochs", 2, (_, s, quick) =>
+        {
+            var result = new InferencePrivacyExperiment(s, quick ? InferencePrivacyOptions.Quick : new InferencePrivacyOptions(), line => CliApp.Ansi.WriteLine(line))
+                .RunAsync().GetAwaiter().GetResult();
+            InferencePrivacyExperiment.Write(result, s.OutDir);
+            return (InferencePrivacyExperiment.Markdown(result), result.Seconds);
         });
 
     static Command FedMktExperimentCommand() => ParadigmExperiment("fedmkt",

@@ -213,7 +213,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return Score(model, test, TokenizerLoader.Load(modelOrAdapterBase, model.Config));
     }
 
-    Scores Score(CausalLm model, List<Example> test, ITextTokenizer tok)
+    internal Scores Score(CausalLm model, List<Example> test, ITextTokenizer tok)
     {
         var report = Evaluator.Run(model, tok, test, Data, new EvalOptions { BatchSize = 32, Sampling = new SamplingOptions { MaxNewTokens = s.MaxNewTokens } });
         var each = report.Samples.Select(x => GenerationScores.Of(x.Reference, x.Prediction)).ToArray();

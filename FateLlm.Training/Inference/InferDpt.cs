@@ -46,14 +46,17 @@ public static class InferDpt
         template.Replace("{perturbed}", perturbed).Replace("{remote}", remoteAnswer).Replace("{prompt}", original);
 
     /// <summary>
-    /// The whole party side for a batch: perturb each prompt (seed + index), ask the remote model through
-    /// <paramref name="remote"/> (it sees only the perturbed texts), and let the local model answer from the original
-    /// prompt and the remote answer.
+    /// The whole party side for a batch: perturb each prompt (seed + index), then <see cref="Complete"/>.
     /// </summary>
     public static IReadOnlyList<InferDptAnswer> Answer(TokenPerturbation mechanism, ITextTokenizer remoteTokenizer, ServedModel local, IReadOnlyList<string> prompts,
-        PerturbationOptions o, string maskText, string localTemplate, Func<string[], string[]> remote, SamplingOptions localSampling)
+        PerturbationOptions o, string maskText, string localTemplate, Func<string[], string[]> remote, SamplingOptions localSampling) =>
+        Complete(prompts, [.. prompts.Select((p, i) => Perturb(mechanism, remoteTokenizer, p, o with { Seed = o.Seed + i }, maskText))], local, localTemplate, remote, localSampling);
+
+    /// <summary>Asks the remote model through <paramref name="remote"/> (it sees only the perturbed texts) and lets the
+    /// local model answer from the original prompt and the remote answer.</summary>
+    public static IReadOnlyList<InferDptAnswer> Complete(IReadOnlyList<string> prompts, IReadOnlyList<PerturbedPrompt> perturbed, ServedModel local, string localTemplate,
+        Func<string[], string[]> remote, SamplingOptions localSampling)
     {
-        var perturbed = prompts.Select((p, i) => Perturb(mechanism, remoteTokenizer, p, o with { Seed = o.Seed + i }, maskText)).ToList();
         var answers = remote([.. perturbed.Select(p => p.Text)]);
         if (answers.Length != prompts.Count) throw new InvalidOperationException($"the remote model answered {answers.Length} of {prompts.Count} prompts");
         var finals = local.Generate([.. prompts.Select((p, i) => LocalPrompt(localTemplate, p, perturbed[i].Text, answers[i]))], localSampling);

@@ -73,6 +73,20 @@ public sealed class TokenPerturbation
 
     public IReadOnlyList<int> CoveredTokens => _covered;
 
+    /// <summary>The k tokens of the whole vocabulary nearest to <paramref name="y"/> by cosine, nearest first (ties to the lower id).</summary>
+    public int[] Nearest(int y, int k)
+    {
+        var d = _kit.Dim;
+        var sims = new double[_kit.Vocabulary];
+        for (int v = 0; v < sims.Length; v++)
+        {
+            double dot = 0;
+            for (int i = 0; i < d; i++) dot += _unit[y * d + i] * _unit[v * d + i];
+            sims[v] = dot;
+        }
+        return Enumerable.Range(0, sims.Length).OrderByDescending(v => sims[v]).ThenBy(v => v).Take(k).ToArray();
+    }
+
     /// <summary>τ = cos(e_x, e_x + Laplace(0, 2Δf/ε)).</summary>
     public double Threshold(int x, double epsilon, Random rng)
     {

@@ -148,4 +148,49 @@ public class InferDptSpec
         Assert.Contains("embeddings holds a non-finite value", Assert.Throws<FormatException>(() => PerturbationKit.Parse(nan)).Message);
         Assert.Contains("trailing bytes", Assert.Throws<FormatException>(() => PerturbationKit.Parse([.. bytes, 0])).Message);
     }
+
+    [Fact]
+    public void Inversion_recovers_every_token_at_infinite_epsilon_almost_none_at_tiny_epsilon_and_never_a_masked_one()
+    {
+        var (dir, tok) = WordModel();
+        var all = new TokenPerturbation(PerturbationKit.Build(dir, KitCoverage.All));
+        const string prompt = "the quick brown fox jumps over the lazy dog";
+        InversionAttack.Recovery Attack(double eps, TokenPerturbation m, OutOfKit policy = OutOfKit.Mask) =>
+            InversionAttack.Run(m, InferDpt.Perturb(m, tok, prompt, new PerturbationOptions(eps, policy, Seed: 3), " _").Tokens, k: 3);
+        var clear = Attack(double.PositiveInfinity, all);
+        Assert.Equal((clear.Tokens, clear.Tokens), (clear.RecoveredTop1, clear.RecoveredTopK));
+        Assert.True(Attack(1e-3, all).RateTop1 < 0.5);
+        var words = new TokenPerturbation(PerturbationKit.Build(dir, KitCoverage.Words));
+        var masked = InferDpt.Perturb(words, tok, "fox 42!", new PerturbationOptions(double.PositiveInfinity, OutOfKit.Mask), " _");
+        var r = InversionAttack.Run(words, masked.Tokens, k: 3);
+        Assert.Equal(masked.Tokens.Count - masked.Masked, r.RecoveredTop1); // the covered ones go out as they are; masked ones are lost to the attacker
+    }
+
+    [Fact]
+    public void Pdss_training_learns_the_rationale_task_and_alpha_zero_ignores_rationales()
+    {
+        var (dir, tok) = WordModel();
+        var data = Enumerable.Range(0, 12).Select(i => new RationaleExample($"fox number {i}", "lazy dog", "because the quick brown fox jumps")).ToList();
+        var d = new FateLlm.Training.Data.DataOptions();
+        var o = new RationaleOptions { Alpha = 0.5, Epochs = 4, BatchSize = 4, LearningRate = 1e-2, Seed = 2 };
+        double RationaleCe(CausalLm m) => FateLlm.Training.Evaluation.Evaluator.Loss(m, data.Select(e => FateLlm.Training.Data.InstructionData.Tokenize(
+            new FateLlm.Training.Data.Example(e.Prompt, e.Rationale, "r"), tok, d with { Template = o.RationaleTemplate })).ToList(), tok.PadId ?? 0, 4).Loss;
+        byte[] Trained(RationaleOptions options, IReadOnlyList<RationaleExample> examples, out double before, out double after)
+        {
+            using var run = FateLlm.Training.Trainer.FineTuning.Open(dir, new FateLlm.Training.Peft.PeftConfig(), 1);
+            before = RationaleCe(run.Model);
+            var r = RationaleDistillation.Train(run.Model, run.Tokenizer, examples, d, options);
+            Assert.Equal(12, r.Steps);
+            after = RationaleCe(run.Model);
+            return run.TrainableBytes();
+        }
+        Trained(o, data, out var before, out var after);
+        Assert.True(after < before - 0.5, $"rationale CE {before:F3} → {after:F3}");
+        var noRationale = o with { Alpha = 0 };
+        var a = Trained(noRationale, data, out _, out _);
+        var b = Trained(noRationale, [.. data.Select(e => e with { Rationale = "something else entirely" })], out _, out _);
+        Assert.Equal(a, b);
+        Assert.Throws<ArgumentException>(() => (o with { Alpha = 1.5 }).Check());
+        Assert.Throws<ArgumentException>(() => (o with { RationaleTemplate = "no slot" }).Check());
+    }
 }
