@@ -223,6 +223,8 @@ internal static class DemoCommand
         "InferDPT and PDSS: utility and token recovery per ε with the zoo's server model served through the cluster and the base model local; PDSS against labels only and clear rationales",
         "One seed, ε ∈ {1, 6, ∞}, 30 test examples per domain, PDSS on 150 examples for 2 epochs", 2, (_, s, quick) =>
         {
+            // Five ε values × seeds of generation by two models: the full run scores 100 test examples per domain.
+            if (!quick) s = s with { TestPerParty = 100 };
             var result = new InferencePrivacyExperiment(s, quick ? InferencePrivacyOptions.Quick : new InferencePrivacyOptions(), line => CliApp.Ansi.WriteLine(line))
                 .RunAsync().GetAwaiter().GetResult();
             InferencePrivacyExperiment.Write(result, s.OutDir);
