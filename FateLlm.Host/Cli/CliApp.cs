@@ -38,6 +38,7 @@ public static class CliApp
         root.Subcommands.Add(IprCommands.Build());
         root.Subcommands.Add(KSeedCommands.Build());
         root.Subcommands.Add(InferCommands.Build());
+        root.Subcommands.Add(InferCommands.Pdss());
         return root;
     }
 

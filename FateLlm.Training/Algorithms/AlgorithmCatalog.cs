@@ -18,6 +18,7 @@ public static class AlgorithmCatalog
         [KSeed.FedKSeedAlgorithm.AlgorithmName] = new KSeed.FedKSeedAlgorithm(),
         [CoLlm.FedCoLlmAlgorithm.AlgorithmName] = new CoLlm.FedCoLlmAlgorithm(),
         [Mkt.FedMktAlgorithm.AlgorithmName] = new Mkt.FedMktAlgorithm(),
+        [Pdss.PdssAlgorithm.AlgorithmName] = new Pdss.PdssAlgorithm(),
     };
 
     public static IReadOnlyCollection<string> Names => Registered.Keys.Order(StringComparer.Ordinal).ToArray();

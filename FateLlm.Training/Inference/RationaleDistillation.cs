@@ -85,3 +85,27 @@ public static class RationaleDistillation
         return LanguageModelLoss.Shifted(model.Forward(batch.InputIds), batch.Labels, nn.Reduction.Mean);
     }
 }
+
+/// <summary>A party's training JSONL with a rationale column beside the prompt and response (what `fate-llm pdss rationales` writes).</summary>
+public static class RationaleData
+{
+    public static List<RationaleExample> Read(string path, DataOptions d, string column)
+    {
+        var examples = InstructionData.ReadJsonl(path, d);
+        var rationales = InstructionData.ReadJsonl(path, d with { ResponseColumn = column });
+        return [.. examples.Zip(rationales, (e, r) => new RationaleExample(e.Prompt, e.Response, r.Response))];
+    }
+
+    /// <summary>Each non-empty line of <paramref name="input"/> with <paramref name="column"/> set to its rationale, in order.</summary>
+    public static void Write(string input, string output, string column, IReadOnlyList<string> rationales)
+    {
+        var lines = File.ReadLines(input).Where(l => !string.IsNullOrWhiteSpace(l)).ToList();
+        if (lines.Count != rationales.Count) throw new ArgumentException($"{input}: {lines.Count} examples but {rationales.Count} rationales");
+        File.WriteAllLines(output, lines.Select((l, i) =>
+        {
+            var o = System.Text.Json.Nodes.JsonNode.Parse(l)!.AsObject();
+            o[column] = rationales[i];
+            return o.ToJsonString();
+        }));
+    }
+}

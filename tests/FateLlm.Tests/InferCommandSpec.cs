@@ -69,6 +69,15 @@ public class InferCommandSpec
         Assert.Contains("service big: perturbation kit built (259 tokens", log);
         Assert.DoesNotContain("what is a cat", log);
 
+        // PDSS: rationales for private training prompts, through the same perturbation.
+        var withRationales = Path.Combine(root, "with-rationales.jsonl");
+        (code, output, error) = await Task.Run(() => Run("pdss", "rationales", "--remote", "acme/big", "--epsilon", "4", "--input", prompts, "--output", withRationales,
+            "--org", "globex", "--max-new-tokens", "5", "--seed", seedAddress));
+        Assert.True(code == 0, error + output);
+        Assert.StartsWith("2 rationales in", output);
+        var rationale = RationaleData.Read(withRationales, new Training.Data.DataOptions(), "rationale");
+        Assert.Equal(["what is a cat", "define a dog"], rationale.Select(r => r.Prompt));
+
         (code, _, error) = await Task.Run(() => Run("infer", "--model", local, "--remote", "acme/big", "--prompt", "hello", "--org", "initech", "--seed", seedAddress));
         Assert.Equal(1, code);
         Assert.Contains("acme/big refused request", error);
