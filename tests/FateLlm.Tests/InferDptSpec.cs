@@ -74,7 +74,11 @@ public class InferDptSpec
         Assert.InRange(Kept(1e-3), 200, 1400); // about 1/6 to 1/3: uniform over roughly half to all of the six tokens
     }
 
-    static (string Dir, ITextTokenizer Tok) WordModel()
+    // One remote model with a word-level tokenizer for every spec here (training the tokenizer is the slow part).
+    static readonly Lazy<(string Dir, ITextTokenizer Tok)> Word = new(MakeWordModel);
+    static (string Dir, ITextTokenizer Tok) WordModel() => Word.Value;
+
+    static (string Dir, ITextTokenizer Tok) MakeWordModel()
     {
         var root = TestSupport.TempDir();
         var texts = Enumerable.Range(0, 60).Select(i => $"the quick brown fox number {i} jumps over the lazy dog, again and again!").ToList();
