@@ -380,6 +380,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             {
                 Apply(e);
                 AppendRoundMetrics(summary);
+                Telemetry.FederationMetrics.RoundCompleted(_jobId, summary);
                 if (summary.Privacy is { } priv) _log.Info(
                     $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
                 if (_s.Faults.Trip("job.round-completed", Context, round: r.Round, job: _jobId)) return;
@@ -391,6 +392,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Persist(new RoundAttemptFailed(r.Round, r.Attempt, r.Reason ?? "unknown", DateTime.UtcNow), e =>
         {
             Apply(e);
+            Telemetry.FederationMetrics.AttemptFailed(_jobId);
             if (r.Attempt < spec.Round.MaxAttempts) StartAttempt(r.Round, r.Attempt + 1, resume: null);
             else Persist(new JobFailed($"round {r.Round} failed after {r.Attempt} attempts: {r.Reason}", DateTime.UtcNow), f => { Apply(f); Finished(); });
         });

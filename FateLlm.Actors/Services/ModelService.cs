@@ -61,6 +61,9 @@ public sealed class ModelService : ReceiveActor
     readonly Queue<(IServiceRequest Request, IActorRef ReplyTo)> _queue = new();
     ServedModel? _model;
     KitReply? _kit;
+    IDisposable? _queueGauge;
+    /// <summary>The queue's length for the metrics gauge, read from the exporter's thread.</summary>
+    volatile int _waiting;
 
     sealed record WorkDone(IServiceRequest Request, IActorRef ReplyTo, object Answer);
 
@@ -102,6 +105,7 @@ public sealed class ModelService : ReceiveActor
             return false;
         }
         _queue.Enqueue((r, Sender));
+        _waiting = _queue.Count;
         return true;
     }
 
@@ -138,6 +142,7 @@ public sealed class ModelService : ReceiveActor
     void StartNext()
     {
         var (request, replyTo) = _queue.Dequeue();
+        _waiting = _queue.Count;
         Become(Serving);
         if (request is KitRequest && _kit is { } cached)
         {
@@ -174,7 +179,13 @@ public sealed class ModelService : ReceiveActor
         return new GenerateReply(g.RequestId, answers, clock.Elapsed.TotalSeconds);
     }
 
-    protected override void PostStop() => _model?.Dispose();
+    protected override void PreStart() => _queueGauge = Telemetry.FederationMetrics.TrackQueue(Name, () => _waiting);
+
+    protected override void PostStop()
+    {
+        _queueGauge?.Dispose();
+        _model?.Dispose();
+    }
 
     public static Props Props(ModelServiceSettings settings) => Akka.Actor.Props.Create(() => new ModelService(settings));
 }

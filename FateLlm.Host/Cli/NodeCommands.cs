@@ -26,7 +26,22 @@ internal static class NodeCommands
         public readonly Option<string> LogLevel = Opt("--log-level", "Console: debug | info | warning | error | off (everything always goes to node.log in the data dir)", "info");
         public readonly Option<string[]> Serve = new("--serve") { Description = "Serve a model to other organizations, NAME=MODEL_DIR (repeatable; callers use ORG/NAME)" };
         public readonly Option<string> ServeAllow = Opt("--serve-allow", "Organizations allowed to call this node's services, comma-separated, or * for all", "*");
-        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow];
+        public readonly Option<string?> Http = new("--http") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only), e.g. 127.0.0.1:9464" };
+        public readonly Option<string?> Otlp = new("--otlp") { Description = "Also export metrics over OTLP to this URL, e.g. http://127.0.0.1:4317" };
+        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, Otlp];
+
+        /// <summary>The node's metrics exporters, checked before the node starts.</summary>
+        public (string? Http, string? Otlp) Metrics(ParseResult p)
+        {
+            var (http, otlp) = (p.GetValue(Http), p.GetValue(Otlp));
+            try
+            {
+                if (http is not null) Telemetry.MetricsExport.Endpoint(http);
+                if (otlp is not null && !Uri.TryCreate(otlp, UriKind.Absolute, out _)) throw new ArgumentException($"--otlp '{otlp}' is not a URL (e.g. http://127.0.0.1:4317)");
+            }
+            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            return (http, otlp);
+        }
 
         IReadOnlyList<FateLlm.Actors.Services.ServedModelOptions> Services(ParseResult p)
         {
@@ -92,11 +107,11 @@ internal static class NodeCommands
         {
             var port = p.GetValue(shared.Port);
             if (port <= 0) throw new UsageException("a seed needs a fixed --port (e.g. 4053)");
-            RunNode(shared.Read(p, NodeRole.Seed, "seed"));
+            RunNode(shared.Read(p, NodeRole.Seed, "seed"), shared.Metrics(p));
         }, shared.All);
 
         var arbiter = new Command("arbiter", "Run an arbiter node: hosts jobs and aggregation rounds");
-        arbiter.With(p => RunNode(shared.Read(p, NodeRole.Arbiter, "arbiter")), shared.All);
+        arbiter.With(p => RunNode(shared.Read(p, NodeRole.Arbiter, "arbiter"), shared.Metrics(p)), shared.All);
 
         var org = Required<string>("--org", "This organization's id (its identity in the federation)");
         var data = new Option<string[]>("--data") { Description = "A private dataset, name=path.jsonl (repeatable)", Required = true };
@@ -115,7 +130,7 @@ internal static class NodeCommands
                 InstructionData.ReadJsonl(path, new DataOptions());
                 datasets[d[..eq]] = path;
             }
-            RunNode(shared.Read(p, NodeRole.Party, "party-" + id, id, datasets));
+            RunNode(shared.Read(p, NodeRole.Party, "party-" + id, id, datasets), shared.Metrics(p));
         }, [org, data, .. shared.All]);
         return [seed, arbiter, party];
     }
@@ -135,8 +150,10 @@ internal static class NodeCommands
         return dir is null ? null : FateLlm.Actors.Security.NodeTls.Load(dir);
     }
 
-    static void RunNode(NodeOptions options)
+    static void RunNode(NodeOptions options, (string? Http, string? Otlp) metrics)
     {
+        using var meters = Telemetry.MetricsExport.Start(metrics.Http, metrics.Otlp);
+        if (metrics.Http is { } http) CliApp.Out.WriteLine($"metrics at http://{http}/metrics");
         var config = FederationNode.BuildConfig(options);
         FederationNode.CheckOwnIdentity(options, config);
         FederationNode? started = null;

@@ -14,13 +14,37 @@ public class FederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(120);
 
-    [Fact]
-    public async Task A_job_runs_every_round_through_the_cluster_and_exports_a_peft_adapter()
+    static double Sample(string scrape, string metric, params string[] labels)
     {
+        var line = scrape.Split('\n').FirstOrDefault(l => l.StartsWith(metric + "{", StringComparison.Ordinal) && labels.All(l.Contains))
+            ?? throw new Xunit.Sdk.XunitException($"no sample of {metric} with {string.Join(", ", labels)} in:\n{scrape}");
+        return double.Parse(System.Text.RegularExpressions.Regex.Match(line, @"\}\s+(\S+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
+    public async Task A_job_runs_every_round_through_the_cluster_exports_a_peft_adapter_and_its_metrics_can_be_scraped()
+    {
+        // The Prometheus endpoint a node serves with --http 127.0.0.1:PORT.
+        var port = Actors.Nodes.LocalFederation.FreePort();
+        using var meters = Host.Telemetry.MetricsExport.Start($"127.0.0.1:{port}", null);
         var g = FederationFixture.Prepare();
         await using var fed = await FederationFixture.Start(g);
         var spec = FederationFixture.Job(g, "happy", rounds: 2);
         var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
+        using (var http = new HttpClient())
+        {
+            var scrape = await http.GetStringAsync($"http://127.0.0.1:{port}/metrics");
+            const string job = "job=\"happy\"";
+            Assert.Equal(2, Sample(scrape, "fatellm_rounds_completed_total", job));
+            Assert.Equal(2, Sample(scrape, "fatellm_round_duration_seconds_count", job));
+            foreach (var org in FederationFixture.Orgs)
+            {
+                var party = $"party=\"{org}\"";
+                Assert.Equal(status.Rounds.Sum(r => r.Parties.Single(p => p.Org == org).UploadBytes), Sample(scrape, "fatellm_transfer_up_bytes_total", job, party));
+                Assert.Equal(2, Sample(scrape, "fatellm_party_train_duration_seconds_count", job, party));
+            }
+        }
+        Assert.Contains("only a loopback address is served", Assert.Throws<ArgumentException>(() => Host.Telemetry.MetricsExport.Endpoint("0.0.0.0:9464")).Message);
         Assert.Equal(2, status.CompletedRounds);
         Assert.All(status.Rounds, r => Assert.All(r.Parties, p => Assert.True(p.Succeeded, p.Reason)));
         Assert.All(status.Rounds.SelectMany(r => r.Parties), p => Assert.True(p.UploadBytes > 0));
