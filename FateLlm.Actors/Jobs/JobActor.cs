@@ -57,6 +57,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     readonly List<IJobEvent> _history = new();
     string[] _waitingFor = [];
     RoundInFlight? _current;
+    /// <summary>The stage in flight and when it began, for the stage-duration metric.</summary>
+    (string Stage, DateTime Since)? _stage;
     AttemptFailure? _lastFailure;
 
     public override string PersistenceId => "job-" + _jobId;
@@ -138,6 +140,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<RoundProgress>(p => p.Round == _round && p.Attempt == _attempt, p =>
         {
             Watch(p.Stage, p.Budget);
+            EndStage();
+            _stage = (p.Stage, DateTime.UtcNow);
             _current = new RoundInFlight(p.Round, p.Attempt, p.Phase, p.Stage, p.Stage == "collect" ? p.Asked : _current?.Asked ?? [],
                 p.Stage == "collect" ? new Dictionary<string, string>() : _current?.Answers ?? new Dictionary<string, string>());
         });
@@ -359,9 +363,16 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void Watch(string stage, TimeSpan budget) =>
         Timers.StartSingleTimer("watchdog", new RoundWatchdog(_round, _attempt, stage, budget + _s.WatchdogSlack), budget + _s.WatchdogSlack);
 
+    void EndStage()
+    {
+        if (_stage is { } st) Telemetry.FederationMetrics.StageEnded(_jobId, st.Stage, (DateTime.UtcNow - st.Since).TotalSeconds);
+        _stage = null;
+    }
+
     void OnRoundFinished(RoundFinished r)
     {
         Timers.Cancel("watchdog");
+        EndStage();
         _current = null;
         var spec = _spec!;
         if (r.Succeeded)

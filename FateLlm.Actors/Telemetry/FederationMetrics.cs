@@ -16,6 +16,7 @@ public static class FederationMetrics
     static readonly Counter<long> Rounds = Meter.CreateCounter<long>("fatellm.rounds.completed", description: "Rounds completed");
     static readonly Counter<long> FailedAttempts = Meter.CreateCounter<long>("fatellm.rounds.failed_attempts", description: "Round attempts that failed (and were retried or ended the job)");
     static readonly Histogram<double> RoundDuration = Meter.CreateHistogram<double>("fatellm.round.duration", "s", "Wall time of a completed round");
+    static readonly Histogram<double> StageDuration = Meter.CreateHistogram<double>("fatellm.round.stage.duration", "s", "Wall time of a round's stage (collect, step)");
     static readonly Histogram<double> TrainDuration = Meter.CreateHistogram<double>("fatellm.party.train.duration", "s", "A party's training time in a round");
     static readonly Counter<long> BytesUp = Meter.CreateCounter<long>("fatellm.transfer.up", "By", "Bytes parties uploaded");
     static readonly Counter<long> BytesDown = Meter.CreateCounter<long>("fatellm.transfer.down", "By", "Bytes parties downloaded");
@@ -50,6 +51,9 @@ public static class FederationMetrics
         }
         if (s.Privacy is { } privacy) Epsilons[job] = privacy.Epsilon;
     }
+
+    public static void StageEnded(string job, string stage, double seconds) =>
+        StageDuration.Record(seconds, new KeyValuePair<string, object?>("job", job), new KeyValuePair<string, object?>("stage", stage));
 
     public static void AttemptFailed(string job) => FailedAttempts.Add(1, new KeyValuePair<string, object?>("job", job));
 

@@ -37,6 +37,7 @@ public class FederationSpec
             const string job = "job=\"happy\"";
             Assert.Equal(2, Sample(scrape, "fatellm_rounds_completed_total", job));
             Assert.Equal(2, Sample(scrape, "fatellm_round_duration_seconds_count", job));
+            Assert.Equal(2, Sample(scrape, "fatellm_round_stage_duration_seconds_count", job, "stage=\"collect\""));
             foreach (var org in FederationFixture.Orgs)
             {
                 var party = $"party=\"{org}\"";
