@@ -1,3 +1,4 @@
+using OpenTelemetry.Metrics;
 using System.CommandLine;
 using FateLlm.Actors.Jobs;
 using FateLlm.Host.Experiments;
@@ -22,12 +23,18 @@ internal static class DemoCommand
         var kill = Opt("--kill", "With --secure: the party to kill when round 2's secure aggregation starts ('none' to keep all)", "gym");
         var clip = ClipOption();
         var zoo = ZooOption();
+        var http = new Option<string?>("--http") { Description = "Serve the federation's Prometheus metrics at http://HOST:PORT/metrics while it runs (loopback only)" };
         return new Command("demo", "Federated LoRA on WordNet with 3 parties: live progress, then local vs federated vs centralized").With(p =>
         {
             var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with
             {
                 Rounds = TrainingCommands.Positive(p.GetValue(rounds), "--rounds"), ZooRoot = p.GetValue(zoo)!,
             };
+            MeterProvider? meters;
+            try { meters = Telemetry.MetricsExport.Start(p.GetValue(http), null); }
+            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            using var _ = meters;
+            if (p.GetValue(http) is { } endpoint) CliApp.Ansi.MarkupLine($"metrics at [bold]http://{endpoint}/metrics[/]");
             if (p.GetValue(secure))
             {
                 var victim = p.GetValue(kill)!;
@@ -41,7 +48,7 @@ internal static class DemoCommand
             }
             CliApp.Ansi.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
             Run(s);
-        }, outDir, rounds, secure, noise, kill, clip, zoo);
+        }, outDir, rounds, secure, noise, kill, clip, zoo, http);
     }
 
     public static Command PrivacyExperiment()
