@@ -32,6 +32,7 @@ internal static class InferCommands
         }
 
         public string MaskText => _defaults.GetString("mask-text");
+        static readonly int MaxPrompts = FederationNode.Reference().GetInt("fate-llm.services.max-prompts");
         public string LocalTemplate => _defaults.GetString("local-template");
         public Option[] All => [Remote, Epsilon, Org, OutOfKit, Seed, MaxNew, JobCommands.Seed, JobCommands.Timeout, JobCommands.Host, JobCommands.Tls];
 
@@ -53,8 +54,9 @@ internal static class InferCommands
             {
                 var org = caller ?? node.Options.Tls!.Organization;
                 var kit = await ModelServiceClient.FetchKit(node, remoteOrg, service, org, timeout);
-                string[] Ask(string[] perturbed) => ModelServiceClient.Call<GenerateReply>(node, remoteOrg,
-                    new GenerateRequest(Guid.NewGuid().ToString("N"), org, service, perturbed, maxNew, 0, p.GetValue(Seed)), timeout).GetAwaiter().GetResult().Answers;
+                // Requests of at most the services' default max-prompts each, so a large batch is not refused as a whole.
+                string[] Ask(string[] perturbed) => [.. perturbed.Chunk(MaxPrompts).SelectMany(chunk => ModelServiceClient.Call<GenerateReply>(node, remoteOrg,
+                    new GenerateRequest(Guid.NewGuid().ToString("N"), org, service, chunk, maxNew, 0, p.GetValue(Seed)), timeout).GetAwaiter().GetResult().Answers)];
                 action(new RemoteSession(new TokenPerturbation(kit), kit.OpenTokenizer(Path.Combine(Path.GetTempPath(), "fate-llm-kits")),
                     new PerturbationOptions(eps, policy, p.GetValue(Seed)), MaskText, Ask, maxNew));
             });
@@ -105,7 +107,7 @@ internal static class InferCommands
             var prompts = InstructionData.ReadJsonl(p.GetValue(input)!, new DataOptions()).Select(e => e.Prompt).ToList();
             remote.Run(p, r =>
             {
-                var sent = prompts.Select((x, i) => InferDpt.Perturb(r.Mechanism, r.RemoteTokenizer, x, r.Perturbation with { Seed = r.Perturbation.Seed + i }, r.MaskText)).ToList();
+                var sent = InferDpt.PerturbAll(r.Mechanism, r.RemoteTokenizer, prompts, r.Perturbation, r.MaskText);
                 var answers = r.Ask([.. sent.Select(x => x.Text)]);
                 RationaleData.Write(p.GetValue(input)!, p.GetValue(output)!, p.GetValue(column)!, answers);
                 Out.WriteLine($"{answers.Length} rationales in {p.GetValue(output)}; ε per prompt {sent.Min(x => x.EpsilonTotal):G4}–{sent.Max(x => x.EpsilonTotal):G4}, " +
@@ -136,7 +138,9 @@ internal static class InferCommands
             Out.WriteLine($"answer: {a.Answer}");
             return;
         }
-        var lines = answers.Select(a => JsonSerializer.Serialize(a));
+        // ε = ∞ (prompts sent as they are) is written as "Infinity", not refused by the serializer.
+        var json = new JsonSerializerOptions { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+        var lines = answers.Select(a => JsonSerializer.Serialize(a, json));
         if (file is null) foreach (var l in lines) Out.WriteLine(l);
         else
         {

@@ -90,7 +90,7 @@ public sealed class InferencePrivacyExperiment(ExperimentSettings s, InferencePr
         log($"inference-privacy: remote {remoteCard.Name} served by '{Owner}', local {localCard.Name} at '{Caller}'; kit {kit.Digest[..12]}… covers {kit.Covered.Count(c => c)} of {kit.Vocabulary} tokens; " +
             $"test {test.Count}, PDSS on {train.Count} private examples");
 
-        string[] Remote(IReadOnlyList<string> prompts) => prompts.Chunk(64).SelectMany(chunk => ModelServiceClient.Call<GenerateReply>(client, Owner,
+        string[] Remote(IReadOnlyList<string> prompts) => prompts.Chunk(FederationNode.Reference().GetInt("fate-llm.services.max-prompts")).SelectMany(chunk => ModelServiceClient.Call<GenerateReply>(client, Owner,
             new GenerateRequest(Guid.NewGuid().ToString("N"), Caller, Service, chunk, s.MaxNewTokens, 0, 0), timeout).GetAwaiter().GetResult().Answers).ToArray();
 
         var runs = new List<RunResult>();
@@ -104,7 +104,7 @@ public sealed class InferencePrivacyExperiment(ExperimentSettings s, InferencePr
                 {
                     var sw = Stopwatch.StartNew();
                     // The attack below sees exactly what the remote model was sent.
-                    var outcomes = test.Select((e, i) => InferDpt.Perturb(mechanism, remoteTokenizer, e.Prompt, new PerturbationOptions(eps, o.OutOfKit, seed * 100_003L + i), maskText)).ToList();
+                    var outcomes = InferDpt.PerturbAll(mechanism, remoteTokenizer, [.. test.Select(e => e.Prompt)], new PerturbationOptions(eps, o.OutOfKit, seed * 100_003L), maskText);
                     var answers = InferDpt.Complete([.. test.Select(e => e.Prompt)], outcomes, local, template, p => Remote(p), Sampling);
                     runs.Add(new RunResult(Utility, Final(eps), seed, ScoresOf(test, [.. answers.Select(a => a.Answer)]), sw.Elapsed.TotalSeconds));
                     runs.Add(new RunResult(Utility, RemotePerturbed(eps), seed, ScoresOf(test, [.. answers.Select(a => a.RemoteAnswer)]), sw.Elapsed.TotalSeconds));
@@ -120,8 +120,8 @@ public sealed class InferencePrivacyExperiment(ExperimentSettings s, InferencePr
         var clearRationales = Remote([.. train.Select(e => e.Prompt)]);
         foreach (var seed in s.Seeds)
         {
-            var perturbed = train.Select((e, i) => InferDpt.Perturb(mechanism, remoteTokenizer, e.Prompt, new PerturbationOptions(o.PdssEpsilon, o.OutOfKit, seed * 7_919L + i), maskText).Text).ToList();
-            var perturbedRationales = Remote(perturbed);
+            var perturbed = InferDpt.PerturbAll(mechanism, remoteTokenizer, [.. train.Select(e => e.Prompt)], new PerturbationOptions(o.PdssEpsilon, o.OutOfKit, seed * 7_919L), maskText);
+            var perturbedRationales = Remote([.. perturbed.Select(x => x.Text)]);
             foreach (var (setting, rationales, alpha) in new[]
                      {
                          (LabelsOnly, train.Select(_ => "").ToArray(), 0.0), (PerturbedRationales(o.PdssEpsilon), perturbedRationales, o.PdssAlpha),

@@ -50,7 +50,12 @@ public static class InferDpt
     /// </summary>
     public static IReadOnlyList<InferDptAnswer> Answer(TokenPerturbation mechanism, ITextTokenizer remoteTokenizer, ServedModel local, IReadOnlyList<string> prompts,
         PerturbationOptions o, string maskText, string localTemplate, Func<string[], string[]> remote, SamplingOptions localSampling) =>
-        Complete(prompts, [.. prompts.Select((p, i) => Perturb(mechanism, remoteTokenizer, p, o with { Seed = o.Seed + i }, maskText))], local, localTemplate, remote, localSampling);
+        Complete(prompts, PerturbAll(mechanism, remoteTokenizer, prompts, o, maskText), local, localTemplate, remote, localSampling);
+
+    /// <summary>Each prompt perturbed with its own sampler seed, <c>o.Seed + index</c>, so a batch is reproducible prompt by prompt.</summary>
+    public static IReadOnlyList<PerturbedPrompt> PerturbAll(TokenPerturbation mechanism, ITextTokenizer remoteTokenizer, IReadOnlyList<string> prompts,
+        PerturbationOptions o, string maskText) =>
+        [.. prompts.Select((p, i) => Perturb(mechanism, remoteTokenizer, p, o with { Seed = o.Seed + i }, maskText))];
 
     /// <summary>Asks the remote model through <paramref name="remote"/> (it sees only the perturbed texts) and lets the
     /// local model answer from the original prompt and the remote answer.</summary>
