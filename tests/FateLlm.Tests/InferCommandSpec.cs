@@ -89,4 +89,27 @@ public class InferCommandSpec
         (code, _, error) = Run("infer", "--model", local, "--remote", "acme", "--prompt", "hello", "--org", "globex", "--seed", seedAddress);
         Assert.Equal((2, "error: --remote 'acme' must be ORG/SERVICE (e.g. acme/server)"), (code, error.Trim()));
     }
+
+    [Fact]
+    public async Task Over_mutual_tls_the_caller_proves_its_organization_with_each_request_and_cannot_claim_another()
+    {
+        var root = TestSupport.TempDir();
+        var remote = Model(root, "remote", 3);
+        await using var fed = await LocalFederation.StartAsync(Path.Combine(root, "nodes"), new Dictionary<string, IReadOnlyDictionary<string, string>>(),
+            FederationFixture.FastCluster, tls: true);
+        await using var owner = FederationNode.Start(new NodeOptions
+        {
+            Role = NodeRole.Party, Org = "acme", Seeds = [fed.SeedAddress], DataDir = Path.Combine(root, "acme"), Overrides = FederationFixture.FastCluster,
+            Tls = LocalFederation.IssuedTls(Path.Combine(root, "nodes"), fed.CaDir!, "acme"),
+            Services = [new ServedModelOptions("big", remote, new HashSet<string> { "operator" })],
+        });
+        await owner.WhenUp(TimeSpan.FromSeconds(60));
+        // The client node holds an operator certificate: its proof makes it "operator", whatever a request claims.
+        var reply = await ModelServiceClient.Call<GenerateReply>(fed.Client, "acme", new GenerateRequest("ok", "operator", "big", ["hello"], 4, 0, 0), TimeSpan.FromSeconds(60));
+        Assert.Equal(("ok", 1), (reply.RequestId, reply.Answers.Length));
+        var refused = await Assert.ThrowsAsync<ServiceRefusedException>(() =>
+            ModelServiceClient.Call<GenerateReply>(fed.Client, "acme", new GenerateRequest("claim", "globex", "big", ["hello"], 4, 0, 0), TimeSpan.FromSeconds(60)));
+        Assert.Equal(RefusalKind.NotAllowed, refused.Kind);
+        Assert.Contains("the request claims organization 'globex' but its certificate is for 'operator'", refused.Message);
+    }
 }
