@@ -24,17 +24,29 @@ public static class InferDpt
     {
         var ids = remoteTokenizer.Encode(prompt).Where(id => id != remoteTokenizer.BosId && id != remoteTokenizer.EosId).ToList();
         var outcomes = mechanism.Perturb(ids, o);
-        // Masked tokens split the replacement ids into runs decoded on their own, with the mask text between them.
+        // Masked tokens split the replacement ids into runs, with the mask text between them. A run after a mask is
+        // decoded as a continuation (after an anchor token), so a word-start token keeps its leading space.
+        var anchor = remoteTokenizer.Encode("a").Where(id => id != remoteTokenizer.BosId && id != remoteTokenizer.EosId).ToArray();
+        var anchorText = remoteTokenizer.Decode(anchor);
+        string Continuation(List<int> run)
+        {
+            var text = remoteTokenizer.Decode([.. anchor, .. run]);
+            return text.StartsWith(anchorText, StringComparison.Ordinal) ? text[anchorText.Length..] : remoteTokenizer.Decode(run);
+        }
         var parts = new List<string>();
         var run = new List<int>();
+        void Flush()
+        {
+            if (run.Count > 0) parts.Add(parts.Count == 0 ? remoteTokenizer.Decode(run) : Continuation(run));
+            run.Clear();
+        }
         foreach (var t in outcomes)
         {
             if (t.Replacement is int y) { run.Add(y); continue; }
-            if (run.Count > 0) parts.Add(remoteTokenizer.Decode(run));
-            run.Clear();
+            Flush();
             parts.Add(maskText);
         }
-        if (run.Count > 0) parts.Add(remoteTokenizer.Decode(run));
+        Flush();
         return new PerturbedPrompt(string.Concat(parts), outcomes, o.Epsilon);
     }
 

@@ -114,6 +114,8 @@ public class InferDptSpec
         Assert.All(masked.Tokens.Where(t => t.Replacement is not null), t => Assert.True(m.InKit(t.Replacement!.Value)));
         Assert.Equal(3.0 * masked.Tokens.Count(t => t.Fate != TokenFate.Masked), masked.EpsilonTotal, 9);
         Assert.Contains(" _", masked.Text);
+        // With ε = ∞ only the masked tokens change (" 42" and the pieces of "dogs!"), and a word after a mask keeps its space.
+        Assert.Equal("the quick brown fox jumps over _ lazy _ _ _ _", InferDpt.Perturb(m, tok, prompt, new PerturbationOptions(double.PositiveInfinity), " _").Text);
 
         var perturbed = InferDpt.Perturb(m, tok, prompt, new PerturbationOptions(3, OutOfKit.Perturb, Seed: 1), " _");
         Assert.DoesNotContain(perturbed.Tokens, t => t.Fate == TokenFate.Masked || t.Replacement is null);
