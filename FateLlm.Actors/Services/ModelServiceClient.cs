@@ -18,6 +18,9 @@ public sealed class ServiceRefusedException(string message, RefusalKind? kind = 
 /// </summary>
 public static class ModelServiceClient
 {
+    /// <summary>How long a caller waits for a serving member to appear in its view of the cluster.</summary>
+    static readonly TimeSpan LocateWait = TimeSpan.FromSeconds(5);
+
     /// <summary>"ORG/SERVICE" → its parts, or a usage error naming the text.</summary>
     public static (string Org, string Service) ParseRemote(string remote)
     {
@@ -26,12 +29,19 @@ public static class ModelServiceClient
         return (parts[0], parts[1]);
     }
 
-    public static ActorSelection Locate(ActorSystem system, string org, string service)
+    /// <summary>The serving member's service actor. A member that has just joined may not be in this node's view yet, so
+    /// the view is polled for up to <paramref name="wait"/> before the service is declared missing.</summary>
+    public static async Task<ActorSelection> Locate(ActorSystem system, string org, string service, TimeSpan wait)
     {
         var role = ModelService.RoleOf(org, service);
-        var member = Cluster.Get(system).State.Members.FirstOrDefault(m => m.Status == MemberStatus.Up && m.HasRole(role))
-            ?? throw new ServiceRefusedException($"no member of the cluster serves {org}/{service} (role {role})");
-        return system.ActorSelection(new RootActorPath(member.Address) / "user" / ModelService.ActorName(service));
+        var deadline = DateTime.UtcNow + wait;
+        while (true)
+        {
+            var member = Cluster.Get(system).State.Members.FirstOrDefault(m => m.Status == MemberStatus.Up && m.HasRole(role));
+            if (member is not null) return system.ActorSelection(new RootActorPath(member.Address) / "user" / ModelService.ActorName(service));
+            if (DateTime.UtcNow >= deadline) throw new ServiceRefusedException($"no member of the cluster serves {org}/{service} (role {role})");
+            await Task.Delay(200);
+        }
     }
 
     public static async Task<T> Call<T>(FederationNode node, string org, IServiceRequest request, TimeSpan timeout) where T : class
@@ -43,7 +53,8 @@ public static class ModelServiceClient
             _ => request,
         };
         object answer;
-        try { answer = await Locate(node.System, org, request.Service).Ask<object>(request, timeout); }
+        var service = await Locate(node.System, org, request.Service, LocateWait < timeout ? LocateWait : timeout);
+        try { answer = await service.Ask<object>(request, timeout); }
         catch (AskTimeoutException) { throw new ServiceRefusedException($"{org}/{request.Service} did not answer within {timeout.TotalSeconds:F0} s"); }
         return answer switch
         {

@@ -10,6 +10,13 @@ namespace FateLlm.Tests;
 /// <summary>A tiny model, the demo corpus split by domain, and short cluster timings: the ground for federation specs.</summary>
 internal static class FederationFixture
 {
+    /// <summary>reference.conf's failure detector and split-brain timing, for specs whose parties train flat out for minutes.</summary>
+    public static readonly Config LoadTolerant = ConfigurationFactory.ParseString("""
+        akka.cluster.failure-detector.acceptable-heartbeat-pause = 10s
+        akka.cluster.failure-detector.threshold = 12.0
+        akka.cluster.split-brain-resolver.stable-after = 20s
+        """);
+
     public static readonly Config FastCluster = ConfigurationFactory.ParseString("""
         akka.loglevel = WARNING
         fate-llm.logging.console-level = off

@@ -85,12 +85,7 @@ public class JobCommandsSpec
         // Three parties training flat out on two cores delay heartbeats past the fixture's 2 s pause: with it, a party was
         // downed mid-spec (its work never logged a stop) or the CLI could not join. The production failure detector and
         // split-brain timing (reference.conf) ride that out, as they must in a real federation.
-        await using var fed = await FederationFixture.Start(g, ConfigurationFactory.ParseString("""
-            akka.loglevel = INFO
-            akka.cluster.failure-detector.acceptable-heartbeat-pause = 10s
-            akka.cluster.failure-detector.threshold = 12.0
-            akka.cluster.split-brain-resolver.stable-after = 20s
-            """));
+        await using var fed = await FederationFixture.Start(g, ConfigurationFactory.ParseString("akka.loglevel = INFO").WithFallback(FederationFixture.LoadTolerant));
         var file = JobFile(g, "to-cancel", rounds: 3, epochs: 200, deadline: 600);
         var (code, output, error) = Run("job", "submit", file, "--seed", fed.SeedAddress);
         Assert.True(code == 0, error);
