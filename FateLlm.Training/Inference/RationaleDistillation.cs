@@ -46,35 +46,14 @@ public static class RationaleDistillation
         var answer = data.Select(e => InstructionData.Tokenize(new Example(e.Prompt, e.Answer, "answer"), tok, d)).ToList();
         var rationaleData = d with { Template = o.RationaleTemplate };
         var rationale = data.Select(e => e.Rationale.Trim().Length == 0 ? null : InstructionData.Tokenize(new Example(e.Prompt, e.Rationale, "rationale"), tok, rationaleData)).ToList();
-        var trainable = PeftModel.TrainableParameters(model).Select(p => p.Param).ToList();
-        if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (attach LoRA first)");
-        using var optimizer = optim.AdamW(trainable, lr: o.LearningRate);
+        if (!PeftModel.TrainableParameters(model).Any()) throw new InvalidOperationException("the model has no trainable parameters (attach LoRA first)");
         var pad = tok.PadId ?? tok.EosId ?? 0;
-        var order = Enumerable.Range(0, data.Count).ToArray();
-        var rng = new Random((int)(o.Seed & 0x7FFFFFFF));
-        int steps = 0;
-        double first = double.NaN, last = double.NaN;
-        model.train();
-        for (int epoch = 0; epoch < o.Epochs; epoch++)
+        var (steps, first, last) = AdapterSteps.Run(model, Enumerable.Range(0, data.Count).ToList(), o.Epochs, o.BatchSize, o.LearningRate, o.Seed, chunk =>
         {
-            rng.Shuffle(order);
-            foreach (var chunk in order.Chunk(o.BatchSize))
-            {
-                ct.ThrowIfCancellationRequested();
-                using var scope = NewDisposeScope();
-                var loss = Ce(model, chunk.Select(i => answer[i]).ToList(), pad).mul(1 - o.Alpha);
-                var withRationale = chunk.Where(i => rationale[i] is not null).Select(i => rationale[i]!).ToList();
-                if (withRationale.Count > 0 && o.Alpha > 0) loss = loss.add(Ce(model, withRationale, pad).mul(o.Alpha));
-                optimizer.zero_grad();
-                loss.backward();
-                nn.utils.clip_grad_norm_(trainable, 1.0);
-                optimizer.step();
-                last = loss.item<float>();
-                if (double.IsNaN(first)) first = last;
-                steps++;
-            }
-        }
-        model.eval();
+            var loss = Ce(model, chunk.Select(i => answer[i]).ToList(), pad).mul(1 - o.Alpha);
+            var withRationale = chunk.Where(i => rationale[i] is not null).Select(i => rationale[i]!).ToList();
+            return withRationale.Count > 0 && o.Alpha > 0 ? loss.add(Ce(model, withRationale, pad).mul(o.Alpha)) : loss;
+        }, ct);
         return new RationaleTrainResult(steps, first, last, data.Count, sw.Elapsed.TotalSeconds);
     }
 

@@ -37,12 +37,8 @@ public sealed class ModelServiceSpec : TestKit
         return dir;
     }
 
-    static NodeTls Issued(string caDir, string org)
-    {
-        var dir = Path.Combine(Root, org + "-" + Guid.NewGuid().ToString("N")[..6]);
-        CertificateAuthority.Issue(caDir, org, dir);
-        return NodeTls.Load(dir);
-    }
+    /// <summary>A certificate for <paramref name="org"/> from the CA in <paramref name="caDir"/>, kept beside that CA.</summary>
+    static NodeTls Issued(string caDir, string org) => Actors.Nodes.LocalFederation.IssuedTls(caDir + "-issued", caDir, org);
 
     IActorRef Service(int capacity = 8, NodeTls? tls = null, Func<Task>? gate = null, params string[] allowed) =>
         Sys.ActorOf(ModelService.Props(new ModelServiceSettings(new ServedModelOptions("remote", Model, allowed.Length > 0 ? allowed.ToHashSet() : ["acme"]), _store, TestActor)

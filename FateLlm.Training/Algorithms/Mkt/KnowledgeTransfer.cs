@@ -149,36 +149,17 @@ public static class KnowledgeTransfer
     {
         var sw = Stopwatch.StartNew();
         var encoded = publicSet.Select(e => Encode(e, tok, data)).ToList();
-        var trainable = PeftModel.TrainableParameters(model).Select(p => p.Param).ToList();
-        using var optimizer = optim.AdamW(trainable, lr: o.LearningRate);
         var pad = tok.PadId ?? tok.EosId ?? 0;
-        var order = Enumerable.Range(0, encoded.Count).Where(i => encoded[i].Response.Length > 0 && encoded[i].PromptLength > 0).ToArray();
-        var rng = new Random((int)(o.Seed & 0x7FFFFFFF));
-        int steps = 0;
-        double first = double.NaN, last = double.NaN;
-        model.train();
-        for (int epoch = 0; epoch < o.Epochs; epoch++)
+        var eligible = Enumerable.Range(0, encoded.Count).Where(i => encoded[i].Response.Length > 0 && encoded[i].PromptLength > 0).ToList();
+        // The batch's tensors belong to the step's dispose scope: backward still needs them after this returns.
+        var (steps, first, last) = AdapterSteps.Run(model, eligible, o.Epochs, o.BatchSize, o.LearningRate, o.Seed, chunk =>
         {
-            rng.Shuffle(order);
-            foreach (var chunk in order.Chunk(o.BatchSize))
-            {
-                ct.ThrowIfCancellationRequested();
-                using var scope = NewDisposeScope();
-                using var batch = InstructionData.Collate(chunk.Select(i => encoded[i].Example).ToList(), pad);
-                var logits = model.Forward(batch.InputIds);
-                var ce = LanguageModelLoss.Shifted(logits, batch.Labels, nn.Reduction.Mean);
-                var kd = Distillation(logits, chunk.Select(i => (encoded[i].PromptLength, teachers[i])).ToList(), o.Temperature);
-                var loss = kd is null ? ce : ce.mul(o.Alpha).add(kd.mul(1 - o.Alpha));
-                optimizer.zero_grad();
-                loss.backward();
-                nn.utils.clip_grad_norm_(trainable, 1.0);
-                optimizer.step();
-                last = loss.item<float>();
-                if (double.IsNaN(first)) first = last;
-                steps++;
-            }
-        }
-        model.eval();
+            var batch = InstructionData.Collate(chunk.Select(i => encoded[i].Example).ToList(), pad);
+            var logits = model.Forward(batch.InputIds);
+            var ce = LanguageModelLoss.Shifted(logits, batch.Labels, nn.Reduction.Mean);
+            var kd = Distillation(logits, chunk.Select(i => (encoded[i].PromptLength, teachers[i])).ToList(), o.Temperature);
+            return kd is null ? ce : ce.mul(o.Alpha).add(kd.mul(1 - o.Alpha));
+        }, ct);
         return new TransferResult(steps, first, last, teachers.Count(t => t is not null), teachers.Count, sw.Elapsed.TotalSeconds);
     }
 
