@@ -59,25 +59,40 @@ public static class FederatedComputation
     public static LocalRoundResult LocalRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct,
         PartyWatermark? watermark = null)
     {
-        var sw = Stopwatch.StartNew();
         var local = spec.Local;
-        TorchRuntime.SetThreads(local.Threads);
         var examples = InstructionData.ReadJsonl(trainData, spec.Data);
+        return DeltaRound(spec, run, globalAdapter, evalData, global =>
+        {
+            var options = new TrainOptions
+            {
+                Epochs = local.Epochs, MaxSteps = local.Steps > 0 ? local.Steps : null, BatchSize = local.BatchSize, LearningRate = local.LearningRate,
+                WarmupRatio = local.WarmupRatio, Schedule = local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, round),
+                ProximalMu = local.FedProxMu, ProximalReference = local.FedProxMu > 0 ? global : null,
+            };
+            if (watermark is not null) options = watermark.Apply(options, run, spec);
+            var result = run.Train(run.Tokenize(examples, spec.Data), options, ct: ct);
+            return (result.Samples, result.Steps, result.FirstLoss, result.LastLoss);
+        });
+    }
+
+    /// <summary>
+    /// What every round that uploads an adapter delta shares, around the plug-in's own training: the global adapter
+    /// loaded into the model, the dev loss before training, then <paramref name="train"/> (given the global state), then
+    /// the delta from the global state. Seconds cover the whole round.
+    /// </summary>
+    public static LocalRoundResult DeltaRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string? evalData,
+        Func<IReadOnlyDictionary<string, Tensor>, (long Samples, int Steps, double FirstLoss, double LastLoss)> train)
+    {
+        var sw = Stopwatch.StartNew();
+        TorchRuntime.SetThreads(spec.Local.Threads);
         var dev = evalData is null ? null : InstructionData.ReadJsonl(evalData, spec.Data);
         using var scope = NewDisposeScope();
         var global = SafeTensors.FromBytes(globalAdapter, "global adapter");
         PeftModel.LoadTrainableState(run.Model, global, "global adapter");
-        double? evalLoss = dev is null ? null : run.Loss(run.Tokenize(dev, spec.Data), local.BatchSize);
-        var options = new TrainOptions
-        {
-            Epochs = local.Epochs, MaxSteps = local.Steps > 0 ? local.Steps : null, BatchSize = local.BatchSize, LearningRate = local.LearningRate,
-            WarmupRatio = local.WarmupRatio, Schedule = local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, round),
-            ProximalMu = local.FedProxMu, ProximalReference = local.FedProxMu > 0 ? global : null,
-        };
-        if (watermark is not null) options = watermark.Apply(options, run, spec);
-        var result = run.Train(run.Tokenize(examples, spec.Data), options, ct: ct);
+        double? evalLoss = dev is null ? null : run.Loss(run.Tokenize(dev, spec.Data), spec.Local.BatchSize);
+        var r = train(global);
         var delta = PeftModel.TrainableState(run.Model).ToDictionary(kv => kv.Key, kv => kv.Value.sub(global[kv.Key]));
-        return new LocalRoundResult(SafeTensors.ToBytes(delta), result.Samples, result.Steps, result.FirstLoss, result.LastLoss, evalLoss, sw.Elapsed.TotalSeconds);
+        return new LocalRoundResult(SafeTensors.ToBytes(delta), r.Samples, r.Steps, r.FirstLoss, r.LastLoss, evalLoss, sw.Elapsed.TotalSeconds);
     }
 
     public static EvaluationResult Evaluate(JobSpec spec, string modelPath, byte[] adapter, string data, CancellationToken ct = default)

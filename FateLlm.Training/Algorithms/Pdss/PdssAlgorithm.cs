@@ -1,10 +1,5 @@
-using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Inference;
-using FateLlm.Training.IO;
-using FateLlm.Training.Peft;
-using FateLlm.Training.Runtime;
-using static TorchSharp.torch;
 
 namespace FateLlm.Training.Algorithms.Pdss;
 
@@ -61,16 +56,13 @@ public sealed class PdssAlgorithm : IFederatedAlgorithm
             var spec = ctx.Spec;
             var s = Settings.Of(spec);
             FederatedComputation.VerifyModel(spec, ctx.ModelPath, $"party '{ctx.Party}'");
-            TorchRuntime.SetThreads(spec.Local.Threads);
             var data = RationaleData.Read(ctx.TrainData, spec.Data, s.Column);
             using var run = FederatedComputation.Open(spec, ctx.ModelPath);
-            using var scope = NewDisposeScope();
-            var global = SafeTensors.FromBytes(File.ReadAllBytes(files[HomoPeft.HomoPeftAlgorithm.Global]), "global adapter");
-            PeftModel.LoadTrainableState(run.Model, global, "global adapter");
-            double? evalLoss = ctx.EvalData is null ? null : run.Loss(run.Tokenize(InstructionData.ReadJsonl(ctx.EvalData, spec.Data), spec.Data), spec.Local.BatchSize);
-            var r = RationaleDistillation.Train(run.Model, run.Tokenizer, data, spec.Data, Options(spec, s, ctx.Round), ct);
-            var delta = PeftModel.TrainableState(run.Model).ToDictionary(kv => kv.Key, kv => kv.Value.sub(global[kv.Key]));
-            var update = ClientUpdate.Of(new LocalRoundResult(SafeTensors.ToBytes(delta), data.Count, r.Steps, r.FirstLoss, r.LastLoss, evalLoss, r.Seconds));
+            var update = ClientUpdate.Of(FederatedComputation.DeltaRound(spec, run, File.ReadAllBytes(files[HomoPeft.HomoPeftAlgorithm.Global]), ctx.EvalData, _ =>
+            {
+                var r = RationaleDistillation.Train(run.Model, run.Tokenizer, data, spec.Data, Options(spec, s, ctx.Round), ct);
+                return (data.Count, r.Steps, r.FirstLoss, r.LastLoss);
+            }));
             return update with { Metrics = new Dictionary<string, double>(update.Metrics) { ["pdss.with-rationale"] = data.Count(e => e.Rationale.Trim().Length > 0) } };
         }
 
