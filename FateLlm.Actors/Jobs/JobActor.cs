@@ -83,6 +83,15 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Fresh();
     }
 
+    /// <summary>Every change a command or a persisted event made is published for the live board (never during recovery).</summary>
+    protected override bool AroundReceive(Receive receive, object message)
+    {
+        var handled = base.AroundReceive(receive, message);
+        if (!IsRecovering && message is not GetJobStatus && _status != JobState.Unknown)
+            Context.System.EventStream.Publish(new Board.JobObserved(Status()));
+        return handled;
+    }
+
     // ---- phases ----
 
     /// <summary>Every phase answers status queries; a submit for an existing job is refused.</summary>

@@ -37,6 +37,9 @@ public sealed record NodeOptions
     /// <summary>Models this node serves to other organizations (<c>--serve NAME=DIR</c>).</summary>
     public IReadOnlyList<ServedModelOptions> Services { get; init; } = [];
 
+    /// <summary>An arbiter node with a feed runs the live board (<see cref="Board.FederationBoard"/>) into it.</summary>
+    public Board.BoardFeed? Board { get; init; }
+
     /// <summary>The organization a node's services belong to: a party's own, else its certificate's, else <c>operator</c>.</summary>
     public string ServiceOrg => Org ?? Tls?.Organization ?? "operator";
 }
@@ -167,6 +170,7 @@ public sealed class FederationNode : IAsyncDisposable
             system.ActorOf(OrganizationGuard.Props(tls, Operators(config)), OrganizationGuard.Name);
             proven = tls.Identities.OrganizationOf;
         }
+        if (o.Board is { } feed && o.Role == NodeRole.Arbiter) system.ActorOf(Board.FederationBoard.Props(feed, config), Board.FederationBoard.Name);
         foreach (var sv in o.Services)
             system.ActorOf(ModelService.Props(ModelServiceSettings.FromConfig(config, sv, store, blobServer, o.Tls)), ModelService.ActorName(sv.Name));
         var sharding = ClusterSharding.Get(system);

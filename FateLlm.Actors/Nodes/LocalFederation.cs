@@ -50,7 +50,7 @@ public sealed class LocalFederation : IAsyncDisposable
     /// the root and every node runs mutual TLS with its own certificate (operator nodes "operator", parties their org).
     /// </summary>
     public static async Task<LocalFederation> StartAsync(string root, IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> parties,
-        Config? overrides = null, TimeSpan? timeout = null, bool tls = false)
+        Config? overrides = null, TimeSpan? timeout = null, bool tls = false, Board.BoardFeed? board = null)
     {
         var wait = timeout ?? TimeSpan.FromSeconds(60);
         var port = FreePort();
@@ -66,7 +66,7 @@ public sealed class LocalFederation : IAsyncDisposable
         var seedAddress = $"akka.{scheme}://fate-llm@127.0.0.1:{port}";
         NodeTls? Tls(string org) => caDir is null ? null : IssuedTls(root, caDir, org);
         var seed = FederationNode.Start(new NodeOptions { Role = NodeRole.Seed, Port = port, Seeds = [seedAddress], DataDir = Path.Combine(root, "seed"), Overrides = overrides, Tls = Tls("operator") });
-        var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides, Tls = Tls("operator") });
+        var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides, Tls = Tls("operator"), Board = board });
         var client = FederationNode.Start(new NodeOptions { Role = NodeRole.Client, Seeds = [seedAddress], DataDir = Path.Combine(root, "client"), Overrides = overrides, Tls = Tls("operator") });
         var fed = new LocalFederation(root, overrides, caDir, seed, seedAddress, arbiter, client);
         foreach (var (org, data) in parties) fed.StartParty(org, data);
@@ -117,7 +117,7 @@ public sealed class LocalFederation : IAsyncDisposable
         Arbiter = FederationNode.Start(new NodeOptions
         {
             Role = NodeRole.Arbiter, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "arbiter"), Overrides = overrides ?? Overrides,
-            Tls = CaDir is null ? null : IssuedTls(Root, CaDir, "operator"),
+            Tls = CaDir is null ? null : IssuedTls(Root, CaDir, "operator"), Board = Arbiter.Options.Board,
         });
         await Arbiter.WhenUp(timeout ?? TimeSpan.FromSeconds(60));
         return Arbiter;

@@ -18,6 +18,9 @@ public sealed record SecureSumFailed(string Reason, IReadOnlyDictionary<string, 
 /// <summary>Published on the arbiter's event stream as each secure-aggregation step begins (observability, fault specs).</summary>
 public sealed record SecureAggregationStepStarted(WorkId Work, string Step, string[] Parties);
 
+/// <summary>Published as a party drops out of secure aggregation at a step (recovered while the threshold holds).</summary>
+public sealed record SecureAggregationDropout(WorkId Work, string Step, string Org, string Reason);
+
 /// <summary>Published as a party's answer to a secure-aggregation step is recorded (for a masked input: once it is pulled).</summary>
 public sealed record SecureAggregationStepAnswered(WorkId Work, string Step, string Org);
 
@@ -209,7 +212,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
 
     void Drop(string org, string reason)
     {
-        _dropouts.TryAdd(org, reason);
+        if (_dropouts.TryAdd(org, reason)) Context.System.EventStream.Publish(new SecureAggregationDropout(_s.Work, _step, org, reason));
         _log.Warning("exchange {0}: party {1} dropped out of secure aggregation: {2}", _s.Work, org, reason);
     }
 

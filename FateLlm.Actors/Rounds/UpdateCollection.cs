@@ -14,7 +14,11 @@ public sealed record ExchangeCollected(int Phase, IReadOnlyDictionary<string, Co
     IReadOnlyList<string> Rejections);
 
 /// <summary>Published on the arbiter's event stream as each party's answer to an exchange is settled (observability, specs).</summary>
-public sealed record PartyAnswered(WorkId Work, string Org, bool Succeeded, string? Reason);
+public sealed record PartyAnswered(WorkId Work, string Org, bool Succeeded, string? Reason)
+{
+    /// <summary>How it settled: done | failed (the party reported an error) | rejected (refused here) | dropped (no answer, node gone, upload lost).</summary>
+    public string Outcome { get; init; } = Succeeded ? "done" : "failed";
+}
 
 /// <param name="Requests">What each party of the exchange is asked (its work request).</param>
 /// <param name="Secure">Summed securely: parties advertise keys, no update is pulled.</param>
@@ -36,6 +40,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
     readonly Dictionary<string, UpdateReady> _fetching = new();
     readonly Dictionary<string, CollectedUpdate> _succeeded = new();
     readonly Dictionary<string, string> _failed = new();
+    readonly Dictionary<string, string> _outcomes = new();
     readonly List<string> _rejections = new();
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -49,13 +54,16 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
     public UpdateCollection(CollectionSettings settings)
     {
         _s = settings;
-        Receive<WorkAccepted>(_ => { });
+        Receive<WorkAccepted>(a =>
+        {
+            if (a.Id == _s.Work && Waiting(a.Org)) Context.System.EventStream.Publish(new Board.PartyWorkStarted(a.Id, a.Org));
+        });
         Receive<UpdateReady>(OnUpdate);
         Receive<UpdateFailed>(f => Record(f.Org, f.Id, () => _failed[f.Org] = f.Reason));
         Receive<FetchCompleted>(OnFetched);
         Receive<FetchFailed>(f =>
         {
-            if (_fetching.Remove(f.Correlation, out var u)) Record(f.Correlation, u.Id, () => _failed[f.Correlation] = $"upload failed: {f.Reason}");
+            if (_fetching.Remove(f.Correlation, out var u)) Record(f.Correlation, u.Id, () => Fail(f.Correlation, "dropped", $"upload failed: {f.Reason}"));
         });
         Receive<Resend>(_ => Ask());
         Receive<Deadline>(_ => Conclude(deadline: true));
@@ -91,7 +99,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
     void DropAbsent()
     {
         foreach (var org in Parties.Where(o => Waiting(o) && !R.Presence.Present(o)).ToList())
-            Record(org, _s.Work, () => _failed[org] = $"its node left or never joined: no node of this organization in the cluster for {R.AbsentGrace!.Value.TotalSeconds:G3} s");
+            Record(org, _s.Work, () => Fail(org, "dropped", $"its node left or never joined: no node of this organization in the cluster for {R.AbsentGrace!.Value.TotalSeconds:G3} s"));
     }
 
     void Reject(string org, string reason)
@@ -119,7 +127,10 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         apply();
         if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org))
         {
-            var answered = new PartyAnswered(_s.Work, org, _succeeded.ContainsKey(org), _failed.GetValueOrDefault(org));
+            var answered = new PartyAnswered(_s.Work, org, _succeeded.ContainsKey(org), _failed.GetValueOrDefault(org))
+            {
+                Outcome = _succeeded.ContainsKey(org) ? "done" : _outcomes.GetValueOrDefault(org, "failed"),
+            };
             Context.System.EventStream.Publish(answered);
             Context.Parent.Tell(answered);
         }
@@ -134,25 +145,32 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         {
             Record(u.Org, u.Id, () =>
             {
-                if (u.Keys is null || u.Keys.Party != u.Org) _failed[u.Org] = "rejected: no secure-aggregation keys under its name";
+                if (u.Keys is null || u.Keys.Party != u.Org) Fail(u.Org, "rejected", "rejected: no secure-aggregation keys under its name");
                 else _succeeded[u.Org] = new CollectedUpdate(u, "", 0, 0);
             });
             return;
         }
         Record(u.Org, u.Id, () =>
         {
-            if (u.Update is null) _failed[u.Org] = "rejected: plain exchange but no update offered";
+            if (u.Update is null) Fail(u.Org, "rejected", "rejected: plain exchange but no update offered");
             else if (u.Update.Size > _s.MaxBytes)
             {
                 Reject(u.Org, $"update of {u.Update.Size} bytes exceeds the limit of {_s.MaxBytes}");
-                _failed[u.Org] = $"rejected: update of {u.Update.Size} bytes exceeds the limit";
+                Fail(u.Org, "rejected", $"rejected: update of {u.Update.Size} bytes exceeds the limit");
             }
             else
             {
                 _fetching[u.Org] = u;
+                Context.System.EventStream.Publish(new Board.PartyUploadStarted(u.Id, u.Org, u.Update.Size));
                 Context.ActorOf(BlobFetcher.Props(R.Store, u.Update, R.Transfer, correlation: u.Org));
             }
         });
+    }
+
+    void Fail(string org, string outcome, string reason)
+    {
+        _failed[org] = reason;
+        _outcomes[org] = outcome;
     }
 
     void OnFetched(FetchCompleted f)
@@ -166,7 +184,10 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         Timers.CancelAll();
         if (deadline)
             foreach (var org in Parties.Where(p => !_succeeded.ContainsKey(p) && !_failed.ContainsKey(p)))
-                _failed[org] = _fetching.ContainsKey(org) ? "upload not finished by the deadline" : "no answer by the deadline";
+            {
+                Fail(org, "dropped", _fetching.ContainsKey(org) ? "upload not finished by the deadline" : "no answer by the deadline");
+                Context.System.EventStream.Publish(new PartyAnswered(_s.Work, org, false, _failed[org]) { Outcome = "dropped" });
+            }
         Context.Parent.Tell(new ExchangeCollected(_s.Work.Phase, _succeeded.ToDictionary(), _failed.ToDictionary(), _rejections.ToList()));
         Become(Concluded);
     }

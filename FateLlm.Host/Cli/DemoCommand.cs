@@ -1,6 +1,6 @@
-using OpenTelemetry.Metrics;
 using System.CommandLine;
 using FateLlm.Actors.Jobs;
+using FateLlm.Host.Board;
 using FateLlm.Host.Experiments;
 using FateLlm.Host.Zoo;
 using Spectre.Console;
@@ -23,18 +23,19 @@ internal static class DemoCommand
         var kill = Opt("--kill", "With --secure: the party to kill when round 2's secure aggregation starts ('none' to keep all)", "gym");
         var clip = ClipOption();
         var zoo = ZooOption();
-        var http = new Option<string?>("--http") { Description = "Serve the federation's Prometheus metrics at http://HOST:PORT/metrics while it runs (loopback only)" };
+        var http = NodeCommands.HttpOption("Serve the live board (and Prometheus metrics at /metrics) on HOST:PORT while the demo runs, e.g. 127.0.0.1:8080");
+        var token = NodeCommands.HttpTokenOption();
         return new Command("demo", "Federated LoRA on WordNet with 3 parties: live progress, then local vs federated vs centralized").With(p =>
         {
             var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with
             {
                 Rounds = TrainingCommands.Positive(p.GetValue(rounds), "--rounds"), ZooRoot = p.GetValue(zoo)!,
             };
-            MeterProvider? meters;
-            try { meters = Telemetry.MetricsExport.Start(p.GetValue(http), null); }
+            NodeWeb web;
+            try { web = NodeWeb.Parse(p.GetValue(http), p.GetValue(token), null, null); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }
-            using var _ = meters;
-            if (p.GetValue(http) is { } endpoint) CliApp.Ansi.MarkupLine($"metrics at [bold]http://{endpoint}/metrics[/]");
+            if (web.Endpoint is not null) s = s with { Board = new FateLlm.Actors.Board.BoardFeed() };
+            using var running = web.Start(s.Board, line => CliApp.Ansi.MarkupLine($"[bold]{Markup.Escape(line)}[/]"));
             if (p.GetValue(secure))
             {
                 var victim = p.GetValue(kill)!;
@@ -48,7 +49,7 @@ internal static class DemoCommand
             }
             CliApp.Ansi.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
             Run(s);
-        }, outDir, rounds, secure, noise, kill, clip, zoo, http);
+        }, outDir, rounds, secure, noise, kill, clip, zoo, http, token);
     }
 
     public static Command PrivacyExperiment()

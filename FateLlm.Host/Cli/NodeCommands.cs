@@ -3,6 +3,7 @@ using Akka.Actor;
 using Akka.Configuration;
 using Akka.Hosting;
 using FateLlm.Actors.Nodes;
+using FateLlm.Host.Board;
 using FateLlm.Training.Data;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -26,21 +27,17 @@ internal static class NodeCommands
         public readonly Option<string> LogLevel = Opt("--log-level", "Console: debug | info | warning | error | off (everything always goes to node.log in the data dir)", "info");
         public readonly Option<string[]> Serve = new("--serve") { Description = "Serve a model to other organizations, NAME=MODEL_DIR (repeatable; callers use ORG/NAME)" };
         public readonly Option<string> ServeAllow = Opt("--serve-allow", "Organizations allowed to call this node's services, comma-separated, or * for all", "*");
-        public readonly Option<string?> Http = new("--http") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (loopback only), e.g. 127.0.0.1:9464" };
+        public readonly Option<string?> Http = HttpOption("Serve Prometheus metrics at /metrics (and on an arbiter the live board at /) on HOST:PORT, e.g. 127.0.0.1:8080");
+        public readonly Option<string?> HttpToken = HttpTokenOption();
         public readonly Option<string?> Otlp = new("--otlp") { Description = "Also export metrics over OTLP to this URL, e.g. http://127.0.0.1:4317" };
-        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, Otlp];
+        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, HttpToken, Otlp];
 
-        /// <summary>The node's metrics exporters, checked before the node starts.</summary>
-        public (string? Http, string? Otlp) Metrics(ParseResult p)
+        /// <summary>The node's web port and exporters, checked before the node starts.</summary>
+        public NodeWeb Web(ParseResult p, NodeOptions node)
         {
-            var (http, otlp) = (p.GetValue(Http), p.GetValue(Otlp));
-            try
-            {
-                if (http is not null) Telemetry.MetricsExport.Endpoint(http);
-                if (otlp is not null && !Uri.TryCreate(otlp, UriKind.Absolute, out _)) throw new ArgumentException($"--otlp '{otlp}' is not a URL (e.g. http://127.0.0.1:4317)");
-            }
+            var token = p.GetValue(HttpToken) ?? FederationNode.BuildConfig(node).GetString("fate-llm.board.token");
+            try { return NodeWeb.Parse(p.GetValue(Http), token, p.GetValue(Otlp), node.Tls); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }
-            return (http, otlp);
         }
 
         IReadOnlyList<FateLlm.Actors.Services.ServedModelOptions> Services(ParseResult p)
@@ -107,11 +104,11 @@ internal static class NodeCommands
         {
             var port = p.GetValue(shared.Port);
             if (port <= 0) throw new UsageException("a seed needs a fixed --port (e.g. 4053)");
-            RunNode(shared.Read(p, NodeRole.Seed, "seed"), shared.Metrics(p));
+            RunNode(p, shared, shared.Read(p, NodeRole.Seed, "seed"));
         }, shared.All);
 
         var arbiter = new Command("arbiter", "Run an arbiter node: hosts jobs and aggregation rounds");
-        arbiter.With(p => RunNode(shared.Read(p, NodeRole.Arbiter, "arbiter"), shared.Metrics(p)), shared.All);
+        arbiter.With(p => RunNode(p, shared, shared.Read(p, NodeRole.Arbiter, "arbiter")), shared.All);
 
         var org = Required<string>("--org", "This organization's id (its identity in the federation)");
         var data = new Option<string[]>("--data") { Description = "A private dataset, name=path.jsonl (repeatable)", Required = true };
@@ -130,7 +127,7 @@ internal static class NodeCommands
                 InstructionData.ReadJsonl(path, new DataOptions());
                 datasets[d[..eq]] = path;
             }
-            RunNode(shared.Read(p, NodeRole.Party, "party-" + id, id, datasets), shared.Metrics(p));
+            RunNode(p, shared, shared.Read(p, NodeRole.Party, "party-" + id, id, datasets));
         }, [org, data, .. shared.All]);
         return [seed, arbiter, party];
     }
@@ -150,10 +147,23 @@ internal static class NodeCommands
         return dir is null ? null : FateLlm.Actors.Security.NodeTls.Load(dir);
     }
 
-    static void RunNode(NodeOptions options, (string? Http, string? Otlp) metrics)
+    internal static Option<string?> HttpOption(string description) => new("--http") { Description = description };
+
+    internal static Option<string?> HttpTokenOption() => new("--http-token")
     {
-        using var meters = Telemetry.MetricsExport.Start(metrics.Http, metrics.Otlp);
-        if (metrics.Http is { } http) CliApp.Out.WriteLine($"metrics at http://{http}/metrics");
+        Description = "A token (16+ characters) every request to --http must carry (Authorization: Bearer, or ?token= once); needed for a non-loopback bind without --tls",
+    };
+
+    static void RunNode(ParseResult p, Shared shared, NodeOptions options)
+    {
+        var web = shared.Web(p, options);
+        if (web.Endpoint is not null && options.Role == NodeRole.Arbiter) options = options with { Board = new FateLlm.Actors.Board.BoardFeed() };
+        using var running = web.Start(options.Board, CliApp.Out.WriteLine);
+        Run(options);
+    }
+
+    static void Run(NodeOptions options)
+    {
         var config = FederationNode.BuildConfig(options);
         FederationNode.CheckOwnIdentity(options, config);
         FederationNode? started = null;

@@ -42,6 +42,8 @@ public sealed record ExperimentSettings
     public double LoraLearningRate { get; init; } = 5e-3;
     public double PrefixLearningRate { get; init; } = 1e-2;
     public string WordNetDir { get; init; } = WordNetCorpus.DefaultDictionary;
+    /// <summary>The live board the federation's arbiter feeds (<c>demo --http</c>); none by default.</summary>
+    public FateLlm.Actors.Board.BoardFeed? Board { get; init; }
 
     /// <summary>Fewer examples per party: the same comparison in about a third of the time.</summary>
     public static ExperimentSettings Quick(string outDir) => new() { OutDir = outDir, TrainPerParty = 400, TestPerParty = 100 };
@@ -136,7 +138,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         var communication = new List<CommunicationResult>();
         var datasets = Datasets(split);
         string? lossPlot = null;
-        await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets, QuietCluster);
+        await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets, QuietCluster, board: s.Board);
         log($"federation up: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
 
         foreach (var method in s.Methods)

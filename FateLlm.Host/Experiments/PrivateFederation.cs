@@ -42,7 +42,7 @@ public sealed class PrivateFederation(ExperimentSettings s, Action<string> log, 
             var crash = kill is null ? Config.Empty : ConfigurationFactory.ParseString(
                 $"fate-llm.fault-injection.points = [{{ at = party.mask, org = \"{kill}\", round = {Math.Min(2, s.Rounds)}, action = terminate }}]");
             await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), datasets,
-                crash.WithFallback(PaperExperiment.QuietCluster), tls: true);
+                crash.WithFallback(PaperExperiment.QuietCluster), tls: true, board: s.Board);
             log($"federation up over mutual TLS: seed {fed.SeedAddress}, parties {string.Join(", ", datasets.Keys)}");
             var sw = Stopwatch.StartNew();
             var spec = Spec(fed, basePath, z);

@@ -80,6 +80,6 @@ internal static class FederationFixture
         return status;
     }
 
-    public static Task<LocalFederation> Start(Ground g, Config? extra = null, bool tls = false) =>
-        LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster), tls: tls);
+    public static Task<LocalFederation> Start(Ground g, Config? extra = null, bool tls = false, Actors.Board.BoardFeed? board = null) =>
+        LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster), tls: tls, board: board);
 }

@@ -21,19 +21,26 @@ public class FederationSpec
         return double.Parse(System.Text.RegularExpressions.Regex.Match(line, @"\}\s+(\S+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
     }
 
-    [Fact]
-    public async Task A_job_runs_every_round_through_the_cluster_exports_a_peft_adapter_and_its_metrics_can_be_scraped()
+    static async Task<T> Eventually<T>(Func<Task<T?>> probe) where T : class
     {
-        // The Prometheus endpoint a node serves with --http 127.0.0.1:PORT.
-        var port = Actors.Nodes.LocalFederation.FreePort();
-        using var meters = Host.Telemetry.MetricsExport.Start($"127.0.0.1:{port}", null);
+        for (var deadline = DateTime.UtcNow.AddSeconds(10); ; await Task.Delay(100))
+            if (await probe() is { } found) return found;
+            else if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException("the board never showed the completed job within 10 s");
+    }
+
+    [Fact]
+    public async Task A_job_runs_every_round_through_the_cluster_exports_a_peft_adapter_and_its_metrics_and_board_can_be_read()
+    {
+        // The web port an arbiter serves with --http 127.0.0.1:PORT: Prometheus metrics and the board's JSON.
+        var feed = new Actors.Board.BoardFeed();
+        await using var web = await Host.Board.NodeWeb.Parse("127.0.0.1:0", null, null, null).StartAsync(feed, _ => { });
         var g = FederationFixture.Prepare();
-        await using var fed = await FederationFixture.Start(g);
+        await using var fed = await FederationFixture.Start(g, board: feed);
         var spec = FederationFixture.Job(g, "happy", rounds: 2);
         var status = await FederationFixture.RunToCompletion(fed, spec, Generous);
-        using (var http = new HttpClient())
+        using (var http = new HttpClient { BaseAddress = web.Server!.Address })
         {
-            var scrape = await http.GetStringAsync($"http://127.0.0.1:{port}/metrics");
+            var scrape = await http.GetStringAsync("metrics");
             const string job = "job=\"happy\"";
             Assert.Equal(2, Sample(scrape, "fatellm_rounds_completed_total", job));
             Assert.Equal(2, Sample(scrape, "fatellm_round_duration_seconds_count", job));
@@ -44,8 +51,20 @@ public class FederationSpec
                 Assert.Equal(status.Rounds.Sum(r => r.Parties.Single(p => p.Org == org).UploadBytes), Sample(scrape, "fatellm_transfer_up_bytes_total", job, party));
                 Assert.Equal(2, Sample(scrape, "fatellm_party_train_duration_seconds_count", job, party));
             }
+            // The board's snapshot lags the job by at most its publish interval.
+            var board = await Eventually(async () =>
+            {
+                var b = System.Text.Json.JsonSerializer.Deserialize<Actors.Board.BoardSnapshot>(await http.GetStringAsync("api/board"), Host.Board.BoardServer.Json)!;
+                return b.Jobs.SingleOrDefault(j => j.JobId == "happy") is { State: "completed" } ? b : null;
+            });
+            var view = board.Jobs.Single(j => j.JobId == "happy");
+            Assert.Equal([1, 2], view.Rounds.Select(r => r.Round));
+            Assert.All(view.Rounds, r => Assert.Equal(3, r.Parties));
+            Assert.Equal(status.Rounds.Sum(r => r.Parties.Sum(p => p.UploadBytes + p.DownloadBytes)), view.Rounds.Sum(r => r.Bytes));
+            Assert.Equal(3, view.FinalEvaluation.Length);
+            Assert.Contains(board.Members, m => m.Organization == "animal" && m.Reachable && m.Status == "Up");
+            Assert.Contains(board.Events, e => e.Text.Contains("job happy: round 2 done"));
         }
-        Assert.Contains("only a loopback address is served", Assert.Throws<ArgumentException>(() => Host.Telemetry.MetricsExport.Endpoint("0.0.0.0:9464")).Message);
         Assert.Equal(2, status.CompletedRounds);
         Assert.All(status.Rounds, r => Assert.All(r.Parties, p => Assert.True(p.Succeeded, p.Reason)));
         Assert.All(status.Rounds.SelectMany(r => r.Parties), p => Assert.True(p.UploadBytes > 0));

@@ -1,0 +1,43 @@
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Parties;
+
+namespace FateLlm.Actors.Board;
+
+// What the arbiter publishes on its own event stream for the live board (local only, never sent over the wire), and
+// the board's snapshot: plain data a web page renders.
+
+/// <summary>A job's status after a change (published by the job entity outside recovery).</summary>
+public sealed record JobObserved(JobStatus Status);
+
+/// <summary>A party acknowledged the exchange's work: it is training.</summary>
+public sealed record PartyWorkStarted(WorkId Work, string Org);
+
+/// <summary>The arbiter began pulling a party's update of <paramref name="Bytes"/> bytes.</summary>
+public sealed record PartyUploadStarted(WorkId Work, string Org, long Bytes);
+
+public sealed record BoardSnapshot(DateTime At, long Version, MemberView[] Members, JobView[] Jobs, EventLine[] Events);
+
+/// <param name="Status">Akka's member status (Up, Leaving, …); <paramref name="Reachable"/> from the failure detector.</param>
+public sealed record MemberView(string Address, string[] Roles, string? Organization, string Status, bool Reachable);
+
+public sealed record JobView(string JobId, string State, string? Algorithm, int CompletedRounds, int TotalRounds, string? Reason,
+    double? Epsilon, CurrentRoundView? Current, RoundPoint[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir);
+
+/// <param name="SecureAggregation">The secure-aggregation step in flight and who has answered it; null outside one.</param>
+public sealed record CurrentRoundView(int Round, int Attempt, int Exchange, string Stage, PartyView[] Parties, SecureStepView? SecureAggregation);
+
+/// <param name="State">asked | training | uploading | done | rejected | dropped</param>
+/// <param name="Detail">The reason (rejected, dropped) or the progress (seconds training, bytes uploading).</param>
+public sealed record PartyView(string Org, string State, string? Detail, DateTime Since);
+
+public sealed record SecureStepView(string Step, string[] Waiting, string[] Answered);
+
+/// <summary>
+/// One completed round, for the charts: sample-weighted training loss, mean dev loss, bytes moved, ε so far; and how
+/// each party ended it (<see cref="PartyView"/> states done | failed | rejected | dropped, with the reason).
+/// </summary>
+public sealed record RoundPoint(int Round, int Attempt, double Seconds, double? Loss, double? EvalLoss, long Bytes, double? Epsilon,
+    int Parties, int Dropped, int Rejected, string? SecureAggregation, PartyView[] Outcomes);
+
+/// <param name="Level">info | warning</param>
+public sealed record EventLine(DateTime At, string Level, string Text);
