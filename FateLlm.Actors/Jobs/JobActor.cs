@@ -28,6 +28,8 @@ public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRe
     public TimeSpan WaitForParties { get; init; } = TimeSpan.FromMinutes(2);
     public TimeSpan PresencePoll { get; init; } = TimeSpan.FromSeconds(1);
     public bool Sharded { get; init; }
+    /// <summary>How blobs this arbiter lacks are pulled from the cluster (a job taken over, a round run elsewhere).</summary>
+    public TransferSettings Transfer { get; init; } = TransferSettings.Default;
 }
 
 /// <summary>
@@ -258,18 +260,67 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         }
         if (_status != JobState.Running || _spec is null) return;
         if (_specDigest.Length == 0) _specDigest = _s.Store.Put(_spec.ToJson()); // a v1 journal kept no spec blob
-        if (_rounds.Count >= _spec.Rounds || BudgetExhausted())
+        WithStateHere(() =>
         {
-            _log.Info("job {0}: recovered after its last round; finishing evaluation and export", _jobId);
-            StartEvaluation();
+            if (_rounds.Count >= _spec.Rounds || BudgetExhausted())
+            {
+                _log.Info("job {0}: recovered after its last round; finishing evaluation and export", _jobId);
+                StartEvaluation();
+                return;
+            }
+            var round = _rounds.Count + 1;
+            // The attempt in flight when we stopped is lost; the next one resumes after its last recorded exchange.
+            var resume = _round == round ? _resume : null;
+            _log.Info("job {0}: recovered with {1} completed rounds; resuming round {2}{3}", _jobId, _rounds.Count, round,
+                resume is null ? "" : $" at exchange {resume.Phase}");
+            StartAttempt(round, _round == round ? _attempt + 1 : 1, resume);
+        });
+    }
+
+    /// <summary>
+    /// Offers the state an attempt (or the evaluation) starts from to every other arbiter, which pulls what it lacks: the
+    /// journal may be shared (a PostgreSQL fail-over), and the arbiter taking the job over then finds even what only an
+    /// arbiter holds (the server state). An arbiter that joins mid-round gets it when the next round starts.
+    /// </summary>
+    void Replicate()
+    {
+        if (((ExtendedActorSystem)Context.System).Provider is not Akka.Cluster.ClusterActorRefProvider) return; // a job run without a cluster (specs)
+        var cluster = Akka.Cluster.Cluster.Get(Context.System);
+        var others = cluster.State.Members.Where(m => m.HasRole("arbiter") && m.Status == Akka.Cluster.MemberStatus.Up && m.Address != cluster.SelfAddress).ToList();
+        foreach (var digest in _state!.Artifacts.Values.Append(_specDigest).Where(_s.Store.Has).Distinct())
+            foreach (var m in others)
+                Context.ActorSelection(new RootActorPath(m.Address) / "user" / Transfer.BlobServer.Name).Tell(new ReplicateBlob(Blob(digest)));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="next"/> once the spec blob and every artifact of the job's state are in this arbiter's store.
+    /// After a fail-over (the journal is shared, the blobs were on the lost arbiter) or a round run on another arbiter,
+    /// they are pulled, digest-checked, from whichever members still hold them; the spec is rebuilt from the journal.
+    /// </summary>
+    void WithStateHere(Action next)
+    {
+        if (!_s.Store.Has(_specDigest)) _specDigest = _s.Store.Put(_spec!.ToJson());
+        var lacking = _state!.Artifacts.Values.Where(d => !_s.Store.Has(d)).Distinct().ToList();
+        if (lacking.Count == 0)
+        {
+            next();
             return;
         }
-        var round = _rounds.Count + 1;
-        // The attempt in flight when we stopped is lost; the next one resumes after its last recorded exchange.
-        var resume = _round == round ? _resume : null;
-        _log.Info("job {0}: recovered with {1} completed rounds; resuming round {2}{3}", _jobId, _rounds.Count, round,
-            resume is null ? "" : $" at exchange {resume.Phase}");
-        StartAttempt(round, _round == round ? _attempt + 1 : 1, resume);
+        _log.Info("job {0}: pulling {1} state blob(s) this arbiter lacks from the cluster", _jobId, lacking.Count);
+        Context.ActorOf(BlobGather.Props(_s.Store, lacking, _s.Transfer, _jobId));
+        Become(() =>
+        {
+            Always();
+            Command<CancelJob>(_ => Cancel());
+            Command<BlobsGathered>(g =>
+            {
+                _log.Info("job {0}: pulled {1} state blob(s); going on", _jobId, g.Pulled.Count);
+                next();
+            });
+            Command<BlobsMissing>(m => Persist(new JobFailed($"the job's state after round {_rounds.Count} is not on this arbiter and {m.Reason}", DateTime.UtcNow),
+                f => { Apply(f); Finished(); }));
+            IgnoreStaleRounds();
+        });
     }
 
     // ---- preparation ----
@@ -329,6 +380,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Apply(e);
             _resume = resume;
             if (_s.Faults.Trip("job.round-started", Context, round: round, job: _jobId)) return;
+            Replicate();
             Watch("configure", spec.Round.Deadline + SecureSteps(spec));
             _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
@@ -404,8 +456,11 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 if (summary.Privacy is { } priv) _log.Info(
                     $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
                 if (_s.Faults.Trip("job.round-completed", Context, round: r.Round, job: _jobId)) return;
-                if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1, resume: null);
-                else StartEvaluation();
+                WithStateHere(() =>
+                {
+                    if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1, resume: null);
+                    else StartEvaluation();
+                });
             });
             return;
         }
@@ -452,6 +507,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
 
     void StartEvaluation()
     {
+        Replicate();
         Become(Evaluating);
         _s.Faults.Trip("job.evaluating", Context, job: _jobId);
         var (server, ctx, state) = (AlgorithmCatalog.For(_spec!).Server, ServerContextFor(_spec!), _state!);

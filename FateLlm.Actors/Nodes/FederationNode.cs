@@ -37,6 +37,12 @@ public sealed record NodeOptions
     /// <summary>Models this node serves to other organizations (<c>--serve NAME=DIR</c>).</summary>
     public IReadOnlyList<ServedModelOptions> Services { get; init; } = [];
 
+    /// <summary>
+    /// A shared journal and snapshot store (<c>--journal postgres://USER:PASSWORD@HOST:PORT/DATABASE</c>) instead of the
+    /// SQLite file in the data dir: arbiters sharing one take over each other's jobs.
+    /// </summary>
+    public string? Journal { get; init; }
+
     /// <summary>An arbiter node with a feed runs the live board (<see cref="Board.FederationBoard"/>) into it.</summary>
     public Board.BoardFeed? Board { get; init; }
 
@@ -92,7 +98,8 @@ public sealed class FederationNode : IAsyncDisposable
             roles.Add(PartyPlacement.RoleOf(o.Org));
         }
         var dataDir = Path.GetFullPath(o.DataDir);
-        var journal = "Data Source=" + Path.Combine(dataDir, "journal.db").Replace("\\", "/");
+        var (provider, journal) = o.Journal is { } url ? ("PostgreSQL.15", JournalLocation.PostgresConnectionString(url))
+            : ("SQLite.MS", "Data Source=" + Path.Combine(dataDir, "journal.db").Replace("\\", "/"));
         roles.AddRange(o.Services.Select(sv => ModelService.RoleOf(o.ServiceOrg, sv.Name)));
         var seeds = string.Join(",", o.Seeds.Select(s => $"\"{s}\""));
         var logFile = Path.Combine(dataDir, "node.log").Replace('\\', '/');
@@ -104,6 +111,8 @@ public sealed class FederationNode : IAsyncDisposable
             fate-llm.data-dir = "{{dataDir.Replace("\\", "/")}}"
             akka.persistence.journal.sql.connection-string = "{{journal}}"
             akka.persistence.snapshot-store.sql.connection-string = "{{journal}}"
+            akka.persistence.journal.sql.provider-name = "{{provider}}"
+            akka.persistence.snapshot-store.sql.provider-name = "{{provider}}"
             akka.loggers = ["FateLlm.Actors.Logging.NodeLog, FateLlm.Actors"]
             akka.stdout-loglevel = OFF
             fate-llm.logging.file = "{{logFile}}"
@@ -161,9 +170,11 @@ public sealed class FederationNode : IAsyncDisposable
         {
             ProgressMinBytes = config.GetByteSize("fate-llm.transfer.progress-min-size")!.Value,
             ProgressInterval = config.GetTimeSpan("fate-llm.transfer.progress-interval"),
+            GatherRetry = config.GetTimeSpan("fate-llm.transfer.gather-retry"),
+            GatherDeadline = config.GetTimeSpan("fate-llm.transfer.gather-deadline"),
         };
         if (o.Role != NodeRole.Client) system.ActorOf(MembershipAnnouncer.Props(), MembershipAnnouncer.Name);
-        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port), Transfer.BlobServer.Name);
+        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port, transfer), Transfer.BlobServer.Name);
         Func<Address, string?>? proven = null;
         if (o.Tls is { } tls)
         {
@@ -215,7 +226,7 @@ public sealed class FederationNode : IAsyncDisposable
                 ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor(roundShards));
             var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot)
             {
-                Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults, Sharded = true,
+                Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults, Sharded = true, Transfer = transfer,
                 PassivateAfter = config.GetTimeSpan("fate-llm.job.passivate-after"),
                 WaitForParties = config.GetTimeSpan("fate-llm.job.wait-for-parties"), PresencePoll = config.GetTimeSpan("fate-llm.job.presence-poll"),
             };

@@ -109,9 +109,28 @@ public sealed class AggregationRound : ReceiveActor
         _state = s.Resume?.State ?? s.State;
         _log.Info("round {0}: {1} parties ({2}), quorum {3}, deadline {4}", s.RoundId, s.Participants.Length, string.Join(", ", s.Participants),
             spec.Round.Quorum, spec.Round.Deadline);
-        if (s.Resume is { } resume)
+        // The state may live on another arbiter (the job's), or only with the parties after a fail-over: bring it here first.
+        var lacking = _state.Artifacts.Values.Where(d => !_s.Store.Has(d)).Distinct().ToList();
+        if (lacking.Count > 0)
         {
-            _log.Info("round {0}: resuming at exchange {1} ('{2}')", s.RoundId, resume.Phase, resume.Exchange.Name);
+            _log.Info("round {0}: pulling {1} state blob(s) this arbiter lacks from the cluster", s.RoundId, lacking.Count);
+            Context.ActorOf(BlobGather.Props(_s.Store, lacking, _s.Transfer, s.RoundId), "gather-state");
+            Become(() =>
+            {
+                InFlight();
+                Receive<BlobsGathered>(_ => Configure());
+                Receive<BlobsMissing>(m => Finish(Failure($"the round's state is not on this arbiter and {m.Reason}")));
+            });
+            return;
+        }
+        Configure();
+    }
+
+    void Configure()
+    {
+        if (_start.Resume is { } resume)
+        {
+            _log.Info("round {0}: resuming at exchange {1} ('{2}')", RoundId, resume.Phase, resume.Exchange.Name);
             Collect(resume.Phase, resume.Exchange);
             return;
         }

@@ -12,6 +12,9 @@ public sealed record TransferSettings(int ChunkSize, int Window, TimeSpan ChunkT
     /// <summary>Blobs at least this large (sub-models, full checkpoints) log their progress every <see cref="ProgressInterval"/>.</summary>
     public long ProgressMinBytes { get; init; } = 16L << 20;
     public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>How often a <see cref="BlobGather"/> asks the cluster again, and when it gives up.</summary>
+    public TimeSpan GatherRetry { get; init; } = TimeSpan.FromSeconds(2);
+    public TimeSpan GatherDeadline { get; init; } = TimeSpan.FromSeconds(60);
 }
 
 /// <summary>

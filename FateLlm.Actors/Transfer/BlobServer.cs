@@ -13,10 +13,34 @@ public sealed class BlobServer : ReceiveActor
 {
     public const string Name = "blobs";
 
-    public BlobServer(BlobStore store, double dropRate = 0, int seed = 0)
+    public BlobServer(BlobStore store, double dropRate = 0, int seed = 0, TransferSettings? transfer = null)
     {
         var random = new Random(seed);
         var log = Context.GetLogger();
+        var pulling = new HashSet<string>();
+        Receive<ReplicateBlob>(r =>
+        {
+            // Only an arbiter keeps copies, and only of what another arbiter offers (else any member could fill its disk).
+            var cluster = Akka.Cluster.Cluster.Get(Context.System);
+            var fromArbiter = cluster.State.Members.Any(m => m.Address == Sender.Path.Address && m.HasRole("arbiter"));
+            if (!cluster.SelfMember.HasRole("arbiter") || !fromArbiter)
+            {
+                log.Warning("refused to replicate blob {0}… for {1}: only arbiters replicate job state among themselves", r.Source.Digest[..12], Sender.Path.Address);
+                return;
+            }
+            if (store.Has(r.Source.Digest) || !pulling.Add(r.Source.Digest)) return;
+            Context.ActorOf(BlobFetcher.Props(store, r.Source, transfer ?? TransferSettings.Default, correlation: r.Source.Digest));
+        });
+        Receive<FetchCompleted>(f => pulling.Remove(f.Digest));
+        Receive<FetchFailed>(f =>
+        {
+            pulling.Remove(f.Digest);
+            log.Warning("could not replicate blob {0}…: {1}", f.Digest[..12], f.Reason);
+        });
+        Receive<LocateBlob>(l =>
+        {
+            if (store.Has(l.Digest)) Sender.Tell(new BlobHeld(l.Digest, store.Size(l.Digest)));
+        });
         Receive<FetchChunk>(req =>
         {
             if (!store.Has(req.Digest))
@@ -46,6 +70,6 @@ public sealed class BlobServer : ReceiveActor
         return new ChunkData(req.Digest, req.Index, s.Length, data);
     }
 
-    public static Props Props(BlobStore store, double dropRate = 0, int seed = 0) =>
-        Akka.Actor.Props.Create(() => new BlobServer(store, dropRate, seed));
+    public static Props Props(BlobStore store, double dropRate = 0, int seed = 0, TransferSettings? transfer = null) =>
+        Akka.Actor.Props.Create(() => new BlobServer(store, dropRate, seed, transfer));
 }

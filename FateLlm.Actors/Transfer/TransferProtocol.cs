@@ -17,3 +17,14 @@ public sealed record FetchFailed(string Correlation, string Digest, string Reaso
 
 /// <summary>Where a blob can be pulled from: its digest, size and the serving node's blob server.</summary>
 public sealed record BlobLocation(string Digest, long Size, IActorRef Server) : IControlMessage;
+
+/// <summary>Asks a node's blob server whether it holds a blob; it answers <see cref="BlobHeld"/> if it does, and nothing otherwise.</summary>
+public sealed record LocateBlob(string Digest) : IControlMessage;
+
+public sealed record BlobHeld(string Digest, long Size) : IControlMessage;
+
+/// <summary>
+/// From the arbiter running a job to the other arbiters' blob servers: pull this blob of the job's state (the global
+/// adapter, the server's optimizer state) so that whichever arbiter takes the job over finds it. Refused from non-arbiters.
+/// </summary>
+public sealed record ReplicateBlob(BlobLocation Source) : IControlMessage;

@@ -30,7 +30,11 @@ internal static class NodeCommands
         public readonly Option<string?> Http = HttpOption("Serve Prometheus metrics at /metrics (and on an arbiter the live board at /) on HOST:PORT, e.g. 127.0.0.1:8080");
         public readonly Option<string?> HttpToken = HttpTokenOption();
         public readonly Option<string?> Otlp = new("--otlp") { Description = "Also export metrics over OTLP to this URL, e.g. http://127.0.0.1:4317" };
-        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, HttpToken, Otlp];
+        public readonly Option<string?> Journal = new("--journal")
+        {
+            Description = "Arbiters: a PostgreSQL journal shared with the other arbiters, postgres://USER:PASSWORD@HOST:PORT/DATABASE (default: SQLite in the data dir)",
+        };
+        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, HttpToken, Otlp, Journal];
 
         /// <summary>The node's web port and exporters, checked before the node starts.</summary>
         public NodeWeb Web(ParseResult p, NodeOptions node)
@@ -84,12 +88,19 @@ internal static class NodeCommands
             if (p.GetValue(ModelsRoot) is string root)
                 overrides = ConfigurationFactory.ParseString($"fate-llm.models-root = \"{root.Replace("\\", "/")}\"").WithFallback(overrides ?? Config.Empty);
             var host = p.GetValue(Host)!;
+            var journal = p.GetValue(Journal);
+            if (journal is not null)
+            {
+                if (role != NodeRole.Arbiter) throw new UsageException("--journal is for arbiters: seeds and parties keep no job state to share");
+                try { JournalLocation.PostgresConnectionString(journal); }
+                catch (ArgumentException e) { throw new UsageException(e.Message); }
+            }
             var tls = LoadTls(p.GetValue(Tls), seeds);
             // A seed lists itself first so the first seed can form the cluster alone.
             if (role == NodeRole.Seed && seeds.Length == 0) seeds = [$"{(tls is null ? "akka.tcp" : "akka.ssl.tcp")}://fate-llm@{host}:{port}"];
             return new NodeOptions
             {
-                Role = role, Host = host, Port = port, Seeds = seeds, Org = org, Tls = tls,
+                Role = role, Host = host, Port = port, Seeds = seeds, Org = org, Tls = tls, Journal = journal,
                 DataDir = p.GetValue(DataDir) ?? Path.Combine("fate-llm-data", defaultDir),
                 Datasets = datasets ?? new Dictionary<string, string>(), Overrides = overrides, Services = Services(p),
             };

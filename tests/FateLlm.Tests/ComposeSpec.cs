@@ -27,11 +27,11 @@ public class ComposeSpec
         Assert.Equal(Training.Privacy.DpMode.Distributed, secure.Dp.Mode);
     }
 
-    static Dictionary<string, string[]> Services()
+    static Dictionary<string, string[]> Services(string file = "docker-compose.yml")
     {
         var services = new Dictionary<string, string[]>();
         string? current = null;
-        foreach (var line in File.ReadLines(TestSupport.RepoFile("docker-compose.yml")))
+        foreach (var line in File.ReadLines(TestSupport.RepoFile(file)))
         {
             var svc = Regex.Match(line, @"^  ([a-z][a-z0-9-]*):\s*$");
             if (svc.Success) current = svc.Groups[1].Value;
@@ -42,12 +42,43 @@ public class ComposeSpec
     }
 
     [Fact]
+    public void A_journal_url_becomes_a_connection_string_and_a_bad_one_is_refused_without_its_password()
+    {
+        var cs = Actors.Nodes.JournalLocation.PostgresConnectionString("postgres://fate%40llm:p%3Bw%22d@db.example:6543/jobs?sslmode=require");
+        var b = new Npgsql.NpgsqlConnectionStringBuilder(cs.Replace("\\\"", "\"").Replace("\\\\", "\\"));
+        Assert.Equal(("db.example", 6543, "jobs", "fate@llm", "p;w\"d", Npgsql.SslMode.Require), (b.Host, b.Port, b.Database, b.Username, b.Password, b.SslMode));
+        foreach (var (url, why) in new[] { ("mysql://u:secret@h/db", "must be postgres://"), ("postgres://u:secret@h/", "names no database"),
+                     ("postgres://h/db", "names no user"), ("postgres://u:secret@h/db?pool=1", "only ?sslmode") })
+        {
+            var e = Assert.Throws<ArgumentException>(() => Actors.Nodes.JournalLocation.PostgresConnectionString(url));
+            Assert.Contains(why, e.Message);
+            Assert.DoesNotContain("secret", e.Message);
+        }
+    }
+
+    [Fact]
+    public void The_postgres_variant_runs_two_arbiters_on_one_journal()
+    {
+        var arbiters = Services("docker-compose.postgres.yml").Where(kv => kv.Value[0] == "arbiter").ToList();
+        Assert.Equal(2, arbiters.Count);
+        var journals = arbiters.Select(kv => kv.Value[Array.IndexOf(kv.Value, "--journal") + 1]).Distinct().ToList();
+        Assert.Single(journals);
+        Assert.Contains("Database=fatellm", Actors.Nodes.JournalLocation.PostgresConnectionString(journals[0]));
+        Check(Services().Where(kv => kv.Key == "seed").Concat(arbiters).ToDictionary());
+    }
+
+    [Fact]
     public void Every_service_runs_a_valid_fate_llm_command_whose_seed_is_the_seed_service()
     {
         var services = Services();
         Assert.Contains("seed", services.Keys);
         Assert.Contains("arbiter", services.Keys);
         Assert.Equal(3, services.Keys.Count(k => k.StartsWith("party-")));
+        Check(services);
+    }
+
+    static void Check(Dictionary<string, string[]> services)
+    {
         var seed = services["seed"];
         var seedPort = seed[Array.IndexOf(seed, "--port") + 1];
         foreach (var (name, args) in services)

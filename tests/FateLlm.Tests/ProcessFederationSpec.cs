@@ -154,6 +154,128 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         Assert.Contains(_processes, p => p.Name == "seed" && File.ReadAllText(p.Log).Contains("akka.ssl.tcp://"));
     }
 
+    /// <summary>A fresh database on the local PostgreSQL server (build/setup.sh tests makes the role), dropped afterwards.</summary>
+    sealed class PostgresDatabase : IAsyncDisposable
+    {
+        const string Admin = "postgres://fatellm:fatellm@127.0.0.1:5432/postgres";
+        readonly string _admin, _name;
+        public string Url { get; }
+
+        PostgresDatabase(string admin, string name, string url) => (_admin, _name, Url) = (admin, name, url);
+
+        public static async Task<PostgresDatabase> CreateAsync()
+        {
+            var admin = Environment.GetEnvironmentVariable("FATELLM_TEST_POSTGRES") ?? Admin;
+            var name = "fatellm_" + Guid.NewGuid().ToString("N")[..12];
+            await using var c = new Npgsql.NpgsqlConnection(JournalLocation.PostgresConnectionString(admin));
+            try { await c.OpenAsync(); }
+            catch (Exception e) when (e is Npgsql.NpgsqlException or System.Net.Sockets.SocketException)
+            {
+                throw new InvalidOperationException($"no PostgreSQL at {JournalLocation.Redacted(admin)} ({e.Message}): run build/setup.sh tests, or set FATELLM_TEST_POSTGRES");
+            }
+            await using (var create = new Npgsql.NpgsqlCommand($"CREATE DATABASE {name}", c)) await create.ExecuteNonQueryAsync();
+            var u = new Uri(admin);
+            return new PostgresDatabase(admin, name, $"{u.Scheme}://{u.UserInfo}@{u.Host}:{u.Port}/{name}");
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await using var c = new Npgsql.NpgsqlConnection(JournalLocation.PostgresConnectionString(_admin));
+            await c.OpenAsync();
+            await using var drop = new Npgsql.NpgsqlCommand($"DROP DATABASE IF EXISTS {_name} WITH (FORCE)", c);
+            await drop.ExecuteNonQueryAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Two_arbiters_on_a_postgres_journal_one_killed_for_good_the_other_finishes_the_job_without_losing_a_round()
+    {
+        await using var db = await PostgresDatabase.CreateAsync();
+        File.AppendAllText(_nodeConfig, "akka.loglevel = INFO\n"); // node.log tells which arbiter runs the job
+        var port = LocalFederation.FreePort();
+        _seed = $"akka.tcp://fate-llm@127.0.0.1:{port}";
+        Launch("seed", "seed", "--port", port.ToString());
+        var arbiters = new List<NodeProcess>
+        {
+            Launch("arbiter-a", "arbiter", "--seed", _seed, "--journal", db.Url), Launch("arbiter-b", "arbiter", "--seed", _seed, "--journal", db.Url),
+        };
+        foreach (var org in FederationFixture.Orgs) Party(org);
+        await using var client = FederationNode.Start(new NodeOptions
+        {
+            Role = NodeRole.Client, Seeds = [_seed], DataDir = Path.Combine(_g.Root, "client"), Overrides = FederationFixture.FastCluster,
+        });
+        await client.WhenUp(TimeSpan.FromSeconds(60));
+        var cluster = Akka.Cluster.Cluster.Get(client.System);
+        for (var until = DateTime.UtcNow.AddSeconds(60); cluster.State.Members.Count(m => m.HasRole("arbiter") && m.Status == Akka.Cluster.MemberStatus.Up) < 2; await Task.Delay(200))
+            if (DateTime.UtcNow > until) throw new TimeoutException($"both arbiters never came up; logs:\n{Logs()}");
+        var spec = FederationFixture.Job(_g, "failover-" + Guid.NewGuid().ToString("N")[..6], rounds: 4, deadlineSeconds: 30, attempts: 3, epochs: 3);
+        Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
+        await WaitFor(client, spec.JobId, s => s.CompletedRounds >= 2);
+
+        // Kill -9 whichever arbiter runs the job once round 3 is under way, and never bring it back.
+        var started = $"job {spec.JobId}: round 3/4 attempt 1 started";
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        NodeProcess? host;
+        while ((host = arbiters.FirstOrDefault(a => SafeRead(NodeLog(a)).Contains(started))) is null)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"no arbiter logged '{started}'; logs:\n{Logs()}");
+            await Task.Delay(200);
+        }
+        var before = await client.JobRegion.Ask<JobStatus>(new GetJobStatus(spec.JobId), TimeSpan.FromSeconds(10));
+        var survivor = arbiters.Single(a => a != host);
+        // Round 2's state (global adapter and server state) reaches the other arbiter while round 3 trains.
+        var blobs = Path.Combine(_g.Root, "state-" + survivor.Name, "blobs");
+        while (!before.Artifacts.Values.All(d => Directory.Exists(blobs) && Directory.EnumerateFiles(blobs, d + "*").Any()))
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"round 2's state ({string.Join(", ", before.Artifacts.Select(kv => $"{kv.Key} {kv.Value[..12]}"))}) never reached {survivor.Name} " +
+                $"(it holds {string.Join(", ", Directory.EnumerateFiles(blobs).Select(f => Path.GetFileName(f)[..12]))}); logs:\n{Logs()}");
+            await Task.Delay(100);
+        }
+        Assert.Equal(3, before.CompletedRounds + 1); // still round 3: the kill is mid-round
+        host.Kill();
+        var final = await WaitFor(client, spec.JobId, s => s.State is JobState.Completed or JobState.Failed, seconds: 300);
+
+        Assert.True(final.State == JobState.Completed, final.Reason + "\n" + Logs());
+        Assert.Equal([1, 2, 3, 4], final.Rounds.Select(r => r.Round));
+        // The rounds completed before the kill are the same records: not lost, not run again.
+        foreach (var r in before.Rounds)
+            Assert.Equal((r.Attempt, r.GlobalDigest, r.Seconds), (final.Rounds[r.Round - 1].Attempt, final.Rounds[r.Round - 1].GlobalDigest, final.Rounds[r.Round - 1].Seconds));
+        Assert.Contains($"job {spec.JobId}: recovered with {before.CompletedRounds} completed rounds", SafeRead(NodeLog(survivor)));
+        Assert.True(File.Exists(Path.Combine(spec.OutputDir, "adapter", "adapter_model.safetensors")));
+        WalkthroughSpec.AssertCalm("surviving arbiter", SafeRead(survivor.Log));
+    }
+
+    async Task<JobStatus> WaitFor(FederationNode client, string job, Func<JobStatus, bool> until, int seconds = 180)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(seconds);
+        while (true)
+        {
+            try
+            {
+                var s = await client.JobRegion.Ask<JobStatus>(new GetJobStatus(job), TimeSpan.FromSeconds(5));
+                if (until(s)) return s;
+            }
+            catch (AskTimeoutException) { /* the job moving to another arbiter */ }
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("job stalled; node logs:\n" + Logs());
+            await Task.Delay(300);
+        }
+    }
+
+    /// <summary>Everything the node logged (its console shows only FateLlm's operator lines).</summary>
+    string NodeLog(NodeProcess p) => Path.Combine(_g.Root, "state-" + p.Name, "node.log");
+
+    string Logs() => string.Join("\n", _processes.Select(p => $"--- {p.Name}\n{SafeTail(p.Log)}"));
+
+    static string SafeRead(string path)
+    {
+        try
+        {
+            using var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            return new StreamReader(s).ReadToEnd();
+        }
+        catch (IOException) { return ""; }
+    }
+
     static string SafeTail(string path)
     {
         try { return string.Join("\n", File.ReadLines(path).TakeLast(15)); }

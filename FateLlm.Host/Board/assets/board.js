@@ -119,4 +119,6 @@ function connect() {
   source.onerror = () => { conn.dataset.state = "reconnecting"; conn.textContent = "reconnecting…"; };
 }
 
+// The current state at once (the stream then keeps it live).
+fetch("api/board").then(r => r.ok ? r.json() : null).then(s => { if (s) render(s); }).catch(() => {});
 connect();
