@@ -172,9 +172,18 @@ public sealed class FederationNode : IAsyncDisposable
             ProgressInterval = config.GetTimeSpan("fate-llm.transfer.progress-interval"),
             GatherRetry = config.GetTimeSpan("fate-llm.transfer.gather-retry"),
             GatherDeadline = config.GetTimeSpan("fate-llm.transfer.gather-deadline"),
+            Stream = config.GetBoolean("fate-llm.transfer.stream"), StreamTls = o.Tls,
         };
+        // The data plane: bulk bytes on their own TCP stream (control stays on Akka.Remote); dropped chunks are a fault
+        // injected into the chunk path, so a node injecting them streams nothing.
+        BlobStreamServer? stream = null;
+        if (transfer.Stream && config.GetDouble("fate-llm.transfer.drop-rate") == 0)
+        {
+            stream = new BlobStreamServer(store, o.Host, o.Tls);
+            system.RegisterOnTermination(stream.Dispose);
+        }
         if (o.Role != NodeRole.Client) system.ActorOf(MembershipAnnouncer.Props(), MembershipAnnouncer.Name);
-        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port, transfer), Transfer.BlobServer.Name);
+        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port, transfer, stream), Transfer.BlobServer.Name);
         Func<Address, string?>? proven = null;
         if (o.Tls is { } tls)
         {

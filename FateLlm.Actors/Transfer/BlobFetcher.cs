@@ -15,6 +15,10 @@ public sealed record TransferSettings(int ChunkSize, int Window, TimeSpan ChunkT
     /// <summary>How often a <see cref="BlobGather"/> asks the cluster again, and when it gives up.</summary>
     public TimeSpan GatherRetry { get; init; } = TimeSpan.FromSeconds(2);
     public TimeSpan GatherDeadline { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Ask for the blob over the source's data-plane stream first (chunks remain the fallback).</summary>
+    public bool Stream { get; init; }
+    /// <summary>This node's certificate for TLS streams (nodes running mutual TLS).</summary>
+    public Security.NodeTls? StreamTls { get; init; }
 }
 
 /// <summary>
@@ -42,6 +46,10 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
 
     sealed record Tick;
     sealed record Verified(bool Ok);
+    sealed record StreamTimeout;
+    sealed record StreamFailed(string Reason);
+    int _streamAttempts;
+    long _streamed;
 
     public BlobFetcher(BlobStore store, BlobLocation source, TransferSettings settings, string correlation)
     {
@@ -69,10 +77,11 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
                 return;
             }
             _incoming = null;
-            Finish(_totalChunks);
+            Finish(Math.Max(_totalChunks, 1));
         });
         Receive<ChunkData>(_ => { }); // late duplicates of chunks already written
         Receive<BlobNotFound>(_ => { });
+        Receive<StreamOffered>(_ => { });
     }
 
     protected override void PreStart()
@@ -83,7 +92,64 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
             return;
         }
         _incoming = _store.NewIncoming(_source.Digest);
-        _file = new FileStream(_incoming, FileMode.Create, FileAccess.ReadWrite, FileShare.None);
+        if (_s.Stream)
+        {
+            AskForStream();
+            return;
+        }
+        StartChunks();
+    }
+
+    // ---- the data plane: one stream, resumed from what arrived when cut; chunks over Akka.Remote when refused ----
+
+    void AskForStream()
+    {
+        _source.Server.Tell(new OpenStream(_source.Digest));
+        Timers.StartSingleTimer("stream", new StreamTimeout(), _s.ChunkTimeout);
+        Become(() =>
+        {
+            Receive<StreamOffered>(o => o.Digest == _source.Digest, o =>
+            {
+                Timers.Cancel("stream");
+                var (incoming, offset, tls) = (_incoming!, _streamed, _s.StreamTls);
+                Task.Run(() => BlobStreamReader.ReadAsync(o, incoming, offset, tls, CancellationToken.None))
+                    .PipeTo(Self, failure: e => new StreamFailed(e.GetBaseException().Message));
+            });
+            Receive<StreamRead>(r =>
+            {
+                _streamed = r.Bytes;
+                if (r.Complete) Verify(r.Digest);
+                else Restream("the stream was cut");
+            });
+            Receive<StreamFailed>(f => Restream(f.Reason));
+            Receive<StreamRefused>(r => FallBack(r.Reason));
+            Receive<StreamTimeout>(_ => FallBack("no stream offered in time"));
+            Receive<BlobNotFound>(n => Fail($"the source no longer has blob {n.Digest[..12]}…"));
+        });
+    }
+
+    void Restream(string why)
+    {
+        if (++_streamAttempts >= _s.MaxAttemptsPerChunk)
+        {
+            FallBack($"{why} ({_streamAttempts} times)");
+            return;
+        }
+        _retransmissions++;
+        AskForStream();
+    }
+
+    void FallBack(string why)
+    {
+        Context.GetLogger().Debug("blob {0}…: chunks instead of a stream ({1})", _source.Digest[..12], why);
+        _streamed = 0;
+        Become(Transferring);
+        StartChunks();
+    }
+
+    void StartChunks()
+    {
+        _file = new FileStream(_incoming!, FileMode.Create, FileAccess.ReadWrite, FileShare.None);
         if (_source.Size > 0) _totalChunks = (int)((_source.Size + _s.ChunkSize - 1) / _s.ChunkSize);
         Timers.StartPeriodicTimer("tick", new Tick(), TimeSpan.FromMilliseconds(Math.Max(50, _s.ChunkTimeout.TotalMilliseconds / 4)));
         Request(0);
@@ -148,16 +214,16 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         }
     }
 
-    void Verify()
+    void Verify(string? hashed = null)
     {
         Timers.CancelAll();
-        _file!.Flush();
-        _file.Dispose();
+        _file?.Flush();
+        _file?.Dispose();
         _file = null;
         Become(Verifying);
         var (store, incoming, digest) = (_store, _incoming!, _source.Digest);
         // Hashing a large blob takes long: off the actor thread.
-        Task.Run(() => new Verified(store.Commit(incoming, digest))).PipeTo(Self);
+        Task.Run(() => new Verified(store.Commit(incoming, digest, hashed))).PipeTo(Self);
     }
 
     void Finish(int chunks)

@@ -13,8 +13,14 @@ public sealed class BlobServer : ReceiveActor
 {
     public const string Name = "blobs";
 
-    public BlobServer(BlobStore store, double dropRate = 0, int seed = 0, TransferSettings? transfer = null)
+    public BlobServer(BlobStore store, double dropRate = 0, int seed = 0, TransferSettings? transfer = null, BlobStreamServer? stream = null)
     {
+        Receive<OpenStream>(o =>
+        {
+            if (stream is null) Sender.Tell(new StreamRefused(o.Digest, "this node streams no blobs"));
+            else if (!store.Has(o.Digest)) Sender.Tell(new BlobNotFound(o.Digest));
+            else Sender.Tell(stream.Offer(o.Digest));
+        });
         var random = new Random(seed);
         var log = Context.GetLogger();
         var pulling = new HashSet<string>();
@@ -70,6 +76,6 @@ public sealed class BlobServer : ReceiveActor
         return new ChunkData(req.Digest, req.Index, s.Length, data);
     }
 
-    public static Props Props(BlobStore store, double dropRate = 0, int seed = 0, TransferSettings? transfer = null) =>
-        Akka.Actor.Props.Create(() => new BlobServer(store, dropRate, seed, transfer));
+    public static Props Props(BlobStore store, double dropRate = 0, int seed = 0, TransferSettings? transfer = null, BlobStreamServer? stream = null) =>
+        Akka.Actor.Props.Create(() => new BlobServer(store, dropRate, seed, transfer, stream));
 }

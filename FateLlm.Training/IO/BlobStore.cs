@@ -47,9 +47,10 @@ public sealed class BlobStore
     /// <summary>A scratch file for an incoming blob; <see cref="Commit"/> verifies and moves it into place.</summary>
     public string NewIncoming(string digest) => Path.Combine(Root, $".{digest}.{Guid.NewGuid():N}.part");
 
-    public bool Commit(string incoming, string digest)
+    /// <param name="hashed">The incoming file's SHA-256 when the caller computed it as the bytes arrived (else it is read again).</param>
+    public bool Commit(string incoming, string digest, string? hashed = null)
     {
-        if (DigestOfFile(incoming) != digest)
+        if ((hashed ?? DigestOfFile(incoming)) != digest)
         {
             File.Delete(incoming);
             return false;

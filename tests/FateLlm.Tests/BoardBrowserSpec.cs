@@ -27,7 +27,10 @@ public class BoardBrowserSpec(ITestOutputHelper output)
         var g = FederationFixture.Prepare();
         var feed = new BoardFeed();
         // The victim's node dies as kill -9 looks to the others once it has taken round 2's work.
-        var crash = ConfigurationFactory.ParseString($"fate-llm.fault-injection.points = [{{ at = party.fit, org = {victim}, round = 2, action = terminate }}]");
+        var crash = ConfigurationFactory.ParseString($$"""
+            fate-llm.fault-injection.points = [{ at = party.fit, org = {{victim}}, round = 2, action = terminate }]
+            fate-llm.round.absent-grace = 4s
+            """);
         await using var fed = await FederationFixture.Start(g, crash, board: feed);
         await using var web = await NodeWeb.Parse("127.0.0.1:0", null, null, null).StartAsync(feed, output.WriteLine);
         using var browser = Browser();
@@ -45,9 +48,11 @@ public class BoardBrowserSpec(ITestOutputHelper output)
         // Dropped while round 2 is in flight, or in round 2's row once it completed (both can land in one push).
         Wait(browser, $"{victim} dropped in round 2", d => (RoundShown(d) == 2 && PartyState(d, victim) == "dropped") || RoundOutcome(d, 2, victim) == "dropped");
         Wait(browser, "round 2 completed without the victim", d => RoundOutcome(d, 2, victim) == "dropped" && RoundOutcome(d, 2, watched) == "done");
-        Assert.Contains("left", browser.FindElement(By.CssSelector($"article[data-job='board'] tr[data-round='2'] [data-party='{victim}']")).GetDomAttribute("title"));
+        // The page re-renders on every push, so every read goes through a wait that retries a stale element.
+        Wait(browser, "why the victim was dropped", d => d.FindElement(By.CssSelector($"article[data-job='board'] tr[data-round='2'] [data-party='{victim}']"))
+            .GetDomAttribute("title")?.Contains("left") == true);
         Wait(browser, "the loss chart's second point", d => ChartPoints(d, "loss") >= 2);
-        Assert.Contains(browser.FindElements(By.CssSelector("#members tr[data-member]")), r => r.Text.Contains("org-animal"));
+        Wait(browser, "animal's node among the members", d => d.FindElements(By.CssSelector("#members tr[data-member]")).Any(r => r.Text.Contains("org-animal")));
 
         var shot = Screenshot(browser);
         output.WriteLine($"screenshot: {shot}");

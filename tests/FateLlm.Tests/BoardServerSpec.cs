@@ -1,6 +1,5 @@
 using System.Net;
 using FateLlm.Actors.Board;
-using FateLlm.Actors.Nodes;
 using FateLlm.Actors.Security;
 using FateLlm.Host.Board;
 using Xunit;
@@ -50,14 +49,7 @@ public class BoardServerSpec
     [Fact]
     public async Task Over_tls_the_board_serves_https_to_federation_certificates_only()
     {
-        var root = TestSupport.TempDir();
-        var caDir = Path.Combine(root, "tls", "ca");
-        CertificateAuthority.InitCa(caDir);
-        var node = LocalFederation.IssuedTls(root, caDir, "operator");
-        var caller = LocalFederation.IssuedTls(root, caDir, "acme");
-        var strangerCa = Path.Combine(root, "other", "tls", "ca");
-        CertificateAuthority.InitCa(strangerCa, "another federation");
-        var stranger = LocalFederation.IssuedTls(Path.Combine(root, "other"), strangerCa, "acme");
+        var (node, caller, stranger) = TestSupport.Certificates();
 
         await using var server = await BoardServer.StartAsync(BoardEndpoint.Parse("127.0.0.1:0", null, node), Feed(), null);
         Assert.Equal("https", server.Address.Scheme);

@@ -29,6 +29,18 @@ internal static class TestSupport
         return d;
     }
 
+    /// <summary>A federation CA's operator node and member "acme", and an "acme" certificate of another CA.</summary>
+    public static (Actors.Security.NodeTls Node, Actors.Security.NodeTls Member, Actors.Security.NodeTls Stranger) Certificates()
+    {
+        var root = TempDir();
+        var caDir = Path.Combine(root, "tls", "ca");
+        Actors.Security.CertificateAuthority.InitCa(caDir);
+        var otherCa = Path.Combine(root, "other", "tls", "ca");
+        Actors.Security.CertificateAuthority.InitCa(otherCa, "another federation");
+        return (Actors.Nodes.LocalFederation.IssuedTls(root, caDir, "operator"), Actors.Nodes.LocalFederation.IssuedTls(root, caDir, "acme"),
+            Actors.Nodes.LocalFederation.IssuedTls(Path.Combine(root, "other"), otherCa, "acme"));
+    }
+
     const string WordNetHeader = "  1 This software and database is being provided to you, the LICENSEE, by  \n";
 
     /// <summary>A WordNet 3.0 dictionary folder in miniature: seven domains of <paramref name="perDomain"/> synsets each.</summary>

@@ -1,0 +1,192 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using FateLlm.Actors.Security;
+using FateLlm.Training.IO;
+
+namespace FateLlm.Actors.Transfer;
+
+/// <summary>A fetcher asks the blob server for a stream of the blob (the data plane) instead of chunks over Akka.Remote.</summary>
+public sealed record OpenStream(string Digest) : IControlMessage;
+
+/// <summary>Where to read the blob from, with a single-use ticket only this offer's reader can redeem.</summary>
+public sealed record StreamOffered(string Digest, string Host, int Port, byte[] Ticket, bool Tls) : IControlMessage;
+
+/// <summary>This server streams nothing (disabled, or the blob is gone): the fetcher uses chunks.</summary>
+public sealed record StreamRefused(string Digest, string Reason) : IControlMessage;
+
+/// <summary>
+/// The data plane of one node: a TCP listener that streams whole blobs (or their tail, to resume) to whoever redeems a
+/// ticket the node's <see cref="BlobServer"/> handed out over Akka.Remote. Control stays on Akka.Remote, which already
+/// authenticates members (and under TLS proves their organization); a ticket is 32 random bytes, bound to one digest,
+/// single-use, valid for a minute. Under TLS the stream is TLS too, mutually authenticated with the federation's
+/// certificates. Memory per connection is one copy buffer, whatever the blob's size.
+/// </summary>
+public sealed class BlobStreamServer : IDisposable
+{
+    const uint Magic = 0x31534C46; // "FLS1"
+    public const int BufferSize = 1 << 20;
+    static readonly TimeSpan TicketLife = TimeSpan.FromMinutes(1);
+
+    readonly BlobStore _store;
+    readonly NodeTls? _tls;
+    readonly TcpListener _listener;
+    readonly ConcurrentDictionary<string, (string Digest, DateTime Expires)> _tickets = new();
+    readonly CancellationTokenSource _stop = new();
+
+    public string Host { get; }
+    public int Port { get; }
+
+    long _cutFirstAfter;
+
+    /// <param name="cutFirstAfter">Fault injection (specs): the first stream served is cut after this many bytes.</param>
+    public BlobStreamServer(BlobStore store, string host, NodeTls? tls, long cutFirstAfter = 0)
+    {
+        _cutFirstAfter = cutFirstAfter;
+        _store = store;
+        _tls = tls;
+        var address = IPAddress.TryParse(host, out var ip) ? ip : Dns.GetHostAddresses(host).First(a => a.AddressFamily == AddressFamily.InterNetwork);
+        _listener = new TcpListener(address, 0);
+        _listener.Start();
+        Host = host;
+        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
+        _ = AcceptLoop();
+    }
+
+    public StreamOffered Offer(string digest)
+    {
+        foreach (var (k, v) in _tickets)
+            if (v.Expires < DateTime.UtcNow) _tickets.TryRemove(k, out _);
+        var ticket = RandomNumberGenerator.GetBytes(32);
+        _tickets[Convert.ToHexString(ticket)] = (digest, DateTime.UtcNow + TicketLife);
+        return new StreamOffered(digest, Host, Port, ticket, _tls is not null);
+    }
+
+    async Task AcceptLoop()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            TcpClient client;
+            try { client = await _listener.AcceptTcpClientAsync(_stop.Token); }
+            catch (Exception) when (_stop.IsCancellationRequested) { return; }
+            catch (SocketException) { continue; }
+            _ = Serve(client);
+        }
+    }
+
+    async Task Serve(TcpClient client)
+    {
+        using var connection = client;
+        try
+        {
+            client.NoDelay = true;
+            Stream stream = client.GetStream();
+            if (_tls is { } tls)
+            {
+                var ssl = new SslStream(stream, false, (_, cert, _, _) => cert is X509Certificate2 c && tls.IsFromFederation(c, out _));
+                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = tls.Certificate, ClientCertificateRequired = true }, _stop.Token);
+                stream = ssl;
+            }
+            await using var s = stream;
+            var header = new byte[4 + 32 + 8];
+            await s.ReadExactlyAsync(header, _stop.Token);
+            var offset = BinaryPrimitives.ReadInt64LittleEndian(header.AsSpan(36));
+            if (BinaryPrimitives.ReadUInt32LittleEndian(header) != Magic
+                || !_tickets.TryRemove(Convert.ToHexString(header.AsSpan(4, 32)), out var t) || t.Expires < DateTime.UtcNow || !_store.Has(t.Digest))
+            {
+                await s.WriteAsync(new byte[] { 1 }, _stop.Token);
+                return;
+            }
+            await using var file = new FileStream(_store.PathOf(t.Digest), FileMode.Open, FileAccess.Read, FileShare.Read, BufferSize, FileOptions.SequentialScan);
+            if (offset < 0 || offset > file.Length) offset = 0;
+            var reply = new byte[9];
+            BinaryPrimitives.WriteInt64LittleEndian(reply.AsSpan(1), file.Length);
+            await s.WriteAsync(reply, _stop.Token);
+            file.Seek(offset, SeekOrigin.Begin);
+            var cut = Interlocked.Exchange(ref _cutFirstAfter, 0);
+            if (cut > 0)
+            {
+                var part = new byte[Math.Min(cut, file.Length - offset)];
+                await file.ReadExactlyAsync(part, _stop.Token);
+                await s.WriteAsync(part, _stop.Token);
+                return;
+            }
+            await file.CopyToAsync(s, BufferSize, _stop.Token);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or System.Security.Authentication.AuthenticationException) { }
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Stop();
+    }
+}
+
+/// <summary>
+/// What one stream read left in the scratch file: its length, whether that is the whole blob, and then the SHA-256 of
+/// the whole file (hashed as it arrived, so the store need not read it again).
+/// </summary>
+public sealed record StreamRead(long Bytes, bool Complete, string? Digest);
+
+/// <summary>
+/// The reading side of <see cref="BlobStreamServer"/>: appends the stream to the scratch file from
+/// <paramref name="offset"/>; a cut connection leaves a prefix to resume from with a new ticket.
+/// </summary>
+public static class BlobStreamReader
+{
+    public static async Task<StreamRead> ReadAsync(StreamOffered offer, string incoming, long offset, NodeTls? tls, CancellationToken ct)
+    {
+        using var client = new TcpClient { NoDelay = true, ReceiveBufferSize = BlobStreamServer.BufferSize };
+        await client.ConnectAsync(offer.Host, offer.Port, ct);
+        Stream stream = client.GetStream();
+        if (offer.Tls)
+        {
+            if (tls is null) throw new IOException("the blob stream is TLS but this node has no certificate");
+            var ssl = new SslStream(stream, false, (_, cert, _, _) => cert is X509Certificate2 c && tls.IsFromFederation(c, out _));
+            await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+            {
+                TargetHost = offer.Host, ClientCertificates = new X509CertificateCollection { tls.Certificate },
+            }, ct);
+            stream = ssl;
+        }
+        await using var s = stream;
+        var header = new byte[44];
+        BinaryPrimitives.WriteUInt32LittleEndian(header, 0x31534C46);
+        offer.Ticket.CopyTo(header, 4);
+        BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(36), offset);
+        await s.WriteAsync(header, ct);
+        var reply = new byte[9];
+        await s.ReadExactlyAsync(reply.AsMemory(0, 1), ct);
+        if (reply[0] != 0) throw new IOException("the blob server refused the stream ticket");
+        await s.ReadExactlyAsync(reply.AsMemory(1, 8), ct);
+        var total = BinaryPrimitives.ReadInt64LittleEndian(reply.AsSpan(1));
+        await using var file = new FileStream(incoming, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, BlobStreamServer.BufferSize);
+        file.SetLength(offset);
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[BlobStreamServer.BufferSize];
+        // A resumed stream hashes the prefix it already has first.
+        for (int n; file.Position < offset && (n = await file.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, offset - file.Position)), ct)) > 0;)
+            hash.AppendData(buffer, 0, n);
+        file.Seek(offset, SeekOrigin.Begin);
+        var got = offset;
+        try
+        {
+            while (got < total)
+            {
+                var n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, total - got)), ct);
+                if (n == 0) break;
+                hash.AppendData(buffer, 0, n);
+                await file.WriteAsync(buffer.AsMemory(0, n), ct);
+                got += n;
+            }
+        }
+        catch (IOException) { } // cut: the caller resumes from what arrived
+        await file.FlushAsync(ct);
+        return new StreamRead(got, got == total, got == total ? Convert.ToHexStringLower(hash.GetHashAndReset()) : null);
+    }
+}

@@ -1,0 +1,81 @@
+using Akka.Actor;
+using Akka.TestKit.Xunit2;
+using FateLlm.Actors.Transfer;
+using FateLlm.Training.IO;
+using Xunit;
+
+namespace FateLlm.Tests;
+
+/// <summary>
+/// The data plane: a blob redeemed with a ticket streams over its own TCP connection (TLS with the federation's
+/// certificates under --tls), resumes where a cut stream stopped, and falls back to chunks when no stream is offered.
+/// </summary>
+public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config())
+{
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+    static readonly TransferSettings Streaming = TransferSettings.Default with { Stream = true, ChunkTimeout = TimeSpan.FromSeconds(5) };
+    readonly BlobStore _source = new(TestSupport.TempDir());
+    readonly byte[] _blob = new byte[3 << 20];
+
+    (string Digest, BlobStore Target) Blob()
+    {
+        new Random(5).NextBytes(_blob);
+        return (_source.Put(_blob), new BlobStore(TestSupport.TempDir()));
+    }
+
+    FetchCompleted Fetch(BlobStore target, string digest, IActorRef server, TransferSettings settings)
+    {
+        ChildActorOf(BlobFetcher.Props(target, new BlobLocation(digest, _blob.Length, server), settings, "adapter"));
+        var done = ExpectMsg<FetchCompleted>(Wait);
+        Assert.Equal(_blob, target.Read(digest));
+        return done;
+    }
+
+    [Fact]
+    public void A_blob_streams_in_one_piece_and_a_cut_stream_resumes_where_it_stopped()
+    {
+        var (digest, target) = Blob();
+        using var stream = new BlobStreamServer(_source, "127.0.0.1", null, cutFirstAfter: 1 << 20);
+        var server = Sys.ActorOf(BlobServer.Props(_source, stream: stream));
+        var resumed = Fetch(target, digest, server, Streaming);
+        Assert.Equal((1, 1), (resumed.Chunks, resumed.Retransmissions)); // one stream, cut once, resumed at 1 MiB
+
+        var again = Fetch(new BlobStore(TestSupport.TempDir()), digest, server, Streaming);
+        Assert.Equal((1, 0), (again.Chunks, again.Retransmissions));
+    }
+
+    [Fact]
+    public void A_server_that_streams_nothing_is_read_in_chunks()
+    {
+        var (digest, target) = Blob();
+        var done = Fetch(target, digest, Sys.ActorOf(BlobServer.Props(_source)), Streaming);
+        Assert.Equal((_blob.Length + Streaming.ChunkSize - 1) / Streaming.ChunkSize, done.Chunks);
+    }
+
+    [Fact]
+    public async Task A_ticket_serves_once_and_a_forged_one_never()
+    {
+        var (digest, _) = Blob();
+        using var stream = new BlobStreamServer(_source, "127.0.0.1", null);
+        var offer = stream.Offer(digest);
+        var file = Path.Combine(TestSupport.TempDir(), "part");
+        Assert.True((await BlobStreamReader.ReadAsync(offer, file, 0, null, CancellationToken.None)).Complete);
+        var reused = await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(offer, file, 0, null, CancellationToken.None));
+        Assert.Contains("refused the stream ticket", reused.Message);
+        await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(offer with { Ticket = new byte[32] }, file, 0, null, CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Under_tls_only_a_certificate_of_the_federation_reads_the_stream()
+    {
+        var (digest, target) = Blob();
+        var (node, member, stranger) = TestSupport.Certificates();
+        using var stream = new BlobStreamServer(_source, "127.0.0.1", node);
+
+        var server = Sys.ActorOf(BlobServer.Props(_source, stream: stream));
+        Fetch(target, digest, server, Streaming with { StreamTls = member });
+        var file = Path.Combine(TestSupport.TempDir(), "part");
+        await Assert.ThrowsAnyAsync<Exception>(() => BlobStreamReader.ReadAsync(stream.Offer(digest), file, 0, stranger, CancellationToken.None));
+        await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(stream.Offer(digest), file, 0, null, CancellationToken.None));
+    }
+}
