@@ -10,15 +10,6 @@ using FateLlm.Training.IO;
 
 namespace FateLlm.Actors.Transfer;
 
-/// <summary>A fetcher asks the blob server for a stream of the blob (the data plane) instead of chunks over Akka.Remote.</summary>
-public sealed record OpenStream(string Digest) : IControlMessage;
-
-/// <summary>Where to read the blob from, with a single-use ticket only this offer's reader can redeem.</summary>
-public sealed record StreamOffered(string Digest, string Host, int Port, byte[] Ticket, bool Tls) : IControlMessage;
-
-/// <summary>This server streams nothing (disabled, or the blob is gone): the fetcher uses chunks.</summary>
-public sealed record StreamRefused(string Digest, string Reason) : IControlMessage;
-
 /// <summary>
 /// The data plane of one node: a TCP listener that streams whole blobs (or their tail, to resume) to whoever redeems a
 /// ticket the node's <see cref="BlobServer"/> handed out over Akka.Remote. Control stays on Akka.Remote, which already

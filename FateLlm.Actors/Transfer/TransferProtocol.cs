@@ -28,3 +28,12 @@ public sealed record BlobHeld(string Digest, long Size) : IControlMessage;
 /// adapter, the server's optimizer state) so that whichever arbiter takes the job over finds it. Refused from non-arbiters.
 /// </summary>
 public sealed record ReplicateBlob(BlobLocation Source) : IControlMessage;
+
+/// <summary>A fetcher asks the blob server for a stream of the blob (the data plane) instead of chunks over Akka.Remote.</summary>
+public sealed record OpenStream(string Digest) : IControlMessage;
+
+/// <summary>Where to read the blob from, with a single-use ticket only this offer's reader can redeem.</summary>
+public sealed record StreamOffered(string Digest, string Host, int Port, byte[] Ticket, bool Tls) : IControlMessage;
+
+/// <summary>This server streams nothing (disabled, or the blob is gone): the fetcher uses chunks.</summary>
+public sealed record StreamRefused(string Digest, string Reason) : IControlMessage;
