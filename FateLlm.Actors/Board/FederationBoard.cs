@@ -57,7 +57,7 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         Receive<ClusterEvent.IClusterDomainEvent>(_ => { });
         Receive<JobObserved>(o => OnJob(o.Status));
         Receive<PartyWorkStarted>(w => SetParty(w.Work, w.Org, "training", null, onlyFrom: ["asked"]));
-        Receive<PartyUploadStarted>(u => SetParty(u.Work, u.Org, "uploading", Bytes(u.Bytes), onlyFrom: ["asked", "training"]));
+        Receive<PartyUploadStarted>(u => SetParty(u.Work, u.Org, "uploading", Training.IO.ByteSize.Text(u.Bytes), onlyFrom: ["asked", "training"]));
         Receive<PartyAnswered>(a =>
         {
             SetParty(a.Work, a.Org, a.Outcome, a.Reason, onlyFrom: null);
@@ -156,8 +156,6 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         parties[org] = new PartyView(org, state, detail, DateTime.UtcNow);
         Changed();
     }
-
-    static string Bytes(long b) => b >= 1 << 20 ? $"{b / 1048576.0:F1} MiB" : b >= 1024 ? $"{b / 1024.0:F1} KiB" : $"{b} B";
 
     /// <summary>
     /// A completed round as a chart point: the training loss weighted by samples over the parties that answered; each

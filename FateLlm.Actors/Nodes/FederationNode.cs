@@ -176,14 +176,15 @@ public sealed class FederationNode : IAsyncDisposable
         };
         // The data plane: bulk bytes on their own TCP stream (control stays on Akka.Remote); dropped chunks are a fault
         // injected into the chunk path, so a node injecting them streams nothing.
+        var dropRate = config.GetDouble("fate-llm.transfer.drop-rate");
         BlobStreamServer? stream = null;
-        if (transfer.Stream && config.GetDouble("fate-llm.transfer.drop-rate") == 0)
+        if (transfer.Stream && dropRate == 0)
         {
             stream = new BlobStreamServer(store, o.Host, o.Tls);
             system.RegisterOnTermination(stream.Dispose);
         }
         if (o.Role != NodeRole.Client) system.ActorOf(MembershipAnnouncer.Props(), MembershipAnnouncer.Name);
-        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, config.GetDouble("fate-llm.transfer.drop-rate"), o.Port, transfer, stream), Transfer.BlobServer.Name);
+        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, dropRate, o.Port, transfer, stream), Transfer.BlobServer.Name);
         Func<Address, string?>? proven = null;
         if (o.Tls is { } tls)
         {

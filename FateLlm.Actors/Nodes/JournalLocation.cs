@@ -12,13 +12,14 @@ public static class JournalLocation
             throw new ArgumentException($"--journal '{Redacted(url)}' must be postgres://USER:PASSWORD@HOST:PORT/DATABASE");
         var database = u.AbsolutePath.Trim('/');
         if (database.Length == 0 || database.Contains('/')) throw new ArgumentException($"--journal '{Redacted(url)}' names no database (…/DATABASE)");
-        var user = Uri.UnescapeDataString(u.UserInfo.Split(':', 2)[0]);
+        var userInfo = u.UserInfo.Split(':', 2);
+        var user = Uri.UnescapeDataString(userInfo[0]);
         if (user.Length == 0) throw new ArgumentException($"--journal '{Redacted(url)}' names no user (USER@HOST)");
         var b = new NpgsqlConnectionStringBuilder
         {
             Host = u.Host, Port = u.IsDefaultPort || u.Port < 0 ? 5432 : u.Port, Database = Uri.UnescapeDataString(database), Username = user,
         };
-        if (u.UserInfo.Split(':', 2) is [_, var password]) b.Password = Uri.UnescapeDataString(password);
+        if (userInfo is [_, var password]) b.Password = Uri.UnescapeDataString(password);
         foreach (var pair in u.Query.TrimStart('?').Split('&', StringSplitOptions.RemoveEmptyEntries))
         {
             var kv = pair.Split('=', 2);

@@ -127,10 +127,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         apply();
         if (_succeeded.ContainsKey(org) || _failed.ContainsKey(org))
         {
-            var answered = new PartyAnswered(_s.Work, org, _succeeded.ContainsKey(org), _failed.GetValueOrDefault(org))
-            {
-                Outcome = _succeeded.ContainsKey(org) ? "done" : _outcomes.GetValueOrDefault(org, "failed"),
-            };
+            var answered = Answer(org);
             Context.System.EventStream.Publish(answered);
             Context.Parent.Tell(answered);
         }
@@ -167,6 +164,11 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         });
     }
 
+    PartyAnswered Answer(string org) => new(_s.Work, org, _succeeded.ContainsKey(org), _failed.GetValueOrDefault(org))
+    {
+        Outcome = _succeeded.ContainsKey(org) ? "done" : _outcomes.GetValueOrDefault(org, "failed"),
+    };
+
     void Fail(string org, string outcome, string reason)
     {
         _failed[org] = reason;
@@ -186,7 +188,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
             foreach (var org in Parties.Where(p => !_succeeded.ContainsKey(p) && !_failed.ContainsKey(p)))
             {
                 Fail(org, "dropped", _fetching.ContainsKey(org) ? "upload not finished by the deadline" : "no answer by the deadline");
-                Context.System.EventStream.Publish(new PartyAnswered(_s.Work, org, false, _failed[org]) { Outcome = "dropped" });
+                Context.System.EventStream.Publish(Answer(org));
             }
         Context.Parent.Tell(new ExchangeCollected(_s.Work.Phase, _succeeded.ToDictionary(), _failed.ToDictionary(), _rejections.ToList()));
         Become(Concluded);

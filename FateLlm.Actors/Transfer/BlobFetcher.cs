@@ -38,6 +38,9 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     readonly HashSet<int> _received = new();
     int _totalChunks = -1, _next, _retransmissions;
     long _totalBytes, _receivedBytes;
+    int _streamAttempts;
+    /// <summary>Bytes a cut stream left in the scratch file: the next stream resumes there.</summary>
+    long _streamed;
     TimeSpan _lastReport;
     FileStream? _file;
     string? _incoming;
@@ -48,8 +51,6 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     sealed record Verified(bool Ok);
     sealed record StreamTimeout;
     sealed record StreamFailed(string Reason);
-    int _streamAttempts;
-    long _streamed;
 
     public BlobFetcher(BlobStore store, BlobLocation source, TransferSettings settings, string correlation)
     {

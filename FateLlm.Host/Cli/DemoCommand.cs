@@ -3,6 +3,7 @@ using FateLlm.Actors.Jobs;
 using FateLlm.Host.Board;
 using FateLlm.Host.Experiments;
 using FateLlm.Host.Zoo;
+using FateLlm.Training.IO;
 using Spectre.Console;
 using static FateLlm.Host.Cli.CliApp;
 
@@ -313,9 +314,7 @@ internal static class DemoCommand
                 $"[{c.Difference.Low:F2}, {c.Difference.High:F2}] ROUGE-L ({c.Expectation}: {c.Verdict})"));
         var comm = new Table().Title("communication").AddColumns("method", "trainable params", "% of model", "sent per party per round", "total (up + down)");
         foreach (var c in r.Communication)
-            comm.AddRow(c.Method, $"{c.TrainableParameters:N0}", $"{c.PercentOfModel:F3} %", Bytes(c.BytesPerPartyPerRound), Bytes(c.TotalBytes));
+            comm.AddRow(c.Method, $"{c.TrainableParameters:N0}", $"{c.PercentOfModel:F3} %", ByteSize.Text(c.BytesPerPartyPerRound, 2), ByteSize.Text(c.TotalBytes, 2));
         CliApp.Ansi.Write(comm);
     }
-
-    static string Bytes(long b) => b >= 1 << 20 ? $"{b / 1048576.0:F2} MiB" : b >= 1024 ? $"{b / 1024.0:F1} KiB" : $"{b} B";
 }

@@ -6,6 +6,7 @@ using Spectre.Console;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
 using static FateLlm.Host.Cli.CliApp;
 
 namespace FateLlm.Host.Cli;
@@ -95,14 +96,13 @@ internal static class JobCommands
             var ok = r.Parties.Where(p => p.Succeeded).ToList();
             string Mean(IEnumerable<double> xs) => xs.Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average() is var m && double.IsFinite(m) ? m.ToString("F4") : "-";
             table.AddRow($"{r.Round}", $"{r.Attempt}", $"{ok.Count}/{r.Parties.Length}", Mean(ok.Select(p => p.LastLoss)), Mean(ok.Select(p => p.EvalLoss ?? double.NaN)),
-                Bytes(r.Parties.Sum(p => p.UploadBytes)), Bytes(r.Parties.Sum(p => p.DownloadBytes)), r.Privacy is { } p ? p.Epsilon.ToString("F3") : "-", $"{r.Seconds:F1}");
+                ByteSize.Text(r.Parties.Sum(p => p.UploadBytes)), ByteSize.Text(r.Parties.Sum(p => p.DownloadBytes)), r.Privacy is { } p ? p.Epsilon.ToString("F3") : "-", $"{r.Seconds:F1}");
         }
         CliApp.Ansi.Write(table);
         foreach (var r in s.Rounds)
             foreach (var p in r.Parties.Where(p => !p.Succeeded)) CliApp.Out.WriteLine($"  round {r.Round}: {p.Org} dropped ({p.Reason})");
     }
 
-    static string Bytes(long b) => b >= 1 << 20 ? $"{b / 1048576.0:F1} MiB" : b >= 1024 ? $"{b / 1024.0:F1} KiB" : $"{b} B";
 
     internal static JobSpec LoadSpec(string path)
     {

@@ -37,9 +37,9 @@ internal static class NodeCommands
         public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, HttpToken, Otlp, Journal];
 
         /// <summary>The node's web port and exporters, checked before the node starts.</summary>
-        public NodeWeb Web(ParseResult p, NodeOptions node)
+        public NodeWeb Web(ParseResult p, NodeOptions node, Config config)
         {
-            var token = p.GetValue(HttpToken) ?? FederationNode.BuildConfig(node).GetString("fate-llm.board.token");
+            var token = p.GetValue(HttpToken) ?? config.GetString("fate-llm.board.token");
             try { return NodeWeb.Parse(p.GetValue(Http), token, p.GetValue(Otlp), node.Tls); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }
         }
@@ -167,16 +167,16 @@ internal static class NodeCommands
 
     static void RunNode(ParseResult p, Shared shared, NodeOptions options)
     {
-        var web = shared.Web(p, options);
-        if (web.Endpoint is not null && options.Role == NodeRole.Arbiter) options = options with { Board = new FateLlm.Actors.Board.BoardFeed() };
-        using var running = web.Start(options.Board, CliApp.Out.WriteLine);
-        Run(options);
-    }
-
-    static void Run(NodeOptions options)
-    {
         var config = FederationNode.BuildConfig(options);
         FederationNode.CheckOwnIdentity(options, config);
+        var web = shared.Web(p, options, config);
+        if (web.Endpoint is not null && options.Role == NodeRole.Arbiter) options = options with { Board = new FateLlm.Actors.Board.BoardFeed() };
+        using var running = web.Start(options.Board, CliApp.Out.WriteLine);
+        Run(options, config);
+    }
+
+    static void Run(NodeOptions options, Config config)
+    {
         FederationNode? started = null;
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);

@@ -76,30 +76,13 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         var spec = FederationFixture.Job(_g, "processes", rounds: 4, quorum: 2, deadlineSeconds: 10, attempts: 3, epochs: 3);
         Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
 
-        async Task<JobStatus> WaitFor(Func<JobStatus, bool> until)
-        {
-            var deadline = DateTime.UtcNow.AddSeconds(180);
-            while (true)
-            {
-                try
-                {
-                    var s = await client.JobRegion.Ask<JobStatus>(new GetJobStatus(spec.JobId), TimeSpan.FromSeconds(5));
-                    if (until(s)) return s;
-                }
-                catch (AskTimeoutException) { /* arbiter restarting */ }
-                if (DateTime.UtcNow > deadline)
-                    throw new TimeoutException("job stalled; node logs: " + string.Join("\n", _processes.Select(p => $"--- {p.Name}\n{SafeTail(p.Log)}")));
-                await Task.Delay(300);
-            }
-        }
-
-        await WaitFor(s => s.CompletedRounds >= 1);
+        await WaitFor(client, spec.JobId, s => s.CompletedRounds >= 1);
         parties["food"].Kill();                       // kill -9 a party while round 2 runs
-        await WaitFor(s => s.CompletedRounds >= 2);
+        await WaitFor(client, spec.JobId, s => s.CompletedRounds >= 2);
         parties["food"] = Party("food");              // it restarts and rejoins
         arbiter.Kill();                               // kill -9 the arbiter while round 3 runs
         arbiter = Arbiter();
-        var final = await WaitFor(s => s.State is JobState.Completed or JobState.Failed);
+        var final = await WaitFor(client, spec.JobId, s => s.State is JobState.Completed or JobState.Failed);
 
         Assert.True(final.State == JobState.Completed, final.Reason);
         Assert.Equal([1, 2, 3, 4], final.Rounds.Select(r => r.Round));
@@ -145,7 +128,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
             status = await client.JobRegion.Ask<JobStatus>(new GetJobStatus(spec.JobId), TimeSpan.FromSeconds(10));
             if (status.State is JobState.Completed or JobState.Failed) break;
             if (DateTime.UtcNow > deadline)
-                throw new TimeoutException("job stalled; node logs: " + string.Join("\n", _processes.Select(p => $"--- {p.Name}\n{SafeTail(p.Log)}")));
+                throw new TimeoutException("job stalled; node logs:\n" + Logs());
             await Task.Delay(500);
         }
         Assert.True(status.State == JobState.Completed, status.Reason);
@@ -205,9 +188,10 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
             Role = NodeRole.Client, Seeds = [_seed], DataDir = Path.Combine(_g.Root, "client"), Overrides = FederationFixture.FastCluster,
         });
         await client.WhenUp(TimeSpan.FromSeconds(60));
-        var cluster = Akka.Cluster.Cluster.Get(client.System);
-        for (var until = DateTime.UtcNow.AddSeconds(60); cluster.State.Members.Count(m => m.HasRole("arbiter") && m.Status == Akka.Cluster.MemberStatus.Up) < 2; await Task.Delay(200))
-            if (DateTime.UtcNow > until) throw new TimeoutException($"both arbiters never came up; logs:\n{Logs()}");
+        var arbitersUp = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.System.ActorOf(Props.Create(() => new RoleCount("arbiter", 2, arbitersUp)));
+        try { await arbitersUp.Task.WaitAsync(TimeSpan.FromSeconds(60)); }
+        catch (TimeoutException) { throw new TimeoutException($"both arbiters never came up; logs:\n{Logs()}"); }
         var spec = FederationFixture.Job(_g, "failover-" + Guid.NewGuid().ToString("N")[..6], rounds: 4, deadlineSeconds: 30, attempts: 3, epochs: 3);
         Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
         await WaitFor(client, spec.JobId, s => s.CompletedRounds >= 2);
@@ -255,10 +239,33 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
                 var s = await client.JobRegion.Ask<JobStatus>(new GetJobStatus(job), TimeSpan.FromSeconds(5));
                 if (until(s)) return s;
             }
-            catch (AskTimeoutException) { /* the job moving to another arbiter */ }
+            catch (AskTimeoutException) { /* an arbiter restarting, or the job moving to another one */ }
             if (DateTime.UtcNow > deadline) throw new TimeoutException("job stalled; node logs:\n" + Logs());
             await Task.Delay(300);
         }
+    }
+
+    /// <summary>Completes <paramref name="done"/> once this many members with <paramref name="role"/> are Up (cluster events), then stops.</summary>
+    sealed class RoleCount : ReceiveActor
+    {
+        readonly HashSet<Address> _up = new();
+
+        public RoleCount(string role, int count, TaskCompletionSource done)
+        {
+            Receive<Akka.Cluster.ClusterEvent.MemberUp>(e =>
+            {
+                if (e.Member.HasRole(role)) _up.Add(e.Member.Address);
+                if (_up.Count < count) return;
+                done.TrySetResult();
+                Context.Stop(Self);
+            });
+            Receive<Akka.Cluster.ClusterEvent.IMemberEvent>(_ => { });
+        }
+
+        protected override void PreStart() =>
+            Akka.Cluster.Cluster.Get(Context.System).Subscribe(Self, Akka.Cluster.ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(Akka.Cluster.ClusterEvent.IMemberEvent));
+
+        protected override void PostStop() => Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
     }
 
     /// <summary>Everything the node logged (its console shows only FateLlm's operator lines).</summary>
