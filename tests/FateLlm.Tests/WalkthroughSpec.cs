@@ -94,6 +94,11 @@ public sealed class WalkthroughSpec : IDisposable
         // A second node for an organization that is already served is refused, says why, and exits 1; the first keeps serving.
         var nature = commands.First(c => c[0] == "party" && c[2] == "nature").ToList();
         nature[nature.IndexOf("--data-dir") + 1] = "walkthrough/nature-again";
+        // The grace before a claimant concludes it is the second node is its own setting (20 s by default, for a restarted
+        // node whose crashed incarnation is not yet unreachable); the first node here is alive, so 3 s only saves waiting.
+        var quick = Path.Combine(work, "quick-refusal.conf");
+        File.WriteAllText(quick, "fate-llm.party.duplicate-grace = 3s\n");
+        nature.AddRange(["--config", quick]);
         var (again, againConsole) = Start(FateLlm(work, nature));
         Assert.True(await Exited(again, TimeSpan.FromSeconds(90)), againConsole.ToString());
         Assert.Equal(1, again.ExitCode);
