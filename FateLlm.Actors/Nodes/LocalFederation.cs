@@ -150,7 +150,12 @@ public sealed class LocalFederation : IAsyncDisposable
         }
     }
 
-    /// <summary>Leaves gracefully, outermost first (parties and client, then arbiter, then seed), so nobody sees a crash.</summary>
+    /// <summary>
+    /// Leaves gracefully, outermost first (client and parties, then arbiter, then seed), so nobody sees a crash. Parties
+    /// leave one at a time, youngest first: the party shard coordinator lives on the oldest party node and records each
+    /// leaving region with a majority write, which stalls for the exiting phase's full timeout (10 s) when every
+    /// party node leaves at once.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         static async Task Leave(FederationNode n)
@@ -158,7 +163,10 @@ public sealed class LocalFederation : IAsyncDisposable
             try { await n.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(20)); }
             catch (TimeoutException) { await n.System.Terminate(); }
         }
-        await Task.WhenAll(_parties.Values.Append(Client).Select(Leave));
+        await Leave(Client);
+        var parties = _parties.Values.ToList();
+        parties.Sort((a, b) => Akka.Cluster.Cluster.Get(a.System).SelfMember.IsOlderThan(Akka.Cluster.Cluster.Get(b.System).SelfMember) ? 1 : -1);
+        foreach (var party in parties) await Leave(party);
         await Leave(Arbiter);
         await Leave(Seed);
     }

@@ -20,6 +20,8 @@ internal static class FederationFixture
     public static readonly Config FastCluster = ConfigurationFactory.ParseString("""
         akka.loglevel = WARNING
         fate-llm.logging.console-level = off
+        akka.cluster.gossip-interval = 250ms
+        akka.cluster.leader-actions-interval = 250ms
         akka.cluster.failure-detector.heartbeat-interval = 300ms
         akka.cluster.failure-detector.acceptable-heartbeat-pause = 2s
         akka.cluster.failure-detector.threshold = 8.0
