@@ -44,6 +44,8 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     TimeSpan _lastReport;
     FileStream? _file;
     string? _incoming;
+    /// <summary>Ends a stream read still running when this fetch stops (superseded, failed, or its requester gone).</summary>
+    readonly CancellationTokenSource _stop = new();
 
     public ITimerScheduler Timers { get; set; } = null!;
 
@@ -112,15 +114,15 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
             Receive<StreamOffered>(o => o.Digest == _source.Digest, o =>
             {
                 Timers.Cancel("stream");
-                var (incoming, offset, tls) = (_incoming!, _streamed, _s.StreamTls);
-                Task.Run(() => BlobStreamReader.ReadAsync(o, incoming, offset, tls, CancellationToken.None))
+                var (incoming, offset, tls, idle, stop) = (_incoming!, _streamed, _s.StreamTls, _s.ChunkTimeout, _stop.Token);
+                Task.Run(() => BlobStreamReader.ReadAsync(o, incoming, offset, tls, idle, stop))
                     .PipeTo(Self, failure: e => new StreamFailed(e.GetBaseException().Message));
             });
             Receive<StreamRead>(r =>
             {
                 _streamed = r.Bytes;
                 if (r.Complete) Verify(r.Digest);
-                else Restream("the stream was cut");
+                else Restream("the stream was cut or stalled");
             });
             Receive<StreamFailed>(f => Restream(f.Reason));
             Receive<StreamRefused>(r => FallBack(r.Reason));
@@ -159,6 +161,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
 
     protected override void PostStop()
     {
+        _stop.Cancel();
         _file?.Dispose();
         if (_incoming != null && File.Exists(_incoming)) File.Delete(_incoming);
     }

@@ -33,11 +33,14 @@ public sealed class BlobStreamServer : IDisposable
     public int Port { get; }
 
     long _cutFirstAfter;
+    readonly bool _stallAtCut;
 
     /// <param name="cutFirstAfter">Fault injection (specs): the first stream served is cut after this many bytes.</param>
-    public BlobStreamServer(BlobStore store, string host, NodeTls? tls, long cutFirstAfter = 0)
+    /// <param name="stallAtCut">The cut holds the connection open and sends nothing more, as a stalled server does, instead of closing it.</param>
+    public BlobStreamServer(BlobStore store, string host, NodeTls? tls, long cutFirstAfter = 0, bool stallAtCut = false)
     {
         _cutFirstAfter = cutFirstAfter;
+        _stallAtCut = stallAtCut;
         _store = store;
         _tls = tls;
         var address = IPAddress.TryParse(host, out var ip) ? ip : Dns.GetHostAddresses(host).First(a => a.AddressFamily == AddressFamily.InterNetwork);
@@ -104,6 +107,7 @@ public sealed class BlobStreamServer : IDisposable
                 var part = new byte[Math.Min(cut, file.Length - offset)];
                 await file.ReadExactlyAsync(part, _stop.Token);
                 await s.WriteAsync(part, _stop.Token);
+                if (_stallAtCut) await Task.Delay(Timeout.Infinite, _stop.Token);
                 return;
             }
             await file.CopyToAsync(s, BufferSize, _stop.Token);
@@ -126,23 +130,29 @@ public sealed record StreamRead(long Bytes, bool Complete, string? Digest);
 
 /// <summary>
 /// The reading side of <see cref="BlobStreamServer"/>: appends the stream to the scratch file from
-/// <paramref name="offset"/>; a cut connection leaves a prefix to resume from with a new ticket.
+/// <paramref name="offset"/>; a cut connection leaves a prefix to resume from with a new ticket. Every network step
+/// (connect, handshake, header, each read) must make progress within <c>idle</c>: a server that stalls without closing
+/// counts as a cut instead of holding the fetch until the round's deadline.
 /// </summary>
 public static class BlobStreamReader
 {
-    public static async Task<StreamRead> ReadAsync(StreamOffered offer, string incoming, long offset, NodeTls? tls, CancellationToken ct)
+    public static async Task<StreamRead> ReadAsync(StreamOffered offer, string incoming, long offset, NodeTls? tls, TimeSpan idle, CancellationToken ct)
     {
         using var client = new TcpClient { NoDelay = true, ReceiveBufferSize = BlobStreamServer.BufferSize };
-        await client.ConnectAsync(offer.Host, offer.Port, ct);
+        await Within(idle, "connecting", ct, async t => { await client.ConnectAsync(offer.Host, offer.Port, t); return 0; });
         Stream stream = client.GetStream();
         if (offer.Tls)
         {
             if (tls is null) throw new IOException("the blob stream is TLS but this node has no certificate");
             var ssl = new SslStream(stream, false, (_, cert, _, _) => cert is X509Certificate2 c && tls.IsFromFederation(c, out _));
-            await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+            await Within(idle, "the TLS handshake", ct, async t =>
             {
-                TargetHost = offer.Host, ClientCertificates = new X509CertificateCollection { tls.Certificate },
-            }, ct);
+                await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+                {
+                    TargetHost = offer.Host, ClientCertificates = new X509CertificateCollection { tls.Certificate },
+                }, t);
+                return 0;
+            });
             stream = ssl;
         }
         await using var s = stream;
@@ -150,11 +160,15 @@ public static class BlobStreamReader
         BinaryPrimitives.WriteUInt32LittleEndian(header, 0x31534C46);
         offer.Ticket.CopyTo(header, 4);
         BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(36), offset);
-        await s.WriteAsync(header, ct);
         var reply = new byte[9];
-        await s.ReadExactlyAsync(reply.AsMemory(0, 1), ct);
-        if (reply[0] != 0) throw new IOException("the blob server refused the stream ticket");
-        await s.ReadExactlyAsync(reply.AsMemory(1, 8), ct);
+        await Within(idle, "the ticket exchange", ct, async t =>
+        {
+            await s.WriteAsync(header, t);
+            await s.ReadExactlyAsync(reply.AsMemory(0, 1), t);
+            if (reply[0] != 0) throw new IOException("the blob server refused the stream ticket");
+            await s.ReadExactlyAsync(reply.AsMemory(1, 8), t);
+            return 0;
+        });
         var total = BinaryPrimitives.ReadInt64LittleEndian(reply.AsSpan(1));
         await using var file = new FileStream(incoming, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, BlobStreamServer.BufferSize);
         file.SetLength(offset);
@@ -169,15 +183,27 @@ public static class BlobStreamReader
         {
             while (got < total)
             {
-                var n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, total - got)), ct);
+                var n = await Within(idle, "reading", ct, t => s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, total - got)), t));
                 if (n == 0) break;
                 hash.AppendData(buffer, 0, n);
                 await file.WriteAsync(buffer.AsMemory(0, n), ct);
                 got += n;
             }
         }
-        catch (IOException) { } // cut: the caller resumes from what arrived
+        catch (Exception e) when (e is IOException or TimeoutException) { } // cut or stalled: the caller resumes from what arrived
         await file.FlushAsync(ct);
         return new StreamRead(got, got == total, got == total ? Convert.ToHexStringLower(hash.GetHashAndReset()) : null);
+    }
+
+    /// <summary>One network step under its own idle timer (a fresh one each time, so time spent writing the file never counts).</summary>
+    static async Task<T> Within<T>(TimeSpan idle, string step, CancellationToken ct, Func<CancellationToken, ValueTask<T>> op)
+    {
+        using var timer = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timer.CancelAfter(idle);
+        try { return await op(timer.Token); }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new TimeoutException($"the blob stream stalled: no progress in {step} for {idle.TotalSeconds:G3} s");
+        }
     }
 }

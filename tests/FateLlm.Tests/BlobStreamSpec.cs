@@ -12,7 +12,7 @@ namespace FateLlm.Tests;
 /// </summary>
 public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config())
 {
-    static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(20), Idle = TimeSpan.FromSeconds(5);
     static readonly TransferSettings Streaming = TransferSettings.Default with { Stream = true, ChunkTimeout = TimeSpan.FromSeconds(5) };
     readonly BlobStore _source = new(TestSupport.TempDir());
     readonly byte[] _blob = new byte[3 << 20];
@@ -45,6 +45,24 @@ public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config())
     }
 
     [Fact]
+    public async Task A_stream_that_stalls_without_closing_resumes_and_a_silent_server_fails_within_the_idle_time()
+    {
+        var (digest, target) = Blob();
+        using var stream = new BlobStreamServer(_source, "127.0.0.1", null, cutFirstAfter: 1 << 20, stallAtCut: true);
+        var server = Sys.ActorOf(BlobServer.Props(_source, stream: stream));
+        var resumed = Fetch(target, digest, server, Streaming with { ChunkTimeout = TimeSpan.FromSeconds(1) });
+        Assert.Equal((1, 1), (resumed.Chunks, resumed.Retransmissions)); // stalled at 1 MiB, resumed there after 1 s
+
+        // A server that accepts and never answers: the reader gives up naming the step, not at some far deadline.
+        using var silent = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        silent.Start();
+        var offer = stream.Offer(digest) with { Port = ((System.Net.IPEndPoint)silent.LocalEndpoint).Port };
+        var e = await Assert.ThrowsAsync<TimeoutException>(() =>
+            BlobStreamReader.ReadAsync(offer, Path.Combine(TestSupport.TempDir(), "part"), 0, null, TimeSpan.FromMilliseconds(300), CancellationToken.None));
+        Assert.Equal("the blob stream stalled: no progress in the ticket exchange for 0.3 s", e.Message);
+    }
+
+    [Fact]
     public void A_server_that_streams_nothing_is_read_in_chunks()
     {
         var (digest, target) = Blob();
@@ -59,10 +77,10 @@ public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config())
         using var stream = new BlobStreamServer(_source, "127.0.0.1", null);
         var offer = stream.Offer(digest);
         var file = Path.Combine(TestSupport.TempDir(), "part");
-        Assert.True((await BlobStreamReader.ReadAsync(offer, file, 0, null, CancellationToken.None)).Complete);
-        var reused = await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(offer, file, 0, null, CancellationToken.None));
+        Assert.True((await BlobStreamReader.ReadAsync(offer, file, 0, null, Idle, CancellationToken.None)).Complete);
+        var reused = await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(offer, file, 0, null, Idle, CancellationToken.None));
         Assert.Contains("refused the stream ticket", reused.Message);
-        await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(offer with { Ticket = new byte[32] }, file, 0, null, CancellationToken.None));
+        await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(offer with { Ticket = new byte[32] }, file, 0, null, Idle, CancellationToken.None));
     }
 
     [Fact]
@@ -75,7 +93,7 @@ public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config())
         var server = Sys.ActorOf(BlobServer.Props(_source, stream: stream));
         Fetch(target, digest, server, Streaming with { StreamTls = member });
         var file = Path.Combine(TestSupport.TempDir(), "part");
-        await Assert.ThrowsAnyAsync<Exception>(() => BlobStreamReader.ReadAsync(stream.Offer(digest), file, 0, stranger, CancellationToken.None));
-        await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(stream.Offer(digest), file, 0, null, CancellationToken.None));
+        await Assert.ThrowsAnyAsync<Exception>(() => BlobStreamReader.ReadAsync(stream.Offer(digest), file, 0, stranger, Idle, CancellationToken.None));
+        await Assert.ThrowsAsync<IOException>(() => BlobStreamReader.ReadAsync(stream.Offer(digest), file, 0, null, Idle, CancellationToken.None));
     }
 }
