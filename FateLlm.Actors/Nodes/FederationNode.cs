@@ -222,6 +222,11 @@ public sealed class FederationNode : IAsyncDisposable
                 ClusterShardingSettings.Create(system).WithRole("party"), new PartyMessageExtractor(), new PartyPlacement(system, proven),
                 PoisonPill.Instance)
             : sharding.StartProxy(PartyRegionName, "party", new PartyMessageExtractor());
+        // The party entity starts once its node is up rather than when a round first asks it: its shard's allocation and
+        // start then stay out of round 1 (the ack is only awaited so that it does not end in dead letters).
+        if (o.Role == NodeRole.Party)
+            cluster.RegisterOnMemberUp(() => party.Ask<object>(new ShardRegion.StartEntity(o.Org!), TimeSpan.FromMinutes(1))
+                .ContinueWith(_ => { }, TaskContinuationOptions.ExecuteSynchronously));
         var jobShards = config.GetInt("fate-llm.sharding.job-shards");
         var roundShards = config.GetInt("fate-llm.sharding.round-shards");
         IActorRef round, job;
