@@ -41,7 +41,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     int _streamAttempts;
     /// <summary>Bytes a cut stream left in the scratch file: the next stream resumes there.</summary>
     long _streamed;
-    TimeSpan _lastReport;
+    readonly TransferProgress _progress;
     FileStream? _file;
     string? _incoming;
     /// <summary>Ends a stream read still running when this fetch stops (superseded, failed, or its requester gone).</summary>
@@ -60,6 +60,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         _source = source;
         _s = settings;
         _correlation = correlation;
+        _progress = new TransferProgress(Context.GetLogger(), source.Digest, settings);
         Transferring();
     }
 
@@ -114,8 +115,8 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
             Receive<StreamOffered>(o => o.Digest == _source.Digest, o =>
             {
                 Timers.Cancel("stream");
-                var (incoming, offset, tls, idle, stop) = (_incoming!, _streamed, _s.StreamTls, _s.ChunkTimeout, _stop.Token);
-                Task.Run(() => BlobStreamReader.ReadAsync(o, incoming, offset, tls, idle, stop))
+                var (incoming, offset, tls, idle, stop, progress) = (_incoming!, _streamed, _s.StreamTls, _s.ChunkTimeout, _stop.Token, _progress);
+                Task.Run(() => BlobStreamReader.ReadAsync(o, incoming, offset, tls, idle, stop, progress.Report))
                     .PipeTo(Self, failure: e => new StreamFailed(e.GetBaseException().Message));
             });
             Receive<StreamRead>(r =>
@@ -194,12 +195,29 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     {
         _totalBytes = c.TotalSize;
         _receivedBytes += c.Data.Length;
-        if (_totalBytes < _s.ProgressMinBytes) return;
-        var done = _receivedBytes >= _totalBytes;
-        if (!done && _clock.Elapsed - _lastReport < _s.ProgressInterval) return;
-        _lastReport = _clock.Elapsed;
-        Context.GetLogger().Info("blob {0}…: {1:N1} of {2:N1} MB ({3:P0}) in {4:F1} s", _source.Digest[..12], _receivedBytes / 1e6, _totalBytes / 1e6,
-            (double)_receivedBytes / _totalBytes, _clock.Elapsed.TotalSeconds);
+        _progress.Report(_receivedBytes, _totalBytes);
+    }
+
+    /// <summary>
+    /// Logs a large blob's received MB every progress interval and once complete. The stream's read task reports
+    /// through it as well, so it keeps its own clock and lock instead of the actor's state.
+    /// </summary>
+    sealed class TransferProgress(ILoggingAdapter log, string digest, TransferSettings s)
+    {
+        readonly Stopwatch _clock = Stopwatch.StartNew();
+        TimeSpan _last;
+
+        public void Report(long received, long total)
+        {
+            if (total < s.ProgressMinBytes) return;
+            lock (_clock)
+            {
+                var now = _clock.Elapsed;
+                if (received < total && now - _last < s.ProgressInterval) return;
+                _last = now;
+            }
+            log.Info("blob {0}…: {1:N1} of {2:N1} MB ({3:P0}) in {4:F1} s", digest[..12], received / 1e6, total / 1e6, (double)received / total, _clock.Elapsed.TotalSeconds);
+        }
     }
 
     void CheckTimeouts()

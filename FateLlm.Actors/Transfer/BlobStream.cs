@@ -136,7 +136,9 @@ public sealed record StreamRead(long Bytes, bool Complete, string? Digest);
 /// </summary>
 public static class BlobStreamReader
 {
-    public static async Task<StreamRead> ReadAsync(StreamOffered offer, string incoming, long offset, NodeTls? tls, TimeSpan idle, CancellationToken ct)
+    /// <param name="progress">Called with (bytes received, total) after each read.</param>
+    public static async Task<StreamRead> ReadAsync(StreamOffered offer, string incoming, long offset, NodeTls? tls, TimeSpan idle, CancellationToken ct,
+        Action<long, long>? progress = null)
     {
         using var client = new TcpClient { NoDelay = true, ReceiveBufferSize = BlobStreamServer.BufferSize };
         await Within(idle, "connecting", ct, async t => { await client.ConnectAsync(offer.Host, offer.Port, t); return 0; });
@@ -188,6 +190,7 @@ public static class BlobStreamReader
                 hash.AppendData(buffer, 0, n);
                 await file.WriteAsync(buffer.AsMemory(0, n), ct);
                 got += n;
+                progress?.Invoke(got, total);
             }
         }
         catch (Exception e) when (e is IOException or TimeoutException) { } // cut or stalled: the caller resumes from what arrived

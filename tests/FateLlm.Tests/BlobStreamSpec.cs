@@ -10,7 +10,7 @@ namespace FateLlm.Tests;
 /// The data plane: a blob redeemed with a ticket streams over its own TCP connection (TLS with the federation's
 /// certificates under --tls), resumes where a cut stream stopped, and falls back to chunks when no stream is offered.
 /// </summary>
-public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config())
+public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config(extra: "akka.loglevel = INFO"))
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(20), Idle = TimeSpan.FromSeconds(5);
     static readonly TransferSettings Streaming = TransferSettings.Default with { Stream = true, ChunkTimeout = TimeSpan.FromSeconds(5) };
@@ -60,6 +60,16 @@ public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config())
         var e = await Assert.ThrowsAsync<TimeoutException>(() =>
             BlobStreamReader.ReadAsync(offer, Path.Combine(TestSupport.TempDir(), "part"), 0, null, TimeSpan.FromMilliseconds(300), CancellationToken.None));
         Assert.Equal("the blob stream stalled: no progress in the ticket exchange for 0.3 s", e.Message);
+    }
+
+    [Fact]
+    public void A_large_streamed_blob_logs_its_progress()
+    {
+        var (digest, target) = Blob();
+        using var stream = new BlobStreamServer(_source, "127.0.0.1", null);
+        var server = Sys.ActorOf(BlobServer.Props(_source, stream: stream));
+        EventFilter.Info(contains: $"blob {digest[..12]}…: 3.1 of 3.1 MB (100").ExpectOne(Wait,
+            () => Fetch(target, digest, server, Streaming with { ProgressMinBytes = 1 << 20 }));
     }
 
     [Fact]
