@@ -181,7 +181,8 @@ public static class BlobStreamReader
             hash.AppendData(buffer, 0, n);
         file.Seek(offset, SeekOrigin.Begin);
         var got = offset;
-        // One timer for the whole read loop, re-armed before each read (a fresh one per read cost measurable throughput).
+        // One timer for the whole read loop, re-armed before each read. It also runs while a block is hashed and written, so
+        // a disk that stalls longer than idle makes the next read end as cut, to be resumed.
         using var stall = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
         {
