@@ -3,17 +3,17 @@ using FateLlm.Actors.Parties;
 
 namespace FateLlm.Actors.Board;
 
-// What the arbiter publishes on its own event stream for the live board (local only, never sent over the wire), and
-// the board's snapshot: plain data a web page renders.
+// What an arbiter's jobs and rounds publish on its event stream for the live board (relayed to the boards on every
+// arbiter by BoardRelay), and the board's snapshot: plain data a web page renders.
 
 /// <summary>A job's status after a change (published by the job entity outside recovery).</summary>
-public sealed record JobObserved(JobStatus Status);
+public sealed record JobObserved(JobStatus Status) : IControlMessage;
 
 /// <summary>A party acknowledged the exchange's work: it is training.</summary>
-public sealed record PartyWorkStarted(WorkId Work, string Org);
+public sealed record PartyWorkStarted(WorkId Work, string Org) : IControlMessage;
 
 /// <summary>The arbiter began pulling a party's update of <paramref name="Bytes"/> bytes.</summary>
-public sealed record PartyUploadStarted(WorkId Work, string Org, long Bytes);
+public sealed record PartyUploadStarted(WorkId Work, string Org, long Bytes) : IControlMessage;
 
 public sealed record BoardSnapshot(DateTime At, long Version, MemberView[] Members, JobView[] Jobs, EventLine[] Events);
 

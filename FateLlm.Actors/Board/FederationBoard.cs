@@ -1,5 +1,6 @@
 using Akka.Actor;
 using Akka.Cluster;
+using Akka.Cluster.Tools.PublishSubscribe;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
@@ -7,8 +8,8 @@ using FateLlm.Actors.Rounds;
 namespace FateLlm.Actors.Board;
 
 /// <summary>
-/// The live board's state on an arbiter node: cluster members (from cluster events), this node's jobs (from
-/// <see cref="JobObserved"/>), each party's state in the exchange in flight (asked → training → uploading → done, or
+/// The live board's state on an arbiter node: cluster members (from cluster events), every arbiter's jobs (from
+/// <see cref="JobObserved"/>, relayed by <see cref="BoardRelay"/>), each party's state in the exchange in flight (asked → training → uploading → done, or
 /// failed / rejected / dropped with the reason), the secure-aggregation step in flight, and an event log. Changes are
 /// coalesced and handed to a <see cref="BoardFeed"/> at most every <c>fate-llm.board.publish-interval</c>.
 /// </summary>
@@ -81,6 +82,7 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
             Event("warning", $"{d.Work}: party {d.Org} dropped out of secure aggregation at '{d.Step}': {d.Reason}");
         });
         Receive<Flush>(_ => Publish());
+        Receive<SubscribeAck>(_ => { });
         _publishInterval = publishInterval;
     }
 
@@ -89,16 +91,10 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         Timers.StartPeriodicTimer("flush", new Flush(), _publishInterval);
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsSnapshot,
             typeof(ClusterEvent.IMemberEvent), typeof(ClusterEvent.IReachabilityEvent));
-        foreach (var t in new[] { typeof(JobObserved), typeof(PartyWorkStarted), typeof(PartyUploadStarted), typeof(PartyAnswered),
-                     typeof(SecureAggregationStepStarted), typeof(SecureAggregationStepAnswered), typeof(SecureAggregationDropout) })
-            Context.System.EventStream.Subscribe(Self, t);
+        DistributedPubSub.Get(Context.System).Mediator.Tell(new Subscribe(BoardRelay.Topic, Self));
     }
 
-    protected override void PostStop()
-    {
-        Cluster.Get(Context.System).Unsubscribe(Self);
-        Context.System.EventStream.Unsubscribe(Self);
-    }
+    protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self); // the mediator drops a stopped subscriber itself
 
     void Member(Member m, string? what, string level, bool? reachable = null)
     {

@@ -191,6 +191,7 @@ public sealed class FederationNode : IAsyncDisposable
             system.ActorOf(OrganizationGuard.Props(tls, Operators(config)), OrganizationGuard.Name);
             proven = tls.Identities.OrganizationOf;
         }
+        if (o.Role == NodeRole.Arbiter) system.ActorOf(Board.BoardRelay.Props(), Board.BoardRelay.Name);
         if (o.Board is { } feed && o.Role == NodeRole.Arbiter) system.ActorOf(Board.FederationBoard.Props(feed, config), Board.FederationBoard.Name);
         foreach (var sv in o.Services)
             system.ActorOf(ModelService.Props(ModelServiceSettings.FromConfig(config, sv, store, blobServer, o.Tls)), ModelService.ActorName(sv.Name));

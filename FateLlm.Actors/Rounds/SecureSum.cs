@@ -16,13 +16,13 @@ public sealed record SecureSumReady(SecAggSession Session, SecAggResult Result, 
 public sealed record SecureSumFailed(string Reason, IReadOnlyDictionary<string, string> Dropouts);
 
 /// <summary>Published on the arbiter's event stream as each secure-aggregation step begins (observability, fault specs).</summary>
-public sealed record SecureAggregationStepStarted(WorkId Work, string Step, string[] Parties);
+public sealed record SecureAggregationStepStarted(WorkId Work, string Step, string[] Parties) : IControlMessage;
 
 /// <summary>Published as a party drops out of secure aggregation at a step (recovered while the threshold holds).</summary>
-public sealed record SecureAggregationDropout(WorkId Work, string Step, string Org, string Reason);
+public sealed record SecureAggregationDropout(WorkId Work, string Step, string Org, string Reason) : IControlMessage;
 
 /// <summary>Published as a party's answer to a secure-aggregation step is recorded (for a masked input: once it is pulled).</summary>
-public sealed record SecureAggregationStepAnswered(WorkId Work, string Step, string Org);
+public sealed record SecureAggregationStepAnswered(WorkId Work, string Step, string Org) : IControlMessage;
 
 /// <summary>
 /// Runs SecAgg+ steps 2–4 of one exchange among the parties that advertised keys (U1), as explicit phases: sharing

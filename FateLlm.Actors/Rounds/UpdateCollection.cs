@@ -14,7 +14,7 @@ public sealed record ExchangeCollected(int Phase, IReadOnlyDictionary<string, Co
     IReadOnlyList<string> Rejections);
 
 /// <summary>Published on the arbiter's event stream as each party's answer to an exchange is settled (observability, specs).</summary>
-public sealed record PartyAnswered(WorkId Work, string Org, bool Succeeded, string? Reason)
+public sealed record PartyAnswered(WorkId Work, string Org, bool Succeeded, string? Reason) : IControlMessage
 {
     /// <summary>How it settled: done | failed (the party reported an error) | rejected (refused here) | dropped (no answer, node gone, upload lost).</summary>
     public string Outcome { get; init; } = Succeeded ? "done" : "failed";

@@ -21,6 +21,62 @@ public class FederationSpec
         return double.Parse(System.Text.RegularExpressions.Regex.Match(line, @"\}\s+(\S+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
     }
 
+    /// <summary>
+    /// Jobs and rounds are sharded across arbiters: the board on one arbiter still shows a job that lives on the other,
+    /// its status (relayed from that arbiter) and its parties' states in the exchange (relayed from the round's arbiter).
+    /// </summary>
+    [Fact]
+    public async Task A_board_on_one_of_two_arbiters_shows_the_jobs_of_both_with_their_parties_live()
+    {
+        var g = FederationFixture.Prepare();
+        var feed = new Actors.Board.BoardFeed();
+        var partiesSeen = new System.Collections.Concurrent.ConcurrentDictionary<string, byte>(); // job ids whose parties the board showed past "asked"
+        using var watch = feed.Subscribe(s =>
+        {
+            foreach (var j in s.Jobs)
+                if (j.Current?.Parties.Any(p => p.State is "training" or "uploading" or "done") == true) partiesSeen.TryAdd(j.JobId, 0);
+        });
+        await using var fed = await FederationFixture.Start(g, board: feed);
+        await using var second = Actors.Nodes.FederationNode.Start(new Actors.Nodes.NodeOptions
+        {
+            Role = Actors.Nodes.NodeRole.Arbiter, Seeds = [fed.SeedAddress], DataDir = Path.Combine(g.Root, "arbiter-b"), Overrides = FederationFixture.FastCluster,
+        });
+        await second.WhenUp(Generous);
+        // Jobs on shards of their own, until one lives on the second arbiter (new shards go to the region holding fewest).
+        var extractor = new Actors.Nodes.JobMessageExtractor(Actors.Nodes.FederationNode.Reference().GetInt("fate-llm.sharding.job-shards"));
+        var shards = new HashSet<string>();
+        var submitted = new List<string>();
+        string? onSecond = null;
+        for (int i = 0; onSecond is null && submitted.Count < 4; i++)
+        {
+            var id = "two-arbiters-" + i;
+            if (!shards.Add(extractor.ShardId(id))) continue;
+            var done = await FederationFixture.RunToCompletion(fed, FederationFixture.Job(g, id, rounds: 1), Generous);
+            Assert.Equal(JobState.Completed, done.State);
+            submitted.Add(id);
+            var state = await ClusterSharding.Get(second.System).ShardRegion(Actors.Nodes.FederationNode.JobRegionName)
+                .Ask<CurrentShardRegionState>(GetShardRegionState.Instance, TimeSpan.FromSeconds(10));
+            onSecond = state.Shards.SelectMany(sh => sh.EntityIds).FirstOrDefault(submitted.Contains);
+        }
+        Assert.True(onSecond is not null, $"none of {string.Join(", ", submitted)} was placed on the second arbiter");
+
+        // The board's push lags by at most its publish interval.
+        await AwaitBoard(feed, s => submitted.All(id => s.Jobs.Any(j => j.JobId == id && j.State == "completed")));
+        var view = feed.Latest.Jobs.Single(j => j.JobId == onSecond);
+        Assert.Equal(1, view.CompletedRounds);
+        Assert.All(view.Rounds.Single().Outcomes, o => Assert.Equal("done", o.State));
+        Assert.Contains(onSecond, (IEnumerable<string>)partiesSeen.Keys);
+    }
+
+    static async Task AwaitBoard(Actors.Board.BoardFeed feed, Func<Actors.Board.BoardSnapshot, bool> until)
+    {
+        var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var watch = feed.Subscribe(s => { if (until(s)) reached.TrySetResult(); });
+        if (until(feed.Latest)) return;
+        try { await reached.Task.WaitAsync(TimeSpan.FromSeconds(10)); }
+        catch (TimeoutException) { throw new TimeoutException($"the board never showed it; it shows {string.Join(", ", feed.Latest.Jobs.Select(j => $"{j.JobId} {j.State}"))}"); }
+    }
+
     [Fact]
     public async Task A_job_runs_every_round_through_the_cluster_exports_a_peft_adapter_and_its_metrics_and_board_can_be_read()
     {
