@@ -300,7 +300,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void WithStateHere(Action next)
     {
         if (!_s.Store.Has(_specDigest)) _specDigest = _s.Store.Put(_spec!.ToJson());
-        var lacking = _state!.Artifacts.Values.Where(d => !_s.Store.Has(d)).Distinct().ToList();
+        var lacking = _s.Store.Lacking(_state!.Artifacts.Values);
         if (lacking.Count == 0)
         {
             next();

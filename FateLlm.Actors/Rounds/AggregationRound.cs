@@ -110,7 +110,7 @@ public sealed class AggregationRound : ReceiveActor
         _log.Info("round {0}: {1} parties ({2}), quorum {3}, deadline {4}", s.RoundId, s.Participants.Length, string.Join(", ", s.Participants),
             spec.Round.Quorum, spec.Round.Deadline);
         // The state may live on another arbiter (the job's), or only with the parties after a fail-over: bring it here first.
-        var lacking = _state.Artifacts.Values.Where(d => !_s.Store.Has(d)).Distinct().ToList();
+        var lacking = _s.Store.Lacking(_state.Artifacts.Values);
         if (lacking.Count > 0)
         {
             _log.Info("round {0}: pulling {1} state blob(s) this arbiter lacks from the cluster", s.RoundId, lacking.Count);

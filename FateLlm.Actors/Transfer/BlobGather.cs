@@ -36,7 +36,7 @@ public sealed class BlobGather : ReceiveActor, IWithTimers
     public BlobGather(BlobStore store, IEnumerable<string> digests, TransferSettings transfer, string correlation)
     {
         (_store, _transfer, _correlation, _retry, _deadline) = (store, transfer, correlation, transfer.GatherRetry, transfer.GatherDeadline);
-        _missing = digests.Where(d => !store.Has(d)).ToHashSet();
+        _missing = store.Lacking(digests).ToHashSet();
         Receive<Ask>(_ => Broadcast());
         Receive<BlobHeld>(h =>
         {

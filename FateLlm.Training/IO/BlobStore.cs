@@ -29,6 +29,9 @@ public sealed class BlobStore
 
     public bool Has(string digest) => File.Exists(PathOf(digest));
 
+    /// <summary>The digests among <paramref name="digests"/> this store does not hold, each once.</summary>
+    public IReadOnlyList<string> Lacking(IEnumerable<string> digests) => digests.Distinct().Where(d => !Has(d)).ToList();
+
     public long Size(string digest) => new FileInfo(PathOf(digest)).Length;
 
     public string Put(byte[] bytes)
