@@ -60,7 +60,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         _source = source;
         _s = settings;
         _correlation = correlation;
-        _progress = new TransferProgress(Context.GetLogger(), source.Digest, settings);
+        _progress = new TransferProgress(Context.GetLogger(), source.Digest, settings, _clock);
         Transferring();
     }
 
@@ -200,23 +200,24 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
 
     /// <summary>
     /// Logs a large blob's received MB every progress interval and once complete. The stream's read task reports
-    /// through it as well, so it keeps its own clock and lock instead of the actor's state.
+    /// through it as well, so it keeps its last report under its own lock; it only reads the fetch's clock.
     /// </summary>
-    sealed class TransferProgress(ILoggingAdapter log, string digest, TransferSettings s)
+    sealed class TransferProgress(ILoggingAdapter log, string digest, TransferSettings s, Stopwatch clock)
     {
-        readonly Stopwatch _clock = Stopwatch.StartNew();
+        readonly object _gate = new();
         TimeSpan _last;
 
         public void Report(long received, long total)
         {
             if (total < s.ProgressMinBytes) return;
-            lock (_clock)
+            TimeSpan now;
+            lock (_gate)
             {
-                var now = _clock.Elapsed;
+                now = clock.Elapsed;
                 if (received < total && now - _last < s.ProgressInterval) return;
                 _last = now;
             }
-            log.Info("blob {0}…: {1:N1} of {2:N1} MB ({3:P0}) in {4:F1} s", digest[..12], received / 1e6, total / 1e6, (double)received / total, _clock.Elapsed.TotalSeconds);
+            log.Info("blob {0}…: {1:N1} of {2:N1} MB ({3:P0}) in {4:F1} s", digest[..12], received / 1e6, total / 1e6, (double)received / total, now.TotalSeconds);
         }
     }
 
