@@ -85,16 +85,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         var spec = FederationFixture.Secure(FederationFixture.Job(_g, "tls-processes", rounds: 2, deadlineSeconds: 60), 20);
         spec = spec with { Dp = spec.Dp with { Mode = Training.Privacy.DpMode.Distributed, NoiseMultiplier = 1.0 } };
         Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
-        var deadline = DateTime.UtcNow.AddSeconds(240);
-        JobStatus status;
-        while (true)
-        {
-            status = await client.JobRegion.Ask<JobStatus>(new GetJobStatus(spec.JobId), TimeSpan.FromSeconds(10));
-            if (status.State is JobState.Completed or JobState.Failed) break;
-            if (DateTime.UtcNow > deadline)
-                throw new TimeoutException("job stalled; node logs:\n" + Logs());
-            await Task.Delay(500);
-        }
+        var status = await WaitFor(client, spec.JobId, s => s.State is JobState.Completed or JobState.Failed, seconds: 240);
         Assert.True(status.State == JobState.Completed, status.Reason);
         Assert.All(status.Rounds, r => Assert.StartsWith("3 keyed, 3 shared, 3 masked, 3 revealed", r.SecureAggregation));
         Assert.True(status.Epsilon > 0);
