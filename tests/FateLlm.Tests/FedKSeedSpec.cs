@@ -180,10 +180,14 @@ public class FedKSeedFederationSpec
     {
         var g = FederationFixture.Prepare();
         // As in FederationFaultSpec: the grace leaves the restarted node time to rejoin for round 3 on a busy machine.
+        // Two parties estimating gradients flat out on two cores once stalled the whole test process for 3.6 s, past the fixture's
+        // 2 s heartbeat pause: every node saw every other unreachable and the split-brain resolver downed them all. A
+        // 6 s pause rides that out; food's crash is still seen within seconds.
+        var patient = ConfigurationFactory.ParseString("akka.cluster.failure-detector.acceptable-heartbeat-pause = 6s").WithFallback(FederationFixture.FastCluster);
         var crash = ConfigurationFactory.ParseString("""
             fate-llm.fault-injection.points = [{ at = party.fit, org = food, round = 2, action = terminate }]
             fate-llm.round.absent-grace = 25s
-            """);
+            """).WithFallback(patient);
         await using var fed = await FederationFixture.Start(g, crash);
         var spec = FederationFixture.Job(g, "kseed", rounds: 3, quorum: 2, deadlineSeconds: 60) with
         {
@@ -197,7 +201,7 @@ public class FedKSeedFederationSpec
         await fed.Parties["food"].System.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(120));
         await fed.CrashParty("food");
         await fed.WaitAsync(spec.JobId, TimeSpan.FromSeconds(120), s => s.CompletedRounds >= 2);
-        fed.StartParty("food", overrides: FederationFixture.FastCluster);
+        fed.StartParty("food", overrides: patient);
         var status = await fed.WaitAsync(spec.JobId, TimeSpan.FromSeconds(180));
         Assert.True(status.State == JobState.Completed, status.Reason);
 
