@@ -180,10 +180,12 @@ public class FedKSeedFederationSpec
     {
         var g = FederationFixture.Prepare();
         // As in FederationFaultSpec: the grace leaves the restarted node time to rejoin for round 3 on a busy machine.
-        // Two parties estimating gradients flat out on two cores once stalled the whole test process for 3.6 s, past the fixture's
-        // 2 s heartbeat pause: every node saw every other unreachable and the split-brain resolver downed them all. A
-        // 6 s pause rides that out; food's crash is still seen within seconds.
-        var patient = ConfigurationFactory.ParseString("akka.cluster.failure-detector.acceptable-heartbeat-pause = 6s").WithFallback(FederationFixture.FastCluster);
+        // Two parties estimating gradients flat out on two cores stalled the whole test process past the fixture's 2 s
+        // heartbeat pause (3.6 s once), and a CI run later outlasted a 6 s pause too: every node saw every other
+        // unreachable and the split-brain resolver downed them all, so the job's status went unanswered. As in the IPR
+        // and cancel specs, reference.conf's failure detector and split-brain timing ride that out, as they must in a
+        // real federation; food's crash is then seen after about 30 s, well inside round 2's 60 s deadline.
+        var patient = FederationFixture.LoadTolerant.WithFallback(FederationFixture.FastCluster);
         var crash = ConfigurationFactory.ParseString("""
             fate-llm.fault-injection.points = [{ at = party.fit, org = food, round = 2, action = terminate }]
             fate-llm.round.absent-grace = 25s
