@@ -17,6 +17,9 @@ public sealed class NodeLog : ReceiveActor, IRequiresMessageQueue<ILoggerMessage
     readonly bool _verbose;
     readonly TextWriter _out = Console.Out;
 
+    /// <summary>Internal to Akka.Remote, so matched by name.</summary>
+    internal const string Disassociated = "Akka.Remote.EndpointDisassociatedException";
+
     public NodeLog()
     {
         var config = Context.System.Settings.Config;
@@ -53,18 +56,23 @@ public sealed class NodeLog : ReceiveActor, IRequiresMessageQueue<ILoggerMessage
 
     void Log(LogEvent e)
     {
-        var full = $"{e.Timestamp:yyyy-MM-dd HH:mm:ss.fff} {Tag(e.LogLevel()),-7} [{e.LogSource}] {e.Message}{(e.Cause is { } c ? Environment.NewLine + c : "")}";
+        // Akka.Remote reports a peer's disassociation twice: a WARNING that the address is gated (with the reason), then
+        // the endpoint supervisor's ERROR with a stack trace. Every node that leaves gracefully causes one on each peer,
+        // so node.log showed ERRORs after a clean run; the WARNING says all there is to say, the echo is INFO.
+        var echo = e is Error && e.Cause?.GetType().FullName == Disassociated;
+        var level = echo ? LogLevel.InfoLevel : e.LogLevel();
+        var full = $"{e.Timestamp:yyyy-MM-dd HH:mm:ss.fff} {Tag(level),-7} [{e.LogSource}] {e.Message}{(e.Cause is { } c && !echo ? Environment.NewLine + c : "")}";
         _file?.WriteLine(full);
         if (_verbose)
         {
             _out.WriteLine(full);
             return;
         }
-        if (_console is not { } min || e.LogLevel() < min || !IsOperatorEvent(e)) return;
+        if (_console is not { } min || level < min || !IsOperatorEvent(e)) return;
         // One line: the message, and for an exception its message, never its stack trace.
         var line = e.Message?.ToString()?.ReplaceLineEndings(" ") ?? "";
         if (e.Cause is { } cause && !line.Contains(cause.Message)) line += $": {cause.GetBaseException().Message}";
-        _out.WriteLine($"{e.Timestamp:HH:mm:ss} {Tag(e.LogLevel())} {line}");
+        _out.WriteLine($"{e.Timestamp:HH:mm:ss} {Tag(level)} {line}");
     }
 
     /// <summary>FateLlm's own messages; Akka's internals (remoting, gossip, dead letters) stay in the file.</summary>
