@@ -181,8 +181,8 @@ public class FedKSeedFederationSpec
         var g = FederationFixture.Prepare();
         // As in FederationFaultSpec: the grace leaves the restarted node time to rejoin for round 3 on a busy machine.
         // Two parties estimating gradients flat out on two cores stalled the whole test process past the fixture's 2 s
-        // heartbeat pause (3.6 s once), and a CI run later outlasted a 6 s pause too: every node saw every other
-        // unreachable and the split-brain resolver downed them all, so the job's status went unanswered. As in the IPR
+        // heartbeat pause (3.6 s once): every node saw every other unreachable and the split-brain resolver downed them
+        // all, so the job's status went unanswered; a CI run failed the same way with a 6 s pause. As in the IPR
         // and cancel specs, reference.conf's failure detector and split-brain timing ride that out, as they must in a
         // real federation; food's crash is then seen after about 30 s, well inside round 2's 60 s deadline.
         var patient = FederationFixture.LoadTolerant.WithFallback(FederationFixture.FastCluster);
