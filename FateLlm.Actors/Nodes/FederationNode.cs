@@ -23,7 +23,13 @@ public sealed record NodeOptions
 {
     public required NodeRole Role { get; init; }
     public string SystemName { get; init; } = "fate-llm";
+    /// <summary>The address other nodes reach this node at (remoting and the blob stream advertise it).</summary>
     public string Host { get; init; } = "127.0.0.1";
+    /// <summary>
+    /// The address listened on, when it differs from <see cref="Host"/>: behind NAT or in a container, listen on
+    /// 0.0.0.0 and advertise the public address (<c>--bind-host</c>). Null listens on <see cref="Host"/>.
+    /// </summary>
+    public string? BindHost { get; init; }
     public int Port { get; init; }
     public string[] Seeds { get; init; } = [];
     public string DataDir { get; init; } = "fate-llm-data";
@@ -104,7 +110,8 @@ public sealed class FederationNode : IAsyncDisposable
         var seeds = string.Join(",", o.Seeds.Select(s => $"\"{s}\""));
         var logFile = Path.Combine(dataDir, "node.log").Replace('\\', '/');
         var node = ConfigurationFactory.ParseString($$"""
-            akka.remote.dot-netty.tcp.hostname = "{{o.Host}}"
+            akka.remote.dot-netty.tcp.hostname = "{{o.BindHost ?? o.Host}}"
+            akka.remote.dot-netty.tcp.public-hostname = "{{o.Host}}"
             akka.remote.dot-netty.tcp.port = {{o.Port}}
             akka.cluster.roles = [{{string.Join(",", roles.Select(r => $"\"{r}\""))}}]
             akka.cluster.seed-nodes = [{{seeds}}]
@@ -180,7 +187,7 @@ public sealed class FederationNode : IAsyncDisposable
         BlobStreamServer? stream = null;
         if (transfer.Stream && dropRate == 0)
         {
-            stream = new BlobStreamServer(store, o.Host, o.Tls);
+            stream = new BlobStreamServer(store, o.Host, o.Tls, o.BindHost, config.GetInt("fate-llm.transfer.stream-port"));
             system.RegisterOnTermination(stream.Dispose);
         }
         if (o.Role != NodeRole.Client) system.ActorOf(MembershipAnnouncer.Props(), MembershipAnnouncer.Name);

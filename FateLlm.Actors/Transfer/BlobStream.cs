@@ -35,17 +35,22 @@ public sealed class BlobStreamServer : IDisposable
     long _cutFirstAfter;
     readonly bool _stallAtCut;
 
+    /// <param name="host">The address offered to fetchers: where other nodes reach this one.</param>
+    /// <param name="bindHost">The address listened on, when it differs from <paramref name="host"/> (behind NAT: 0.0.0.0).</param>
+    /// <param name="port">The port listened on and offered (0: any free port).</param>
     /// <param name="cutFirstAfter">Fault injection (specs): the first stream served is cut after this many bytes.</param>
     /// <param name="stallAtCut">The cut holds the connection open and sends nothing more, as a stalled server does, instead of closing it.</param>
-    public BlobStreamServer(BlobStore store, string host, NodeTls? tls, long cutFirstAfter = 0, bool stallAtCut = false)
+    public BlobStreamServer(BlobStore store, string host, NodeTls? tls, string? bindHost = null, int port = 0, long cutFirstAfter = 0, bool stallAtCut = false)
     {
         _cutFirstAfter = cutFirstAfter;
         _stallAtCut = stallAtCut;
         _store = store;
         _tls = tls;
-        var address = IPAddress.TryParse(host, out var ip) ? ip : Dns.GetHostAddresses(host).First(a => a.AddressFamily == AddressFamily.InterNetwork);
-        _listener = new TcpListener(address, 0);
-        _listener.Start();
+        var listen = bindHost ?? host;
+        var address = IPAddress.TryParse(listen, out var ip) ? ip : Dns.GetHostAddresses(listen).First(a => a.AddressFamily == AddressFamily.InterNetwork);
+        _listener = new TcpListener(address, port);
+        try { _listener.Start(); }
+        catch (SocketException e) { throw new SocketException((int)e.SocketErrorCode, $"the blob stream cannot listen on {listen}:{port} (fate-llm.transfer.stream-port, --stream-port): {e.Message}"); }
         Host = host;
         Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
         _ = AcceptLoop();

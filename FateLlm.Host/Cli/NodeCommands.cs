@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Net;
 using Akka.Actor;
 using Akka.Configuration;
 using Akka.Hosting;
@@ -19,6 +20,11 @@ internal static class NodeCommands
     {
         public readonly Option<string> Host = Opt("--host", "Address other nodes reach this node at", "127.0.0.1");
         public readonly Option<int> Port = Opt("--port", "Remoting port (0 = any free port)", 0);
+        public readonly Option<string?> BindHost = new("--bind-host")
+        {
+            Description = "Address to listen on when it differs from --host (behind NAT or in a container: 0.0.0.0, with the public address as --host)",
+        };
+        public readonly Option<int?> StreamPort = new("--stream-port") { Description = "Port of the blob stream, the data plane (default: any free port; fix it for a firewall)" };
         public readonly Option<string[]> Seed = new("--seed") { Description = "Seed node address, e.g. akka.tcp://fate-llm@127.0.0.1:4053 (repeatable)", AllowMultipleArgumentsPerToken = false };
         public readonly Option<string?> ConfigFile = new("--config") { Description = "HOCON file overriding hocon/ defaults" };
         public readonly Option<string?> DataDir = new("--data-dir") { Description = "Journal, blobs and outputs (default fate-llm-data/<node>)" };
@@ -34,7 +40,7 @@ internal static class NodeCommands
         {
             Description = "Arbiters: a PostgreSQL journal shared with the other arbiters, postgres://USER:PASSWORD@HOST:PORT/DATABASE (default: SQLite in the data dir)",
         };
-        public Option[] All => [Host, Port, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, HttpToken, Otlp, Journal];
+        public Option[] All => [Host, BindHost, Port, StreamPort, Seed, ConfigFile, DataDir, ModelsRoot, Tls, LogLevel, Serve, ServeAllow, Http, HttpToken, Otlp, Journal];
 
         /// <summary>The node's web port and exporters, checked before the node starts.</summary>
         public NodeWeb Web(ParseResult p, NodeOptions node, Config config)
@@ -88,6 +94,16 @@ internal static class NodeCommands
             if (p.GetValue(ModelsRoot) is string root)
                 overrides = ConfigurationFactory.ParseString($"fate-llm.models-root = \"{root.Replace("\\", "/")}\"").WithFallback(overrides ?? Config.Empty);
             var host = p.GetValue(Host)!;
+            var bindHost = p.GetValue(BindHost);
+            if (bindHost is not null && !IPAddress.TryParse(bindHost, out _))
+                throw new UsageException($"--bind-host '{bindHost}' must be an IP address of this machine, e.g. 0.0.0.0");
+            RefuseTaken(bindHost ?? host, port, "--port");
+            if (p.GetValue(StreamPort) is int streamPort)
+            {
+                if (streamPort is < 0 or > 65535) throw new UsageException($"--stream-port {streamPort} must be a port number (0–65535)");
+                RefuseTaken(bindHost ?? host, streamPort, "--stream-port");
+                overrides = ConfigurationFactory.ParseString($"fate-llm.transfer.stream-port = {streamPort}").WithFallback(overrides);
+            }
             var journal = p.GetValue(Journal);
             if (journal is not null)
             {
@@ -100,11 +116,27 @@ internal static class NodeCommands
             if (role == NodeRole.Seed && seeds.Length == 0) seeds = [$"{(tls is null ? "akka.tcp" : "akka.ssl.tcp")}://fate-llm@{host}:{port}"];
             return new NodeOptions
             {
-                Role = role, Host = host, Port = port, Seeds = seeds, Org = org, Tls = tls, Journal = journal,
+                Role = role, Host = host, BindHost = bindHost, Port = port, Seeds = seeds, Org = org, Tls = tls, Journal = journal,
                 DataDir = p.GetValue(DataDir) ?? Path.Combine("fate-llm-data", defaultDir),
                 Datasets = datasets ?? new Dictionary<string, string>(), Overrides = overrides, Services = Services(p),
             };
         }
+    }
+
+    /// <summary>
+    /// Refuses a fixed port something already listens on. Akka's remoting asks for SO_REUSEADDR (so a restarted node
+    /// gets its port back while the crashed one's connections linger), which .NET on Linux turns into SO_REUSEPORT too:
+    /// a second node on a taken port would start, and the kernel would split the port's connections between the two.
+    /// </summary>
+    static void RefuseTaken(string listenHost, int port, string option)
+    {
+        if (port == 0) return;
+        var probe = IPAddress.TryParse(listenHost, out var ip) && (ip.Equals(IPAddress.Any) || ip.Equals(IPAddress.IPv6Any)) ? "127.0.0.1" : listenHost;
+        using var client = new System.Net.Sockets.TcpClient();
+        try { client.ConnectAsync(probe, port).Wait(TimeSpan.FromSeconds(2)); }
+        catch (AggregateException) { return; } // refused or unreachable: nothing listens there
+        if (client.Connected)
+            throw new InvalidOperationException($"{option} {port}: something already listens on {probe}:{port} (is this node already running?)");
     }
 
     public static IEnumerable<Command> Build()

@@ -73,6 +73,21 @@ public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config(extra: "akka.lo
     }
 
     [Fact]
+    public void A_stream_listening_on_every_interface_offers_the_address_others_reach_it_at_on_its_fixed_port()
+    {
+        var (digest, target) = Blob();
+        int port;
+        using (var free = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0)) { free.Start(); port = ((System.Net.IPEndPoint)free.LocalEndpoint).Port; }
+        // Behind NAT: listen on 0.0.0.0, offer the public address (here loopback, so the fetch can reach it).
+        using var stream = new BlobStreamServer(_source, "127.0.0.1", null, bindHost: "0.0.0.0", port: port);
+        var offer = stream.Offer(digest);
+        Assert.Equal(("127.0.0.1", port), (offer.Host, offer.Port));
+        Fetch(target, digest, Sys.ActorOf(BlobServer.Props(_source, stream: stream)), Streaming);
+        var taken = Assert.Throws<System.Net.Sockets.SocketException>(() => new BlobStreamServer(_source, "127.0.0.1", null, port: port));
+        Assert.Contains($"the blob stream cannot listen on 127.0.0.1:{port} (fate-llm.transfer.stream-port, --stream-port)", taken.Message);
+    }
+
+    [Fact]
     public void A_server_that_streams_nothing_is_read_in_chunks()
     {
         var (digest, target) = Blob();

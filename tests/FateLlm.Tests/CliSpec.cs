@@ -35,6 +35,24 @@ public class CliSpec
     }
 
     [Fact]
+    public void A_node_refuses_a_port_something_already_listens_on_and_a_bind_host_that_is_no_address()
+    {
+        // Akka's remoting would share the port (SO_REUSEPORT on Linux) and the kernel split its connections between two nodes.
+        using var taken = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        taken.Start();
+        var port = ((System.Net.IPEndPoint)taken.LocalEndpoint).Port.ToString();
+        var dir = TestSupport.TempDir();
+        var (code, err) = Run("seed", "--port", port, "--data-dir", dir);
+        Assert.Equal((CliApp.RuntimeError, $"error: --port {port}: something already listens on 127.0.0.1:{port} (is this node already running?)"), (code, err.Trim()));
+        (code, err) = Run("arbiter", "--seed", "akka.tcp://fate-llm@127.0.0.1:4053", "--bind-host", "0.0.0.0", "--stream-port", port, "--data-dir", dir);
+        Assert.Equal((CliApp.RuntimeError, $"error: --stream-port {port}: something already listens on 127.0.0.1:{port} (is this node already running?)"), (code, err.Trim()));
+        (code, err) = Run("arbiter", "--seed", "akka.tcp://fate-llm@127.0.0.1:4053", "--bind-host", "nowhere", "--data-dir", dir);
+        Assert.Equal((CliApp.UsageError, "error: --bind-host 'nowhere' must be an IP address of this machine, e.g. 0.0.0.0"), (code, err.Trim()));
+        Assert.Equal(CliApp.UsageError, Run("arbiter", "--seed", "akka.tcp://fate-llm@127.0.0.1:4053", "--stream-port", "70000", "--data-dir", dir).Code);
+        Assert.Empty(Directory.GetFileSystemEntries(dir)); // refused before anything was started or written
+    }
+
+    [Fact]
     public void Runtime_errors_exit_1_naming_the_culprit()
     {
         var dir = TestSupport.TempDir();
