@@ -101,9 +101,10 @@ internal static class NodeCommands
             if (p.GetValue(StreamPort) is int streamPort)
             {
                 if (streamPort is < 0 or > 65535) throw new UsageException($"--stream-port {streamPort} must be a port number (0–65535)");
-                RefuseTaken(bindHost ?? host, streamPort, "--stream-port");
                 overrides = ConfigurationFactory.ParseString($"fate-llm.transfer.stream-port = {streamPort}").WithFallback(overrides);
             }
+            RefuseTaken(bindHost ?? host, overrides.WithFallback(FederationNode.Reference()).GetInt("fate-llm.transfer.stream-port"),
+                p.GetValue(StreamPort) is null ? "fate-llm.transfer.stream-port =" : "--stream-port");
             var journal = p.GetValue(Journal);
             if (journal is not null)
             {

@@ -46,6 +46,10 @@ public class CliSpec
         Assert.Equal((CliApp.RuntimeError, $"error: --port {port}: something already listens on 127.0.0.1:{port} (is this node already running?)"), (code, err.Trim()));
         (code, err) = Run("arbiter", "--seed", "akka.tcp://fate-llm@127.0.0.1:4053", "--bind-host", "0.0.0.0", "--stream-port", port, "--data-dir", dir);
         Assert.Equal((CliApp.RuntimeError, $"error: --stream-port {port}: something already listens on 127.0.0.1:{port} (is this node already running?)"), (code, err.Trim()));
+        var config = Path.Combine(TestSupport.TempDir(), "node.conf");
+        File.WriteAllText(config, $"fate-llm.transfer.stream-port = {port}");
+        (code, err) = Run("arbiter", "--seed", "akka.tcp://fate-llm@127.0.0.1:4053", "--config", config, "--data-dir", dir);
+        Assert.Equal((CliApp.RuntimeError, $"error: fate-llm.transfer.stream-port = {port}: something already listens on 127.0.0.1:{port} (is this node already running?)"), (code, err.Trim()));
         (code, err) = Run("arbiter", "--seed", "akka.tcp://fate-llm@127.0.0.1:4053", "--bind-host", "nowhere", "--data-dir", dir);
         Assert.Equal((CliApp.UsageError, "error: --bind-host 'nowhere' must be an IP address of this machine, e.g. 0.0.0.0"), (code, err.Trim()));
         Assert.Equal(CliApp.UsageError, Run("arbiter", "--seed", "akka.tcp://fate-llm@127.0.0.1:4053", "--stream-port", "70000", "--data-dir", dir).Code);
