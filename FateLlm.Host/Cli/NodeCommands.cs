@@ -97,14 +97,11 @@ internal static class NodeCommands
             var bindHost = p.GetValue(BindHost);
             if (bindHost is not null && !IPAddress.TryParse(bindHost, out _))
                 throw new UsageException($"--bind-host '{bindHost}' must be an IP address of this machine, e.g. 0.0.0.0");
-            RefuseTaken(bindHost ?? host, port, "--port");
             if (p.GetValue(StreamPort) is int streamPort)
             {
                 if (streamPort is < 0 or > 65535) throw new UsageException($"--stream-port {streamPort} must be a port number (0–65535)");
                 overrides = ConfigurationFactory.ParseString($"fate-llm.transfer.stream-port = {streamPort}").WithFallback(overrides);
             }
-            RefuseTaken(bindHost ?? host, overrides.WithFallback(FederationNode.Reference()).GetInt("fate-llm.transfer.stream-port"),
-                p.GetValue(StreamPort) is null ? "fate-llm.transfer.stream-port =" : "--stream-port");
             var journal = p.GetValue(Journal);
             if (journal is not null)
             {
@@ -202,6 +199,9 @@ internal static class NodeCommands
     {
         var config = FederationNode.BuildConfig(options);
         FederationNode.CheckOwnIdentity(options, config);
+        var listen = options.BindHost ?? options.Host;
+        RefuseTaken(listen, options.Port, "--port");
+        RefuseTaken(listen, config.GetInt("fate-llm.transfer.stream-port"), p.GetValue(shared.StreamPort) is null ? "fate-llm.transfer.stream-port =" : "--stream-port");
         var web = shared.Web(p, options, config);
         if (web.Endpoint is not null && options.Role == NodeRole.Arbiter) options = options with { Board = new FateLlm.Actors.Board.BoardFeed() };
         using var running = web.Start(options.Board, CliApp.Out.WriteLine);
