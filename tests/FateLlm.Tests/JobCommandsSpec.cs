@@ -1,3 +1,4 @@
+using Akka.Actor;
 using Akka.Configuration;
 using FateLlm.Actors.Jobs;
 using FateLlm.Host.Cli;
@@ -90,27 +91,41 @@ public class JobCommandsSpec
         var (code, output, error) = Run("job", "submit", file, "--seed", fed.SeedAddress);
         Assert.True(code == 0, error);
         await fed.WaitAsync("to-cancel", Generous, s => s.Current is { Stage: "collect" });
+        // Each party logs the stop of its work: watched on its node's event stream from before the cancel.
+        var stopped = fed.Parties.ToDictionary(kv => kv.Key, kv => Logged(kv.Value.System, "(cancelled by the job)"));
         // Three parties training flat out starve a 2-core machine's actor threads: the cancel gets a generous answer time.
         (code, output, error) = Run("job", "cancel", "to-cancel", "--seed", fed.SeedAddress, "--timeout", "180");
         Assert.True(code == 0, error);
         Assert.Equal("job to-cancel: Cancelled", output.Trim());
-        // Each party's work of the cancelled round is stopped (their node logs say so), long before 200 epochs could end.
-        var logs = fed.Parties.Values.Select(n => Path.Combine(n.Options.DataDir, "node.log")).ToList();
+        // Each party's work of the cancelled round is stopped, long before 200 epochs could end.
         static string Read(string log) => File.Exists(log) ? File.ReadAllText(log) : "";
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (!logs.All(l => Read(l).Contains("(cancelled by the job)")))
+        try { await Task.WhenAll(stopped.Values).WaitAsync(TimeSpan.FromSeconds(30)); }
+        catch (TimeoutException)
         {
-            // On failure, say which party did not stop and what its node logged of the job.
-            Assert.True(DateTime.UtcNow < deadline, "every party stops its training within seconds of the cancel; " + string.Join(" | ",
-                logs.Where(l => !Read(l).Contains("(cancelled by the job)")).Select(l => l + ": " + string.Join(" / ",
-                    Read(l).Split('\n').Where(x => x.Contains("to-cancel") || x.Contains("WARN") || x.Contains("ERROR")).TakeLast(8)))));
-            await Task.Delay(200);
+            // Say which party did not stop and what its node logged of the job.
+            Assert.Fail("every party stops its training within seconds of the cancel; " + string.Join(" | ",
+                stopped.Where(kv => !kv.Value.IsCompleted).Select(kv => Path.Combine(fed.Parties[kv.Key].Options.DataDir, "node.log")).Select(l => l + ": " +
+                    string.Join(" / ", Read(l).Split('\n').Where(x => x.Contains("to-cancel") || x.Contains("WARN") || x.Contains("ERROR")).TakeLast(8)))));
         }
         var status = await fed.StatusAsync("to-cancel");
         Assert.Equal(JobState.Cancelled, status.State);
         Assert.Equal(0, status.CompletedRounds);
         // No board runs here: the job events the arbiter publishes for one are dropped unread, not logged as dead letters.
         Assert.DoesNotContain("DeadLetterWithNoSubscribers", Read(Path.Combine(fed.Arbiter.Options.DataDir, "node.log")));
+    }
+
+    /// <summary>Completes when <paramref name="system"/> logs an INFO line containing <paramref name="text"/>.</summary>
+    static Task Logged(ActorSystem system, string text)
+    {
+        var seen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        system.EventStream.Subscribe(system.ActorOf(Props.Create(() => new LogWatch(text, seen))), typeof(Akka.Event.Info));
+        return seen.Task;
+    }
+
+    sealed class LogWatch : ReceiveActor
+    {
+        public LogWatch(string text, TaskCompletionSource seen) =>
+            Receive<Akka.Event.Info>(i => { if (i.Message?.ToString()?.Contains(text) == true) seen.TrySetResult(); });
     }
 
     [Fact]
