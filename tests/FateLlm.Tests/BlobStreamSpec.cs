@@ -76,8 +76,7 @@ public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config(extra: "akka.lo
     public void A_stream_listening_on_every_interface_offers_the_address_others_reach_it_at_on_its_fixed_port()
     {
         var (digest, target) = Blob();
-        int port;
-        using (var free = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0)) { free.Start(); port = ((System.Net.IPEndPoint)free.LocalEndpoint).Port; }
+        var port = Actors.Nodes.LocalFederation.FreePort();
         // Behind NAT: listen on 0.0.0.0, offer the public address (here loopback, so the fetch can reach it).
         using var stream = new BlobStreamServer(_source, "127.0.0.1", null, bindHost: "0.0.0.0", port: port);
         var offer = stream.Offer(digest);

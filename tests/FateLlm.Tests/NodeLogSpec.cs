@@ -19,9 +19,10 @@ public class NodeLogSpec : TestKit
     }
 
     [Fact]
-    public void A_peer_disassociating_is_logged_once_as_a_warning_and_its_supervisor_echo_as_info_without_a_stack_trace()
+    public void The_supervisor_echo_of_a_peer_disassociating_is_info_without_a_stack_trace_and_other_errors_keep_theirs()
     {
-        // What Akka.Remote's endpoint supervisor logs when a peer goes away (a node that left gracefully included).
+        // What Akka.Remote's endpoint supervisor logs when a peer goes away (a node that left gracefully included), after
+        // the WARNING that gates the address, which stays as it is.
         var type = typeof(Akka.Remote.RemoteTransport).Assembly.GetType(NodeLog.Disassociated, throwOnError: true)!;
         Exception disassociated;
         try { throw (Exception)Activator.CreateInstance(type, "Disassociated")!; }
