@@ -66,20 +66,20 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         });
         Receive<SecureAggregationStepStarted>(s =>
         {
-            _secure[s.Work] = new SecureStepView(s.Step, s.Parties, []);
-            Event("info", $"{s.Work}: secure aggregation step '{s.Step}' asks {string.Join(", ", s.Parties)}");
+            _secure[s.Work] = new SecureStepView(s.Step.Name(), s.Parties, []);
+            Event("info", $"{s.Work}: secure aggregation step '{s.Step.Name()}' asks {string.Join(", ", s.Parties)}");
         });
         Receive<SecureAggregationStepAnswered>(a =>
         {
-            if (_secure.TryGetValue(a.Work, out var v) && v.Step == a.Step)
+            if (_secure.TryGetValue(a.Work, out var v) && v.Step == a.Step.Name())
                 _secure[a.Work] = v with { Waiting = v.Waiting.Where(o => o != a.Org).ToArray(), Answered = [.. v.Answered, a.Org] };
             Changed();
         });
         Receive<SecureAggregationDropout>(d =>
         {
-            SetParty(d.Work, d.Org, "dropped", $"secure aggregation step '{d.Step}': {d.Reason}", onlyFrom: null);
+            SetParty(d.Work, d.Org, "dropped", $"secure aggregation step '{d.Step.Name()}': {d.Reason}", onlyFrom: null);
             if (_secure.TryGetValue(d.Work, out var v)) _secure[d.Work] = v with { Waiting = v.Waiting.Where(o => o != d.Org).ToArray() };
-            Event("warning", $"{d.Work}: party {d.Org} dropped out of secure aggregation at '{d.Step}': {d.Reason}");
+            Event("warning", $"{d.Work}: party {d.Org} dropped out of secure aggregation at '{d.Step.Name()}': {d.Reason}");
         });
         Receive<Flush>(_ => Publish());
         Receive<SubscribeAck>(_ => { });
@@ -129,7 +129,7 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         {
             var work = new WorkId(s.JobId, c.Round, c.Attempt, c.Exchange);
             var parties = _parties.TryGetValue(work, out var known) ? known : _parties[work] = new();
-            if (parties.Count == 0 && c.Stage == "collect")
+            if (parties.Count == 0 && c.Stage == RoundStage.Collect)
                 Event("info", $"job {s.JobId}: round {c.Round} attempt {c.Attempt} exchange {c.Exchange} asks {string.Join(", ", c.Asked)}");
             foreach (var org in c.Asked) parties.TryAdd(org, new PartyView(org, "asked", null, DateTime.UtcNow));
             foreach (var (org, answer) in c.Answers)
@@ -180,7 +180,7 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
             var work = new WorkId(s.JobId, c.Round, c.Attempt, c.Exchange);
             var parties = _parties.GetValueOrDefault(work)?.Values.OrderBy(p => p.Org, StringComparer.Ordinal)
                 .Select(p => p.State == "training" ? p with { Detail = $"{(DateTime.UtcNow - p.Since).TotalSeconds:F0} s" } : p).ToArray() ?? [];
-            current = new CurrentRoundView(c.Round, c.Attempt, c.Exchange, c.Stage, parties, _secure.GetValueOrDefault(work));
+            current = new CurrentRoundView(c.Round, c.Attempt, c.Exchange, c.Stage.Name(), parties, _secure.GetValueOrDefault(work));
         }
         return new JobView(s.JobId, s.State.ToString().ToLowerInvariant(), s.Algorithm, s.CompletedRounds, s.TotalRounds, s.Reason, s.Epsilon,
             current, s.Rounds.Select(r => Point(r, _ended.GetValueOrDefault((s.JobId, r.Round)))).ToArray(), s.FinalEvaluation, s.OutputDir);

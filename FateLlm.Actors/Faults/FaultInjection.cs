@@ -1,10 +1,42 @@
+using System.Globalization;
 using Akka.Actor;
 using Akka.Configuration;
 using Akka.Event;
+using FateLlm.Training.Federation;
 
 namespace FateLlm.Actors.Faults;
 
 public enum FaultAction { Throw, Terminate }
+
+/// <summary>
+/// The closed set of places an actor trips a fault (see <c>fate-llm.fault-injection.points</c> in reference.conf). A
+/// configuration naming any other point is refused at load, so a misspelt point cannot silently never fire.
+/// </summary>
+public static class FaultPoints
+{
+    public const string JobPrepared = "job.prepared", JobRoundStarted = "job.round-started", JobRoundCompleted = "job.round-completed",
+        JobEvaluating = "job.evaluating", JobExporting = "job.exporting";
+    public const string RoundCollected = "round.collected", RoundStepped = "round.stepped";
+    public const string PartyFit = "party.fit", PartyShare = "party.share", PartyMask = "party.mask", PartyUnmask = "party.unmask",
+        PartyEvaluate = "party.evaluate";
+    /// <summary>Storing a fetched blob fails (an I/O error at the move into the store).</summary>
+    public const string TransferCommit = "transfer.commit";
+
+    public static readonly IReadOnlyList<string> All =
+    [
+        JobPrepared, JobRoundStarted, JobRoundCompleted, JobEvaluating, JobExporting, RoundCollected, RoundStepped,
+        PartyFit, PartyShare, PartyMask, PartyUnmask, PartyEvaluate, TransferCommit,
+    ];
+
+    /// <summary>The point of a party's secure-aggregation step.</summary>
+    public static string OfSecAggStep(Parties.SecAggStep step) => step switch
+    {
+        Parties.SecAggStep.Share => PartyShare,
+        Parties.SecAggStep.Mask => PartyMask,
+        Parties.SecAggStep.Unmask => PartyUnmask,
+        _ => throw new ArgumentOutOfRangeException(nameof(step), step, null),
+    };
+}
 
 /// <summary>One deterministic crash point (see <c>fate-llm.fault-injection.points</c> in reference.conf).</summary>
 public sealed record FaultPoint(string At, string Org, int Round, int Phase, FaultAction Action, int Times)
@@ -29,11 +61,16 @@ public sealed class FaultInjection
 
     public FaultInjection(IReadOnlyList<FaultPoint> points)
     {
+        foreach (var p in points)
+            if (!FaultPoints.All.Contains(p.At)) throw new ArgumentException(Unknown(p.At));
         _points = points.ToArray();
         _fired = new int[_points.Length];
     }
 
     public IReadOnlyList<FaultPoint> Points => _points;
+
+    static string Unknown(string at) =>
+        $"'{at}' is not a fault point (did you mean '{Spelling.Nearest(at, FaultPoints.All)}'? known: {string.Join(", ", FaultPoints.All)})";
 
     public static FaultInjection FromConfig(Config config)
     {
@@ -42,8 +79,12 @@ public sealed class FaultInjection
         var points = config.GetValue(path).GetArray().Select((v, i) =>
         {
             var o = v.GetObject() ?? throw new ConfigurationException($"{path}[{i}] must be an object {{ at, org, round, phase, action, times }}");
+            foreach (var key in o.Items.Keys)
+                if (!Keys.Contains(key)) throw new ConfigurationException($"{path}[{i}].{key} is not a field of a fault point (did you mean '{Spelling.Nearest(key, Keys)}'?)");
             string S(string k, string fallback) => o.Items.TryGetValue(k, out var x) ? x.GetString() : fallback;
-            int I(string k, int fallback) => o.Items.TryGetValue(k, out var x) ? int.Parse(x.GetString()) : fallback;
+            int I(string k, int fallback) => !o.Items.TryGetValue(k, out var x) ? fallback
+                : int.TryParse(x.GetString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n >= 0 ? n
+                : throw new ConfigurationException($"{path}[{i}].{k} = '{x.GetString()}' is not a whole number ≥ 0");
             var action = S("action", "throw").ToLowerInvariant() switch
             {
                 "throw" => FaultAction.Throw,
@@ -51,11 +92,14 @@ public sealed class FaultInjection
                 var a => throw new ConfigurationException($"{path}[{i}].action '{a}' is not throw or terminate"),
             };
             var at = S("at", "");
-            if (at.Length == 0) throw new ConfigurationException($"{path}[{i}].at is required");
+            if (at.Length == 0) throw new ConfigurationException($"{path}[{i}].at is required (one of {string.Join(", ", FaultPoints.All)})");
+            if (!FaultPoints.All.Contains(at)) throw new ConfigurationException($"{path}[{i}].at: {Unknown(at)}");
             return new FaultPoint(at, S("org", ""), I("round", 0), I("phase", 0), action, I("times", 1)) { Job = S("job", "") };
         }).ToList();
         return new FaultInjection(points);
     }
+
+    static readonly string[] Keys = ["at", "org", "job", "round", "phase", "action", "times"];
 
     /// <summary>
     /// Fires the first point matching <paramref name="at"/> that has firings left. Throws for <see cref="FaultAction.Throw"/>;

@@ -60,7 +60,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     string[] _waitingFor = [];
     RoundInFlight? _current;
     /// <summary>The stage in flight and when it began, for the stage-duration metric.</summary>
-    (string Stage, DateTime Since)? _stage;
+    (RoundStage Stage, DateTime Since)? _stage;
     AttemptFailure? _lastFailure;
 
     public override string PersistenceId => "job-" + _jobId;
@@ -68,7 +68,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
 
     sealed record Prepared(JobSpec Spec, AlgorithmState Initial, string SpecDigest);
     sealed record PreparationFailed(string Reason);
-    sealed record RoundWatchdog(int Round, int Attempt, string Stage, TimeSpan Budget);
+    sealed record RoundWatchdog(int Round, int Attempt, RoundStage Stage, TimeSpan Budget);
     sealed record EvaluationPlanned(PartyInstruction? Instruction);
     sealed record PresenceCheck;
     sealed record WaitedTooLong;
@@ -132,7 +132,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             var missing = Absent(AlgorithmCatalog.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
             foreach (var s in _submitters) s.Tell(new JobAccepted(_jobId) { WaitingFor = missing, WaitUpTo = missing.Length > 0 ? _s.WaitForParties : TimeSpan.Zero });
             _submitters.Clear();
-            _s.Faults.Trip("job.prepared", Context, job: _jobId);
+            _s.Faults.Trip(FaultPoints.JobPrepared, Context, job: _jobId);
             StartAttempt(1, 1, resume: null);
         }));
         Command<PreparationFailed>(f =>
@@ -153,8 +153,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Watch(p.Stage, p.Budget);
             EndStage();
             _stage = (p.Stage, DateTime.UtcNow);
-            _current = new RoundInFlight(p.Round, p.Attempt, p.Phase, p.Stage, p.Stage == "collect" ? p.Asked : _current?.Asked ?? [],
-                p.Stage == "collect" ? new Dictionary<string, string>() : _current?.Answers ?? new Dictionary<string, string>());
+            _current = new RoundInFlight(p.Round, p.Attempt, p.Phase, p.Stage, p.Stage == RoundStage.Collect ? p.Asked : _current?.Asked ?? [],
+                p.Stage == RoundStage.Collect ? new Dictionary<string, string>() : _current?.Answers ?? new Dictionary<string, string>());
         });
         Command<RoundPartyAnswered>(a => a.Round == _round && a.Attempt == _attempt && _current is not null, a =>
             _current = _current! with { Answers = new Dictionary<string, string>(_current.Answers) { [a.Org] = a.Succeeded ? "ok" : a.Reason ?? "failed" } });
@@ -162,7 +162,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Persist(new RoundPhaseCompleted(p.Round, p.Attempt, p.Phase, p.State, p.Next, DateTime.UtcNow), Apply));
         Command<RoundFinished>(r => r.Round == _round && r.Attempt == _attempt, OnRoundFinished);
         Command<RoundWatchdog>(w => w.Round == _round && w.Attempt == _attempt, w => OnRoundFinished(new RoundFinished(_jobId, w.Round, w.Attempt, false,
-            $"the round did not report back within its budget for stage '{w.Stage}' ({w.Budget.TotalSeconds:G4} s); the arbiter lost it", null, null)));
+            $"the round did not report back within its budget for stage '{w.Stage.Name()}' ({w.Budget.TotalSeconds:G4} s); the arbiter lost it", null, null)));
         IgnoreStaleRounds();
     }
 
@@ -286,7 +286,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         if (((ExtendedActorSystem)Context.System).Provider is not Akka.Cluster.ClusterActorRefProvider) return; // a job run without a cluster (specs)
         var cluster = Akka.Cluster.Cluster.Get(Context.System);
-        var others = cluster.State.Members.Where(m => m.HasRole("arbiter") && m.Status == Akka.Cluster.MemberStatus.Up && m.Address != cluster.SelfAddress).ToList();
+        var others = cluster.State.Members.Where(m => m.HasRole(Nodes.ClusterRoles.Arbiter) && m.Status == Akka.Cluster.MemberStatus.Up && m.Address != cluster.SelfAddress).ToList();
         foreach (var digest in _state!.Artifacts.Values.Append(_specDigest).Where(_s.Store.Has).Distinct())
             foreach (var m in others)
                 Context.ActorSelection(new RootActorPath(m.Address) / "user" / Transfer.BlobServer.Name).Tell(new ReplicateBlob(Blob(digest)));
@@ -379,9 +379,9 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         {
             Apply(e);
             _resume = resume;
-            if (_s.Faults.Trip("job.round-started", Context, round: round, job: _jobId)) return;
+            if (_s.Faults.Trip(FaultPoints.JobRoundStarted, Context, round: round, job: _jobId)) return;
             Replicate();
-            Watch("configure", spec.Round.Deadline + SecureSteps(spec));
+            Watch(RoundStage.Configure, spec.Round.Deadline + SecureSteps(spec));
             _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
                 resume is null ? "" : $", resuming at exchange {resume.Phase}");
@@ -421,12 +421,12 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         spec.SecureAggregation.Enabled ? spec.SecureAggregation.PhaseTimeout * SecureAggregationOptions.TimedSteps : TimeSpan.Zero;
 
     /// <summary>The watchdog gives the round's current stage its own budget plus slack, so a slow but alive round is never cut off.</summary>
-    void Watch(string stage, TimeSpan budget) =>
+    void Watch(RoundStage stage, TimeSpan budget) =>
         Timers.StartSingleTimer("watchdog", new RoundWatchdog(_round, _attempt, stage, budget + _s.WatchdogSlack), budget + _s.WatchdogSlack);
 
     void EndStage()
     {
-        if (_stage is { } st) Telemetry.FederationMetrics.StageEnded(_jobId, st.Stage, (DateTime.UtcNow - st.Since).TotalSeconds);
+        if (_stage is { } st) Telemetry.FederationMetrics.StageEnded(_jobId, st.Stage.Name(), (DateTime.UtcNow - st.Since).TotalSeconds);
         _stage = null;
     }
 
@@ -455,7 +455,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 Telemetry.FederationMetrics.RoundCompleted(_jobId, summary);
                 if (summary.Privacy is { } priv) _log.Info(
                     $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
-                if (_s.Faults.Trip("job.round-completed", Context, round: r.Round, job: _jobId)) return;
+                if (_s.Faults.Trip(FaultPoints.JobRoundCompleted, Context, round: r.Round, job: _jobId)) return;
                 WithStateHere(() =>
                 {
                     if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1, resume: null);
@@ -509,7 +509,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         Replicate();
         Become(Evaluating);
-        _s.Faults.Trip("job.evaluating", Context, job: _jobId);
+        _s.Faults.Trip(FaultPoints.JobEvaluating, Context, job: _jobId);
         var (server, ctx, state) = (AlgorithmCatalog.For(_spec!).Server, ServerContextFor(_spec!), _state!);
         Task.Run(() => (object)new EvaluationPlanned(server.Evaluation(ctx, state)))
             .PipeTo(Self, failure: e => new EvaluationPlanned(null));
@@ -558,7 +558,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Persist(new FinalEvaluationRecorded(results, DateTime.UtcNow), e =>
         {
             Apply(e);
-            if (_s.Faults.Trip("job.exporting", Context, job: _jobId)) return;
+            if (_s.Faults.Trip(FaultPoints.JobExporting, Context, job: _jobId)) return;
             var spec = _spec!;
             var (server, ctx, state, rounds) = (AlgorithmCatalog.For(spec).Server, ServerContextFor(spec), _state!, _rounds.ToArray());
             Task.Run(() =>
@@ -632,7 +632,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         }
     }
 
-    JobStatus Status() => new(_jobId, _status, _rounds.Count, _spec?.Rounds ?? 0, _attempt, _state?.Find(Training.Algorithms.HomoPeft.HomoPeftAlgorithm.Global),
+    JobStatus Status() => new(_jobId, _status, _rounds.Count, _spec?.Rounds ?? 0, _attempt, _state?.Find(AlgorithmState.Global),
         _reason ?? _stoppedEarly, _rounds.ToArray(), _evaluation, _outputDir ?? _spec?.OutputDir)
     {
         Epsilon = _rounds.LastOrDefault(r => r.Privacy != null)?.Privacy?.Epsilon,

@@ -70,6 +70,6 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
 }
 
 /// <param name="Answers">Party → "ok" or the reason it failed, for the exchange in flight.</param>
-public sealed record RoundInFlight(int Round, int Attempt, int Exchange, string Stage, string[] Asked, IReadOnlyDictionary<string, string> Answers) : IControlMessage;
+public sealed record RoundInFlight(int Round, int Attempt, int Exchange, Rounds.RoundStage Stage, string[] Asked, IReadOnlyDictionary<string, string> Answers) : IControlMessage;
 
 public sealed record AttemptFailure(int Round, int Attempt, string Reason) : IControlMessage;

@@ -31,7 +31,7 @@ public sealed class MembershipAnnouncer : ReceiveActor
     {
         var org = m.Roles.FirstOrDefault(r => r.StartsWith(Parties.PartyPlacement.RolePrefix));
         var what = org is not null ? $"party {org[Parties.PartyPlacement.RolePrefix.Length..]}"
-            : string.Join(", ", m.Roles.Where(r => r is "seed" or "arbiter" or "client"));
+            : string.Join(", ", m.Roles.Where(r => r is Nodes.ClusterRoles.Seed or Nodes.ClusterRoles.Arbiter or Nodes.ClusterRoles.Client));
         return $"{what} at {m.Address}";
     }
 

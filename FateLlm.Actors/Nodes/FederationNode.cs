@@ -18,6 +18,21 @@ namespace FateLlm.Actors.Nodes;
 
 public enum NodeRole { Seed, Arbiter, Party, Client }
 
+/// <summary>The cluster roles a node carries (besides <c>org-&lt;id&gt;</c> and service roles): one name per <see cref="NodeRole"/>.</summary>
+public static class ClusterRoles
+{
+    public const string Seed = "seed", Arbiter = "arbiter", Party = "party", Client = "client";
+
+    public static string Of(NodeRole role) => role switch
+    {
+        NodeRole.Seed => Seed,
+        NodeRole.Arbiter => Arbiter,
+        NodeRole.Party => Party,
+        NodeRole.Client => Client,
+        _ => throw new ArgumentOutOfRangeException(nameof(role), role, null),
+    };
+}
+
 /// <summary>How to start one node of the federation.</summary>
 public sealed record NodeOptions
 {
@@ -97,7 +112,7 @@ public sealed class FederationNode : IAsyncDisposable
 
     public static Config BuildConfig(NodeOptions o)
     {
-        var roles = new List<string> { o.Role.ToString().ToLowerInvariant() };
+        var roles = new List<string> { ClusterRoles.Of(o.Role) };
         if (o.Role == NodeRole.Party)
         {
             if (string.IsNullOrWhiteSpace(o.Org)) throw new ArgumentException("a party node needs --org");
@@ -169,6 +184,7 @@ public sealed class FederationNode : IAsyncDisposable
         var config = system.Settings.Config;
         Directory.CreateDirectory(config.GetString("fate-llm.data-dir"));
         var store = new BlobStore(Path.Combine(config.GetString("fate-llm.data-dir"), "blobs"));
+        var faults = FaultInjection.FromConfig(config);
         var transfer = new TransferSettings(
             (int)config.GetByteSize("fate-llm.transfer.chunk-size")!.Value,
             config.GetInt("fate-llm.transfer.window"),
@@ -179,7 +195,7 @@ public sealed class FederationNode : IAsyncDisposable
             ProgressInterval = config.GetTimeSpan("fate-llm.transfer.progress-interval"),
             GatherRetry = config.GetTimeSpan("fate-llm.transfer.gather-retry"),
             GatherDeadline = config.GetTimeSpan("fate-llm.transfer.gather-deadline"),
-            Stream = config.GetBoolean("fate-llm.transfer.stream"), StreamTls = o.Tls,
+            Stream = config.GetBoolean("fate-llm.transfer.stream"), StreamTls = o.Tls, Faults = faults,
         };
         // The data plane: bulk bytes on their own TCP stream (control stays on Akka.Remote); dropped chunks are a fault
         // injected into the chunk path, so a node injecting them streams nothing.
@@ -204,7 +220,6 @@ public sealed class FederationNode : IAsyncDisposable
             system.ActorOf(ModelService.Props(ModelServiceSettings.FromConfig(config, sv, store, blobServer, o.Tls)), ModelService.ActorName(sv.Name));
         var sharding = ClusterSharding.Get(system);
         var modelsRoot = config.GetString("fate-llm.models-root");
-        var faults = FaultInjection.FromConfig(config);
         var presence = new ClusterPresence(system);
         var cluster = Akka.Cluster.Cluster.Get(system);
         var refused = new StrongBox<string?>();
@@ -219,7 +234,7 @@ public sealed class FederationNode : IAsyncDisposable
                     Faults = faults,
                     TrainerBackoffMin = config.GetTimeSpan("fate-llm.party.trainer-backoff-min"),
                     TrainerBackoffMax = config.GetTimeSpan("fate-llm.party.trainer-backoff-max"),
-                    IsArbiter = address => cluster.State.Members.Any(m => m.Address == address && m.HasRole("arbiter")),
+                    IsArbiter = address => cluster.State.Members.Any(m => m.Address == address && m.HasRole(ClusterRoles.Arbiter)),
                     VerifyPlacement = org =>
                     {
                         // Private data never leaves its owner: refuse to run on a node without this organization's role.
@@ -227,9 +242,9 @@ public sealed class FederationNode : IAsyncDisposable
                             throw new InvalidOperationException($"party '{org}' refused to start on {cluster.SelfAddress}: the node lacks role {PartyPlacement.RoleOf(org)}");
                     },
                 }),
-                ClusterShardingSettings.Create(system).WithRole("party"), new PartyMessageExtractor(), new PartyPlacement(system, proven),
+                ClusterShardingSettings.Create(system).WithRole(ClusterRoles.Party), new PartyMessageExtractor(), new PartyPlacement(system, proven),
                 PoisonPill.Instance)
-            : sharding.StartProxy(PartyRegionName, "party", new PartyMessageExtractor());
+            : sharding.StartProxy(PartyRegionName, ClusterRoles.Party, new PartyMessageExtractor());
         // The party entity starts once its node is up rather than when a round first asks it: its shard's allocation and
         // start then stay out of round 1 (the ack is only awaited so that it does not end in dead letters).
         if (o.Role == NodeRole.Party)
@@ -246,7 +261,7 @@ public sealed class FederationNode : IAsyncDisposable
                 ModelsRoot = modelsRoot, Faults = faults, Sharded = true,
             };
             round = sharding.Start(RoundRegionName, _ => AggregationRound.Props(roundSettings),
-                ClusterShardingSettings.Create(system).WithRole("arbiter"), new RoundMessageExtractor(roundShards));
+                ClusterShardingSettings.Create(system).WithRole(ClusterRoles.Arbiter), new RoundMessageExtractor(roundShards));
             var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot)
             {
                 Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults, Sharded = true, Transfer = transfer,
@@ -254,12 +269,12 @@ public sealed class FederationNode : IAsyncDisposable
                 WaitForParties = config.GetTimeSpan("fate-llm.job.wait-for-parties"), PresencePoll = config.GetTimeSpan("fate-llm.job.presence-poll"),
             };
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
-                ClusterShardingSettings.Create(system).WithRole("arbiter").WithRememberEntities(true), new JobMessageExtractor(jobShards));
+                ClusterShardingSettings.Create(system).WithRole(ClusterRoles.Arbiter).WithRememberEntities(true), new JobMessageExtractor(jobShards));
         }
         else
         {
-            round = sharding.StartProxy(RoundRegionName, "arbiter", new RoundMessageExtractor(roundShards));
-            job = sharding.StartProxy(JobRegionName, "arbiter", new JobMessageExtractor(jobShards));
+            round = sharding.StartProxy(RoundRegionName, ClusterRoles.Arbiter, new RoundMessageExtractor(roundShards));
+            job = sharding.StartProxy(JobRegionName, ClusterRoles.Arbiter, new JobMessageExtractor(jobShards));
         }
         return new FederationNode(system, o, store, blobServer, job, round, party, refused) { BlobTransfer = transfer };
     }

@@ -1,4 +1,5 @@
 using Akka.Actor;
+using FateLlm.Actors.Faults;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Algorithms;
@@ -51,7 +52,7 @@ internal sealed class EvaluationWork : ReceiveActor
             Reply(null, $"party '{Org}' has no evaluation data for job {_request.JobId}");
             return;
         }
-        if (_s.Faults.Trip("party.evaluate", Context, Org, job: _request.JobId)) return;
+        if (_s.Faults.Trip(FaultPoints.PartyEvaluate, Context, Org, job: _request.JobId)) return;
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
         _trainer.Tell(new RunEvaluation(_request.JobId, _s.ContextFor(spec, party, 0, 0, 0), instruction, _files.Downloads, _cancel.Token));
     }

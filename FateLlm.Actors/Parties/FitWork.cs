@@ -1,4 +1,5 @@
 using Akka.Actor;
+using FateLlm.Actors.Faults;
 using Akka.Event;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Algorithms;
@@ -35,7 +36,7 @@ internal sealed class FitWork : ReceiveActor
     SecAggClient? _secAgg;
     byte[]? _update;
     long _samples;
-    readonly Dictionary<string, object> _stepAnswers = new();
+    readonly Dictionary<SecAggStep, object> _stepAnswers = new();
     readonly List<IActorRef> _maskWaiters = new();
 
     sealed record Masked(string Digest, long Size);
@@ -120,7 +121,7 @@ internal sealed class FitWork : ReceiveActor
             Fail(problem);
             return;
         }
-        if (_s.Faults.Trip("party.fit", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
+        if (_s.Faults.Trip(FaultPoints.PartyFit, Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
         Become(Fitting);
         _trainer.Tell(new RunFit(Id, _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase), _request.Exchange, instruction, _files.Downloads, _cancel.Token));
@@ -187,7 +188,7 @@ internal sealed class FitWork : ReceiveActor
             if (_stepAnswers.TryGetValue(r.Step, out var done)) { Sender.Tell(done); return; }
             _maskWaiters.Add(Sender);
             if (_maskWaiters.Count > 1) return; // masking already under way: answer everyone when it ends
-            if (_s.Faults.Trip("party.mask", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
+            if (_s.Faults.Trip(FaultPoints.PartyMask, Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
             var (client, update, layout, samples, spec, store) = (_secAgg!, _update!, _files.PathOf(_request.VectorLayout!), _samples, _spec!, _s.Store);
             var expected = _request.Cohort.Length;
             // Masking touches every value of the update: off the actor thread.
@@ -198,13 +199,13 @@ internal sealed class FitWork : ReceiveActor
             }).PipeTo(Self, failure: e => new MaskFailed(e.GetBaseException().Message));
         });
         Receive<Masked>(m => AnswerMask(new SecAggMaskedReady(Org, Id, new BlobLocation(m.Digest, m.Size, _s.BlobServer))));
-        Receive<MaskFailed>(f => AnswerMask(new SecAggStepFailed(Org, Id, "mask", f.Reason)));
+        Receive<MaskFailed>(f => AnswerMask(new SecAggStepFailed(Org, Id, SecAggStep.Mask, f.Reason)));
         Receive<SecAggUnmaskRequest>(r => Step(r, () => new SecAggUnmaskReady(Org, Id, _secAgg!.Unmask(r.Survivors))));
     }
 
     void AnswerMask(object answer)
     {
-        _stepAnswers["mask"] = answer;
+        _stepAnswers[SecAggStep.Mask] = answer;
         foreach (var w in _maskWaiters) w.Tell(answer);
         _maskWaiters.Clear();
     }
@@ -214,11 +215,11 @@ internal sealed class FitWork : ReceiveActor
     {
         if (!_stepAnswers.TryGetValue(r.Step, out var answer))
         {
-            if (_s.Faults.Trip($"party.{r.Step}", Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
+            if (_s.Faults.Trip(FaultPoints.OfSecAggStep(r.Step), Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
             try { answer = run(); }
             catch (SecAggException e)
             {
-                _log.Warning("party {0}: secure aggregation step {1} of {2} refused: {3}", Org, r.Step, Id, e.Message);
+                _log.Warning("party {0}: secure aggregation step {1} of {2} refused: {3}", Org, r.Step.Name(), Id, e.Message);
                 answer = new SecAggStepFailed(Org, Id, r.Step, e.Message);
             }
             _stepAnswers[r.Step] = answer;

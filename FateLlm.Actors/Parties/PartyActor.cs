@@ -138,7 +138,7 @@ public sealed class PartyActor : ReceiveActor
     {
         if (!Sender.Path.Address.HasLocalScope && !_s.IsArbiter(Sender.Path.Address))
         {
-            _log.Warning("party {0}: secure aggregation step {1} of {2} requested by {3}, which is not an arbiter; refused", _s.Org, r.Step, r.Id, Sender.Path.Address);
+            _log.Warning("party {0}: secure aggregation step {1} of {2} requested by {3}, which is not an arbiter; refused", _s.Org, r.Step.Name(), r.Id, Sender.Path.Address);
             return;
         }
         if (_works.TryGetValue(r.Id, out var work)) work.Forward(r);

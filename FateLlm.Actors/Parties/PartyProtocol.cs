@@ -54,17 +54,24 @@ public sealed record EvaluateReply(string Org, string JobId, PartyEvaluation? Re
 // Secure aggregation steps 2–4 (step 1, the keys, rides on UpdateReady). Each request is idempotent per work id: a
 // repeat gets the same answer. Shares and masks are tied to the exchange's session id.
 
+/// <summary>The party's steps of SecAgg+ after advertising its keys (step 1 rides on its offer).</summary>
+public enum SecAggStep { Share, Mask, Unmask }
+
+public static class SecAggStepNames
+{
+    public static string Name(this SecAggStep step) => step.ToString().ToLowerInvariant();
+}
+
 public interface ISecAggRequest : IPartyCommand
 {
     WorkId Id { get; }
-    /// <summary>share | mask | unmask</summary>
-    string Step { get; }
+    SecAggStep Step { get; }
 }
 
 /// <summary>Step 2: the keys of the party's neighbours that advertised; answer with sealed shares.</summary>
 public sealed record SecAggShareRequest(string Org, WorkId Id, SecAggKeys[] Advertised) : ISecAggRequest
 {
-    public string Step => "share";
+    public SecAggStep Step => SecAggStep.Share;
 }
 
 public sealed record SecAggSharesReady(string Org, WorkId Id, ShareBundle Bundle) : IControlMessage;
@@ -72,7 +79,7 @@ public sealed record SecAggSharesReady(string Org, WorkId Id, ShareBundle Bundle
 /// <summary>Step 3: the shares addressed to this party and this round's clip norm; answer with the masked input's blob.</summary>
 public sealed record SecAggMaskRequest(string Org, WorkId Id, EncryptedShare[] Inbox, double ClipNorm) : ISecAggRequest
 {
-    public string Step => "mask";
+    public SecAggStep Step => SecAggStep.Mask;
 }
 
 public sealed record SecAggMaskedReady(string Org, WorkId Id, BlobLocation Masked) : IControlMessage;
@@ -80,9 +87,9 @@ public sealed record SecAggMaskedReady(string Org, WorkId Id, BlobLocation Maske
 /// <summary>Step 4: who uploaded a masked input; answer with the shares that let the arbiter strip the masks.</summary>
 public sealed record SecAggUnmaskRequest(string Org, WorkId Id, string[] Survivors) : ISecAggRequest
 {
-    public string Step => "unmask";
+    public SecAggStep Step => SecAggStep.Unmask;
 }
 
 public sealed record SecAggUnmaskReady(string Org, WorkId Id, UnmaskShares Shares) : IControlMessage;
 
-public sealed record SecAggStepFailed(string Org, WorkId Id, string Step, string Reason) : IControlMessage;
+public sealed record SecAggStepFailed(string Org, WorkId Id, SecAggStep Step, string Reason) : IControlMessage;

@@ -172,7 +172,7 @@ public sealed class AggregationRound : ReceiveActor
             kv.Value.Downloads.ToDictionary(d => d.Key, d => new BlobLocation(d.Value, _s.Store.Size(d.Value), _s.BlobServer)),
             kv.Value.Parameters, exchange.VectorLayout, cohort));
         var budget = spec.Round.Deadline + (secure ? spec.SecureAggregation.PhaseTimeout * SecureAggregationOptions.TimedSteps : TimeSpan.Zero);
-        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, phase, "collect", budget) { Asked = cohort });
+        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, phase, RoundStage.Collect, budget) { Asked = cohort });
         _log.Info("round {0}: exchange {1} ('{2}') asks {3}", RoundId, phase, exchange.Name, string.Join(", ", cohort));
         _child = Context.ActorOf(UpdateCollection.Props(new CollectionSettings(work, requests, secure, _algorithm.Codec.MaxBytes(exchange, spec.Validation),
             MinAccepted, spec.Round.Deadline, _s)), $"collect-{phase}");
@@ -205,7 +205,7 @@ public sealed class AggregationRound : ReceiveActor
             Finish(Failure(Shortfall(c.Succeeded.Keys)));
             return;
         }
-        if (_s.Faults.Trip("round.collected", Context, round: _start.Round, phase: _phase, job: _start.JobId)) return;
+        if (_s.Faults.Trip(FaultPoints.RoundCollected, Context, round: _start.Round, phase: _phase, job: _start.JobId)) return;
         if (Secure(_exchange)) Sum();
         else
         {
@@ -277,7 +277,7 @@ public sealed class AggregationRound : ReceiveActor
     /// <summary>Validation, DP and the algorithm's server step (which may train) off the actor thread.</summary>
     void Step(Func<StepOutcome> run)
     {
-        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, _phase, "step", _start.Spec.Round.Deadline));
+        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, _phase, RoundStage.Step, _start.Spec.Round.Deadline));
         Become(() =>
         {
             InFlight();
@@ -290,7 +290,7 @@ public sealed class AggregationRound : ReceiveActor
     void OnStepped(Stepped s)
     {
         var o = s.Outcome;
-        if (_s.Faults.Trip("round.stepped", Context, round: _start.Round, phase: _phase, job: _start.JobId)) return;
+        if (_s.Faults.Trip(FaultPoints.RoundStepped, Context, round: _start.Round, phase: _phase, job: _start.JobId)) return;
         foreach (var r in o.Rejected)
         {
             var line = $"{r.Party}: {r.Reason}";
@@ -316,7 +316,7 @@ public sealed class AggregationRound : ReceiveActor
                     t.Metrics.TryGetValue(ClientUpdate.EvalLoss, out var e) ? e : null, t.Upload, t.Download, t.Retransmissions, t.TrainSeconds) { Metrics = t.Metrics }
                 : new PartyRoundReport(org, false, t.Reason ?? "no answer", 0, double.NaN, double.NaN, null, t.Upload, t.Download, t.Retransmissions, t.TrainSeconds);
         }).ToArray();
-        var summary = new RoundSummary(_start.Round, _start.Attempt, _state.Find(Training.Algorithms.HomoPeft.HomoPeftAlgorithm.Global), _clock.Elapsed.TotalSeconds, reports)
+        var summary = new RoundSummary(_start.Round, _start.Attempt, _state.Find(AlgorithmState.Global), _clock.Elapsed.TotalSeconds, reports)
         {
             Privacy = _privacy, Rejections = _rejections.ToArray(), SecureAggregation = _secureSummary, Exchanges = _phase, Metrics = _metrics,
         };

@@ -1,3 +1,5 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Algorithms;
@@ -29,8 +31,28 @@ public sealed record AbortRound(string JobId, int Round, int Attempt, string Rea
     public string RoundId => RoundIds.Of(JobId, Round, Attempt);
 }
 
+/// <summary>What an attempt is doing, as the job's watchdog, its status and the board see it.</summary>
+[JsonConverter(typeof(LowercaseEnumConverter<RoundStage>))]
+public enum RoundStage
+{
+    /// <summary>The job started the attempt; the round configures its first exchange.</summary>
+    Configure,
+    /// <summary>An exchange asks its parties and collects their updates.</summary>
+    Collect,
+    /// <summary>Validation, DP and the algorithm's server step over the collected updates.</summary>
+    Step,
+}
+
+/// <summary>Enums in lowercase in JSON (<c>"collect"</c>), as operators and the board read them.</summary>
+public sealed class LowercaseEnumConverter<T>() : JsonStringEnumConverter<T>(JsonNamingPolicy.KebabCaseLower) where T : struct, Enum;
+
+public static class RoundStageNames
+{
+    public static string Name(this RoundStage stage) => stage.ToString().ToLowerInvariant();
+}
+
 /// <summary>To the job: a stage of the round began and may take this long (the job's watchdog budget).</summary>
-public sealed record RoundProgress(string JobId, int Round, int Attempt, int Phase, string Stage, TimeSpan Budget) : IControlMessage
+public sealed record RoundProgress(string JobId, int Round, int Attempt, int Phase, RoundStage Stage, TimeSpan Budget) : IControlMessage
 {
     /// <summary>For a collect stage: the parties this exchange asks.</summary>
     public string[] Asked { get; init; } = [];

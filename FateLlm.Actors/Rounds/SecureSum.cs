@@ -16,13 +16,13 @@ public sealed record SecureSumReady(SecAggSession Session, SecAggResult Result, 
 public sealed record SecureSumFailed(string Reason, IReadOnlyDictionary<string, string> Dropouts);
 
 /// <summary>Published on the arbiter's event stream as each secure-aggregation step begins (observability, fault specs).</summary>
-public sealed record SecureAggregationStepStarted(WorkId Work, string Step, string[] Parties) : IControlMessage;
+public sealed record SecureAggregationStepStarted(WorkId Work, SecAggStep Step, string[] Parties) : IControlMessage;
 
 /// <summary>Published as a party drops out of secure aggregation at a step (recovered while the threshold holds).</summary>
-public sealed record SecureAggregationDropout(WorkId Work, string Step, string Org, string Reason) : IControlMessage;
+public sealed record SecureAggregationDropout(WorkId Work, SecAggStep Step, string Org, string Reason) : IControlMessage;
 
 /// <summary>Published as a party's answer to a secure-aggregation step is recorded (for a masked input: once it is pulled).</summary>
-public sealed record SecureAggregationStepAnswered(WorkId Work, string Step, string Org) : IControlMessage;
+public sealed record SecureAggregationStepAnswered(WorkId Work, SecAggStep Step, string Org) : IControlMessage;
 
 /// <summary>
 /// Runs SecAgg+ steps 2–4 of one exchange among the parties that advertised keys (U1), as explicit phases: sharing
@@ -44,14 +44,14 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
     readonly Dictionary<string, string> _dropouts = new();
     readonly Dictionary<string, (long Bytes, int Retransmissions)> _uploads = new();
     Dictionary<string, List<EncryptedShare>> _inbox = new();
-    string _step = "share";
+    SecAggStep _step = SecAggStep.Share;
     Func<string, object> _request = _ => throw new InvalidOperationException("no step");
     Func<IEnumerable<string>> _waiting = () => [];
 
     public ITimerScheduler Timers { get; set; } = null!;
 
     sealed record Resend;
-    sealed record PhaseTimeout(string Step);
+    sealed record PhaseTimeout(SecAggStep Step);
     sealed record MaskedRead(string Org, uint[] Words, long Bytes, int Retransmissions);
     sealed record MaskedReadFailed(string Org, string Reason);
 
@@ -70,7 +70,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
     }
 
     /// <summary>What every step handles the same way: re-asking, its timeout, failures, and parties whose node left.</summary>
-    void StepBehaviour(string step, Func<IEnumerable<string>> waiting, Func<string, object> request, Action next)
+    void StepBehaviour(SecAggStep step, Func<IEnumerable<string>> waiting, Func<string, object> request, Action next)
     {
         _step = step;
         _waiting = waiting;
@@ -78,21 +78,21 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         Receive<Resend>(_ => Ask());
         Receive<PhaseTimeout>(t => t.Step == step, _ =>
         {
-            foreach (var org in Waiting()) Drop(org, $"no answer to step '{step}' within {_s.PhaseTimeout.TotalSeconds:G4} s");
+            foreach (var org in Waiting()) Drop(org, $"no answer to step '{step.Name()}' within {_s.PhaseTimeout.TotalSeconds:G4} s");
             foreach (var org in _fetching.ToList()) Drop(org, "masked upload not finished in time");
             _fetching.Clear();
             next();
         });
-        Receive<SecAggStepFailed>(f => f.Id == _s.Work && Waiting().Contains(f.Org), f => { Drop(f.Org, $"{f.Step}: {f.Reason}"); AdvanceIfComplete(next); });
+        Receive<SecAggStepFailed>(f => f.Id == _s.Work && Waiting().Contains(f.Org), f => { Drop(f.Org, $"{f.Step.Name()}: {f.Reason}"); AdvanceIfComplete(next); });
         Receive<PartyNodeLeft>(l =>
         {
             if (!Waiting().Contains(l.Org)) return;
             _fetching.Remove(l.Org);
-            Drop(l.Org, $"its node left the cluster during step '{step}'");
+            Drop(l.Org, $"its node left the cluster during step '{step.Name()}'");
             AdvanceIfComplete(next);
         });
         ReceiveAny(_ => { }); // answers to a step that is over: too late to count
-        _log.Info("exchange {0}: secure aggregation step {1} with {2} parties", _s.Work, step, Waiting().Count);
+        _log.Info("exchange {0}: secure aggregation step {1} with {2} parties", _s.Work, step.Name(), Waiting().Count);
         Context.System.EventStream.Publish(new SecureAggregationStepStarted(_s.Work, step, Waiting().Order().ToArray()));
         Timers.StartSingleTimer("phase", new PhaseTimeout(step), _s.PhaseTimeout);
         Ask();
@@ -113,7 +113,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
             else Answered(r.Org, () => _bundles[r.Org] = r.Bundle);
             AdvanceIfComplete(AfterSharing);
         });
-        StepBehaviour("share", () => _s.Keys.Keys.Where(p => !_bundles.ContainsKey(p)),
+        StepBehaviour(SecAggStep.Share, () => _s.Keys.Keys.Where(p => !_bundles.ContainsKey(p)),
             org => new SecAggShareRequest(org, _s.Work, _s.Keys.Values.Where(k => k.Party != org).OrderBy(k => k.Party, StringComparer.Ordinal).ToArray()),
             AfterSharing);
     });
@@ -158,7 +158,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
         });
         Receive<MaskedReadFailed>(f => _fetching.Contains(f.Org), f => { _fetching.Remove(f.Org); Drop(f.Org, f.Reason); AdvanceIfComplete(AfterMasking); });
         Receive<FetchFailed>(f => _fetching.Contains(f.Correlation), f => { _fetching.Remove(f.Correlation); Drop(f.Correlation, $"masked upload failed: {f.Reason}"); AdvanceIfComplete(AfterMasking); });
-        StepBehaviour("mask", () => _bundles.Keys.Where(p => !_masked.ContainsKey(p)),
+        StepBehaviour(SecAggStep.Mask, () => _bundles.Keys.Where(p => !_masked.ContainsKey(p)),
             org => new SecAggMaskRequest(org, _s.Work, _inbox.GetValueOrDefault(org)?.ToArray() ?? [], _s.ClipNorm), AfterMasking);
     });
 
@@ -177,7 +177,7 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
             AdvanceIfComplete(Unmask);
         });
         var survivors = _masked.Keys.Order(StringComparer.Ordinal).ToArray();
-        StepBehaviour("unmask", () => _masked.Keys.Where(p => !_revealed.ContainsKey(p)), org => new SecAggUnmaskRequest(org, _s.Work, survivors), Unmask);
+        StepBehaviour(SecAggStep.Unmask, () => _masked.Keys.Where(p => !_revealed.ContainsKey(p)), org => new SecAggUnmaskRequest(org, _s.Work, survivors), Unmask);
     });
 
     /// <summary>The unmask itself, off the actor thread; the actor only waits for its result.</summary>

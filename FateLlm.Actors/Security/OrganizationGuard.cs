@@ -91,7 +91,7 @@ public sealed class OrganizationGuard : ReceiveActor, IWithTimers
     {
         var orgRole = m.Roles.FirstOrDefault(r => r.StartsWith(PartyPlacement.RolePrefix));
         if (orgRole != null) return ($"role {orgRole}", (org, _) => PartyPlacement.RoleOf(org) == orgRole);
-        if (m.Roles.Contains("arbiter") || m.Roles.Contains("seed")) return ("an operator role", (org, ops) => ops.Contains(org));
+        if (m.Roles.Contains(Nodes.ClusterRoles.Arbiter) || m.Roles.Contains(Nodes.ClusterRoles.Seed)) return ("an operator role", (org, ops) => ops.Contains(org));
         return null;
     }
 

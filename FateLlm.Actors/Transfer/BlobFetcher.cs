@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Akka.Actor;
 using Akka.Event;
+using FateLlm.Actors.Faults;
 using FateLlm.Training.IO;
 
 namespace FateLlm.Actors.Transfer;
@@ -19,13 +20,18 @@ public sealed record TransferSettings(int ChunkSize, int Window, TimeSpan ChunkT
     public bool Stream { get; init; }
     /// <summary>This node's certificate for TLS streams (nodes running mutual TLS).</summary>
     public Security.NodeTls? StreamTls { get; init; }
+    /// <summary>The node's fault points (<see cref="FaultPoints.TransferCommit"/> fails storing a fetched blob).</summary>
+    public FaultInjection Faults { get; init; } = FaultInjection.None;
 }
 
 /// <summary>
 /// Pulls one blob from a remote <see cref="BlobServer"/> into the local store: at most <c>Window</c> chunks in flight
 /// (memory is bounded by window × chunk size, never the blob), chunks written in place to a scratch file,
-/// re-requests after a timeout, SHA-256 verified off the actor thread before the blob becomes visible. Reports to its
-/// parent with the parent's correlation id and stops. Phases: transferring, verifying.
+/// re-requests after a timeout, SHA-256 verified off the actor thread before the blob becomes visible. A blob that
+/// cannot be stored (an I/O error moving it into place) is fetched again at once, and after
+/// <see cref="TransferSettings.MaxAttemptsPerChunk"/> such failures the fetch fails naming the error, instead of waiting
+/// for the round's deadline. Reports to its parent with the parent's correlation id and stops. Phases: transferring,
+/// verifying.
 /// </summary>
 public sealed class BlobFetcher : ReceiveActor, IWithTimers
 {
@@ -38,7 +44,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     readonly HashSet<int> _received = new();
     int _totalChunks = -1, _next, _retransmissions;
     long _totalBytes, _receivedBytes;
-    int _streamAttempts;
+    int _streamAttempts, _commitAttempts;
     /// <summary>Bytes a cut stream left in the scratch file: the next stream resumes there.</summary>
     long _streamed;
     readonly TransferProgress _progress;
@@ -51,6 +57,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
 
     sealed record Tick;
     sealed record Verified(bool Ok);
+    sealed record CommitFailed(string Reason);
     sealed record StreamTimeout;
     sealed record StreamFailed(string Reason);
 
@@ -83,6 +90,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
             _incoming = null;
             Finish(Math.Max(_totalChunks, 1));
         });
+        Receive<CommitFailed>(f => Refetch(f.Reason));
         Receive<ChunkData>(_ => { }); // late duplicates of chunks already written
         Receive<BlobNotFound>(_ => { });
         Receive<StreamOffered>(_ => { });
@@ -95,13 +103,41 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
             Finish(0);
             return;
         }
+        Start();
+    }
+
+    void Start()
+    {
         _incoming = _store.NewIncoming(_source.Digest);
         if (_s.Stream)
         {
             AskForStream();
             return;
         }
+        Become(Transferring);
         StartChunks();
+    }
+
+    /// <summary>Storing the blob failed: what arrived may be gone or half moved, so it is fetched again from the start.</summary>
+    void Refetch(string reason)
+    {
+        DeleteIncoming();
+        if (++_commitAttempts >= _s.MaxAttemptsPerChunk)
+        {
+            Fail($"blob {_source.Digest[..12]}… arrived but could not be stored ({_commitAttempts} times): {reason}");
+            return;
+        }
+        Context.GetLogger().Warning("blob {0}…: could not be stored ({1}); fetching it again", _source.Digest[..12], reason);
+        _retransmissions++;
+        (_streamed, _next, _totalChunks, _receivedBytes, _streamAttempts) = (0, 0, -1, 0, 0);
+        _received.Clear();
+        _inFlight.Clear();
+        Start();
+    }
+
+    void DeleteIncoming()
+    {
+        if (_incoming != null && File.Exists(_incoming)) File.Delete(_incoming);
     }
 
     // ---- the data plane: one stream, resumed from what arrived when cut; chunks over Akka.Remote when refused ----
@@ -164,7 +200,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     {
         _stop.Cancel();
         _file?.Dispose();
-        if (_incoming != null && File.Exists(_incoming)) File.Delete(_incoming);
+        DeleteIncoming();
     }
 
     // The scheduler's clock, so chunk timeouts follow the same time as the timers that check them (virtual in specs).
@@ -245,8 +281,12 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         _file = null;
         Become(Verifying);
         var (store, incoming, digest) = (_store, _incoming!, _source.Digest);
+        Exception? injected = null;
+        try { _s.Faults.Trip(FaultPoints.TransferCommit, Context); }
+        catch (InjectedFaultException e) { injected = new IOException(e.Message); }
         // Hashing a large blob takes long: off the actor thread.
-        Task.Run(() => new Verified(store.Commit(incoming, digest, hashed))).PipeTo(Self);
+        Task.Run(() => injected is null ? new Verified(store.Commit(incoming, digest, hashed)) : throw injected)
+            .PipeTo(Self, failure: e => new CommitFailed(e.GetBaseException().Message));
     }
 
     void Finish(int chunks)

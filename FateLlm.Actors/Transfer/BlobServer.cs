@@ -28,8 +28,8 @@ public sealed class BlobServer : ReceiveActor
         {
             // Only an arbiter keeps copies, and only of what another arbiter offers (else any member could fill its disk).
             var cluster = Akka.Cluster.Cluster.Get(Context.System);
-            var fromArbiter = cluster.State.Members.Any(m => m.Address == Sender.Path.Address && m.HasRole("arbiter"));
-            if (!cluster.SelfMember.HasRole("arbiter") || !fromArbiter)
+            var fromArbiter = cluster.State.Members.Any(m => m.Address == Sender.Path.Address && m.HasRole(Nodes.ClusterRoles.Arbiter));
+            if (!cluster.SelfMember.HasRole(Nodes.ClusterRoles.Arbiter) || !fromArbiter)
             {
                 log.Warning("refused to replicate blob {0}… for {1}: only arbiters replicate job state among themselves", r.Source.Digest[..12], Sender.Path.Address);
                 return;

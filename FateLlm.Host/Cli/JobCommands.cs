@@ -5,6 +5,7 @@ using Akka.Cluster.Sharding;
 using Spectre.Console;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
+using FateLlm.Actors.Rounds;
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using static FateLlm.Host.Cli.CliApp;
@@ -55,7 +56,7 @@ internal static class JobCommands
         list.With(p => WithClient(p, async node =>
         {
             var cluster = Akka.Cluster.Cluster.Get(node.System);
-            var arbiters = cluster.State.Members.Where(m => m.HasRole("arbiter")).ToList();
+            var arbiters = cluster.State.Members.Where(m => m.HasRole(ClusterRoles.Arbiter)).ToList();
             if (arbiters.Count == 0) throw new InvalidOperationException("no arbiter is up in the cluster");
             var ids = new SortedSet<string>();
             foreach (var a in arbiters)
@@ -185,7 +186,7 @@ internal static class JobCommands
         if (s.WaitingFor.Length > 0) return $"round {s.CompletedRounds + 1}: waiting for a node of {string.Join(", ", s.WaitingFor)} (its quorum needs them)";
         if (s.Current is not { } c) return null;
         var answers = c.Asked.Select(o => c.Answers.TryGetValue(o, out var a) ? (a == "ok" ? $"{o} ✓" : $"{o} ✗ ({a})") : $"{o} …");
-        return $"round {c.Round}/{s.TotalRounds} attempt {c.Attempt}, exchange {c.Exchange} {c.Stage}: {string.Join(", ", answers)}";
+        return $"round {c.Round}/{s.TotalRounds} attempt {c.Attempt}, exchange {c.Exchange} {c.Stage.Name()}: {string.Join(", ", answers)}";
     }
 
     internal static void PrintRound(RoundSummary r, int total)

@@ -82,6 +82,11 @@ public sealed record AlgorithmState(IReadOnlyDictionary<string, string> Artifact
 {
     /// <summary>Reserved for the framework's DP state (the adaptive clip norm).</summary>
     public const string Privacy = "privacy";
+    /// <summary>
+    /// The artifact an algorithm names this when it has one global model (an adapter, a sub-model): the job and the
+    /// round report its digest as the round's and the job's global digest.
+    /// </summary>
+    public const string Global = "global";
 
     public static AlgorithmState Of(params (string Name, string Digest)[] artifacts) =>
         new(artifacts.ToDictionary(a => a.Name, a => a.Digest, StringComparer.Ordinal));

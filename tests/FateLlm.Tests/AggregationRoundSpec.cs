@@ -96,7 +96,7 @@ public sealed class AggregationRoundSpec : TestKit
         var round = Sys.ActorOf(AggregationRound.Props(Settings()));
         round.Tell(Start(spec));
         var progress = Expect<RoundProgress>();
-        Assert.Equal((1, "collect", spec.Round.Deadline), (progress.Phase, progress.Stage, progress.Budget));
+        Assert.Equal((1, RoundStage.Collect, spec.Round.Deadline), (progress.Phase, progress.Stage, progress.Budget));
         var first = Requests(3);
         foreach (var (org, (r, collector)) in first)
         {
@@ -107,7 +107,7 @@ public sealed class AggregationRoundSpec : TestKit
             collector.Tell(new WorkAccepted(org, r.Id));
             collector.Tell(Answer(r, 1));
         }
-        Assert.Equal("step", Expect<RoundProgress>().Stage);
+        Assert.Equal(RoundStage.Step, Expect<RoundProgress>().Stage);
         var done = Expect<RoundPhaseDone>();
         Assert.Equal(1, done.Phase);
         Assert.Equal("e2", done.Next.Name);
@@ -232,7 +232,7 @@ public sealed class AggregationRoundSpec : TestKit
         round.Tell(start);
         foreach (var (_, (r, c)) in Requests(3)) c.Tell(Answer(r, 1));
         // The round fails at the point and its supervisor restarts it empty: no result comes.
-        FishForMessage(m => m is RoundProgress { Stage: "step" } || m is RoundProgress && point == "round.collected", Wait);
+        FishForMessage(m => m is RoundProgress { Stage: RoundStage.Step } || m is RoundProgress && point == "round.collected", Wait);
         ExpectNoMsg(TimeSpan.FromMilliseconds(300)); // a crashed attempt reports nothing
         round.Tell(start); // the job's watchdog re-sends (here: the same attempt) and the round runs it again
         foreach (var (_, (r, c)) in Requests(3)) c.Tell(Answer(r, 1));

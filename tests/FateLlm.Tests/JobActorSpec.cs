@@ -167,7 +167,7 @@ public sealed class JobActorSpec : TestKit
         var job = Submitted(spec);
         var s = NextStart(1, 1);
         // The server step may train for a long time: the round says so.
-        job.Tell(new RoundProgress(s.JobId, 1, 1, 1, "step", TimeSpan.FromSeconds(300)), _rounds.Ref);
+        job.Tell(new RoundProgress(s.JobId, 1, 1, 1, RoundStage.Step, TimeSpan.FromSeconds(300)), _rounds.Ref);
         Status(job); // the report has been handled
         Clock.Advance(TimeSpan.FromSeconds(10) + Slack + TimeSpan.FromSeconds(1));
         _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
@@ -384,11 +384,11 @@ public sealed class JobActorSpec : TestKit
         var spec = ActorSpecs.EchoJob("live");
         var job = Submitted(spec);
         var s = NextStart(1, 1);
-        job.Tell(new RoundProgress(s.JobId, 1, 1, 1, "collect", TimeSpan.FromSeconds(10)) { Asked = ActorSpecs.Orgs }, _rounds.Ref);
+        job.Tell(new RoundProgress(s.JobId, 1, 1, 1, RoundStage.Collect, TimeSpan.FromSeconds(10)) { Asked = ActorSpecs.Orgs }, _rounds.Ref);
         job.Tell(new RoundPartyAnswered(s.JobId, 1, 1, 1, "animal", true, null), _rounds.Ref);
         job.Tell(new RoundPartyAnswered(s.JobId, 1, 1, 1, "food", false, "no answer by the deadline"), _rounds.Ref);
         var current = Status(job).Current!;
-        Assert.Equal((1, 1, 1, "collect"), (current.Round, current.Attempt, current.Exchange, current.Stage));
+        Assert.Equal((1, 1, 1, RoundStage.Collect), (current.Round, current.Attempt, current.Exchange, current.Stage));
         Assert.Equal(ActorSpecs.Orgs, current.Asked);
         Assert.Equal("ok", current.Answers["animal"]);
         Assert.Equal("no answer by the deadline", current.Answers["food"]);

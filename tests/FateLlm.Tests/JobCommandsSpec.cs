@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Configuration;
 using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Rounds;
 using FateLlm.Host.Cli;
 using Xunit;
 
@@ -90,7 +91,7 @@ public class JobCommandsSpec
         var file = JobFile(g, "to-cancel", rounds: 3, epochs: 200, deadline: 600);
         var (code, output, error) = Run("job", "submit", file, "--seed", fed.SeedAddress);
         Assert.True(code == 0, error);
-        await fed.WaitAsync("to-cancel", Generous, s => s.Current is { Stage: "collect" });
+        await fed.WaitAsync("to-cancel", Generous, s => s.Current is { Stage: RoundStage.Collect });
         // Each party logs the stop of its work: watched on its node's event stream from before the cancel.
         var stopped = fed.Parties.ToDictionary(kv => kv.Key, kv => Logged(kv.Value.System, "(cancelled by the job)"));
         // Three parties training flat out starve a 2-core machine's actor threads: the cancel gets a generous answer time.

@@ -49,10 +49,10 @@ public sealed class SecureSumSpec : TestKit
     /// <summary>The parties of the protocol. <c>silent</c>: the step at which a party stops answering; <c>impostor</c>: it signs its shares as someone else.</summary>
     sealed class Parties : ReceiveActor
     {
-        readonly Dictionary<(string, string), object> _answers = new();
+        readonly Dictionary<(string, SecAggStep), object> _answers = new();
 
         public Parties(Dictionary<string, SecAggClient> clients, IReadOnlyDictionary<string, byte[]> updates, byte[] layout, JobSpec spec, BlobStore store,
-            IActorRef server, IReadOnlyDictionary<string, string> silentAt, string? impostor, IActorRef asked)
+            IActorRef server, IReadOnlyDictionary<string, SecAggStep> silentAt, string? impostor, IActorRef asked)
         {
             object Once(ISecAggRequest r, Func<object> answer)
             {
@@ -81,12 +81,12 @@ public sealed class SecureSumSpec : TestKit
         }
     }
 
-    (IActorRef Sum, TestProbe Asked) Run(IReadOnlyDictionary<string, string>? silentAt = null, string? impostor = null, IPartyPresence? presence = null)
+    (IActorRef Sum, TestProbe Asked) Run(IReadOnlyDictionary<string, SecAggStep>? silentAt = null, string? impostor = null, IPartyPresence? presence = null)
     {
         var clients = Orgs.ToDictionary(o => o, o => new SecAggClient(_session, o));
         var asked = CreateTestProbe();
         var parties = Sys.ActorOf(Props.Create(() => new Parties(clients, _updates, _layout, _spec, _partyStore, _partyBlobs,
-            silentAt ?? new Dictionary<string, string>(), impostor, asked.Ref)));
+            silentAt ?? new Dictionary<string, SecAggStep>(), impostor, asked.Ref)));
         var keys = clients.ToDictionary(kv => kv.Key, kv => kv.Value.Advertise());
         var settings = new SecureSum.Settings(_session, _work, keys, parties, _arbiterStore, TransferSettings.Default, Resend, Phase, 1.0,
             presence ?? AlwaysPresent.Instance);
@@ -122,10 +122,10 @@ public sealed class SecureSumSpec : TestKit
     {
         var answered = CreateTestProbe();
         Sys.EventStream.Subscribe(answered.Ref, typeof(SecureAggregationStepAnswered));
-        var (_, asked) = Run(silentAt: new Dictionary<string, string> { ["food"] = "mask" });
+        var (_, asked) = Run(silentAt: new Dictionary<string, SecAggStep> { ["food"] = SecAggStep.Mask });
         // Wait until the others' masked inputs are pulled and food has been asked for its own, then let the step time out.
         var masked = new HashSet<string>();
-        while (masked.Count < 2) if (answered.ExpectMsg<SecureAggregationStepAnswered>(Wait) is { Step: "mask" } a) masked.Add(a.Org);
+        while (masked.Count < 2) if (answered.ExpectMsg<SecureAggregationStepAnswered>(Wait) is { Step: SecAggStep.Mask } a) masked.Add(a.Org);
         asked.FishForMessage(m => m is SecAggMaskRequest { Org: "food" }, Wait);
         Clock.Advance(Resend);
         Assert.Equal("food", asked.FishForMessage<SecAggMaskRequest>(m => m is SecAggMaskRequest, Wait).Org); // re-asked, still silent
@@ -140,7 +140,7 @@ public sealed class SecureSumSpec : TestKit
     [Fact]
     public void A_party_whose_node_leaves_during_a_step_is_dropped_at_once_without_waiting_for_the_timeout()
     {
-        var (sum, asked) = Run(silentAt: new Dictionary<string, string> { ["food"] = "unmask" });
+        var (sum, asked) = Run(silentAt: new Dictionary<string, SecAggStep> { ["food"] = SecAggStep.Unmask });
         asked.FishForMessage(m => m is SecAggUnmaskRequest { Org: "food" }, Wait);
         sum.Tell(new PartyNodeLeft("food"));
         var ready = ExpectMsg<SecureSumReady>(Wait); // no clock movement needed
@@ -161,7 +161,7 @@ public sealed class SecureSumSpec : TestKit
     [Fact]
     public void Below_the_threshold_the_sum_fails_naming_the_step_and_the_count()
     {
-        var (_, asked) = Run(silentAt: new Dictionary<string, string> { ["food"] = "share", ["artifact"] = "share" });
+        var (_, asked) = Run(silentAt: new Dictionary<string, SecAggStep> { ["food"] = SecAggStep.Share, ["artifact"] = SecAggStep.Share });
         for (int i = 0; i < 3; i++) asked.ExpectMsg<SecAggShareRequest>(Wait); // the step has begun, its timer runs
         Clock.Advance(Phase);
         var failed = ExpectMsg<SecureSumFailed>(Wait);

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.TestKit;
 using Akka.TestKit.Xunit2;
+using FateLlm.Actors.Faults;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.IO;
 using Xunit;
@@ -116,6 +117,45 @@ public sealed class TransferSpec : TestKit
         fetcher.Tell(Chunk(1), _server.Ref);
         fetcher.Tell(Chunk(2), _server.Ref);
         Assert.Equal($"blob {_digest[..12]}… arrived but its SHA-256 does not match", ExpectMsg<FetchFailed>(Wait).Reason);
+        Assert.False(_store.Has(_digest));
+        Assert.Empty(Directory.GetFiles(_store.Root, "*.part"));
+    }
+
+    /// <summary>Sends the whole blob, chunk by chunk as the fetcher asks (a window of 2 over 3 chunks).</summary>
+    void Serve(IActorRef fetcher)
+    {
+        Asked(0);
+        fetcher.Tell(Chunk(0), _server.Ref);
+        Asked(1);
+        Asked(2);
+        fetcher.Tell(Chunk(1), _server.Ref);
+        fetcher.Tell(Chunk(2), _server.Ref);
+    }
+
+    IActorRef FetchFailingCommits(int times) => ChildActorOf(BlobFetcher.Props(_store, new BlobLocation(_digest, _blob.Length, _server.Ref),
+        Small with { Faults = new FaultInjection([new FaultPoint(FaultPoints.TransferCommit, "", 0, 0, FaultAction.Throw, times)]) }, "commit"));
+
+    [Fact]
+    public void A_blob_that_cannot_be_stored_is_fetched_again_at_once_and_counted_as_a_retransmission()
+    {
+        var fetcher = FetchFailingCommits(times: 1);
+        EventFilter.Warning(contains: "could not be stored").ExpectOne(() => Serve(fetcher));
+        Serve(fetcher); // no clock advance: the second fetch starts on the failure, not on a timeout
+        var done = ExpectMsg<FetchCompleted>(Wait);
+        Assert.Equal(("commit", 1), (done.Correlation, done.Retransmissions));
+        Assert.Equal(_blob, _store.Read(_digest));
+        Assert.Empty(Directory.GetFiles(_store.Root, "*.part"));
+    }
+
+    [Fact]
+    public void A_blob_that_never_can_be_stored_fails_the_fetch_naming_the_error_once_its_attempts_are_spent()
+    {
+        var fetcher = FetchFailingCommits(times: 100);
+        for (int attempt = 1; attempt <= 3; attempt++) Serve(fetcher);
+        var failed = ExpectMsg<FetchFailed>(Wait);
+        Assert.Equal("commit", failed.Correlation);
+        Assert.StartsWith($"blob {_digest[..12]}… arrived but could not be stored (3 times): fault injection at transfer.commit", failed.Reason);
+        _server.ExpectNoMsg(TimeSpan.FromMilliseconds(100));
         Assert.False(_store.Has(_digest));
         Assert.Empty(Directory.GetFiles(_store.Root, "*.part"));
     }

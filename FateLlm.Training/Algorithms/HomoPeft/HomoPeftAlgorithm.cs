@@ -17,7 +17,7 @@ namespace FateLlm.Training.Algorithms.HomoPeft;
 public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
 {
     public const string AlgorithmName = "homo-peft";
-    public const string Global = "global", ServerStateArtifact = "server-state", AdapterDownload = "adapter";
+    public const string Global = AlgorithmState.Global, ServerStateArtifact = "server-state", AdapterDownload = "adapter";
 
     public string Name => AlgorithmName;
     public bool Summable => true;

@@ -19,7 +19,7 @@ namespace FateLlm.Training.Algorithms.Offsite;
 public sealed class OffsiteAlgorithm : IFederatedAlgorithm
 {
     public const string AlgorithmName = "offsite";
-    public const string Global = "global", SubModelArtifact = "submodel", ServerStateArtifact = "server-state";
+    public const string Global = AlgorithmState.Global, SubModelArtifact = "submodel", ServerStateArtifact = "server-state";
     static readonly string[] Keys = ["bottom", "top", "emulator", "adapters", "export-emulator", "distill.steps", "distill.data", "distill.batch-size",
         "distill.max-tokens", "distill.learning-rate", "distill.lm-weight", "distill.kd-weight"];
 
