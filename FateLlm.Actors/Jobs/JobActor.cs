@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Akka.Actor;
 using Akka.Event;
 using Akka.Persistence;
@@ -37,21 +36,25 @@ public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRe
 /// (the algorithm's initial state, off the actor thread), running a round, evaluating, exporting, finished. After an
 /// arbiter restart it resumes at the round after the last completed one — at the exchange after the last completed
 /// one, for multi-phase rounds: completed rounds are never recomputed; an attempt in flight is simply retried.
+/// What it writes to disk goes through its <see cref="JobOutputs"/> child and what other arbiters must hold through its
+/// <see cref="StateReplication"/> child; the privacy spent is a <see cref="PrivacyLedger"/> folded with its events.
 /// </summary>
 public sealed class JobActor : ReceivePersistentActor, IWithTimers
 {
     readonly JobSettings _s;
     readonly ILoggingAdapter _log = Context.GetLogger();
     readonly string _jobId;
+    readonly IActorRef _outputs, _replication;
     JobSpec? _spec;
-    string _specDigest = "";
+    string _specDigest = "", _submission = "";
     AlgorithmState? _state;
     JobState _status = JobState.Unknown;
-    string? _reason, _outputDir, _stoppedEarly;
+    string? _reason, _outputDir, _stoppedEarly, _evaluationProblem;
     int _round, _attempt;
     string[] _participants = [];
     RoundResume? _resume;
     readonly List<RoundSummary> _rounds = new();
+    PrivacyLedger _privacy = PrivacyLedger.Empty;
     PartyEvaluation[] _evaluation = [];
     readonly List<IActorRef> _submitters = new();
     readonly HashSet<string> _awaitingEvaluation = new();
@@ -62,6 +65,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     /// <summary>The stage in flight and when it began, for the stage-duration metric.</summary>
     (RoundStage Stage, DateTime Since)? _stage;
     AttemptFailure? _lastFailure;
+    /// <summary>What the board last saw of this job (only changes are published).</summary>
+    object? _published;
 
     public override string PersistenceId => "job-" + _jobId;
     public ITimerScheduler Timers { get; set; } = null!;
@@ -70,38 +75,47 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     sealed record PreparationFailed(string Reason);
     sealed record RoundWatchdog(int Round, int Attempt, RoundStage Stage, TimeSpan Budget);
     sealed record EvaluationPlanned(PartyInstruction? Instruction);
+    sealed record EvaluationPlanFailed(string Reason);
     sealed record PresenceCheck;
     sealed record WaitedTooLong;
     sealed record EvaluationTimeout;
-    sealed record Exported(string OutputDir);
-    sealed record ExportFailed(string Reason);
 
     public JobActor(string jobId, JobSettings settings)
     {
         _jobId = jobId;
         _s = settings;
+        _outputs = Context.ActorOf(JobOutputs.Props(jobId), "outputs");
+        _replication = Context.ActorOf(StateReplication.Props(settings.Store, settings.BlobServer), "replication");
         Recover<IJobEvent>(Apply);
         Recover<RecoveryCompleted>(_ => Resume());
         Fresh();
     }
 
-    /// <summary>Every change a command or a persisted event made is published for the live board (never during recovery).</summary>
+    /// <summary>A change a command or a persisted event made is published for the live board (never during recovery).</summary>
     protected override bool AroundReceive(Receive receive, object message)
     {
         var handled = base.AroundReceive(receive, message);
-        if (!IsRecovering && message is not GetJobStatus && _status != JobState.Unknown)
+        if (IsRecovering || _status == JobState.Unknown) return handled;
+        object seen = (_history.Count, _status, _current, _waitingFor, _stoppedEarly);
+        if (!seen.Equals(_published))
+        {
+            _published = seen;
             Context.System.EventStream.Publish(new Board.JobObserved(Status()));
+        }
         return handled;
     }
 
     // ---- phases ----
 
-    /// <summary>Every phase answers status queries; a submit for an existing job is refused.</summary>
+    /// <summary>Every phase answers status queries; a submit for an existing job is refused unless it repeats the submission that made it.</summary>
     void Always()
     {
         Command<GetJobStatus>(_ => Sender.Tell(Status()));
-        Command<SubmitJob>(_ => Sender.Tell(new JobRejected(_jobId, $"job '{_jobId}' already exists ({_status})")));
+        Command<SubmitJob>(s => Sender.Tell(s.Submission.Length > 0 && s.Submission == _submission ? Accepted()
+            : new JobRejected(_jobId, $"job '{_jobId}' already exists ({_status})")));
     }
+
+    JobAccepted Accepted() => new(_jobId) { WaitingFor = _waitingFor, WaitUpTo = _waitingFor.Length > 0 ? _s.WaitForParties : TimeSpan.Zero };
 
     /// <summary>Round messages of an attempt this phase no longer waits for (late, duplicated, from before a restart).</summary>
     void IgnoreStaleRounds()
@@ -114,23 +128,33 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<EvaluationTimeout>(_ => { });
     }
 
+    /// <summary>No job by this id: a query is answered and the entity passivates, so asking for unknown ids leaves nothing behind.</summary>
     void Fresh()
     {
         Command<SubmitJob>(OnSubmit);
-        Command<GetJobStatus>(_ => Sender.Tell(Status()));
-        Command<CancelJob>(_ => Sender.Tell(Status()));
+        Command<GetJobStatus>(_ => { Sender.Tell(Status()); PassivateUnknown(); });
+        Command<CancelJob>(_ => { Sender.Tell(Status()); PassivateUnknown(); });
+    }
+
+    void PassivateUnknown()
+    {
+        if (_status == JobState.Unknown && _history.Count == 0) Entity.Passivate(Context, _s.Sharded);
     }
 
     void Preparing()
     {
-        Command<SubmitJob>(_ => _submitters.Add(Sender));
+        Command<SubmitJob>(s =>
+        {
+            if (s.Submission == _submission) _submitters.Add(Sender);
+            else Sender.Tell(new JobRejected(_jobId, $"job '{_jobId}' is being submitted by another request"));
+        });
         Command<GetJobStatus>(_ => Sender.Tell(Status()));
         Command<CancelJob>(_ => Sender.Tell(Status()));
-        Command<Prepared>(p => Persist(new JobSubmitted(p.Spec, p.Initial, p.SpecDigest, DateTime.UtcNow), e =>
+        Command<Prepared>(p => Persist(new JobSubmitted(p.Spec, p.Initial, p.SpecDigest, DateTime.UtcNow) { Submission = _submission }, e =>
         {
             Apply(e);
-            var missing = Absent(AlgorithmCatalog.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
-            foreach (var s in _submitters) s.Tell(new JobAccepted(_jobId) { WaitingFor = missing, WaitUpTo = missing.Length > 0 ? _s.WaitForParties : TimeSpan.Zero });
+            _waitingFor = Absent(AlgorithmCatalog.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
+            foreach (var s in _submitters) s.Tell(Accepted());
             _submitters.Clear();
             _s.Faults.Trip(FaultPoints.JobPrepared, Context, job: _jobId);
             StartAttempt(1, 1, resume: null);
@@ -141,13 +165,14 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             foreach (var s in _submitters) s.Tell(new JobRejected(_jobId, f.Reason));
             _submitters.Clear();
             Become(Fresh);
+            PassivateUnknown();
         });
     }
 
     void Running()
     {
         Always();
-        Command<CancelJob>(_ => Cancel());
+        Command<CancelJob>(Cancel);
         Command<RoundProgress>(p => p.Round == _round && p.Attempt == _attempt, p =>
         {
             Watch(p.Stage, p.Budget);
@@ -169,8 +194,13 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void Evaluating()
     {
         Always();
-        Command<CancelJob>(_ => Cancel());
+        Command<CancelJob>(Cancel);
         Command<EvaluationPlanned>(OnEvaluationPlanned);
+        Command<EvaluationPlanFailed>(f =>
+        {
+            _log.Warning("job {0}: the final evaluation could not be planned: {1}", _jobId, f.Reason);
+            RecordEvaluation(problem: $"the final evaluation could not be planned: {f.Reason}");
+        });
         Command<EvaluateReply>(OnEvaluateReply);
         Command<EvaluationTimeout>(_ => RecordEvaluation());
         IgnoreStaleRounds();
@@ -180,26 +210,47 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         Always();
         Command<CancelJob>(_ => Sender.Tell(Status())); // the outputs are being written: too late to cancel
-        Command<Exported>(e => Persist(new JobCompleted(e.OutputDir, DateTime.UtcNow), ev => { Apply(ev); Finished(); }));
-        Command<ExportFailed>(f => Persist(new JobFailed($"export failed: {f.Reason}", DateTime.UtcNow), ev => { Apply(ev); Finished(); }));
+        Command<JobOutputs.Exported>(e => Persist(new JobCompleted(e.OutputDir, DateTime.UtcNow), ev => { Apply(ev); Finished(); }));
+        Command<JobOutputs.ExportFailed>(f => Persist(new JobFailed($"export failed: {f.Reason}", DateTime.UtcNow), ev => { Apply(ev); Finished(); }));
         IgnoreStaleRounds();
     }
 
-    void Finished()
+    /// <summary>
+    /// The job is over. A job that ended now writes its record (status.json, events.jsonl) before it answers anyone again,
+    /// so whoever sees it finished finds its files; a recovered one writes it only if it is missing.
+    /// </summary>
+    void Finished(bool recovered = false)
     {
         Timers.CancelAll();
-        WriteEventLog();
         SetReceiveTimeout(_s.PassivateAfter);
+        if (recovered && _spec is not null && File.Exists(Path.Combine(_spec.OutputDir, JobOutputs.StatusFile)))
+        {
+            Become(Over);
+            return;
+        }
+        _outputs.Tell(new JobOutputs.WriteRecord(_spec?.OutputDir ?? "", Status(), _history.ToArray()));
         Become(() =>
         {
-            Always();
-            Command<ReceiveTimeout>(_ => Entity.Passivate(Context, _s.Sharded));
-            Command<CancelJob>(_ => Sender.Tell(Status()));
-            IgnoreStaleRounds();
-            Command<EvaluationPlanned>(_ => { });
-            Command<Exported>(_ => { });
-            Command<ExportFailed>(_ => { });
+            Command<JobOutputs.RecordWritten>(_ =>
+            {
+                Become(Over);
+                Stash.UnstashAll();
+            });
+            CommandAny(_ => Stash.Stash());
         });
+    }
+
+    void Over()
+    {
+        Always();
+        Command<ReceiveTimeout>(_ => Entity.Passivate(Context, _s.Sharded));
+        Command<CancelJob>(_ => Sender.Tell(Status()));
+        IgnoreStaleRounds();
+        Command<EvaluationPlanned>(_ => { });
+        Command<EvaluationPlanFailed>(_ => { });
+        Command<JobOutputs.Exported>(_ => { });
+        Command<JobOutputs.ExportFailed>(_ => { });
+        Command<JobOutputs.RecordWritten>(_ => { });
     }
 
     // ---- events ----
@@ -213,6 +264,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 _spec = s.Spec;
                 _state = s.Initial;
                 _specDigest = s.SpecDigest;
+                _submission = s.Submission;
                 _status = JobState.Running;
                 break;
             case RoundStarted r:
@@ -225,6 +277,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 break;
             case RoundCompleted c:
                 _rounds.Add(c.Summary);
+                if (c.Summary.Privacy is { } privacy) _privacy = _privacy.Compose(privacy.SamplingRate, privacy.NoiseMultiplier);
                 _state = c.State;
                 _resume = null;
                 break;
@@ -235,6 +288,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 break;
             case FinalEvaluationRecorded f:
                 _evaluation = f.Results;
+                _evaluationProblem = f.Problem;
                 break;
             case JobCompleted c:
                 _status = JobState.Completed;
@@ -245,8 +299,9 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 _status = JobState.Failed;
                 _reason = f.Reason;
                 break;
-            case JobCancelled:
+            case JobCancelled c:
                 _status = JobState.Cancelled;
+                _reason = c.Reason;
                 break;
         }
     }
@@ -255,7 +310,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         if (_status is JobState.Completed or JobState.Failed or JobState.Cancelled)
         {
-            Finished();
+            Finished(recovered: true);
             return;
         }
         if (_status != JobState.Running || _spec is null) return;
@@ -277,20 +332,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         });
     }
 
-    /// <summary>
-    /// Offers the state an attempt (or the evaluation) starts from to every other arbiter, which pulls what it lacks: the
-    /// journal may be shared (a PostgreSQL fail-over), and the arbiter taking the job over then finds even what only an
-    /// arbiter holds (the server state). An arbiter that joins mid-round gets it when the next round starts.
-    /// </summary>
-    void Replicate()
-    {
-        if (((ExtendedActorSystem)Context.System).Provider is not Akka.Cluster.ClusterActorRefProvider) return; // a job run without a cluster (specs)
-        var cluster = Akka.Cluster.Cluster.Get(Context.System);
-        var others = cluster.State.Members.Where(m => m.HasRole(Nodes.ClusterRoles.Arbiter) && m.Status == Akka.Cluster.MemberStatus.Up && m.Address != cluster.SelfAddress).ToList();
-        foreach (var digest in _state!.Artifacts.Values.Append(_specDigest).Where(_s.Store.Has).Distinct())
-            foreach (var m in others)
-                Context.ActorSelection(new RootActorPath(m.Address) / "user" / Transfer.BlobServer.Name).Tell(new ReplicateBlob(Blob(digest)));
-    }
+    /// <summary>Offers the spec and the state an attempt (or the evaluation) starts from to the other arbiters.</summary>
+    void Replicate() => _replication.Tell(new StateReplication.Offer(_state!.Artifacts.Values.Append(_specDigest).ToArray()));
 
     /// <summary>
     /// Runs <paramref name="next"/> once the spec blob and every artifact of the job's state are in this arbiter's store.
@@ -311,7 +354,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Become(() =>
         {
             Always();
-            Command<CancelJob>(_ => Cancel());
+            Command<CancelJob>(Cancel);
             Command<BlobsGathered>(g =>
             {
                 _log.Info("job {0}: pulled {1} state blob(s); going on", _jobId, g.Pulled.Count);
@@ -328,6 +371,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void OnSubmit(SubmitJob cmd)
     {
         _status = JobState.Preparing;
+        _submission = cmd.Submission;
         _submitters.Add(Sender);
         Become(Preparing);
         var spec = cmd.Spec with { JobId = _jobId };
@@ -405,7 +449,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Become(() =>
         {
             Always();
-            Command<CancelJob>(_ => Cancel());
+            Command<CancelJob>(Cancel);
             Command<PresenceCheck>(_ => StartAttempt(round, attempt, resume));
             Command<WaitedTooLong>(_ =>
             {
@@ -444,14 +488,14 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 {
                     Privacy = p with
                     {
-                        Epsilon = Accountant(_rounds.Select(x => x.Privacy).Append(p)).Epsilon(p.Delta).Epsilon,
-                        RoundEpsilon = Accountant([p]).Epsilon(p.Delta).Epsilon,
+                        Epsilon = _privacy.Compose(p.SamplingRate, p.NoiseMultiplier).Epsilon(p.Delta),
+                        RoundEpsilon = PrivacyLedger.Empty.Compose(p.SamplingRate, p.NoiseMultiplier).Epsilon(p.Delta),
                     },
                 };
             Persist(new RoundCompleted(summary, r.State!, DateTime.UtcNow), e =>
             {
                 Apply(e);
-                AppendRoundMetrics(summary);
+                _outputs.Tell(new JobOutputs.AppendRound(spec.OutputDir, summary));
                 Telemetry.FederationMetrics.RoundCompleted(_jobId, summary);
                 if (summary.Privacy is { } priv) _log.Info(
                     $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
@@ -473,10 +517,10 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         });
     }
 
-    void Cancel()
+    void Cancel(CancelJob cancel)
     {
         var replyTo = Sender;
-        Persist(new JobCancelled(DateTime.UtcNow), e =>
+        Persist(new JobCancelled(DateTime.UtcNow) { Reason = cancel.Reason }, e =>
         {
             Apply(e);
             _s.RoundRegion.Tell(new AbortRound(_jobId, _round, _attempt, "the job was cancelled"));
@@ -485,18 +529,11 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         });
     }
 
-    static RdpAccountant Accountant(IEnumerable<RoundPrivacy?> rounds)
-    {
-        var accountant = new RdpAccountant();
-        foreach (var p in rounds.OfType<RoundPrivacy>()) accountant.Compose(p.SamplingRate, p.NoiseMultiplier);
-        return accountant;
-    }
-
     /// <summary>True when one more round like the last would take ε past the job's budget: the job then stops early.</summary>
     bool BudgetExhausted()
     {
         if (_spec?.Dp.EpsilonBudget is not { } budget || _rounds.LastOrDefault()?.Privacy is not { } last) return false;
-        var next = Accountant(_rounds.Select(r => r.Privacy).Append(last)).Epsilon(last.Delta).Epsilon;
+        var next = _privacy.Compose(last.SamplingRate, last.NoiseMultiplier).Epsilon(last.Delta);
         if (next <= budget) return false;
         _stoppedEarly = $"stopped early after {_rounds.Count} rounds: another round would take ε from {last.Epsilon:F3} to {next:F3}, past the budget {budget:G4}";
         _log.Warning("job {0}: {1}", _jobId, _stoppedEarly);
@@ -512,7 +549,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         _s.Faults.Trip(FaultPoints.JobEvaluating, Context, job: _jobId);
         var (server, ctx, state) = (AlgorithmCatalog.For(_spec!).Server, ServerContextFor(_spec!), _state!);
         Task.Run(() => (object)new EvaluationPlanned(server.Evaluation(ctx, state)))
-            .PipeTo(Self, failure: e => new EvaluationPlanned(null));
+            .PipeTo(Self, failure: e => new EvaluationPlanFailed(e.GetBaseException().Message));
     }
 
     void OnEvaluationPlanned(EvaluationPlanned plan)
@@ -548,88 +585,21 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         if (_awaitingEvaluation.Count == 0) RecordEvaluation();
     }
 
-    void RecordEvaluation()
+    /// <param name="problem">Why there is no final evaluation at all, when it could not even be planned.</param>
+    void RecordEvaluation(string? problem = null)
     {
         Timers.Cancel("evaluation");
         // Parties that did not answer in time are left out of the final table, not waited for.
         var results = _evaluations.OrderBy(v => v.Org).ToArray();
         _awaitingEvaluation.Clear();
         Become(Exporting);
-        Persist(new FinalEvaluationRecorded(results, DateTime.UtcNow), e =>
+        Persist(new FinalEvaluationRecorded(results, DateTime.UtcNow) { Problem = problem }, e =>
         {
             Apply(e);
             if (_s.Faults.Trip(FaultPoints.JobExporting, Context, job: _jobId)) return;
             var spec = _spec!;
-            var (server, ctx, state, rounds) = (AlgorithmCatalog.For(spec).Server, ServerContextFor(spec), _state!, _rounds.ToArray());
-            Task.Run(() =>
-            {
-                var dir = spec.OutputDir;
-                Directory.CreateDirectory(dir);
-                server.Finalize(ctx, state, dir);
-                File.WriteAllText(Path.Combine(dir, "evaluation.json"), JsonSerializer.Serialize(results, JsonOptions));
-                PlotRounds(rounds, spec, Path.Combine(dir, "loss.png"));
-                return (object)new Exported(dir);
-            }).PipeTo(Self, failure: ex => new ExportFailed(ex.GetBaseException().Message));
+            _outputs.Tell(new JobOutputs.Export(AlgorithmCatalog.For(spec).Server, ServerContextFor(spec), _state!, _rounds.ToArray(), results));
         });
-    }
-
-    static readonly JsonSerializerOptions JsonOptions = new(JobSpec.JsonOptions) { WriteIndented = true };
-    /// <summary>One JSON object per line (rounds.jsonl, events.jsonl).</summary>
-    static readonly JsonSerializerOptions JsonLine = JobSpec.JsonOptions;
-
-    void AppendRoundMetrics(RoundSummary summary)
-    {
-        try
-        {
-            Directory.CreateDirectory(_spec!.OutputDir);
-            using var w = File.AppendText(Path.Combine(_spec.OutputDir, "rounds.jsonl"));
-            foreach (var p in summary.Parties)
-                w.WriteLine(JsonSerializer.Serialize(new
-                {
-                    job = _jobId, round = summary.Round, attempt = summary.Attempt, party = p.Org, ok = p.Succeeded, reason = p.Reason,
-                    samples = p.Samples, first_loss = Finite(p.FirstLoss), last_loss = Finite(p.LastLoss), eval_loss = p.EvalLoss,
-                    upload_bytes = p.UploadBytes, download_bytes = p.DownloadBytes, retransmissions = p.Retransmissions,
-                    train_seconds = p.TrainSeconds, round_seconds = summary.Seconds, global = summary.GlobalDigest, exchanges = summary.Exchanges,
-                    epsilon = summary.Privacy?.Epsilon, round_epsilon = summary.Privacy?.RoundEpsilon, rejections = summary.Rejections.Length, secure_aggregation = summary.SecureAggregation,
-                }, JsonLine));
-        }
-        catch (IOException e)
-        {
-            _log.Warning("job {0}: could not append round metrics: {1}", _jobId, e.Message);
-        }
-    }
-
-    static double? Finite(double x) => double.IsFinite(x) ? x : null;
-
-    /// <summary>Per party and round: its local training loss at the end of the round, and the eval loss of the state it received.</summary>
-    static void PlotRounds(RoundSummary[] rounds, JobSpec spec, string path)
-    {
-        var series = new List<Training.Reporting.Series>();
-        foreach (var org in spec.Parties.Select(p => p.Org))
-        {
-            var reports = rounds.Select(r => (r.Round, Report: r.Parties.FirstOrDefault(p => p.Org == org)))
-                .Where(x => x.Report is { Succeeded: true } && double.IsFinite(x.Report.LastLoss)).ToList();
-            if (reports.Count > 0) series.Add(new(org + " train", reports.Select(x => (double)x.Round).ToArray(), reports.Select(x => x.Report!.LastLoss).ToArray()));
-            var evals = reports.Where(x => x.Report!.EvalLoss.HasValue).ToList();
-            if (evals.Count > 0) series.Add(new(org + " eval (global in)", evals.Select(x => (double)x.Round).ToArray(), evals.Select(x => x.Report!.EvalLoss!.Value).ToArray()));
-        }
-        if (series.Count > 0) Training.Reporting.LineChart.Save(path, $"job {spec.JobId}: loss per round per party", "round", "loss", series);
-    }
-
-    void WriteEventLog()
-    {
-        if (_spec is null) return;
-        try
-        {
-            Directory.CreateDirectory(_spec.OutputDir);
-            File.WriteAllText(Path.Combine(_spec.OutputDir, "status.json"), JsonSerializer.Serialize(Status(), JsonOptions));
-            File.WriteAllLines(Path.Combine(_spec.OutputDir, "events.jsonl"),
-                _history.Select(e => JsonSerializer.Serialize(new { type = e.GetType().Name, @event = (object)e }, JsonLine)));
-        }
-        catch (IOException e)
-        {
-            _log.Warning("job {0}: could not write status: {1}", _jobId, e.Message);
-        }
     }
 
     JobStatus Status() => new(_jobId, _status, _rounds.Count, _spec?.Rounds ?? 0, _attempt, _state?.Find(AlgorithmState.Global),
@@ -642,6 +612,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         WaitingFor = _waitingFor,
         LastFailure = _lastFailure,
         Current = _status == JobState.Running ? _current : null,
+        EvaluationProblem = _evaluationProblem,
     };
 
     public static Props Props(string jobId, JobSettings settings) => Akka.Actor.Props.Create(() => new JobActor(jobId, settings));

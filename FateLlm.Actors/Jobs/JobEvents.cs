@@ -10,7 +10,11 @@ namespace FateLlm.Actors.Jobs;
 public interface IJobEvent;
 
 /// <param name="SpecDigest">The spec as a blob in the arbiter's store: parties fetch it once per job.</param>
-public sealed record JobSubmitted(JobSpec Spec, AlgorithmState Initial, string SpecDigest, DateTime At) : IJobEvent;
+public sealed record JobSubmitted(JobSpec Spec, AlgorithmState Initial, string SpecDigest, DateTime At) : IJobEvent
+{
+    /// <summary>The submission that made the job (<see cref="SubmitJob.Submission"/>): a client re-sending it is answered as accepted.</summary>
+    public string Submission { get; init; } = "";
+}
 
 /// <param name="Participants">The parties this attempt asks (the round's sample), recorded so a replay asks the same.</param>
 public sealed record RoundStarted(int Round, int Attempt, string[] Participants, DateTime At) : IJobEvent;
@@ -20,7 +24,14 @@ public sealed record RoundPhaseCompleted(int Round, int Attempt, int Phase, Algo
 
 public sealed record RoundCompleted(RoundSummary Summary, AlgorithmState State, DateTime At) : IJobEvent;
 public sealed record RoundAttemptFailed(int Round, int Attempt, string Reason, DateTime At) : IJobEvent;
-public sealed record FinalEvaluationRecorded(PartyEvaluation[] Results, DateTime At) : IJobEvent;
+public sealed record FinalEvaluationRecorded(PartyEvaluation[] Results, DateTime At) : IJobEvent
+{
+    /// <summary>Why no party evaluated at all (the plan failed); null when the evaluation ran.</summary>
+    public string? Problem { get; init; }
+}
 public sealed record JobCompleted(string OutputDir, DateTime At) : IJobEvent;
 public sealed record JobFailed(string Reason, DateTime At) : IJobEvent;
-public sealed record JobCancelled(DateTime At) : IJobEvent;
+public sealed record JobCancelled(DateTime At) : IJobEvent
+{
+    public string Reason { get; init; } = CancelJob.ByOperator;
+}

@@ -7,9 +7,20 @@ public interface IJobCommand : IControlMessage
     string JobId { get; }
 }
 
-public sealed record SubmitJob(string JobId, JobSpec Spec) : IJobCommand;
+/// <param name="Submission">
+/// Names this request (a fresh id per client invocation): a client that hears nothing re-sends it, and a job made by
+/// the same submission answers it as accepted instead of "already exists", so a lost reply never loses or doubles a job.
+/// </param>
+public sealed record SubmitJob(string JobId, JobSpec Spec) : IJobCommand
+{
+    public string Submission { get; init; } = "";
+}
 public sealed record GetJobStatus(string JobId) : IJobCommand;
-public sealed record CancelJob(string JobId) : IJobCommand;
+public sealed record CancelJob(string JobId) : IJobCommand
+{
+    public const string ByOperator = "cancelled by an operator";
+    public string Reason { get; init; } = ByOperator;
+}
 
 /// <param name="WaitingFor">Organizations with no party node yet, whom round 1 waits for (up to <paramref name="WaitUpTo"/>).</param>
 public sealed record JobAccepted(string JobId) : IControlMessage
@@ -67,6 +78,8 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
     /// <summary>The algorithm and its state's artifacts (name → digest) after the last completed round.</summary>
     public string? Algorithm { get; init; }
     public IReadOnlyDictionary<string, string> Artifacts { get; init; } = new Dictionary<string, string>();
+    /// <summary>Why the job has no final evaluation, when it could not be planned.</summary>
+    public string? EvaluationProblem { get; init; }
 }
 
 /// <param name="Answers">Party → "ok" or the reason it failed, for the exchange in flight.</param>

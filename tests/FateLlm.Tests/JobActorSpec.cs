@@ -123,14 +123,45 @@ public sealed class JobActorSpec : TestKit
     }
 
     [Fact]
-    public void An_invalid_job_is_rejected_naming_the_field_and_the_entity_can_be_submitted_again()
+    public void An_invalid_job_is_rejected_naming_the_field_and_leaves_no_entity_so_the_id_can_be_submitted_again()
     {
         var spec = ActorSpecs.EchoJob("invalid");
-        var job = Job(spec.JobId);
+        var job = Watch(Job(spec.JobId));
         job.Tell(new SubmitJob(spec.JobId, spec with { Round = spec.Round with { Quorum = 9 } }));
         Assert.Contains("job.quorum must be between 1 and the 3 parties", ExpectMsg<JobRejected>(Wait).Reason);
-        job.Tell(new SubmitJob(spec.JobId, spec));
+        ExpectTerminated(job, Wait); // passivated: a remembered entity of a rejected job would restart on every arbiter start
+        Job(spec.JobId).Tell(new SubmitJob(spec.JobId, spec));
         ExpectMsg<JobAccepted>(Wait);
+    }
+
+    [Fact]
+    public void Asking_for_an_unknown_job_answers_unknown_and_leaves_no_entity_behind()
+    {
+        var status = Watch(Job("nobody"));
+        status.Tell(new GetJobStatus("nobody"));
+        Assert.Equal(JobState.Unknown, ExpectMsg<JobStatus>(Wait).State);
+        ExpectTerminated(status, Wait);
+        var cancel = Watch(Job("nobody"));
+        cancel.Tell(new CancelJob("nobody"));
+        Assert.Equal(JobState.Unknown, ExpectMsg<JobStatus>(Wait).State);
+        ExpectTerminated(cancel, Wait);
+    }
+
+    [Fact]
+    public void A_submission_sent_again_is_answered_as_accepted_while_another_submission_of_the_id_is_refused()
+    {
+        var spec = ActorSpecs.EchoJob("resent");
+        var job = Job(spec.JobId);
+        job.Tell(new SubmitJob(spec.JobId, spec) { Submission = "client-1" });
+        job.Tell(new SubmitJob(spec.JobId, spec) { Submission = "client-1" }); // re-sent while the job is prepared
+        ExpectMsg<JobAccepted>(Wait);
+        ExpectMsg<JobAccepted>(Wait);
+        NextStart(1, 1);
+        job.Tell(new SubmitJob(spec.JobId, spec) { Submission = "client-1" }); // re-sent after its reply was lost
+        ExpectMsg<JobAccepted>(Wait);
+        job.Tell(new SubmitJob(spec.JobId, spec) { Submission = "client-2" });
+        Assert.Equal("job 'resent' already exists (Running)", ExpectMsg<JobRejected>(Wait).Reason);
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // still one job, one round
     }
 
     [Fact]
@@ -302,6 +333,31 @@ public sealed class JobActorSpec : TestKit
         Clock.Advance(TimeSpan.FromSeconds(20));
         var status = AwaitState(job, JobState.Completed);
         Assert.Equal(["animal"], status.FinalEvaluation.Select(e => e.Org));
+    }
+
+    [Fact]
+    public void A_final_evaluation_that_cannot_be_planned_is_journaled_with_its_reason_and_the_job_still_exports()
+    {
+        var spec = ActorSpecs.EchoJob("no-plan", rounds: 1);
+        EchoAlgorithm.FailEvaluationPlan(spec.JobId, "the evaluation model is gone");
+        var job = Submitted(spec);
+        _rounds.Reply(Success(NextStart(1, 1), 5));
+        var status = AwaitState(job, JobState.Completed);
+        _parties.ExpectNoMsg(TimeSpan.FromMilliseconds(200)); // nobody was asked to evaluate
+        Assert.Equal("the final evaluation could not be planned: the evaluation model is gone", status.EvaluationProblem);
+        Assert.Empty(status.FinalEvaluation);
+        Assert.Contains("the evaluation model is gone", File.ReadAllText(Path.Combine(spec.OutputDir, "events.jsonl")));
+        Assert.True(File.Exists(Path.Combine(spec.OutputDir, "total.txt")));
+    }
+
+    [Fact]
+    public void A_cancelled_job_says_who_cancelled_it()
+    {
+        var spec = ActorSpecs.EchoJob("cancel-reason");
+        var job = Submitted(spec);
+        NextStart(1, 1);
+        job.Tell(new CancelJob(spec.JobId));
+        Assert.Equal(CancelJob.ByOperator, ExpectMsg<JobStatus>(Wait).Reason);
     }
 
     [Fact]

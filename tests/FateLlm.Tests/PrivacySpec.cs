@@ -75,6 +75,25 @@ public class RdpAccountantSpec
     }
 
     [Fact]
+    public void The_jobs_privacy_ledger_folds_rounds_of_different_noise_into_the_accountants_epsilon_and_leaves_earlier_values_unchanged()
+    {
+        var rounds = new[] { (0.5, 1.0), (0.5, 1.0), (1.0, 2.5), (0.2, 0.8) };
+        var ledger = PrivacyLedger.Empty;
+        var accountant = new RdpAccountant();
+        Assert.Equal(0, ledger.Epsilon(1e-5));
+        foreach (var (q, z) in rounds)
+        {
+            var before = ledger;
+            var epsilonBefore = before.Epsilon(1e-5);
+            ledger = ledger.Compose(q, z);
+            accountant.Compose(q, z);
+            Assert.Equal(accountant.Epsilon(1e-5).Epsilon, ledger.Epsilon(1e-5), 12);
+            Assert.Equal(epsilonBefore, before.Epsilon(1e-5)); // a value: composing made a new one
+        }
+        Assert.Equal(rounds.Length, ledger.Steps);
+    }
+
+    [Fact]
     public void Log_erfc_is_accurate_far_into_the_tail()
     {
         Assert.Equal(Math.Log(0.157299207050285), RdpAccountant.LogErfc(1.0), 12);

@@ -29,6 +29,7 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
     static readonly ConcurrentDictionary<string, int> Failures = new();
     static readonly ConcurrentDictionary<string, int> Fits = new();
     static readonly ConcurrentDictionary<string, int> Cancelled = new();
+    static readonly ConcurrentDictionary<string, string> FailingPlans = new();
 
     /// <summary>The party's next fits wait until <see cref="Release"/> (or their cancellation).</summary>
     public static void Hold(string party) => Gates[party] = new SemaphoreSlim(0);
@@ -38,6 +39,8 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
     public static int FitsOf(string party) => Fits.GetValueOrDefault(party);
     /// <summary>How many of the party's fits were cancelled while held at the gate.</summary>
     public static int CancelledOf(string party) => Cancelled.GetValueOrDefault(party);
+    /// <summary>The job's final evaluation cannot be planned: the server side throws with <paramref name="reason"/>.</summary>
+    public static void FailEvaluationPlan(string job, string reason) => FailingPlans[job] = reason;
 
     public static double Read(byte[] bytes) => double.Parse(Encoding.UTF8.GetString(bytes), CultureInfo.InvariantCulture);
     public static byte[] Write(double value) => Encoding.UTF8.GetBytes(value.ToString("R", CultureInfo.InvariantCulture));
@@ -62,7 +65,8 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
         }
 
         public PartyInstruction Evaluation(ServerContext ctx, AlgorithmState state) =>
-            PartyInstruction.Of(new Dictionary<string, string> { [Total] = state.Get(Total) });
+            FailingPlans.TryGetValue(ctx.Spec.JobId, out var reason) ? throw new InvalidOperationException(reason)
+                : PartyInstruction.Of(new Dictionary<string, string> { [Total] = state.Get(Total) });
 
         public void Finalize(ServerContext ctx, AlgorithmState state, string outputDir) =>
             File.WriteAllBytes(Path.Combine(outputDir, "total.txt"), ctx.Store.Read(state.Get(Total)));
