@@ -135,6 +135,9 @@ public sealed class FederationNode : IAsyncDisposable
             akka.persistence.snapshot-store.sql.connection-string = "{{journal}}"
             akka.persistence.journal.sql.provider-name = "{{provider}}"
             akka.persistence.snapshot-store.sql.provider-name = "{{provider}}"
+            akka.persistence.query.journal.sql.write-plugin = "akka.persistence.journal.sql"
+            akka.persistence.query.journal.sql.connection-string = "{{journal}}"
+            akka.persistence.query.journal.sql.provider-name = "{{provider}}"
             akka.loggers = ["FateLlm.Actors.Logging.NodeLog, FateLlm.Actors"]
             akka.stdout-loglevel = OFF
             fate-llm.logging.file = "{{logFile}}"
@@ -269,7 +272,8 @@ public sealed class FederationNode : IAsyncDisposable
                 WaitForParties = config.GetTimeSpan("fate-llm.job.wait-for-parties"), PresencePoll = config.GetTimeSpan("fate-llm.job.presence-poll"),
             };
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
-                ClusterShardingSettings.Create(system).WithRole(ClusterRoles.Arbiter).WithRememberEntities(true), new JobMessageExtractor(jobShards));
+                JobRegionSettings(system).WithRole(ClusterRoles.Arbiter).WithRememberEntities(true), new JobMessageExtractor(jobShards));
+            system.ActorOf(JobDirectory.Props(), JobDirectory.Name);
         }
         else
         {
@@ -277,6 +281,17 @@ public sealed class FederationNode : IAsyncDisposable
             job = sharding.StartProxy(JobRegionName, ClusterRoles.Arbiter, new JobMessageExtractor(jobShards));
         }
         return new FederationNode(system, o, store, blobServer, job, round, party, refused) { BlobTransfer = transfer };
+    }
+
+    /// <summary>
+    /// akka.cluster.sharding with <c>fate-llm.sharding.job-region</c> over it: a job shard loads its remembered jobs from
+    /// the journal within these timeouts, and the 1 s the party region's coordinator writes get is too short for that.
+    /// </summary>
+    static ClusterShardingSettings JobRegionSettings(ActorSystem system)
+    {
+        var config = system.Settings.Config;
+        var sharding = config.GetConfig("fate-llm.sharding.job-region").WithFallback(config.GetConfig("akka.cluster.sharding"));
+        return ClusterShardingSettings.Create(sharding, config.GetConfig(sharding.GetString("coordinator-singleton")));
     }
 
     /// <summary>Completes when this node is Up in the cluster.</summary>

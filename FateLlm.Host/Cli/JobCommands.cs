@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
 using Akka.Actor;
-using Akka.Cluster.Sharding;
 using Spectre.Console;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
@@ -30,7 +29,10 @@ internal static class JobCommands
             var spec = LoadSpec(p.GetValue(file)!);
             WithClient(p, async node =>
             {
-                var reply = await node.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
+                // Re-sent until answered: a message lost on the way (a shard still starting, an arbiter that just left) is
+                // sent again, and the job answers a repeat of the submission that made it as accepted.
+                var submit = new SubmitJob(spec.JobId, spec) { Submission = Guid.NewGuid().ToString("N") };
+                var reply = await Resending(node, submit, TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
                 if (reply is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
                 var accepted = (JobAccepted)reply;
                 CliApp.Out.WriteLine(accepted.WaitingFor.Length == 0 ? $"job {spec.JobId} accepted"
@@ -58,12 +60,14 @@ internal static class JobCommands
             var cluster = Akka.Cluster.Cluster.Get(node.System);
             var arbiters = cluster.State.Members.Where(m => m.HasRole(ClusterRoles.Arbiter)).ToList();
             if (arbiters.Count == 0) throw new InvalidOperationException("no arbiter is up in the cluster");
-            var ids = new SortedSet<string>();
+            // From each arbiter's journal: finished and passivated jobs too, and no id that was only queried or refused.
+            var ids = new SortedSet<string>(StringComparer.Ordinal);
             foreach (var a in arbiters)
             {
-                var region = node.System.ActorSelection(new RootActorPath(a.Address) / "system" / "sharding" / FederationNode.JobRegionName);
-                var state = await region.Ask<CurrentShardRegionState>(GetShardRegionState.Instance, TimeSpan.FromSeconds(p.GetValue(Timeout)));
-                foreach (var shard in state.Shards) ids.UnionWith(shard.EntityIds);
+                var directory = node.System.ActorSelection(new RootActorPath(a.Address) / "user" / JobDirectory.Name);
+                var list = await directory.Ask<JobList>(new ListJobs(), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+                if (list.Problem is { } problem) throw new InvalidOperationException($"arbiter {a.Address}: {problem}");
+                ids.UnionWith(list.JobIds);
             }
             foreach (var jobId in ids)
             {
@@ -77,6 +81,7 @@ internal static class JobCommands
         cancel.With(p => WithClient(p, async node =>
         {
             var s = await node.JobRegion.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+            if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
             CliApp.Out.WriteLine($"job {s.JobId}: {s.State}");
         }), Seed, Timeout, Tls, Host);
 
@@ -105,9 +110,32 @@ internal static class JobCommands
     }
 
 
+    /// <summary>Asks again every <c>fate-llm.client.resend-interval</c> until an answer comes or <paramref name="total"/> has passed.</summary>
+    static async Task<object> Resending(FederationNode node, IJobCommand command, TimeSpan total)
+    {
+        var every = node.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            try { return await node.JobRegion.Ask<object>(command, Min(every, total - clock.Elapsed)); }
+            catch (AskTimeoutException) when (clock.Elapsed < total) { }
+        }
+        static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b > TimeSpan.Zero ? b : TimeSpan.FromMilliseconds(1);
+    }
+
+    /// <summary>
+    /// The job file, validated; also refuses an output folder that already holds files (the job would mix its outputs
+    /// with them). Checked on this machine, where the walkthrough's arbiter writes; the arbiter itself refuses a file there.
+    /// </summary>
     internal static JobSpec LoadSpec(string path)
     {
-        try { return JobFile.Load(path); }
+        try
+        {
+            var spec = JobFile.Load(path);
+            if (Directory.Exists(spec.OutputDir) && Directory.EnumerateFileSystemEntries(spec.OutputDir).Any())
+                throw new JobSpecException($"{path}: job.output '{spec.OutputDir}' already holds files; name a new or empty folder (or remove it)");
+            return spec;
+        }
         catch (JobSpecException e) { throw new UsageException(e.Message); }
     }
 
@@ -207,6 +235,7 @@ internal static class JobCommands
         if (s.Rounds.Length > 0) PrintTable(s);
         if (Progress(s) is { } now) CliApp.Out.WriteLine("  now: " + now);
         if (s.Epsilon is { } eps) CliApp.Out.WriteLine($"  differential privacy: (ε = {eps:F3}, δ = {s.Delta:G3})");
+        if (s.EvaluationProblem is { } problem) CliApp.Out.WriteLine($"  no final evaluation: {problem}");
         foreach (var e in s.FinalEvaluation)
             CliApp.Out.WriteLine($"  {e.Org,-12} loss {e.Loss:F4} ppl {e.Perplexity:F2} ROUGE-L {e.RougeL:F2} BLEU-4 {e.Bleu4:F2}");
         if (s.State == JobState.Completed) CliApp.Out.WriteLine($"outputs in {s.OutputDir}");

@@ -15,6 +15,8 @@ public static class JobSpecValidation
         {
             if (!ok) throw new JobSpecException($"{origin}: job.{field} {message}");
         }
+        Check(JobIds.IsValid(spec.JobId), "id", $"'{spec.JobId}' {JobIds.Rule}");
+        Check(!File.Exists(spec.OutputDir), "output", $"'{spec.OutputDir}' is a file; the job writes a folder there");
         var parties = spec.Parties;
         Check(parties.Length > 0, "parties", "must name at least one party");
         var dup = parties.GroupBy(p => p.Org).FirstOrDefault(g => g.Count() > 1);
@@ -31,6 +33,19 @@ public static class JobSpecValidation
         Check(spec.Round.DeadlineSeconds > 0, "round-deadline", "must be positive");
         var local = spec.Local;
         Check(local.BatchSize >= 1 && local.Epochs >= 1 && local.Steps >= 0 && local.Threads >= 1, "local", "needs batch-size ≥ 1, epochs ≥ 1, steps ≥ 0, threads ≥ 1");
+        Check(local.LearningRate > 0 && double.IsFinite(local.LearningRate), "local.learning-rate", $"must be a positive number, got {local.LearningRate}");
+        Check(local.WarmupRatio is >= 0 and < 1, "local.warmup-ratio", $"must be in [0, 1), got {local.WarmupRatio}");
+        Check(local.FedProxMu >= 0 && double.IsFinite(local.FedProxMu), "local.fedprox-mu", $"must be ≥ 0, got {local.FedProxMu}");
+        var peft = spec.Peft;
+        Check(peft.LoraR >= 1, "peft.r", $"must be ≥ 1, got {peft.LoraR}");
+        Check(peft.LoraAlpha > 0 && double.IsFinite(peft.LoraAlpha), "peft.alpha", $"must be a positive number, got {peft.LoraAlpha}");
+        Check(peft.LoraDropout is >= 0 and < 1, "peft.dropout", $"must be in [0, 1), got {peft.LoraDropout}");
+        Check(peft.NumVirtualTokens >= 1, "peft.num-virtual-tokens", $"must be ≥ 1, got {peft.NumVirtualTokens}");
+        var data = spec.Data;
+        Check(data.MaxPromptTokens >= 1 && data.MaxResponseTokens >= 1 && data.MaxTotalTokens >= 3, "data",
+            $"needs max-prompt-tokens ≥ 1, max-response-tokens ≥ 1 and max-tokens ≥ 3 (bos, a token, eos), got {data.MaxPromptTokens}, {data.MaxResponseTokens}, {data.MaxTotalTokens}");
+        Check(spec.Evaluation.Limit >= 0, "evaluation.limit", $"must be ≥ 0, got {spec.Evaluation.Limit}");
+        Check(spec.Evaluation.MaxNewTokens >= 1, "evaluation.max-new-tokens", $"must be ≥ 1, got {spec.Evaluation.MaxNewTokens}");
         Check(spec.Data.Template.Contains("{prompt}"), "data.template", "must contain {prompt}");
         Check(spec.Validation.MaxNorm > 0, "validation.max-update-norm", "must be > 0");
         Check(spec.Validation.MaxBytes > 0, "validation.max-update-bytes", "must be > 0");
@@ -61,4 +76,12 @@ public static class JobSpecValidation
         try { algorithm.Validate(spec); }
         catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
     }
+}
+
+/// <summary>What a job id may be: it names a folder, a journal stream and a sharded entity on every arbiter.</summary>
+public static class JobIds
+{
+    public const string Rule = "must be 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit";
+
+    public static bool IsValid(string id) => System.Text.RegularExpressions.Regex.IsMatch(id, "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$");
 }

@@ -116,6 +116,33 @@ public class CliSpec
         Assert.Contains(Path.Combine(dir, "m"), err);
     }
 
+    /// <summary>What the held-out fault run found checked only after training had started, now refused at submit.</summary>
+    [Theory]
+    [InlineData("local.learning-rate = -1", "job.local.learning-rate must be a positive number, got -1")]
+    [InlineData("peft.r = 0", "job.peft.r must be ≥ 1, got 0")]
+    [InlineData("peft.dropout = 1.5", "job.peft.dropout must be in [0, 1), got 1.5")]
+    [InlineData("local.warmup-ratio = 1", "job.local.warmup-ratio must be in [0, 1), got 1")]
+    [InlineData("evaluation.max-new-tokens = 0", "job.evaluation.max-new-tokens must be ≥ 1, got 0")]
+    [InlineData("id = \"bad id/../x\"", "job.id 'bad id/../x' must be 1-64 letters, digits")]
+    [InlineData("output = FILE", "' is a file; the job writes a folder there")]
+    [InlineData("output = FULL", "' already holds files; name a new or empty folder")]
+    public void A_job_setting_out_of_range_is_refused_at_submit_with_exit_2_before_anything_runs(string setting, string message)
+    {
+        var dir = TestSupport.TempDir();
+        var file = Path.Combine(dir, "out.txt");
+        File.WriteAllText(file, "x");
+        var full = Path.Combine(dir, "full");
+        Directory.CreateDirectory(full);
+        File.WriteAllText(Path.Combine(full, "adapter.safetensors"), "x");
+        setting = setting.Replace("FILE", System.Text.Json.JsonSerializer.Serialize(file)).Replace("FULL", System.Text.Json.JsonSerializer.Serialize(full));
+        var job = Path.Combine(dir, "job.conf");
+        File.WriteAllText(job, $"job {{ id = ok, model = m, parties = [{{org = a}}, {{org = b}}], output = {System.Text.Json.JsonSerializer.Serialize(Path.Combine(dir, "o"))}\n{setting} }}");
+        var (code, err) = Run("job", "submit", job, "--seed", "akka.tcp://fate-llm@127.0.0.1:1");
+        Assert.Equal(CliApp.UsageError, code);
+        Assert.Contains(message, err);
+        Assert.Single(err.Trim().Split('\n'));
+    }
+
     [Fact]
     public void A_party_whose_base_model_differs_from_the_jobs_refuses_naming_both_digests()
     {

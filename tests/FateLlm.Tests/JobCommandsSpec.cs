@@ -140,5 +140,16 @@ public class JobCommandsSpec
         (code, output, _) = Run("job", "status", "no-food", "--seed", fed.SeedAddress);
         Assert.Contains("now: round 1: waiting for a node of food (its quorum needs them)", output);
         Assert.Equal("job no-food: Cancelled", Run("job", "cancel", "no-food", "--seed", fed.SeedAddress).Out.Trim());
+
+        // Unknown ids: refused with exit 1, and asking leaves no ghost in the listing, which comes from the journal.
+        (code, _, error) = Run("job", "cancel", "nobody", "--seed", fed.SeedAddress);
+        Assert.Equal((1, "error: no job 'nobody'"), (code, error.Trim()));
+        (code, _, error) = Run("job", "status", "nobody", "--seed", fed.SeedAddress);
+        Assert.Equal((1, "error: no job 'nobody'"), (code, error.Trim()));
+        (code, output, error) = Run("job", "list", "--seed", fed.SeedAddress);
+        Assert.True(code == 0, error);
+        Assert.Equal(["no-food"], output.Trim().Split('\n').Select(l => l.Split(' ')[0]));
+        Assert.Contains("Cancelled", output);
+        Assert.Contains(CancelJob.ByOperator, output);
     }
 }
