@@ -261,9 +261,10 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         switch (e)
         {
             case JobSubmitted s:
-                _spec = s.Spec;
+                // A journal older than a plug-in setting: its default is filled in, and the spec blob parties fetch is rebuilt.
+                _spec = JobFile.WithAlgorithmDefaults(s.Spec);
                 _state = s.Initial;
-                _specDigest = s.SpecDigest;
+                _specDigest = ReferenceEquals(_spec, s.Spec) ? s.SpecDigest : "";
                 _submission = s.Submission;
                 _status = JobState.Running;
                 break;
@@ -314,7 +315,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             return;
         }
         if (_status != JobState.Running || _spec is null) return;
-        if (_specDigest.Length == 0) _specDigest = _s.Store.Put(_spec.ToJson()); // a v1 journal kept no spec blob
+        if (_specDigest.Length == 0) _specDigest = _s.Store.Put(_spec.ToJson()); // a v1 journal kept no spec blob, or it was upcast
         WithStateHere(() =>
         {
             if (_rounds.Count >= _spec.Rounds || BudgetExhausted())

@@ -108,12 +108,7 @@ public static class JobFile
         public int Int(string key) => int.TryParse(Raw(key), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : throw Wrong(key, "an integer");
         public long Long(string key) => long.TryParse(Raw(key), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : throw Wrong(key, "an integer");
         public double Double(string key) => double.TryParse(Raw(key), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : throw Wrong(key, "a number");
-        public bool Bool(string key) => Raw(key).ToLowerInvariant() switch
-        {
-            "on" or "true" or "yes" => true,
-            "off" or "false" or "no" => false,
-            _ => throw Wrong(key, "on or off"),
-        };
+        public bool Bool(string key) => Switch.TryParse(Raw(key), out var v) ? v : throw Wrong(key, $"on or off ({Switch.Accepted})");
         public TimeSpan Duration(string key)
         {
             Raw(key);
@@ -274,11 +269,42 @@ public static class JobFile
         Config block = value.IsObject() ? c.GetConfig("algorithm") : ConfigurationFactory.ParseString($"name = {Quote(value.GetString())}");
         var name = block.GetString("name");
         if (string.IsNullOrWhiteSpace(name)) throw new JobSpecException($"{field("algorithm.name")} is required (known: {string.Join(", ", AlgorithmCatalog.Names)})");
-        var defaults = Reference.Value.HasPath($"{AlgorithmsPath}.{name}") ? Reference.Value.GetConfig($"{AlgorithmsPath}.{name}") : Config.Empty;
         var settings = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        Flatten(block.WithFallback(defaults).Root, "", settings);
+        Flatten(block.Root, "", settings);
         settings.Remove("name");
-        return new AlgorithmSpec(name, settings);
+        return Algorithm(name, settings);
+    }
+
+    /// <summary>
+    /// The algorithm <paramref name="name"/> with <paramref name="settings"/> (flat dotted keys) over its defaults in
+    /// <c>fate-llm.algorithms.&lt;name&gt;</c>, the only place they live: for code that builds jobs (experiments, specs).
+    /// </summary>
+    public static AlgorithmSpec Algorithm(string name, IReadOnlyDictionary<string, string>? settings = null)
+    {
+        var merged = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (key, v) in AlgorithmDefaults(name)) merged[key] = v;
+        foreach (var (key, v) in settings ?? new Dictionary<string, string>()) merged[key] = v;
+        return new AlgorithmSpec(name, merged);
+    }
+
+    /// <summary>
+    /// A spec read from a journal written before a plug-in setting existed gets that setting's default; what the journal
+    /// holds is kept as it was.
+    /// </summary>
+    public static JobSpec WithAlgorithmDefaults(JobSpec spec)
+    {
+        var defaults = AlgorithmDefaults(spec.Algorithm.Name);
+        return defaults.Keys.All(spec.Algorithm.Settings.ContainsKey) ? spec
+            : spec with { Algorithm = Algorithm(spec.Algorithm.Name, spec.Algorithm.Settings) };
+    }
+
+    /// <summary>An algorithm's reference block as flat dotted keys (empty for a plug-in without one).</summary>
+    public static IReadOnlyDictionary<string, string> AlgorithmDefaults(string name)
+    {
+        var path = $"{AlgorithmsPath}.{name}";
+        var flat = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        if (Reference.Value.HasPath(path)) Flatten(Reference.Value.GetConfig(path).Root, "", flat);
+        return flat;
     }
 
     static void Flatten(HoconValue v, string prefix, IDictionary<string, string> into)

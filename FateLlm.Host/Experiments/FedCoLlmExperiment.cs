@@ -87,7 +87,7 @@ public sealed class FedCoLlmExperiment(ExperimentSettings s, FedCoLlmOptions o, 
         var id = $"fedcollm-d{steps}-seed{seed}-{DateTime.UtcNow:HHmmssfff}";
         var spec = paper.Job(id, smallPath, fed, "lora", seed) with
         {
-            Algorithm = new AlgorithmSpec(FedCoLlmAlgorithm.AlgorithmName, new Dictionary<string, string>
+            Algorithm = JobFile.Algorithm(FedCoLlmAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
                 ["server-model"] = serverPath, ["public-data"] = corpus, ["distill.steps"] = steps.ToString(CultureInfo.InvariantCulture),
                 ["distill.learning-rate"] = o.DistillLearningRate.ToString("R", CultureInfo.InvariantCulture),

@@ -134,7 +134,7 @@ public sealed class FedKSeedExperiment(ExperimentSettings s, FedKSeedOptions o, 
         var spec = new PaperExperiment(s, log).Job(id, basePath, fed, "lora", seed);
         return spec with
         {
-            Algorithm = new AlgorithmSpec(FedKSeedAlgorithm.AlgorithmName, new Dictionary<string, string>
+            Algorithm = JobFile.Algorithm(FedKSeedAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
                 ["seeds"] = I(o.Candidates), ["steps"] = I(o.Steps), ["batch-size"] = I(o.BatchSize),
                 ["learning-rate"] = o.LearningRate.ToString("R", CultureInfo.InvariantCulture), ["epsilon"] = o.Epsilon.ToString("R", CultureInfo.InvariantCulture),

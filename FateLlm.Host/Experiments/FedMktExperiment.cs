@@ -99,7 +99,7 @@ public sealed class FedMktExperiment(ExperimentSettings s, FedMktOptions o, Acti
             ["public-epochs"] = o.PublicEpochs.ToString(CultureInfo.InvariantCulture),
         };
         foreach (var (org, path) in partyModels) settings["party-models." + org] = path;
-        return paper.Job(id, serverPath, fed, "lora", seed) with { Algorithm = new AlgorithmSpec(FedMktAlgorithm.AlgorithmName, settings) };
+        return paper.Job(id, serverPath, fed, "lora", seed) with { Algorithm = JobFile.Algorithm(FedMktAlgorithm.AlgorithmName, settings) };
     }
 
     /// <summary>A party's final adapter (its last distil phase, in its node's workspace), written as a PEFT folder to score it.</summary>

@@ -131,7 +131,7 @@ public sealed class OffsiteExperiment(ExperimentSettings s, OffsiteOptions o, Ac
         var spec = JobFile.Default(jobId, full, parties.Select(p => new PartySpec(p, "train", "dev")).ToArray(), Path.Combine(s.OutDir, "federated", jobId));
         spec = spec with
         {
-            Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, settings), Rounds = s.Rounds, Seed = seed, Data = PaperExperiment.Data,
+            Algorithm = JobFile.Algorithm(OffsiteAlgorithm.AlgorithmName, settings), Rounds = s.Rounds, Seed = seed, Data = PaperExperiment.Data,
             Evaluation = new EvaluationOptions(8, 16),
             Local = spec.Local with { Epochs = s.LocalEpochs, BatchSize = s.BatchSize, LearningRate = o.AdapterLearningRate, Schedule = LrSchedule.Constant },
             Round = spec.Round with { DeadlineSeconds = 900, Quorum = parties.Length },

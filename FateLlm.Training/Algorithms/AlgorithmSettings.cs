@@ -5,9 +5,10 @@ using FateLlm.Training.Federation;
 namespace FateLlm.Training.Algorithms;
 
 /// <summary>
-/// Typed reads of an algorithm's own block (<c>job.algorithm { ... }</c>, flattened to dotted keys). A missing key
-/// takes the fallback given by the plug-in (whose defaults also sit in <c>fate-llm.algorithms.&lt;name&gt;</c> of
-/// reference.conf); a value of the wrong type names the key and the expected type.
+/// Typed reads of an algorithm's own block (<c>job.algorithm { ... }</c>, flattened to dotted keys). Its defaults have
+/// one home, <c>fate-llm.algorithms.&lt;name&gt;</c> in the actors' reference.conf, merged under the job's block when the
+/// spec is made (<c>JobFile</c>); so a plug-in names no default here and a key that is missing is an error. A value of
+/// the wrong type names the key and the expected type.
 /// </summary>
 public sealed class AlgorithmSettings(string algorithm, IReadOnlyDictionary<string, string> values)
 {
@@ -15,32 +16,31 @@ public sealed class AlgorithmSettings(string algorithm, IReadOnlyDictionary<stri
 
     string Field(string key) => $"job.algorithm.{key}";
 
-    T Read<T>(string key, T fallback, string type, Func<string, (bool Ok, T Value)> parse)
+    T Read<T>(string key, string type, Func<string, (bool Ok, T Value)> parse)
     {
-        if (!values.TryGetValue(key, out var raw)) return fallback;
+        if (!values.TryGetValue(key, out var raw))
+            throw new JobSpecException($"{Field(key)} is not set, and reference.conf's fate-llm.algorithms.{algorithm} gives it no default");
         var (ok, value) = parse(raw.Trim());
         return ok ? value : throw new JobSpecException($"{Field(key)} = '{raw}' is not {type} (algorithm '{algorithm}')");
     }
 
-    public string GetString(string key, string fallback) => Read(key, fallback, "a string", s => (true, s));
+    public string GetString(string key) => Read(key, "a string", s => (true, s));
 
-    public int GetInt(string key, int fallback) =>
-        Read(key, fallback, "an integer", s => (int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v), v));
+    /// <summary>A key that has no default (per-party entries): its value, or null when the job does not set it.</summary>
+    public string? Find(string key) => values.TryGetValue(key, out var v) ? v : null;
 
-    public long GetLong(string key, long fallback) =>
-        Read(key, fallback, "an integer", s => (long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v), v));
+    public int GetInt(string key) =>
+        Read(key, "an integer", s => (int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v), v));
 
-    public double GetDouble(string key, double fallback) =>
-        Read(key, fallback, "a number", s => (double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v), v));
+    public long GetLong(string key) =>
+        Read(key, "an integer", s => (long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v), v));
 
-    public bool GetBool(string key, bool fallback) => Read(key, fallback, "a boolean (on/off, true/false, yes/no)", s => s.ToLowerInvariant() switch
-    {
-        "on" or "true" or "yes" => (true, true),
-        "off" or "false" or "no" => (true, false),
-        _ => (false, false),
-    });
+    public double GetDouble(string key) =>
+        Read(key, "a number", s => (double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v), v));
 
-    public IReadOnlyList<string> GetStringList(string key, IReadOnlyList<string> fallback) => Read(key, fallback, "a list", s =>
+    public bool GetBool(string key) => Read(key, $"a boolean ({Switch.Accepted})", s => Switch.TryParse(s, out var v) ? (true, v) : (false, false));
+
+    public IReadOnlyList<string> GetStringList(string key) => Read(key, "a list", s =>
     {
         try { return (true, (IReadOnlyList<string>)(JsonSerializer.Deserialize<string[]>(s) ?? [])); }
         catch (JsonException) { return (false, (IReadOnlyList<string>)[]); }

@@ -74,7 +74,7 @@ public class FedCoLlmSpec
     {
         static JobSpec With(params (string Key, string Value)[] settings) => JobFile.Default("c", "m", [new PartySpec("a", "train", null)], "out") with
         {
-            Algorithm = new AlgorithmSpec(FedCoLlmAlgorithm.AlgorithmName, settings.ToDictionary(s => s.Key, s => s.Value)),
+            Algorithm = JobFile.Algorithm(FedCoLlmAlgorithm.AlgorithmName, settings.ToDictionary(s => s.Key, s => s.Value)),
         };
         var algorithm = AlgorithmCatalog.Get(FedCoLlmAlgorithm.AlgorithmName);
         Assert.Contains("job.algorithm.server-model", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("public-data", "p.jsonl")))).Message);
@@ -109,7 +109,7 @@ public class FedCoLlmFederationSpec
         File.WriteAllLines(publicData, new[] { "tools and machines", "plants grow in the garden", "people walk and run" }.Select(t => $"{{\"text\": \"{t}\"}}"));
         JobSpec Spec(string id) => FederationFixture.Job(g, id, rounds: 2) with
         {
-            Algorithm = new AlgorithmSpec(FedCoLlmAlgorithm.AlgorithmName, new Dictionary<string, string>
+            Algorithm = JobFile.Algorithm(FedCoLlmAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
                 ["server-model"] = server, ["public-data"] = publicData, ["distill.steps"] = "4", ["distill.batch-size"] = "2", ["distill.max-tokens"] = "32",
             }),

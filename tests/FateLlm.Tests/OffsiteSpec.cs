@@ -56,7 +56,7 @@ public class OffsiteSpec
 
     static JobSpec Spec(string model, string adapters = "full", int emulator = 2) => JobFile.Default("ost", model, [new PartySpec("a", "train", null)], TestSupport.TempDir()) with
     {
-        Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
+        Algorithm = JobFile.Algorithm(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
         {
             ["bottom"] = "1", ["top"] = "1", ["emulator"] = emulator.ToString(), ["adapters"] = adapters, ["export-emulator"] = "off",
         }),
@@ -173,7 +173,7 @@ public class OffsiteFederationSpec
         var spec = FederationFixture.Job(g, "offsite", rounds: 2, quorum: 2, deadlineSeconds: 40) with
         {
             ModelPath = "offsite-base",
-            Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
+            Algorithm = JobFile.Algorithm(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
                 ["bottom"] = "1", ["top"] = "1", ["emulator"] = "1", ["adapters"] = "full", ["export-emulator"] = "off",
             }),
@@ -228,7 +228,7 @@ public class EmulatorDistillationSpec
         File.WriteAllLines(corpus, Enumerable.Range(0, 60).Select(i => System.Text.Json.JsonSerializer.Serialize(new { text = $"entry {i}: a word and its gloss, number {i * 7 % 13}" })));
         var spec = JobFile.Default("distil", full, [new PartySpec("a", "train", null)], Path.Combine(root, "out")) with
         {
-            Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
+            Algorithm = JobFile.Algorithm(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
                 ["bottom"] = "1", ["top"] = "1", ["emulator"] = "1", ["adapters"] = "full", ["distill.steps"] = "40", ["distill.data"] = corpus,
                 ["distill.learning-rate"] = "0.005", ["distill.batch-size"] = "4", ["distill.max-tokens"] = "32",
@@ -264,7 +264,7 @@ public class EmulatorDistillationSpec
     {
         var spec = JobFile.Default("distil", "m", [new PartySpec("a", "train", null)], TestSupport.TempDir()) with
         {
-            Algorithm = new AlgorithmSpec(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string> { ["distill.steps"] = "10" }),
+            Algorithm = JobFile.Algorithm(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string> { ["distill.steps"] = "10" }),
         };
         var e = Assert.Throws<JobSpecException>(() => new OffsiteAlgorithm().Validate(spec));
         Assert.Equal("job.algorithm.distill.data (a public corpus JSONL on the arbiter) is required when distill.steps = 10", e.Message);

@@ -49,7 +49,7 @@ public sealed class PartyActorSpec : TestKit
         var spec = JobFile.Default(id, "-", [new PartySpec(_org, "train", "dev"), new PartySpec("other-1", "train", null), new PartySpec("other-2", "train", null)],
             TestSupport.TempDir()) with
         {
-            Algorithm = new AlgorithmSpec(EchoAlgorithm.AlgorithmName, new Dictionary<string, string>()),
+            Algorithm = new AlgorithmSpec(EchoAlgorithm.AlgorithmName, new Dictionary<string, string> { ["exchanges"] = "1" }),
         };
         return secure ? FederationFixture.Secure(spec, 10) : spec;
     }

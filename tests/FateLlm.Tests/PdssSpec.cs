@@ -1,3 +1,4 @@
+using FateLlm.Actors.Jobs;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Algorithms.Pdss;
 using FateLlm.Training.Federation;
@@ -25,7 +26,7 @@ public class PdssSpec
         await using var fed = await FederationFixture.Start(g with { Datasets = datasets });
         var spec = FederationFixture.Job(g, "pdss", rounds: 1, quorum: 2) with
         {
-            Algorithm = new AlgorithmSpec(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "0.5" }),
+            Algorithm = JobFile.Algorithm(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "0.5" }),
         };
         var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(180));
 
@@ -39,7 +40,7 @@ public class PdssSpec
             Assert.Equal(examples - (examples + 2) / 3, parties[org].Metrics["pdss.with-rationale"]);
         }
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "adapter", "adapter_model.safetensors")));
-        var bad = spec with { Algorithm = new AlgorithmSpec(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "2" }) };
+        var bad = spec with { Algorithm = JobFile.Algorithm(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "2" }) };
         Assert.Contains("alpha = 2 must be in [0, 1]", Assert.Throws<JobSpecException>(() => AlgorithmCatalog.Get("pdss").Validate(bad)).Message);
         var example = Actors.Jobs.JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "pdss.conf")));
         AlgorithmCatalog.For(example).Validate(example);

@@ -41,13 +41,13 @@ public sealed class FedCoLlmAlgorithm : IFederatedAlgorithm
         {
             var s = spec.Algorithm.Read();
             s.RefuseUnknown(Keys);
-            var server = s.GetString("server-model", "");
-            var data = s.GetString("public-data", "");
+            var server = s.GetString("server-model");
+            var data = s.GetString("public-data");
             if (server.Length == 0) throw new JobSpecException("job.algorithm.server-model (the arbiter's large model, same tokenizer as job.model) is required");
             if (data.Length == 0) throw new JobSpecException("job.algorithm.public-data (a public corpus JSONL on the arbiter) is required");
-            var d = new MutualDistillOptions(s.GetInt("distill.steps", 50), s.GetInt("distill.batch-size", 8), s.GetInt("distill.max-tokens", 128),
-                s.GetDouble("distill.learning-rate", 1e-3), s.GetDouble("distill.lambda", 1.0), s.GetDouble("distill.temperature", 1.0),
-                s.GetInt("distill.top-k", 128), spec.Seed);
+            var d = new MutualDistillOptions(s.GetInt("distill.steps"), s.GetInt("distill.batch-size"), s.GetInt("distill.max-tokens"),
+                s.GetDouble("distill.learning-rate"), s.GetDouble("distill.lambda"), s.GetDouble("distill.temperature"),
+                s.GetInt("distill.top-k"), spec.Seed);
             if (d.Steps < 0 || d.BatchSize < 1 || d.MaxTokens < 2 || d.TopK < 1)
                 throw new JobSpecException($"job.algorithm.distill: steps ≥ 0, batch-size ≥ 1, max-tokens ≥ 2 and top-k ≥ 1 (got {d.Steps}, {d.BatchSize}, {d.MaxTokens}, {d.TopK})");
             foreach (var (key, v) in new[] { ("learning-rate", d.LearningRate), ("temperature", d.Temperature) })

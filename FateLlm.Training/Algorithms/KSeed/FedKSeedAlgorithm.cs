@@ -44,8 +44,8 @@ public sealed class FedKSeedAlgorithm : IFederatedAlgorithm
         {
             var s = spec.Algorithm.Read();
             s.RefuseUnknown(Keys);
-            var r = new Settings(s.GetInt("seeds", 4096), s.GetInt("steps", 200), s.GetInt("batch-size", 4), s.GetDouble("learning-rate", 3e-4),
-                s.GetDouble("epsilon", 5e-4), s.GetBool("pro", true), s.GetDouble("pro-clip", 0), s.GetDouble("max-scalar", 1000));
+            var r = new Settings(s.GetInt("seeds"), s.GetInt("steps"), s.GetInt("batch-size"), s.GetDouble("learning-rate"),
+                s.GetDouble("epsilon"), s.GetBool("pro"), s.GetDouble("pro-clip"), s.GetDouble("max-scalar"));
             if (r.Seeds is < 1 or > 1 << 20) throw new JobSpecException($"job.algorithm.seeds = {r.Seeds} must be in [1, 1048576]");
             if (r.Steps is < 1 or > 1 << 20) throw new JobSpecException($"job.algorithm.steps = {r.Steps} must be in [1, 1048576]");
             if (r.BatchSize < 1) throw new JobSpecException($"job.algorithm.batch-size = {r.BatchSize} must be ≥ 1");

@@ -55,17 +55,17 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
         {
             var s = spec.Algorithm.Read();
             s.RefuseUnknown([.. Keys, .. spec.Parties.Select(p => PartyModels + p.Org)]);
-            var models = spec.Parties.ToDictionary(p => p.Org, p => s.GetString(PartyModels + p.Org, ""));
+            var models = spec.Parties.ToDictionary(p => p.Org, p => s.Find(PartyModels + p.Org) ?? "");
             if (models.FirstOrDefault(m => m.Value.Length == 0) is { Key: { } missing })
                 throw new JobSpecException($"job.algorithm.party-models.{missing}: party '{missing}' needs its small model (a folder on its node)");
-            var data = s.GetString("public-data", "");
+            var data = s.GetString("public-data");
             if (data.Length == 0) throw new JobSpecException("job.algorithm.public-data (a public instruction JSONL on the arbiter) is required");
-            var o = new TransferOptions(s.GetDouble("alpha", 0.9), s.GetDouble("temperature", 1.0), s.GetInt("public-epochs", 1), s.GetInt("batch-size", 8),
-                s.GetDouble("learning-rate", 5e-4), spec.Seed);
-            var mode = s.GetString("mode", "two-way");
+            var o = new TransferOptions(s.GetDouble("alpha"), s.GetDouble("temperature"), s.GetInt("public-epochs"), s.GetInt("batch-size"),
+                s.GetDouble("learning-rate"), spec.Seed);
+            var mode = s.GetString("mode");
             if (mode is not ("two-way" or "one-way"))
                 throw new JobSpecException($"job.algorithm.mode = '{mode}' must be two-way (server and parties learn from each other) or one-way (server logits once)");
-            var r = new Settings(data, s.GetInt("public-limit", 64), s.GetInt("top-k", 128), models, o, mode == "one-way", s.GetBool("post-fedavg", false));
+            var r = new Settings(data, s.GetInt("public-limit"), s.GetInt("top-k"), models, o, mode == "one-way", s.GetBool("post-fedavg"));
             if (r.PostFedAvg && models.Values.Distinct(StringComparer.Ordinal).Count() > 1)
                 throw new JobSpecException("job.algorithm.post-fedavg = on averages the parties' LoRA, so every party-models.<org> must name the same model (got " +
                     string.Join(", ", models.Select(m => $"{m.Key} → {m.Value}")) + ")");

@@ -37,17 +37,17 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         {
             var s = spec.Algorithm.Read();
             s.RefuseUnknown(Keys);
-            var adapters = s.GetString("adapters", "full");
+            var adapters = s.GetString("adapters");
             if (adapters is not ("full" or "lora"))
                 throw new JobSpecException($"job.algorithm.adapters = '{adapters}' must be full (train the adapter blocks) or lora (LoRA on them)");
-            var distill = new DistillOptions(s.GetInt("distill.steps", 0), s.GetString("distill.data", "") is { Length: > 0 } d ? d : null,
-                s.GetInt("distill.batch-size", 8), s.GetInt("distill.max-tokens", 128), s.GetDouble("distill.learning-rate", 1e-4),
-                s.GetDouble("distill.lm-weight", 1.0), s.GetDouble("distill.kd-weight", 30.0), spec.Seed);
+            var distill = new DistillOptions(s.GetInt("distill.steps"), s.GetString("distill.data") is { Length: > 0 } d ? d : null,
+                s.GetInt("distill.batch-size"), s.GetInt("distill.max-tokens"), s.GetDouble("distill.learning-rate"),
+                s.GetDouble("distill.lm-weight"), s.GetDouble("distill.kd-weight"), spec.Seed);
             if (distill.Steps < 0 || distill.BatchSize < 1 || distill.MaxTokens < 2)
                 throw new JobSpecException($"job.algorithm.distill: steps ≥ 0, batch-size ≥ 1 and max-tokens ≥ 2 (got {distill.Steps}, {distill.BatchSize}, {distill.MaxTokens})");
             if (distill.Enabled && distill.Data is null)
                 throw new JobSpecException($"job.algorithm.distill.data (a public corpus JSONL on the arbiter) is required when distill.steps = {distill.Steps}");
-            return new Settings(s.GetInt("bottom", 1), s.GetInt("top", 1), s.GetInt("emulator", 2), adapters == "lora", s.GetBool("export-emulator", false), distill);
+            return new Settings(s.GetInt("bottom"), s.GetInt("top"), s.GetInt("emulator"), adapters == "lora", s.GetBool("export-emulator"), distill);
         }
 
         public EmulatorPlan Plan(int layers) => EmulatorPlan.Choose(layers, Bottom, Top, Emulator);

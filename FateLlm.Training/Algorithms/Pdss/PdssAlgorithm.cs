@@ -28,7 +28,7 @@ public sealed class PdssAlgorithm : IFederatedAlgorithm
         {
             var s = spec.Algorithm.Read();
             s.RefuseUnknown(Keys);
-            var r = new Settings(s.GetDouble("alpha", 0.5), s.GetString("rationale-column", "rationale"), s.GetString("rationale-template", "{prompt}\nrationale:"));
+            var r = new Settings(s.GetDouble("alpha"), s.GetString("rationale-column"), s.GetString("rationale-template"));
             try { Options(spec, r, 0).Check(); }
             catch (ArgumentException e) { throw new JobSpecException($"job.algorithm: {e.Message}"); }
             if (r.Column.Length == 0) throw new JobSpecException("job.algorithm.rationale-column must name a column");

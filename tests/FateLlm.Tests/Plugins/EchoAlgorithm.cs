@@ -58,7 +58,7 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
         {
             var total = Read(ctx.Store.Read(state.Get(Total))) + result.Updates.Sum(u => (double)u.Parsed!);
             var next = state.With(Total, ctx.Store.Put(Write(total)));
-            var exchanges = ctx.Spec.Algorithm.Read().GetInt("exchanges", 1);
+            var exchanges = ctx.Spec.Algorithm.Read().GetInt("exchanges");
             return result.Phase < exchanges
                 ? new StepResult(next, Ask($"e{result.Phase + 1}", result.Updates.Select(u => u.Party), next.Get(Total)))
                 : new StepResult(next, null) { Metrics = new Dictionary<string, double> { ["echo.total"] = total } };

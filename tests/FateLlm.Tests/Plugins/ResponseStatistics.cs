@@ -26,7 +26,7 @@ public sealed class ResponseStatistics : IFederatedAlgorithm
     {
         var settings = spec.Algorithm.Read();
         settings.RefuseUnknown(["unit"]);
-        var unit = settings.GetString("unit", "chars");
+        var unit = settings.GetString("unit");
         if (unit is not ("chars" or "words")) throw new JobSpecException($"job.algorithm.unit: '{unit}' is not chars or words");
     }
 
@@ -87,7 +87,7 @@ public sealed class ResponseStatistics : IFederatedAlgorithm
 
     public static List<double> Lengths(JobSpec spec, string data)
     {
-        var words = spec.Algorithm.Read().GetString("unit", "chars") == "words";
+        var words = spec.Algorithm.Read().GetString("unit") == "words";
         return InstructionData.ReadJsonl(data, spec.Data)
             .Select(e => (double)(words ? e.Response.Split(' ', StringSplitOptions.RemoveEmptyEntries).Length : e.Response.Length)).ToList();
     }
