@@ -13,6 +13,19 @@ public abstract class CausalLm : nn.Module
     public ModelConfig Config { get; }
     public PrefixEncoder? PromptEncoder { get; private set; }
 
+    /// <summary>
+    /// This model's own random stream: adapter initialisation and LoRA dropout draw from it, never from torch's process-wide
+    /// generator, so parties hosted in one process (the demo, the experiments, the specs) cannot reseed or consume each
+    /// other's randomness. Seeded as torch's global generator was, it gives the same numbers.
+    /// </summary>
+    public Generator Randomness { get; } = new(0);
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) Randomness.Dispose();
+        base.Dispose(disposing);
+    }
+
     protected CausalLm(string name, ModelConfig config) : base(name) => Config = config;
 
     public static CausalLm Create(ModelConfig config) => config.Family switch

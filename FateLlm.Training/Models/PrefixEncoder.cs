@@ -31,14 +31,14 @@ public sealed class PrefixEncoder : nn.Module
     public int NumVirtualTokens { get; }
     readonly ModelConfig _c;
 
-    public PrefixEncoder(ModelConfig c, int numVirtualTokens, bool projection, int encoderHidden, double initStd = 1.0) : base("PrefixEncoder")
+    public PrefixEncoder(ModelConfig c, int numVirtualTokens, bool projection, int encoderHidden, double initStd, Generator randomness) : base("PrefixEncoder")
     {
         if (numVirtualTokens <= 0) throw new ArgumentOutOfRangeException(nameof(numVirtualTokens), "num_virtual_tokens must be positive");
         _c = c;
         NumVirtualTokens = numVirtualTokens;
         var flat = FlatWidth(c);
         embedding = new Embedding(numVirtualTokens, projection ? c.HiddenSize : flat);
-        using (no_grad()) embedding.weight.normal_(0, initStd);
+        using (no_grad()) embedding.weight.normal_(0, initStd, randomness);
         register_module("embedding", embedding);
         if (projection)
         {
@@ -46,7 +46,7 @@ public sealed class PrefixEncoder : nn.Module
             using (no_grad())
                 foreach (var p in new[] { transform.First, transform.Second })
                 {
-                    nn.init.kaiming_uniform_(p.weight, a: Math.Sqrt(5));
+                    Projection.KaimingUniform(p.weight, randomness);
                     p.bias!.zero_();
                 }
             register_module("transform", transform);

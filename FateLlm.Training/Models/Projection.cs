@@ -31,6 +31,7 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     public LoraFactor? LoraB { get; private set; }
     public double LoraScaling { get; private set; }
     double _loraDropout;
+    Generator? _randomness;
     public bool Merged { get; private set; }
 
     public Projection(long inFeatures, long outFeatures, bool hasBias, bool conv1dLayout = false) : base("Projection")
@@ -49,17 +50,19 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
 
     public bool HasLora => LoraA != null;
 
-    public void AddLora(int r, double alpha, double dropout)
+    /// <param name="randomness">The model's generator: A's initialisation now, the dropout masks while training.</param>
+    public void AddLora(int r, double alpha, double dropout, Generator randomness)
     {
         if (HasLora) throw new InvalidOperationException("LoRA is already attached to this projection");
         if (r <= 0) throw new ArgumentOutOfRangeException(nameof(r), "LoRA rank must be positive");
         LoraA = new LoraFactor(r, InFeatures);
         LoraB = new LoraFactor(OutFeatures, r);
         using (no_grad())
-            nn.init.kaiming_uniform_(LoraA.weight, a: Math.Sqrt(5));
+            KaimingUniform(LoraA.weight, randomness);
         // B = 0 so the adapted model starts exactly at the base model.
         LoraScaling = alpha / r;
         _loraDropout = dropout;
+        _randomness = randomness;
         register_module("lora_A", LoraA);
         register_module("lora_B", LoraB);
     }
@@ -96,11 +99,29 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
             ? (bias is null ? x.matmul(weight) : addmm(bias, x.reshape(-1, InFeatures), weight, 1, 1).reshape(LeadingShape(x, OutFeatures)))
             : nn.functional.linear(x, weight, bias);
         if (LoraA is null || LoraB is null || Merged) return y;
-        var h = training && _loraDropout > 0 ? nn.functional.dropout(x, _loraDropout, training) : x;
+        var h = training && _loraDropout > 0 ? Dropout(x) : x;
         // Adapters train in their own dtype (fp32) on a base that may stay bf16: cast in, and the update back.
         if (h.dtype != LoraA.weight.dtype) h = h.to_type(LoraA.weight.dtype);
         var delta = nn.functional.linear(nn.functional.linear(h, LoraA.weight), LoraB.weight).mul_(LoraScaling);
         return y.add_(delta.dtype == y.dtype ? delta : delta.to_type(y.dtype));
+    }
+
+    /// <summary>Inverted dropout with the model's generator: the same masks as torch's dropout drawing from a generator seeded alike.</summary>
+    Tensor Dropout(Tensor x)
+    {
+        var keep = 1 - _loraDropout;
+        using var noise = empty_like(x).bernoulli_(keep, _randomness).div_(keep);
+        return x.mul(noise);
+    }
+
+    /// <summary>
+    /// torch's kaiming_uniform_(w, a = √5), the PEFT and nn.Linear default, with a generator: U(−1/√fan_in, 1/√fan_in).
+    /// (TorchSharp's init functions either take no generator or, for uniform_, do not draw as Tensor.uniform_ does.)
+    /// </summary>
+    public static void KaimingUniform(Tensor weight, Generator randomness)
+    {
+        var bound = 1 / Math.Sqrt(weight.shape[1]);
+        weight.uniform_(-bound, bound, randomness);
     }
 
     static long[] LeadingShape(Tensor x, long last)

@@ -75,11 +75,11 @@ public static class PeftModel
         {
             case PeftMethod.Lora:
                 foreach (var (_, proj) in ResolveTargets(model, cfg.EffectiveTargets(model.Config)))
-                    proj.AddLora(cfg.LoraR, cfg.LoraAlpha, cfg.LoraDropout);
+                    proj.AddLora(cfg.LoraR, cfg.LoraAlpha, cfg.LoraDropout, model.Randomness);
                 break;
             case PeftMethod.PtuningV2:
                 model.AttachPrefix(new PrefixEncoder(model.Config, cfg.NumVirtualTokens, cfg.PrefixProjection,
-                    cfg.EncoderHiddenSize ?? model.Config.HiddenSize, cfg.PrefixInitStd));
+                    cfg.EncoderHiddenSize ?? model.Config.HiddenSize, cfg.PrefixInitStd, model.Randomness));
                 break;
         }
         foreach (var module in cfg.ModulesToSave)

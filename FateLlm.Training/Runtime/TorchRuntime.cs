@@ -3,22 +3,20 @@ using static TorchSharp.torch;
 
 namespace FateLlm.Training.Runtime;
 
-/// <summary>Process-wide torch settings: thread cap and device choice.</summary>
+/// <summary>Torch settings of the calling thread (thread cap) and the device choice.</summary>
 public static class TorchRuntime
 {
-    static readonly object Gate = new();
-    static int _threads;
+    /// <summary>What this thread last set: libtorch's OpenMP cap belongs to the calling thread (a new thread starts from
+    /// the last value set anywhere), so each party's training thread sets its own and a process-wide cache would skip it.</summary>
+    [ThreadStatic] static int _threads;
 
-    /// <summary>Caps intra-op threads (0 = all cores). libtorch allows setting interop threads only once.</summary>
+    /// <summary>Caps intra-op threads of the calling thread's torch work (0 = all cores).</summary>
     public static void SetThreads(int threads)
     {
-        lock (Gate)
-        {
-            var n = threads > 0 ? threads : Environment.ProcessorCount;
-            if (n == _threads) return;
-            set_num_threads(n);
-            _threads = n;
-        }
+        var n = threads > 0 ? threads : Environment.ProcessorCount;
+        if (n == _threads && get_num_threads() == n) return;
+        set_num_threads(n);
+        _threads = n;
     }
 
     /// <summary>cpu, cuda or auto (cuda when a GPU and a CUDA build of libtorch are present).</summary>

@@ -44,7 +44,7 @@ public sealed class FineTuning : IDisposable
         var model = HfCheckpoint.Load(modelPath, peft.BaseDtype);
         try
         {
-            manual_seed(initSeed);
+            model.Randomness.manual_seed(initSeed);
             makeTrainable(model);
             if (device is not null) model.to(device);
             return new FineTuning(model, TokenizerLoader.Load(modelPath, model.Config), peft, modelPath);

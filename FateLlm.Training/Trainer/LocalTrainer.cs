@@ -99,7 +99,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         int counted = 0, samples = 0;
         for (int epoch = startEpoch; epoch < epochs && step < totalSteps; epoch++)
         {
-            manual_seed(o.Seed + epoch);
+            model.Randomness.manual_seed(o.Seed + epoch);
             var order = Enumerable.Range(0, data.Count).ToArray();
             new Random((int)(o.Seed + epoch)).Shuffle(order);
             double accumulated = 0;

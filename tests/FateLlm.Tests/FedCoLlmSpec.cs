@@ -38,7 +38,7 @@ public class FedCoLlmSpec
     static CausalLm WithLora(long seed)
     {
         var m = TestSupport.TinyModel(seed: seed);
-        manual_seed(seed);
+        m.Randomness.manual_seed(seed);
         PeftModel.Apply(m, new PeftConfig { Method = PeftMethod.Lora, LoraR = 4, LoraAlpha = 8, LoraDropout = 0 });
         return m;
     }

@@ -119,7 +119,7 @@ public class OffsiteSpec
         var folder = SubModel.Materialize(bundle, work);
         // A sub-model whose adapters moved: adapter blocks (or their LoRA factors) shifted by a constant.
         using var sub = HfCheckpoint.Load(folder);
-        manual_seed(1);
+        sub.Randomness.manual_seed(1);
         OffsiteAlgorithm.MakeTrainable(sub, s, spec, new EmulatorPlan(4, [0], [1, 2], [3]));
         var trainable = PeftModel.TrainableParameters(sub);
         Assert.All(trainable, p => Assert.Matches(@"^model\.layers\.[03]\.", p.Name));

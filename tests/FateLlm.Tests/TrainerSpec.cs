@@ -20,14 +20,58 @@ public class TrainerSpec
     public void Loss_falls_when_overfitting_eight_samples(string arch, PeftMethod method)
     {
         using var m = TestSupport.TinyModel(arch);
-        // LoRA's Kaiming init draws from the global generator: seed it so the outcome does not depend on test order.
-        TorchSharp.torch.manual_seed(11);
+        m.Randomness.manual_seed(11);
         PeftModel.Apply(m, new PeftConfig { Method = method, LoraR = 8, LoraTargets = ["all-linear"], LoraDropout = 0 });
         var data = EightSamples();
         var (before, _) = Evaluator.Loss(m, data, ByteTokenizer.Pad, 8);
         new LocalTrainer(m, new TrainOptions { Epochs = 60, BatchSize = 4, LearningRate = method == PeftMethod.Full ? 3e-3 : 1e-2, WarmupRatio = 0.1 }, ByteTokenizer.Pad).Train(data);
         var (after, _) = Evaluator.Loss(m, data, ByteTokenizer.Pad, 8);
         Assert.True(after < before * 0.5, $"eval loss {before:F3} → {after:F3}");
+    }
+
+    /// <summary>
+    /// Parties hosted in one process (demo, experiments, specs) train side by side: a run draws its adapter initialisation
+    /// and dropout masks from its model's own generator, so another thread reseeding and drawing from torch's process-wide
+    /// generator meanwhile changes nothing; and the numbers are those torch's generator gave when seeded alike.
+    /// </summary>
+    [Fact]
+    public async Task A_run_draws_only_from_its_models_generator_and_gives_what_the_global_generator_gave_seeded_alike()
+    {
+        var data = EightSamples();
+        var cfg = new PeftConfig { Method = PeftMethod.Lora, LoraR = 4, LoraDropout = 0.2, LoraTargets = ["all-linear"] };
+        var options = new TrainOptions { Epochs = 2, BatchSize = 4, LearningRate = 5e-3, Seed = 3 };
+        Dictionary<string, TorchSharp.torch.Tensor> Run()
+        {
+            using var m = TestSupport.TinyModel();
+            m.Randomness.manual_seed(9);
+            PeftModel.Apply(m, cfg);
+            new LocalTrainer(m, options, ByteTokenizer.Pad).Train(data);
+            return PeftModel.TrainableState(m);
+        }
+        var quiet = Run();
+        using var stop = new CancellationTokenSource();
+        var noise = Task.Run(() =>
+        {
+            for (long i = 0; !stop.IsCancellationRequested; i++)
+            {
+                TorchSharp.torch.manual_seed(i);
+                using var _ = TorchSharp.torch.rand(64);
+            }
+        });
+        Dictionary<string, TorchSharp.torch.Tensor> noisy;
+        try { noisy = Run(); }
+        finally { stop.Cancel(); }
+        await noise;
+        foreach (var (name, t) in quiet) Assert.True(t.eq(noisy[name]).all().item<bool>(), name);
+
+        using var model = TestSupport.TinyModel();
+        model.Randomness.manual_seed(9);
+        PeftModel.Apply(model, cfg);
+        var first = model.Projections().First(p => p.Module.HasLora).Module.LoraA!.weight;
+        TorchSharp.torch.manual_seed(9);
+        using var old = TorchSharp.torch.empty(first.shape);
+        TorchSharp.torch.nn.init.kaiming_uniform_(old, a: Math.Sqrt(5));
+        Assert.True(old.eq(first).all().item<bool>(), "the first LoRA A is what kaiming_uniform_ drew from torch's generator seeded alike");
     }
 
     [Fact]
@@ -38,13 +82,13 @@ public class TrainerSpec
         Dictionary<string, TorchSharp.torch.Tensor> Run(TrainOptions o, int? crashAtStep = null)
         {
             using var m = TestSupport.TinyModel();
-            TorchSharp.torch.manual_seed(5);
+            m.Randomness.manual_seed(5);
             PeftModel.Apply(m, cfg);
             if (crashAtStep is int k)
             {
                 // Interrupt the same run mid-epoch; its in-memory state is discarded as a crash would.
                 using var crashed = TestSupport.TinyModel();
-                TorchSharp.torch.manual_seed(5);
+                crashed.Randomness.manual_seed(5);
                 PeftModel.Apply(crashed, cfg);
                 using var cts = new CancellationTokenSource();
                 var progress = new SyncProgress(p => { if (p.Step == k) cts.Cancel(); });

@@ -81,7 +81,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         var targets = PeftModel.ResolveTargets(model, peft.EffectiveTargets(model.Config)).Where(t => InAdapter(t.Path + ".weight")).ToList();
         if (targets.Count == 0)
             throw new JobSpecException($"job.peft.targets match no projection inside the adapter blocks {string.Join(", ", plan.AdapterSubIndices)}");
-        foreach (var (_, proj) in targets) proj.AddLora(peft.LoraR, peft.LoraAlpha, peft.LoraDropout);
+        foreach (var (_, proj) in targets) proj.AddLora(peft.LoraR, peft.LoraAlpha, peft.LoraDropout, model.Randomness);
     }
 
     static FineTuning OpenSubModel(JobSpec spec, string folder, Settings s)
@@ -199,7 +199,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         if (lora.Count > 0)
         {
             var paths = lora.Keys.Select(k => k[..k.IndexOf(".lora_", StringComparison.Ordinal)]).Distinct().ToList();
-            manual_seed(spec.Seed);
+            model.Randomness.manual_seed(spec.Seed);
             PeftModel.Apply(model, spec.Peft with { LoraTargets = paths });
             PeftModel.LoadTrainableState(model, lora, "global adapters");
             PeftModel.MergeLora(model);
