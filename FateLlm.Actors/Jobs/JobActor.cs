@@ -21,6 +21,8 @@ public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRe
     /// <summary>Added to a round's own time budget before the watchdog counts the attempt lost (pulling, aggregating).</summary>
     public TimeSpan WatchdogSlack { get; init; } = TimeSpan.FromSeconds(60);
     public FaultInjection Faults { get; init; } = FaultInjection.None;
+    /// <summary>The plug-ins this node runs.</summary>
+    public AlgorithmCatalog Algorithms { get; init; } = AlgorithmCatalog.BuiltIn;
     /// <summary>A finished job idle this long passivates (its status is recovered from the journal when asked again).</summary>
     public TimeSpan PassivateAfter { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>How long an attempt whose quorum needs organizations with no node waits for them before the job fails.</summary>
@@ -153,7 +155,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<Prepared>(p => Persist(new JobSubmitted(p.Spec, p.Initial, p.SpecDigest, DateTime.UtcNow) { Submission = _submission }, e =>
         {
             Apply(e);
-            _waitingFor = Absent(AlgorithmCatalog.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
+            _waitingFor = Absent(_s.Algorithms.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
             foreach (var s in _submitters) s.Tell(Accepted());
             _submitters.Clear();
             _s.Faults.Trip(FaultPoints.JobPrepared, Context, job: _jobId);
@@ -376,11 +378,11 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         _submitters.Add(Sender);
         Become(Preparing);
         var spec = cmd.Spec with { JobId = _jobId };
-        var (store, modelsRoot, log) = (_s.Store, _s.ModelsRoot, _log);
+        var (store, modelsRoot, log, algorithms) = (_s.Store, _s.ModelsRoot, _log, _s.Algorithms);
         Task.Run(() =>
         {
-            JobSpecValidation.Validate(spec, $"job {spec.JobId}");
-            var algorithm = AlgorithmCatalog.For(spec);
+            JobSpecValidation.Validate(spec, $"job {spec.JobId}", algorithms);
+            var algorithm = algorithms.For(spec);
             var ctx = new ServerContext(spec, store, ModelLocation.Resolve(spec.ModelPath, modelsRoot), m => log.Info("job {0}: {1}", spec.JobId, m));
             var prepared = algorithm.Server.Prepare(ctx);
             return (object)new Prepared(prepared.Spec, prepared.Initial, store.Put(prepared.Spec.ToJson()));
@@ -406,7 +408,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         var spec = _spec!;
         // A resumed attempt asks the parties its exchanges were addressed to; a fresh one draws its sample.
         var participants = resume is not null && _round == round ? _participants
-            : AlgorithmCatalog.For(spec).Server.SelectParticipants(spec, round, attempt).ToArray();
+            : _s.Algorithms.For(spec).Server.SelectParticipants(spec, round, attempt).ToArray();
         // An attempt that cannot reach its quorum because organizations have no node would only be spent in vain: wait for them.
         var absent = Absent(participants, spec.Round.Quorum);
         if (absent.Length > 0)
@@ -548,7 +550,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Replicate();
         Become(Evaluating);
         _s.Faults.Trip(FaultPoints.JobEvaluating, Context, job: _jobId);
-        var (server, ctx, state) = (AlgorithmCatalog.For(_spec!).Server, ServerContextFor(_spec!), _state!);
+        var (server, ctx, state) = (_s.Algorithms.For(_spec!).Server, ServerContextFor(_spec!), _state!);
         Task.Run(() => (object)new EvaluationPlanned(server.Evaluation(ctx, state)))
             .PipeTo(Self, failure: e => new EvaluationPlanFailed(e.GetBaseException().Message));
     }
@@ -599,7 +601,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Apply(e);
             if (_s.Faults.Trip(FaultPoints.JobExporting, Context, job: _jobId)) return;
             var spec = _spec!;
-            _outputs.Tell(new JobOutputs.Export(AlgorithmCatalog.For(spec).Server, ServerContextFor(spec), _state!, _rounds.ToArray(), results));
+            _outputs.Tell(new JobOutputs.Export(_s.Algorithms.For(spec).Server, ServerContextFor(spec), _state!, _rounds.ToArray(), results));
         });
     }
 

@@ -29,21 +29,22 @@ public static class JobFile
     /// <summary>The job defaults of reference.conf (shared with the <c>train</c> command's defaults).</summary>
     public static Config Defaults => Reference.Value.GetConfig(DefaultsPath);
 
-    public static JobSpec Load(string path)
+    /// <param name="algorithms">The plug-ins the job is checked against (the product's own unless given).</param>
+    public static JobSpec Load(string path, AlgorithmCatalog? algorithms = null)
     {
         if (!File.Exists(path)) throw new JobSpecException($"{path}: job file not found");
-        return Parse(File.ReadAllText(path), path, Path.GetDirectoryName(Path.GetFullPath(path))!);
+        return Parse(File.ReadAllText(path), path, Path.GetDirectoryName(Path.GetFullPath(path))!, algorithms);
     }
 
     /// <summary>A job file's text: its syntax checked strictly (file, line, column), then read against the defaults.</summary>
-    public static JobSpec Parse(string text, string origin, string baseDir)
+    public static JobSpec Parse(string text, string origin, string baseDir, AlgorithmCatalog? algorithms = null)
     {
         try { HoconSyntax.Check(text, origin); }
         catch (HoconSyntaxException e) { throw new JobSpecException(e.Message); }
         Config root;
         try { root = ConfigurationFactory.ParseString(text); }
         catch (Exception e) { throw new JobSpecException($"{origin}: not valid HOCON ({e.Message})"); }
-        return FromConfig(root, origin, baseDir);
+        return FromConfig(root, origin, baseDir, algorithms: algorithms ?? AlgorithmCatalog.BuiltIn);
     }
 
     /// <summary>A job with every default, for code that builds jobs (experiments, benchmarks, specs).</summary>
@@ -52,7 +53,7 @@ public static class JobFile
         var c = ConfigurationFactory.ParseString($$"""
             job { id = {{Quote(jobId)}}, model = {{Quote(modelPath)}}, output = {{Quote(outputDir)}}, parties = [{ org = placeholder }] }
             """);
-        var spec = FromConfig(c, "defaults", Directory.GetCurrentDirectory(), validate: false) with { Parties = parties };
+        var spec = FromConfig(c, "defaults", Directory.GetCurrentDirectory(), algorithms: null) with { Parties = parties };
         return spec with { Round = spec.Round with { Quorum = spec.CohortSize } };
     }
 
@@ -135,7 +136,8 @@ public static class JobFile
     }
 
     /// <summary>Reads the <c>job { }</c> block; relative paths are resolved against <paramref name="baseDir"/>.</summary>
-    public static JobSpec FromConfig(Config root, string origin, string baseDir, bool validate = true)
+    /// <param name="algorithms">What the job is validated against; null: not validated (a template built in code).</param>
+    public static JobSpec FromConfig(Config root, string origin, string baseDir, AlgorithmCatalog? algorithms)
     {
         var job = root.GetConfig("job") ?? throw new JobSpecException($"{origin}: no 'job' block");
         if (job.HasPath("dp.population"))
@@ -258,7 +260,7 @@ public static class JobFile
                 TriggersPerBatch = r.Int("ipr.triggers-per-batch"),
             },
         };
-        if (validate) JobSpecValidation.Validate(spec, origin);
+        if (algorithms is not null) JobSpecValidation.Validate(spec, origin, algorithms);
         return spec;
     }
 
@@ -268,7 +270,7 @@ public static class JobFile
         var value = c.GetValue("algorithm");
         Config block = value.IsObject() ? c.GetConfig("algorithm") : ConfigurationFactory.ParseString($"name = {Quote(value.GetString())}");
         var name = block.GetString("name");
-        if (string.IsNullOrWhiteSpace(name)) throw new JobSpecException($"{field("algorithm.name")} is required (known: {string.Join(", ", AlgorithmCatalog.Names)})");
+        if (string.IsNullOrWhiteSpace(name)) throw new JobSpecException($"{field("algorithm.name")} is required (for example {AlgorithmCatalog.DefaultName})");
         var settings = new SortedDictionary<string, string>(StringComparer.Ordinal);
         Flatten(block.Root, "", settings);
         settings.Remove("name");

@@ -3,6 +3,7 @@ using Akka.Cluster;
 using Akka.Cluster.Sharding;
 using Akka.Configuration;
 using Akka.Persistence.Sql;
+using FateLlm.Training.Algorithms;
 using FateLlm.Actors.Faults;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Membership;
@@ -66,6 +67,9 @@ public sealed record NodeOptions
 
     /// <summary>An arbiter node with a feed runs the live board (<see cref="Board.FederationBoard"/>) into it.</summary>
     public Board.BoardFeed? Board { get; init; }
+
+    /// <summary>The plug-ins this node runs (every node of a federation must run the same).</summary>
+    public AlgorithmCatalog Algorithms { get; init; } = AlgorithmCatalog.BuiltIn;
 
     /// <summary>The organization a node's services belong to: a party's own, else its certificate's, else <c>operator</c>.</summary>
     public string ServiceOrg => Org ?? Tls?.Organization ?? "operator";
@@ -234,7 +238,7 @@ public sealed class FederationNode : IAsyncDisposable
                 entityId => PartyActor.Props(entityId, new PartyNodeSettings(o.Org!, o.Datasets, store, blobServer, transfer,
                     config.GetString("fate-llm.training.dispatcher"), modelsRoot, Path.Combine(config.GetString("fate-llm.data-dir"), "work"))
                 {
-                    Faults = faults,
+                    Faults = faults, Algorithms = o.Algorithms,
                     TrainerBackoffMin = config.GetTimeSpan("fate-llm.party.trainer-backoff-min"),
                     TrainerBackoffMax = config.GetTimeSpan("fate-llm.party.trainer-backoff-max"),
                     IsArbiter = address => cluster.State.Members.Any(m => m.Address == address && m.HasRole(ClusterRoles.Arbiter)),
@@ -261,13 +265,14 @@ public sealed class FederationNode : IAsyncDisposable
             var roundSettings = new RoundSettings(store, party, blobServer, transfer, config.GetTimeSpan("fate-llm.round.resend-interval"))
             {
                 Presence = presence, AbsentGrace = config.GetTimeSpan("fate-llm.round.absent-grace"), Linger = config.GetTimeSpan("fate-llm.round.linger"),
-                ModelsRoot = modelsRoot, Faults = faults, Sharded = true,
+                ModelsRoot = modelsRoot, Faults = faults, Sharded = true, Algorithms = o.Algorithms,
             };
             round = sharding.Start(RoundRegionName, _ => AggregationRound.Props(roundSettings),
                 ClusterShardingSettings.Create(system).WithRole(ClusterRoles.Arbiter), new RoundMessageExtractor(roundShards));
             var jobSettings = new JobSettings(store, blobServer, round, party, modelsRoot)
             {
                 Presence = presence, WatchdogSlack = config.GetTimeSpan("fate-llm.job.watchdog-slack"), Faults = faults, Sharded = true, Transfer = transfer,
+                Algorithms = o.Algorithms,
                 PassivateAfter = config.GetTimeSpan("fate-llm.job.passivate-after"),
                 WaitForParties = config.GetTimeSpan("fate-llm.job.wait-for-parties"), PresencePoll = config.GetTimeSpan("fate-llm.job.presence-poll"),
             };

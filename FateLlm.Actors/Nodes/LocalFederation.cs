@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Configuration;
+using FateLlm.Training.Algorithms;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Security;
 using FateLlm.Training.Federation;
@@ -16,6 +17,8 @@ namespace FateLlm.Actors.Nodes;
 public sealed class LocalFederation : IAsyncDisposable
 {
     public string Root { get; }
+    /// <summary>The plug-ins every node of this federation runs.</summary>
+    public AlgorithmCatalog Algorithms { get; private init; } = AlgorithmCatalog.BuiltIn;
     public Config? Overrides { get; }
     public FederationNode Seed { get; }
     public FederationNode Arbiter { get; private set; }
@@ -50,8 +53,9 @@ public sealed class LocalFederation : IAsyncDisposable
     /// the root and every node runs mutual TLS with its own certificate (operator nodes "operator", parties their org).
     /// </summary>
     public static async Task<LocalFederation> StartAsync(string root, IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>> parties,
-        Config? overrides = null, TimeSpan? timeout = null, bool tls = false, Board.BoardFeed? board = null)
+        Config? overrides = null, TimeSpan? timeout = null, bool tls = false, Board.BoardFeed? board = null, AlgorithmCatalog? algorithms = null)
     {
+        var plugins = algorithms ?? AlgorithmCatalog.BuiltIn;
         var wait = timeout ?? TimeSpan.FromSeconds(60);
         var port = FreePort();
         string? caDir = null;
@@ -66,9 +70,9 @@ public sealed class LocalFederation : IAsyncDisposable
         var seedAddress = $"akka.{scheme}://fate-llm@127.0.0.1:{port}";
         NodeTls? Tls(string org) => caDir is null ? null : IssuedTls(root, caDir, org);
         var seed = FederationNode.Start(new NodeOptions { Role = NodeRole.Seed, Port = port, Seeds = [seedAddress], DataDir = Path.Combine(root, "seed"), Overrides = overrides, Tls = Tls("operator") });
-        var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides, Tls = Tls("operator"), Board = board });
+        var arbiter = FederationNode.Start(new NodeOptions { Role = NodeRole.Arbiter, Seeds = [seedAddress], DataDir = Path.Combine(root, "arbiter"), Overrides = overrides, Tls = Tls("operator"), Board = board, Algorithms = plugins });
         var client = FederationNode.Start(new NodeOptions { Role = NodeRole.Client, Seeds = [seedAddress], DataDir = Path.Combine(root, "client"), Overrides = overrides, Tls = Tls("operator") });
-        var fed = new LocalFederation(root, overrides, caDir, seed, seedAddress, arbiter, client);
+        var fed = new LocalFederation(root, overrides, caDir, seed, seedAddress, arbiter, client) { Algorithms = plugins };
         foreach (var (org, data) in parties) fed.StartParty(org, data);
         await Task.WhenAll(new[] { seed, arbiter, client }.Concat(fed._parties.Values).Select(n => n.WhenUp(wait)));
         return fed;
@@ -89,7 +93,7 @@ public sealed class LocalFederation : IAsyncDisposable
         var node = FederationNode.Start(new NodeOptions
         {
             Role = NodeRole.Party, Org = org, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "party-" + org),
-            Datasets = _datasets[org], Overrides = overrides ?? Overrides, Tls = CaDir is null ? null : IssuedTls(Root, CaDir, org),
+            Datasets = _datasets[org], Overrides = overrides ?? Overrides, Tls = CaDir is null ? null : IssuedTls(Root, CaDir, org), Algorithms = Algorithms,
         });
         _parties[org] = node;
         return node;
@@ -117,7 +121,7 @@ public sealed class LocalFederation : IAsyncDisposable
         Arbiter = FederationNode.Start(new NodeOptions
         {
             Role = NodeRole.Arbiter, Seeds = [SeedAddress], DataDir = Path.Combine(Root, "arbiter"), Overrides = overrides ?? Overrides,
-            Tls = CaDir is null ? null : IssuedTls(Root, CaDir, "operator"), Board = Arbiter.Options.Board,
+            Tls = CaDir is null ? null : IssuedTls(Root, CaDir, "operator"), Board = Arbiter.Options.Board, Algorithms = Algorithms,
         });
         await Arbiter.WhenUp(timeout ?? TimeSpan.FromSeconds(60));
         return Arbiter;

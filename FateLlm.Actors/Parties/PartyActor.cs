@@ -14,6 +14,8 @@ public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, s
     TransferSettings Transfer, string TrainingDispatcher, string? ModelsRoot, string WorkspaceRoot)
 {
     public FaultInjection Faults { get; init; } = FaultInjection.None;
+    /// <summary>The plug-ins this node runs.</summary>
+    public AlgorithmCatalog Algorithms { get; init; } = AlgorithmCatalog.BuiltIn;
     public TimeSpan TrainerBackoffMin { get; init; } = TimeSpan.FromMilliseconds(200);
     public TimeSpan TrainerBackoffMax { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>Whether a sender's node is an arbiter: only arbiters may drive secure aggregation.</summary>
@@ -59,7 +61,7 @@ public sealed class PartyActor : ReceiveActor
         _s = settings;
         if (org != settings.Org)
             throw new InvalidOperationException($"party entity '{org}' started on the node of organization '{settings.Org}'");
-        _trainer = Context.ActorOf(Trainer.Props(new RestartBackoff(settings.TrainerBackoffMin, settings.TrainerBackoffMax), settings.TrainingDispatcher), "trainer");
+        _trainer = Context.ActorOf(Trainer.Props(new RestartBackoff(settings.TrainerBackoffMin, settings.TrainerBackoffMax), settings.TrainingDispatcher, settings.Algorithms), "trainer");
 
         Receive<WorkRequest>(OnWork);
         Receive<CancelWork>(OnCancel);

@@ -34,11 +34,14 @@ public sealed class Trainer : ReceiveActor, IWithUnboundedStash, IWithTimers
     public IStash Stash { get; set; } = null!;
     public ITimerScheduler Timers { get; set; } = null!;
 
+    readonly AlgorithmCatalog _algorithms;
+
     sealed record BackoffElapsed;
 
-    public Trainer(RestartBackoff backoff)
+    public Trainer(RestartBackoff backoff, AlgorithmCatalog algorithms)
     {
         _backoff = backoff;
+        _algorithms = algorithms;
         Ready();
     }
 
@@ -67,7 +70,7 @@ public sealed class Trainer : ReceiveActor, IWithUnboundedStash, IWithTimers
             {
                 r.Cancel.ThrowIfCancellationRequested();
                 var sw = Stopwatch.StartNew();
-                var update = AlgorithmCatalog.For(r.Context.Spec).Client.Fit(r.Context, r.Exchange, r.Instruction, r.Files, r.Cancel);
+                var update = _algorithms.For(r.Context.Spec).Client.Fit(r.Context, r.Exchange, r.Instruction, r.Files, r.Cancel);
                 _backoff.Reset();
                 Sender.Tell(new FitDone(r.Id, update, sw.Elapsed.TotalSeconds));
             }
@@ -85,7 +88,7 @@ public sealed class Trainer : ReceiveActor, IWithUnboundedStash, IWithTimers
         {
             try
             {
-                var result = AlgorithmCatalog.For(r.Context.Spec).Client.Evaluate(r.Context, r.Instruction, r.Files, r.Cancel);
+                var result = _algorithms.For(r.Context.Spec).Client.Evaluate(r.Context, r.Instruction, r.Files, r.Cancel);
                 Sender.Tell(new EvaluationDone(r.JobId, result));
             }
             catch (Exception e)
@@ -95,6 +98,6 @@ public sealed class Trainer : ReceiveActor, IWithUnboundedStash, IWithTimers
         });
     }
 
-    public static Props Props(RestartBackoff backoff, string dispatcher) =>
-        Akka.Actor.Props.Create(() => new Trainer(backoff)).WithDispatcher(dispatcher);
+    public static Props Props(RestartBackoff backoff, string dispatcher, AlgorithmCatalog algorithms) =>
+        Akka.Actor.Props.Create(() => new Trainer(backoff, algorithms)).WithDispatcher(dispatcher);
 }

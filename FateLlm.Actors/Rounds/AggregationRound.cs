@@ -25,6 +25,8 @@ public sealed record RoundSettings(BlobStore Store, IActorRef PartyRegion, IActo
     public TimeSpan Linger { get; init; } = TimeSpan.FromMinutes(2);
     public string? ModelsRoot { get; init; }
     public FaultInjection Faults { get; init; } = FaultInjection.None;
+    /// <summary>The plug-ins this node runs.</summary>
+    public AlgorithmCatalog Algorithms { get; init; } = AlgorithmCatalog.BuiltIn;
     /// <summary>Runs as a sharded entity: it passivates through its shard instead of stopping itself.</summary>
     public bool Sharded { get; init; }
 }
@@ -102,7 +104,7 @@ public sealed class AggregationRound : ReceiveActor
         _replyTo = Sender;
         _clock.Start();
         var spec = s.Spec;
-        _algorithm = AlgorithmCatalog.For(spec);
+        _algorithm = _s.Algorithms.For(spec);
         _ctx = new RoundContext(new ServerContext(spec, _s.Store, ModelLocation.Resolve(spec.ModelPath, _s.ModelsRoot), m => _log.Info("round {0}: {1}", s.RoundId, m)),
             s.Round, s.Attempt, s.Participants);
         foreach (var org in s.Participants) _parties[org] = new PartyTrack { Reason = "no answer" };

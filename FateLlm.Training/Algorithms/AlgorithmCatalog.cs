@@ -1,39 +1,44 @@
-using System.Collections.Concurrent;
 using FateLlm.Training.Federation;
 
 namespace FateLlm.Training.Algorithms;
 
 /// <summary>
-/// The registered algorithms by <c>job.algorithm.name</c>. Built-ins are listed here (one line per paradigm); a test or
-/// an embedding application may register more before nodes start. Every node of a federation must register the same.
+/// The algorithms a node runs, by <c>job.algorithm.name</c>: an immutable value handed to the job, round and party
+/// actors and to validation (a node's <c>NodeOptions.Algorithms</c>). <see cref="BuiltIn"/> lists the product's
+/// paradigms, one line each; a test or an embedding application adds its own with <see cref="With"/>. Every node of a
+/// federation must run the same.
 /// </summary>
-public static class AlgorithmCatalog
+public sealed class AlgorithmCatalog
 {
-    public const string Default = HomoPeft.HomoPeftAlgorithm.AlgorithmName;
+    public const string DefaultName = HomoPeft.HomoPeftAlgorithm.AlgorithmName;
 
-    static readonly ConcurrentDictionary<string, IFederatedAlgorithm> Registered = new(StringComparer.Ordinal)
+    public static readonly AlgorithmCatalog BuiltIn = new AlgorithmCatalog(new Dictionary<string, IFederatedAlgorithm>(StringComparer.Ordinal))
+        .With(new HomoPeft.HomoPeftAlgorithm())
+        .With(new Offsite.OffsiteAlgorithm())
+        .With(new KSeed.FedKSeedAlgorithm())
+        .With(new CoLlm.FedCoLlmAlgorithm())
+        .With(new Mkt.FedMktAlgorithm())
+        .With(new Pdss.PdssAlgorithm());
+
+    readonly IReadOnlyDictionary<string, IFederatedAlgorithm> _algorithms;
+
+    AlgorithmCatalog(IReadOnlyDictionary<string, IFederatedAlgorithm> algorithms) => _algorithms = algorithms;
+
+    public IReadOnlyCollection<string> Names => _algorithms.Keys.Order(StringComparer.Ordinal).ToArray();
+
+    /// <summary>This catalog and <paramref name="algorithm"/>; a name already taken by another plug-in type is refused.</summary>
+    public AlgorithmCatalog With(IFederatedAlgorithm algorithm)
     {
-        [HomoPeft.HomoPeftAlgorithm.AlgorithmName] = new HomoPeft.HomoPeftAlgorithm(),
-        [Offsite.OffsiteAlgorithm.AlgorithmName] = new Offsite.OffsiteAlgorithm(),
-        [KSeed.FedKSeedAlgorithm.AlgorithmName] = new KSeed.FedKSeedAlgorithm(),
-        [CoLlm.FedCoLlmAlgorithm.AlgorithmName] = new CoLlm.FedCoLlmAlgorithm(),
-        [Mkt.FedMktAlgorithm.AlgorithmName] = new Mkt.FedMktAlgorithm(),
-        [Pdss.PdssAlgorithm.AlgorithmName] = new Pdss.PdssAlgorithm(),
-    };
-
-    public static IReadOnlyCollection<string> Names => Registered.Keys.Order(StringComparer.Ordinal).ToArray();
-
-    public static void Register(IFederatedAlgorithm algorithm)
-    {
-        var existing = Registered.GetOrAdd(algorithm.Name, algorithm);
-        if (existing.GetType() != algorithm.GetType())
-            throw new InvalidOperationException($"algorithm '{algorithm.Name}' is already registered as {existing.GetType().Name}");
+        if (_algorithms.TryGetValue(algorithm.Name, out var existing))
+            return existing.GetType() == algorithm.GetType() ? this
+                : throw new InvalidOperationException($"algorithm '{algorithm.Name}' is already registered as {existing.GetType().Name}");
+        return new AlgorithmCatalog(new Dictionary<string, IFederatedAlgorithm>(_algorithms, StringComparer.Ordinal) { [algorithm.Name] = algorithm });
     }
 
-    public static IFederatedAlgorithm Get(string name) => Registered.TryGetValue(name, out var a) ? a
+    public IFederatedAlgorithm Get(string name) => _algorithms.TryGetValue(name, out var a) ? a
         : throw new JobSpecException($"job.algorithm.name: '{name}' is not a registered algorithm (known: {string.Join(", ", Names)})");
 
-    public static IFederatedAlgorithm For(JobSpec spec) => Get(spec.Algorithm.Name);
+    public IFederatedAlgorithm For(JobSpec spec) => Get(spec.Algorithm.Name);
 }
 
 /// <summary>Per-round party sampling, reproducible from the job seed, the round and the attempt.</summary>

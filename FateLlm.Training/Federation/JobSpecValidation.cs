@@ -9,7 +9,7 @@ namespace FateLlm.Training.Federation;
 /// </summary>
 public static class JobSpecValidation
 {
-    public static void Validate(JobSpec spec, string origin)
+    public static void Validate(JobSpec spec, string origin, AlgorithmCatalog algorithms)
     {
         void Check(bool ok, string field, string message)
         {
@@ -52,7 +52,7 @@ public static class JobSpecValidation
         try { spec.Dp.Validate(); } catch (ArgumentException e) { Check(false, "dp", e.Message); }
         Check(!(spec.Dp.Mode == DpMode.Distributed && !spec.SecureAggregation.Enabled), "dp.mode", "'distributed' adds noise at the parties and needs secure-aggregation = on");
         IFederatedAlgorithm algorithm;
-        try { algorithm = AlgorithmCatalog.For(spec); }
+        try { algorithm = algorithms.For(spec); }
         catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
         if (!algorithm.Summable && (spec.SecureAggregation.Enabled || spec.Dp.Enabled))
             Check(false, spec.SecureAggregation.Enabled ? "secure-aggregation" : "dp.mode",

@@ -22,11 +22,8 @@ internal static class ActorSpecs
         {{extra}}
         """).WithFallback(FederationNode.Reference());
 
-    static ActorSpecs()
-    {
-        AlgorithmCatalog.Register(new EchoAlgorithm());
-        AlgorithmCatalog.Register(new ResponseStatistics());
-    }
+    /// <summary>The product's plug-ins and the specs' own (echo, response statistics), handed to every node and actor a spec starts.</summary>
+    public static readonly AlgorithmCatalog Algorithms = AlgorithmCatalog.BuiltIn.With(new EchoAlgorithm()).With(new ResponseStatistics());
 
     public static readonly string[] Orgs = ["animal", "artifact", "food"];
 

@@ -42,6 +42,7 @@ public sealed class AggregationRoundSpec : TestKit
     RoundSettings Settings(FaultInjection? faults = null) => new(_arbiterStore, _parties.Ref, _arbiterBlobs, TransferSettings.Default, Resend)
     {
         Presence = _presence, AbsentGrace = Grace, Linger = TimeSpan.FromSeconds(30), Faults = faults ?? FaultInjection.None,
+        Algorithms = ActorSpecs.Algorithms,
     };
 
     StartRound Start(JobSpec spec, int round = 1, int attempt = 1)

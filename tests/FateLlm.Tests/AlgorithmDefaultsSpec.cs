@@ -21,7 +21,7 @@ public class AlgorithmDefaultsSpec
         ["fedcollm"] = new() { ["server-model"] = "server", ["public-data"] = "p.jsonl" },
     };
 
-    public static TheoryData<string> BuiltIns() => new(AlgorithmCatalog.Names.Where(n => n is not ("echo" or "response-stats")));
+    public static TheoryData<string> BuiltIns() => new(AlgorithmCatalog.BuiltIn.Names);
 
     static JobSpec With(string name, IReadOnlyDictionary<string, string> settings) =>
         JobFile.Default("d", "m", [new PartySpec("a", "train", null)], "out") with { Algorithm = new AlgorithmSpec(name, settings) };
@@ -33,7 +33,7 @@ public class AlgorithmDefaultsSpec
         var defaults = JobFile.AlgorithmDefaults(name);
         var settings = new Dictionary<string, string>(defaults);
         foreach (var (key, v) in Required.GetValueOrDefault(name) ?? []) settings[key] = v;
-        var algorithm = AlgorithmCatalog.Get(name);
+        var algorithm = AlgorithmCatalog.BuiltIn.Get(name);
         algorithm.Validate(With(name, settings));
         foreach (var key in defaults.Keys.Where(k => !(Required.GetValueOrDefault(name)?.ContainsKey(k) ?? false)))
         {

@@ -76,14 +76,14 @@ public class FedCoLlmSpec
         {
             Algorithm = JobFile.Algorithm(FedCoLlmAlgorithm.AlgorithmName, settings.ToDictionary(s => s.Key, s => s.Value)),
         };
-        var algorithm = AlgorithmCatalog.Get(FedCoLlmAlgorithm.AlgorithmName);
+        var algorithm = AlgorithmCatalog.BuiltIn.Get(FedCoLlmAlgorithm.AlgorithmName);
         Assert.Contains("job.algorithm.server-model", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("public-data", "p.jsonl")))).Message);
         Assert.Contains("job.algorithm.public-data", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("server-model", "s")))).Message);
         var ok = With(("server-model", "s"), ("public-data", "p.jsonl"));
         algorithm.Validate(ok);
         Assert.Contains("use lora", Assert.Throws<JobSpecException>(() => algorithm.Validate(ok with { Peft = ok.Peft with { Method = PeftMethod.PtuningV2 } })).Message);
         var example = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "fedcollm.conf")));
-        JobSpecValidation.Validate(example, "fedcollm.conf");
+        JobSpecValidation.Validate(example, "fedcollm.conf", AlgorithmCatalog.BuiltIn);
         Assert.Equal((50, 128, 1.0), (FedCoLlmAlgorithm.Settings.Of(example).Distill.Steps, FedCoLlmAlgorithm.Settings.Of(example).Distill.TopK,
             FedCoLlmAlgorithm.Settings.Of(example).Distill.Temperature));
         Assert.Contains("did you mean 'distill.steps'", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("server-model", "s"), ("public-data", "p"), ("distill.step", "3")))).Message);

@@ -155,7 +155,7 @@ public class FedKSeedSpec
         };
         var s = FedKSeedAlgorithm.Settings.Of(With(("seeds", "1024"), ("steps", "50")));
         Assert.Equal((1024, 50, 4), (s.Seeds, s.Steps, s.BatchSize));
-        var algorithm = AlgorithmCatalog.Get(FedKSeedAlgorithm.AlgorithmName);
+        var algorithm = AlgorithmCatalog.BuiltIn.Get(FedKSeedAlgorithm.AlgorithmName);
         Assert.Contains("did you mean 'seeds'", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("seed", "3")))).Message);
         Assert.Contains("job.algorithm.epsilon = 0 must be a positive number", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("epsilon", "0")))).Message);
         Assert.Contains("job.algorithm.seeds = 0", Assert.Throws<JobSpecException>(() => algorithm.Validate(With(("seeds", "0")))).Message);
@@ -166,7 +166,7 @@ public class FedKSeedSpec
     public void The_example_job_parses_and_validates()
     {
         var spec = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "fedkseed.conf")));
-        JobSpecValidation.Validate(spec, "fedkseed.conf");
+        JobSpecValidation.Validate(spec, "fedkseed.conf", AlgorithmCatalog.BuiltIn);
     }
 }
 

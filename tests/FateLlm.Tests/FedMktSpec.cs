@@ -29,7 +29,7 @@ public class FedMktSpec
         Assert.Equal(Block().Examples[0].Values, back.Examples[0].Values);
         Assert.InRange(bytes.LongLength, 1, Limits.MaxBytes);
 
-        var codec = AlgorithmCatalog.Get(FedMktAlgorithm.AlgorithmName).Codec;
+        var codec = AlgorithmCatalog.BuiltIn.Get(FedMktAlgorithm.AlgorithmName).Codec;
         var exchange = new Exchange(FedMktAlgorithm.FitPhase, new Dictionary<string, PartyInstruction>
         {
             ["acme"] = PartyInstruction.Of(new Dictionary<string, string>(), new Dictionary<string, string> { ["examples"] = "1", ["max-tokens"] = "16", ["top-k"] = "4" }),
@@ -55,10 +55,10 @@ public class FedMktSpec
         {
             Algorithm = JobFile.Algorithm(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string> { ["public-data"] = "p.jsonl", ["party-models.acme"] = "slm-gpt2" }),
         };
-        var algorithm = AlgorithmCatalog.Get(FedMktAlgorithm.AlgorithmName);
+        var algorithm = AlgorithmCatalog.BuiltIn.Get(FedMktAlgorithm.AlgorithmName);
         Assert.Contains("job.algorithm.party-models.globex: party 'globex' needs its small model", Assert.Throws<JobSpecException>(() => algorithm.Validate(spec)).Message);
         var example = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "fedmkt.conf")));
-        JobSpecValidation.Validate(example, "fedmkt.conf");
+        JobSpecValidation.Validate(example, "fedmkt.conf", AlgorithmCatalog.BuiltIn);
         var settings = FedMktAlgorithm.Settings.Of(example);
         Assert.Equal("slm-gpt2", settings.Models["acme"]);
         Assert.Equal((64, 128, 0.9, 1), (settings.PublicLimit, settings.TopK, settings.Transfer.Alpha, settings.Transfer.Epochs));

@@ -83,5 +83,6 @@ internal static class FederationFixture
     }
 
     public static Task<LocalFederation> Start(Ground g, Config? extra = null, bool tls = false, Actors.Board.BoardFeed? board = null) =>
-        LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster), tls: tls, board: board);
+        LocalFederation.StartAsync(Path.Combine(g.Root, "nodes"), g.Datasets, extra is null ? FastCluster : extra.WithFallback(FastCluster), tls: tls, board: board,
+            algorithms: ActorSpecs.Algorithms);
 }

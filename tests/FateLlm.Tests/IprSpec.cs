@@ -6,6 +6,7 @@ using FateLlm.Training.Peft;
 using FateLlm.Training.Trainer;
 using FateLlm.Training.Data;
 using FateLlm.Training.Tokenization;
+using FateLlm.Training.Algorithms;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -231,7 +232,7 @@ public class IprSpec
     {
         var spec = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "ipr.conf")));
         Assert.Equal(new IprOptions { Enabled = true, Blocks = 1, Bits = 64, Margin = 0.25, LearningRate = 0.1, Triggers = 8, TriggersPerBatch = 4 }, spec.Ipr);
-        JobSpecValidation.Validate(spec, "ipr.conf");
+        JobSpecValidation.Validate(spec, "ipr.conf", AlgorithmCatalog.BuiltIn);
     }
 
     [Fact]

@@ -35,7 +35,7 @@ public sealed class JobActorSpec : TestKit
 
     IActorRef Job(string id, FaultInjection? faults = null) => Sys.ActorOf(JobActor.Props(id, new JobSettings(_store, _blobs.Ref, _rounds.Ref, _parties.Ref, null)
     {
-        Presence = _presence, WatchdogSlack = Slack, Faults = faults ?? FaultInjection.None,
+        Presence = _presence, WatchdogSlack = Slack, Faults = faults ?? FaultInjection.None, Algorithms = ActorSpecs.Algorithms,
     }));
 
     IActorRef Submitted(JobSpec spec, FaultInjection? faults = null)

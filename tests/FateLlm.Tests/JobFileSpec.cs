@@ -13,7 +13,7 @@ namespace FateLlm.Tests;
 /// <summary>The typed job specification: one place for defaults, values exactly as written, the algorithm block.</summary>
 public class JobFileSpec
 {
-    static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir());
+    static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir(), AlgorithmCatalog.BuiltIn);
 
     const string Minimal = "job { model = m, parties = [{ org = a }, { org = b }, { org = c }]\n";
 
@@ -73,7 +73,7 @@ public class JobFileSpec
         Assert.True(draws.Count > 1, "rounds draw different samples");
         Assert.All(Enumerable.Range(1, 30), r => Assert.Equal(2, PartySelection.Sample(spec, r, 1).Count));
         var flat = JobFile.FromConfig(ConfigurationFactory.ParseString(Minimal + "algorithm { name = homo-peft, extra { depth = 3, names = [x, y] } } }"), "job.conf",
-            TestSupport.TempDir(), validate: false).Algorithm.Settings;
+            TestSupport.TempDir(), algorithms: null).Algorithm.Settings;
         Assert.Equal("3", flat["extra.depth"]);
         Assert.Equal("[\"x\",\"y\"]", flat["extra.names"]);
         var e = Assert.Throws<JobSpecException>(() => Parse(Minimal + "algorithm { name = homo-peft, extra = 1 } }"));

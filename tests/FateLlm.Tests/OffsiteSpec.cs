@@ -280,9 +280,9 @@ public class OffsiteJobFileSpec
         Assert.Equal(OffsiteAlgorithm.AlgorithmName, spec.Algorithm.Name);
         var s = OffsiteAlgorithm.Settings.Of(spec);
         Assert.Equal((1, 1, 2, false, false, 0), (s.Bottom, s.Top, s.Emulator, s.LoraAdapters, s.ExportEmulator, s.Distill.Steps));
-        JobSpecValidation.Validate(spec, "offsite.conf");
+        JobSpecValidation.Validate(spec, "offsite.conf", AlgorithmCatalog.BuiltIn);
         var typo = spec with { Algorithm = spec.Algorithm with { Settings = new Dictionary<string, string>(spec.Algorithm.Settings) { ["emulater"] = "3" } } };
-        var e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(typo, "offsite.conf"));
+        var e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(typo, "offsite.conf", AlgorithmCatalog.BuiltIn));
         Assert.Contains("job.algorithm.emulater is not a setting of algorithm 'offsite' (did you mean 'emulator'?)", e.Message);
     }
 }

@@ -40,7 +40,7 @@ public sealed class PartyActorSpec : TestKit
         return Sys.ActorOf(PartyActor.Props(_org, new PartyNodeSettings(_org, datasets ?? new Dictionary<string, string> { ["train"] = _data, ["dev"] = _data },
             _partyStore, partyBlobs, TransferSettings.Default, "fate-llm.training-dispatcher", null, TestSupport.TempDir())
         {
-            Faults = faults ?? FaultInjection.None, TrainerBackoffMin = TimeSpan.FromMilliseconds(50), TrainerBackoffMax = TimeSpan.FromMilliseconds(200),
+            Faults = faults ?? FaultInjection.None, Algorithms = ActorSpecs.Algorithms, TrainerBackoffMin = TimeSpan.FromMilliseconds(50), TrainerBackoffMax = TimeSpan.FromMilliseconds(200),
         }));
     }
 

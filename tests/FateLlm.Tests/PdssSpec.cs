@@ -41,9 +41,9 @@ public class PdssSpec
         }
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "adapter", "adapter_model.safetensors")));
         var bad = spec with { Algorithm = JobFile.Algorithm(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "2" }) };
-        Assert.Contains("alpha = 2 must be in [0, 1]", Assert.Throws<JobSpecException>(() => AlgorithmCatalog.Get("pdss").Validate(bad)).Message);
+        Assert.Contains("alpha = 2 must be in [0, 1]", Assert.Throws<JobSpecException>(() => AlgorithmCatalog.BuiltIn.Get("pdss").Validate(bad)).Message);
         var example = Actors.Jobs.JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "pdss.conf")));
-        AlgorithmCatalog.For(example).Validate(example);
+        AlgorithmCatalog.BuiltIn.For(example).Validate(example);
         Assert.Equal(new PdssAlgorithm.Settings(0.5, "rationale", "{prompt}\nrationale:"), PdssAlgorithm.Settings.Of(example));
     }
 }

@@ -17,7 +17,6 @@ public class PluginSeamSpec
     [Fact]
     public async Task A_two_exchange_plug_in_runs_through_the_cluster_and_survives_a_party_dying_between_its_exchanges()
     {
-        AlgorithmCatalog.Register(new ResponseStatistics());
         var g = FederationFixture.Prepare();
         // food's node terminates itself when asked for exchange 2 of round 1, after it answered exchange 1.
         var crash = ConfigurationFactory.ParseString("fate-llm.fault-injection.points = [{ at = party.fit, org = food, round = 1, phase = 2, action = terminate }]");
@@ -55,18 +54,17 @@ public class PluginSeamSpec
     [Fact]
     public void An_algorithm_block_with_an_unknown_key_or_an_unregistered_name_is_refused_naming_the_field()
     {
-        AlgorithmCatalog.Register(new ResponseStatistics());
         var g = FederationFixture.Prepare();
         var spec = FederationFixture.Job(g, "bad");
         var typo = spec with { Algorithm = new AlgorithmSpec(ResponseStatistics.AlgorithmName, new Dictionary<string, string> { ["units"] = "words" }) };
-        var e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(typo, "job.conf"));
+        var e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(typo, "job.conf", ActorSpecs.Algorithms));
         Assert.Equal("job.conf: job.algorithm.units is not a setting of algorithm 'response-stats' (did you mean 'unit'?)", e.Message);
         var unknown = spec with { Algorithm = new AlgorithmSpec("fedfoo", new Dictionary<string, string>()) };
-        e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(unknown, "job.conf"));
+        e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(unknown, "job.conf", ActorSpecs.Algorithms));
         Assert.StartsWith("job.conf: job.algorithm.name: 'fedfoo' is not a registered algorithm (known: ", e.Message);
         Assert.Contains("homo-peft", e.Message);
         var secure = FederationFixture.Secure(spec with { Algorithm = typo.Algorithm with { Settings = new Dictionary<string, string>() } }, 10);
-        e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(secure, "job.conf"));
+        e = Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(secure, "job.conf", ActorSpecs.Algorithms));
         Assert.Equal("job.conf: job.secure-aggregation cannot apply: algorithm 'response-stats' exchanges no summable updates", e.Message);
     }
 }

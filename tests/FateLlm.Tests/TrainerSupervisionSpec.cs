@@ -35,7 +35,7 @@ public sealed class TrainerSupervisionSpec : TestKit
             new Dictionary<string, string> { [EchoAlgorithm.Total] = _total }, CancellationToken.None);
     }
 
-    IActorRef Trainer() => ChildActorOf(FateLlm.Actors.Parties.Trainer.Props(new RestartBackoff(Min, TimeSpan.FromSeconds(30)), "fate-llm.training-dispatcher"),
+    IActorRef Trainer() => ChildActorOf(FateLlm.Actors.Parties.Trainer.Props(new RestartBackoff(Min, TimeSpan.FromSeconds(30)), "fate-llm.training-dispatcher", ActorSpecs.Algorithms),
         "trainer", new OneForOneStrategy(_ => Directive.Restart));
 
     /// <summary>The failure is reported before the trainer rethrows, so the backoff timer may not exist yet when the
