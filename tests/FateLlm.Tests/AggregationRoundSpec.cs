@@ -18,6 +18,7 @@ namespace FateLlm.Tests;
 /// server serves the parties' updates, the echo plug-in makes each exchange instant, and virtual time drives re-asks,
 /// deadlines and the absent grace.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class AggregationRoundSpec : TestKit
 {
     readonly BlobStore _arbiterStore = new(TestSupport.TempDir()), _partyStore = new(TestSupport.TempDir());

@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class AggregationSpec
 {
     static Dictionary<string, Tensor> State(float a, float b) => new() { ["x.lora_A.weight"] = tensor(new[] { a, a }), ["y.lora_B.weight"] = tensor(new[] { b }) };
@@ -65,6 +66,7 @@ public class AggregationSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Fast)]
 public class RobustAggregationSpec
 {
     static Dictionary<string, Tensor> Update(Generator g, double scale = 1) =>

@@ -12,6 +12,7 @@ namespace FateLlm.Tests;
 /// carrying only those validates, and taking any one key away fails naming it, so no plug-in keeps a fallback of its own
 /// and no key in reference.conf goes unread.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class AlgorithmDefaultsSpec
 {
     /// <summary>Settings with no default that a plug-in needs before it validates (paths on the arbiter, per-party models).</summary>

@@ -10,6 +10,7 @@ namespace FateLlm.Tests;
 /// The data plane: a blob redeemed with a ticket streams over its own TCP connection (TLS with the federation's
 /// certificates under --tls), resumes where a cut stream stopped, and falls back to chunks when no stream is offered.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config(extra: "akka.loglevel = INFO"))
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(20), Idle = TimeSpan.FromSeconds(5);

@@ -16,6 +16,7 @@ namespace FateLlm.Tests;
 /// reload. The screenshot is kept as a test artifact (<c>artifacts/board-during-job.png</c> beside the test binaries,
 /// or under <c>$FATELLM_ARTIFACTS</c>).
 /// </summary>
+[Trait(Tier.Key, Tier.Process)]
 public class BoardBrowserSpec(ITestOutputHelper output)
 {
     static readonly TimeSpan Step = TimeSpan.FromSeconds(90);

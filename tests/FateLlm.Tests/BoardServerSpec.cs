@@ -7,6 +7,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>Who may look at the board: loopback only by default; any other bind needs a token or the federation's TLS.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class BoardServerSpec
 {
     const string Token = "a-board-token-of-32-characters!!";

@@ -9,6 +9,7 @@ namespace FateLlm.Tests;
 /// The chat templates of Llama 3.x, Qwen2.5, Mistral, Phi-3 and Gemma rendered as HF's @huggingface/jinja renders them
 /// (expected strings and errors from tests/reference/tokenizer_expected.mjs), including tool calls and raised errors.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class ChatTemplateSpec
 {
     static JsonObject Expected() => JsonNode.Parse(File.ReadAllText(TestSupport.FixturePath("tokenizers", "expected.json")))!.AsObject();
@@ -71,6 +72,7 @@ public class ChatTemplateSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Fast)]
 public class ChatGenerateSpec
 {
     [Fact]

@@ -6,6 +6,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class CliSpec
 {
     static (int Code, string Error) Run(params string[] args)

@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class DecoderSpec
 {
     [Theory, InlineData("gpt2"), InlineData("llama")]

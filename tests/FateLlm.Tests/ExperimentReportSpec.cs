@@ -5,6 +5,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class BootstrapSpec
 {
     [Fact]
@@ -39,6 +40,7 @@ public class BootstrapSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Fast)]
 public class ExperimentReportSpec
 {
     const int N = 120;
@@ -113,6 +115,7 @@ public class ExperimentReportSpec
 }
 
 /// <summary>The paper experiment end to end on a miniature WordNet with a tiny zoo base: every setting runs, federated through the cluster.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class PaperExperimentSpec
 {
     [Fact]
@@ -145,6 +148,7 @@ public class PaperExperimentSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Fast)]
 public class IprReportSpec
 {
     [Fact]

@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 /// (tests/reference/make_family_fixtures.py): logits after a save/reload round trip, greedy generation with a KV
 /// cache, and LoRA on PEFT's default targets (merge equal to W + (alpha/r)·B·A).
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class FamilyParitySpec
 {
     public static TheoryData<string> Cases => new()
@@ -88,6 +89,7 @@ public class FamilyParitySpec
 }
 
 /// <summary>What a folder cannot be loaded as is refused in one line naming the file and the field.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class FamilyRefusalSpec
 {
     [Theory]
@@ -114,6 +116,7 @@ public class FamilyRefusalSpec
 }
 
 /// <summary>The spec-sized form of the real-size benchmark: it runs end to end and its checkpoint loads as HF writes them.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class CheckpointBenchSpec
 {
     [Fact]

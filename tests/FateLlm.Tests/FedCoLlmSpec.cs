@@ -12,6 +12,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 /// <summary>FedCoLLM: the top-k KL, gradients reaching both adapters, and rounds through the cluster with an arbiter crash.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class FedCoLlmSpec
 {
     static readonly string[] Texts =
@@ -90,6 +91,7 @@ public class FedCoLlmSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Cluster)]
 public class FedCoLlmFederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(180);

@@ -14,6 +14,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 /// <summary>FedKSeed's pure parts: directions, replay, the estimator, the wire formats, Pro and seed sampling.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class FedKSeedSpec
 {
     [Fact]
@@ -171,6 +172,7 @@ public class FedKSeedSpec
 }
 
 /// <summary>FedKSeed through the cluster: three parties, a crash, the bytes on the wire, and the replay in other processes.</summary>
+[Trait(Tier.Key, Tier.Process)]
 public class FedKSeedFederationSpec
 {
     [Fact]

@@ -12,6 +12,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>FedMKT's logit blocks and their checks, and rounds through the cluster with three tokenizers and a party killed mid-round.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class FedMktSpec
 {
     static PublicLogits Block() => new(50, 2, new Dictionary<int, string> { [3] = " cat", [7] = "s" },
@@ -79,6 +80,7 @@ public class FedMktSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Cluster)]
 public class FedMktFederationSpec
 {
     static string SmallModel(string root, string name, string arch, string? tokenizerDir)

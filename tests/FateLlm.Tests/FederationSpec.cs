@@ -10,6 +10,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Cluster)]
 public class FederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(120);
@@ -137,6 +138,7 @@ public class FederationSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Cluster)]
 public class FederationDeterminismSpec
 {
     [Fact]

@@ -14,6 +14,7 @@ namespace FateLlm.Tests;
 /// hold a GPT-2 folder with a byte-level BPE tokenizer and a LLaMA folder with a SentencePiece tokenizer, the prompt ids
 /// HF's tokenizers produce (GPT-2: no BOS; LLaMA: BOS) and the greedy continuation, all computed without FateLlm.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class GenerationParitySpec
 {
     sealed record Case(string Prompt, int[] PromptIds, int[] NewIds);

@@ -9,6 +9,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>What an attacker can send to a node's remoting port or through the cluster does not take the node down.</summary>
+[Trait(Tier.Key, Tier.Cluster)]
 public class HardeningSpec
 {
     static async Task AssertAnswers(ActorSystem from, Address node)

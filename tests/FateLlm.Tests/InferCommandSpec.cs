@@ -14,6 +14,7 @@ namespace FateLlm.Tests;
 /// fetched and checked, only perturbed prompts travel, the local model answers; a caller that is not allowed, or a
 /// service nobody serves, ends with exit code 1 and the reason.
 /// </summary>
+[Trait(Tier.Key, Tier.Cluster)]
 public class InferCommandSpec
 {
     static (int Code, string Out, string Err) Run(params string[] args)

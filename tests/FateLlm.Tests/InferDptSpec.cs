@@ -6,6 +6,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>InferDPT's mechanism against its definition, and the kit's format and checks.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class InferDptSpec
 {
     // Six tokens in 3-D: token 0's cosines to the others fall at distinct values.

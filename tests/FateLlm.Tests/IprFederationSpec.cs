@@ -9,6 +9,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>FedIPR through a real (in-process) federation: keys stay on their parties, and every party verifies its own watermark.</summary>
+[Trait(Tier.Key, Tier.Cluster)]
 public class IprFederationSpec
 {
     [Fact]

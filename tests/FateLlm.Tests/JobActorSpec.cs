@@ -17,6 +17,7 @@ namespace FateLlm.Tests;
 /// The job entity alone: probes stand in for the round and party regions, an in-memory journal keeps its events, and
 /// virtual time drives its watchdog and evaluation timers, so every timing below is exact and nothing sleeps.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class JobActorSpec : TestKit
 {
     readonly BlobStore _store = new(TestSupport.TempDir());

@@ -9,6 +9,7 @@ using static TorchSharp.torch;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class LoraSpec
 {
     static readonly PeftConfig Lora = new() { Method = PeftMethod.Lora, LoraR = 4, LoraAlpha = 8, LoraDropout = 0 };

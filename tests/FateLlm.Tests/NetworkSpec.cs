@@ -10,6 +10,7 @@ namespace FateLlm.Tests;
 /// cut (<c>ip link set … down</c>) until the arbiter sees it unreachable, then restored; the job still completes.
 /// Needs root and iproute2 (CI runs as root).
 /// </summary>
+[Trait(Tier.Key, Tier.Process)]
 public sealed class NetworkSpec : IDisposable
 {
     readonly string _tag = Guid.NewGuid().ToString("N")[..5];

@@ -7,6 +7,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class NodeLogSpec : TestKit
 {
     static readonly string File = Path.Combine(TestSupport.TempDir(), "node.log");

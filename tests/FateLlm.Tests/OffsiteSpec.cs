@@ -12,6 +12,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 /// <summary>Offsite tuning's pure parts: the emulator's blocks, the sub-model, and plugging adapters back in.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class OffsiteSpec
 {
     internal static bool Same(Tensor a, Tensor b) => a.eq(b).all().item<bool>();
@@ -149,6 +150,7 @@ public class OffsiteSpec
 }
 
 /// <summary>Offsite tuning through the real cluster: parties without the full model, adapters only upward, a crash survived.</summary>
+[Trait(Tier.Key, Tier.Cluster)]
 public class OffsiteFederationSpec
 {
     static bool Same(Tensor a, Tensor b) => OffsiteSpec.Same(a, b);
@@ -210,6 +212,7 @@ public class OffsiteFederationSpec
 }
 
 /// <summary>Emulator distillation on the arbiter: the emulator alone moves, the KD loss falls, and the result is cached by content.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class EmulatorDistillationSpec
 {
     [Fact]
@@ -271,6 +274,7 @@ public class EmulatorDistillationSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Fast)]
 public class OffsiteJobFileSpec
 {
     [Fact]

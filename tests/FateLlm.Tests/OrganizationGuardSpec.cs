@@ -10,6 +10,7 @@ namespace FateLlm.Tests;
 /// The organization guard alone, with real certificates from a federation CA: a probe plays the member's guard (it
 /// answers challenges, or not, with the certificate the spec chooses) and another records whom the guard downs.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class OrganizationGuardSpec : TestKit
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(10);

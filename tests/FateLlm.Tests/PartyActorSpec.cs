@@ -19,6 +19,7 @@ namespace FateLlm.Tests;
 /// echo plug-in runs on the party's real trainer, and the spec plays the round. Each organization name is unique per
 /// spec, so the plug-in's per-party scripts (gates, failures) never leak between specs.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class PartyActorSpec : TestKit
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(10);

@@ -8,6 +8,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>Federated PDSS through the cluster: parties train on their rationale columns and the LoRA is averaged; a party whose file lacks the column is named.</summary>
+[Trait(Tier.Key, Tier.Cluster)]
 public class PdssSpec
 {
     [Fact]

@@ -12,6 +12,7 @@ namespace FateLlm.Tests;
 /// The seam proved by a plug-in the product does not ship: two exchanges per round, no tensors, a party whose node dies
 /// between the exchanges — through the real cluster, with no change to the job, round or party actors.
 /// </summary>
+[Trait(Tier.Key, Tier.Cluster)]
 public class PluginSeamSpec
 {
     [Fact]

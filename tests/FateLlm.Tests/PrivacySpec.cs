@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 /// <summary>The RDP accountant against the values Google's dp_accounting publishes in its own tests.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class RdpAccountantSpec
 {
     [Fact]
@@ -102,6 +103,7 @@ public class RdpAccountantSpec
     }
 }
 
+[Trait(Tier.Key, Tier.Fast)]
 public class ClientDpSpec
 {
     static Dictionary<string, Tensor> Update(params float[] v) => new() { ["a.lora_A.weight"] = tensor(v) };

@@ -7,6 +7,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>Real fate-llm processes: seed, arbiters and parties, some killed with SIGKILL.</summary>
+[Trait(Tier.Key, Tier.Process)]
 public sealed class ProcessFederationSpec : IAsyncLifetime
 {
     readonly List<NodeProcess> _processes = new();

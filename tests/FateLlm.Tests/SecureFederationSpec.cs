@@ -9,6 +9,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>Secure aggregation and DP through the real cluster: three parties, the actor protocol, killed parties.</summary>
+[Trait(Tier.Key, Tier.Cluster)]
 public class SecureFederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);

@@ -20,6 +20,7 @@ namespace FateLlm.Tests;
 /// answering every step once, as a party does), so a party can go silent at a step, lie about its name, or have its
 /// node leave; virtual time drives re-asks and phase timeouts.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class SecureSumSpec : TestKit
 {
     static readonly string[] Orgs = ["animal", "artifact", "food"];

@@ -15,6 +15,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class SerializationSpec : IDisposable
 {
     readonly ActorSystem _system = ActorSystem.Create("serialization-spec",

@@ -9,6 +9,7 @@ namespace FateLlm.Tests;
 /// tokenizer.json folders of each kind (tests/reference/make_tokenizer_fixtures.py) against ids that HF's JavaScript
 /// tokenizers.js produced on the same files (tests/reference/tokenizer_expected.mjs); FateLlm runs HF's Rust library.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class TokenizerJsonSpec
 {
     static JsonElement Expected() =>

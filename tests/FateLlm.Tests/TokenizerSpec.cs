@@ -6,6 +6,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class TokenizerSpec
 {
     static readonly ModelConfig Llama = ModelPresets.Create("llama", "tiny");

@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 /// have HF's and SentencePiece's structure, and the reference implementations (Google's sentencepiece, GPT-2's own
 /// encoder algorithm) read them and give the same ids as FateLlm.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class TokenizerTrainingSpec : IClassFixture<TokenizerTrainingSpec.PublicCorpus>
 {
     /// <summary>The public corpus the zoo pretrains on (all of it), and both tokenizers trained on it once for the class.</summary>

@@ -3,6 +3,7 @@ using static TorchSharp.torch;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class TorchNativeSpec
 {
     [Fact]

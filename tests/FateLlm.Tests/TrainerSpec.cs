@@ -7,6 +7,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class TrainerSpec
 {
     static List<TokenizedExample> EightSamples()

@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 /// trainer restarts, then backs off for min·2^n before serving again, keeping every request it received meanwhile.
 /// Virtual time makes the backoff exact.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class TrainerSupervisionSpec : TestKit
 {
     static readonly TimeSpan Min = TimeSpan.FromSeconds(1), Wait = TimeSpan.FromSeconds(10);

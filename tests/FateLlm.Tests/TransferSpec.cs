@@ -12,6 +12,7 @@ namespace FateLlm.Tests;
 /// The chunked transfer alone. A probe plays the serving node for the fetcher (answers chunks late, twice, out of order,
 /// corrupted, or never), with virtual time for the chunk timeout; the blob server is checked against a probe client.
 /// </summary>
+[Trait(Tier.Key, Tier.Fast)]
 public sealed class TransferSpec : TestKit
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(10), ChunkTimeout = TimeSpan.FromSeconds(5);

@@ -10,6 +10,7 @@ namespace FateLlm.Tests;
 /// Node commands keep running (one per terminal); the others run to completion in order. The build and PATH lines
 /// are what CI already did. No console may show an ERROR line or a stack trace.
 /// </summary>
+[Trait(Tier.Key, Tier.Process)]
 public sealed class WalkthroughSpec : IDisposable
 {
     readonly List<(string Name, Process Process, StringWriter Console)> _nodes = new();

@@ -4,6 +4,7 @@ using Xunit;
 
 namespace FateLlm.Tests;
 
+[Trait(Tier.Key, Tier.Fast)]
 public class WordNetSpec
 {
     [Fact]

@@ -9,6 +9,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 /// <summary>The model zoo with tiny recipes on a miniature WordNet: CI never pretrains the real zoo.</summary>
+[Trait(Tier.Key, Tier.Fast)]
 public class ZooSpec
 {
     const int Dev = 10;
