@@ -31,6 +31,10 @@ public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRe
     public bool Sharded { get; init; }
     /// <summary>How blobs this arbiter lacks are pulled from the cluster (a job taken over, a round run elsewhere).</summary>
     public TransferSettings Transfer { get; init; } = TransferSettings.Default;
+    /// <summary>StartRound is sent again this often until the round answers (null: once; the watchdog covers a loss).</summary>
+    public TimeSpan? StartResend { get; init; }
+    /// <summary>How long the arbiter running an attempt's round may stay unreachable before the job starts the attempt again.</summary>
+    public TimeSpan RoundHostGrace { get; init; } = TimeSpan.FromSeconds(10);
 }
 
 /// <summary>
@@ -69,6 +73,9 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     AttemptFailure? _lastFailure;
     /// <summary>What the board last saw of this job (only changes are published).</summary>
     object? _published;
+    /// <summary>The actor running the attempt in flight, watched from its first answer: if it stops or its arbiter is
+    /// lost, the attempt is started again at once instead of when the watchdog's budget runs out.</summary>
+    IActorRef? _roundActor;
 
     public override string PersistenceId => "job-" + _jobId;
     public ITimerScheduler Timers { get; set; } = null!;
@@ -81,6 +88,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     sealed record PresenceCheck;
     sealed record WaitedTooLong;
     sealed record EvaluationTimeout;
+    sealed record ResendStart(StartRound Start);
+    sealed record RoundHostLost(int Round, int Attempt, Address Host);
 
     public JobActor(string jobId, JobSettings settings)
     {
@@ -91,6 +100,22 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Recover<IJobEvent>(Apply);
         Recover<RecoveryCompleted>(_ => Resume());
         Fresh();
+    }
+
+    static bool InCluster(IActorContext context) => ((ExtendedActorSystem)context.System).Provider is Akka.Cluster.ClusterActorRefProvider;
+
+    protected override void PreStart()
+    {
+        base.PreStart();
+        if (InCluster(Context))
+            Akka.Cluster.Cluster.Get(Context.System).Subscribe(Self, Akka.Cluster.ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
+                typeof(Akka.Cluster.ClusterEvent.IReachabilityEvent));
+    }
+
+    protected override void PostStop()
+    {
+        if (InCluster(Context)) Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
+        base.PostStop();
     }
 
     /// <summary>A change a command or a persisted event made is published for the live board (never during recovery).</summary>
@@ -128,6 +153,10 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<RoundWatchdog>(_ => { });
         Command<EvaluateReply>(_ => { });
         Command<EvaluationTimeout>(_ => { });
+        Command<ResendStart>(_ => { });
+        Command<RoundHostLost>(_ => { });
+        Command<Terminated>(_ => { });
+        Command<Akka.Cluster.ClusterEvent.IReachabilityEvent>(_ => { });
     }
 
     /// <summary>No job by this id: a query is answered and the entity passivates, so asking for unknown ids leaves nothing behind.</summary>
@@ -175,8 +204,18 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         Always();
         Command<CancelJob>(Cancel);
+        Command<ResendStart>(r => r.Start.Round == _round && r.Start.Attempt == _attempt, r => _s.RoundRegion.Tell(r.Start));
+        Command<Terminated>(t => t.ActorRef.Equals(_roundActor), t => OnRoundFinished(new RoundFinished(_jobId, _round, _attempt, false,
+            $"the round's actor on {Host(t.ActorRef)} stopped before it reported back (its arbiter left the cluster or the round moved); the attempt is started again", null, null)));
+        Command<Akka.Cluster.ClusterEvent.UnreachableMember>(u => _roundActor is not null && u.Member.Address == _roundActor.Path.Address, u =>
+            Timers.StartSingleTimer("round-host", new RoundHostLost(_round, _attempt, u.Member.Address), _s.RoundHostGrace));
+        Command<Akka.Cluster.ClusterEvent.ReachableMember>(r => _roundActor is not null && r.Member.Address == _roundActor.Path.Address, _ =>
+            Timers.Cancel("round-host"));
+        Command<RoundHostLost>(l => l.Round == _round && l.Attempt == _attempt, l => OnRoundFinished(new RoundFinished(_jobId, _round, _attempt, false,
+            $"the arbiter running the round ({l.Host}) has been unreachable for {_s.RoundHostGrace.TotalSeconds:G4} s; the attempt is started again", null, null)));
         Command<RoundProgress>(p => p.Round == _round && p.Attempt == _attempt, p =>
         {
+            Answered();
             Watch(p.Stage, p.Budget);
             EndStage();
             _stage = (p.Stage, DateTime.UtcNow);
@@ -186,12 +225,35 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<RoundPartyAnswered>(a => a.Round == _round && a.Attempt == _attempt && _current is not null, a =>
             _current = _current! with { Answers = new Dictionary<string, string>(_current.Answers) { [a.Org] = a.Succeeded ? "ok" : a.Reason ?? "failed" } });
         Command<RoundPhaseDone>(p => p.Round == _round && p.Attempt == _attempt, p =>
-            Persist(new RoundPhaseCompleted(p.Round, p.Attempt, p.Phase, p.State, p.Next, DateTime.UtcNow), Apply));
+        {
+            Answered();
+            Persist(new RoundPhaseCompleted(p.Round, p.Attempt, p.Phase, p.State, p.Next, DateTime.UtcNow), Apply);
+        });
         Command<RoundFinished>(r => r.Round == _round && r.Attempt == _attempt, OnRoundFinished);
         Command<RoundWatchdog>(w => w.Round == _round && w.Attempt == _attempt, w => OnRoundFinished(new RoundFinished(_jobId, w.Round, w.Attempt, false,
             $"the round did not report back within its budget for stage '{w.Stage.Name()}' ({w.Budget.TotalSeconds:G4} s); the arbiter lost it", null, null)));
         IgnoreStaleRounds();
     }
+
+    /// <summary>The round of the attempt in flight answered: no more resends, and its actor is watched from now on.</summary>
+    void Answered()
+    {
+        Timers.Cancel("start");
+        if (Sender.Equals(_roundActor) || Sender.IsNobody()) return;
+        if (_roundActor is not null) Context.Unwatch(_roundActor);
+        _roundActor = Sender;
+        Context.Watch(_roundActor);
+    }
+
+    void Forget()
+    {
+        Timers.Cancel("start");
+        Timers.Cancel("round-host");
+        if (_roundActor is not null) Context.Unwatch(_roundActor);
+        _roundActor = null;
+    }
+
+    static string Host(IActorRef actor) => actor.Path.Address.HasGlobalScope ? actor.Path.Address.ToString() : "this arbiter";
 
     void Evaluating()
     {
@@ -429,7 +491,10 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             if (_s.Faults.Trip(FaultPoints.JobRoundStarted, Context, round: round, job: _jobId)) return;
             Replicate();
             Watch(RoundStage.Configure, spec.Round.Deadline + SecureSteps(spec));
-            _s.RoundRegion.Tell(new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume));
+            var start = new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume);
+            _s.RoundRegion.Tell(start);
+            // A start sent to a region whose shard sat on a lost arbiter is gone until the shard moves: sent again until answered.
+            if (_s.StartResend is { } every) Timers.StartPeriodicTimer("start", new ResendStart(start), every);
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
                 resume is null ? "" : $", resuming at exchange {resume.Phase}");
         });
@@ -480,6 +545,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void OnRoundFinished(RoundFinished r)
     {
         Timers.Cancel("watchdog");
+        Forget();
         EndStage();
         _current = null;
         var spec = _spec!;
@@ -526,6 +592,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Persist(new JobCancelled(DateTime.UtcNow) { Reason = cancel.Reason }, e =>
         {
             Apply(e);
+            Forget();
             _s.RoundRegion.Tell(new AbortRound(_jobId, _round, _attempt, "the job was cancelled"));
             replyTo.Tell(Status());
             Finished();

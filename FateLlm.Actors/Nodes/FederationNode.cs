@@ -275,6 +275,7 @@ public sealed class FederationNode : IAsyncDisposable
                 Algorithms = o.Algorithms,
                 PassivateAfter = config.GetTimeSpan("fate-llm.job.passivate-after"),
                 WaitForParties = config.GetTimeSpan("fate-llm.job.wait-for-parties"), PresencePoll = config.GetTimeSpan("fate-llm.job.presence-poll"),
+                StartResend = config.GetTimeSpan("fate-llm.job.start-resend"), RoundHostGrace = config.GetTimeSpan("fate-llm.job.round-host-grace"),
             };
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
                 JobRegionSettings(system).WithRole(ClusterRoles.Arbiter).WithRememberEntities(true), new JobMessageExtractor(jobShards));

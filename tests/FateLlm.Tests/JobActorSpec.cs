@@ -34,10 +34,11 @@ public sealed class JobActorSpec : TestKit
 
     TestScheduler Clock => (TestScheduler)Sys.Scheduler;
 
-    IActorRef Job(string id, FaultInjection? faults = null) => Sys.ActorOf(JobActor.Props(id, new JobSettings(_store, _blobs.Ref, _rounds.Ref, _parties.Ref, null)
-    {
-        Presence = _presence, WatchdogSlack = Slack, Faults = faults ?? FaultInjection.None, Algorithms = ActorSpecs.Algorithms,
-    }));
+    IActorRef Job(string id, FaultInjection? faults = null, TimeSpan? startResend = null) => Sys.ActorOf(JobActor.Props(id,
+        new JobSettings(_store, _blobs.Ref, _rounds.Ref, _parties.Ref, null)
+        {
+            Presence = _presence, WatchdogSlack = Slack, Faults = faults ?? FaultInjection.None, Algorithms = ActorSpecs.Algorithms, StartResend = startResend,
+        }));
 
     IActorRef Submitted(JobSpec spec, FaultInjection? faults = null)
     {
@@ -176,6 +177,39 @@ public sealed class JobActorSpec : TestKit
         Clock.Advance(TimeSpan.FromSeconds(1));
         var retry = NextStart(1, 2);
         Assert.Null(retry.Resume);
+    }
+
+    [Fact]
+    public void A_start_is_sent_again_until_its_round_answers_and_never_after()
+    {
+        var spec = ActorSpecs.EchoJob("resend", deadlineSeconds: 30);
+        var job = Job(spec.JobId, startResend: TimeSpan.FromSeconds(3));
+        job.Tell(new SubmitJob(spec.JobId, spec));
+        ExpectMsg<JobAccepted>(Wait);
+        var first = NextStart(1, 1); // lost on the way to a shard that sat on a lost arbiter
+        Clock.Advance(TimeSpan.FromSeconds(3));
+        Assert.Equal(first, NextStart(1, 1));
+        var round = CreateTestProbe();
+        job.Tell(new RoundProgress(spec.JobId, 1, 1, 1, RoundStage.Collect, TimeSpan.FromSeconds(30)) { Asked = ActorSpecs.Orgs }, round.Ref);
+        Status(job); // the answer has been handled
+        Clock.Advance(TimeSpan.FromSeconds(9));
+        _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+    }
+
+    [Fact]
+    public void A_round_whose_actor_stops_before_it_reports_back_is_started_again_at_once_not_when_the_watchdog_fires()
+    {
+        var spec = ActorSpecs.EchoJob("round-lost", deadlineSeconds: 300);
+        var job = Submitted(spec);
+        NextStart(1, 1);
+        var round = CreateTestProbe(); // the round's actor, on an arbiter that is about to be lost
+        job.Tell(new RoundProgress(spec.JobId, 1, 1, 1, RoundStage.Collect, TimeSpan.FromSeconds(300)) { Asked = ActorSpecs.Orgs }, round.Ref);
+        Status(job);
+        Sys.Stop(round.Ref);
+        NextStart(1, 2); // no virtual time passed: the watchdog (300 s + slack) has not fired
+        var failure = Status(job).LastFailure!;
+        Assert.Equal((1, 1), (failure.Round, failure.Attempt));
+        Assert.Contains("the round's actor on this arbiter stopped before it reported back", failure.Reason);
     }
 
     [Fact]
