@@ -214,7 +214,9 @@ public sealed class FederationNode : IAsyncDisposable
             system.RegisterOnTermination(stream.Dispose);
         }
         if (o.Role != NodeRole.Client) system.ActorOf(MembershipAnnouncer.Props(), MembershipAnnouncer.Name);
-        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, dropRate, o.Port, transfer, stream), Transfer.BlobServer.Name);
+        // Dropped chunks differ from node to node: seeded with the port this node is bound to (--port is 0 on most nodes).
+        var boundPort = ((ExtendedActorSystem)system).Provider.DefaultAddress.Port ?? 0;
+        var blobServer = system.ActorOf(Transfer.BlobServer.Props(store, dropRate, boundPort, transfer, stream), Transfer.BlobServer.Name);
         Func<Address, string?>? proven = null;
         if (o.Tls is { } tls)
         {

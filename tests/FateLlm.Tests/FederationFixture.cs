@@ -1,3 +1,4 @@
+using Akka.Actor;
 using Akka.Configuration;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
@@ -80,6 +81,27 @@ internal static class FederationFixture
         var status = await fed.WaitAsync(spec.JobId, timeout);
         Xunit.Assert.True(status.State == JobState.Completed, status.Reason);
         return status;
+    }
+
+    /// <summary>
+    /// Completes when <paramref name="system"/> logs an event of type <typeparamref name="T"/> (Info, Warning, any
+    /// LogEvent) whose message contains <paramref name="text"/>: subscribed now, so call it before the cause.
+    /// </summary>
+    public static Task Logged<T>(ActorSystem system, string text) where T : Akka.Event.LogEvent
+    {
+        var seen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        system.EventStream.Subscribe(system.ActorOf(Props.Create(() => new LogWatch<T>(text, seen))), typeof(T));
+        return seen.Task;
+    }
+
+    sealed class LogWatch<T> : ReceiveActor where T : Akka.Event.LogEvent
+    {
+        public LogWatch(string text, TaskCompletionSource seen) =>
+            Receive<T>(e =>
+            {
+                var said = $"{e.Message} {(e as Akka.Event.Error)?.Cause?.Message}";
+                if (said.Contains(text, StringComparison.OrdinalIgnoreCase)) seen.TrySetResult();
+            });
     }
 
     public static Task<LocalFederation> Start(Ground g, Config? extra = null, bool tls = false, Actors.Board.BoardFeed? board = null) =>

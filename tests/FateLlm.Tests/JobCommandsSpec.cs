@@ -94,7 +94,7 @@ public class JobCommandsSpec
         Assert.True(code == 0, error);
         await fed.WaitAsync("to-cancel", Generous, s => s.Current is { Stage: RoundStage.Collect });
         // Each party logs the stop of its work: watched on its node's event stream from before the cancel.
-        var stopped = fed.Parties.ToDictionary(kv => kv.Key, kv => Logged(kv.Value.System, "(cancelled by the job)"));
+        var stopped = fed.Parties.ToDictionary(kv => kv.Key, kv => FederationFixture.Logged<Akka.Event.Info>(kv.Value.System, "(cancelled by the job)"));
         // Three parties training flat out starve a 2-core machine's actor threads: the cancel gets a generous answer time.
         (code, output, error) = Run("job", "cancel", "to-cancel", "--seed", fed.SeedAddress, "--timeout", "180");
         Assert.True(code == 0, error);
@@ -114,20 +114,6 @@ public class JobCommandsSpec
         Assert.Equal(0, status.CompletedRounds);
         // No board runs here: the job events the arbiter publishes for one are dropped unread, not logged as dead letters.
         Assert.DoesNotContain("DeadLetterWithNoSubscribers", Read(Path.Combine(fed.Arbiter.Options.DataDir, "node.log")));
-    }
-
-    /// <summary>Completes when <paramref name="system"/> logs an INFO line containing <paramref name="text"/>.</summary>
-    static Task Logged(ActorSystem system, string text)
-    {
-        var seen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        system.EventStream.Subscribe(system.ActorOf(Props.Create(() => new LogWatch(text, seen))), typeof(Akka.Event.Info));
-        return seen.Task;
-    }
-
-    sealed class LogWatch : ReceiveActor
-    {
-        public LogWatch(string text, TaskCompletionSource seen) =>
-            Receive<Akka.Event.Info>(i => { if (i.Message?.ToString()?.Contains(text) == true) seen.TrySetResult(); });
     }
 
     [Fact]
