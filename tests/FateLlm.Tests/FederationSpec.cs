@@ -6,6 +6,7 @@ using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using TorchSharp;
 using static TorchSharp.torch;
+using FateLlm.Training.Algorithms;
 using Xunit;
 
 namespace FateLlm.Tests;
@@ -166,6 +167,12 @@ public class FederationDeterminismSpec
                 state = outcome.ServerState.ToDictionary(kv => kv.Key, kv => kv.Value.MoveToOuterDisposeScope());
             }
             Assert.Equal(BlobStore.Digest(global), status.GlobalDigest);
+
+            // The plug-in driven by the Akka-free simulation gives the same bits as well.
+            var parties = g.Datasets.Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
+            var simulated = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec with { OutputDir = Path.Combine(g.Root, "out-simulated") },
+                g.Model, parties, Path.Combine(g.Root, "simulation")).Run();
+            Assert.Equal(status.GlobalDigest, simulated.State.Get(AlgorithmState.Global));
         }
     }
 }
