@@ -130,7 +130,9 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
     public async Task Two_arbiters_on_a_postgres_journal_a_party_killed_and_restarted_then_an_arbiter_killed_for_good_the_other_finishes_the_job_without_losing_a_round()
     {
         await using var db = await PostgresDatabase.CreateAsync();
-        File.AppendAllText(_nodeConfig, "akka.loglevel = INFO\n"); // node.log tells which arbiter runs the job
+        // node.log tells which arbiter runs the job. A crashed node is downed after 10 s: against the removal margin of
+        // reference.conf (3 s), Akka's default (stable-after, here 10 s) would keep the restarted party's shard away.
+        File.AppendAllText(_nodeConfig, "akka.loglevel = INFO\nakka.cluster.split-brain-resolver.stable-after = 10s\n");
         var port = LocalFederation.FreePort();
         _seed = $"akka.tcp://fate-llm@127.0.0.1:{port}";
         Launch("seed", "seed", "--port", port.ToString());
@@ -139,9 +141,11 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
             Launch("arbiter-a", "arbiter", "--seed", _seed, "--journal", db.Url), Launch("arbiter-b", "arbiter", "--seed", _seed, "--journal", db.Url),
         };
         var parties = FederationFixture.Orgs.ToDictionary(o => o, o => Party(o));
+        // The client is a member too: it runs the nodes' own failure detector and split-brain timing (with the fixture's
+        // 2 s stable-after beside the nodes' 10 s, a run ended with every member downed).
         await using var client = FederationNode.Start(new NodeOptions
         {
-            Role = NodeRole.Client, Seeds = [_seed], DataDir = Path.Combine(_g.Root, "client"), Overrides = FederationFixture.FastCluster,
+            Role = NodeRole.Client, Seeds = [_seed], DataDir = Path.Combine(_g.Root, "client"), Overrides = Akka.Configuration.ConfigurationFactory.ParseString(File.ReadAllText(_nodeConfig)),
         });
         await client.WhenUp(TimeSpan.FromSeconds(60));
         var arbitersUp = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -154,6 +158,8 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         parties["food"].Kill();                       // kill -9 a party while round 2 runs
         await WaitFor(client, spec.JobId, s => s.CompletedRounds >= 2);
         parties["food"] = Party("food");              // it restarts on its data directory and rejoins
+        var (joined, ready) = await Restarted(parties["food"], "food");
+        Assert.True(ready - joined < TimeSpan.FromSeconds(5), $"the restarted party was ready {(ready - joined).TotalSeconds:F1} s after its node was up; logs:\n{Logs()}");
 
         // Kill -9 whichever arbiter runs the job once round 3 is under way, and never bring it back.
         var started = $"job {spec.JobId}: round 3/4 attempt 1 started";
@@ -192,6 +198,27 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         Assert.Matches(@"\d\d:\d\d:\d\d WARNING member unreachable: party food at akka\.tcp://", seedConsole);
         WalkthroughSpec.AssertCalm("seed", seedConsole);
         WalkthroughSpec.AssertCalm("surviving arbiter", SafeRead(survivor.Log));
+    }
+
+    /// <summary>When a restarted party's node saw itself up, and when its party entity was ready, from its node.log.</summary>
+    async Task<(DateTime Joined, DateTime Ready)> Restarted(NodeProcess party, string org)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(120);
+        var address = "";
+        while (true)
+        {
+            var console = SafeRead(party.Log);
+            var at = System.Text.RegularExpressions.Regex.Match(console, @"party \S+ node at (\S+),");
+            if (at.Success) address = at.Groups[1].Value;
+            var log = SafeRead(Path.Combine(_g.Root, "state-" + party.Name, "node.log")).Split('\n');
+            var joined = log.LastOrDefault(l => address.Length > 0 && l.Contains($"member up: party {org} at {address}"));
+            var ready = log.LastOrDefault(l => l.Contains($"party {org} ready with datasets"));
+            if (joined is not null && ready is not null && string.CompareOrdinal(ready[..23], joined[..23]) >= 0)
+                return (Stamp(joined), Stamp(ready));
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"restarted party {org} ({address}) never got ready; logs:\n{Logs()}");
+            await Task.Delay(200);
+        }
+        static DateTime Stamp(string line) => DateTime.ParseExact(line[..23], "yyyy-MM-dd HH:mm:ss.fff", System.Globalization.CultureInfo.InvariantCulture);
     }
 
     async Task<JobStatus> WaitFor(FederationNode client, string job, Func<JobStatus, bool> until, int seconds = 180)
