@@ -24,7 +24,7 @@ internal static class CheckpointBench
     public sealed record Options(string ConfigPath, ScalarType Dtype, string? WorkDir, int Batch, int Seq, int Steps, int Warmup,
         int GenerateTokens, int LoraR, string[] LoraTargets, bool Json);
 
-    public static void Run(Options o)
+    public static void Run(Options o, TextWriter output)
     {
         var config = ModelConfig.Load(o.ConfigPath);
         var dir = o.WorkDir ?? Path.Combine(Path.GetTempPath(), "fate-llm-bench", Path.GetFileNameWithoutExtension(o.ConfigPath) + "-" + DtypeName(o.Dtype));
@@ -97,10 +97,10 @@ internal static class CheckpointBench
         };
         if (o.Json)
         {
-            CliApp.Out.WriteLine(r.ToJsonString());
+            output.WriteLine(r.ToJsonString());
             return;
         }
-        var w = CliApp.Out;
+        var w = output;
         w.WriteLine($"model             {config.ModelType} from {o.ConfigPath} ({parameters:N0} params, base in {DtypeName(o.Dtype)})");
         w.WriteLine($"checkpoint        {bytes / 1048576.0:N0} MiB in {files.Count} shard(s) at {dir}{(wrote ? $" (written in {writeSeconds:F1} s)" : " (reused)")}");
         w.WriteLine($"load              {loadSeconds:F2} s; RSS {rssBefore:N0} → {loadRss:N0} MiB, peak {loadPeak:N0} MiB (checkpoint {bytes / 1048576.0:N0} MiB)");

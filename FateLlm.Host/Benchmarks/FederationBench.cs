@@ -35,26 +35,26 @@ internal static class FederationBench
         akka.remote.dot-netty.tcp.maximum-frame-size = 5MiB
         """).WithFallback(FederationNode.Reference());
 
-    public static async Task Run(int[] sizesMiB, bool skipRound, TransferSettings transfer)
+    public static async Task Run(int[] sizesMiB, bool skipRound, TransferSettings transfer, TextWriter output)
     {
-        CliApp.Out.WriteLine($"== adapter transfer between two processes over loopback ({transfer.ChunkSize >> 10} KiB chunks, window {transfer.Window})");
-        await Transfer(sizesMiB, transfer);
-        CliApp.Out.WriteLine();
-        CliApp.Out.WriteLine("== FedAvg over 10 x 16 MiB adapters");
-        FedAvgThroughput();
-        CliApp.Out.WriteLine();
-        CliApp.Out.WriteLine("== round protocol with 200 simulated parties (tiny adapters, in-process)");
-        await SimulatedRounds(200, 20);
+        output.WriteLine($"== adapter transfer between two processes over loopback ({transfer.ChunkSize >> 10} KiB chunks, window {transfer.Window})");
+        await Transfer(sizesMiB, transfer, output);
+        output.WriteLine();
+        output.WriteLine("== FedAvg over 10 x 16 MiB adapters");
+        FedAvgThroughput(output);
+        output.WriteLine();
+        output.WriteLine("== round protocol with 200 simulated parties (tiny adapters, in-process)");
+        await SimulatedRounds(200, 20, output);
         if (skipRound) return;
-        CliApp.Out.WriteLine();
-        CliApp.Out.WriteLine("== one real round: 3 parties, tiny model, in-process cluster");
-        await RealRound();
+        output.WriteLine();
+        output.WriteLine("== one real round: 3 parties, tiny model, in-process cluster");
+        await RealRound(output);
     }
 
     // ---- transfer ----
 
     /// <summary>The other process of the transfer bench: serves random blobs over the blob server and over raw TCP.</summary>
-    public static void Serve(int port, int rawPort, int[] sizesMiB, string dir)
+    public static void Serve(int port, int rawPort, int[] sizesMiB, string dir, TextWriter output)
     {
         var store = new BlobStore(dir);
         var rng = new Random(1);
@@ -65,7 +65,7 @@ internal static class FederationBench
         system.ActorOf(BlobServer.Props(store, stream: stream), BlobServer.Name);
         var listener = new TcpListener(IPAddress.Loopback, rawPort);
         listener.Start();
-        CliApp.Out.WriteLine("READY " + string.Join(" ", digests));
+        output.WriteLine("READY " + string.Join(" ", digests));
         while (true)
         {
             using var client = listener.AcceptTcpClient();
@@ -76,7 +76,7 @@ internal static class FederationBench
         }
     }
 
-    static async Task Transfer(int[] sizesMiB, TransferSettings transfer)
+    static async Task Transfer(int[] sizesMiB, TransferSettings transfer, TextWriter output)
     {
         int port = LocalFederation.FreePort(), rawPort = LocalFederation.FreePort();
         var dir = Path.Combine(Path.GetTempPath(), "fate-llm-bench-" + Environment.ProcessId);
@@ -92,7 +92,7 @@ internal static class FederationBench
             var digests = ready[6..].Split(' ');
             using var system = ActorSystem.Create("bench-client", Remote(0));
             var remote = await system.ActorSelection($"akka.tcp://bench@127.0.0.1:{port}/user/{BlobServer.Name}").ResolveOne(TimeSpan.FromSeconds(20));
-            CliApp.Out.WriteLine($"{"size",8} {"stream MB/s",12} {"chunks MB/s",12} {"raw TCP MB/s",13} {"stream/raw",11} {"goal",6} {"chunks/raw",11} {"wire/raw",9} {"retransmits",12}");
+            output.WriteLine($"{"size",8} {"stream MB/s",12} {"chunks MB/s",12} {"raw TCP MB/s",13} {"stream/raw",11} {"goal",6} {"chunks/raw",11} {"wire/raw",9} {"retransmits",12}");
             for (int i = 0; i < sizesMiB.Length; i++)
             {
                 var size = (long)sizesMiB[i] << 20;
@@ -102,12 +102,12 @@ internal static class FederationBench
                 var (rawSeconds, rawWire) = RawCopy(rawPort, i, size);
                 var (streamSeconds, streamWire, retransmits) = await Fetch(system, new BlobStore(Path.Combine(dir, "stream-" + i)), location, transfer with { Stream = true });
                 var ratio = rawSeconds / streamSeconds;
-                CliApp.Out.WriteLine($"{sizesMiB[i] + " MiB",8} {size / 1e6 / streamSeconds,12:F1} {size / 1e6 / chunkSeconds,12:F1} {size / 1e6 / rawSeconds,13:F1} {ratio,11:F2} " +
+                output.WriteLine($"{sizesMiB[i] + " MiB",8} {size / 1e6 / streamSeconds,12:F1} {size / 1e6 / chunkSeconds,12:F1} {size / 1e6 / rawSeconds,13:F1} {ratio,11:F2} " +
                     $"{(ratio >= 0.8 ? "met" : "MISSED"),6} {rawSeconds / chunkSeconds,11:F2} {streamWire / (double)rawWire,9:F3} {retransmits,12}");
             }
-            CliApp.Out.WriteLine("stream: the data plane (ticket over Akka.Remote, bytes on their own TCP stream, SHA-256 checked into the store); goal ≥ 0.8 of raw TCP");
-            CliApp.Out.WriteLine("chunks: the fallback over Akka.Remote; raw TCP: the same bytes copied socket to memory, no store, no hash");
-            CliApp.Out.WriteLine("wire/raw: loopback bytes (TCP/IP headers included) for the stream ÷ for a raw TCP copy of the same bytes");
+            output.WriteLine("stream: the data plane (ticket over Akka.Remote, bytes on their own TCP stream, SHA-256 checked into the store); goal ≥ 0.8 of raw TCP");
+            output.WriteLine("chunks: the fallback over Akka.Remote; raw TCP: the same bytes copied socket to memory, no store, no hash");
+            output.WriteLine("wire/raw: loopback bytes (TCP/IP headers included) for the stream ÷ for a raw TCP copy of the same bytes");
         }
         finally
         {
@@ -154,7 +154,7 @@ internal static class FederationBench
 
     // ---- aggregation ----
 
-    static void FedAvgThroughput()
+    static void FedAvgThroughput(TextWriter output)
     {
         const int parties = 10, floats = 4 << 20; // 16 MiB each
         using var scope = NewDisposeScope();
@@ -172,7 +172,7 @@ internal static class FederationBench
             foreach (var d in deltas) dst.copy_(d.Tensors["w"]);
         var copySeconds = sw.Elapsed.TotalSeconds / reps;
         double bytes = (double)parties * floats * 4;
-        CliApp.Out.WriteLine($"FedAvg {bytes / 1e9 / fedSeconds:F2} GB/s, memcpy of the same bytes {bytes / 1e9 / copySeconds:F2} GB/s, ratio {copySeconds / fedSeconds:F2} ({get_num_threads()} torch threads)");
+        output.WriteLine($"FedAvg {bytes / 1e9 / fedSeconds:F2} GB/s, memcpy of the same bytes {bytes / 1e9 / copySeconds:F2} GB/s, ratio {copySeconds / fedSeconds:F2} ({get_num_threads()} torch threads)");
     }
 
     // ---- round protocol ----
@@ -190,7 +190,7 @@ internal static class FederationBench
         }
     }
 
-    static async Task SimulatedRounds(int parties, int rounds)
+    static async Task SimulatedRounds(int parties, int rounds, TextWriter output)
     {
         var dir = Path.Combine(Path.GetTempPath(), "fate-llm-bench-rounds-" + Environment.ProcessId);
         var partyStore = new BlobStore(Path.Combine(dir, "parties"));
@@ -215,12 +215,12 @@ internal static class FederationBench
             if (!finished.Succeeded) throw new InvalidOperationException(finished.Reason);
             state = finished.State!;
         }
-        CliApp.Out.WriteLine($"{rounds / sw.Elapsed.TotalSeconds:F2} rounds/s with {parties} parties ({sw.Elapsed.TotalMilliseconds / rounds:F0} ms per round: ask, pull {parties} deltas, aggregate, store)");
+        output.WriteLine($"{rounds / sw.Elapsed.TotalSeconds:F2} rounds/s with {parties} parties ({sw.Elapsed.TotalMilliseconds / rounds:F0} ms per round: ask, pull {parties} deltas, aggregate, store)");
         await system.Terminate();
         try { Directory.Delete(dir, true); } catch (IOException) { }
     }
 
-    static async Task RealRound()
+    static async Task RealRound(TextWriter output)
     {
         var root = Path.Combine(Path.GetTempPath(), "fate-llm-bench-round-" + Environment.ProcessId);
         var model = Path.Combine(root, "model");
@@ -239,9 +239,9 @@ internal static class FederationBench
         foreach (var r in s.Rounds)
         {
             var slowest = r.Parties.Max(p => p.TrainSeconds);
-            CliApp.Out.WriteLine($"round {r.Round}: wall {r.Seconds:F2}s, slowest party's local round {slowest:F2}s → overhead {100 * (r.Seconds / slowest - 1):F1}% (adapter {Bytes(r.Parties[0].UploadBytes)})");
+            output.WriteLine($"round {r.Round}: wall {r.Seconds:F2}s, slowest party's local round {slowest:F2}s → overhead {100 * (r.Seconds / slowest - 1):F1}% (adapter {Bytes(r.Parties[0].UploadBytes)})");
         }
-        CliApp.Out.WriteLine("(3 parties train concurrently on 2 cores here, so the slowest party's time includes sharing the CPU)");
+        output.WriteLine("(3 parties train concurrently on 2 cores here, so the slowest party's time includes sharing the CPU)");
         try { Directory.Delete(root, true); } catch (IOException) { }
     }
 

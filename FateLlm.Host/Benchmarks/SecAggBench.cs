@@ -13,14 +13,14 @@ namespace FateLlm.Host.Benchmarks;
 /// </summary>
 internal static class SecAggBench
 {
-    public static void Run(int[] parties, int length, double dropout)
+    public static void Run(int[] parties, int length, double dropout, TextWriter output)
     {
-        CliApp.Out.WriteLine($"vector {length:N0} values ({length * 4 / 1e6:F2} MB per party), {dropout:P0} dropouts after sharing keys, {Environment.ProcessorCount} cores");
-        CliApp.Out.WriteLine($"{"n",5} {"k",4} {"t",4} | {"party: keys+shares",19} {"mask",9} {"mask MB/s",10} | {"arbiter unmask",15} {"unmask MB/s",12} | {"plain FedAvg",13} {"overhead",9}");
-        foreach (var n in parties) Run(n, length, dropout);
+        output.WriteLine($"vector {length:N0} values ({length * 4 / 1e6:F2} MB per party), {dropout:P0} dropouts after sharing keys, {Environment.ProcessorCount} cores");
+        output.WriteLine($"{"n",5} {"k",4} {"t",4} | {"party: keys+shares",19} {"mask",9} {"mask MB/s",10} | {"arbiter unmask",15} {"unmask MB/s",12} | {"plain FedAvg",13} {"overhead",9}");
+        foreach (var n in parties) Run(n, length, dropout, output);
     }
 
-    static void Run(int n, int length, double dropout)
+    static void Run(int n, int length, double dropout, TextWriter output)
     {
         var names = Enumerable.Range(0, n).Select(i => $"org{i:D3}").ToArray();
         var k = SecAggSession.DefaultDegree(n, 2);
@@ -58,6 +58,6 @@ internal static class SecAggBench
         double mb = length * 4 / 1e6;
         // Per round the parties work in parallel: the added latency is one party's steps plus the arbiter's unmasking.
         var overhead = (shareSeconds + maskSeconds + unmaskSeconds) / plainSeconds;
-        CliApp.Out.WriteLine($"{n,5} {Math.Min(k, n - 1),4} {t,4} | {shareSeconds * 1e3,16:F1} ms {maskSeconds * 1e3,6:F1} ms {mb / maskSeconds,10:F0} | {unmaskSeconds * 1e3,12:F0} ms {survivors.Count * mb / unmaskSeconds,12:F0} | {plainSeconds * 1e3,10:F1} ms {overhead,8:F1}×");
+        output.WriteLine($"{n,5} {Math.Min(k, n - 1),4} {t,4} | {shareSeconds * 1e3,16:F1} ms {maskSeconds * 1e3,6:F1} ms {mb / maskSeconds,10:F0} | {unmaskSeconds * 1e3,12:F0} ms {survivors.Count * mb / unmaskSeconds,12:F0} | {plainSeconds * 1e3,10:F1} ms {overhead,8:F1}×");
     }
 }

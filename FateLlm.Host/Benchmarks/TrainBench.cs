@@ -16,7 +16,7 @@ internal static class TrainBench
     /// <summary>What a LoRA step should reach of the same run's sgemm: the frozen weights' backward is input gradients only.</summary>
     const double LoraUtilizationGoal = 0.75;
 
-    public static void Run(ModelConfig config, string presetName, PeftMethod method, string[] loraTargets, int b, int s, int warmup, int measured)
+    public static void Run(ModelConfig config, string presetName, PeftMethod method, string[] loraTargets, int b, int s, int warmup, int measured, TextWriter output)
     {
         var model = CausalLm.Create(config);
         model.InitializeWeights(1);
@@ -52,18 +52,18 @@ internal static class TrainBench
         var ratios = pairs.Select(p => flops / (p.Ms / 1000) / 1e9 / p.Sgemm).Order().ToList();
         var utilization = ratios[ratios.Count / 2];
         var trainableCount = trainable.Sum(t => t.Param.numel());
-        CliApp.Out.WriteLine($"model            {config.ModelType} {presetName} ({config.ParameterCount():N0} params), {PeftConfig.MethodName(method)}");
-        CliApp.Out.WriteLine($"threads          {get_num_threads()}");
-        CliApp.Out.WriteLine($"batch x seq      {b} x {s} = {b * s} tokens");
-        CliApp.Out.WriteLine($"trainable        {trainableCount:N0} params ({trainableCount * 4:N0} bytes)");
-        CliApp.Out.WriteLine($"ms/step          {ms:F1} (min {times.Min():F1}, max {times.Max():F1}, {measured} steps)");
-        CliApp.Out.WriteLine($"tokens/s         {b * s / (ms / 1000):F0}");
-        CliApp.Out.WriteLine($"model GFLOP/step {flops / 1e9:F1}");
-        CliApp.Out.WriteLine($"achieved GFLOP/s {achieved:F1}");
-        CliApp.Out.WriteLine($"sgemm GFLOP/s    {sgemm:F1} (2048x2048 fp32 matmul, same threads, 0.5 s after each step; min {pairs.Min(p => p.Sgemm):F1}, max {pairs.Max(p => p.Sgemm):F1})");
-        CliApp.Out.WriteLine($"utilization      {utilization:F3} (median of {measured} step/sgemm pairs, range {ratios[0]:F3}–{ratios[^1]:F3})" + (method == PeftMethod.Lora
+        output.WriteLine($"model            {config.ModelType} {presetName} ({config.ParameterCount():N0} params), {PeftConfig.MethodName(method)}");
+        output.WriteLine($"threads          {get_num_threads()}");
+        output.WriteLine($"batch x seq      {b} x {s} = {b * s} tokens");
+        output.WriteLine($"trainable        {trainableCount:N0} params ({trainableCount * 4:N0} bytes)");
+        output.WriteLine($"ms/step          {ms:F1} (min {times.Min():F1}, max {times.Max():F1}, {measured} steps)");
+        output.WriteLine($"tokens/s         {b * s / (ms / 1000):F0}");
+        output.WriteLine($"model GFLOP/step {flops / 1e9:F1}");
+        output.WriteLine($"achieved GFLOP/s {achieved:F1}");
+        output.WriteLine($"sgemm GFLOP/s    {sgemm:F1} (2048x2048 fp32 matmul, same threads, 0.5 s after each step; min {pairs.Min(p => p.Sgemm):F1}, max {pairs.Max(p => p.Sgemm):F1})");
+        output.WriteLine($"utilization      {utilization:F3} (median of {measured} step/sgemm pairs, range {ratios[0]:F3}–{ratios[^1]:F3})" + (method == PeftMethod.Lora
             ? $"; goal ≥ {LoraUtilizationGoal:F2} of sgemm for a LoRA step: {(utilization >= LoraUtilizationGoal ? "met" : "MISSED")}" : ""));
-        CliApp.Out.WriteLine($"peak RSS         {CheckpointBench.PeakRss():F0} MiB");
+        output.WriteLine($"peak RSS         {CheckpointBench.PeakRss():F0} MiB");
     }
 
     /// <summary>

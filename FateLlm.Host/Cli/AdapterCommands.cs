@@ -8,7 +8,7 @@ namespace FateLlm.Host.Cli;
 
 internal static class AdapterCommands
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var adapter = Required<string>("--adapter", "Adapter folder");
         var model = new Option<string?>("--model") { Description = "Base model folder (default: the one the adapter records)" };
@@ -24,7 +24,7 @@ internal static class AdapterCommands
             if (fmt == "peft")
             {
                 AdapterFolder.Save(m, cfg, outPath, basePath);
-                CliApp.Out.WriteLine($"wrote PEFT adapter ({PeftConfig.MethodName(cfg.Method)}) to {outPath}");
+                t.Out.WriteLine($"wrote PEFT adapter ({PeftConfig.MethodName(cfg.Method)}) to {outPath}");
                 return;
             }
             if (cfg.Method == PeftMethod.PtuningV2)
@@ -32,7 +32,7 @@ internal static class AdapterCommands
             PeftModel.MergeLora(m);
             HfCheckpoint.Save(m, outPath);
             TokenizerLoader.CopyFiles(basePath, outPath);
-            CliApp.Out.WriteLine($"wrote merged HF checkpoint to {outPath}");
+            t.Out.WriteLine($"wrote merged HF checkpoint to {outPath}");
         }, adapter, model, format, outDir);
         var cmd = new Command("adapter", "Adapters");
         cmd.Subcommands.Add(export);

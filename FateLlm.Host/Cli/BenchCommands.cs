@@ -16,11 +16,11 @@ namespace FateLlm.Host.Cli;
 /// <summary>Benchmarks print figures; they assert nothing.</summary>
 internal static class BenchCommands
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var cmd = new Command("bench", "Benchmarks (figures, not tests)");
-        cmd.Subcommands.Add(TrainCommand());
-        cmd.Subcommands.Add(SecAggCommand());
+        cmd.Subcommands.Add(TrainCommand(t));
+        cmd.Subcommands.Add(SecAggCommand(t));
         var sizes = CliApp.Opt("--sizes", "Adapter sizes in MiB for the transfer bench", "1,16,64");
         var noRound = CliApp.Opt("--no-round", "Skip the real 3-party round", false);
         var window = CliApp.Opt("--window", "Chunks in flight per transfer", TransferSettings.Default.Window);
@@ -30,12 +30,12 @@ internal static class BenchCommands
             {
                 Window = TrainingCommands.Positive(p.GetValue(window), "--window"),
                 ChunkSize = Math.Min(4096, TrainingCommands.Positive(p.GetValue(chunkKiB), "--chunk-kib")) << 10,
-            }).GetAwaiter().GetResult(), sizes, noRound, window, chunkKiB));
+            }, t.Out).GetAwaiter().GetResult(), sizes, noRound, window, chunkKiB));
         var port = CliApp.Opt("--port", "", 0);
         var rawPort = CliApp.Opt("--raw-port", "", 0);
         var dir = CliApp.Opt("--dir", "", "");
         cmd.Subcommands.Add(new Command("blob-server", "(internal) the serving process of bench federation") { Hidden = true }.With(p =>
-            FederationBench.Serve(p.GetValue(port), p.GetValue(rawPort), ParseSizes(p.GetValue(sizes)!), p.GetValue(dir)!), port, rawPort, sizes, dir));
+            FederationBench.Serve(p.GetValue(port), p.GetValue(rawPort), ParseSizes(p.GetValue(sizes)!), p.GetValue(dir)!, t.Out), port, rawPort, sizes, dir));
         return cmd;
     }
 
@@ -45,17 +45,17 @@ internal static class BenchCommands
         catch (FormatException) { throw new UsageException($"--sizes '{s}' must be comma-separated MiB counts"); }
     }
 
-    static Command SecAggCommand()
+    static Command SecAggCommand(Terminal t)
     {
         var parties = Opt("--parties", "Comma-separated party counts", "10,50,200");
         var length = Opt("--length", "Adapter values per party (gpt2-small LoRA r=8 on c_attn ≈ 295k)", 100_000);
         var dropout = Opt("--dropout", "Fraction of parties that drop after sharing keys", 0.05);
         return new Command("secagg", "SecAgg+ masking/unmasking MB/s and per-round overhead vs plain FedAvg for 10, 50, 200 parties").With(p =>
             SecAggBench.Run(p.GetValue(parties)!.Split(',').Select(x => int.TryParse(x, out var v) && v >= 3 ? v : throw new UsageException($"--parties '{x}' must be integers ≥ 3")).ToArray(),
-                TrainingCommands.Positive(p.GetValue(length), "--length"), p.GetValue(dropout)), parties, length, dropout);
+                TrainingCommands.Positive(p.GetValue(length), "--length"), p.GetValue(dropout), t.Out), parties, length, dropout);
     }
 
-    static Command TrainCommand()
+    static Command TrainCommand(Terminal t)
     {
         var arch = Opt("--arch", "gpt2 | llama", "gpt2");
         var preset = Opt("--preset", "Model preset", "gpt2-small");
@@ -86,13 +86,13 @@ internal static class BenchCommands
                     TrainingCommands.Positive(p.GetValue(batch), "--batch"), TrainingCommands.Positive(p.GetValue(seq), "--seq"),
                     TrainingCommands.Positive(p.GetValue(steps), "--steps"), p.GetValue(warmupSteps), p.GetValue(genTokens),
                     TrainingCommands.Positive(p.GetValue(loraR), "--lora-r"),
-                    p.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), p.GetValue(json)));
+                    p.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), p.GetValue(json)), t.Out);
                 return;
             }
             TrainBench.Run(ModelPresets.Create(p.GetValue(arch)!, p.GetValue(preset)!), p.GetValue(preset)!,
                 TrainingCommands.ParseEnum(() => PeftConfig.ParseMethod(p.GetValue(peft)!)),
                 p.GetValue(loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
-                p.GetValue(batch), p.GetValue(seq), p.GetValue(warmupSteps), TrainingCommands.Positive(p.GetValue(steps), "--steps"));
+                p.GetValue(batch), p.GetValue(seq), p.GetValue(warmupSteps), TrainingCommands.Positive(p.GetValue(steps), "--steps"), t.Out);
         }, arch, preset, peft, threads, steps, warmupSteps, batch, seq, loraTargets, config, dtype, work, genTokens, loraR, json);
     }
 }

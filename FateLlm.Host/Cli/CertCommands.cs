@@ -7,7 +7,7 @@ namespace FateLlm.Host.Cli;
 /// <summary>certs init-ca / certs issue: the federation's own certificate authority for mutual TLS.</summary>
 internal static class CertCommands
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var certs = new Command("certs", "Create the federation CA and issue node certificates for --tls");
         var caOut = Required<string>("--out", "Folder for ca.pfx (keep private) and ca.crt");
@@ -17,7 +17,7 @@ internal static class CertCommands
         {
             var dir = p.GetValue(caOut)!;
             CertificateAuthority.InitCa(dir, p.GetValue(caName)!);
-            CliApp.Out.WriteLine($"CA created: {Path.Combine(dir, CertificateAuthority.CaKeyFile)} (private: keep it off the nodes), {Path.Combine(dir, CertificateAuthority.CaCertFile)}");
+            t.Out.WriteLine($"CA created: {Path.Combine(dir, CertificateAuthority.CaKeyFile)} (private: keep it off the nodes), {Path.Combine(dir, CertificateAuthority.CaCertFile)}");
         }, caOut, caName);
 
         var ca = Required<string>("--ca", "The CA folder made by init-ca");
@@ -29,7 +29,7 @@ internal static class CertCommands
         {
             if (p.GetValue(days) < 1) throw new UsageException("--days must be ≥ 1");
             using var cert = CertificateAuthority.Issue(p.GetValue(ca)!, p.GetValue(org)!, p.GetValue(outDir)!, p.GetValue(days));
-            CliApp.Out.WriteLine($"issued {cert.Subject}, valid until {cert.NotAfter:yyyy-MM-dd}, into {p.GetValue(outDir)} (start the node with --tls {p.GetValue(outDir)})");
+            t.Out.WriteLine($"issued {cert.Subject}, valid until {cert.NotAfter:yyyy-MM-dd}, into {p.GetValue(outDir)} (start the node with --tls {p.GetValue(outDir)})");
         }, ca, org, outDir, days);
         certs.Subcommands.Add(init);
         certs.Subcommands.Add(issue);

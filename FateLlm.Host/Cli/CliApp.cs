@@ -16,45 +16,38 @@ public static class CliApp
 
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "Print stack traces with errors", Recursive = true };
 
-    public static RootCommand Build()
+    public static RootCommand Build(Terminal t)
     {
         var root = new RootCommand("fate-llm: federated fine-tuning of language models (LoRA, P-Tuning v2) across organizations");
         root.Options.Add(Verbose);
-        root.Subcommands.Add(ModelCommands.Build());
-        root.Subcommands.Add(TrainingCommands.Train());
-        root.Subcommands.Add(TrainingCommands.Eval());
-        root.Subcommands.Add(TrainingCommands.Generate());
-        root.Subcommands.Add(AdapterCommands.Build());
-        root.Subcommands.Add(BenchCommands.Build());
-        foreach (var node in NodeCommands.Build()) root.Subcommands.Add(node);
-        root.Subcommands.Add(JobCommands.Build());
-        root.Subcommands.Add(CertCommands.Build());
-        root.Subcommands.Add(DemoCommand.Build());
-        root.Subcommands.Add(DemoCommand.Experiment());
-        root.Subcommands.Add(DataCommands.Data());
-        root.Subcommands.Add(DataCommands.Pretrain());
-        root.Subcommands.Add(TokenizerCommands.Build());
-        root.Subcommands.Add(ZooCommands.Build());
-        root.Subcommands.Add(IprCommands.Build());
-        root.Subcommands.Add(KSeedCommands.Build());
-        root.Subcommands.Add(InferCommands.Build());
-        root.Subcommands.Add(InferCommands.Pdss());
+        root.Subcommands.Add(ModelCommands.Build(t));
+        root.Subcommands.Add(TrainingCommands.Train(t));
+        root.Subcommands.Add(TrainingCommands.Eval(t));
+        root.Subcommands.Add(TrainingCommands.Generate(t));
+        root.Subcommands.Add(AdapterCommands.Build(t));
+        root.Subcommands.Add(BenchCommands.Build(t));
+        foreach (var node in NodeCommands.Build(t)) root.Subcommands.Add(node);
+        root.Subcommands.Add(JobCommands.Build(t));
+        root.Subcommands.Add(CertCommands.Build(t));
+        root.Subcommands.Add(DemoCommand.Build(t));
+        root.Subcommands.Add(DemoCommand.Experiment(t));
+        root.Subcommands.Add(DataCommands.Data(t));
+        root.Subcommands.Add(DataCommands.Pretrain(t));
+        root.Subcommands.Add(TokenizerCommands.Build(t));
+        root.Subcommands.Add(ZooCommands.Build(t));
+        root.Subcommands.Add(IprCommands.Build(t));
+        root.Subcommands.Add(KSeedCommands.Build(t));
+        root.Subcommands.Add(InferCommands.Build(t));
+        root.Subcommands.Add(InferCommands.Pdss(t));
         return root;
     }
 
-    /// <summary>Where every command writes: the writers <see cref="Run"/> was given (the console by default).</summary>
-    internal static TextWriter Out { get; private set; } = Console.Out;
-    internal static TextWriter Err { get; private set; } = Console.Error;
-    /// <summary>Tables, markup and progress, written to <see cref="Out"/>.</summary>
-    internal static Spectre.Console.IAnsiConsole Ansi { get; private set; } = Spectre.Console.AnsiConsole.Console;
-
+    /// <param name="output">Where the command writes (the console when null); its errors go to <paramref name="error"/>.</param>
     public static int Run(string[] args, TextWriter? output = null, TextWriter? error = null)
     {
-        var stdout = Out = output ?? Console.Out;
-        var stderr = Err = error ?? Console.Error;
-        Ansi = output is null ? Spectre.Console.AnsiConsole.Console
-            : Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings { Out = new Spectre.Console.AnsiConsoleOutput(output) });
-        var parse = Build().Parse(args);
+        var t = output is null ? Terminal.System with { Err = error ?? Console.Error } : Terminal.Of(output, error ?? Console.Error);
+        var (stdout, stderr) = (t.Out, t.Err);
+        var parse = Build(t).Parse(args);
         if (parse.Errors.Count > 0)
         {
             stderr.WriteLine($"error: {parse.Errors[0].Message} (see fate-llm --help)");

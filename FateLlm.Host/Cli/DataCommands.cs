@@ -8,7 +8,7 @@ namespace FateLlm.Host.Cli;
 
 internal static class DataCommands
 {
-    public static Command Data()
+    public static Command Data(Terminal t)
     {
         var dict = Opt("--dict", "WordNet 3.0 dictionary folder (data.noun, data.verb, ...)", WordNetCorpus.DefaultDictionary);
         var outDir = Required<string>("--out", "Output folder for the JSONL splits");
@@ -28,14 +28,14 @@ internal static class DataCommands
                 DevPerParty = TrainingCommands.Positive(p.GetValue(dev), "--dev-per-party"), TestPerParty = TrainingCommands.Positive(p.GetValue(test), "--test-per-party"),
                 PublicLimit = p.GetValue(publicLimit), DirichletAlpha = p.GetValue(alpha),
             });
-            CliApp.Out.WriteLine($"read {synsets.Count:N0} synsets; wrote {string.Join(", ", split.Counts.Select(kv => $"{kv.Key} {kv.Value}"))} to {p.GetValue(outDir)}");
+            t.Out.WriteLine($"read {synsets.Count:N0} synsets; wrote {string.Join(", ", split.Counts.Select(kv => $"{kv.Key} {kv.Value}"))} to {p.GetValue(outDir)}");
         }, dict, outDir, seed, train, dev, test, publicLimit, alpha);
         var cmd = new Command("data", "Datasets");
         cmd.Subcommands.Add(wordnet);
         return cmd;
     }
 
-    public static Command Pretrain()
+    public static Command Pretrain(Terminal t)
     {
         var arch = Opt("--arch", "llama | gpt2", "llama");
         var preset = Opt("--preset", "Model preset (byte tokenizer)", "tiny");
@@ -58,7 +58,7 @@ internal static class DataCommands
                 WarmupRatio = 0.05, Schedule = LrSchedule.Cosine, MaxDuration = p.GetValue(minutes) > 0 ? TimeSpan.FromMinutes(p.GetValue(minutes)) : null,
                 MaxSteps = p.GetValue(maxSteps) is int n ? TrainingCommands.Positive(n, "--max-steps") : null,
             }, new DataOptions { MaxTotalTokens = 192 }, progress: null);
-            CliApp.Out.WriteLine($"pretrained {r.Parameters:N0} parameters: {r.Steps} steps, {r.Tokens:N0} tokens in {r.Seconds:F0}s on {r.TrainExamples:N0} examples; dev loss {r.DevLoss:F4}, perplexity {r.DevPerplexity:F2} (bytes, {r.DevExamples} held-out examples)");
+            t.Out.WriteLine($"pretrained {r.Parameters:N0} parameters: {r.Steps} steps, {r.Tokens:N0} tokens in {r.Seconds:F0}s on {r.TrainExamples:N0} examples; dev loss {r.DevLoss:F4}, perplexity {r.DevPerplexity:F2} (bytes, {r.DevExamples} held-out examples)");
             File.WriteAllText(Path.Combine(p.GetValue(outDir)!, "pretrain_summary.json"), JsonSerializer.Serialize(r, new JsonSerializerOptions { WriteIndented = true }));
         }, [arch, preset, data, outDir, epochs, minutes, maxSteps, lr, batch, seed, .. runtime.All]);
     }

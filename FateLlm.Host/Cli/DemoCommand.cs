@@ -15,7 +15,7 @@ namespace FateLlm.Host.Cli;
 /// </summary>
 internal static class DemoCommand
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var outDir = Opt("--out", "Working folder (data, node state, outputs)", Path.Combine("runs", "demo"));
         var rounds = Opt("--rounds", "Federated rounds", ExperimentSettings.Demo("").Rounds);
@@ -36,7 +36,7 @@ internal static class DemoCommand
             try { web = NodeWeb.Parse(p.GetValue(http), p.GetValue(token), null, null); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }
             if (web.Endpoint is not null) s = s with { Board = new FateLlm.Actors.Board.BoardFeed() };
-            using var running = web.Start(s.Board, line => CliApp.Ansi.MarkupLine($"[bold]{Markup.Escape(line)}[/]"));
+            using var running = web.Start(s.Board, line => t.Ansi.MarkupLine($"[bold]{Markup.Escape(line)}[/]"));
             if (p.GetValue(secure))
             {
                 var victim = p.GetValue(kill)!;
@@ -44,16 +44,16 @@ internal static class DemoCommand
                     throw new UsageException($"--kill '{victim}' is not one of {string.Join(", ", PrivateFederation.FiveParties.Keys)} or none");
                 if (!(p.GetValue(noise) > 0)) throw new UsageException("--noise must be > 0");
                 if (!(p.GetValue(clip) > 0)) throw new UsageException("--clip must be > 0");
-                CliApp.Ansi.MarkupLine("[bold]FateLlm secure demo[/]: 5 organizations over mutual TLS, SecAgg+ (t = 3 of 5) and distributed DP on FedAvg LoRA");
-                RunPrivate(s with { TrainPerParty = 300 }, [p.GetValue(noise)], victim == "none" ? null : victim, p.GetValue(clip));
+                t.Ansi.MarkupLine("[bold]FateLlm secure demo[/]: 5 organizations over mutual TLS, SecAgg+ (t = 3 of 5) and distributed DP on FedAvg LoRA");
+                RunPrivate(t, s with { TrainPerParty = 300 }, [p.GetValue(noise)], victim == "none" ? null : victim, p.GetValue(clip));
                 return;
             }
-            CliApp.Ansi.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
-            Run(s);
+            t.Ansi.MarkupLine("[bold]FateLlm demo[/]: WordNet definition generation, 3 organizations with non-IID domains, FedAvg LoRA");
+            Run(t, s);
         }, outDir, rounds, secure, noise, kill, clip, zoo, http, token);
     }
 
-    public static Command PrivacyExperiment()
+    public static Command PrivacyExperiment(Terminal t)
     {
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", "privacy"));
         var zoo = ZooOption();
@@ -67,36 +67,36 @@ internal static class DemoCommand
             if (zs.Any(z => z is <= 0)) throw new UsageException("--noise values must be > 0");
             if (!(p.GetValue(clip) > 0)) throw new UsageException("--clip must be > 0");
             var s = ExperimentSettings.Demo(Path.GetFullPath(p.GetValue(outDir)!)) with { TrainPerParty = 300, ZooRoot = p.GetValue(zoo)! };
-            var results = RunPrivate(s, zs, null, p.GetValue(clip));
+            var results = RunPrivate(t, s, zs, null, p.GetValue(clip));
             var md = new System.Text.StringBuilder("| noise multiplier z | ε (δ = 1e-5) | ROUGE-L | BLEU-4 | test loss | minutes |\n|---|---|---|---|---|---|\n");
             foreach (var r in results)
                 md.AppendLine($"| {(r.NoiseMultiplier is { } z ? z.ToString("G3") : "no DP")} | {(r.Epsilon is { } e ? e.ToString("F1") : "∞")} | {r.Scores.RougeL:F2} | {r.Scores.Bleu4:F2} | {r.Scores.Loss:F3} | {r.Seconds / 60:F1} |");
             var path = Path.Combine(s.OutDir, "results-privacy.md");
             File.WriteAllText(path, md.ToString());
-            CliApp.Ansi.WriteLine(md.ToString());
-            CliApp.Ansi.MarkupLine($"written to [bold]{path}[/]");
+            t.Ansi.WriteLine(md.ToString());
+            t.Ansi.MarkupLine($"written to [bold]{path}[/]");
         }, outDir, noises, clip, zoo);
     }
 
     static Option<double> ClipOption() => Opt("--clip", "Initial DP clip norm C (adaptive clipping moves it toward the median update norm)", 1.0);
 
-    static List<PrivateRunResult> RunPrivate(ExperimentSettings s, IReadOnlyList<double?> noises, string? kill, double clip)
+    static List<PrivateRunResult> RunPrivate(Terminal t, ExperimentSettings s, IReadOnlyList<double?> noises, string? kill, double clip)
     {
-        var results = new PrivateFederation(s, line => CliApp.Ansi.WriteLine(line), clip).RunAsync(noises, kill, RoundPrinter()).GetAwaiter().GetResult();
+        var results = new PrivateFederation(s, line => t.Ansi.WriteLine(line), clip).RunAsync(noises, kill, RoundPrinter(t)).GetAwaiter().GetResult();
         foreach (var r in results)
         {
             var st = r.Status;
-            CliApp.Ansi.MarkupLine($"job [bold]{st.JobId}[/]: {st.State}, {st.CompletedRounds}/{st.TotalRounds} rounds in {r.Seconds / 60:F1} min" +
+            t.Ansi.MarkupLine($"job [bold]{st.JobId}[/]: {st.State}, {st.CompletedRounds}/{st.TotalRounds} rounds in {r.Seconds / 60:F1} min" +
                 (r.Killed is null ? "" : $", party '{r.Killed}' crashed mid-protocol in round 2"));
-            CliApp.Ansi.MarkupLine(r.Epsilon is { } e
+            t.Ansi.MarkupLine(r.Epsilon is { } e
                 ? $"  differential privacy spent: [bold](ε = {e:F2}, δ = {r.Delta:G2})[/] at noise multiplier z = {r.NoiseMultiplier:G3}"
                 : "  no differential privacy (secure aggregation only)");
-            CliApp.Ansi.MarkupLine($"  all-domain test set: ROUGE-L {r.Scores.RougeL:F2}, BLEU-4 {r.Scores.Bleu4:F2}, loss {r.Scores.Loss:F3}; outputs in {st.OutputDir}");
+            t.Ansi.MarkupLine($"  all-domain test set: ROUGE-L {r.Scores.RougeL:F2}, BLEU-4 {r.Scores.Bleu4:F2}, loss {r.Scores.Loss:F3}; outputs in {st.OutputDir}");
         }
         return results;
     }
 
-    static Progress RoundPrinter()
+    static Progress RoundPrinter(Terminal t)
     {
         var printed = new Dictionary<string, int>();
         return new Progress(st =>
@@ -104,14 +104,14 @@ internal static class DemoCommand
             var n = printed.GetValueOrDefault(st.JobId);
             for (; n < st.Rounds.Length; n++)
             {
-                CliApp.Ansi.MarkupLine($"[grey]{st.JobId}[/]");
-                JobCommands.PrintRound(st.Rounds[n], st.TotalRounds);
+                t.Ansi.MarkupLine($"[grey]{st.JobId}[/]");
+                JobCommands.PrintRound(t, st.Rounds[n], st.TotalRounds);
             }
             printed[st.JobId] = n;
         });
     }
 
-    public static Command Experiment()
+    public static Command Experiment(Terminal t)
     {
         var quick = Opt("--quick", "Fewer examples per party (400 train, 100 test): the same comparison in about a third of the time", false);
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", "paper"));
@@ -144,21 +144,21 @@ internal static class DemoCommand
             if (p.GetValue(perParty) is int n) s = s with { TrainPerParty = TrainingCommands.Positive(n, "--train-per-party") };
             if (p.GetValue(lrLora) is double a) s = s with { LoraLearningRate = a > 0 ? a : throw new UsageException("--lr-lora must be > 0") };
             if (p.GetValue(lrPrefix) is double b) s = s with { PrefixLearningRate = b > 0 ? b : throw new UsageException("--lr-prefix must be > 0") };
-            Run(s);
+            Run(t, s);
         }, quick, outDir, seeds, evalOn, methods, rounds, lrLora, lrPrefix, perParty, full, zoo);
         var cmd = new Command("experiment", "Experiments");
         cmd.Subcommands.Add(paper);
-        cmd.Subcommands.Add(PrivacyExperiment());
-        cmd.Subcommands.Add(OffsiteExperimentCommand());
-        cmd.Subcommands.Add(IprExperimentCommand());
-        cmd.Subcommands.Add(FedKSeedExperimentCommand());
-        cmd.Subcommands.Add(FedCoLlmExperimentCommand());
-        cmd.Subcommands.Add(FedMktExperimentCommand());
-        cmd.Subcommands.Add(InferencePrivacyExperimentCommand());
+        cmd.Subcommands.Add(PrivacyExperiment(t));
+        cmd.Subcommands.Add(OffsiteExperimentCommand(t));
+        cmd.Subcommands.Add(IprExperimentCommand(t));
+        cmd.Subcommands.Add(FedKSeedExperimentCommand(t));
+        cmd.Subcommands.Add(FedCoLlmExperimentCommand(t));
+        cmd.Subcommands.Add(FedMktExperimentCommand(t));
+        cmd.Subcommands.Add(InferencePrivacyExperimentCommand(t));
         return cmd;
     }
 
-    static Command IprExperimentCommand()
+    static Command IprExperimentCommand(Terminal t)
     {
         var quick = Opt("--quick", "One seed, 3 rounds, 200 training and 30 test examples per party", false);
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", "ipr"));
@@ -167,10 +167,10 @@ internal static class DemoCommand
         return new Command("ipr", "FedIPR: own-key verification, false positives, key-less fine-tuning, pruning, SecAgg and DP, and the watermark's cost in quality").With(p =>
         {
             var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 3);
-            var result = new IprExperiment(s, new IprExperimentOptions(), IprCommands.DefaultThresholds(), line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            var result = new IprExperiment(s, new IprExperimentOptions(), IprCommands.DefaultThresholds(), line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
             IprExperiment.Write(result, s.OutDir);
-            CliApp.Ansi.WriteLine(IprExperiment.Markdown(result));
-            CliApp.Ansi.MarkupLine($"results-ipr.md and results-ipr.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+            t.Ansi.WriteLine(IprExperiment.Markdown(result));
+            t.Ansi.MarkupLine($"results-ipr.md and results-ipr.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
         }, quick, outDir, seeds, zoo);
     }
 
@@ -178,7 +178,7 @@ internal static class DemoCommand
     /// A paradigm experiment's command: --quick, --out, --seeds, --zoo and its own options; <paramref name="run"/> runs it,
     /// writes its results and returns the markdown and minutes to print.
     /// </summary>
-    static Command ParadigmExperiment(string name, string description, string quickHelp, int quickRounds,
+    static Command ParadigmExperiment(Terminal t, string name, string description, string quickHelp, int quickRounds,
         Func<ParseResult, ExperimentSettings, bool, (string Markdown, double Seconds)> run, params Option[] extra)
     {
         var quick = Opt("--quick", quickHelp, false);
@@ -189,18 +189,18 @@ internal static class DemoCommand
         {
             var s = Settings(p, quick, outDir, seeds, zoo, quickRounds);
             var (markdown, seconds) = run(p, s, p.GetValue(quick));
-            CliApp.Ansi.WriteLine(markdown);
-            CliApp.Ansi.MarkupLine($"results-{name}.md and results-{name}.json in [bold]{s.OutDir}[/] ({seconds / 60:F1} min)");
+            t.Ansi.WriteLine(markdown);
+            t.Ansi.MarkupLine($"results-{name}.md and results-{name}.json in [bold]{s.OutDir}[/] ({seconds / 60:F1} min)");
         }, [quick, outDir, seeds, zoo, .. extra]);
     }
 
-    static Command FedKSeedExperimentCommand()
+    static Command FedKSeedExperimentCommand(Terminal t)
     {
         var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
         var defaults = new FedKSeedOptions();
         var lr = Opt("--learning-rate", "η of the zeroth-order steps", defaults.LearningRate);
         var steps = new Option<int?>("--steps") { Description = $"τ: steps per party and round (default {defaults.Steps}, {FedKSeedOptions.Quick.Steps} with --quick)" };
-        return ParadigmExperiment("fedkseed", "FedKSeed-Pro: full-parameter zeroth-order tuning with seeds against federated LoRA given the same training time; bytes per round; replay cost",
+        return ParadigmExperiment(t, "fedkseed", "FedKSeed-Pro: full-parameter zeroth-order tuning with seeds against federated LoRA given the same training time; bytes per round; replay cost",
             "One seed, 2 rounds, 100 steps per round, 200 training and 30 test examples per party", 2, (p, s, quick) =>
             {
                 s = s with
@@ -213,38 +213,38 @@ internal static class DemoCommand
                 };
                 var o = (quick ? FedKSeedOptions.Quick : defaults) with { LearningRate = p.GetValue(lr) > 0 ? p.GetValue(lr) : throw new UsageException("--learning-rate must be > 0") };
                 if (p.GetValue(steps) is int n) o = o with { Steps = TrainingCommands.Positive(n, "--steps") };
-                var result = new FedKSeedExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+                var result = new FedKSeedExperiment(s, o, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
                 FedKSeedExperiment.Write(result, s.OutDir);
                 return (FedKSeedExperiment.Markdown(result), result.Seconds);
             }, evalOn, lr, steps);
     }
 
-    static Command FedCoLlmExperimentCommand() => ParadigmExperiment("fedcollm",
+    static Command FedCoLlmExperimentCommand(Terminal t) => ParadigmExperiment(t, "fedcollm",
         "FedCoLLM: the small model (zero-shot, each party alone, federated LoRA, FedCoLLM, centralized) and the server model (zero-shot, FedCoLLM, centralized)",
         "One seed, 2 rounds, 200 training and 30 test examples per party, 30 co-tuning steps per round", 2, (_, s, quick) =>
         {
-            var result = new FedCoLlmExperiment(s, quick ? FedCoLlmOptions.Quick : new FedCoLlmOptions(), line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            var result = new FedCoLlmExperiment(s, quick ? FedCoLlmOptions.Quick : new FedCoLlmOptions(), line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
             FedCoLlmExperiment.Write(result, s.OutDir);
             return (FedCoLlmExperiment.Markdown(result), result.Seconds);
         });
 
-    static Command InferencePrivacyExperimentCommand() => ParadigmExperiment("inference-privacy",
+    static Command InferencePrivacyExperimentCommand(Terminal t) => ParadigmExperiment(t, "inference-privacy",
         "InferDPT and PDSS: utility and token recovery per ε with the zoo's server model served through the cluster and the base model local; PDSS against labels only and clear rationales",
         "One seed, ε ∈ {1, 6, ∞}, 30 test examples per domain, PDSS on 150 examples for 2 epochs", 2, (_, s, quick) =>
         {
             // Five ε values × seeds of generation by two models: the full run scores 100 test examples per domain.
             if (!quick) s = s with { TestPerParty = 100 };
-            var result = new InferencePrivacyExperiment(s, quick ? InferencePrivacyOptions.Quick : new InferencePrivacyOptions(), line => CliApp.Ansi.WriteLine(line))
+            var result = new InferencePrivacyExperiment(s, quick ? InferencePrivacyOptions.Quick : new InferencePrivacyOptions(), line => t.Ansi.WriteLine(line))
                 .RunAsync().GetAwaiter().GetResult();
             InferencePrivacyExperiment.Write(result, s.OutDir);
             return (InferencePrivacyExperiment.Markdown(result), result.Seconds);
         });
 
-    static Command FedMktExperimentCommand() => ParadigmExperiment("fedmkt",
+    static Command FedMktExperimentCommand(Terminal t) => ParadigmExperiment(t, "fedmkt",
         "FedMKT: three small models with three tokenizers and the server model exchange top-k logits; each against its own-data-only and centralized references; bytes per round",
         "One seed, 2 rounds, 200 training and 30 test examples per party, 32 public examples", 2, (_, s, quick) =>
         {
-            var result = new FedMktExperiment(s, quick ? FedMktOptions.Quick : new FedMktOptions(), line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            var result = new FedMktExperiment(s, quick ? FedMktOptions.Quick : new FedMktOptions(), line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
             FedMktExperiment.Write(result, s.OutDir);
             return (FedMktExperiment.Markdown(result), result.Seconds);
         });
@@ -267,7 +267,7 @@ internal static class DemoCommand
         catch (FormatException) { throw new UsageException($"--seeds '{list}' must be comma-separated integers"); }
     }
 
-    static Command OffsiteExperimentCommand()
+    static Command OffsiteExperimentCommand(Terminal t)
     {
         var quick = Opt("--quick", "One seed, 2 rounds, 200 training and 30 test examples per party, 150 distillation steps", false);
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", "offsite"));
@@ -277,21 +277,21 @@ internal static class DemoCommand
         {
             var s = Settings(p, quick, outDir, seeds, zoo, quickRounds: 2) with { BaseModel = "server" };
             var o = p.GetValue(quick) ? OffsiteOptions.Quick : new OffsiteOptions();
-            var result = new OffsiteExperiment(s, o, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+            var result = new OffsiteExperiment(s, o, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
             OffsiteExperiment.Write(result, s.OutDir);
-            CliApp.Ansi.WriteLine(OffsiteExperiment.Markdown(result));
-            CliApp.Ansi.MarkupLine($"results-offsite.md and results-offsite.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+            t.Ansi.WriteLine(OffsiteExperiment.Markdown(result));
+            t.Ansi.MarkupLine($"results-offsite.md and results-offsite.json in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
         }, quick, outDir, seeds, zoo);
     }
 
     static Option<string> ZooOption() => Opt("--zoo", "Zoo folder: the base model is built there on first use and reused after", ZooCatalog.Load().Root);
 
-    static void Run(ExperimentSettings s)
+    static void Run(Terminal t, ExperimentSettings s)
     {
-        var result = new PaperExperiment(s, line => CliApp.Ansi.WriteLine(line)).RunAsync(RoundPrinter()).GetAwaiter().GetResult();
+        var result = new PaperExperiment(s, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
         ExperimentReport.Write(result, s.OutDir);
-        Render(result);
-        CliApp.Ansi.MarkupLine($"results.md, results.json, rougeL_by_setting.png and loss.png in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
+        Render(t, result);
+        t.Ansi.MarkupLine($"results.md, results.json, rougeL_by_setting.png and loss.png in [bold]{s.OutDir}[/] ({result.Seconds / 60:F1} min)");
     }
 
     sealed class Progress(Action<JobStatus> report) : IProgress<JobStatus>
@@ -300,7 +300,7 @@ internal static class DemoCommand
     }
 
     /// <summary>The comparison on the console (cells are plain text: an interval's brackets are not markup).</summary>
-    internal static void Render(ExperimentResult r)
+    internal static void Render(Terminal t, ExperimentResult r)
     {
         var set = r.Settings.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "pooled dev sets";
         var table = new Table().Title($"{set}: local vs federated vs centralized ({r.Examples.Count} examples; 95 % bootstrap intervals)")
@@ -308,13 +308,13 @@ internal static class DemoCommand
         foreach (var x in ExperimentReport.Summarize(r.Runs))
             table.AddRow(new[] { x.Method, x.Setting, $"{x.RougeL:F2}", $"[{x.RougeLInterval.Low:F2}, {x.RougeLInterval.High:F2}]", $"{x.Bleu4:F2}",
                 $"[{x.Bleu4Interval.Low:F2}, {x.Bleu4Interval.High:F2}]", $"{x.Loss:F3}" }.Select(cell => new Text(cell)));
-        CliApp.Ansi.Write(table);
+        t.Ansi.Write(table);
         foreach (var c in ExperimentReport.Claims(r.Runs).Where(c => c.Metric == "ROUGE-L"))
-            CliApp.Ansi.MarkupLine(Markup.Escape($"{c.Method}: federated vs {c.Versus}: {(c.Difference.Estimate >= 0 ? "+" : "")}{c.Difference.Estimate:F2} " +
+            t.Ansi.MarkupLine(Markup.Escape($"{c.Method}: federated vs {c.Versus}: {(c.Difference.Estimate >= 0 ? "+" : "")}{c.Difference.Estimate:F2} " +
                 $"[{c.Difference.Low:F2}, {c.Difference.High:F2}] ROUGE-L ({c.Expectation}: {c.Verdict})"));
         var comm = new Table().Title("communication").AddColumns("method", "trainable params", "% of model", "sent per party per round", "total (up + down)");
         foreach (var c in r.Communication)
             comm.AddRow(c.Method, $"{c.TrainableParameters:N0}", $"{c.PercentOfModel:F3} %", ByteSize.Text(c.BytesPerPartyPerRound, 2), ByteSize.Text(c.TotalBytes, 2));
-        CliApp.Ansi.Write(comm);
+        t.Ansi.Write(comm);
     }
 }

@@ -66,7 +66,7 @@ internal static class InferCommands
     sealed record RemoteSession(TokenPerturbation Mechanism, Training.Tokenization.ITextTokenizer RemoteTokenizer, PerturbationOptions Perturbation, string MaskText,
         Func<string[], string[]> Ask, int MaxNewTokens);
 
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var remote = new RemoteOptions();
         var model = Required<string>("--model", "The local (small) model folder: it writes the final answers");
@@ -88,14 +88,14 @@ internal static class InferCommands
                 using var local = ServedModel.Open(p.GetValue(model)!);
                 var answers = InferDpt.Answer(r.Mechanism, r.RemoteTokenizer, local, prompts, r.Perturbation, r.MaskText, remote.LocalTemplate, r.Ask,
                     new SamplingOptions { MaxNewTokens = r.MaxNewTokens });
-                Write(answers, p.GetValue(input) is null ? null : p.GetValue(output));
+                Write(t, answers, p.GetValue(input) is null ? null : p.GetValue(output));
             });
         }, [model, prompt, input, output, .. remote.All]);
         return cmd;
     }
 
     /// <summary><c>fate-llm pdss rationales</c>: a party's training file with a rationale column from the remote model, which sees only perturbed prompts.</summary>
-    public static Command Pdss()
+    public static Command Pdss(Terminal t)
     {
         var remote = new RemoteOptions();
         var input = Required<string>("--input", "The party's training JSONL (prompt and response columns)");
@@ -110,7 +110,7 @@ internal static class InferCommands
                 var sent = InferDpt.PerturbAll(r.Mechanism, r.RemoteTokenizer, prompts, r.Perturbation, r.MaskText);
                 var answers = r.Ask([.. sent.Select(x => x.Text)]);
                 RationaleData.Write(p.GetValue(input)!, p.GetValue(output)!, p.GetValue(column)!, answers);
-                Out.WriteLine($"{answers.Length} rationales in {p.GetValue(output)}; ε per prompt {sent.Min(x => x.EpsilonTotal):G4}–{sent.Max(x => x.EpsilonTotal):G4}, " +
+                t.Out.WriteLine($"{answers.Length} rationales in {p.GetValue(output)}; ε per prompt {sent.Min(x => x.EpsilonTotal):G4}–{sent.Max(x => x.EpsilonTotal):G4}, " +
                     $"{sent.Sum(x => x.Masked)} of {sent.Sum(x => x.Tokens.Count)} tokens masked");
             });
         }, [input, output, column, .. remote.All]);
@@ -128,24 +128,24 @@ internal static class InferCommands
         catch (ArgumentException e) { throw new UsageException(e.Message); }
     }
 
-    static void Write(IReadOnlyList<InferDptAnswer> answers, string? file)
+    static void Write(Terminal t, IReadOnlyList<InferDptAnswer> answers, string? file)
     {
         if (file is null && answers.Count == 1)
         {
             var a = answers[0];
-            Out.WriteLine($"sent ({a.Tokens} tokens, {a.Masked} masked, ε = {a.Epsilon:G4}): {a.Perturbed}");
-            Out.WriteLine($"remote answer: {a.RemoteAnswer}");
-            Out.WriteLine($"answer: {a.Answer}");
+            t.Out.WriteLine($"sent ({a.Tokens} tokens, {a.Masked} masked, ε = {a.Epsilon:G4}): {a.Perturbed}");
+            t.Out.WriteLine($"remote answer: {a.RemoteAnswer}");
+            t.Out.WriteLine($"answer: {a.Answer}");
             return;
         }
         // ε = ∞ (prompts sent as they are) is written as "Infinity", not refused by the serializer.
         var json = new JsonSerializerOptions { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
         var lines = answers.Select(a => JsonSerializer.Serialize(a, json));
-        if (file is null) foreach (var l in lines) Out.WriteLine(l);
+        if (file is null) foreach (var l in lines) t.Out.WriteLine(l);
         else
         {
             File.WriteAllLines(file, lines);
-            Out.WriteLine($"{answers.Count} answers in {file}; ε per prompt {answers.Min(a => a.Epsilon):G4}–{answers.Max(a => a.Epsilon):G4}");
+            t.Out.WriteLine($"{answers.Count} answers in {file}; ε per prompt {answers.Min(a => a.Epsilon):G4}–{answers.Max(a => a.Epsilon):G4}");
         }
     }
 }

@@ -11,7 +11,7 @@ internal static class IprCommands
 {
     public const int NotVerified = 3;
 
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var model = new Option<string?>("--model") { Description = "The model folder (HF checkpoint), or the base model of --adapter" };
         var adapter = new Option<string?>("--adapter") { Description = "A PEFT adapter folder to apply to --model" };
@@ -29,7 +29,7 @@ internal static class IprCommands
             var k = OwnershipKeys.Load(p.GetValue(keys)!);
             using var loaded = LoadedModel.Open(p.GetValue(model), p.GetValue(adapter), TorchSharp.torch.CPU);
             var r = IprVerification.Verify(loaded.Model, loaded.Tokenizer, k, thresholds, p.GetValue(adapter) ?? p.GetValue(model)!);
-            foreach (var line in Describe(r)) Out.WriteLine(line);
+            foreach (var line in Describe(r)) t.Out.WriteLine(line);
             return r.Verified ? Ok : NotVerified;
         });
         var cmd = new Command("ipr", "FedIPR ownership watermarks");

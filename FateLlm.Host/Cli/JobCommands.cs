@@ -19,7 +19,7 @@ internal static class JobCommands
     internal static readonly Option<string?> Host = new("--host") { Description = "Address the cluster reaches this client at (default: this machine's address toward the seed)" };
     internal static readonly Option<string?> Tls = NodeCommands.TlsOption();
 
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var file = new Argument<string>("file") { Description = "Job file (HOCON, see hocon/job.conf)" };
         var wait = Opt("--wait", "Follow the job until it completes, printing each round", false);
@@ -35,10 +35,10 @@ internal static class JobCommands
                 var reply = await Resending(node, submit, TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
                 if (reply is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
                 var accepted = (JobAccepted)reply;
-                CliApp.Out.WriteLine(accepted.WaitingFor.Length == 0 ? $"job {spec.JobId} accepted"
+                t.Out.WriteLine(accepted.WaitingFor.Length == 0 ? $"job {spec.JobId} accepted"
                     : $"job {spec.JobId} accepted; no node serves {string.Join(", ", accepted.WaitingFor)} yet: round 1 waits for them up to {accepted.WaitUpTo.TotalSeconds:G4} s");
                 if (!p.GetValue(wait)) return;
-                var final = await Follow(node, spec.JobId);
+                var final = await Follow(t, node, spec.JobId);
                 if (final.State != JobState.Completed) throw new InvalidOperationException($"job {spec.JobId} {final.State.ToString().ToLowerInvariant()}: {final.Reason}");
             });
         }, wait, Seed, Timeout, Tls, Host);
@@ -50,8 +50,8 @@ internal static class JobCommands
         {
             var s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
-            if (p.GetValue(json)) CliApp.Out.WriteLine(JsonSerializer.Serialize(s, JsonOut));
-            else Print(s);
+            if (p.GetValue(json)) t.Out.WriteLine(JsonSerializer.Serialize(s, JsonOut));
+            else Print(t, s);
         }), json, Seed, Timeout, Tls, Host);
 
         var list = new Command("list", "List jobs");
@@ -72,9 +72,9 @@ internal static class JobCommands
             foreach (var jobId in ids)
             {
                 var s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(p.GetValue(Timeout)));
-                CliApp.Out.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
+                t.Out.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
             }
-            if (ids.Count == 0) CliApp.Out.WriteLine("no jobs");
+            if (ids.Count == 0) t.Out.WriteLine("no jobs");
         }), Seed, Timeout, Tls, Host);
 
         var cancel = new Command("cancel", "Cancel a running job") { id };
@@ -82,7 +82,7 @@ internal static class JobCommands
         {
             var s = await node.JobRegion.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
-            CliApp.Out.WriteLine($"job {s.JobId}: {s.State}");
+            t.Out.WriteLine($"job {s.JobId}: {s.State}");
         }), Seed, Timeout, Tls, Host);
 
         var job = new Command("job", "Submit and query federated jobs");
@@ -94,7 +94,7 @@ internal static class JobCommands
     static readonly JsonSerializerOptions JsonOut = new(JobSpec.JsonOptions) { WriteIndented = true };
 
     /// <summary>Per round: attempt, who answered, mean losses, bytes, ε.</summary>
-    static void PrintTable(JobStatus s)
+    static void PrintTable(Terminal t, JobStatus s)
     {
         var table = new Table().AddColumns("round", "attempt", "parties ok", "train loss", "eval loss", "up", "down", "ε", "seconds");
         foreach (var r in s.Rounds)
@@ -104,9 +104,9 @@ internal static class JobCommands
             table.AddRow($"{r.Round}", $"{r.Attempt}", $"{ok.Count}/{r.Parties.Length}", Mean(ok.Select(p => p.LastLoss)), Mean(ok.Select(p => p.EvalLoss ?? double.NaN)),
                 ByteSize.Text(r.Parties.Sum(p => p.UploadBytes)), ByteSize.Text(r.Parties.Sum(p => p.DownloadBytes)), r.Privacy is { } p ? p.Epsilon.ToString("F3") : "-", $"{r.Seconds:F1}");
         }
-        CliApp.Ansi.Write(table);
+        t.Ansi.Write(table);
         foreach (var r in s.Rounds)
-            foreach (var p in r.Parties.Where(p => !p.Succeeded)) CliApp.Out.WriteLine($"  round {r.Round}: {p.Org} dropped ({p.Reason})");
+            foreach (var p in r.Parties.Where(p => !p.Succeeded)) t.Out.WriteLine($"  round {r.Round}: {p.Org} dropped ({p.Reason})");
     }
 
 
@@ -182,7 +182,7 @@ internal static class JobCommands
     }
 
     /// <summary>Live progress: whom the job waits for, each exchange as parties answer, each failed attempt with its reason, each round.</summary>
-    static async Task<JobStatus> Follow(FederationNode node, string jobId)
+    static async Task<JobStatus> Follow(Terminal t, FederationNode node, string jobId)
     {
         int printed = 0;
         string? lastLine = null;
@@ -192,16 +192,16 @@ internal static class JobCommands
             JobStatus s;
             try { s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(10)); }
             catch (AskTimeoutException) { await Task.Delay(1000); continue; }
-            for (; printed < s.Rounds.Length; printed++) PrintRound(s.Rounds[printed], s.TotalRounds);
+            for (; printed < s.Rounds.Length; printed++) PrintRound(t, s.Rounds[printed], s.TotalRounds);
             if (s.LastFailure is { } f && f != lastFailure)
-                CliApp.Out.WriteLine($"round {f.Round}: attempt {f.Attempt} failed ({f.Reason}){(s.State == JobState.Running ? "; it is retried" : "")}");
+                t.Out.WriteLine($"round {f.Round}: attempt {f.Attempt} failed ({f.Reason}){(s.State == JobState.Running ? "; it is retried" : "")}");
             lastFailure = s.LastFailure;
             var line = Progress(s);
-            if (line is not null && line != lastLine) CliApp.Out.WriteLine(line);
+            if (line is not null && line != lastLine) t.Out.WriteLine(line);
             lastLine = line;
             if (s.State is JobState.Completed or JobState.Failed or JobState.Cancelled)
             {
-                Print(s);
+                Print(t, s);
                 return s;
             }
             await Task.Delay(500);
@@ -217,27 +217,27 @@ internal static class JobCommands
         return $"round {c.Round}/{s.TotalRounds} attempt {c.Attempt}, exchange {c.Exchange} {c.Stage.Name()}: {string.Join(", ", answers)}";
     }
 
-    internal static void PrintRound(RoundSummary r, int total)
+    internal static void PrintRound(Terminal t, RoundSummary r, int total)
     {
-        CliApp.Out.WriteLine($"round {r.Round}/{total} (attempt {r.Attempt}) in {r.Seconds:F1}s {(r.GlobalDigest is { } g ? $" → global {g[..12]}" : "")}{(r.Exchanges > 1 ? $", {r.Exchanges} exchanges" : "")}");
+        t.Out.WriteLine($"round {r.Round}/{total} (attempt {r.Attempt}) in {r.Seconds:F1}s {(r.GlobalDigest is { } g ? $" → global {g[..12]}" : "")}{(r.Exchanges > 1 ? $", {r.Exchanges} exchanges" : "")}");
         foreach (var p in r.Parties)
-            CliApp.Out.WriteLine(p.Succeeded
+            t.Out.WriteLine(p.Succeeded
                 ? $"  {p.Org,-12} loss {p.FirstLoss:F4} → {p.LastLoss:F4}  eval {p.EvalLoss?.ToString("F4") ?? "-"}  up {p.UploadBytes:N0} B  down {p.DownloadBytes:N0} B  retransmitted {p.Retransmissions}"
                 : $"  {p.Org,-12} dropped: {p.Reason}");
-        if (r.SecureAggregation is { } sa) CliApp.Out.WriteLine($"  secure aggregation: {sa}");
-        foreach (var rejection in r.Rejections) CliApp.Out.WriteLine($"  rejected {rejection}");
-        if (r.Privacy is { } dp) CliApp.Out.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
+        if (r.SecureAggregation is { } sa) t.Out.WriteLine($"  secure aggregation: {sa}");
+        foreach (var rejection in r.Rejections) t.Out.WriteLine($"  rejected {rejection}");
+        if (r.Privacy is { } dp) t.Out.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
     }
 
-    static void Print(JobStatus s)
+    static void Print(Terminal t, JobStatus s)
     {
-        CliApp.Out.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} rounds{(s.Reason is null ? "" : ", " + s.Reason)}");
-        if (s.Rounds.Length > 0) PrintTable(s);
-        if (Progress(s) is { } now) CliApp.Out.WriteLine("  now: " + now);
-        if (s.Epsilon is { } eps) CliApp.Out.WriteLine($"  differential privacy: (ε = {eps:F3}, δ = {s.Delta:G3})");
-        if (s.EvaluationProblem is { } problem) CliApp.Out.WriteLine($"  no final evaluation: {problem}");
+        t.Out.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} rounds{(s.Reason is null ? "" : ", " + s.Reason)}");
+        if (s.Rounds.Length > 0) PrintTable(t, s);
+        if (Progress(s) is { } now) t.Out.WriteLine("  now: " + now);
+        if (s.Epsilon is { } eps) t.Out.WriteLine($"  differential privacy: (ε = {eps:F3}, δ = {s.Delta:G3})");
+        if (s.EvaluationProblem is { } problem) t.Out.WriteLine($"  no final evaluation: {problem}");
         foreach (var e in s.FinalEvaluation)
-            CliApp.Out.WriteLine($"  {e.Org,-12} loss {e.Loss:F4} ppl {e.Perplexity:F2} ROUGE-L {e.RougeL:F2} BLEU-4 {e.Bleu4:F2}");
-        if (s.State == JobState.Completed) CliApp.Out.WriteLine($"outputs in {s.OutputDir}");
+            t.Out.WriteLine($"  {e.Org,-12} loss {e.Loss:F4} ppl {e.Perplexity:F2} ROUGE-L {e.RougeL:F2} BLEU-4 {e.Bleu4:F2}");
+        if (s.State == JobState.Completed) t.Out.WriteLine($"outputs in {s.OutputDir}");
     }
 }

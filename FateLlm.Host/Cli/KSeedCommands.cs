@@ -9,7 +9,7 @@ namespace FateLlm.Host.Cli;
 /// <summary><c>fate-llm fedkseed replay</c>: rebuild a FedKSeed job's model anywhere from the base model and the job's history.</summary>
 internal static class KSeedCommands
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var model = Required<string>("--model", "The job's base model folder (HF checkpoint)");
         var history = Required<string>("--history", "The job's history folder (<output>/history: fedkseed.json and round-NNNN.ksr)");
@@ -21,8 +21,8 @@ internal static class KSeedCommands
             var sw = Stopwatch.StartNew();
             var (manifest, rounds) = FedKSeedAlgorithm.ReadHistory(p.GetValue(history)!);
             FedKSeedAlgorithm.Export(p.GetValue(model)!, manifest, rounds, p.GetValue(output)!, p.GetValue(threads));
-            Out.WriteLine($"replayed {rounds.Count} rounds ({rounds.Sum(r => r.Entries.Count)} seed terms) onto {manifest.Parameters:N0} parameters in {sw.Elapsed.TotalSeconds:F1} s");
-            Out.WriteLine($"weights {HfCheckpoint.WeightsDigest(p.GetValue(output)!)}");
+            t.Out.WriteLine($"replayed {rounds.Count} rounds ({rounds.Sum(r => r.Entries.Count)} seed terms) onto {manifest.Parameters:N0} parameters in {sw.Elapsed.TotalSeconds:F1} s");
+            t.Out.WriteLine($"weights {HfCheckpoint.WeightsDigest(p.GetValue(output)!)}");
         }, model, history, output, threads);
         var cmd = new Command("fedkseed", "FedKSeed: zeroth-order federated tuning with seeds");
         cmd.Subcommands.Add(replay);

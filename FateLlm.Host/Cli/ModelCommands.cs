@@ -7,7 +7,7 @@ namespace FateLlm.Host.Cli;
 
 internal static class ModelCommands
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var arch = Opt("--arch", "gpt2 | llama", "llama");
         var preset = Opt("--preset", $"{string.Join(" | ", ModelPresets.Names)}", "tiny");
@@ -16,7 +16,7 @@ internal static class ModelCommands
         var init = new Command("init", "Create a randomly initialised, seeded model in HF format").With(p =>
         {
             var model = InitModel(p.GetValue(arch)!, p.GetValue(preset)!, p.GetValue(seed), p.GetValue(outDir)!);
-            CliApp.Out.WriteLine($"wrote {model.Config.ModelType} '{p.GetValue(preset)}' ({model.Config.ParameterCount():N0} parameters) to {p.GetValue(outDir)}");
+            t.Out.WriteLine($"wrote {model.Config.ModelType} '{p.GetValue(preset)}' ({model.Config.ParameterCount():N0} parameters) to {p.GetValue(outDir)}");
         }, arch, preset, seed, outDir);
         var cmd = new Command("model", "Model folders");
         cmd.Subcommands.Add(init);

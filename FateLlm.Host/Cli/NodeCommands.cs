@@ -137,7 +137,7 @@ internal static class NodeCommands
             throw new InvalidOperationException($"{option} {port}: something already listens on {probe}:{port} (is this node already running?)");
     }
 
-    public static IEnumerable<Command> Build()
+    public static IEnumerable<Command> Build(Terminal t)
     {
         var shared = new Shared();
         var seed = new Command("seed", "Run a seed node (no training, no data): other nodes join through it");
@@ -145,11 +145,11 @@ internal static class NodeCommands
         {
             var port = p.GetValue(shared.Port);
             if (port <= 0) throw new UsageException("a seed needs a fixed --port (e.g. 4053)");
-            RunNode(p, shared, shared.Read(p, NodeRole.Seed, "seed"));
+            RunNode(t, p, shared, shared.Read(p, NodeRole.Seed, "seed"));
         }, shared.All);
 
         var arbiter = new Command("arbiter", "Run an arbiter node: hosts jobs and aggregation rounds");
-        arbiter.With(p => RunNode(p, shared, shared.Read(p, NodeRole.Arbiter, "arbiter")), shared.All);
+        arbiter.With(p => RunNode(t, p, shared, shared.Read(p, NodeRole.Arbiter, "arbiter")), shared.All);
 
         var org = Required<string>("--org", "This organization's id (its identity in the federation)");
         var data = new Option<string[]>("--data") { Description = "A private dataset, name=path.jsonl (repeatable)", Required = true };
@@ -168,7 +168,7 @@ internal static class NodeCommands
                 InstructionData.ReadJsonl(path, new DataOptions());
                 datasets[d[..eq]] = path;
             }
-            RunNode(p, shared, shared.Read(p, NodeRole.Party, "party-" + id, id, datasets));
+            RunNode(t, p, shared, shared.Read(p, NodeRole.Party, "party-" + id, id, datasets));
         }, [org, data, .. shared.All]);
         return [seed, arbiter, party];
     }
@@ -195,7 +195,7 @@ internal static class NodeCommands
         Description = "A token (16+ characters) every request to --http must carry (Authorization: Bearer, or ?token= once); needed for a non-loopback bind without --tls",
     };
 
-    static void RunNode(ParseResult p, Shared shared, NodeOptions options)
+    static void RunNode(Terminal t, ParseResult p, Shared shared, NodeOptions options)
     {
         var config = FederationNode.BuildConfig(options);
         FederationNode.CheckOwnIdentity(options, config);
@@ -204,11 +204,11 @@ internal static class NodeCommands
         RefuseTaken(listen, config.GetInt("fate-llm.transfer.stream-port"), p.GetValue(shared.StreamPort) is null ? "fate-llm.transfer.stream-port =" : "--stream-port");
         var web = shared.Web(p, options, config);
         if (web.Endpoint is not null && options.Role == NodeRole.Arbiter) options = options with { Board = new FateLlm.Actors.Board.BoardFeed() };
-        using var running = web.Start(options.Board, CliApp.Out.WriteLine);
-        Run(options, config);
+        using var running = web.Start(options.Board, t.Out.WriteLine);
+        Run(t, options, config);
     }
 
-    static void Run(NodeOptions options, Config config)
+    static void Run(Terminal t, NodeOptions options, Config config)
     {
         FederationNode? started = null;
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
@@ -221,7 +221,7 @@ internal static class NodeCommands
             {
                 var node = started = FederationNode.Attach(system, options);
                 var self = Akka.Cluster.Cluster.Get(system).SelfAddress;
-                CliApp.Out.WriteLine($"{options.Role.ToString().ToLowerInvariant()}{(options.Org is null ? "" : " " + options.Org)} node at {self}, data in {Path.GetFullPath(options.DataDir)}");
+                t.Out.WriteLine($"{options.Role.ToString().ToLowerInvariant()}{(options.Org is null ? "" : " " + options.Org)} node at {self}, data in {Path.GetFullPath(options.DataDir)}");
                 // Downed by the split-brain resolver or shut down: end the process too.
                 var lifetime = services.GetRequiredService<IHostApplicationLifetime>();
                 system.WhenTerminated.ContinueWith(_ => lifetime.StopApplication());

@@ -10,7 +10,7 @@ namespace FateLlm.Host.Cli;
 /// <summary><c>tokenizer train|encode|decode</c>: BPE tokenizers trained on a public corpus, and ids for any tokenizer FateLlm loads.</summary>
 internal static class TokenizerCommands
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var data = Required<string>("--data", "Public corpus JSONL (every string field of every line is text)");
         var vocab = Required<int>("--vocab", "Vocabulary size");
@@ -26,7 +26,7 @@ internal static class TokenizerCommands
                 return k;
             });
             var tok = TokenizerLoader.Load(p.GetValue(outDir)!, null);
-            CliApp.Out.WriteLine($"{p.GetValue(kind)} tokenizer of {tok.VocabSize:N0} tokens trained on {texts.Count:N0} texts, written to {p.GetValue(outDir)}");
+            t.Out.WriteLine($"{p.GetValue(kind)} tokenizer of {tok.VocabSize:N0} tokens trained on {texts.Count:N0} texts, written to {p.GetValue(outDir)}");
         }, data, vocab, kind, outDir);
 
         var folder = Required<string>("--tokenizer", "A model or tokenizer folder (vocab.json + merges.txt, tokenizer.model, or FateLlm's byte tokenizer)");
@@ -35,8 +35,8 @@ internal static class TokenizerCommands
         var encode = new Command("encode", "Print the ids of a text, space-separated on one line").With(p =>
         {
             var tok = Load(p.GetValue(folder)!);
-            var t = p.GetValue(text)!;
-            CliApp.Out.WriteLine(string.Join(' ', p.GetValue(special) ? InstructionData.TextIds(t, tok) : tok.Encode(t)));
+            var input = p.GetValue(text)!;
+            t.Out.WriteLine(string.Join(' ', p.GetValue(special) ? InstructionData.TextIds(input, tok) : tok.Encode(input)));
         }, folder, text, special);
 
         var ids = Required<string>("--ids", "Space-separated ids");
@@ -48,7 +48,7 @@ internal static class TokenizerCommands
             catch (FormatException) { throw new UsageException($"--ids '{p.GetValue(ids)}' must be space-separated integers"); }
             foreach (var i in parsed)
                 if (i < 0 || i >= tok.VocabSize) throw new UsageException($"--ids: {i} is not an id of this tokenizer (0..{tok.VocabSize - 1})");
-            CliApp.Out.WriteLine(tok.Decode(parsed));
+            t.Out.WriteLine(tok.Decode(parsed));
         }, folder, ids);
 
         var cmd = new Command("tokenizer", "Train tokenizers; encode and decode with any tokenizer FateLlm loads");

@@ -14,7 +14,7 @@ namespace FateLlm.Host.Cli;
 
 internal static class TrainingCommands
 {
-    public static Command Train()
+    public static Command Train(Terminal t)
     {
         var model = Required<string>("--model", "Base model folder (HF format)");
         var data = Required<string>("--data", "Training JSONL");
@@ -67,12 +67,12 @@ internal static class TrainingCommands
                 CheckpointDir = Path.Combine(p.GetValue(outDir)!, "checkpoints"), Resume = p.GetValue(resume), Device = device,
             };
             if (trainOptions.MaxSteps is <= 0) throw new UsageException("--max-steps must be positive");
-            RunTrain(p.GetValue(model)!, p.GetValue(data)!, p.GetValue(evalData), peftConfig, trainOptions, dataOptions,
+            RunTrain(t, p.GetValue(model)!, p.GetValue(data)!, p.GetValue(evalData), peftConfig, trainOptions, dataOptions,
                 p.GetValue(evalLimit), p.GetValue(outDir)!, device);
         }, options);
     }
 
-    static void RunTrain(string modelDir, string dataPath, string? evalPath, PeftConfig peft, TrainOptions train, DataOptions dataOptions,
+    static void RunTrain(Terminal t, string modelDir, string dataPath, string? evalPath, PeftConfig peft, TrainOptions train, DataOptions dataOptions,
         int evalLimit, string outDir, TorchSharp.torch.Device device)
     {
         // Read and validate all inputs before any work, so a bad line costs nothing.
@@ -81,17 +81,17 @@ internal static class TrainingCommands
         using var run = FineTuning.Open(modelDir, peft, train.Seed, device);
         var m = run.Model;
         var spec = PeftModel.Spec(m);
-        CliApp.Out.WriteLine($"{PeftConfig.MethodName(peft.Method)}: {spec.Parameters:N0} trainable parameters ({100.0 * spec.Parameters / m.Config.ParameterCount():F3}% of {m.Config.ParameterCount():N0}), {spec.Bytes:N0} bytes per update");
+        t.Out.WriteLine($"{PeftConfig.MethodName(peft.Method)}: {spec.Parameters:N0} trainable parameters ({100.0 * spec.Parameters / m.Config.ParameterCount():F3}% of {m.Config.ParameterCount():N0}), {spec.Bytes:N0} bytes per update");
         var tokenized = run.Tokenize(examples, dataOptions);
         var devTokens = dev is null ? null : run.Tokenize(dev.Take(evalLimit > 0 ? evalLimit : int.MaxValue), dataOptions);
         double? before = devTokens is null ? null : run.Loss(devTokens, train.BatchSize);
-        if (before is double b) CliApp.Out.WriteLine($"eval loss before: {b:F4} (ppl {Math.Exp(b):F2})");
+        if (before is double b) t.Out.WriteLine($"eval loss before: {b:F4} (ppl {Math.Exp(b):F2})");
         Directory.CreateDirectory(outDir);
         TrainResult result;
-        using (var progress = TrainingProgress.Create())
+        using (var progress = TrainingProgress.Create(t))
             result = run.Train(tokenized, train, progress);
-        if (result.ResumedFromEpoch > 0) CliApp.Out.WriteLine($"resumed after epoch {result.ResumedFromEpoch}");
-        CliApp.Out.WriteLine($"trained {result.Steps} steps on {result.Samples} samples: loss {result.FirstLoss:F4} → {result.LastLoss:F4}, {result.TokensPerSecond:F0} tokens/s, {result.Elapsed.TotalSeconds:F1}s");
+        if (result.ResumedFromEpoch > 0) t.Out.WriteLine($"resumed after epoch {result.ResumedFromEpoch}");
+        t.Out.WriteLine($"trained {result.Steps} steps on {result.Samples} samples: loss {result.FirstLoss:F4} → {result.LastLoss:F4}, {result.TokensPerSecond:F0} tokens/s, {result.Elapsed.TotalSeconds:F1}s");
         run.SaveAdapter(outDir, dataOptions);
         var summary = new Dictionary<string, object?>
         {
@@ -102,16 +102,16 @@ internal static class TrainingCommands
         if (dev != null)
         {
             var report = run.Evaluate(dev, dataOptions, new EvalOptions { Limit = evalLimit, BatchSize = train.BatchSize });
-            CliApp.Out.WriteLine($"eval loss after: {report.Loss:F4} (ppl {report.Perplexity:F2})");
-            PrintScores(report);
+            t.Out.WriteLine($"eval loss after: {report.Loss:F4} (ppl {report.Perplexity:F2})");
+            PrintScores(t, report);
             summary["eval_loss_after"] = report.Loss;
             summary["scores"] = report.Scores;
         }
         File.WriteAllText(Path.Combine(outDir, "train_summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
-        CliApp.Out.WriteLine($"adapter written to {outDir}");
+        t.Out.WriteLine($"adapter written to {outDir}");
     }
 
-    public static Command Eval()
+    public static Command Eval(Terminal t)
     {
         var model = new Option<string?>("--model") { Description = "Base model folder" };
         var adapter = new Option<string?>("--adapter") { Description = "Adapter folder (PEFT layout) or a merged/full model folder" };
@@ -137,7 +137,7 @@ internal static class TrainingCommands
             });
             if (p.GetValue(json))
             {
-                CliApp.Out.WriteLine(JsonSerializer.Serialize(new
+                t.Out.WriteLine(JsonSerializer.Serialize(new
                 {
                     loss = report.Loss, perplexity = report.Perplexity, tokens = report.Tokens,
                     rouge1 = report.Scores?.Rouge1, rouge2 = report.Scores?.Rouge2, rougeL = report.Scores?.RougeL, bleu4 = report.Scores?.Bleu4,
@@ -145,12 +145,12 @@ internal static class TrainingCommands
                 }));
                 return;
             }
-            CliApp.Out.WriteLine($"loss {report.Loss:F4}  perplexity {report.Perplexity:F2}  ({report.Tokens:N0} response tokens)");
-            PrintScores(report);
+            t.Out.WriteLine($"loss {report.Loss:F4}  perplexity {report.Perplexity:F2}  ({report.Tokens:N0} response tokens)");
+            PrintScores(t, report);
         }, [model, adapter, data, json, batch, limit, noGenerate, .. dataSet.All, .. sampling.All, .. runtime.All]);
     }
 
-    public static Command Generate()
+    public static Command Generate(Terminal t)
     {
         var model = new Option<string?>("--model") { Description = "Base model folder" };
         var adapter = new Option<string?>("--adapter") { Description = "Adapter folder" };
@@ -181,7 +181,7 @@ internal static class TrainingCommands
                 // As apply_chat_template(tokenize=True): the rendered text already holds its special tokens.
                 text = chatTemplate.Render([new ChatMessage("user", text)], addGenerationPrompt: true, bos, eos);
                 var chatIds = loaded.Tokenizer.Encode(text).ToList();
-                CliApp.Out.WriteLine(loaded.Tokenizer.Decode(TextGeneration.Generate(loaded.Model, chatIds, o, loaded.Tokenizer.EosId)));
+                t.Out.WriteLine(loaded.Tokenizer.Decode(TextGeneration.Generate(loaded.Model, chatIds, o, loaded.Tokenizer.EosId)));
                 return;
             }
             var ids = chosen is null ? InstructionData.TextIds(text, loaded.Tokenizer)
@@ -189,14 +189,14 @@ internal static class TrainingCommands
                     new DataOptions { Template = chosen, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
             if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer adds no BOS token to start from");
             var output = TextGeneration.Generate(loaded.Model, ids, o, loaded.Tokenizer.EosId);
-            CliApp.Out.WriteLine(loaded.Tokenizer.Decode(output));
+            t.Out.WriteLine(loaded.Tokenizer.Decode(output));
         }, [model, adapter, prompt, template, chat, .. sampling.All, .. runtime.All]);
     }
 
-    internal static void PrintScores(EvalReport report)
+    internal static void PrintScores(Terminal t, EvalReport report)
     {
         if (report.Scores is not { } s) return;
-        CliApp.Out.WriteLine($"ROUGE-1 {s.Rouge1:F2}  ROUGE-2 {s.Rouge2:F2}  ROUGE-L {s.RougeL:F2}  BLEU-4 {s.Bleu4:F2}  ({s.Samples} samples)");
+        t.Out.WriteLine($"ROUGE-1 {s.Rouge1:F2}  ROUGE-2 {s.Rouge2:F2}  ROUGE-L {s.RougeL:F2}  BLEU-4 {s.Bleu4:F2}  ({s.Samples} samples)");
     }
 
     internal static int Positive(int v, string name) => v > 0 ? v : throw new UsageException($"{name} must be positive, got {v}");

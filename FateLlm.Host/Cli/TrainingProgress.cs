@@ -7,17 +7,21 @@ namespace FateLlm.Host.Cli;
 internal sealed class TrainingProgress : IProgress<TrainProgress>, IDisposable
 {
     readonly bool _terminal;
+    readonly TextWriter _out;
     readonly Stopwatch _sinceLine = Stopwatch.StartNew();
     readonly string _label;
     TrainProgress? _last;
 
-    TrainingProgress(bool terminal, string label)
+    TrainingProgress(bool terminal, TextWriter output, string label)
     {
         _terminal = terminal;
+        _out = output;
         _label = label;
     }
 
-    public static TrainingProgress Create(string label = "train") => new(!Console.IsOutputRedirected, label);
+    /// <param name="t">Where the command writes: redrawn on the process's own interactive console, plain lines elsewhere.</param>
+    public static TrainingProgress Create(Terminal t, string label = "train") =>
+        new(t.Out == Console.Out && !Console.IsOutputRedirected, t.Out, label);
 
     public void Report(TrainProgress p)
     {
@@ -26,11 +30,11 @@ internal sealed class TrainingProgress : IProgress<TrainProgress>, IDisposable
         {
             const int width = 30;
             var filled = (int)(width * (double)p.Step / Math.Max(1, p.TotalSteps));
-            CliApp.Out.Write($"\r{_label} [{new string('#', filled)}{new string('.', width - filled)}] {p.Step}/{p.TotalSteps} loss {p.Loss:F4} {p.TokensPerSecond:F0} tok/s ETA {p.Eta:mm\\:ss}   ");
+            _out.Write($"\r{_label} [{new string('#', filled)}{new string('.', width - filled)}] {p.Step}/{p.TotalSteps} loss {p.Loss:F4} {p.TokensPerSecond:F0} tok/s ETA {p.Eta:mm\\:ss}   ");
         }
         else if (_sinceLine.Elapsed.TotalSeconds >= 5 || p.Step == p.TotalSteps || p.Step == 1)
         {
-            CliApp.Out.WriteLine(Line(p));
+            _out.WriteLine(Line(p));
             _sinceLine.Restart();
         }
     }
@@ -40,6 +44,6 @@ internal sealed class TrainingProgress : IProgress<TrainProgress>, IDisposable
 
     public void Dispose()
     {
-        if (_terminal && _last != null) CliApp.Out.WriteLine();
+        if (_terminal && _last != null) _out.WriteLine();
     }
 }

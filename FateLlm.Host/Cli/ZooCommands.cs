@@ -10,7 +10,7 @@ namespace FateLlm.Host.Cli;
 /// <summary><c>zoo build|list</c>: the base models pretrained here on the public WordNet corpus, cached.</summary>
 internal static class ZooCommands
 {
-    public static Command Build()
+    public static Command Build(Terminal t)
     {
         var catalog = ZooCatalog.Load();
         var outDir = Opt("--out", "Zoo folder (models, their tokenizers and the public corpus)", catalog.Root);
@@ -22,16 +22,16 @@ internal static class ZooCommands
         {
             runtime.Apply(p);
             var catalog = Catalog(p.GetValue(config)!);
-            var zoo = catalog.Open(p.GetValue(outDir)!, p.GetValue(dict)!, line => CliApp.Out.WriteLine(line));
+            var zoo = catalog.Open(p.GetValue(outDir)!, p.GetValue(dict)!, line => t.Out.WriteLine(line));
             var names = p.GetValue(only)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             var recipes = names.Length == 0 ? catalog.Recipes : names.Select(n => Known(catalog, n)).ToList();
             var cards = new List<ZooCard>();
             foreach (var r in recipes)
             {
-                using var progress = TrainingProgress.Create("pretrain " + r.Name);
+                using var progress = TrainingProgress.Create(t, "pretrain " + r.Name);
                 cards.Add(zoo.Ensure(r, progress));
             }
-            Print(cards, zoo);
+            Print(t, cards, zoo);
         }, [outDir, only, dict, config, .. runtime.All]);
 
         var listDir = Opt("--out", "Zoo folder", catalog.Root);
@@ -46,7 +46,7 @@ internal static class ZooCommands
                     card is null ? "no" : card.Fingerprint == r.Fingerprint ? "yes" : "stale", card is null ? "-" : $"{card.DevPerplexityPerToken:F2}",
                     card is null ? "-" : $"{card.DevPerplexityPerByte:F3}", card is null ? "-" : $"{card.WallSeconds / 60:F1}");
             }
-            CliApp.Ansi.Write(table);
+            t.Ansi.Write(table);
         }, listDir);
 
         var cmd = new Command("zoo", "Base models pretrained here on the public WordNet corpus (server LLM, small GPT-2 and LLaMA clients, the demo base)");
@@ -75,11 +75,11 @@ internal static class ZooCommands
         catch (ArgumentException e) { throw new UsageException($"--only: {e.Message}"); }
     }
 
-    static void Print(List<ZooCard> cards, ModelZoo zoo)
+    static void Print(Terminal t, List<ZooCard> cards, ModelZoo zoo)
     {
         var table = new Table().Title($"model zoo in {zoo.Root}").AddColumns("model", "arch", "blocks", "tokenizer", "vocab", "parameters", "steps", "dev ppl/token", "dev ppl/byte", "pretrain min");
         foreach (var c in cards)
             table.AddRow(c.Name, c.Arch, $"{c.Layers}", c.Tokenizer, $"{c.Vocab:N0}", $"{c.Parameters:N0}", $"{c.Steps}", $"{c.DevPerplexityPerToken:F2}", $"{c.DevPerplexityPerByte:F3}", $"{c.WallSeconds / 60:F1}");
-        CliApp.Ansi.Write(table);
+        t.Ansi.Write(table);
     }
 }

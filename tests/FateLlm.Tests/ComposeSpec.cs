@@ -84,7 +84,7 @@ public class ComposeSpec
         var seedPort = seed[Array.IndexOf(seed, "--port") + 1];
         foreach (var (name, args) in services)
         {
-            var parse = CliApp.Build().Parse(args);
+            var parse = CliApp.Build(Terminal.Of(TextWriter.Null, TextWriter.Null)).Parse(args);
             Assert.True(parse.Errors.Count == 0, $"{name}: {string.Join("; ", parse.Errors.Select(e => e.Message))}");
             for (int i = 0; i < args.Length - 1; i++)
             {

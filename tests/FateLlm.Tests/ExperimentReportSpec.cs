@@ -110,7 +110,7 @@ public class ExperimentReportSpec
         var console = new StringWriter();
         FateLlm.Host.Cli.CliApp.Run(["--help"], console, new StringWriter()); // binds the CLI's console to a writer
         // Intervals in brackets once broke the console's markup after the whole experiment had run.
-        Assert.Null(Record.Exception(() => FateLlm.Host.Cli.DemoCommand.Render(result)));
+        Assert.Null(Record.Exception(() => FateLlm.Host.Cli.DemoCommand.Render(FateLlm.Host.Cli.Terminal.Of(TextWriter.Null, TextWriter.Null), result)));
     }
 }
 
