@@ -18,8 +18,9 @@ public sealed record SimulationResult(JobSpec Spec, AlgorithmState State, BlobSt
 /// simulation drives a strategy): prepare, then per round the plug-in's participants, each exchange's fits in party
 /// order, the framework's server step (<see cref="RoundStep.Plain"/>: codec validation, central DP, the plug-in's step),
 /// the final evaluation and the export. Each party reads its downloads from its own store and keeps its own workspace,
-/// as on a party node. What it cannot show — dropouts by timing, lost messages, crashes, secure aggregation — is the
-/// cluster's to test; a party can be made to drop out of an exchange with <c>dropout</c>.
+/// as on a party node; a party whose fit throws drops out of that exchange with the reason, as in a federation. What it
+/// cannot show — dropouts by timing, lost messages, crashes, secure aggregation — is the cluster's to test; a party can
+/// be made to drop out of an exchange with <c>dropout</c>.
 /// </summary>
 public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec spec, string modelPath, IReadOnlyList<SimulatedParty> parties, string root)
 {
@@ -49,7 +50,14 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
                         fits.Add(new SimulatedFit(round, phase, party, null, "dropped by the simulation"));
                         continue;
                     }
-                    var update = algorithm.Client.Fit(Context(prepared.Spec, party, round, phase), exchange.Name, instruction, Downloads(store, party, instruction), ct);
+                    ClientUpdate update;
+                    // A party whose fit fails is a dropout of the exchange, as in a federation (its node stays up there).
+                    try { update = algorithm.Client.Fit(Context(prepared.Spec, party, round, phase), exchange.Name, instruction, Downloads(store, party, instruction), ct); }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        fits.Add(new SimulatedFit(round, phase, party, null, e.GetBaseException().Message));
+                        continue;
+                    }
                     fits.Add(new SimulatedFit(round, phase, party, update, null));
                     offered.Add(new OfferedUpdate(party, store.Put(update.Update), update.Samples, update.Metrics));
                 }

@@ -83,7 +83,7 @@ public class FedMktSpec
 [Trait(Tier.Key, Tier.Cluster)]
 public class FedMktFederationSpec
 {
-    static string SmallModel(string root, string name, string arch, string? tokenizerDir)
+    internal static string SmallModel(string root, string name, string arch, string? tokenizerDir)
     {
         var dir = Path.Combine(root, name);
         var tok = tokenizerDir is null ? new ByteTokenizer() : TokenizerLoader.Load(tokenizerDir, null);
@@ -137,14 +137,18 @@ public class FedMktFederationSpec
         using var after = HfCheckpoint.Load(Path.Combine(spec.OutputDir, "server-merged"));
         Assert.Contains(after.BaseParameters().Zip(before.BaseParameters()), x => !OffsiteSpec.Same(x.Item1.Param, x.Item2.Param));
     }
+}
 
+/// <summary>FedMKT's numerics through <see cref="FederatedSimulation"/>, no cluster.</summary>
+[Trait(Tier.Key, Tier.Fast)]
+public class FedMktSimulationSpec
+{
     [Fact]
-    public async Task One_way_with_post_fedavg_is_one_exchange_per_round_leaves_the_server_untouched_and_averages_the_parties_lora()
+    public void One_way_with_post_fedavg_is_one_exchange_per_round_leaves_the_server_untouched_and_averages_the_parties_lora()
     {
         var g = FederationFixture.Prepare();
-        var small = SmallModel(g.Root, "slm-bytes", "llama", null);
+        var small = FedMktFederationSpec.SmallModel(g.Root, "slm-bytes", "llama", null);
         var (_, publicSet) = DemoCorpus.Write(Path.Combine(g.Root, "public"));
-        await using var fed = await FederationFixture.Start(g);
         var spec = FederationFixture.Job(g, "mkt-oneway", rounds: 2, quorum: 3, deadlineSeconds: 60) with
         {
             Algorithm = JobFile.Algorithm(FedMktAlgorithm.AlgorithmName, new Dictionary<string, string>(g.Datasets.Keys.ToDictionary(o => "party-models." + o, _ => small))
@@ -152,14 +156,16 @@ public class FedMktFederationSpec
                 ["public-data"] = publicSet, ["public-limit"] = "6", ["top-k"] = "8", ["batch-size"] = "3", ["mode"] = "one-way", ["post-fedavg"] = "on",
             }),
         };
-        var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(240));
+        var root = Path.Combine(g.Root, "simulation");
+        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model,
+            g.Datasets.Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList(), root).Run();
 
-        Assert.All(status.Rounds, r => Assert.Equal(1, r.Exchanges)); // fit and distil in one exchange
-        Assert.All(status.Rounds, r => Assert.Equal(3, r.Metrics["mkt.parties-averaged"]));
-        Assert.All(status.Rounds.SelectMany(r => r.Parties), p => Assert.True(p.Succeeded && p.Metrics.ContainsKey("mkt.fit-loss.last"), p.Reason));
+        Assert.Equal(2, result.Steps.Count); // fit and distil in one exchange per round
+        Assert.All(result.Steps, s => Assert.Equal(3, s.Metrics["mkt.parties-averaged"]));
+        Assert.All(result.Fits, f => Assert.True(f.Update is not null && f.Update.Metrics.ContainsKey("mkt.fit-loss.last"), f.Dropped));
         // The average the arbiter exports is Σ n_k·LoRA_k / Σ n_k over the adapters the parties ended round 2 with, n_k their private examples.
         var average = SafeTensors.Load(Path.Combine(spec.OutputDir, "party-average.safetensors"));
-        var parties = g.Datasets.Keys.Select(o => (Lora: SafeTensors.Load(Path.Combine(fed.Parties[o].Options.DataDir, "work", "mkt-oneway", "fedmkt-r0002-distill.safetensors")),
+        var parties = g.Datasets.Keys.Select(o => (Lora: SafeTensors.Load(Path.Combine(root, "party-" + o, "work", spec.JobId, "fedmkt-r0002-distill.safetensors")),
             N: (double)File.ReadLines(g.Datasets[o]["train"]).Count(l => l.Trim().Length > 0))).ToList();
         Assert.NotEmpty(average);
         foreach (var (name, t) in average)
@@ -167,8 +173,6 @@ public class FedMktFederationSpec
             var expected = parties.Select(x => x.Lora[name] * (x.N / parties.Sum(y => y.N))).Aggregate((a, b) => a + b);
             Assert.True(t.allclose(expected, rtol: 1e-5, atol: 1e-7), name);
         }
-        // Round 2 started from that round-1 average: each party downloaded it (the public set and logits came in round 1).
-        Assert.All(status.Rounds[1].Parties, p => Assert.True(p.DownloadBytes > 0 && p.UploadBytes > 4, $"{p.Org}: {p.DownloadBytes} B down, {p.UploadBytes} B up"));
         // One-way: the server model is not tuned.
         using var before = HfCheckpoint.Load(g.Model);
         using var after = HfCheckpoint.Load(Path.Combine(spec.OutputDir, "server-merged"));

@@ -1,7 +1,14 @@
 using FateLlm.Actors.Jobs;
 using FateLlm.Training.Algorithms;
+using FateLlm.Training.Algorithms.CoLlm;
 using FateLlm.Training.Algorithms.KSeed;
+using FateLlm.Training.Algorithms.Offsite;
+using FateLlm.Training.Algorithms.Pdss;
 using FateLlm.Training.Federation;
+using FateLlm.Training.Inference;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using FateLlm.Training.Tokenization;
 using Xunit;
 
 namespace FateLlm.Tests;
@@ -16,6 +23,95 @@ public class SimulationSpec
 {
     static IReadOnlyList<SimulatedParty> Parties(FederationFixture.Ground g) =>
         g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
+
+    static SimulationResult Simulate(FederationFixture.Ground g, JobSpec spec, string? model = null, string run = "sim") =>
+        new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, model ?? g.Model, Parties(g), Path.Combine(g.Root, run)).Run();
+
+    [Fact]
+    public void Pdss_trains_on_rationales_and_a_party_whose_file_lacks_the_column_drops_out_naming_file_and_line()
+    {
+        var g = FederationFixture.Prepare();
+        var datasets = g.Datasets.ToDictionary(kv => kv.Key, kv =>
+        {
+            var train = kv.Value["train"];
+            var withRationales = Path.Combine(g.Root, kv.Key + "-rationales.jsonl");
+            var count = File.ReadLines(train).Count(l => l.Trim().Length > 0);
+            if (kv.Key == "food") File.Copy(train, withRationales); // no rationale column
+            else RationaleData.Write(train, withRationales, "rationale", [.. Enumerable.Range(0, count).Select(i => i % 3 == 0 ? "" : $"because of reason {i}")]);
+            return (IReadOnlyDictionary<string, string>)new Dictionary<string, string>(kv.Value) { ["train"] = withRationales };
+        });
+        g = g with { Datasets = datasets };
+        var spec = FederationFixture.Job(g, "pdss-sim", rounds: 1, quorum: 2) with
+        {
+            Algorithm = JobFile.Algorithm(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "0.5" }),
+        };
+        var result = Simulate(g, spec);
+
+        var fits = result.Fits.ToDictionary(f => f.Party);
+        Assert.Contains("food-rationales.jsonl:1: missing field 'rationale'", fits["food"].Dropped);
+        foreach (var org in new[] { "animal", "artifact" })
+        {
+            var examples = File.ReadLines(datasets[org]["train"]).Count();
+            Assert.Equal(examples - (examples + 2) / 3, fits[org].Update!.Metrics["pdss.with-rationale"]);
+        }
+        Assert.Equal(["animal", "artifact"], result.Steps.Single().Contributors);
+        Assert.True(File.Exists(Path.Combine(result.OutputDir, "adapter", "adapter_model.safetensors")));
+    }
+
+    [Fact]
+    public void Fedcollm_co_tunes_the_server_model_each_round_and_a_second_run_gives_the_same_models()
+    {
+        var g = FederationFixture.Prepare();
+        var server = Path.Combine(g.Root, "server");
+        using (var m = CausalLm.Create(ModelPresets.Create("llama", "tiny")))
+        {
+            m.InitializeWeights(11);
+            HfCheckpoint.Save(m, server);
+        }
+        ByteTokenizer.Save(server);
+        var publicData = Path.Combine(g.Root, "public.jsonl");
+        File.WriteAllLines(publicData, new[] { "tools and machines", "plants grow in the garden", "people walk and run" }.Select(t => $"{{\"text\": \"{t}\"}}"));
+        JobSpec Spec(string id) => FederationFixture.Job(g, id, rounds: 2) with
+        {
+            Algorithm = JobFile.Algorithm(FedCoLlmAlgorithm.AlgorithmName, new Dictionary<string, string>
+            {
+                ["server-model"] = server, ["public-data"] = publicData, ["distill.steps"] = "4", ["distill.batch-size"] = "2", ["distill.max-tokens"] = "32",
+            }),
+        };
+        var first = Simulate(g, Spec("collm-a"), run: "a");
+        var second = Simulate(g, Spec("collm-b"), run: "b");
+
+        foreach (var folder in new[] { "adapter", "merged", "server-adapter", "server-merged" })
+            Assert.True(Directory.Exists(Path.Combine(first.OutputDir, folder)), folder);
+        using (var before = HfCheckpoint.Load(server))
+        using (var after = HfCheckpoint.Load(Path.Combine(first.OutputDir, "server-merged")))
+            Assert.Contains(after.BaseParameters().Zip(before.BaseParameters()), x => !OffsiteSpec.Same(x.Item1.Param, x.Item2.Param));
+        // Seeded by job seed and round: the same job id aside, the same models.
+        Assert.Equal(first.State.Get(AlgorithmState.Global), second.State.Get(AlgorithmState.Global));
+    }
+
+    [Fact]
+    public void Offsite_parties_train_the_adapter_blocks_of_the_sub_model_and_the_plug_in_moves_only_them()
+    {
+        var g = FederationFixture.Prepare();
+        var spec = FederationFixture.Job(g, "offsite-sim", rounds: 2) with
+        {
+            Algorithm = JobFile.Algorithm(OffsiteAlgorithm.AlgorithmName, new Dictionary<string, string> { ["emulator"] = "1" }),
+        };
+        var result = Simulate(g, spec);
+
+        Assert.All(result.Fits, f => Assert.True(f.Update is not null, f.Dropped));
+        using var full = HfCheckpoint.Load(g.Model);
+        // Upward: the adapter blocks' deltas only (2 of the tiny model's 4 blocks, no embeddings or head).
+        long adapterBytes = full.BaseParameters().Where(p => p.Name.StartsWith("model.layers.0.") || p.Name.StartsWith("model.layers.3."))
+            .Sum(p => p.Param.numel() * 4);
+        Assert.All(result.Fits, f => Assert.InRange(f.Update!.Update.Length, adapterBytes, adapterBytes + 16_384));
+        using var plugged = HfCheckpoint.Load(Path.Combine(result.OutputDir, "model"));
+        var before = full.BaseParameters().ToDictionary(p => p.Name, p => p.Param);
+        Assert.All(plugged.BaseParameters().Where(p => p.Name.StartsWith("model.layers.1.") || p.Name.StartsWith("model.layers.2.")),
+            p => Assert.True(OffsiteSpec.Same(p.Param, before[p.Name]), p.Name));
+        Assert.Contains(plugged.BaseParameters(), p => p.Name.StartsWith("model.layers.0.") && !OffsiteSpec.Same(p.Param, before[p.Name]));
+    }
 
     [Fact]
     public void Homo_peft_trains_every_party_each_round_leaves_a_dropout_out_of_the_step_and_exports_an_adapter()
