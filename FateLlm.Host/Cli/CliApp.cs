@@ -47,7 +47,9 @@ public static class CliApp
     {
         var t = output is null ? Terminal.System with { Err = error ?? Console.Error } : Terminal.Of(output, error ?? Console.Error);
         var (stdout, stderr) = (t.Out, t.Err);
-        var parse = Build(t).Parse(args);
+        // Text is text: System.CommandLine would read "@home is where" as a response file (and encode a file's content
+        // when one of that name exists).
+        var parse = Build(t).Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         if (parse.Errors.Count > 0)
         {
             stderr.WriteLine($"error: {parse.Errors[0].Message} (see fate-llm --help)");

@@ -36,6 +36,26 @@ public class CliSpec
     }
 
     [Fact]
+    public void Text_that_starts_with_an_at_sign_is_text_and_never_read_as_a_response_file()
+    {
+        var dir = TestSupport.TempDir();
+        Assert.Equal(0, Run("model", "init", "--preset", "tiny", "--out", Path.Combine(dir, "m")).Code);
+        string Encode(string text)
+        {
+            var (o, e) = (new StringWriter(), new StringWriter());
+            Assert.True(CliApp.Run(["tokenizer", "encode", "--tokenizer", Path.Combine(dir, "m"), "--text", text], o, e) == 0, e.ToString());
+            return o.ToString().Trim();
+        }
+        // model init's tiny preset has the byte tokenizer: a character's id is its byte.
+        static string Bytes(string text) => string.Join(' ', System.Text.Encoding.UTF8.GetBytes(text));
+        Assert.Equal(Bytes("@home is where"), Encode("@home is where"));
+        // Even when a file of that name exists, its content is not what gets encoded.
+        var file = Path.Combine(dir, "home");
+        File.WriteAllText(file, "something else");
+        Assert.Equal(Bytes("@" + file), Encode("@" + file));
+    }
+
+    [Fact]
     public void A_node_refuses_a_port_something_already_listens_on_and_a_bind_host_that_is_no_address()
     {
         // Akka's remoting would share the port (SO_REUSEPORT on Linux) and the kernel split its connections between two nodes.
