@@ -1,4 +1,5 @@
 using System.CommandLine;
+using FateLlm.Training.Algorithms;
 using FateLlm.Training.Data;
 using FateLlm.Training.IO;
 using FateLlm.Training.Models;
@@ -16,8 +17,10 @@ public static class CliApp
 
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "Print stack traces with errors", Recursive = true };
 
-    public static RootCommand Build(Terminal t)
+    /// <param name="algorithms">The plug-ins jobs are checked against and nodes run (the product's own unless given).</param>
+    public static RootCommand Build(Terminal t, AlgorithmCatalog? algorithms = null)
     {
+        var plugins = algorithms ?? AlgorithmCatalog.BuiltIn;
         var root = new RootCommand("fate-llm: federated fine-tuning of language models (LoRA, P-Tuning v2) across organizations");
         root.Options.Add(Verbose);
         root.Subcommands.Add(ModelCommands.Build(t));
@@ -26,8 +29,8 @@ public static class CliApp
         root.Subcommands.Add(TrainingCommands.Generate(t));
         root.Subcommands.Add(AdapterCommands.Build(t));
         root.Subcommands.Add(BenchCommands.Build(t));
-        foreach (var node in NodeCommands.Build(t)) root.Subcommands.Add(node);
-        root.Subcommands.Add(JobCommands.Build(t));
+        foreach (var node in NodeCommands.Build(t, plugins)) root.Subcommands.Add(node);
+        root.Subcommands.Add(JobCommands.Build(t, plugins));
         root.Subcommands.Add(CertCommands.Build(t));
         root.Subcommands.Add(DemoCommand.Build(t));
         root.Subcommands.Add(DemoCommand.Experiment(t));
@@ -43,13 +46,14 @@ public static class CliApp
     }
 
     /// <param name="output">Where the command writes (the console when null); its errors go to <paramref name="error"/>.</param>
-    public static int Run(string[] args, TextWriter? output = null, TextWriter? error = null)
+    /// <param name="algorithms">For an application that embeds the CLI with plug-ins of its own (and for specs).</param>
+    public static int Run(string[] args, TextWriter? output = null, TextWriter? error = null, AlgorithmCatalog? algorithms = null)
     {
         var t = output is null ? Terminal.System with { Err = error ?? Console.Error } : Terminal.Of(output, error ?? Console.Error);
         var (stdout, stderr) = (t.Out, t.Err);
         // Text is text: System.CommandLine would read "@home is where" as a response file (and encode a file's content
         // when one of that name exists).
-        var parse = Build(t).Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
+        var parse = Build(t, algorithms).Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         if (parse.Errors.Count > 0)
         {
             stderr.WriteLine($"error: {parse.Errors[0].Message} (see fate-llm --help)");

@@ -5,6 +5,7 @@ using Spectre.Console;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Actors.Rounds;
+using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using static FateLlm.Host.Cli.CliApp;
@@ -19,14 +20,14 @@ internal static class JobCommands
     internal static readonly Option<string?> Host = new("--host") { Description = "Address the cluster reaches this client at (default: this machine's address toward the seed)" };
     internal static readonly Option<string?> Tls = NodeCommands.TlsOption();
 
-    public static Command Build(Terminal t)
+    public static Command Build(Terminal t, AlgorithmCatalog algorithms)
     {
         var file = new Argument<string>("file") { Description = "Job file (HOCON, see hocon/job.conf)" };
         var wait = Opt("--wait", "Follow the job until it completes, printing each round", false);
         var submit = new Command("submit", "Submit a federated job") { file };
         submit.With(p =>
         {
-            var spec = LoadSpec(p.GetValue(file)!);
+            var spec = LoadSpec(p.GetValue(file)!, algorithms);
             WithClient(p, async node =>
             {
                 // Re-sent until answered: a message lost on the way (a shard still starting, an arbiter that just left) is
@@ -127,11 +128,11 @@ internal static class JobCommands
     /// The job file, validated; also refuses an output folder that already holds files (the job would mix its outputs
     /// with them). Checked on this machine, where the walkthrough's arbiter writes; the arbiter itself refuses a file there.
     /// </summary>
-    internal static JobSpec LoadSpec(string path)
+    internal static JobSpec LoadSpec(string path, AlgorithmCatalog algorithms)
     {
         try
         {
-            var spec = JobFile.Load(path);
+            var spec = JobFile.Load(path, algorithms);
             if (Directory.Exists(spec.OutputDir) && Directory.EnumerateFileSystemEntries(spec.OutputDir).Any())
                 throw new JobSpecException($"{path}: job.output '{spec.OutputDir}' already holds files; name a new or empty folder (or remove it)");
             return spec;

@@ -1,3 +1,4 @@
+using FateLlm.Training.Algorithms;
 using System.CommandLine;
 using System.Net;
 using Akka.Actor;
@@ -137,7 +138,7 @@ internal static class NodeCommands
             throw new InvalidOperationException($"{option} {port}: something already listens on {probe}:{port} (is this node already running?)");
     }
 
-    public static IEnumerable<Command> Build(Terminal t)
+    public static IEnumerable<Command> Build(Terminal t, AlgorithmCatalog algorithms)
     {
         var shared = new Shared();
         var seed = new Command("seed", "Run a seed node (no training, no data): other nodes join through it");
@@ -145,11 +146,11 @@ internal static class NodeCommands
         {
             var port = p.GetValue(shared.Port);
             if (port <= 0) throw new UsageException("a seed needs a fixed --port (e.g. 4053)");
-            RunNode(t, p, shared, shared.Read(p, NodeRole.Seed, "seed"));
+            RunNode(t, p, shared, shared.Read(p, NodeRole.Seed, "seed") with { Algorithms = algorithms });
         }, shared.All);
 
         var arbiter = new Command("arbiter", "Run an arbiter node: hosts jobs and aggregation rounds");
-        arbiter.With(p => RunNode(t, p, shared, shared.Read(p, NodeRole.Arbiter, "arbiter")), shared.All);
+        arbiter.With(p => RunNode(t, p, shared, shared.Read(p, NodeRole.Arbiter, "arbiter") with { Algorithms = algorithms }), shared.All);
 
         var org = Required<string>("--org", "This organization's id (its identity in the federation)");
         var data = new Option<string[]>("--data") { Description = "A private dataset, name=path.jsonl (repeatable)", Required = true };
@@ -168,7 +169,7 @@ internal static class NodeCommands
                 InstructionData.ReadJsonl(path, new DataOptions());
                 datasets[d[..eq]] = path;
             }
-            RunNode(t, p, shared, shared.Read(p, NodeRole.Party, "party-" + id, id, datasets));
+            RunNode(t, p, shared, shared.Read(p, NodeRole.Party, "party-" + id, id, datasets) with { Algorithms = algorithms });
         }, [org, data, .. shared.All]);
         return [seed, arbiter, party];
     }

@@ -71,6 +71,15 @@ internal static class FederationFixture
         };
     }
 
+    /// <summary>
+    /// The same job run by the echo plug-in: instant fits that load no CPU, for specs about orchestration (crashes,
+    /// dropouts, retries, membership) rather than training, so their timing does not depend on how fast this machine trains.
+    /// </summary>
+    public static JobSpec Echo(JobSpec spec, int exchanges = 1) => spec with
+    {
+        Algorithm = new AlgorithmSpec(Plugins.EchoAlgorithm.AlgorithmName, new Dictionary<string, string> { ["exchanges"] = exchanges.ToString() }),
+    };
+
     public static JobSpec Secure(JobSpec spec, double phaseTimeoutSeconds) =>
         spec with { SecureAggregation = spec.SecureAggregation with { Enabled = true, PhaseTimeoutSeconds = phaseTimeoutSeconds } };
 
