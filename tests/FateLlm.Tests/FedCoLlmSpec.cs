@@ -94,12 +94,9 @@ public class FedCoLlmSpec
 [Trait(Tier.Key, Tier.Cluster)]
 public class FedCoLlmFederationSpec
 {
-    static readonly TimeSpan Generous = TimeSpan.FromSeconds(180);
-
-    [Fact]
-    public async Task Rounds_run_under_secure_aggregation_and_after_an_arbiter_crash_mid_round_the_job_resumes_to_the_same_models()
+    /// <summary>A tiny server model beside the parties' and three public lines; jobs of two rounds with 4 co-tuning steps each.</summary>
+    internal static (string Server, Func<string, JobSpec> Spec) Ground(FederationFixture.Ground g)
     {
-        var g = FederationFixture.Prepare();
         var server = Path.Combine(g.Root, "server");
         using (var m = CausalLm.Create(ModelPresets.Create("llama", "tiny")))
         {
@@ -109,13 +106,22 @@ public class FedCoLlmFederationSpec
         ByteTokenizer.Save(server);
         var publicData = Path.Combine(g.Root, "public.jsonl");
         File.WriteAllLines(publicData, new[] { "tools and machines", "plants grow in the garden", "people walk and run" }.Select(t => $"{{\"text\": \"{t}\"}}"));
-        JobSpec Spec(string id) => FederationFixture.Job(g, id, rounds: 2) with
+        return (server, id => FederationFixture.Job(g, id, rounds: 2) with
         {
             Algorithm = JobFile.Algorithm(FedCoLlmAlgorithm.AlgorithmName, new Dictionary<string, string>
             {
                 ["server-model"] = server, ["public-data"] = publicData, ["distill.steps"] = "4", ["distill.batch-size"] = "2", ["distill.max-tokens"] = "32",
             }),
-        };
+        });
+    }
+
+    static readonly TimeSpan Generous = TimeSpan.FromSeconds(180);
+
+    [Fact]
+    public async Task Rounds_run_under_secure_aggregation_and_after_an_arbiter_crash_mid_round_the_job_resumes_to_the_same_models()
+    {
+        var g = FederationFixture.Prepare();
+        var (server, Spec) = Ground(g);
 
         string reference;
         await using (var fed = await FederationFixture.Start(g))

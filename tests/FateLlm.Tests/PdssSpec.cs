@@ -11,11 +11,10 @@ namespace FateLlm.Tests;
 [Trait(Tier.Key, Tier.Cluster)]
 public class PdssSpec
 {
-    [Fact]
-    public async Task Parties_train_on_their_rationales_and_a_file_without_the_column_fails_that_party_naming_file_and_line()
+    /// <summary>Each party's training file with a rationale column (every third row empty), except food's, which has none.</summary>
+    internal static FederationFixture.Ground WithRationales(FederationFixture.Ground g) => g with
     {
-        var g = FederationFixture.Prepare();
-        var datasets = g.Datasets.ToDictionary(kv => kv.Key, kv =>
+        Datasets = g.Datasets.ToDictionary(kv => kv.Key, kv =>
         {
             var train = kv.Value["train"];
             var withRationales = Path.Combine(g.Root, kv.Key + "-rationales.jsonl");
@@ -23,8 +22,15 @@ public class PdssSpec
             if (kv.Key == "food") File.Copy(train, withRationales); // no rationale column
             else RationaleData.Write(train, withRationales, "rationale", [.. Enumerable.Range(0, count).Select(i => i % 3 == 0 ? "" : $"because of reason {i}")]);
             return (IReadOnlyDictionary<string, string>)new Dictionary<string, string>(kv.Value) { ["train"] = withRationales };
-        });
-        await using var fed = await FederationFixture.Start(g with { Datasets = datasets });
+        }),
+    };
+
+    [Fact]
+    public async Task Parties_train_on_their_rationales_and_a_file_without_the_column_fails_that_party_naming_file_and_line()
+    {
+        var g = WithRationales(FederationFixture.Prepare());
+        var datasets = g.Datasets;
+        await using var fed = await FederationFixture.Start(g);
         var spec = FederationFixture.Job(g, "pdss", rounds: 1, quorum: 2) with
         {
             Algorithm = JobFile.Algorithm(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "0.5" }),

@@ -5,10 +5,7 @@ using FateLlm.Training.Algorithms.KSeed;
 using FateLlm.Training.Algorithms.Offsite;
 using FateLlm.Training.Algorithms.Pdss;
 using FateLlm.Training.Federation;
-using FateLlm.Training.Inference;
-using FateLlm.Training.IO;
 using FateLlm.Training.Models;
-using FateLlm.Training.Tokenization;
 using Xunit;
 
 namespace FateLlm.Tests;
@@ -30,17 +27,8 @@ public class SimulationSpec
     [Fact]
     public void Pdss_trains_on_rationales_and_a_party_whose_file_lacks_the_column_drops_out_naming_file_and_line()
     {
-        var g = FederationFixture.Prepare();
-        var datasets = g.Datasets.ToDictionary(kv => kv.Key, kv =>
-        {
-            var train = kv.Value["train"];
-            var withRationales = Path.Combine(g.Root, kv.Key + "-rationales.jsonl");
-            var count = File.ReadLines(train).Count(l => l.Trim().Length > 0);
-            if (kv.Key == "food") File.Copy(train, withRationales); // no rationale column
-            else RationaleData.Write(train, withRationales, "rationale", [.. Enumerable.Range(0, count).Select(i => i % 3 == 0 ? "" : $"because of reason {i}")]);
-            return (IReadOnlyDictionary<string, string>)new Dictionary<string, string>(kv.Value) { ["train"] = withRationales };
-        });
-        g = g with { Datasets = datasets };
+        var g = PdssSpec.WithRationales(FederationFixture.Prepare());
+        var datasets = g.Datasets;
         var spec = FederationFixture.Job(g, "pdss-sim", rounds: 1, quorum: 2) with
         {
             Algorithm = JobFile.Algorithm(PdssAlgorithm.AlgorithmName, new Dictionary<string, string> { ["alpha"] = "0.5" }),
@@ -62,22 +50,7 @@ public class SimulationSpec
     public void Fedcollm_co_tunes_the_server_model_each_round_and_a_second_run_gives_the_same_models()
     {
         var g = FederationFixture.Prepare();
-        var server = Path.Combine(g.Root, "server");
-        using (var m = CausalLm.Create(ModelPresets.Create("llama", "tiny")))
-        {
-            m.InitializeWeights(11);
-            HfCheckpoint.Save(m, server);
-        }
-        ByteTokenizer.Save(server);
-        var publicData = Path.Combine(g.Root, "public.jsonl");
-        File.WriteAllLines(publicData, new[] { "tools and machines", "plants grow in the garden", "people walk and run" }.Select(t => $"{{\"text\": \"{t}\"}}"));
-        JobSpec Spec(string id) => FederationFixture.Job(g, id, rounds: 2) with
-        {
-            Algorithm = JobFile.Algorithm(FedCoLlmAlgorithm.AlgorithmName, new Dictionary<string, string>
-            {
-                ["server-model"] = server, ["public-data"] = publicData, ["distill.steps"] = "4", ["distill.batch-size"] = "2", ["distill.max-tokens"] = "32",
-            }),
-        };
+        var (server, Spec) = FedCoLlmFederationSpec.Ground(g);
         var first = Simulate(g, Spec("collm-a"), run: "a");
         var second = Simulate(g, Spec("collm-b"), run: "b");
 
