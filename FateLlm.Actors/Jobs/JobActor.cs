@@ -287,12 +287,12 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         Timers.CancelAll();
         SetReceiveTimeout(_s.PassivateAfter);
-        if (recovered && _spec is not null && File.Exists(Path.Combine(_spec.OutputDir, JobOutputs.StatusFile)))
+        if (_spec is null || recovered && File.Exists(Path.Combine(_spec.OutputDir, JobOutputs.StatusFile)))
         {
             Become(Over);
             return;
         }
-        _outputs.Tell(new JobOutputs.WriteRecord(_spec?.OutputDir ?? "", Status(), _history.ToArray()));
+        _outputs.Tell(new JobOutputs.WriteRecord(_spec.OutputDir, Status(), _history.ToArray()));
         Become(() =>
         {
             Command<JobOutputs.RecordWritten>(_ =>
