@@ -41,6 +41,17 @@ public sealed class LocalFederation : IAsyncDisposable
         Client = client;
     }
 
+    /// <summary>
+    /// Several actor systems in one process share the .NET thread pool, whose floor is one thread per core: on two cores a
+    /// node start that blocks one of them (sharding's start waits synchronously) left the other systems' actors queued. A
+    /// floor of 16 lets the pool grow at once instead of by its starvation heuristics.
+    /// </summary>
+    public static void HostManyNodes()
+    {
+        ThreadPool.GetMinThreads(out var workers, out var io);
+        if (workers < 16) ThreadPool.SetMinThreads(16, Math.Max(io, 16));
+    }
+
     public static int FreePort()
     {
         using var l = new TcpListener(IPAddress.Loopback, 0);
@@ -57,6 +68,7 @@ public sealed class LocalFederation : IAsyncDisposable
     {
         var plugins = algorithms ?? AlgorithmCatalog.BuiltIn;
         var wait = timeout ?? TimeSpan.FromSeconds(60);
+        HostManyNodes();
         var port = FreePort();
         string? caDir = null;
         if (tls)
@@ -131,7 +143,7 @@ public sealed class LocalFederation : IAsyncDisposable
         await Client.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), timeout ?? TimeSpan.FromSeconds(10));
 
     public async Task<object> SubmitAsync(JobSpec spec, TimeSpan? timeout = null) =>
-        await Client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), timeout ?? TimeSpan.FromSeconds(120));
+        await JobClient.SubmitAsync(Client.JobRegion, spec, Client.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval"), timeout ?? TimeSpan.FromSeconds(120));
 
     /// <summary>Polls the job until it reaches a final state (or the predicate holds).</summary>
     public async Task<JobStatus> WaitAsync(string jobId, TimeSpan timeout, Func<JobStatus, bool>? until = null, IProgress<JobStatus>? progress = null)

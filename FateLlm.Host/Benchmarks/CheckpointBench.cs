@@ -174,7 +174,7 @@ internal static class CheckpointBench
     {
         foreach (var line in File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status") : [])
             if (line.StartsWith(field))
-                return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+                return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) / 1024.0;
         return Process.GetCurrentProcess().WorkingSet64 / 1048576.0;
     }
 

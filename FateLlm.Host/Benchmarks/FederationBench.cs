@@ -149,7 +149,7 @@ internal static class FederationBench
     {
         if (!File.Exists("/proc/net/dev")) return 0;
         var line = File.ReadLines("/proc/net/dev").FirstOrDefault(l => l.TrimStart().StartsWith("lo:"));
-        return line is null ? 0 : long.Parse(line.Split(':')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[0]);
+        return line is null ? 0 : long.Parse(line.Split(':')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[0], System.Globalization.CultureInfo.InvariantCulture);
     }
 
     // ---- aggregation ----

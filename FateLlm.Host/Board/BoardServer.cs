@@ -32,7 +32,7 @@ public sealed record BoardEndpoint(IPAddress Address, int Port, string? Token, N
     public static BoardEndpoint Parse(string http, string? token, NodeTls? tls)
     {
         var colon = http.LastIndexOf(':');
-        if (colon <= 0 || !int.TryParse(http[(colon + 1)..], out var port) || port is < 0 or > 65535)
+        if (colon <= 0 || !int.TryParse(http[(colon + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 0 or > 65535)
             throw new ArgumentException($"--http '{http}' must be HOST:PORT (e.g. 127.0.0.1:8080)");
         var host = http[..colon].Trim('[', ']');
         var address = host == "localhost" ? IPAddress.Loopback

@@ -41,7 +41,7 @@ internal static class BenchCommands
 
     static int[] ParseSizes(string s)
     {
-        try { return s.Split(',').Select(x => int.Parse(x.Trim())).Where(x => x > 0).ToArray(); }
+        try { return s.Split(',').Select(x => int.Parse(x.Trim(), System.Globalization.CultureInfo.InvariantCulture)).Where(x => x > 0).ToArray(); }
         catch (FormatException) { throw new UsageException($"--sizes '{s}' must be comma-separated MiB counts"); }
     }
 
@@ -51,7 +51,7 @@ internal static class BenchCommands
         var length = Opt("--length", "Adapter values per party (gpt2-small LoRA r=8 on c_attn ≈ 295k)", 100_000);
         var dropout = Opt("--dropout", "Fraction of parties that drop after sharing keys", 0.05);
         return new Command("secagg", "SecAgg+ masking/unmasking MB/s and per-round overhead vs plain FedAvg for 10, 50, 200 parties").With(p =>
-            SecAggBench.Run(p.GetValue(parties)!.Split(',').Select(x => int.TryParse(x, out var v) && v >= 3 ? v : throw new UsageException($"--parties '{x}' must be integers ≥ 3")).ToArray(),
+            SecAggBench.Run(p.GetValue(parties)!.Split(',').Select(x => int.TryParse(x, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) && v >= 3 ? v : throw new UsageException($"--parties '{x}' must be integers ≥ 3")).ToArray(),
                 TrainingCommands.Positive(p.GetValue(length), "--length"), p.GetValue(dropout), t.Out), parties, length, dropout);
     }
 

@@ -32,8 +32,7 @@ internal static class JobCommands
             {
                 // Re-sent until answered: a message lost on the way (a shard still starting, an arbiter that just left) is
                 // sent again, and the job answers a repeat of the submission that made it as accepted.
-                var submit = new SubmitJob(spec.JobId, spec) { Submission = Guid.NewGuid().ToString("N") };
-                var reply = await Resending(node, submit, TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
+                var reply = await JobClient.SubmitAsync(node.JobRegion, spec, ResendInterval(node), TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
                 if (reply is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
                 var accepted = (JobAccepted)reply;
                 t.Out.WriteLine(accepted.WaitingFor.Length == 0 ? $"job {spec.JobId} accepted"
@@ -111,18 +110,7 @@ internal static class JobCommands
     }
 
 
-    /// <summary>Asks again every <c>fate-llm.client.resend-interval</c> until an answer comes or <paramref name="total"/> has passed.</summary>
-    static async Task<object> Resending(FederationNode node, IJobCommand command, TimeSpan total)
-    {
-        var every = node.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval");
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        while (true)
-        {
-            try { return await node.JobRegion.Ask<object>(command, Min(every, total - clock.Elapsed)); }
-            catch (AskTimeoutException) when (clock.Elapsed < total) { }
-        }
-        static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b > TimeSpan.Zero ? b : TimeSpan.FromMilliseconds(1);
-    }
+    static TimeSpan ResendInterval(FederationNode node) => node.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval");
 
     /// <summary>
     /// The job file, validated; also refuses an output folder that already holds files (the job would mix its outputs

@@ -43,7 +43,7 @@ public sealed record ZooCatalog(string Root, string DemoBase, int DevExamples, I
                 throw new FormatException($"{Key(p + "shape")}: hidden {shape.Hidden} must divide by heads {shape.Heads}, and heads by kv-heads {shape.KvHeads}");
             return new ZooRecipe(name, Str(m, p, "description"), arch, shape, new ZooTokenizer(kind, kind == "byte" ? 259 : Int(m, p, "tokenizer.vocab")),
                 Int(m, p, "pretrain.steps"), Int(m, p, "pretrain.batch-size"), Num(m, p, "pretrain.learning-rate"), Num(m, p, "pretrain.warmup-ratio"),
-                long.TryParse(Str(m, p, "pretrain.seed"), out var seed) ? seed : throw new FormatException($"{Key(p + "pretrain.seed")} is not an integer"));
+                long.TryParse(Str(m, p, "pretrain.seed"), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var seed) ? seed : throw new FormatException($"{Key(p + "pretrain.seed")} is not an integer"));
         }).ToList();
         var catalog = new ZooCatalog(Str(config, "", "root"), Str(config, "", "demo-base"), Int(config, "", "dev-examples"), recipes);
         if (recipes.All(r => r.Name != catalog.DemoBase))

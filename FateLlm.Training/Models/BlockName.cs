@@ -9,7 +9,7 @@ public static class BlockName
 
     /// <summary>(prefix, block, rest) of a name inside a block, or null for names outside the blocks.</summary>
     public static (string Prefix, int Block, string Tail)? Parse(string name) =>
-        Block.Match(name) is { Success: true } m ? (m.Groups[1].Value, int.Parse(m.Groups[2].Value), m.Groups[3].Value) : null;
+        Block.Match(name) is { Success: true } m ? (m.Groups[1].Value, int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture), m.Groups[3].Value) : null;
 
     public static string Format(string prefix, int block, string tail) => $"{prefix}.{block}.{tail}";
 }

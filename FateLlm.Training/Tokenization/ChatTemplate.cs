@@ -921,7 +921,7 @@ static class Value
         "capitalize" => Str(v) is var c && c.Length > 0 ? char.ToUpperInvariant(c[0]) + c[1..].ToLowerInvariant() : "",
         "string" => Str(v),
         "safe" => v,
-        "int" => v switch { long l => l, double d => (long)d, string s when long.TryParse(s.Trim(), out var p) => p, _ => 0L },
+        "int" => v switch { long l => l, double d => (long)d, string s when long.TryParse(s.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var p) => p, _ => 0L },
         "float" => v switch { long l => (double)l, double d => d, string s when double.TryParse(s.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out var p) => p, _ => 0.0 },
         "default" or "d" => v is Undefined || (args.Count > 1 && Truthy(args[1]) && !Truthy(v)) ? args.ElementAtOrDefault(0) ?? "" : v,
         "first" => Iterate(v, line).FirstOrDefault(Undefined.Instance),

@@ -85,7 +85,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         await client.WhenUp(TimeSpan.FromSeconds(60));
         var spec = FederationFixture.Secure(FederationFixture.Job(_g, "tls-processes", rounds: 2, deadlineSeconds: 60), 20);
         spec = spec with { Dp = spec.Dp with { Mode = Training.Privacy.DpMode.Distributed, NoiseMultiplier = 1.0 } };
-        Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
+        Assert.IsType<JobAccepted>(await JobClient.SubmitAsync(client.JobRegion, spec, client.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval"), TimeSpan.FromSeconds(120)));
         var status = await WaitFor(client, spec.JobId, s => s.State is JobState.Completed or JobState.Failed, seconds: 240);
         Assert.True(status.State == JobState.Completed, status.Reason);
         Assert.All(status.Rounds, r => Assert.StartsWith("3 keyed, 3 shared, 3 masked, 3 revealed", r.SecureAggregation));
@@ -153,7 +153,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         try { await arbitersUp.Task.WaitAsync(TimeSpan.FromSeconds(60)); }
         catch (TimeoutException) { throw new TimeoutException($"both arbiters never came up; logs:\n{Logs()}"); }
         var spec = FederationFixture.Job(_g, "failover-" + Guid.NewGuid().ToString("N")[..6], rounds: 4, quorum: 2, deadlineSeconds: 30, attempts: 3, epochs: 3);
-        Assert.IsType<JobAccepted>(await client.JobRegion.Ask<object>(new SubmitJob(spec.JobId, spec), TimeSpan.FromSeconds(120)));
+        Assert.IsType<JobAccepted>(await JobClient.SubmitAsync(client.JobRegion, spec, client.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval"), TimeSpan.FromSeconds(120)));
         await WaitFor(client, spec.JobId, s => s.CompletedRounds >= 1);
         parties["food"].Kill();                       // kill -9 a party while round 2 runs
         await WaitFor(client, spec.JobId, s => s.CompletedRounds >= 2);

@@ -7,8 +7,13 @@ namespace FateLlm.Tests;
 
 internal static class TestSupport
 {
+    /// <summary>Torch's threads capped; the thread pool's floor raised, as for any process that hosts several nodes.</summary>
     [ModuleInitializer]
-    internal static void CapThreads() => TorchRuntime.SetThreads(2);
+    internal static void CapThreads()
+    {
+        TorchRuntime.SetThreads(2);
+        Actors.Nodes.LocalFederation.HostManyNodes();
+    }
 
     public static string FixturePath(params string[] parts) =>
         Path.Combine([AppContext.BaseDirectory, "Fixtures", .. parts]);

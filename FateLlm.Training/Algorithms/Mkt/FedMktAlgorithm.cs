@@ -226,7 +226,7 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
             return Directory.Exists(ctx.Workspace)
                 ? Directory.GetFiles(ctx.Workspace, "fedmkt-r*.safetensors")
                     .Select(f => (File: f, Parts: Path.GetFileNameWithoutExtension(f).Split('-')))
-                    .Where(x => x.Parts.Length == 3 && int.TryParse(x.Parts[1][1..], out _))
+                    .Where(x => x.Parts.Length == 3 && int.TryParse(x.Parts[1][1..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out _))
                     .Select(x => (x.File, Round: int.Parse(x.Parts[1][1..], CultureInfo.InvariantCulture), Phase: Rank(x.Parts[2])))
                     .Where(x => x.Round < round || (x.Round == round && x.Phase < Rank(phase)))
                     .OrderBy(x => x.Round).ThenBy(x => x.Phase).Select(x => x.File).LastOrDefault()
