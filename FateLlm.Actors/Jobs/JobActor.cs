@@ -492,9 +492,10 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Replicate();
             Watch(RoundStage.Configure, spec.Round.Deadline + SecureSteps(spec));
             var start = new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume);
-            _s.RoundRegion.Tell(start);
             // A start sent to a region whose shard sat on a lost arbiter is gone until the shard moves: sent again until answered.
+            // The timer is set before the start leaves, so whoever sees the start sees the timer running.
             if (_s.StartResend is { } every) Timers.StartPeriodicTimer("start", new ResendStart(start), every);
+            _s.RoundRegion.Tell(start);
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
                 resume is null ? "" : $", resuming at exchange {resume.Phase}");
         });

@@ -144,8 +144,8 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
 
     void AskForStream()
     {
+        Timers.StartSingleTimer("stream", new StreamTimeout(), _s.ChunkTimeout); // before the ask: a spec's clock may move on seeing it
         _source.Server.Tell(new OpenStream(_source.Digest));
-        Timers.StartSingleTimer("stream", new StreamTimeout(), _s.ChunkTimeout);
         Become(() =>
         {
             Receive<StreamOffered>(o => o.Digest == _source.Digest, o =>

@@ -17,6 +17,7 @@ namespace FateLlm.Tests;
 /// or under <c>$FATELLM_ARTIFACTS</c>).
 /// </summary>
 [Trait(Tier.Key, Tier.Process)]
+[Collection(Tier.Process)]
 public class BoardBrowserSpec(ITestOutputHelper output)
 {
     static readonly TimeSpan Step = TimeSpan.FromSeconds(90);

@@ -92,6 +92,7 @@ public class FedCoLlmSpec
 }
 
 [Trait(Tier.Key, Tier.Cluster)]
+[Collection(Tier.Cluster)]
 public class FedCoLlmFederationSpec
 {
     /// <summary>A tiny server model beside the parties' and three public lines; jobs of two rounds with 4 co-tuning steps each.</summary>

@@ -173,6 +173,7 @@ public class FedKSeedSpec
 
 /// <summary>FedKSeed through the cluster: three parties, a crash, the bytes on the wire, and the replay in other processes.</summary>
 [Trait(Tier.Key, Tier.Process)]
+[Collection(Tier.Process)]
 public class FedKSeedFederationSpec
 {
     [Fact]

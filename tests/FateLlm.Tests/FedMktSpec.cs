@@ -81,6 +81,7 @@ public class FedMktSpec
 }
 
 [Trait(Tier.Key, Tier.Cluster)]
+[Collection(Tier.Cluster)]
 public class FedMktFederationSpec
 {
     internal static string SmallModel(string root, string name, string arch, string? tokenizerDir)

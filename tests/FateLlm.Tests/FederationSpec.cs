@@ -12,6 +12,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Cluster)]
+[Collection(Tier.Cluster)]
 public class FederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(120);
@@ -140,6 +141,7 @@ public class FederationSpec
 }
 
 [Trait(Tier.Key, Tier.Cluster)]
+[Collection(Tier.Cluster)]
 public class FederationDeterminismSpec
 {
     [Fact]

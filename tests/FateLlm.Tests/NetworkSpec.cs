@@ -11,6 +11,7 @@ namespace FateLlm.Tests;
 /// Needs root and iproute2 (CI runs as root).
 /// </summary>
 [Trait(Tier.Key, Tier.Process)]
+[Collection(Tier.Process)]
 public sealed class NetworkSpec : IDisposable
 {
     readonly string _tag = Guid.NewGuid().ToString("N")[..5];

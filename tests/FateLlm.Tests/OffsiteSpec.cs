@@ -151,6 +151,7 @@ public class OffsiteSpec
 
 /// <summary>Offsite tuning through the real cluster: parties without the full model, adapters only upward, a crash survived.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
+[Collection(Tier.Cluster)]
 public class OffsiteFederationSpec
 {
     static bool Same(Tensor a, Tensor b) => OffsiteSpec.Same(a, b);

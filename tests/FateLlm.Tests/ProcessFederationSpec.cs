@@ -8,6 +8,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Real fate-llm processes: seed, arbiters and parties, some killed with SIGKILL.</summary>
 [Trait(Tier.Key, Tier.Process)]
+[Collection(Tier.Process)]
 public sealed class ProcessFederationSpec : IAsyncLifetime
 {
     readonly List<NodeProcess> _processes = new();

@@ -11,6 +11,7 @@ namespace FateLlm.Tests;
 /// are what CI already did. No console may show an ERROR line or a stack trace.
 /// </summary>
 [Trait(Tier.Key, Tier.Process)]
+[Collection(Tier.Process)]
 public sealed class WalkthroughSpec : IDisposable
 {
     readonly List<(string Name, Process Process, StringWriter Console)> _nodes = new();
