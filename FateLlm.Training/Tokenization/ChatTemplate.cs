@@ -693,8 +693,9 @@ static class Value
         JsonObject o => o.ToDictionary(kv => kv.Key, kv => FromJson(kv.Value)),
         JsonValue v when v.GetValueKind() == JsonValueKind.String => v.GetValue<string>(),
         JsonValue v when v.GetValueKind() is JsonValueKind.True or JsonValueKind.False => v.GetValue<bool>(),
+        // Boxed apart: a conditional of long and double would widen every integer to a float (7 rendered "7.0").
         JsonValue v when v.GetValueKind() == JsonValueKind.Number =>
-            long.TryParse(v.ToJsonString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var l) ? l : double.Parse(v.ToJsonString(), CultureInfo.InvariantCulture),
+            long.TryParse(v.ToJsonString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var l) ? (object)l : double.Parse(v.ToJsonString(), CultureInfo.InvariantCulture),
         _ => null,
     };
 
@@ -717,11 +718,17 @@ static class Value
         bool b => b ? "True" : "False",
         string s => s,
         long l => l.ToString(CultureInfo.InvariantCulture),
-        double d => d == Math.Floor(d) && Math.Abs(d) < 1e16 ? d.ToString("0.0", CultureInfo.InvariantCulture) : d.ToString("R", CultureInfo.InvariantCulture),
+        double d => PythonFloat(d),
         List<object?> l => "[" + string.Join(", ", l.Select(Repr)) + "]",
         Dictionary<string, object?> d => "{" + string.Join(", ", d.Select(kv => Repr(kv.Key) + ": " + Repr(kv.Value))) + "}",
         _ => v.ToString() ?? "",
     };
+
+    /// <summary>Python's repr of a float: 7.0, 0.1, 1e-05, 1e+20, inf, nan.</summary>
+    static string PythonFloat(double d) =>
+        double.IsNaN(d) ? "nan" : double.IsInfinity(d) ? (d > 0 ? "inf" : "-inf")
+        : d == Math.Floor(d) && Math.Abs(d) < 1e16 ? d.ToString("0.0", CultureInfo.InvariantCulture)
+        : d.ToString("R", CultureInfo.InvariantCulture).ToLowerInvariant();
 
     static string Repr(object? v) => v is string s ? "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'" : Str(v);
 
@@ -945,7 +952,7 @@ static class Value
             null or Undefined => "null",
             bool b => b ? "true" : "false",
             long l => l.ToString(CultureInfo.InvariantCulture),
-            double d => Str(d),
+            double d => double.IsNaN(d) ? "NaN" : double.IsInfinity(d) ? (d > 0 ? "Infinity" : "-Infinity") : Str(d),
             string s => JsonSerializer.Serialize(s, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }),
             List<object?> l => l.Count == 0 ? "[]" : "[" + string.Join(sep, l.Select(x => Pad(depth + 1) + ToJson(x, indent, depth + 1))) + Pad(depth) + "]",
             Dictionary<string, object?> o => o.Count == 0 ? "{}" : "{" + string.Join(sep, o.Select(kv => Pad(depth + 1) + ToJson(kv.Key, indent, depth + 1) + ": " + ToJson(kv.Value, indent, depth + 1))) + Pad(depth) + "}",

@@ -169,6 +169,26 @@ public static class TokenizerLoader
     public static ITextTokenizer Load(string folder, ModelConfig? config)
     {
         var tc = ReadTokenizerConfig(folder);
+        var tok = Pick(folder, tc, config);
+        // An id past the embedding would fail every party deep inside libtorch ("index out of range in self"): refused here.
+        if (config is not null && tok.VocabSize > config.VocabSize)
+            throw new ModelFormatException($"{Path.Combine(folder, FileOf(folder, tok))}: the tokenizer gives ids up to {tok.VocabSize - 1}, but "
+                + $"{Path.Combine(folder, HfCheckpoint.ConfigFile)} says vocab_size = {config.VocabSize}, so the model has no embedding for ids {config.VocabSize} and above; "
+                + "use the tokenizer the weights were trained with, or a config whose vocab_size covers it");
+        // HF's decode does this when the folder asks for it (Llama 3 does; Qwen3 and Gemma 3 do not; unset is off, as transformers defaults).
+        return Flag(tc, "clean_up_tokenization_spaces", false) ? new TokenizationSpacesCleanedUp(tok) : tok;
+    }
+
+    static string FileOf(string folder, ITextTokenizer tok) => tok switch
+    {
+        HfTokenizerJson => HfTokenizerJson.FileName,
+        SentencePieceTextTokenizer => "tokenizer.model",
+        Gpt2BpeTokenizer => "vocab.json",
+        _ => ConfigFile,
+    };
+
+    static ITextTokenizer Pick(string folder, JsonObject? tc, ModelConfig? config)
+    {
         var cls = tc?["tokenizer_class"]?.GetValue<string>();
         if (cls == ByteTokenizer.ClassName) return new ByteTokenizer();
         if (cls == TiktokenGpt2Tokenizer.ClassName) return new TiktokenGpt2Tokenizer();
@@ -248,6 +268,29 @@ public static class TokenizerLoader
             if (File.Exists(src) && Path.GetFullPath(from) != Path.GetFullPath(to)) File.Copy(src, Path.Combine(to, f), overwrite: true);
         }
     }
+}
+
+/// <summary>
+/// transformers' <c>clean_up_tokenization</c> after a decode, which tokenizer_config.json's
+/// <c>clean_up_tokenization_spaces</c> turns on: a space before <c>. ? ! ,</c> and English contractions is dropped
+/// (so <c>x != y</c> decodes as <c>x!= y</c>, exactly as HF gives it).
+/// </summary>
+public sealed class TokenizationSpacesCleanedUp(ITextTokenizer inner) : ITextTokenizer, IDisposable
+{
+    public string Kind => inner.Kind;
+    public int VocabSize => inner.VocabSize;
+    public int? BosId => inner.BosId;
+    public int? EosId => inner.EosId;
+    public int? PadId => inner.PadId;
+    public bool AddBos => inner.AddBos;
+    public bool AddEos => inner.AddEos;
+    public IReadOnlyList<int> Encode(string text) => inner.Encode(text);
+    public string Decode(IEnumerable<int> ids) => CleanUp(inner.Decode(ids));
+    public void Dispose() => (inner as IDisposable)?.Dispose();
+
+    public static string CleanUp(string text) => text
+        .Replace(" .", ".").Replace(" ?", "?").Replace(" !", "!").Replace(" ,", ",").Replace(" ' ", "'")
+        .Replace(" n't", "n't").Replace(" 'm", "'m").Replace(" 's", "'s").Replace(" 've", "'ve").Replace(" 're", "'re");
 }
 
 /// <summary>GPT-2's byte-level alphabet: each byte as a printable symbol (bytes_to_unicode in GPT-2's encoder.py).</summary>

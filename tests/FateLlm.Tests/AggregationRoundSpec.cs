@@ -19,6 +19,7 @@ namespace FateLlm.Tests;
 /// deadlines and the absent grace.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class AggregationRoundSpec : TestKit
 {
     readonly BlobStore _arbiterStore = new(TestSupport.TempDir()), _partyStore = new(TestSupport.TempDir());

@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class AggregationSpec
 {
     static Dictionary<string, Tensor> State(float a, float b) => new() { ["x.lora_A.weight"] = tensor(new[] { a, a }), ["y.lora_B.weight"] = tensor(new[] { b }) };
@@ -67,6 +68,7 @@ public class AggregationSpec
 }
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class RobustAggregationSpec
 {
     static Dictionary<string, Tensor> Update(Generator g, double scale = 1) =>

@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 /// and no key in reference.conf goes unread.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class AlgorithmDefaultsSpec
 {
     /// <summary>Settings with no default that a plug-in needs before it validates (paths on the arbiter, per-party models).</summary>

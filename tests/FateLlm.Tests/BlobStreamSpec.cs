@@ -11,6 +11,7 @@ namespace FateLlm.Tests;
 /// certificates under --tls), resumes where a cut stream stopped, and falls back to chunks when no stream is offered.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class BlobStreamSpec() : TestKit(ActorSpecs.Config(extra: "akka.loglevel = INFO"))
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(20), Idle = TimeSpan.FromSeconds(5);

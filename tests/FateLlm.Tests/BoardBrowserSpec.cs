@@ -17,7 +17,7 @@ namespace FateLlm.Tests;
 /// or under <c>$FATELLM_ARTIFACTS</c>).
 /// </summary>
 [Trait(Tier.Key, Tier.Process)]
-[Collection(Tier.Process)]
+[Collection(Tier.InProcess)] // its federation trains in this process
 public class BoardBrowserSpec(ITestOutputHelper output)
 {
     static readonly TimeSpan Step = TimeSpan.FromSeconds(90);

@@ -8,6 +8,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Who may look at the board: loopback only by default; any other bind needs a token or the federation's TLS.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class BoardServerSpec
 {
     const string Token = "a-board-token-of-32-characters!!";

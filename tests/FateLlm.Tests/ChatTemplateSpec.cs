@@ -10,6 +10,7 @@ namespace FateLlm.Tests;
 /// (expected strings and errors from tests/reference/tokenizer_expected.mjs), including tool calls and raised errors.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class ChatTemplateSpec
 {
     static JsonObject Expected() => JsonNode.Parse(File.ReadAllText(TestSupport.FixturePath("tokenizers", "expected.json")))!.AsObject();
@@ -34,6 +35,20 @@ public class ChatTemplateSpec
             Assert.Equal(error.GetValue<string>(), e.Message);
         }
         else Assert.Equal(c["rendered"]!.GetValue<string>(), template.Render(messages, addGeneration, extra));
+    }
+
+    [Theory]
+    [InlineData("7", "7 7")]
+    [InlineData("7.0", "7.0 7.0")]
+    [InlineData("[1, 2.5, -3]", "[1, 2.5, -3] [1, 2.5, -3]")]
+    [InlineData("1e20", "1e+20 1e+20")]
+    [InlineData("0.00001", "1e-05 1e-05")]
+    public void Numbers_render_as_python_prints_and_json_dumps_them(string json, string rendered)
+    {
+        // What transformers' Jinja (Python) gives for {{ x }} and {{ x | tojson }}: ints stay ints; floats as repr.
+        var template = new ChatTemplate("{{ messages[0].x }} {{ messages[0].x | tojson }}");
+        var messages = new JsonArray(new JsonObject { ["x"] = JsonNode.Parse(json) });
+        Assert.Equal(rendered, template.Render(messages, false, new Dictionary<string, object?>()));
     }
 
     [Fact]
@@ -73,6 +88,7 @@ public class ChatTemplateSpec
 }
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class ChatGenerateSpec
 {
     [Fact]

@@ -7,6 +7,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class CliSpec
 {
     static (int Code, string Error) Run(params string[] args)

@@ -7,6 +7,7 @@ namespace FateLlm.Tests;
 
 /// <summary>No Docker engine runs here: check the compose file's commands (and the example job file) against the real parsers instead.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class ComposeSpec
 {
     [Fact]

@@ -7,6 +7,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class DecoderSpec
 {
     [Theory, InlineData("gpt2"), InlineData("llama")]

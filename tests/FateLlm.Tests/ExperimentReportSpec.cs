@@ -6,6 +6,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class BootstrapSpec
 {
     [Fact]
@@ -41,6 +42,7 @@ public class BootstrapSpec
 }
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class ExperimentReportSpec
 {
     const int N = 120;
@@ -116,6 +118,7 @@ public class ExperimentReportSpec
 
 /// <summary>The paper experiment end to end on a miniature WordNet with a tiny zoo base: every setting runs, federated through the cluster.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class PaperExperimentSpec
 {
     [Fact]
@@ -149,6 +152,7 @@ public class PaperExperimentSpec
 }
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class IprReportSpec
 {
     [Fact]

@@ -14,6 +14,7 @@ namespace FateLlm.Tests;
 /// cache, and LoRA on PEFT's default targets (merge equal to W + (alpha/r)·B·A).
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class FamilyParitySpec
 {
     public static TheoryData<string> Cases => new()
@@ -90,6 +91,7 @@ public class FamilyParitySpec
 
 /// <summary>What a folder cannot be loaded as is refused in one line naming the file and the field.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class FamilyRefusalSpec
 {
     [Theory]
@@ -117,6 +119,7 @@ public class FamilyRefusalSpec
 
 /// <summary>The spec-sized form of the real-size benchmark: it runs end to end and its checkpoint loads as HF writes them.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class CheckpointBenchSpec
 {
     [Fact]

@@ -6,6 +6,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Fault points are a closed set: a misspelt point or field is refused when the node's config is loaded, not silently never fired.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class FaultInjectionSpec
 {
     static FaultInjection Load(string points) => FaultInjection.FromConfig(ConfigurationFactory.ParseString($"fate-llm.fault-injection.points = [{points}]"));

@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 
 /// <summary>FedCoLLM: the top-k KL, gradients reaching both adapters, and rounds through the cluster with an arbiter crash.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class FedCoLlmSpec
 {
     static readonly string[] Texts =
@@ -92,7 +93,7 @@ public class FedCoLlmSpec
 }
 
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class FedCoLlmFederationSpec
 {
     /// <summary>A tiny server model beside the parties' and three public lines; jobs of two rounds with 4 co-tuning steps each.</summary>

@@ -15,6 +15,7 @@ namespace FateLlm.Tests;
 
 /// <summary>FedKSeed's pure parts: directions, replay, the estimator, the wire formats, Pro and seed sampling.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class FedKSeedSpec
 {
     [Fact]
@@ -173,7 +174,7 @@ public class FedKSeedSpec
 
 /// <summary>FedKSeed through the cluster: three parties, a crash, the bytes on the wire, and the replay in other processes.</summary>
 [Trait(Tier.Key, Tier.Process)]
-[Collection(Tier.Process)]
+[Collection(Tier.InProcess)] // its federation trains in this process
 public class FedKSeedFederationSpec
 {
     [Fact]

@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 
 /// <summary>FedMKT's logit blocks and their checks, and rounds through the cluster with three tokenizers and a party killed mid-round.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class FedMktSpec
 {
     static PublicLogits Block() => new(50, 2, new Dictionary<int, string> { [3] = " cat", [7] = "s" },
@@ -81,7 +82,7 @@ public class FedMktSpec
 }
 
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class FedMktFederationSpec
 {
     internal static string SmallModel(string root, string name, string arch, string? tokenizerDir)
@@ -142,6 +143,7 @@ public class FedMktFederationSpec
 
 /// <summary>FedMKT's numerics through <see cref="FederatedSimulation"/>, no cluster.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class FedMktSimulationSpec
 {
     [Fact]

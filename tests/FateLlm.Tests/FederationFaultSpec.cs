@@ -13,7 +13,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Faults the federation must survive, injected for real: crashed actor systems, lost chunks, blackholed links, bad data.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class FederationFaultSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);

@@ -24,7 +24,7 @@ internal static class FederationFixture
         akka.cluster.gossip-interval = 250ms
         akka.cluster.leader-actions-interval = 250ms
         akka.cluster.failure-detector.heartbeat-interval = 300ms
-        akka.cluster.failure-detector.acceptable-heartbeat-pause = 2s
+        akka.cluster.failure-detector.acceptable-heartbeat-pause = 5s
         akka.cluster.failure-detector.threshold = 8.0
         akka.cluster.split-brain-resolver.stable-after = 2s
         akka.cluster.sharding.retry-interval = 200ms

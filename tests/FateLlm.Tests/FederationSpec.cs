@@ -12,7 +12,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class FederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(120);
@@ -141,7 +141,7 @@ public class FederationSpec
 }
 
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class FederationDeterminismSpec
 {
     [Fact]

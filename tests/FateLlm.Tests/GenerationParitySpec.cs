@@ -15,6 +15,7 @@ namespace FateLlm.Tests;
 /// HF's tokenizers produce (GPT-2: no BOS; LLaMA: BOS) and the greedy continuation, all computed without FateLlm.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class GenerationParitySpec
 {
     sealed record Case(string Prompt, int[] PromptIds, int[] NewIds);

@@ -10,7 +10,7 @@ namespace FateLlm.Tests;
 
 /// <summary>What an attacker can send to a node's remoting port or through the cluster does not take the node down.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class HardeningSpec
 {
     static async Task AssertAnswers(ActorSystem from, Address node)

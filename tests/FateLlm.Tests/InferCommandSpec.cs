@@ -15,7 +15,7 @@ namespace FateLlm.Tests;
 /// service nobody serves, ends with exit code 1 and the reason.
 /// </summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class InferCommandSpec
 {
     static (int Code, string Out, string Err) Run(params string[] args)

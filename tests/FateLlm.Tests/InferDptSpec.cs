@@ -7,6 +7,7 @@ namespace FateLlm.Tests;
 
 /// <summary>InferDPT's mechanism against its definition, and the kit's format and checks.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class InferDptSpec
 {
     // Six tokens in 3-D: token 0's cosines to the others fall at distinct values.

@@ -10,7 +10,7 @@ namespace FateLlm.Tests;
 
 /// <summary>FedIPR through a real (in-process) federation: keys stay on their parties, and every party verifies its own watermark.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class IprFederationSpec
 {
     [Fact]

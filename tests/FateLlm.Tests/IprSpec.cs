@@ -14,6 +14,7 @@ namespace FateLlm.Tests;
 
 /// <summary>FedIPR's pieces without a cluster: key derivation, sites, capacity bound, hinge training, the p-value, verification.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class IprSpec
 {
     static readonly byte[] SecretA = Enumerable.Range(0, 32).Select(i => (byte)i).ToArray();

@@ -18,6 +18,7 @@ namespace FateLlm.Tests;
 /// virtual time drives its watchdog and evaluation timers, so every timing below is exact and nothing sleeps.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class JobActorSpec : TestKit
 {
     readonly BlobStore _store = new(TestSupport.TempDir());

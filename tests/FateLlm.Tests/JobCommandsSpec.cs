@@ -10,7 +10,7 @@ namespace FateLlm.Tests;
 
 /// <summary>The operator's job commands against a real in-process federation: live progress with retries, the status table, JSON, cancel.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class JobCommandsSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);

@@ -12,6 +12,7 @@ namespace FateLlm.Tests;
 
 /// <summary>The typed job specification: one place for defaults, values exactly as written, the algorithm block.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class JobFileSpec
 {
     static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir(), AlgorithmCatalog.BuiltIn);

@@ -6,6 +6,7 @@ namespace FateLlm.Tests;
 
 /// <summary>A journal written by the pre-plug-in code (schema v1, committed under Fixtures/legacy-journal-v1) still recovers and finishes its job.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class LegacyJournalSpec
 {
     [Fact]

@@ -10,6 +10,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class LoraSpec
 {
     static readonly PeftConfig Lora = new() { Method = PeftMethod.Lora, LoraR = 4, LoraAlpha = 8, LoraDropout = 0 };

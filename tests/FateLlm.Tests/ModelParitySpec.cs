@@ -9,6 +9,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Checkpoints written by an independent PyTorch implementation (tests/reference/make_fixtures.py).</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class ModelParitySpec
 {
     public static TheoryData<string> Cases => new() { "gpt2", "llama-gqa", "qwen2-bias-sharded", "llama-tied-bf16" };

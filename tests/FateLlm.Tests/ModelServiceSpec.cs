@@ -12,6 +12,7 @@ namespace FateLlm.Tests;
 
 /// <summary>The model service alone: who may call it, what it refuses, its bounded queue, and the kit it serves.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class ModelServiceSpec : TestKit
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);

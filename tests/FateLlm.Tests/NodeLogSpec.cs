@@ -8,6 +8,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class NodeLogSpec : TestKit
 {
     static readonly string File = Path.Combine(TestSupport.TempDir(), "node.log");

@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Offsite tuning's pure parts: the emulator's blocks, the sub-model, and plugging adapters back in.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class OffsiteSpec
 {
     internal static bool Same(Tensor a, Tensor b) => a.eq(b).all().item<bool>();
@@ -151,7 +152,7 @@ public class OffsiteSpec
 
 /// <summary>Offsite tuning through the real cluster: parties without the full model, adapters only upward, a crash survived.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class OffsiteFederationSpec
 {
     static bool Same(Tensor a, Tensor b) => OffsiteSpec.Same(a, b);
@@ -214,6 +215,7 @@ public class OffsiteFederationSpec
 
 /// <summary>Emulator distillation on the arbiter: the emulator alone moves, the KD loss falls, and the result is cached by content.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class EmulatorDistillationSpec
 {
     [Fact]
@@ -276,6 +278,7 @@ public class EmulatorDistillationSpec
 }
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class OffsiteJobFileSpec
 {
     [Fact]

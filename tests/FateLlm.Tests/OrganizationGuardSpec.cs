@@ -11,6 +11,7 @@ namespace FateLlm.Tests;
 /// answers challenges, or not, with the certificate the spec chooses) and another records whom the guard downs.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class OrganizationGuardSpec : TestKit
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(10);

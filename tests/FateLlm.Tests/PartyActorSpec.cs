@@ -20,6 +20,7 @@ namespace FateLlm.Tests;
 /// spec, so the plug-in's per-party scripts (gates, failures) never leak between specs.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class PartyActorSpec : TestKit
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(10);

@@ -9,7 +9,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Federated PDSS through the cluster: parties train on their rationale columns and the LoRA is averaged; a party whose file lacks the column is named.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class PdssSpec
 {
     /// <summary>Each party's training file with a rationale column (every third row empty), except food's, which has none.</summary>

@@ -13,7 +13,7 @@ namespace FateLlm.Tests;
 /// between the exchanges — through the real cluster, with no change to the job, round or party actors.
 /// </summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class PluginSeamSpec
 {
     [Fact]

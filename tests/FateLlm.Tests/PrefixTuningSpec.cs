@@ -8,6 +8,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class PrefixTuningSpec
 {
     [Theory, InlineData("gpt2", false), InlineData("llama", false), InlineData("llama", true)]

@@ -7,6 +7,7 @@ namespace FateLlm.Tests;
 
 /// <summary>The RDP accountant against the values Google's dp_accounting publishes in its own tests.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class RdpAccountantSpec
 {
     [Fact]
@@ -104,6 +105,7 @@ public class RdpAccountantSpec
 }
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class ClientDpSpec
 {
     static Dictionary<string, Tensor> Update(params float[] v) => new() { ["a.lora_A.weight"] = tensor(v) };

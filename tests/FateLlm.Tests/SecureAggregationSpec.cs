@@ -5,6 +5,7 @@ namespace FateLlm.Tests;
 
 /// <summary>SecAgg+ as pure protocol code: five parties, threshold three, run step by step without a cluster.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class SecureAggregationSpec
 {
     static readonly string[] Five = ["acme", "globex", "initech", "umbrella", "wayne"];

@@ -10,7 +10,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Secure aggregation and DP through the real cluster: three parties, the actor protocol, killed parties.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class SecureFederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);

@@ -21,6 +21,7 @@ namespace FateLlm.Tests;
 /// node leave; virtual time drives re-asks and phase timeouts.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class SecureSumSpec : TestKit
 {
     static readonly string[] Orgs = ["animal", "artifact", "food"];

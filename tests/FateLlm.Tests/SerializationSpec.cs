@@ -16,6 +16,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class SerializationSpec : IDisposable
 {
     readonly ActorSystem _system = ActorSystem.Create("serialization-spec",

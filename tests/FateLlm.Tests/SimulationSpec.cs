@@ -16,6 +16,7 @@ namespace FateLlm.Tests;
 /// that the federation computes the same bits).
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class SimulationSpec
 {
     static IReadOnlyList<SimulatedParty> Parties(FederationFixture.Ground g) =>

@@ -8,7 +8,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Mutual TLS with the federation's own CA, and organizations pinned to their certificates.</summary>
 [Trait(Tier.Key, Tier.Cluster)]
-[Collection(Tier.Cluster)]
+[Collection(Tier.InProcess)]
 public class TlsSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);

@@ -7,6 +7,7 @@ namespace FateLlm.Tests;
 
 /// <summary>FedMKT's token alignment across the tokenizer families the project loads (byte, byte-level BPE, SentencePiece).</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class TokenAlignmentSpec : IClassFixture<TokenAlignmentSpec.Tokenizers>
 {
     public sealed class Tokenizers

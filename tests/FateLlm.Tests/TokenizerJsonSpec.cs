@@ -10,6 +10,7 @@ namespace FateLlm.Tests;
 /// tokenizers.js produced on the same files (tests/reference/tokenizer_expected.mjs); FateLlm runs HF's Rust library.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class TokenizerJsonSpec
 {
     static JsonElement Expected() =>
@@ -27,7 +28,7 @@ public class TokenizerJsonSpec
         var texts = e.GetProperty("texts").EnumerateArray().Select(x => x.GetString()!).ToArray();
         var want = e.GetProperty("tokenizers").GetProperty(kind);
         var tok = TokenizerLoader.Load(TestSupport.FixturePath("tokenizers", kind), null);
-        Assert.IsType<HfTokenizerJson>(tok);
+        Assert.Equal("hf-tokenizer-json", tok.Kind);
         var plain = want.GetProperty("plain").EnumerateArray().Select(Ints).ToArray();
         var withSpecials = want.GetProperty("with_specials").EnumerateArray().Select(Ints).ToArray();
         var decoded = want.GetProperty("decoded").EnumerateArray().Select(x => x.GetString()).ToArray();
@@ -83,6 +84,33 @@ public class TokenizerJsonSpec
         var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.Load(dir, null));
         Assert.Contains(message, e.Message);
         Assert.Contains(dir, e.Message);
+    }
+
+    [Fact]
+    public void A_tokenizer_with_ids_past_the_models_vocab_size_is_refused_at_load_naming_both_files()
+    {
+        var dir = Copy("llama3");
+        var config = ModelPresets.Create("llama", "tiny") with { VocabSize = 600 };
+        var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.Load(dir, config));
+        Assert.Contains($"{Path.Combine(dir, "tokenizer.json")}: the tokenizer gives ids up to 604", e.Message);
+        Assert.Contains($"{Path.Combine(dir, "config.json")} says vocab_size = 600", e.Message);
+        Assert.Equal(605, TokenizerLoader.Load(dir, config with { VocabSize = 605 }).VocabSize);
+    }
+
+    [Fact]
+    public void Decoding_cleans_up_tokenization_spaces_only_where_tokenizer_config_asks_as_hf_does()
+    {
+        const string text = "x != y , ok . I 'm";
+        var llama3 = Copy("llama3");
+        var tok = TokenizerLoader.Load(llama3, null);
+        Assert.Equal("x!= y, ok. I'm", tok.Decode(tok.Encode(text)));
+        var config = Path.Combine(llama3, TokenizerLoader.ConfigFile);
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"clean_up_tokenization_spaces\": true", "\"clean_up_tokenization_spaces\": false"));
+        tok = TokenizerLoader.Load(llama3, null);
+        Assert.Equal(text, tok.Decode(tok.Encode(text)));
+        // Unset is off, as transformers' base tokenizer defaults since its PR 31938 (tokenizers.js assumes on).
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"clean_up_tokenization_spaces\": false,", ""));
+        Assert.Equal(text, TokenizerLoader.Load(llama3, null).Decode(tok.Encode(text)));
     }
 
     [Fact]

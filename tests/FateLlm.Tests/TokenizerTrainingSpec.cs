@@ -14,6 +14,7 @@ namespace FateLlm.Tests;
 /// encoder algorithm) read them and give the same ids as FateLlm.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class TokenizerTrainingSpec : IClassFixture<TokenizerTrainingSpec.PublicCorpus>
 {
     /// <summary>The public corpus the zoo pretrains on (all of it), and both tokenizers trained on it once for the class.</summary>

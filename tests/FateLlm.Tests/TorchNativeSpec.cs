@@ -4,6 +4,7 @@ using static TorchSharp.torch;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class TorchNativeSpec
 {
     [Fact]

@@ -8,6 +8,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class TrainerSpec
 {
     static List<TokenizedExample> EightSamples()

@@ -14,6 +14,7 @@ namespace FateLlm.Tests;
 /// Virtual time makes the backoff exact.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class TrainerSupervisionSpec : TestKit
 {
     static readonly TimeSpan Min = TimeSpan.FromSeconds(1), Wait = TimeSpan.FromSeconds(10);

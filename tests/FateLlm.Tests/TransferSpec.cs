@@ -13,6 +13,7 @@ namespace FateLlm.Tests;
 /// corrupted, or never), with virtual time for the chunk timeout; the blob server is checked against a probe client.
 /// </summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class TransferSpec : TestKit
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(10), ChunkTimeout = TimeSpan.FromSeconds(5);

@@ -16,6 +16,7 @@ namespace FateLlm.Tests;
 
 /// <summary>Hostile and broken updates reach a real round: each is refused before it touches the aggregate, and the round goes on.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class UpdateValidationSpec
 {
     static Dictionary<string, Tensor> Adapter(float v) => new() { ["m.lora_A.weight"] = full(4, 8, v), ["m.lora_B.weight"] = full(8, 4, v) };

@@ -5,6 +5,7 @@ using Xunit;
 namespace FateLlm.Tests;
 
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class WordNetSpec
 {
     [Fact]

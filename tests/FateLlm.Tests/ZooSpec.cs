@@ -10,6 +10,7 @@ namespace FateLlm.Tests;
 
 /// <summary>The model zoo with tiny recipes on a miniature WordNet: CI never pretrains the real zoo.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public class ZooSpec
 {
     const int Dev = 10;

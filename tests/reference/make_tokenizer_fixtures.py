@@ -178,14 +178,14 @@ if __name__ == "__main__":
     tok, ids = byte_level(bpe_dir, LLAMA3_REGEX, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], None)
     tok["post_processor"] = {"type": "Sequence", "processors": [tok["post_processor"], template("<|begin_of_text|>", ids["<|begin_of_text|>"])]}
     write("llama3", tok, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                          "model_max_length": 131072, "chat_template": LLAMA3_TEMPLATE})
+                          "model_max_length": 131072, "clean_up_tokenization_spaces": True, "chat_template": LLAMA3_TEMPLATE})
     tok, ids = byte_level(bpe_dir, QWEN2_REGEX, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], {"type": "NFC"})
     write("qwen2", tok, {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-                         "errors": "replace", "model_max_length": 131072, "chat_template": QWEN25_TEMPLATE})
+                         "errors": "replace", "model_max_length": 131072, "clean_up_tokenization_spaces": False, "chat_template": QWEN25_TEMPLATE})
     tok, sp = spm_bpe(spm_dir)
     write("mistral", tok, {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "bos_token": sp.id_to_piece(sp.bos_id()),
                            "eos_token": sp.id_to_piece(sp.eos_id()), "unk_token": sp.id_to_piece(sp.unk_id()), "legacy": True,
-                           "chat_template": MISTRAL_TEMPLATE})
+                           "clean_up_tokenization_spaces": False, "chat_template": MISTRAL_TEMPLATE})
     with open(os.path.join(OUT, "chat_templates.json"), "w", encoding="utf-8") as f:
         json.dump({"llama3": LLAMA3_TEMPLATE, "qwen2.5": QWEN25_TEMPLATE, "mistral": MISTRAL_TEMPLATE, "phi3": PHI3_TEMPLATE, "gemma": GEMMA_TEMPLATE},
                   f, ensure_ascii=False, indent=1)

@@ -26,6 +26,8 @@ export const TEXTS = [
   "x = [1,2,3]; print(f'{x!r:>10}')",
   "special <|eot_id|> and <|im_end|> and [INST] inside text",
   "e\u0301 composed differently from é",
+  // transformers' clean_up_tokenization at decode, on where tokenizer_config.json sets clean_up_tokenization_spaces
+  "if (x != null) { say 'hi' , then stop . } Really ? Yes ! I 'm sure it 's done ; we 've , they 're , don 't ' quote",
   "",
 ];
 
@@ -45,6 +47,12 @@ const MESSAGES = {
     { role: "user", content: "Weather in Paris?" },
     { role: "assistant", content: "", tool_calls: [{ type: "function", function: { name: "get_weather", arguments: { city: "Paris", unit: "c" } } }] },
     { role: "tool", content: "{\"temp\": 21}" },
+    { role: "user", content: "Thanks" },
+  ],
+  // integers stay integers (7, not 7.0) in a tool call's arguments, as Python's json and HF's jinja render them
+  numbers: [
+    { role: "user", content: "Forecast?" },
+    { role: "assistant", content: "", tool_calls: [{ type: "function", function: { name: "forecast", arguments: { days: 7, scores: [1, 2.5, -3], p: 0.1 } } }] },
     { role: "user", content: "Thanks" },
   ],
 };
