@@ -67,7 +67,9 @@ public class JobCommandsSpec
         Assert.Contains("round 1/2 attempt 1, exchange 1 collect:", output);
         Assert.Contains("✓", output);
         Assert.Contains("round 1: attempt 1 failed (the round did not report back within its budget for stage 'collect' (10 s); the arbiter lost it); it is retried", output);
-        Assert.Contains("round 1/2 attempt 2, exchange 1 collect:", output);
+        // Progress is polled every 500 ms: attempt 1's collect lasts the 10 s budget and is always seen; attempt 2's may
+        // end between two polls (a quiet CI run missed it), so the retry shows in the round's own line.
+        Assert.Contains("round 1/2 (attempt 2)", output);
         Assert.Contains("round 2/2 (attempt 1)", output);
         Assert.Contains("job retried: Completed, 2/2 rounds", output);
         // The job ran with the template as written, its trailing newline included.
