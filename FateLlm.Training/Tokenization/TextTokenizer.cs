@@ -172,14 +172,14 @@ public static class TokenizerLoader
         var tok = Pick(folder, tc, config);
         // An id past the embedding would fail every party deep inside libtorch ("index out of range in self"): refused here.
         if (config is not null && tok.VocabSize > config.VocabSize)
-            throw new ModelFormatException($"{Path.Combine(folder, FileOf(folder, tok))}: the tokenizer gives ids up to {tok.VocabSize - 1}, but "
+            throw new ModelFormatException($"{Path.Combine(folder, FileOf(tok))}: the tokenizer gives ids up to {tok.VocabSize - 1}, but "
                 + $"{Path.Combine(folder, HfCheckpoint.ConfigFile)} says vocab_size = {config.VocabSize}, so the model has no embedding for ids {config.VocabSize} and above; "
                 + "use the tokenizer the weights were trained with, or a config whose vocab_size covers it");
         // HF's decode does this when the folder asks for it (Llama 3 does; Qwen3 and Gemma 3 do not; unset is off, as transformers defaults).
         return Flag(tc, "clean_up_tokenization_spaces", false) ? new TokenizationSpacesCleanedUp(tok) : tok;
     }
 
-    static string FileOf(string folder, ITextTokenizer tok) => tok switch
+    static string FileOf(ITextTokenizer tok) => tok switch
     {
         HfTokenizerJson => HfTokenizerJson.FileName,
         SentencePieceTextTokenizer => "tokenizer.model",

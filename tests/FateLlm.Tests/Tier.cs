@@ -8,9 +8,9 @@ namespace FateLlm.Tests;
 /// actor system), <c>cluster</c> (an in-process federation) and <c>process</c> (real child processes or a browser).
 /// A developer runs the fast tier with <c>dotnet test --filter tier=fast</c>. Two test collections, run side by side:
 /// <see cref="InProcess"/> (fast and cluster classes and any class hosting a federation, one after another, as before)
-/// and <see cref="Process"/> (classes whose work is in child processes). Torch work of two classes never overlaps in the test process: TorchSharp frees a temporary
-/// Scalar from the finalizer thread, possibly while a native call still reads it, and concurrent training in one process
-/// made that race fail a run (docs/operations.md).
+/// and <see cref="Process"/> (classes whose work is in child processes). Torch work of two classes never overlaps in the
+/// test process: TorchSharp frees a temporary Scalar from the finalizer thread, possibly while a native call still reads
+/// it, and concurrent training in one process made that race fail a run (docs/operations.md).
 /// </summary>
 public static class Tier
 {
@@ -49,7 +49,5 @@ public class TierSpec
         t.GetCustomAttributesData().Where(a => a.AttributeType == typeof(TraitAttribute) && (string?)a.ConstructorArguments[0].Value == Tier.Key)
             .Select(a => (string?)a.ConstructorArguments[1].Value).FirstOrDefault();
 
-    static bool HasTier(Type t) =>
-        t.GetCustomAttributesData().Where(a => a.AttributeType == typeof(TraitAttribute))
-            .Any(a => (string?)a.ConstructorArguments[0].Value == Tier.Key && (string?)a.ConstructorArguments[1].Value is Tier.Fast or Tier.Cluster or Tier.Process);
+    static bool HasTier(Type t) => TierOf(t) is Tier.Fast or Tier.Cluster or Tier.Process;
 }
