@@ -59,16 +59,6 @@ public sealed class NetworkSpec : IDisposable
         return (process, console);
     }
 
-    static async Task Until(Func<bool> condition, TimeSpan within, string what)
-    {
-        var deadline = DateTime.UtcNow + within;
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < deadline, $"timed out waiting for {what}");
-            await Task.Delay(100);
-        }
-    }
-
     [Fact]
     public async Task Nodes_on_separate_hosts_form_the_federation_by_address_and_a_party_whose_link_is_cut_and_restored_mid_round_carries_on()
     {
@@ -94,7 +84,7 @@ public sealed class NetworkSpec : IDisposable
         var (_, arbiter) = Run("arbiter", "arbiter", ["arbiter", "--seed", seed, .. Node("arbiter")]);
         foreach (var org in FederationFixture.Orgs)
             Run(org, org, ["party", "--org", org, "--seed", seed, "--data", "train=" + g.Datasets[org]["train"], "--data", "dev=" + g.Datasets[org]["dev"], .. Node(org)]);
-        await Until(() => arbiter.ToString().Split('\n').Count(l => l.Contains("member up: party")) == 3, TimeSpan.FromSeconds(90), "three parties up at the arbiter");
+        await TestSupport.Until(() => arbiter.ToString().Split('\n').Count(l => l.Contains("member up: party")) == 3, TimeSpan.FromSeconds(90), "three parties up at the arbiter");
         Assert.Contains($"party food at akka.tcp://fate-llm@{Subnet}.5:", arbiter.ToString()); // advertised by address, not 127.0.0.1
 
         var job = Path.Combine(g.Root, "job.conf");
@@ -115,14 +105,14 @@ public sealed class NetworkSpec : IDisposable
             """);
         // The client finds its own address toward the seed (10.213.0.6): the cluster reaches it back there.
         var (submit, progress) = Run("job submit", "client", ["job", "submit", job, "--seed", seed, "--wait"]);
-        await Until(() => progress.ToString().Contains("round 2/3 attempt 1, exchange 1 collect"), TimeSpan.FromMinutes(4), "round 2 to begin");
+        await TestSupport.Until(() => progress.ToString().Contains("round 2/3 attempt 1, exchange 1 collect"), TimeSpan.FromMinutes(4), "round 2 to begin");
         Ip("link", "set", links["food"], "down");
-        await Until(() => arbiter.ToString().Contains("member unreachable: party food"), TimeSpan.FromSeconds(60), "the arbiter to see food unreachable");
+        await TestSupport.Until(() => arbiter.ToString().Contains("member unreachable: party food"), TimeSpan.FromSeconds(60), "the arbiter to see food unreachable");
         Ip("link", "set", links["food"], "up");
-        await Until(() => submit.HasExited, TimeSpan.FromMinutes(5), "the job to finish");
+        await TestSupport.Until(() => submit.HasExited, TimeSpan.FromMinutes(5), "the job to finish");
         Assert.True(submit.ExitCode == 0, progress.ToString());
         Assert.Contains("job network: Completed, 3/3 rounds", progress.ToString());
-        await Until(() => arbiter.ToString().Contains("member reachable again: party food"), TimeSpan.FromSeconds(30), "food to be reachable again");
+        await TestSupport.Until(() => arbiter.ToString().Contains("member reachable again: party food"), TimeSpan.FromSeconds(30), "food to be reachable again");
         Assert.False(_nodes.Single(n => n.Name == "food").Process.HasExited, "food was not downed by a short outage");
         // After the outage food trains again: its line in round 3's report shows losses, not a dropout.
         var round3 = progress.ToString()[progress.ToString().IndexOf("round 3/3 (attempt", StringComparison.Ordinal)..];

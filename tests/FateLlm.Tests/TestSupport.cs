@@ -27,6 +27,18 @@ internal static class TestSupport
         throw new FileNotFoundException(name);
     }
 
+    /// <summary>Polls <paramref name="condition"/> (a child process's output, a file) until it holds, failing with
+    /// <paramref name="what"/> after <paramref name="within"/>: for what no actor event announces.</summary>
+    public static async Task Until(Func<bool> condition, TimeSpan within, string what)
+    {
+        var deadline = DateTime.UtcNow + within;
+        while (!condition())
+        {
+            Xunit.Assert.True(DateTime.UtcNow < deadline, $"timed out waiting for {what}");
+            await Task.Delay(100);
+        }
+    }
+
     public static string TempDir()
     {
         var d = Path.Combine(Path.GetTempPath(), "fatellm-tests", Guid.NewGuid().ToString("N"));

@@ -106,21 +106,12 @@ public sealed class WalkthroughSpec : IDisposable
         Assert.Equal(1, again.ExitCode);
         Assert.Matches(@"error: organization 'nature' is already served by node akka\.tcp://fate-llm@127\.0\.0\.1:\d+; this node is refused and leaves the cluster", againConsole.ToString());
         var first = _nodes.Single(n => n.Name == "party --org nature");
-        await Until(() => first.Console.ToString().Contains("claims organization 'nature', which this node serves; it is refused"));
+        await TestSupport.Until(() => first.Console.ToString().Contains("claims organization 'nature', which this node serves; it is refused"),
+            TimeSpan.FromSeconds(30), "the first node to refuse the duplicate");
         foreach (var (name, process, console) in _nodes)
         {
             Assert.False(process.HasExited, $"{name} stopped early:\n{console}");
             AssertCalm(name, console.ToString());
-        }
-    }
-
-    static async Task Until(Func<bool> condition)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < deadline, "timed out");
-            await Task.Delay(100);
         }
     }
 
