@@ -59,12 +59,15 @@ public abstract class CausalLm : nn.Module
         // HF + PEFT pass the prefix as past key/values, so real tokens start at position num_virtual_tokens; match it
         // so an exported prefix adapter behaves the same in transformers.
         if (prefixLen > 0) positions = positions.add(prefixLen);
+        var layers = Enumerable.Range(0, Config.NumLayers);
+        Tensor? MaskFor(int? window) => DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device, window);
         var step = new DecoderStep
         {
             Positions = positions,
             Cache = cache,
             Prefix = prefix,
-            Mask = DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device, Config.SlidingWindow),
+            Mask = layers.All(Config.IsSliding) ? null : MaskFor(null),
+            LocalMask = layers.Any(Config.IsSliding) ? MaskFor(Config.SlidingWindow) : null,
             CaptureAfter = captureAfter,
         };
         var logits = ForwardCore(inputIds, step);

@@ -8,8 +8,10 @@ internal sealed class DecoderStep
     public required Tensor Positions { get; init; }
     public required KvCache? Cache { get; init; }
     public required IReadOnlyList<(Tensor Key, Tensor Value)>? Prefix { get; init; }
-    /// <summary>Boolean [b|1, 1, S, keys] mask (true = may attend), or null for the plain causal case.</summary>
+    /// <summary>Boolean [b|1, 1, S, keys] mask (true = may attend) of global layers, or null for the plain causal case.</summary>
     public required Tensor? Mask { get; init; }
+    /// <summary>The same with the sliding window, for layers that attend through it.</summary>
+    public Tensor? LocalMask { get; init; }
     /// <summary>When set, the hidden state after this block is kept in <see cref="Captured"/> (emulator distillation).</summary>
     public int? CaptureAfter { get; init; }
     public Tensor? Captured { get; set; }
@@ -19,9 +21,11 @@ internal sealed class DecoderStep
         if (block == CaptureAfter) Captured = x;
         return x;
     }
-    /// <summary>Rotary tables, filled by families that use RoPE.</summary>
+    /// <summary>Rotary tables, filled by families that use RoPE; the local ones for sliding layers with their own base (Gemma 3).</summary>
     public Tensor? Cos { get; set; }
     public Tensor? Sin { get; set; }
+    public Tensor? LocalCos { get; set; }
+    public Tensor? LocalSin { get; set; }
 
     /// <summary>Joins prefix, cached and new keys/values, stores the real (non-prefix) part back into the cache.</summary>
     public (Tensor Key, Tensor Value) Extend(int layer, Tensor k, Tensor v)
@@ -45,8 +49,12 @@ internal sealed class DecoderStep
         return (k, v);
     }
 
-    /// <summary>Scaled dot-product attention; kv heads are repeated for grouped-query attention as HF's repeat_kv does.</summary>
-    public Tensor Attend(Tensor q, Tensor k, Tensor v)
+    /// <summary>
+    /// Scaled dot-product attention; kv heads are repeated for grouped-query attention as HF's repeat_kv does.
+    /// <paramref name="scale"/> replaces 1/√d (Gemma 2/3); <paramref name="softcap"/> caps scores as Gemma 2's eager
+    /// attention does, which the fused kernel cannot.
+    /// </summary>
+    public Tensor Attend(Tensor q, Tensor k, Tensor v, bool local = false, double? scale = null, double? softcap = null)
     {
         var rep = q.shape[1] / k.shape[1];
         if (rep > 1)
@@ -54,9 +62,20 @@ internal sealed class DecoderStep
             k = k.repeat_interleave(rep, dim: 1);
             v = v.repeat_interleave(rep, dim: 1);
         }
-        return Mask is null
+        var mask = local ? LocalMask : Mask;
+        if (softcap is double cap)
+        {
+            var scores = q.matmul(k.transpose(-1, -2)).mul(scale ?? 1 / Math.Sqrt(q.shape[^1]));
+            scores = scores.div(cap).tanh().mul(cap);
+            // A null mask is the plain causal case: no cache and no prefix, so queries and keys are the same positions.
+            var allowed = mask ?? ones(q.shape[2], k.shape[2], dtype: ScalarType.Bool, device: q.device).tril();
+            scores = scores.masked_fill(allowed.logical_not(), float.MinValue);
+            return nn.functional.softmax(scores, -1, ScalarType.Float32).to_type(q.dtype).matmul(v);
+        }
+        if (scale is double s) q = q.mul(s * Math.Sqrt(q.shape[^1])); // the kernel divides by √d
+        return mask is null
             ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)
-            : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: Mask);
+            : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: mask);
     }
 
     /// <summary>

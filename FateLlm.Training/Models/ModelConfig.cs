@@ -37,28 +37,43 @@ public sealed record ModelConfig
     public RopeScaling Rope { get; init; } = new();
     /// <summary>Leading dimensions of each head that RoPE rotates (Phi-3's <c>partial_rotary_factor</c>); the rest pass through.</summary>
     public int RotaryDim { get; init; }
-    /// <summary>Keys further back than this many positions are masked (Mistral, Phi-3 <c>sliding_window</c>).</summary>
+    /// <summary>Keys further back than this many positions are masked (Mistral, Phi-3, Gemma 2/3 <c>sliding_window</c>).</summary>
     public int? SlidingWindow { get; init; }
+    /// <summary>Which layers the window applies to (Gemma 2/3 <c>layer_types</c>); null: every layer, when there is a window.</summary>
+    public IReadOnlyList<bool>? SlidingLayers { get; init; }
+    /// <summary>Gemma 3: the RoPE base of sliding layers, which are never rope-scaled (<c>rope_local_base_freq</c>).</summary>
+    public double? LocalRopeTheta { get; init; }
+    /// <summary>Qwen3, Gemma 3: RMSNorm over each query and key head before RoPE (<c>q_norm</c>, <c>k_norm</c>).</summary>
+    public bool QkNorm { get; init; }
+    /// <summary>Gemma 2/3: norms after attention and around the MLP as well as before (<c>pre/post_feedforward_layernorm</c>).</summary>
+    public bool SandwichNorms { get; init; }
+    /// <summary>Attention score scale when it is not 1/√head_dim (Gemma 2/3 <c>query_pre_attn_scalar</c>^−½).</summary>
+    public double? AttentionScale { get; init; }
+    /// <summary>Gemma 2: scores become cap·tanh(score/cap) before the mask (<c>attn_logit_softcapping</c>).</summary>
+    public double? AttentionSoftcap { get; init; }
+    /// <summary>Gemma 2: logits become cap·tanh(logit/cap) (<c>final_logit_softcapping</c>).</summary>
+    public double? FinalSoftcap { get; init; }
     /// <summary>Phi-3: one <c>qkv_proj</c> and one <c>gate_up_proj</c> instead of separate projections.</summary>
     public bool FusedProjections { get; init; }
-    /// <summary>Gemma: RMSNorm multiplies by (1 + w), and embeddings are scaled by √hidden.</summary>
+    /// <summary>Gemma 1/2/3: RMSNorm multiplies by (1 + w), and embeddings are scaled by √hidden.</summary>
     public bool GemmaNorm { get; init; }
     public int? BosTokenId { get; init; }
     public int? EosTokenId { get; init; }
     public int? PadTokenId { get; init; }
     public JsonObject Raw { get; init; } = new();
 
-    public static readonly string[] SupportedModelTypes = ["gpt2", "llama", "qwen2", "mistral", "phi3", "gemma"];
+    public static readonly string[] SupportedModelTypes = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3_text"];
+
+    /// <summary>Whether layer <paramref name="layer"/> attends through the sliding window.</summary>
+    public bool IsSliding(int layer) => SlidingWindow is not null && (SlidingLayers is null || SlidingLayers[layer]);
 
     // Families whose attention or layers differ from what is implemented: refused with the reason, not loaded wrongly.
     static readonly Dictionary<string, string> Refused = new()
     {
-        ["gemma2"] = "logit soft-capping, sandwich norms and alternating sliding-window layers are not implemented",
-        ["gemma3"] = "QK-norm, local/global layers with two RoPE bases are not implemented",
-        ["gemma3_text"] = "QK-norm, local/global layers with two RoPE bases are not implemented",
+        ["gemma3"] = "the multimodal Gemma 3 (a vision tower, the text model under language_model.*) is not implemented; text-only gemma3_text checkpoints (Gemma-3-1b) are",
         ["phi"] = "Phi-1/2 (parallel attention and MLP, LayerNorm, partial RoPE dense layer) is not implemented; Phi-3 is",
         ["phi3small"] = "block-sparse attention is not implemented",
-        ["qwen3"] = "per-head QK RMSNorm is not implemented",
+        ["qwen3_moe"] = "mixture-of-experts layers are not implemented",
         ["mixtral"] = "mixture-of-experts layers are not implemented",
         ["qwen2_moe"] = "mixture-of-experts layers are not implemented",
     };
@@ -111,15 +126,20 @@ public sealed record ModelConfig
         if (partial is <= 0 or > 1) throw new ModelFormatException($"{origin}: field 'partial_rotary_factor' = {partial} must be in (0, 1]");
         var rotaryDim = (int)(headDim * partial);
         var maxPositions = Int(o, "max_position_embeddings") ?? 2048;
-        // Qwen2 declares a window but applies it only with use_sliding_window, and then only above max_window_layers.
-        if (type == "qwen2" && Bool(o, "use_sliding_window") == true)
-            throw new ModelFormatException($"{origin}: field 'use_sliding_window' = true is not supported for qwen2 (per-layer windows from 'max_window_layers'); Qwen2.5 releases set it false");
-        int? window = type is "mistral" or "phi3" ? Int(o, "sliding_window") : null;
+        // Qwen2/3 declare a window but apply it only with use_sliding_window, and then only above max_window_layers.
+        if (type is "qwen2" or "qwen3" && Bool(o, "use_sliding_window") == true)
+            throw new ModelFormatException($"{origin}: field 'use_sliding_window' = true is not supported for {type} (per-layer windows from 'max_window_layers'); the Qwen2.5 and Qwen3 releases set it false");
+        var sandwich = type is "gemma2" or "gemma3_text";
+        int? window = type is "mistral" or "phi3" || sandwich ? Int(o, "sliding_window") : null;
         if (window is <= 0) throw new ModelFormatException($"{origin}: field 'sliding_window' = {window} must be positive");
-        foreach (var field in new[] { "attn_logit_softcapping", "final_logit_softcapping" })
-            if (Dbl(o, field) is double cap && cap > 0)
-                throw new ModelFormatException($"{origin}: field '{field}' = {cap} (logit soft-capping) is not supported");
-        var gemma = type == "gemma";
+        double? Cap(string field) => Dbl(o, field) switch
+        {
+            null or 0 => null,
+            double cap when !sandwich => throw new ModelFormatException($"{origin}: field '{field}' = {cap} (logit soft-capping) is not supported for {type}"),
+            < 0 and var cap => throw new ModelFormatException($"{origin}: field '{field}' = {cap} must be positive"),
+            var cap => cap,
+        };
+        var gemma = type is "gemma" || sandwich;
         var cfg = new ModelConfig
         {
             ModelType = type, Raw = o,
@@ -133,9 +153,16 @@ public sealed record ModelConfig
             Rope = RopeScaling.Parse(o, rotaryDim, maxPositions, origin),
             RotaryDim = rotaryDim,
             SlidingWindow = window,
+            SlidingLayers = sandwich && window is not null ? LayerTypes(o, type, Req("num_hidden_layers"), origin) : null,
+            LocalRopeTheta = type == "gemma3_text" ? Dbl(o, "rope_local_base_freq") ?? 10000.0 : null,
+            QkNorm = type is "qwen3" or "gemma3_text",
+            SandwichNorms = sandwich,
+            AttentionScale = sandwich ? Math.Pow(Dbl(o, "query_pre_attn_scalar") ?? headDim, -0.5) : null,
+            AttentionSoftcap = Cap("attn_logit_softcapping"),
+            FinalSoftcap = Cap("final_logit_softcapping"),
             FusedProjections = type == "phi3",
             GemmaNorm = gemma,
-            // Gemma always ties its head; transformers' GemmaConfig defaults it true.
+            // Gemma always ties its head; transformers' Gemma configs default it true.
             TieWordEmbeddings = Bool(o, "tie_word_embeddings") ?? gemma,
             QkvBias = type == "qwen2" || attnBias,
             OutputBias = type != "qwen2" && attnBias,
@@ -150,6 +177,28 @@ public sealed record ModelConfig
         return cfg;
     }
 
+    /// <summary>
+    /// Gemma 2/3: <c>layer_types</c> when the config lists them, else what transformers derives: every
+    /// <c>sliding_window_pattern</c>-th layer global (Gemma 3, pattern 6 by default), every second one (Gemma 2).
+    /// </summary>
+    static IReadOnlyList<bool> LayerTypes(JsonObject o, string type, int layers, string origin)
+    {
+        if (o["layer_types"] is JsonArray listed)
+        {
+            if (listed.Count != layers)
+                throw new ModelFormatException($"{origin}: field 'layer_types' lists {listed.Count} layers but num_hidden_layers is {layers}");
+            return listed.Select((t, i) => (t is JsonValue v && v.TryGetValue<string>(out var name) ? name : null) switch
+            {
+                "sliding_attention" => true,
+                "full_attention" => false,
+                _ => throw new ModelFormatException($"{origin}: field 'layer_types[{i}]' = {listed[i]?.ToJsonString()} must be 'sliding_attention' or 'full_attention'"),
+            }).ToArray();
+        }
+        var pattern = type == "gemma3_text" ? Int(o, "sliding_window_pattern") ?? 6 : 2;
+        if (pattern < 1) throw new ModelFormatException($"{origin}: field 'sliding_window_pattern' = {pattern} must be at least 1");
+        return Enumerable.Range(0, layers).Select(i => (i + 1) % pattern != 0).ToArray();
+    }
+
     /// <summary>Writes config.json: the original fields, plus <c>architectures</c> and <c>torch_dtype</c> when absent.</summary>
     public void Save(string path)
     {
@@ -157,7 +206,8 @@ public sealed record ModelConfig
         o["architectures"] ??= new JsonArray(Family == ModelFamily.Gpt2 ? "GPT2LMHeadModel"
             : ModelType switch
             {
-                "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma" => "GemmaForCausalLM",
+                "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "phi3" => "Phi3ForCausalLM",
+                "gemma" => "GemmaForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3_text" => "Gemma3ForCausalLM",
                 _ => "LlamaForCausalLM",
             });
         o["torch_dtype"] ??= "float32";
@@ -174,7 +224,8 @@ public sealed record ModelConfig
         }
         var attn = h * q + 2 * h * kv + q * h + (QkvBias ? q + 2 * kv : 0) + (OutputBias ? h : 0);
         var mlp = 3 * h * i + (MlpBias ? 2 * i + h : 0);
-        return v * h + L * (attn + mlp + 2 * h) + h + (TieWordEmbeddings ? 0 : v * h);
+        var norms = (SandwichNorms ? 4 : 2) * h + (QkNorm ? 2L * HeadDim : 0);
+        return v * h + L * (attn + mlp + norms) + h + (TieWordEmbeddings ? 0 : v * h);
     }
 
     static string? Str(JsonObject o, string n) => o[n] is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;

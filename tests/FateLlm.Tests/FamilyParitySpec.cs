@@ -19,7 +19,7 @@ public class FamilyParitySpec
 {
     public static TheoryData<string> Cases => new()
     {
-        "llama3", "qwen2.5", "mistral", "phi3", "phi3.5-longrope", "gemma",
+        "llama3", "qwen2.5", "qwen3", "mistral", "phi3", "phi3.5-longrope", "gemma", "gemma2", "gemma3",
         "rope-linear", "rope-dynamic", "rope-yarn", "rope-yarn-mscale",
     };
 
@@ -95,13 +95,15 @@ public class FamilyParitySpec
 public class FamilyRefusalSpec
 {
     [Theory]
-    [InlineData("gemma", "\"model_type\": \"gemma\"", "\"model_type\": \"gemma2\"", "model_type 'gemma2' is not supported: logit soft-capping")]
+    [InlineData("gemma3", "\"model_type\": \"gemma3_text\"", "\"model_type\": \"gemma3\"", "model_type 'gemma3' is not supported: the multimodal Gemma 3")]
+    [InlineData("qwen3", "\"use_sliding_window\": false", "\"use_sliding_window\": true", "field 'use_sliding_window' = true is not supported for qwen3")]
+    [InlineData("gemma3", "\"sliding_window_pattern\": 3,", "\"layer_types\": [\"sliding_attention\", \"full_attention\"],", "field 'layer_types' lists 2 layers but num_hidden_layers is 4")]
     [InlineData("llama3", "\"rope_type\": \"llama3\"", "\"rope_type\": \"ntk-by-parts\"", "field 'rope_scaling.rope_type' = 'ntk-by-parts' is not supported")]
     [InlineData("llama3", "\"low_freq_factor\": 1.0,", "", "field 'rope_scaling.low_freq_factor' is missing for rope_type 'llama3'")]
     [InlineData("qwen2.5", "\"use_sliding_window\": false", "\"use_sliding_window\": true", "field 'use_sliding_window' = true is not supported for qwen2")]
     [InlineData("phi3.5-longrope", "\"long_factor\": [", "\"long_factor\": [9.0, ", "field 'rope_scaling.long_factor' has 4 values but the rotary dimension 6 needs 3")]
     [InlineData("mistral", "\"sliding_window\": 5", "\"sliding_window\": 0", "field 'sliding_window' = 0 must be positive")]
-    [InlineData("gemma", "\"rope_theta\": 10000.0,", "\"rope_theta\": 10000.0, \"final_logit_softcapping\": 30.0,", "field 'final_logit_softcapping' = 30 (logit soft-capping) is not supported")]
+    [InlineData("gemma", "\"rope_theta\": 10000.0,", "\"rope_theta\": 10000.0, \"final_logit_softcapping\": 30.0,", "field 'final_logit_softcapping' = 30 (logit soft-capping) is not supported for gemma")]
     public void An_unsupported_config_is_refused_naming_file_and_field(string fixture, string find, string replace, string message)
     {
         var dir = TestSupport.TempDir();

@@ -85,6 +85,18 @@ public class OffsiteSpec
     }
 
     [Fact]
+    public void A_sub_model_of_a_gemma3_keeps_each_blocks_sliding_or_global_attention()
+    {
+        // Full model: blocks 0, 1, 3 slide and block 2 is global (pattern 3); the sub-model keeps 0, 1 and 3, which
+        // renumbered as 0, 1, 2 would make its last block global if the pattern were derived again.
+        var full = ModelConfig.Load(TestSupport.FixturePath("families", "gemma3", "config.json"));
+        Assert.Equal([true, true, false, true], full.SlidingLayers);
+        var sub = SubModel.Config(full, EmulatorPlan.Choose(4, 1, 1, 1));
+        Assert.Equal(3, sub.NumLayers);
+        Assert.Equal([true, true, true], sub.SlidingLayers);
+    }
+
+    [Fact]
     public void A_smaller_emulator_keeps_every_tensor_a_forward_needs_including_an_untied_head()
     {
         var full = TinyModel(tied: false);

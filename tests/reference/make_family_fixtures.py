@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Writes the model-family parity fixtures under tests/FateLlm.Tests/Fixtures/families: for each family FateLlm
-loads (Llama 3.x, Qwen2.5, Mistral, Phi-3, Gemma) and each rope_scaling type (linear, dynamic, llama3, yarn,
+loads (Llama 3.x, Qwen2.5, Qwen3, Mistral, Phi-3, Gemma, Gemma 2, Gemma 3) and each rope_scaling type (linear, dynamic, llama3, yarn,
 longrope), a checkpoint whose config.json has that family's real shape scaled down, plus
   expected.json   logits of a batch, and the greedy continuation of a prompt with a KV cache, as
                   generate(do_sample=False) computes it (keys cached as rotated when they were computed);
   lora.safetensors LoRA factors for the family's PEFT default targets, the merged weights W + (alpha/r)·B·A and the
                   logits of the adapted model.
-Everything here is an independent PyTorch implementation of HF's modeling_{llama,qwen2,mistral,phi3,gemma} and
+Everything here is an independent PyTorch implementation of HF's modeling_{llama,qwen2,qwen3,mistral,phi3,gemma,gemma2,gemma3} and
 modeling_rope_utils formulas; FateLlm's code is not used. Dev-only (python3-torch); CI uses the committed output.
 Run: /usr/bin/python3 tests/reference/make_family_fixtures.py"""
 import json, math, os, sys
@@ -109,27 +109,58 @@ def act(name, x):
     return {"silu": F.silu, "gelu_pytorch_tanh": lambda t: F.gelu(t, approximate="tanh"), "gelu": F.gelu}[name](x)
 
 
+GEMMA_NORM = ("gemma", "gemma2", "gemma3_text")
+
+
+def sliding_layers(cfg):
+    """Which layers attend through the sliding window: HF's layer_types, or what each config class derives."""
+    kind, L = cfg["model_type"], cfg["num_hidden_layers"]
+    if kind in ("mistral", "phi3"):
+        return [bool(cfg.get("sliding_window"))] * L
+    if kind in ("gemma2", "gemma3_text"):
+        if cfg.get("layer_types"):
+            return [t == "sliding_attention" for t in cfg["layer_types"]]
+        pattern = cfg.get("sliding_window_pattern", 6) if kind == "gemma3_text" else 2
+        return [bool((i + 1) % pattern) for i in range(L)]
+    return [False] * L
+
+
+def rope_tables(cfg, pos, seq_len, local):
+    if local:  # Gemma 3's sliding layers: their own base, never scaled
+        inv, scale = plain_inv_freq(cfg["rope_local_base_freq"], rotary_dim(cfg)), 1.0
+    else:
+        inv, scale = inv_freq_and_scale(cfg, seq_len)
+    freqs = torch.outer(pos.float(), inv)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * scale)[None, None], (emb.sin() * scale)[None, None]
+
+
+def softcap(x, cap):
+    return torch.tanh(x / cap) * cap if cap else x
+
+
 def forward(sd, cfg, ids, cache=None):
     """Logits of ids placed after the cached positions; cache is a list of (k, v) per layer, extended in place."""
     kind = cfg["model_type"]
-    gemma, phi3 = kind == "gemma", kind == "phi3"
+    gemma, phi3 = kind in GEMMA_NORM, kind == "phi3"
+    sandwich = kind in ("gemma2", "gemma3_text")
     n, H = cfg["hidden_size"], cfg["num_attention_heads"]
     KV = cfg.get("num_key_value_heads", H)
     d = cfg.get("head_dim") or n // H
     B, T = ids.shape
     past = cache[0][0].shape[2] if cache and cache[0] is not None else 0
     pos = torch.arange(past, past + T)
-    inv, scale = inv_freq_and_scale(cfg, past + T)
-    freqs = torch.outer(pos.float(), inv)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = (emb.cos() * scale)[None, None], (emb.sin() * scale)[None, None]
+    tables = {False: rope_tables(cfg, pos, past + T, False)}
+    if kind == "gemma3_text":
+        tables[True] = rope_tables(cfg, pos, past + T, True)
     q_idx, k_idx = pos[:, None], torch.arange(past + T)[None, :]
-    allowed = k_idx <= q_idx
-    window = cfg.get("sliding_window") if kind in ("mistral", "phi3") else None
-    if window:
-        allowed &= k_idx > q_idx - window
+    causal = k_idx <= q_idx
+    window = cfg.get("sliding_window")
+    local_allowed = causal & (k_idx > q_idx - window) if window else causal
+    sliding = sliding_layers(cfg)
     act_name = cfg.get("hidden_activation") or "gelu_pytorch_tanh" if gemma else cfg.get("hidden_act", "silu")
     eps = cfg["rms_norm_eps"]
+    scaling = cfg["query_pre_attn_scalar"] ** -0.5 if sandwich else None
 
     def lin(x, name):
         y = x @ sd[name + ".weight"].T
@@ -146,7 +177,11 @@ def forward(sd, cfg, ids, cache=None):
             q, k, v = qkv[..., :H * d], qkv[..., H * d:(H + KV) * d], qkv[..., (H + KV) * d:]
         else:
             q, k, v = lin(a, p + "self_attn.q_proj"), lin(a, p + "self_attn.k_proj"), lin(a, p + "self_attn.v_proj")
-        q, k, v = [t.reshape(B, T, c, d).transpose(1, 2) for t, c in ((q, H), (k, KV), (v, KV))]
+        q, k, v = q.reshape(B, T, H, d), k.reshape(B, T, KV, d), v.reshape(B, T, KV, d)
+        if p + "self_attn.q_norm.weight" in sd:  # Qwen3, Gemma 3: RMSNorm over each head before RoPE
+            q, k = rms(q, sd[p + "self_attn.q_norm.weight"], eps, gemma), rms(k, sd[p + "self_attn.k_norm.weight"], eps, gemma)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        cos, sin = tables[sliding[l] and kind == "gemma3_text"]
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
             if cache[l] is not None:
@@ -155,18 +190,28 @@ def forward(sd, cfg, ids, cache=None):
         rep = H // KV
         k = k[:, :, None].expand(B, KV, rep, k.shape[2], d).reshape(B, H, -1, d)
         v = v[:, :, None].expand(B, KV, rep, v.shape[2], d).reshape(B, H, -1, d)
-        w = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(~allowed, torch.finfo(torch.float32).min).softmax(-1)
-        h = h + lin((w @ v).transpose(1, 2).reshape(B, T, H * d), p + "self_attn.o_proj")
-        m = rms(h, sd[p + "post_attention_layernorm.weight"], eps, gemma)
+        scores = q @ k.transpose(-1, -2)
+        scores = softcap(scores * scaling, cfg.get("attn_logit_softcapping")) if scaling else scores / math.sqrt(d)
+        allowed = local_allowed if sliding[l] else causal
+        w = scores.masked_fill(~allowed, torch.finfo(torch.float32).min).softmax(-1)
+        o = lin((w @ v).transpose(1, 2).reshape(B, T, H * d), p + "self_attn.o_proj")
+        if sandwich:
+            o = rms(o, sd[p + "post_attention_layernorm.weight"], eps, gemma)
+            h = h + o
+            m = rms(h, sd[p + "pre_feedforward_layernorm.weight"], eps, gemma)
+        else:
+            h = h + o
+            m = rms(h, sd[p + "post_attention_layernorm.weight"], eps, gemma)
         if phi3:
             gu = lin(m, p + "mlp.gate_up_proj")
             gate, up = gu.chunk(2, dim=-1)
         else:
             gate, up = lin(m, p + "mlp.gate_proj"), lin(m, p + "mlp.up_proj")
-        h = h + lin(act(act_name, gate) * up, p + "mlp.down_proj")
+        f = lin(act(act_name, gate) * up, p + "mlp.down_proj")
+        h = h + (rms(f, sd[p + "post_feedforward_layernorm.weight"], eps, gemma) if sandwich else f)
     h = rms(h, sd["model.norm.weight"], eps, gemma)
     head = sd["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings", gemma) else sd["lm_head.weight"]
-    return h @ head.T
+    return softcap(h @ head.T, cfg.get("final_logit_softcapping"))
 
 
 def greedy(sd, cfg, prompt, new_tokens):
@@ -185,10 +230,15 @@ def greedy(sd, cfg, prompt, new_tokens):
 V = 71
 
 
+def norm_of(size, gemma):
+    return rnd(size, std=0.1) if gemma else 1 + rnd(size, std=0.1)
+
+
 def weights(cfg, qkv_bias=False):
     n, H = cfg["hidden_size"], cfg["num_attention_heads"]
     KV, d, i = cfg.get("num_key_value_heads", H), cfg.get("head_dim") or n // H, cfg["intermediate_size"]
-    gemma, phi3 = cfg["model_type"] == "gemma", cfg["model_type"] == "phi3"
+    kind = cfg["model_type"]
+    gemma, phi3 = kind in GEMMA_NORM, kind == "phi3"
     norm = (lambda: rnd(n, std=0.1)) if gemma else (lambda: 1 + rnd(n, std=0.1))
     sd = {"model.embed_tokens.weight": rnd(V, n, std=0.5 if not gemma else 0.05), "model.norm.weight": norm()}
     if not cfg.get("tie_word_embeddings", gemma):
@@ -202,6 +252,10 @@ def weights(cfg, qkv_bias=False):
         else:
             sd.update({p + "self_attn.q_proj.weight": rnd(H * d, n), p + "self_attn.k_proj.weight": rnd(KV * d, n),
                        p + "self_attn.v_proj.weight": rnd(KV * d, n), p + "mlp.gate_proj.weight": rnd(i, n), p + "mlp.up_proj.weight": rnd(i, n)})
+        if kind in ("qwen3", "gemma3_text"):
+            sd.update({p + "self_attn.q_norm.weight": norm_of(d, gemma), p + "self_attn.k_norm.weight": norm_of(d, gemma)})
+        if kind in ("gemma2", "gemma3_text"):
+            sd.update({p + "pre_feedforward_layernorm.weight": norm(), p + "post_feedforward_layernorm.weight": norm()})
         if qkv_bias:
             sd.update({p + "self_attn.q_proj.bias": rnd(H * d), p + "self_attn.k_proj.bias": rnd(KV * d), p + "self_attn.v_proj.bias": rnd(KV * d)})
     return sd
@@ -263,6 +317,41 @@ def gemma():
             "rope_theta": 10000.0, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": V}
 
 
+def qwen3():
+    # Qwen3-1.7B's config.json, scaled: head_dim wider than hidden/heads, per-head q/k norm, no qkv bias, tied head.
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False, "attention_dropout": 0.0,
+            "bos_token_id": 1, "eos_token_id": 2, "head_dim": 16, "hidden_act": "silu", "hidden_size": 32,
+            "initializer_range": 0.02, "intermediate_size": 96, "max_position_embeddings": 40960, "max_window_layers": 28,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+            "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+            "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": V}
+
+
+def gemma2():
+    # Gemma-2-2b's config.json, scaled: sliding window on even layers (4096 there, 5 here), query_pre_attn_scalar apart
+    # from head_dim (as Gemma-2-27b), soft-capping (50 and 30 there; 3 and 5 here so that they bite at this size).
+    return {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "attention_bias": False, "attention_dropout": 0.0,
+            "attn_logit_softcapping": 3.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 7],
+            "final_logit_softcapping": 5.0, "head_dim": 16, "hidden_act": "gelu_pytorch_tanh",
+            "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 96,
+            "max_position_embeddings": 8192, "num_attention_heads": 4, "num_hidden_layers": 4, "num_key_value_heads": 2,
+            "pad_token_id": 0, "query_pre_attn_scalar": 24, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 5,
+            "torch_dtype": "float32", "use_cache": True, "vocab_size": V}
+
+
+def gemma3():
+    # Gemma-3-1b's config.json, scaled: q/k norm, five sliding layers in six there (two in three here, window 5), a
+    # local RoPE base apart from the global one, and Gemma-3-4b's linear rope_scaling, which only global layers use.
+    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "attention_bias": False,
+            "attention_dropout": 0.0, "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid",
+            "eos_token_id": [1, 6], "final_logit_softcapping": None, "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh",
+            "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 96, "max_position_embeddings": 32768,
+            "num_attention_heads": 4, "num_hidden_layers": 4, "num_key_value_heads": 1, "pad_token_id": 0,
+            "query_pre_attn_scalar": 16, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "rope_theta": 1000000, "sliding_window": 5,
+            "sliding_window_pattern": 3, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": V}
+
+
 def rope_case(scaling, max_pos=32):
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", "hidden_size": 32,
            "intermediate_size": 64, "max_position_embeddings": max_pos, "num_attention_heads": 4, "num_hidden_layers": 2,
@@ -284,6 +373,10 @@ CASES = {
     "rope-yarn": (rope_case({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}, max_pos=64), False, ["q_proj", "v_proj"]),
     "rope-yarn-mscale": (rope_case({"type": "yarn", "factor": 40.0, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
                                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 16}, max_pos=640), False, ["q_proj", "v_proj"]),
+    # Appended after the others so that their random weights stay as committed.
+    "qwen3": (qwen3(), False, ["q_proj", "v_proj"]),
+    "gemma2": (gemma2(), False, ["q_proj", "v_proj"]),
+    "gemma3": (gemma3(), False, ["q_proj", "v_proj"]),
 }
 
 IDS = torch.tensor([[1, 5, 9, 2, 33, 7, 60, 4, 11, 0, 3, 42], [8, 8, 8, 20, 21, 22, 23, 1, 2, 3, 4, 5]])

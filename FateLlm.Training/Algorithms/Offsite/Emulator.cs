@@ -50,13 +50,16 @@ public static class SubModel
 {
     const string ConfigKey = "fate-llm.config", FilePrefix = "fate-llm.file.";
 
-    /// <summary>The full model's config with the sub-model's block count.</summary>
+    /// <summary>The full model's config with the sub-model's block count (and each kept block's attention type).</summary>
     public static ModelConfig Config(ModelConfig full, EmulatorPlan plan)
     {
         if (full.ScaleAttnByInverseLayerIdx)
             throw new JobSpecException("job.algorithm: offsite tuning renumbers blocks, which changes GPT-2's scale_attn_by_inverse_layer_idx scaling; that model cannot be split");
         var raw = JsonNode.Parse(full.Raw.ToJsonString())!.AsObject();
         raw[full.Family == ModelFamily.Gpt2 ? (raw.ContainsKey("n_layer") ? "n_layer" : "num_hidden_layers") : "num_hidden_layers"] = plan.SubLayers;
+        // Gemma 2/3 derive sliding and global layers from the block index; renumbered blocks keep their own by listing them.
+        if (full.SlidingLayers is { } sliding)
+            raw["layer_types"] = new JsonArray(plan.FullIndices.Select(i => (JsonNode)(sliding[i] ? "sliding_attention" : "full_attention")).ToArray());
         return ModelConfig.FromJson(raw, "sub-model config");
     }
 

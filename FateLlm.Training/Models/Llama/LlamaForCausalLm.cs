@@ -4,7 +4,8 @@ using static TorchSharp.torch;
 
 namespace FateLlm.Training.Models;
 
-// The LLaMA family (HF modeling_llama; mistral and qwen2 share it): RMSNorm, RoPE, SwiGLU, grouped-query attention.
+// The LLaMA family (HF modeling_llama; mistral, qwen2/3, phi3 and gemma 1/2/3 share it): RMSNorm, RoPE, gated MLP,
+// grouped-query attention.
 public sealed class LlamaAttention : nn.Module
 {
     // Separate projections, or Phi-3's fused qkv_proj (queries, then keys, then values along the output).
@@ -13,12 +14,16 @@ public sealed class LlamaAttention : nn.Module
     public Projection? v_proj { get; }
     public Projection? qkv_proj { get; }
     public Projection o_proj { get; }
+    public RmsNorm? q_norm { get; }
+    public RmsNorm? k_norm { get; }
     readonly ModelConfig _c;
     readonly int _layer;
+    readonly bool _local;
     public LlamaAttention(ModelConfig c, int layer) : base("LlamaAttention")
     {
         _c = c;
         _layer = layer;
+        _local = c.IsSliding(layer);
         long q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim;
         if (c.FusedProjections)
         {
@@ -36,6 +41,13 @@ public sealed class LlamaAttention : nn.Module
         }
         o_proj = new Projection(q, c.HiddenSize, c.OutputBias);
         register_module("o_proj", o_proj);
+        if (c.QkNorm)
+        {
+            q_norm = new RmsNorm(c.HeadDim, c.NormEps, c.GemmaNorm);
+            k_norm = new RmsNorm(c.HeadDim, c.NormEps, c.GemmaNorm);
+            register_module("q_norm", q_norm);
+            register_module("k_norm", k_norm);
+        }
     }
 
     internal Tensor Forward(Tensor x, DecoderStep step)
@@ -49,13 +61,16 @@ public sealed class LlamaAttention : nn.Module
             (q, k, v) = (qkv.narrow(-1, 0, qn), qkv.narrow(-1, qn, kvn), qkv.narrow(-1, qn + kvn, kvn));
         }
         else (q, k, v) = (q_proj!.forward(x), k_proj!.forward(x), v_proj!.forward(x));
-        q = q.reshape(b, s, _c.NumHeads, _c.HeadDim).transpose(1, 2);
-        k = k.reshape(b, s, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
+        q = q.reshape(b, s, _c.NumHeads, _c.HeadDim);
+        k = k.reshape(b, s, _c.NumKvHeads, _c.HeadDim);
+        if (q_norm is not null) (q, k) = (q_norm.forward(q), k_norm!.forward(k));
+        (q, k) = (q.transpose(1, 2), k.transpose(1, 2));
         v = v.reshape(b, s, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
-        q = Rotary.Apply(q, step.Cos!, step.Sin!);
-        k = Rotary.Apply(k, step.Cos!, step.Sin!);
+        var (cos, sin) = _local && step.LocalCos is not null ? (step.LocalCos, step.LocalSin!) : (step.Cos!, step.Sin!);
+        q = Rotary.Apply(q, cos, sin);
+        k = Rotary.Apply(k, cos, sin);
         (k, v) = step.Extend(_layer, k, v);
-        var o = step.Attend(q, k, v).transpose(1, 2).reshape(b, s, (long)_c.NumHeads * _c.HeadDim);
+        var o = step.Attend(q, k, v, _local, _c.AttentionScale, _c.AttentionSoftcap).transpose(1, 2).reshape(b, s, (long)_c.NumHeads * _c.HeadDim);
         return o_proj.forward(o);
     }
 }
@@ -106,6 +121,8 @@ public sealed class LlamaDecoderLayer : nn.Module
     public RmsNorm input_layernorm { get; }
     public LlamaAttention self_attn { get; }
     public RmsNorm post_attention_layernorm { get; }
+    public RmsNorm? pre_feedforward_layernorm { get; }
+    public RmsNorm? post_feedforward_layernorm { get; }
     public LlamaMlp mlp { get; }
     public LlamaDecoderLayer(ModelConfig c, int layer) : base("LlamaDecoderLayer")
     {
@@ -117,11 +134,25 @@ public sealed class LlamaDecoderLayer : nn.Module
         register_module("mlp", mlp);
         register_module("input_layernorm", input_layernorm);
         register_module("post_attention_layernorm", post_attention_layernorm);
+        if (c.SandwichNorms)
+        {
+            pre_feedforward_layernorm = new RmsNorm(c.HiddenSize, c.NormEps, c.GemmaNorm);
+            post_feedforward_layernorm = new RmsNorm(c.HiddenSize, c.NormEps, c.GemmaNorm);
+            register_module("pre_feedforward_layernorm", pre_feedforward_layernorm);
+            register_module("post_feedforward_layernorm", post_feedforward_layernorm);
+        }
     }
     internal Tensor Forward(Tensor x, DecoderStep step)
     {
-        var h = x.add(self_attn.Forward(input_layernorm.forward(x), step));
-        return h.add(mlp.Forward(post_attention_layernorm.forward(h)));
+        var attended = self_attn.Forward(input_layernorm.forward(x), step);
+        if (pre_feedforward_layernorm is null)
+        {
+            var h = x.add(attended);
+            return h.add(mlp.Forward(post_attention_layernorm.forward(h)));
+        }
+        // Gemma 2/3: post_attention_layernorm normalises the attention output, and the MLP has a norm on both sides.
+        var g = x.add(post_attention_layernorm.forward(attended));
+        return g.add(post_feedforward_layernorm!.forward(mlp.Forward(pre_feedforward_layernorm.forward(g))));
     }
 }
 
@@ -165,26 +196,29 @@ public sealed class LlamaForCausalLm : CausalLm
     internal override Tensor ForwardCore(Tensor ids, DecoderStep step)
     {
         var x = model.embed_tokens.forward(ids);
-        var (cos, sin) = Rotary.Tables(step.Positions, Config);
         // HF computes the tables in fp32 and casts them to the activations' dtype.
-        (step.Cos, step.Sin) = cos.dtype == x.dtype ? (cos, sin) : (cos.to_type(x.dtype), sin.to_type(x.dtype));
+        (Tensor, Tensor) Cast((Tensor Cos, Tensor Sin) t) => t.Cos.dtype == x.dtype ? t : (t.Cos.to_type(x.dtype), t.Sin.to_type(x.dtype));
+        (step.Cos, step.Sin) = Cast(Rotary.Tables(step.Positions, Config.Rope, Config.RopeTheta, Config.RotaryDim));
+        if (Config.LocalRopeTheta is double local)
+            (step.LocalCos, step.LocalSin) = Cast(Rotary.Tables(step.Positions, new RopeScaling(), local, Config.RotaryDim));
         // HF rounds √hidden to the activations' dtype before multiplying.
         if (Config.GemmaNorm) x = x.mul(tensor(Math.Sqrt(Config.HiddenSize), dtype: x.dtype));
         for (int i = 0; i < model.layers.Items.Count; i++) x = step.Capture(i, model.layers.Items[i].Forward(x, step));
         x = model.norm.forward(x);
-        return lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
+        var logits = lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
+        return Config.FinalSoftcap is double cap ? logits.div(cap).tanh().mul(cap) : logits;
     }
 }
 
 /// <summary>Rotary position embedding exactly as HF: cat(freqs, freqs) tables and rotate_half, on the leading rotary dims.</summary>
 public static class Rotary
 {
-    public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, ModelConfig c)
+    public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, RopeScaling rope, double theta, int rotaryDim)
     {
         using var scope = NewDisposeScope();
         // Length-dependent scalings (dynamic NTK, LongRoPE) see the largest position of this pass, as HF's dynamic update does.
-        var seqLen = c.Rope.DependsOnLength ? positions.max().ToInt64() + 1 : 0;
-        var (invFreq, scaling) = c.Rope.Frequencies(c.RotaryDim, c.RopeTheta, seqLen, positions.device);
+        var seqLen = rope.DependsOnLength ? positions.max().ToInt64() + 1 : 0;
+        var (invFreq, scaling) = rope.Frequencies(rotaryDim, theta, seqLen, positions.device);
         var freqs = positions.to_type(ScalarType.Float32).unsqueeze(-1).mul(invFreq); // [b, s, d/2]
         var emb = cat([freqs, freqs], -1).unsqueeze(1); // [b, 1, s, d]
         var (cos, sin) = (emb.cos(), emb.sin());
