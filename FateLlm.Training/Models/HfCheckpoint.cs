@@ -141,19 +141,6 @@ public static class HfCheckpoint
         File.WriteAllText(Path.Combine(folder, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    /// <summary>SHA-256 over the weight files' bytes in name order: the identity parties and arbiter compare.</summary>
-    public static string WeightsDigest(string folder)
-    {
-        var files = Directory.GetFiles(folder, "*.safetensors").Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
-        if (files.Count == 0) throw new ModelFormatException($"{folder}: no .safetensors weights to hash");
-        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
-        var buffer = new byte[1 << 20];
-        foreach (var f in files)
-        {
-            using var s = File.OpenRead(Path.Combine(folder, f!));
-            int n;
-            while ((n = s.Read(buffer)) > 0) sha.AppendData(buffer, 0, n);
-        }
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
-    }
+    /// <summary>SHA-256 over the weight files' bytes in name order, cached (<see cref="Models.WeightsDigest"/>).</summary>
+    public static string WeightsDigest(string folder) => Models.WeightsDigest.Of(folder);
 }
