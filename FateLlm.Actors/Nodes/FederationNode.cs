@@ -3,6 +3,7 @@ using Akka.Cluster;
 using Akka.Cluster.Sharding;
 using Akka.Configuration;
 using Akka.Persistence.Sql;
+using FateLlm.Training.Trainer;
 using FateLlm.Training.Algorithms;
 using FateLlm.Actors.Faults;
 using FateLlm.Actors.Jobs;
@@ -235,6 +236,12 @@ public sealed class FederationNode : IAsyncDisposable
         if (o.Role == NodeRole.Party)
             system.ActorOf(OrganizationUniqueness.Props(o.Org!, config.GetTimeSpan("fate-llm.party.duplicate-grace"), reason => refused.Value = reason),
                 OrganizationUniqueness.Name);
+        if (o.Role == NodeRole.Party)
+        {
+            ResidentModels.Shared.IdleRelease = config.GetTimeSpan("fate-llm.party.model-idle-release");
+            // Nothing outlives the node: a test host starting many federations in one process frees each one's models.
+            system.RegisterOnTermination(ResidentModels.Shared.ReleaseIdle);
+        }
         var party = o.Role == NodeRole.Party
             ? sharding.Start(PartyRegionName,
                 entityId => PartyActor.Props(entityId, new PartyNodeSettings(o.Org!, o.Datasets, store, blobServer, transfer,

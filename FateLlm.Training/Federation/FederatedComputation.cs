@@ -22,17 +22,28 @@ public static class FederatedComputation
     /// <summary>The round-0 global adapter: PEFT applied to the base model with the job's seed.</summary>
     public static byte[] InitialAdapter(JobSpec spec, string modelPath)
     {
-        using var run = Open(spec, modelPath);
+        using var run = OpenPrivate(spec, modelPath);
         return run.TrainableBytes();
     }
 
-    /// <summary>The job's base model with its PEFT method applied (seeded) and, under FedIPR, the watermarked norm scales trainable.</summary>
+    /// <summary>
+    /// The job's base model with its PEFT method applied and, under FedIPR, the watermarked norm scales trainable: a
+    /// node's resident copy when one is idle (<see cref="ResidentModels"/>), so every caller loads its trainable state.
+    /// </summary>
     public static FineTuning Open(JobSpec spec, string modelPath) =>
+        ResidentModels.Shared.Open(modelPath, ResidentKey(spec, modelPath), () => OpenPrivate(spec, modelPath));
+
+    /// <summary>A copy of the job's model of the caller's own (seeded as the job says), for work that changes the base (merging).</summary>
+    public static FineTuning OpenPrivate(JobSpec spec, string modelPath) =>
         FineTuning.Open(modelPath, spec.Peft, spec.Seed, m =>
         {
             PeftModel.Apply(m, spec.Peft);
             WatermarkSites.MakeTrainable(m, spec);
         });
+
+    // What shapes the module: the weights, the PEFT settings (adapter layers, base dtype) and FedIPR's trainable sites.
+    static string ResidentKey(JobSpec spec, string modelPath) =>
+        $"{HfCheckpoint.WeightsDigest(modelPath)}|{System.Text.Json.JsonSerializer.Serialize(spec.Peft)}|{spec.Ipr.Enabled}:{spec.Ipr.Blocks}";
 
     /// <summary>Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files).</summary>
     public static void VerifyModel(JobSpec spec, string modelPath, string who)
@@ -127,7 +138,7 @@ public static class FederatedComputation
     /// </summary>
     public static void ExportAdapter(JobSpec spec, string modelPath, byte[] adapter, string folder, string? mergedFolder = null)
     {
-        using var run = Open(spec, modelPath);
+        using var run = OpenPrivate(spec, modelPath);
         run.LoadTrainable(adapter, "global adapter");
         run.SaveAdapter(folder, spec.Data);
         if (mergedFolder is null || spec.Peft.Method != PeftMethod.Lora) return;

@@ -87,5 +87,12 @@ public sealed class FineTuning : IDisposable
         AdapterFolder.SaveDataOptions(folder, data);
     }
 
-    public void Dispose() => Model.Dispose();
+    /// <summary>Set while <see cref="ResidentModels"/> lends this model: disposing returns it instead of freeing it.</summary>
+    internal Action? ReturnTo { get; set; }
+
+    public void Dispose()
+    {
+        if (ReturnTo is { } giveBack) giveBack();
+        else Model.Dispose();
+    }
 }
