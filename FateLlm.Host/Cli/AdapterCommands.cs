@@ -29,9 +29,7 @@ internal static class AdapterCommands
             }
             if (cfg.Method == PeftMethod.PtuningV2)
                 throw new UsageException("a P-Tuning v2 prefix cannot be merged into the weights; use --format peft");
-            PeftModel.MergeLora(m);
-            HfCheckpoint.Save(m, outPath);
-            TokenizerLoader.CopyFiles(basePath, outPath);
+            PeftModel.SaveMerged(m, outPath, basePath);
             t.Out.WriteLine($"wrote merged HF checkpoint to {outPath}");
         }, adapter, model, format, outDir);
         var cmd = new Command("adapter", "Adapters");

@@ -28,7 +28,7 @@ internal static class TrainingCommands
         var loraTargets = Opt("--lora-targets", "Comma-separated module names, or all-linear (default: c_attn for gpt2, q_proj,v_proj for llama)", "");
         var virtualTokens = Opt("--num-virtual-tokens", "P-Tuning v2 prefix length", d.GetInt("peft.num-virtual-tokens"));
         var prefixProjection = Opt("--prefix-projection", "P-Tuning v2 reparameterisation MLP", false);
-        var baseDtype = Opt("--base-dtype", "fp32 | bf16 | fp16: dtype the frozen base is loaded in (adapters train in fp32)", d.GetString("peft.base-dtype"));
+        var baseDtype = Opt("--base-dtype", "auto | fp32 | bf16 | fp16: dtype the frozen base is loaded in (auto: the checkpoint's; adapters train in fp32)", d.GetString("peft.base-dtype"));
         var epochs = Opt("--epochs", "Epochs", d.GetInt("local.epochs"));
         var maxSteps = new Option<int?>("--max-steps") { Description = "Stop after this many optimizer steps" };
         var lr = Opt("--lr", "Peak learning rate", d.GetDouble("local.learning-rate"));

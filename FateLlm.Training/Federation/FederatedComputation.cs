@@ -142,8 +142,6 @@ public static class FederatedComputation
         run.LoadTrainable(adapter, "global adapter");
         run.SaveAdapter(folder, spec.Data);
         if (mergedFolder is null || spec.Peft.Method != PeftMethod.Lora) return;
-        PeftModel.MergeLora(run.Model);
-        HfCheckpoint.Save(run.Model, mergedFolder);
-        TokenizerLoader.CopyFiles(modelPath, mergedFolder);
+        PeftModel.SaveMerged(run.Model, mergedFolder, modelPath);
     }
 }

@@ -46,6 +46,16 @@ public static class HfCheckpoint
     }
 
     /// <summary>The weight files of a folder: the single file, or every shard the index lists (each must exist).</summary>
+    /// <summary>The floating-point dtype most of the checkpoint's weights are stored in (its first weight file's), as
+    /// transformers' <c>torch_dtype="auto"</c> reads it from the weights.</summary>
+    public static ScalarType StoredDtype(string folder)
+    {
+        var file = WeightFiles(folder)[0];
+        var floats = SafeTensors.ReadEntries(file).Entries.Where(e => e.DType is "F32" or "BF16" or "F16")
+            .GroupBy(e => e.DType).OrderByDescending(g => g.Sum(e => e.Shape.Aggregate(1L, (a, b) => a * b))).FirstOrDefault();
+        return floats is null ? ScalarType.Float32 : SafeTensors.StoredType(floats.First(), file);
+    }
+
     public static IReadOnlyList<string> WeightFiles(string folder)
     {
         var single = Path.Combine(folder, SingleFile);
@@ -104,28 +114,45 @@ public static class HfCheckpoint
     }
 
     /// <summary>Saves config and weights; shards when the weights exceed <paramref name="maxShardBytes"/>.</summary>
-    public static void Save(CausalLm model, string folder, long maxShardBytes = 2L << 30)
+    /// <summary>
+    /// Writes the model as a HF folder, its weights in <paramref name="dtype"/> (cast one shard at a time) or as they
+    /// are; config.json's <c>torch_dtype</c> names the dtype written.
+    /// </summary>
+    public static void Save(CausalLm model, string folder, long maxShardBytes = 2L << 30, ScalarType? dtype = null)
     {
         Directory.CreateDirectory(folder);
-        model.Config.Save(Path.Combine(folder, ConfigFile));
         var tensors = model.BaseParameters().ToDictionary(p => p.Name, p => (Tensor)p.Param);
-        SaveWeights(tensors, folder, maxShardBytes);
+        var written = dtype ?? model.InputEmbeddings.dtype;
+        model.Config.Save(Path.Combine(folder, ConfigFile), written switch
+        {
+            ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", ScalarType.Float32 => "float32",
+            var other => throw new ModelFormatException($"{folder}: weights cannot be written as {other}"),
+        });
+        SaveWeights(tensors, folder, maxShardBytes, dtype);
     }
 
-    public static void SaveWeights(IReadOnlyDictionary<string, Tensor> tensors, string folder, long maxShardBytes = 2L << 30)
+    public static void SaveWeights(IReadOnlyDictionary<string, Tensor> tensors, string folder, long maxShardBytes = 2L << 30, ScalarType? dtype = null)
     {
         foreach (var stale in new[] { SingleFile, IndexFile }.Select(f => Path.Combine(folder, f)).Where(File.Exists)) File.Delete(stale);
-        var total = tensors.Values.Sum(t => t.numel() * t.ElementSize);
+        void Write(string file, IReadOnlyDictionary<string, Tensor> shard)
+        {
+            using var scope = NewDisposeScope();
+            SafeTensors.Save(Path.Combine(folder, file), dtype is { } d
+                ? shard.ToDictionary(kv => kv.Key, kv => kv.Value.dtype == d || !kv.Value.is_floating_point() ? kv.Value : kv.Value.detach().to_type(d))
+                : shard);
+        }
+        long Bytes(Tensor t) => t.numel() * (dtype is { } d && t.is_floating_point() ? d.ElementSize() : t.ElementSize);
+        var total = tensors.Values.Sum(Bytes);
         if (total <= maxShardBytes)
         {
-            SafeTensors.Save(Path.Combine(folder, SingleFile), tensors);
+            Write(SingleFile, tensors);
             return;
         }
         var shards = new List<Dictionary<string, Tensor>> { new() };
         long current = 0;
         foreach (var (name, t) in tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal))
         {
-            var size = t.numel() * t.ElementSize;
+            var size = Bytes(t);
             if (current > 0 && current + size > maxShardBytes) { shards.Add(new()); current = 0; }
             shards[^1][name] = t;
             current += size;
@@ -134,7 +161,7 @@ public static class HfCheckpoint
         for (int i = 0; i < shards.Count; i++)
         {
             var file = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
-            SafeTensors.Save(Path.Combine(folder, file), shards[i]);
+            Write(file, shards[i]);
             foreach (var name in shards[i].Keys) weightMap[name] = file;
         }
         var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = weightMap };

@@ -199,8 +199,9 @@ public sealed record ModelConfig
         return Enumerable.Range(0, layers).Select(i => (i + 1) % pattern != 0).ToArray();
     }
 
-    /// <summary>Writes config.json: the original fields, plus <c>architectures</c> and <c>torch_dtype</c> when absent.</summary>
-    public void Save(string path)
+    /// <summary>Writes config.json: the original fields, plus <c>architectures</c> when absent and <c>torch_dtype</c>
+    /// (the dtype the weights beside it are written in, when given).</summary>
+    public void Save(string path, string? torchDtype = null)
     {
         var o = JsonNode.Parse(Raw.ToJsonString())!.AsObject();
         o["architectures"] ??= new JsonArray(Family == ModelFamily.Gpt2 ? "GPT2LMHeadModel"
@@ -210,7 +211,8 @@ public sealed record ModelConfig
                 "gemma" => "GemmaForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3_text" => "Gemma3ForCausalLM",
                 _ => "LlamaForCausalLM",
             });
-        o["torch_dtype"] ??= "float32";
+        if (torchDtype is not null) o["torch_dtype"] = torchDtype;
+        else o["torch_dtype"] ??= "float32";
         File.WriteAllText(path, o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 

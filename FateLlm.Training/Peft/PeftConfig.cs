@@ -21,16 +21,22 @@ public sealed record PeftConfig
     public int? EncoderHiddenSize { get; init; }
     public double PrefixInitStd { get; init; } = 1.0;
     /// <summary>dtype the frozen base is loaded in (bf16/fp16 halve a large model's memory); adapters stay fp32.</summary>
-    public ScalarType BaseDtype { get; init; } = ScalarType.Float32;
+    /// <summary>The frozen base's dtype; null ("auto"): the checkpoint's own (bf16 stays bf16), fp32 for full fine-tuning.</summary>
+    public ScalarType? BaseDtype { get; init; }
     /// <summary>PEFT's <c>modules_to_save</c>: modules (full path or last segments) whose own parameters train and are saved with the adapter.</summary>
     public IReadOnlyList<string> ModulesToSave { get; init; } = [];
 
-    public static ScalarType ParseDtype(string s) => s.ToLowerInvariant() switch
+    /// <summary>The dtype the base of <paramref name="modelPath"/> loads in under these settings.</summary>
+    public ScalarType BaseDtypeFor(string modelPath) =>
+        BaseDtype ?? (Method == PeftMethod.Full ? ScalarType.Float32 : HfCheckpoint.StoredDtype(modelPath));
+
+    public static ScalarType? ParseDtype(string s) => s.ToLowerInvariant() switch
     {
+        "auto" => null,
         "fp32" or "float32" => ScalarType.Float32,
         "bf16" or "bfloat16" => ScalarType.BFloat16,
         "fp16" or "float16" => ScalarType.Float16,
-        _ => throw new ArgumentException($"unknown dtype '{s}' (known: fp32, bf16, fp16)"),
+        _ => throw new ArgumentException($"unknown dtype '{s}' (known: auto, fp32, bf16, fp16)"),
     };
 
     public static PeftMethod ParseMethod(string s) => s.ToLowerInvariant() switch
@@ -142,6 +148,17 @@ public static class PeftModel
     public static void MergeLora(CausalLm model)
     {
         foreach (var (_, p) in model.Projections()) p.Merge();
+    }
+
+    /// <summary>
+    /// Merges LoRA into the weights and writes a plain HF checkpoint in the base's own dtype (a bf16 base stays bf16
+    /// whatever dtype it was loaded in), with the base's tokenizer files.
+    /// </summary>
+    public static void SaveMerged(CausalLm model, string folder, string baseFolder)
+    {
+        MergeLora(model);
+        HfCheckpoint.Save(model, folder, dtype: HfCheckpoint.StoredDtype(baseFolder));
+        Tokenization.TokenizerLoader.CopyFiles(baseFolder, folder);
     }
 
     public static void UnmergeLora(CausalLm model)

@@ -39,9 +39,9 @@ public sealed class FineTuning : IDisposable
     public static FineTuning Open(string modelPath, PeftConfig peft, long initSeed, Action<CausalLm> makeTrainable, Device? device = null)
     {
         // Full fine-tuning updates the base itself, which needs fp32 weights.
-        if (peft.Method == PeftMethod.Full && peft.BaseDtype != ScalarType.Float32)
-            throw new PeftException($"peft.base-dtype {peft.BaseDtype} needs a parameter-efficient method: full fine-tuning trains the base in fp32");
-        var model = HfCheckpoint.Load(modelPath, peft.BaseDtype);
+        if (peft.Method == PeftMethod.Full && peft.BaseDtype is { } asked && asked != ScalarType.Float32)
+            throw new PeftException($"peft.base-dtype {asked} needs a parameter-efficient method: full fine-tuning trains the base in fp32");
+        var model = HfCheckpoint.Load(modelPath, peft.BaseDtypeFor(modelPath));
         try
         {
             model.Randomness.manual_seed(initSeed);

@@ -102,6 +102,20 @@ public class ModelParitySpec
     }
 
     [Fact]
+    public void The_base_keeps_the_checkpoints_dtype_unless_another_is_asked_for()
+    {
+        var fp32 = TestSupport.FixturePath("families", "llama3");
+        var bf16 = TestSupport.TempDir();
+        using (var m = HfCheckpoint.Load(fp32, ScalarType.BFloat16)) HfCheckpoint.Save(m, bf16);
+        var auto = new PeftConfig { Method = PeftMethod.Lora };
+        Assert.Null(FateLlm.Actors.Jobs.JobFile.Default("j", fp32, [], "out").Peft.BaseDtype); // reference.conf: auto
+        Assert.Equal(ScalarType.BFloat16, auto.BaseDtypeFor(bf16));
+        Assert.Equal(ScalarType.Float32, auto.BaseDtypeFor(fp32));
+        Assert.Equal(ScalarType.Float32, (auto with { BaseDtype = ScalarType.Float32 }).BaseDtypeFor(bf16));
+        Assert.Equal(ScalarType.Float32, (auto with { Method = PeftMethod.Full }).BaseDtypeFor(bf16));
+    }
+
+    [Fact]
     public void A_missing_tensor_is_named()
     {
         var dir = CopyFixture("llama-gqa");

@@ -134,9 +134,7 @@ public sealed class FedCoLlmAlgorithm : IFederatedAlgorithm
             using var run = OpenServer(ctx.Spec, server);
             run.LoadTrainable(ctx.Store.Read(state.Get(ServerAdapter)), "server adapter");
             run.SaveAdapter(Path.Combine(outputDir, "server-adapter"), ctx.Spec.Data);
-            PeftModel.MergeLora(run.Model);
-            HfCheckpoint.Save(run.Model, Path.Combine(outputDir, "server-merged"));
-            TokenizerLoader.CopyFiles(server, Path.Combine(outputDir, "server-merged"));
+            PeftModel.SaveMerged(run.Model, Path.Combine(outputDir, "server-merged"), server);
         }
     }
 }

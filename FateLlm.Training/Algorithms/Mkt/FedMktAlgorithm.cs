@@ -185,9 +185,7 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
             using var run = OpenServer(ctx.Spec, ctx.ModelPath);
             run.LoadTrainable(ctx.Store.Read(state.Get(ServerAdapter)), "server adapter");
             run.SaveAdapter(Path.Combine(outputDir, "server-adapter"), ctx.Spec.Data);
-            PeftModel.MergeLora(run.Model);
-            HfCheckpoint.Save(run.Model, Path.Combine(outputDir, "server-merged"));
-            TokenizerLoader.CopyFiles(ctx.ModelPath, Path.Combine(outputDir, "server-merged"));
+            PeftModel.SaveMerged(run.Model, Path.Combine(outputDir, "server-merged"), ctx.ModelPath);
             // The arbiter does not hold the parties' model, so their averaged LoRA leaves as the trainable state they load.
             if (state.Find(PartyAverage) is { } average) File.WriteAllBytes(Path.Combine(outputDir, "party-average.safetensors"), ctx.Store.Read(average));
         }

@@ -202,10 +202,8 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             model.Randomness.manual_seed(spec.Seed);
             PeftModel.Apply(model, spec.Peft with { LoraTargets = paths });
             PeftModel.LoadTrainableState(model, lora, "global adapters");
-            PeftModel.MergeLora(model);
         }
-        HfCheckpoint.Save(model, outFolder);
-        TokenizerLoader.CopyFiles(fullModel, outFolder);
+        PeftModel.SaveMerged(model, outFolder, fullModel);
     }
 
     sealed class ClientSide : IClientAlgorithm
