@@ -194,6 +194,7 @@ public static class JobFile
                 WarmupRatio = r.Double("local.warmup-ratio"),
                 FedProxMu = r.Double("local.fedprox-mu"),
                 Threads = r.Int("local.threads"),
+                DevLimit = r.Int("local.dev-limit"),
             },
             Aggregation = new AggregationSpec(r.String("aggregation.algorithm"), new ServerOptimizerOptions
             {

@@ -69,6 +69,8 @@ public sealed class JobOutputs : ReceiveActor
                 train_seconds = p.TrainSeconds, round_seconds = summary.Seconds, global = summary.GlobalDigest, exchanges = summary.Exchanges,
                 epsilon = summary.Privacy?.Epsilon, round_epsilon = summary.Privacy?.RoundEpsilon, rejections = summary.Rejections.Length,
                 secure_aggregation = summary.SecureAggregation,
+                seconds = p.Metrics.Where(m => m.Key.StartsWith(ClientUpdate.SecondsPrefix, StringComparison.Ordinal))
+                    .ToDictionary(m => m.Key[ClientUpdate.SecondsPrefix.Length..], m => Math.Round(m.Value, 3)),
             }, Line));
     }
 

@@ -155,7 +155,8 @@ internal sealed class FitWork : ReceiveActor
 
     void Offer(OfferPrepared p)
     {
-        var (d, u) = (p.Fit, p.Fit.Update);
+        var d = p.Fit;
+        var u = d.Update with { Metrics = new Dictionary<string, double>(d.Update.Metrics) { [ClientUpdate.SecondsPrefix + "download"] = _files.DownloadSeconds } };
         if (p.Digest is null)
         {
             var session = RoundStep.Session(_spec!, Id.ToString(), _request.Cohort, Id.Round, Id.Attempt, Id.Phase, p.VectorLength);

@@ -16,6 +16,9 @@ internal sealed class WorkFiles
     readonly IReadOnlyCollection<string> _downloads;
 
     public long DownloadBytes { get; private set; }
+    /// <summary>Seconds from asking for the files until the last one was here.</summary>
+    public double DownloadSeconds { get; private set; }
+    readonly System.Diagnostics.Stopwatch _fetching = System.Diagnostics.Stopwatch.StartNew();
 
     public WorkFiles(IActorContext context, PartyNodeSettings s, BlobLocation spec, IReadOnlyDictionary<string, BlobLocation> downloads)
     {
@@ -29,7 +32,9 @@ internal sealed class WorkFiles
     {
         _paths[f.Correlation] = s.Store.PathOf(f.Digest);
         if (f.Correlation != SpecDownload && f.Chunks > 0) DownloadBytes += f.Bytes;
-        return _paths.Count == _downloads.Count + 1;
+        if (_paths.Count < _downloads.Count + 1) return false;
+        DownloadSeconds = _fetching.Elapsed.TotalSeconds;
+        return true;
     }
 
     public JobSpec Spec(string jobId) => JobSpec.FromJson(File.ReadAllBytes(_paths[SpecDownload]), $"job {jobId}");

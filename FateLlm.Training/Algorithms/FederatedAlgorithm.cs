@@ -149,11 +149,18 @@ public sealed record ClientContext(JobSpec Spec, string Party, int Round, int At
 public sealed record ClientUpdate(byte[] Update, long Samples, IReadOnlyDictionary<string, double> Metrics)
 {
     public const string FirstLoss = "loss.first", LastLoss = "loss.last", EvalLoss = "loss.eval", Steps = "train.steps";
+    /// <summary>Where a party's seconds went (rounds.jsonl reports every metric under this prefix).</summary>
+    public const string SecondsPrefix = "seconds.";
 
-    /// <summary>A local round's delta with its losses and steps as the update's metrics.</summary>
-    public static ClientUpdate Of(LocalRoundResult r)
+    /// <summary>A local round's delta with its losses, steps and seconds (plus <paramref name="hashSeconds"/> spent verifying the base) as the update's metrics.</summary>
+    public static ClientUpdate Of(LocalRoundResult r, double hashSeconds = 0)
     {
-        var metrics = new Dictionary<string, double> { [FirstLoss] = r.FirstLoss, [LastLoss] = r.LastLoss, [Steps] = r.Steps };
+        var metrics = new Dictionary<string, double>
+        {
+            [FirstLoss] = r.FirstLoss, [LastLoss] = r.LastLoss, [Steps] = r.Steps,
+            [SecondsPrefix + "hash"] = hashSeconds, [SecondsPrefix + "load"] = r.LoadSeconds,
+            [SecondsPrefix + "eval"] = r.EvalSeconds, [SecondsPrefix + "train"] = r.TrainSeconds,
+        };
         if (r.EvalLoss is { } e) metrics[EvalLoss] = e;
         return new ClientUpdate(r.Delta, r.Samples, metrics);
     }

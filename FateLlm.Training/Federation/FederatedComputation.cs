@@ -45,12 +45,17 @@ public static class FederatedComputation
     static string ResidentKey(JobSpec spec, string modelPath) =>
         $"{HfCheckpoint.WeightsDigest(modelPath)}|{System.Text.Json.JsonSerializer.Serialize(spec.Peft)}|{spec.Ipr.Enabled}:{spec.Ipr.Blocks}";
 
-    /// <summary>Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files).</summary>
-    public static void VerifyModel(JobSpec spec, string modelPath, string who)
+    /// <summary>
+    /// Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files, hashed once per
+    /// file version); returns the seconds it took.
+    /// </summary>
+    public static double VerifyModel(JobSpec spec, string modelPath, string who)
     {
+        var sw = Stopwatch.StartNew();
         var digest = HfCheckpoint.WeightsDigest(modelPath);
         if (digest != spec.ModelDigest)
             throw new ModelFormatException($"{who}: base model '{modelPath}' has weights digest {digest[..12]}…, the job expects {spec.ModelDigest[..12]}…");
+        return sw.Elapsed.TotalSeconds;
     }
 
     /// <summary>
@@ -97,13 +102,20 @@ public static class FederatedComputation
         var sw = Stopwatch.StartNew();
         TorchRuntime.SetThreads(spec.Local.Threads);
         var dev = evalData is null ? null : InstructionData.ReadJsonl(evalData, spec.Data);
+        if (dev is not null && spec.Local.DevLimit > 0) dev = dev.Take(spec.Local.DevLimit).ToList();
         using var scope = NewDisposeScope();
         var global = SafeTensors.FromBytes(globalAdapter, "global adapter");
         PeftModel.LoadTrainableState(run.Model, global, "global adapter");
+        var evalStart = sw.Elapsed;
         double? evalLoss = dev is null ? null : run.Loss(run.Tokenize(dev, spec.Data), spec.Local.BatchSize);
+        var trainStart = sw.Elapsed;
         var r = train(global);
+        var trained = sw.Elapsed;
         var delta = PeftModel.TrainableState(run.Model).ToDictionary(kv => kv.Key, kv => kv.Value.sub(global[kv.Key]));
-        return new LocalRoundResult(SafeTensors.ToBytes(delta), r.Samples, r.Steps, r.FirstLoss, r.LastLoss, evalLoss, sw.Elapsed.TotalSeconds);
+        return new LocalRoundResult(SafeTensors.ToBytes(delta), r.Samples, r.Steps, r.FirstLoss, r.LastLoss, evalLoss, sw.Elapsed.TotalSeconds)
+        {
+            LoadSeconds = run.LoadSeconds, EvalSeconds = (trainStart - evalStart).TotalSeconds, TrainSeconds = (trained - trainStart).TotalSeconds,
+        };
     }
 
     public static EvaluationResult Evaluate(JobSpec spec, string modelPath, byte[] adapter, string data, CancellationToken ct = default)

@@ -86,6 +86,8 @@ public sealed record LocalTraining
     public required double FedProxMu { get; init; }
     /// <summary>Torch threads per party.</summary>
     public required int Threads { get; init; }
+    /// <summary>Dev examples (the first ones) each round's dev loss is taken on; 0: all (what journals before it did).</summary>
+    public int DevLimit { get; init; }
 }
 
 public sealed record AggregationSpec(string Algorithm, ServerOptimizerOptions Server);
@@ -124,6 +126,12 @@ public sealed record EvaluationOptions(int Limit, int MaxNewTokens);
 /// <summary>Raised for a job that cannot run; the message names the origin and the field.</summary>
 public sealed class JobSpecException(string message) : Exception(message);
 
-public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, double FirstLoss, double LastLoss, double? EvalLoss, double Seconds);
+/// <summary>A party's local round: its delta, what it trained on, and where its seconds went (the whole round in <paramref name="Seconds"/>).</summary>
+public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, double FirstLoss, double LastLoss, double? EvalLoss, double Seconds)
+{
+    public double LoadSeconds { get; init; }
+    public double EvalSeconds { get; init; }
+    public double TrainSeconds { get; init; }
+}
 
 public sealed record EvaluationResult(double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples);

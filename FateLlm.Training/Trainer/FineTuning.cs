@@ -18,6 +18,8 @@ public sealed class FineTuning : IDisposable
     public ITextTokenizer Tokenizer { get; }
     public PeftConfig Peft { get; }
     public string ModelPath { get; }
+    /// <summary>Seconds this use spent loading the base: 0 when a resident copy was lent (<see cref="ResidentModels"/>).</summary>
+    public double LoadSeconds { get; internal set; }
     public int PadId => Tokenizer.PadId ?? Tokenizer.EosId ?? 0;
 
     FineTuning(CausalLm model, ITextTokenizer tokenizer, PeftConfig peft, string modelPath)
@@ -41,13 +43,14 @@ public sealed class FineTuning : IDisposable
         // Full fine-tuning updates the base itself, which needs fp32 weights.
         if (peft.Method == PeftMethod.Full && peft.BaseDtype is { } asked && asked != ScalarType.Float32)
             throw new PeftException($"peft.base-dtype {asked} needs a parameter-efficient method: full fine-tuning trains the base in fp32");
+        var sw = System.Diagnostics.Stopwatch.StartNew();
         var model = HfCheckpoint.Load(modelPath, peft.BaseDtypeFor(modelPath));
         try
         {
             model.Randomness.manual_seed(initSeed);
             makeTrainable(model);
             if (device is not null) model.to(device);
-            return new FineTuning(model, TokenizerLoader.Load(modelPath, model.Config), peft, modelPath);
+            return new FineTuning(model, TokenizerLoader.Load(modelPath, model.Config), peft, modelPath) { LoadSeconds = sw.Elapsed.TotalSeconds };
         }
         catch
         {

@@ -50,6 +50,7 @@ public sealed class ResidentModels
             if (_entries.FirstOrDefault(e => !e.InUse && e.Key == key) is { } idle)
             {
                 idle.InUse = true;
+                idle.Run.LoadSeconds = 0;
                 return idle.Run;
             }
             foreach (var stale in _entries.Where(e => !e.InUse && e.Path == path).ToList()) freed |= Evict(stale);

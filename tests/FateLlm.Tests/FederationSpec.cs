@@ -122,7 +122,12 @@ public class FederationSpec
         Assert.Equal(3, status.FinalEvaluation.Length);
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "adapter", "adapter_config.json")));
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "adapter", "adapter_model.safetensors")));
-        Assert.Equal(2 * 3, File.ReadAllLines(Path.Combine(spec.OutputDir, "rounds.jsonl")).Length);
+        var lines = File.ReadAllLines(Path.Combine(spec.OutputDir, "rounds.jsonl")).Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!).ToList();
+        Assert.Equal(2 * 3, lines.Count);
+        // Where each party's seconds went; the base stays loaded on its node, so round 2 loads nothing.
+        Assert.All(lines, l => Assert.Equal(["download", "eval", "hash", "load", "train"], l["seconds"]!.AsObject().Select(kv => kv.Key).Order()));
+        Assert.All(lines.Where(l => (int)l["round"]! == 1), l => Assert.True((double)l["seconds"]!["load"]! > 0));
+        Assert.All(lines.Where(l => (int)l["round"]! == 2), l => Assert.Equal(0.0, (double)l["seconds"]!["load"]!));
         Assert.True(File.Exists(Path.Combine(spec.OutputDir, "events.jsonl")));
         Assert.True(new FileInfo(Path.Combine(spec.OutputDir, "loss.png")).Length > 1000);
         // The merged checkpoint and the PEFT adapter give the same model.

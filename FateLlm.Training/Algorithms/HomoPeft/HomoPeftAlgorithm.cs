@@ -66,11 +66,11 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
             ct.ThrowIfCancellationRequested();
-            FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
+            var hash = FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
             using var run = FederatedComputation.Open(ctx.Spec, ctx.ModelPath);
             using var watermark = PartyWatermark.Open(ctx, run);
             var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark);
-            return ClientUpdate.Of(r);
+            return ClientUpdate.Of(r, hash);
         }
 
         public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)

@@ -55,14 +55,14 @@ public sealed class PdssAlgorithm : IFederatedAlgorithm
         {
             var spec = ctx.Spec;
             var s = Settings.Of(spec);
-            FederatedComputation.VerifyModel(spec, ctx.ModelPath, $"party '{ctx.Party}'");
+            var hash = FederatedComputation.VerifyModel(spec, ctx.ModelPath, $"party '{ctx.Party}'");
             var data = RationaleData.Read(ctx.TrainData, spec.Data, s.Column);
             using var run = FederatedComputation.Open(spec, ctx.ModelPath);
             var update = ClientUpdate.Of(FederatedComputation.DeltaRound(spec, run, File.ReadAllBytes(files[HomoPeft.HomoPeftAlgorithm.Global]), ctx.EvalData, _ =>
             {
                 var r = RationaleDistillation.Train(run.Model, run.Tokenizer, data, spec.Data, Options(spec, s, ctx.Round), ct);
                 return (data.Count, r.Steps, r.FirstLoss, r.LastLoss);
-            }));
+            }), hash);
             return update with { Metrics = new Dictionary<string, double>(update.Metrics) { ["pdss.with-rationale"] = data.Count(e => e.Rationale.Trim().Length > 0) } };
         }
 
