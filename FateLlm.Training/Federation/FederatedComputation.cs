@@ -19,11 +19,20 @@ namespace FateLlm.Training.Federation;
 /// </summary>
 public static class FederatedComputation
 {
-    /// <summary>The round-0 global adapter: PEFT applied to the base model with the job's seed.</summary>
+    /// <summary>
+    /// The round-0 global adapter: PEFT applied to the base model with the job's seed, as <see cref="OpenPrivate"/> would
+    /// give it, from the config and the weights' headers: of the base, only tensors that train (FedIPR's norm scales,
+    /// every weight under full fine-tuning) are read, so an arbiter of a LoRA job never loads the model.
+    /// </summary>
     public static byte[] InitialAdapter(JobSpec spec, string modelPath)
     {
-        using var run = OpenPrivate(spec, modelPath);
-        return run.TrainableBytes();
+        using var scope = NewDisposeScope();
+        using var model = HfCheckpoint.Skeleton(modelPath, spec.Peft.BaseDtypeFor(modelPath));
+        model.Randomness.manual_seed(spec.Seed);
+        MakeTrainable(model, spec);
+        var trainedBase = model.BaseParameters().Where(p => p.Param.requires_grad).Select(p => p.Name).ToHashSet();
+        if (trainedBase.Count > 0) HfCheckpoint.ReadTensors(model, modelPath, trainedBase);
+        return SafeTensors.ToBytes(PeftModel.TrainableState(model));
     }
 
     /// <summary>
@@ -35,11 +44,13 @@ public static class FederatedComputation
 
     /// <summary>A copy of the job's model of the caller's own (seeded as the job says), for work that changes the base (merging).</summary>
     public static FineTuning OpenPrivate(JobSpec spec, string modelPath) =>
-        FineTuning.Open(modelPath, spec.Peft, spec.Seed, m =>
-        {
-            PeftModel.Apply(m, spec.Peft);
-            WatermarkSites.MakeTrainable(m, spec);
-        });
+        FineTuning.Open(modelPath, spec.Peft, spec.Seed, m => MakeTrainable(m, spec));
+
+    static void MakeTrainable(CausalLm model, JobSpec spec)
+    {
+        PeftModel.Apply(model, spec.Peft);
+        WatermarkSites.MakeTrainable(model, spec);
+    }
 
     // What shapes the module: the weights, the PEFT settings (adapter layers, base dtype) and FedIPR's trainable sites.
     static string ResidentKey(JobSpec spec, string modelPath) =>

@@ -78,7 +78,33 @@ public static class HfCheckpoint
         return files;
     }
 
-    static LoadReport Stream(CausalLm model, IReadOnlyList<string> files, string origin)
+    /// <summary>
+    /// The model of a folder with every tensor checked against the checkpoint's headers (names, shapes) but none read:
+    /// weights stay unwritten memory, which the OS does not commit until touched. What needs only shapes (an initial
+    /// adapter) gets them without reading gigabytes; <see cref="ReadTensors"/> reads the few tensors it does need.
+    /// </summary>
+    public static CausalLm Skeleton(string folder, ScalarType dtype)
+    {
+        if (!Directory.Exists(folder)) throw new ModelFormatException($"{folder}: model folder not found");
+        CausalLm model;
+        using (BaseDtype.Use(dtype)) model = CausalLm.Create(ModelConfig.Load(Path.Combine(folder, ConfigFile)));
+        try
+        {
+            Stream(model, WeightFiles(folder), folder, _ => false);
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Reads the named base tensors of <paramref name="model"/> from its checkpoint folder.</summary>
+    public static void ReadTensors(CausalLm model, string folder, IReadOnlySet<string> names) =>
+        Stream(model, WeightFiles(folder), folder, names.Contains);
+
+    static LoadReport Stream(CausalLm model, IReadOnlyList<string> files, string origin, Func<string, bool>? read = null)
     {
         var byKey = new Dictionary<string, (string Name, Parameter Param)>(StringComparer.Ordinal);
         foreach (var (name, p) in model.BaseParameters())
@@ -104,7 +130,7 @@ public static class HfCheckpoint
                 }
                 if (!e.Shape.SequenceEqual(target.Param.shape))
                     throw new ModelFormatException($"{file}: tensor '{e.Name}' has shape [{string.Join(",", e.Shape)}] but the config needs [{string.Join(",", target.Param.shape)}]");
-                SafeTensors.ReadInto(handle, e, dataStart, target.Param, file);
+                if (read is null || read(target.Name)) SafeTensors.ReadInto(handle, e, dataStart, target.Param, file);
                 loaded.Add(target.Name);
             }
         }
@@ -113,10 +139,9 @@ public static class HfCheckpoint
         return new LoadReport(ignored);
     }
 
-    /// <summary>Saves config and weights; shards when the weights exceed <paramref name="maxShardBytes"/>.</summary>
     /// <summary>
     /// Writes the model as a HF folder, its weights in <paramref name="dtype"/> (cast one shard at a time) or as they
-    /// are; config.json's <c>torch_dtype</c> names the dtype written.
+    /// are, sharded above <paramref name="maxShardBytes"/>; config.json's <c>torch_dtype</c> names the dtype written.
     /// </summary>
     public static void Save(CausalLm model, string folder, long maxShardBytes = 2L << 30, ScalarType? dtype = null)
     {

@@ -27,8 +27,13 @@ public sealed record PeftConfig
     public IReadOnlyList<string> ModulesToSave { get; init; } = [];
 
     /// <summary>The dtype the base of <paramref name="modelPath"/> loads in under these settings.</summary>
-    public ScalarType BaseDtypeFor(string modelPath) =>
-        BaseDtype ?? (Method == PeftMethod.Full ? ScalarType.Float32 : HfCheckpoint.StoredDtype(modelPath));
+    public ScalarType BaseDtypeFor(string modelPath)
+    {
+        // Full fine-tuning updates the base itself, which needs fp32 weights.
+        if (Method == PeftMethod.Full && BaseDtype is { } asked && asked != ScalarType.Float32)
+            throw new PeftException($"peft.base-dtype {asked} needs a parameter-efficient method: full fine-tuning trains the base in fp32");
+        return BaseDtype ?? (Method == PeftMethod.Full ? ScalarType.Float32 : HfCheckpoint.StoredDtype(modelPath));
+    }
 
     public static ScalarType? ParseDtype(string s) => s.ToLowerInvariant() switch
     {

@@ -40,9 +40,6 @@ public sealed class FineTuning : IDisposable
     /// </summary>
     public static FineTuning Open(string modelPath, PeftConfig peft, long initSeed, Action<CausalLm> makeTrainable, Device? device = null)
     {
-        // Full fine-tuning updates the base itself, which needs fp32 weights.
-        if (peft.Method == PeftMethod.Full && peft.BaseDtype is { } asked && asked != ScalarType.Float32)
-            throw new PeftException($"peft.base-dtype {asked} needs a parameter-efficient method: full fine-tuning trains the base in fp32");
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var model = HfCheckpoint.Load(modelPath, peft.BaseDtypeFor(modelPath));
         try
