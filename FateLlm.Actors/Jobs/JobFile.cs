@@ -250,6 +250,7 @@ public static class JobFile
             Evaluation = new EvaluationOptions(r.Int("evaluation.limit"), r.Int("evaluation.max-new-tokens")),
             OutputDir = Resolve(job.HasPath("output") ? r.String("output") : "runs/" + jobId),
             Seed = r.Long("seed"),
+            Export = new ExportOptions(r.Parsed("export.merged", ExportOptions.Parse), r.Size("export.merged-auto-limit")),
             Ipr = new IprOptions
             {
                 Enabled = r.Bool("ipr.enabled"),

@@ -156,15 +156,20 @@ public static class FederatedComputation
     }
 
     /// <summary>
-    /// Writes a global adapter as a HF PEFT adapter folder (a full checkpoint for full fine-tuning) and, for LoRA,
-    /// also merged into the base weights as a plain HF checkpoint in <paramref name="mergedFolder"/>.
+    /// Writes a global adapter as a HF PEFT adapter folder (a full checkpoint for full fine-tuning) and, for LoRA when
+    /// <c>job.export.merged</c> says so, merged into the base as a plain HF checkpoint in <paramref name="mergedFolder"/>.
+    /// The base is never loaded whole: the adapter goes onto a skeleton, and the merge streams the base shard by shard.
     /// </summary>
     public static void ExportAdapter(JobSpec spec, string modelPath, byte[] adapter, string folder, string? mergedFolder = null)
     {
-        using var run = OpenPrivate(spec, modelPath);
-        run.LoadTrainable(adapter, "global adapter");
-        run.SaveAdapter(folder, spec.Data);
-        if (mergedFolder is null || spec.Peft.Method != PeftMethod.Lora) return;
-        PeftModel.SaveMerged(run.Model, mergedFolder, modelPath);
+        using var scope = NewDisposeScope();
+        using var model = HfCheckpoint.Skeleton(modelPath, spec.Peft.BaseDtypeFor(modelPath));
+        model.Randomness.manual_seed(spec.Seed);
+        MakeTrainable(model, spec);
+        PeftModel.LoadTrainableState(model, SafeTensors.FromBytes(adapter, "global adapter"), "global adapter");
+        AdapterFolder.Save(model, spec.Peft, folder, modelPath);
+        AdapterFolder.SaveDataOptions(folder, spec.Data);
+        if (mergedFolder is not null && spec.Peft.Method == PeftMethod.Lora && spec.Export.WritesMerged(modelPath))
+            MergedCheckpoint.Write(model, modelPath, mergedFolder);
     }
 }

@@ -41,6 +41,8 @@ public sealed record JobSpec
     public required long Seed { get; init; }
     /// <summary>FedIPR watermarks; off in jobs written before it existed.</summary>
     public Ipr.IprOptions Ipr { get; init; } = FateLlm.Training.Ipr.IprOptions.Off;
+    /// <summary>What the export writes besides the adapter; jobs written before it existed merged always.</summary>
+    public ExportOptions Export { get; init; } = ExportOptions.Always;
 
     public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation.Algorithm, Aggregation.Server);
 
@@ -125,6 +127,31 @@ public sealed record EvaluationOptions(int Limit, int MaxNewTokens);
 
 /// <summary>Raised for a job that cannot run; the message names the origin and the field.</summary>
 public sealed class JobSpecException(string message) : Exception(message);
+
+public enum MergedExport { Auto, On, Off }
+
+/// <summary>
+/// Whether a LoRA job's export also writes the adapter merged into the base (a plain HF checkpoint, streamed one shard
+/// at a time): <see cref="MergedExport.Auto"/> does when the base's weights are at most <see cref="MergedAutoLimitBytes"/>.
+/// </summary>
+public sealed record ExportOptions(MergedExport Merged, long MergedAutoLimitBytes)
+{
+    public static readonly ExportOptions Always = new(MergedExport.On, 0);
+
+    public bool WritesMerged(string modelFolder) => Merged switch
+    {
+        MergedExport.On => true,
+        MergedExport.Off => false,
+        _ => Models.HfCheckpoint.WeightFiles(modelFolder).Sum(f => new FileInfo(f).Length) <= MergedAutoLimitBytes,
+    };
+
+    public static MergedExport Parse(string s) => s.ToLowerInvariant() switch
+    {
+        "auto" => MergedExport.Auto,
+        _ when Switch.TryParse(s, out var on) => on ? MergedExport.On : MergedExport.Off,
+        _ => throw new ArgumentException($"'{s}' is not one of auto, on, off"),
+    };
+}
 
 /// <summary>A party's local round: its delta, what it trained on, and where its seconds went (the whole round in <paramref name="Seconds"/>).</summary>
 public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, double FirstLoss, double LastLoss, double? EvalLoss, double Seconds)

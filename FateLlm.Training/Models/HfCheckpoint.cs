@@ -147,12 +147,7 @@ public static class HfCheckpoint
     {
         Directory.CreateDirectory(folder);
         var tensors = model.BaseParameters().ToDictionary(p => p.Name, p => (Tensor)p.Param);
-        var written = dtype ?? model.InputEmbeddings.dtype;
-        model.Config.Save(Path.Combine(folder, ConfigFile), written switch
-        {
-            ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", ScalarType.Float32 => "float32",
-            var other => throw new ModelFormatException($"{folder}: weights cannot be written as {other}"),
-        });
+        model.Config.Save(Path.Combine(folder, ConfigFile), Peft.MergedCheckpoint.TorchDtypeName(dtype ?? model.InputEmbeddings.dtype));
         SaveWeights(tensors, folder, maxShardBytes, dtype);
     }
 

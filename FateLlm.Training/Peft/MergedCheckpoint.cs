@@ -1,0 +1,48 @@
+using System.Text.Json.Nodes;
+using FateLlm.Training.IO;
+using FateLlm.Training.Models;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Peft;
+
+/// <summary>
+/// A base checkpoint with an adapter merged in, written one shard of the base at a time: memory stays bounded by one
+/// shard (plus the adapter), however large the base. Each weight W with LoRA becomes W + (alpha/r)·B·A, computed in fp32
+/// and stored in W's own dtype, as an in-memory merge followed by a save in the base's dtype gives; base tensors the
+/// adapter trains (FedIPR's norm scales) take the adapter's values.
+/// </summary>
+public static class MergedCheckpoint
+{
+    /// <param name="adapted">The job's model with the adapter loaded: its weights need not be (a skeleton does).</param>
+    public static void Write(CausalLm adapted, string baseFolder, string folder)
+    {
+        Directory.CreateDirectory(folder);
+        using var _ = no_grad();
+        var lora = adapted.Projections().Where(p => p.Module.HasLora).ToDictionary(p => p.Path + ".weight", p => p.Module, StringComparer.Ordinal);
+        var trained = adapted.BaseParameters().Where(p => p.Param.requires_grad).ToDictionary(p => p.Name, p => (Tensor)p.Param, StringComparer.Ordinal);
+        var files = HfCheckpoint.WeightFiles(baseFolder);
+        foreach (var stale in new[] { HfCheckpoint.SingleFile, HfCheckpoint.IndexFile }.Select(f => Path.Combine(folder, f)).Where(File.Exists)) File.Delete(stale);
+        foreach (var file in files)
+        {
+            using var scope = NewDisposeScope();
+            var shard = SafeTensors.Load(file);
+            // A bare GPT2Model checkpoint names its tensors without the "transformer." of the model's.
+            string Name(string stored) => lora.ContainsKey(stored) || trained.ContainsKey(stored) || adapted.Config.Family != ModelFamily.Gpt2 ? stored : "transformer." + stored;
+            var merged = shard.ToDictionary(kv => kv.Key, kv =>
+                lora.TryGetValue(Name(kv.Key), out var projection) ? kv.Value.to_type(ScalarType.Float32).add(projection.LoraDelta()).to_type(kv.Value.dtype)
+                : trained.TryGetValue(Name(kv.Key), out var value) ? value.detach().to_type(kv.Value.dtype)
+                : kv.Value);
+            SafeTensors.Save(Path.Combine(folder, Path.GetFileName(file)), merged);
+        }
+        var index = Path.Combine(baseFolder, HfCheckpoint.IndexFile);
+        if (files.Count > 1 || File.Exists(index)) File.Copy(index, Path.Combine(folder, HfCheckpoint.IndexFile), overwrite: true);
+        adapted.Config.Save(Path.Combine(folder, HfCheckpoint.ConfigFile), TorchDtypeName(HfCheckpoint.StoredDtype(baseFolder)));
+        Tokenization.TokenizerLoader.CopyFiles(baseFolder, folder);
+    }
+
+    internal static string TorchDtypeName(ScalarType dtype) => dtype switch
+    {
+        ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", ScalarType.Float32 => "float32",
+        _ => throw new ModelFormatException($"weights cannot be written as {dtype}"),
+    };
+}
