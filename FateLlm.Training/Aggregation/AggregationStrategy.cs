@@ -16,6 +16,11 @@ public sealed class AggregationException(string message) : Exception(message);
 public interface IAggregationStrategy
 {
     string Name { get; }
+    /// <summary>
+    /// True when the rule needs only the weighted mean of the deltas (the FedAvg family): a round then folds each
+    /// validated update into a <see cref="RunningWeightedMean"/> and holds one update at a time, not every party's.
+    /// </summary>
+    bool NeedsMeanOnly => true;
     AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState);
 }
 
@@ -65,17 +70,9 @@ public static class AggregationStrategies
     {
         if (deltas.Count == 0) throw new AggregationException("no updates to aggregate");
         foreach (var d in deltas) Validate(global, d);
-        double total = deltas.Sum(d => (double)d.Samples);
-        if (total <= 0) throw new AggregationException("updates report no samples");
-        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        using var _ = no_grad();
-        foreach (var name in global.Keys)
-        {
-            var acc = zeros_like(global[name]);
-            foreach (var d in deltas) acc.add_(d.Tensors[name], alpha: d.Samples / total);
-            result[name] = acc;
-        }
-        return result;
+        var mean = new RunningWeightedMean(global, deltas.Sum(d => (double)d.Samples));
+        foreach (var d in deltas) mean.Add(d);
+        return mean.Result();
     }
 
     /// <summary>Server optimisers: average the deltas, then compute each tensor's next value (and its state) from the mean update.</summary>
@@ -102,6 +99,41 @@ public static class AggregationStrategies
         if (extra != null) throw new AggregationException($"party '{d.Party}': update has unknown tensor '{extra}'");
         if (d.Samples < 0) throw new AggregationException($"party '{d.Party}': negative sample count {d.Samples}");
     }
+}
+
+/// <summary>
+/// Σ (n_k / N) Δ_k folded one delta at a time, N (the accepted samples) known first: memory of one adapter however many
+/// parties contribute, and the same bits as summing the list at once in the same order (other orders differ by fp32
+/// rounding). Each delta is checked against the global's names and shapes as it is added.
+/// </summary>
+public sealed class RunningWeightedMean
+{
+    readonly IReadOnlyDictionary<string, Tensor> _global;
+    readonly double _total;
+    readonly Dictionary<string, Tensor> _sum = new(StringComparer.Ordinal);
+
+    public RunningWeightedMean(IReadOnlyDictionary<string, Tensor> global, double totalSamples)
+    {
+        if (totalSamples <= 0) throw new AggregationException("updates report no samples");
+        (_global, _total) = (global, totalSamples);
+        using var _ = no_grad();
+        // Made in the constructing caller's dispose scope and only added to in place, so per-update scopes cannot free them.
+        foreach (var (name, t) in global) _sum[name] = zeros_like(t);
+    }
+
+    public int Count { get; private set; }
+
+    public void Add(AdapterDelta d)
+    {
+        AggregationStrategies.Validate(_global, d);
+        using var _ = no_grad();
+        foreach (var (name, acc) in _sum) acc.add_(d.Tensors[name], alpha: d.Samples / _total);
+        Count++;
+    }
+
+    /// <summary>The weighted mean (the tensors folded into, in the constructing caller's scope).</summary>
+    public Dictionary<string, Tensor> Result() =>
+        Count == 0 ? throw new AggregationException("no updates to aggregate") : new Dictionary<string, Tensor>(_sum, StringComparer.Ordinal);
 }
 
 /// <summary>FedAvg (McMahan et al. 2017): θ ← θ + η·Σ n_k Δ_k / Σ n_k.</summary>

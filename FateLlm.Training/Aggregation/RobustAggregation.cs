@@ -10,6 +10,7 @@ namespace FateLlm.Training.Aggregation;
 public sealed class RobustAggregation(string rule, ServerOptimizerOptions o) : IAggregationStrategy
 {
     public string Name => rule;
+    public bool NeedsMeanOnly => false;
 
     public AggregationOutcome Aggregate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, IReadOnlyDictionary<string, Tensor> serverState)
     {

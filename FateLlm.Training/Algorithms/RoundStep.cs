@@ -33,15 +33,31 @@ public static class RoundStep
         var layout = Layout(ctx.Store, exchange);
         var rejected = new List<Rejection>();
         var accepted = new List<PartyContribution>();
+        // A rule that needs only the mean (the FedAvg family, without central DP) checks every update, then folds the
+        // accepted ones one by one: one update in memory at a time instead of every party's.
+        var folded = layout is not null && algorithm.Summable && spec.Dp.Mode != DpMode.Central && spec.Strategy().NeedsMeanOnly;
+        UpdateCheck Check(OfferedUpdate u) =>
+            algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, layout), ctx.Store.Read(u.Digest));
         foreach (var u in offered.OrderBy(u => u.Party, StringComparer.Ordinal))
         {
-            var check = algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, layout), ctx.Store.Read(u.Digest));
+            using var each = folded ? NewDisposeScope() : null;
+            var check = Check(u);
             if (check.Problem is not null) rejected.Add(new Rejection(u.Party, check.Problem));
-            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, check.Parsed));
+            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, folded ? null : check.Parsed));
         }
         if (accepted.Count < minAccepted)
             throw new AggregationException($"{accepted.Count} valid updates, {minAccepted} required; rejected: {string.Join("; ", rejected.Select(r => $"{r.Party}: {r.Reason}"))}");
         var result = new ExchangeResult(exchange, phase, accepted);
+        if (folded)
+        {
+            var mean = new RunningWeightedMean(layout!, accepted.Sum(c => (double)c.Samples));
+            foreach (var c in accepted)
+            {
+                using var each = NewDisposeScope();
+                mean.Add(new AdapterDelta(c.Party, (IReadOnlyDictionary<string, Tensor>)Check(offered.First(o => o.Party == c.Party)).Parsed!, c.Samples));
+            }
+            result = result with { Mean = mean.Result() };
+        }
         PrivateMean? dp = null;
         if (spec.Dp.Mode == DpMode.Central && layout is not null)
         {

@@ -22,6 +22,35 @@ public class AggregationSpec
     }
 
     [Fact]
+    public void The_running_mean_gives_the_batch_mean_whatever_order_the_updates_come_in()
+    {
+        var gen = new Generator(7);
+        Dictionary<string, Tensor> Random() => new() { ["a"] = randn([64, 16], generator: gen), ["b"] = randn([16, 8], generator: gen) };
+        var global = Random();
+        var deltas = Enumerable.Range(0, 7).Select(i => new AdapterDelta($"p{i}", Random(), 1 + 13 * i)).ToList();
+        double total = deltas.Sum(d => (double)d.Samples);
+        // The batch formula in fp64, written out: Σ n_k Δ_k / Σ n_k.
+        var expected = global.Keys.ToDictionary(n => n, n => deltas.Select(d => d.Tensors[n].to_type(ScalarType.Float64).mul(d.Samples / total)).Aggregate((x, y) => x.add(y)));
+        foreach (var order in new[] { deltas, Enumerable.Reverse(deltas).ToList(), deltas.OrderBy(d => d.Samples % 5).ToList() })
+        {
+            var running = new RunningWeightedMean(global, total);
+            foreach (var d in order)
+            {
+                using var scope = NewDisposeScope(); // a round frees each update after folding it
+                running.Add(new AdapterDelta(d.Party, d.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.clone()), d.Samples));
+            }
+            Assert.Equal(7, running.Count);
+            foreach (var (name, t) in running.Result())
+                Assert.True(TestSupport.MaxAbsDiff(t, expected[name].to_type(ScalarType.Float32)) < 1e-5, name);
+        }
+        // FedAvg over the list is the running mean in the list's order, bit for bit.
+        var again = new RunningWeightedMean(global, total);
+        foreach (var d in deltas) again.Add(d);
+        var next = new FedAvg().Aggregate(global, deltas, new Dictionary<string, Tensor>()).Global;
+        foreach (var (name, m) in again.Result()) Assert.True(next[name].eq(global[name].add(m)).all().item<bool>(), name);
+    }
+
+    [Fact]
     public void Deltas_are_matched_by_name_not_by_position()
     {
         var global = State(0, 0);
