@@ -1,6 +1,7 @@
 using System.CommandLine;
 using TorchSharp;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using FateLlm.Actors.Jobs;
 using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
@@ -154,7 +155,7 @@ internal static class TrainingCommands
     {
         var model = new Option<string?>("--model") { Description = "Base model folder" };
         var adapter = new Option<string?>("--adapter") { Description = "Adapter folder" };
-        var prompt = Required<string>("--prompt", "Prompt text, continued exactly as given (as HF generate does)");
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt text, continued exactly as given (as HF generate does); with --chat, the last user message" };
         var template = new Option<string?>("--template")
         {
             Description = "Apply this prompt template ({prompt} is replaced by --prompt); default: the template the adapter was trained with, none without one",
@@ -163,6 +164,13 @@ internal static class TrainingCommands
         {
             Description = "Send --prompt as a user message through the model's chat_template (tokenizer_config.json) with the assistant turn opened",
         };
+        var system = new Option<string?>("--system") { Description = "With --chat: a system message before the conversation" };
+        var messages = new Option<string?>("--messages")
+        {
+            Description = "A conversation for the chat template (implies --chat): a JSON list of messages, or an object with 'messages' " +
+                "and any variables the template reads ('tools', 'documents', 'enable_thinking', ...); --prompt, if given, is appended as a user message",
+        };
+        var printPrompt = new Option<bool>("--print-prompt") { Description = "Print the text the model is given and its token ids before the continuation" };
         var sampling = new SamplingOptionSet();
         var runtime = new RuntimeOptionSet();
         return new Command("generate", "Continue a prompt (greedy, temperature, top-k, top-p)").With(p =>
@@ -170,27 +178,71 @@ internal static class TrainingCommands
             var device = runtime.Apply(p);
             var o = sampling.Read(p);
             using var loaded = LoadedModel.Open(p.GetValue(model), p.GetValue(adapter), device);
-            var text = p.GetValue(prompt)!;
+            var text = p.GetValue(prompt);
             var chosen = p.GetValue(template) ?? loaded.Data?.Template;
             if (chosen is not null && !chosen.Contains("{prompt}")) throw new UsageException("--template must contain {prompt}");
-            if (p.GetValue(chat))
+            List<int> ids;
+            if (p.GetValue(chat) || p.GetValue(messages) is not null)
             {
                 if (p.GetValue(template) is not null) throw new UsageException("--chat and --template exclude each other");
                 var (chatTemplate, bos, eos) = TokenizerLoader.ReadChatTemplate(loaded.BaseFolder)
                     ?? throw new UsageException($"--chat: {Path.Combine(loaded.BaseFolder, TokenizerLoader.ConfigFile)} has no field 'chat_template'");
+                var (conversation, variables) = Conversation(p.GetValue(messages), p.GetValue(system), text);
+                variables.TryAdd("bos_token", bos);
+                variables.TryAdd("eos_token", eos);
                 // As apply_chat_template(tokenize=True): the rendered text already holds its special tokens.
-                text = chatTemplate.Render([new ChatMessage("user", text)], addGenerationPrompt: true, bos, eos);
-                var chatIds = loaded.Tokenizer.Encode(text).ToList();
-                t.Out.WriteLine(loaded.Tokenizer.Decode(TextGeneration.Generate(loaded.Model, chatIds, o, loaded.Tokenizer.EosId)));
-                return;
+                text = chatTemplate.Render(conversation, addGenerationPrompt: true, variables);
+                ids = loaded.Tokenizer.Encode(text).ToList();
             }
-            var ids = chosen is null ? InstructionData.TextIds(text, loaded.Tokenizer)
-                : InstructionData.PromptIds(new Example(text, "", "--prompt"), loaded.Tokenizer,
-                    new DataOptions { Template = chosen, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
-            if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer adds no BOS token to start from");
-            var output = TextGeneration.Generate(loaded.Model, ids, o, loaded.Tokenizer.EosId);
-            t.Out.WriteLine(loaded.Tokenizer.Decode(output));
-        }, [model, adapter, prompt, template, chat, .. sampling.All, .. runtime.All]);
+            else
+            {
+                if (text is null) throw new UsageException("--prompt is required (or --messages)");
+                if (p.GetValue(system) is not null) throw new UsageException("--system needs --chat");
+                ids = chosen is null ? InstructionData.TextIds(text, loaded.Tokenizer)
+                    : InstructionData.PromptIds(new Example(text, "", "--prompt"), loaded.Tokenizer,
+                        new DataOptions { Template = chosen, MaxPromptTokens = loaded.Model.Config.MaxPositions, MaxTotalTokens = loaded.Model.Config.MaxPositions });
+                if (ids.Count == 0) throw new UsageException("--prompt is empty and the tokenizer adds no BOS token to start from");
+            }
+            if (p.GetValue(printPrompt))
+            {
+                t.Out.WriteLine(chosen is null || p.GetValue(chat) || p.GetValue(messages) is not null ? text : chosen.Replace("{prompt}", text));
+                t.Out.WriteLine($"ids: [{string.Join(", ", ids)}]");
+            }
+            t.Out.WriteLine(loaded.Tokenizer.Decode(TextGeneration.Generate(loaded.Model, ids, o, loaded.Tokenizer.EosId)));
+        }, [model, adapter, prompt, template, chat, system, messages, printPrompt, .. sampling.All, .. runtime.All]);
+    }
+
+    /// <summary>
+    /// The messages and template variables of <c>--messages</c> (a list, or an object with 'messages' and variables),
+    /// with --system first and --prompt last; every problem names the file and, for JSON errors, the line.
+    /// </summary>
+    static (JsonArray Messages, Dictionary<string, object?> Variables) Conversation(string? file, string? system, string? prompt)
+    {
+        var variables = new Dictionary<string, object?>();
+        JsonArray list = [];
+        if (file is not null)
+        {
+            if (!File.Exists(file)) throw new UsageException($"--messages: {file} not found");
+            JsonNode? root;
+            try { root = JsonNode.Parse(File.ReadAllText(file)); }
+            catch (JsonException e) { throw new UsageException($"--messages: {file}:{(e.LineNumber ?? 0) + 1}: not valid JSON ({e.Message})"); }
+            list = root switch
+            {
+                JsonArray a => a,
+                JsonObject o when o["messages"] is JsonArray a => a,
+                _ => throw new UsageException($"--messages: {file} must be a list of messages or an object with a 'messages' list"),
+            };
+            if (root is JsonObject vars)
+                foreach (var (key, value) in vars.Where(kv => kv.Key != "messages")) variables[key] = value?.DeepClone();
+            list = (JsonArray)list.DeepClone();
+            for (int i = 0; i < list.Count; i++)
+                if (list[i] is not JsonObject m || m["role"] is not JsonValue role || !role.TryGetValue<string>(out _))
+                    throw new UsageException($"--messages: {file}: messages[{i}] must be an object with a 'role' (and usually 'content')");
+        }
+        if (system is not null) list.Insert(0, new JsonObject { ["role"] = "system", ["content"] = system });
+        if (prompt is not null) list.Add(new JsonObject { ["role"] = "user", ["content"] = prompt });
+        if (list.Count == 0) throw new UsageException("--chat needs a conversation: --prompt, --messages or both");
+        return (list, variables);
     }
 
     internal static void PrintScores(Terminal t, EvalReport report)

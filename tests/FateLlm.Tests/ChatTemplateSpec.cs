@@ -91,10 +91,9 @@ public class ChatTemplateSpec
 [Collection(Tier.InProcess)]
 public class ChatGenerateSpec
 {
-    [Fact]
-    public void Generate_chat_sends_the_prompt_through_the_folder_template()
+    /// <summary>A Qwen2.5-shaped model whose vocabulary is the qwen2 tokenizer fixture's (with its chat template).</summary>
+    static string QwenModel()
     {
-        // A Qwen2.5-shaped model whose vocabulary is the qwen2 tokenizer fixture's.
         var dir = TestSupport.TempDir();
         foreach (var f in Directory.GetFiles(TestSupport.FixturePath("tokenizers", "qwen2"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
         var tok = TokenizerLoader.Load(dir, null);
@@ -108,12 +107,57 @@ public class ChatGenerateSpec
             model.InitializeWeights(3);
             FateLlm.Training.Models.HfCheckpoint.Save(model, dir);
         }
+        return dir;
+    }
+
+    [Fact]
+    public void Generate_chat_sends_the_prompt_through_the_folder_template()
+    {
+        var dir = QwenModel();
         var (code, _, stderr) = Run("generate", "--model", dir, "--prompt", "What is an ox?", "--chat", "--temperature", "0", "--max-new-tokens", "4");
         Assert.True(code == 0, stderr);
         File.WriteAllText(Path.Combine(dir, TokenizerLoader.ConfigFile), "{\"eos_token\": \"<|im_end|>\"}");
         (code, _, stderr) = Run("generate", "--model", dir, "--prompt", "hi", "--chat");
         Assert.NotEqual(0, code);
         Assert.Contains("tokenizer_config.json has no field 'chat_template'", stderr);
+    }
+
+    [Fact]
+    public void Generate_renders_a_conversation_from_messages_system_and_prompt_as_hf_jinja_does_and_prints_it()
+    {
+        var dir = QwenModel();
+        var tok = TokenizerLoader.Load(dir, null);
+        var expected = JsonNode.Parse(File.ReadAllText(TestSupport.FixturePath("tokenizers", "expected.json")))!;
+        string Rendered(string set, bool tools) => expected["chat"]!.AsArray().Single(c => (string)c!["family"]! == "qwen2.5"
+            && (string)c["messages"]! == set && (bool)c["add_generation_prompt"]! && (bool)c["tools"]! == tools)!["rendered"]!.GetValue<string>();
+        string Printed(string rendered) => $"{rendered}\nids: [{string.Join(", ", tok.Encode(rendered))}]\n";
+        var work = TestSupport.TempDir();
+
+        // Multi-turn with a tool call and the tools as a template variable.
+        var withTools = Path.Combine(work, "tools.json");
+        File.WriteAllText(withTools, new JsonObject { ["messages"] = expected["messages"]!["tools"]!.DeepClone(), ["tools"] = expected["tools"]!.DeepClone() }.ToJsonString());
+        var (code, stdout, stderr) = Run("generate", "--model", dir, "--messages", withTools, "--print-prompt", "--temperature", "0", "--max-new-tokens", "1");
+        Assert.True(code == 0, stderr);
+        Assert.StartsWith(Printed(Rendered("tools", tools: true)), stdout);
+
+        // --system first, the file's turns, --prompt last: the "plain" conversation.
+        var plain = expected["messages"]!["plain"]!.AsArray();
+        var middle = Path.Combine(work, "middle.json");
+        File.WriteAllText(middle, new JsonArray(plain.Skip(1).Take(2).Select(m => m!.DeepClone()).ToArray()).ToJsonString());
+        (code, stdout, stderr) = Run("generate", "--model", dir, "--system", (string)plain[0]!["content"]!, "--messages", middle, "--prompt", (string)plain[3]!["content"]!,
+            "--print-prompt", "--temperature", "0", "--max-new-tokens", "1");
+        Assert.True(code == 0, stderr);
+        Assert.StartsWith(Printed(Rendered("plain", tools: false)), stdout);
+
+        // A bad file is named, with the line of a JSON error or the index of a bad message.
+        File.WriteAllText(middle, "[\n{\"role\": \"user\", \"content\": \"hi\"},\n{\"content\": \"no role\"}\n]");
+        (code, _, stderr) = Run("generate", "--model", dir, "--messages", middle);
+        Assert.NotEqual(0, code);
+        Assert.Contains($"{middle}: messages[1] must be an object with a 'role'", stderr);
+        File.WriteAllText(middle, "[\n{\"role\": \"user\",\n oops }\n]");
+        (code, _, stderr) = Run("generate", "--model", dir, "--messages", middle);
+        Assert.NotEqual(0, code);
+        Assert.Contains($"{middle}:3: not valid JSON", stderr);
     }
 
     static (int Code, string Out, string Err) Run(params string[] args)
