@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
-using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text.Json;
+using FateLlm.Training.IO;
 
 namespace FateLlm.Training.Models;
 
@@ -29,7 +29,7 @@ public static class WeightsDigest
             ? Directory.GetFiles(full, "*.safetensors").Select(f => Path.GetFileName(f)!).Order(StringComparer.Ordinal).ToList()
             : [];
         if (files.Count == 0) throw new ModelFormatException($"{folder}: no .safetensors weights to hash");
-        var stamp = string.Join(";", files.Select(f => Stamp(Path.Combine(full, f))));
+        var stamp = string.Join(";", files.Select(f => FileStamp.Of(Path.Combine(full, f))));
         if (Remembered.TryGetValue(full, out var known) && known.Stamp == stamp) return known.Digest;
         var digest = ReadCache(full, stamp) ?? Hash(full, files);
         Remembered[full] = (stamp, digest);
@@ -70,38 +70,7 @@ public static class WeightsDigest
     static void WriteCache(string folder, List<string> files, string digest)
     {
         // Stamped after hashing: a file changed while it was read gets a stamp that no longer matches next time.
-        var stamp = string.Join(";", files.Select(f => Stamp(Path.Combine(folder, f))));
-        var target = Path.Combine(folder, CacheFile);
-        var tmp = $"{target}.{Environment.ProcessId}.tmp";
-        try
-        {
-            File.WriteAllText(tmp, JsonSerializer.Serialize(new Cached(CacheVersion, "sha256", stamp, digest)));
-            File.Move(tmp, target, overwrite: true);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            try { File.Delete(tmp); } catch (Exception) { /* nothing was written */ }
-        }
-    }
-
-    static string Stamp(string path)
-    {
-        var info = new FileInfo(path);
-        return $"{info.Name}:{info.Length}:{info.LastWriteTimeUtc.Ticks}:{Inode(path)}";
-    }
-
-    // struct stat on Linux x86-64 and arm64: st_dev (8 bytes), then st_ino (8 bytes).
-    [DllImport("libc", EntryPoint = "stat", SetLastError = true)]
-    static extern int StatCall([MarshalAs(UnmanagedType.LPUTF8Str)] string path, byte[] buffer);
-
-    static ulong Inode(string path)
-    {
-        if (!OperatingSystem.IsLinux()) return 0;
-        try
-        {
-            var buffer = new byte[256];
-            return StatCall(path, buffer) == 0 ? BitConverter.ToUInt64(buffer, 8) : 0;
-        }
-        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { return 0; }
+        var stamp = string.Join(";", files.Select(f => FileStamp.Of(Path.Combine(folder, f))));
+        AtomicFile.TryWriteAllText(Path.Combine(folder, CacheFile), JsonSerializer.Serialize(new Cached(CacheVersion, "sha256", stamp, digest)));
     }
 }

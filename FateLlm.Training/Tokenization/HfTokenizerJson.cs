@@ -44,12 +44,65 @@ public sealed class HfTokenizerJson : ITextTokenizer, IDisposable
     public void Dispose() => (_inner as IDisposable)?.Dispose();
 
     /// <summary>
+    /// What loading needs besides the native tokenizer, worked out once per version of the files: the vocabulary size,
+    /// the special ids and flags, and the path of the copy without a post-processor the native library reads.
+    /// </summary>
+    sealed record Prepared(int Version, string Key, int Vocab, int? Bos, int? Eos, int? Pad, bool AddBos, bool AddEos, string Copy);
+
+    const int PreparedVersion = 1;
+    public const string PreparedFile = ".fate-llm-tokenizer.json", PreparedCopy = ".fate-llm-tokenizer.prepared.json";
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Prepared> Remembered = new();
+
+    /// <summary>
     /// Loads <c>folder/tokenizer.json</c>; special tokens come from <paramref name="tokenizerConfig"/>
     /// (<c>bos_token</c>, <c>eos_token</c>, <c>pad_token</c>, as strings or <c>{content}</c>), then config.json ids.
+    /// Parsing a 262k-entry file takes seconds and most of a GB, so what it yields is kept beside the model (or in
+    /// the temp folder when the model's cannot be written), keyed by the file's stamp and the settings it depends on.
     /// </summary>
     public static HfTokenizerJson Load(string folder, JsonObject? tokenizerConfig, ModelConfig? config)
     {
         var path = Path.Combine(folder, FileName);
+        if (!File.Exists(path)) throw new ModelFormatException($"{path}: not found");
+        var key = Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(string.Join("|",
+            IO.FileStamp.Of(path), tokenizerConfig?.ToJsonString() ?? "", config?.BosTokenId, config?.EosTokenId, config?.PadTokenId))));
+        var full = Path.GetFullPath(path);
+        var p = Remembered.TryGetValue(full, out var known) && known.Key == key && File.Exists(known.Copy) ? known
+            : ReadPrepared(folder, key) ?? Prepare(folder, path, tokenizerConfig, config, key);
+        Remembered[full] = p;
+        Tokenizers.DotNet.Tokenizer inner;
+        try { inner = new Tokenizers.DotNet.Tokenizer(vocabPath: p.Copy); }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        { throw new ModelFormatException($"{path}: HF tokenizers could not load it ({e.Message.Split('\n')[0]})"); }
+        return new HfTokenizerJson(inner, p.Vocab, p.Bos, p.Eos, p.Pad, p.AddBos, p.AddEos);
+    }
+
+    /// <summary>How many times this process parsed and prepared the tokenizer.json of <paramref name="folder"/> (specs count it).</summary>
+    public static int TimesPrepared(string folder) => Preparations.GetValueOrDefault(Path.GetFullPath(Path.Combine(folder, FileName)));
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> Preparations = new();
+
+    /// <summary>Forgets what this process remembered, as a fresh process would (specs).</summary>
+    public static void ForgetInMemory() => Remembered.Clear();
+
+    static string MetadataPath(string folder, string key, bool beside) =>
+        beside ? Path.Combine(folder, PreparedFile) : Path.Combine(Path.GetTempPath(), "fate-llm-tokenizers", $"{key[..24]}.meta.json");
+
+    static Prepared? ReadPrepared(string folder, string key)
+    {
+        foreach (var beside in new[] { true, false })
+        {
+            try
+            {
+                var p = JsonSerializer.Deserialize<Prepared>(File.ReadAllText(MetadataPath(folder, key, beside)));
+                if (p is { Version: PreparedVersion } && p.Key == key && File.Exists(p.Copy)) return p;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException) { /* not prepared there */ }
+        }
+        return null;
+    }
+
+    static Prepared Prepare(string folder, string path, JsonObject? tokenizerConfig, ModelConfig? config, string key)
+    {
+        Preparations.AddOrUpdate(Path.GetFullPath(path), 1, (_, n) => n + 1);
         JsonObject doc;
         try { doc = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new JsonException("empty"); }
         catch (JsonException e) { throw new ModelFormatException($"{path}: not valid JSON ({e.Message})"); }
@@ -106,23 +159,18 @@ public sealed class HfTokenizerJson : ITextTokenizer, IDisposable
         if (addBos && bos is null) throw new ModelFormatException($"{path}: a BOS token is to be added but none is named (bos_token in {TokenizerLoader.ConfigFile})");
         if (addEos && eos is null) throw new ModelFormatException($"{path}: an EOS token is to be added but none is named (eos_token in {TokenizerLoader.ConfigFile})");
 
-        // The native library reads a path: give it the file without its post-processor (cached by content digest).
+        // The native library reads a path: give it the file without its post-processor, beside the model if it can be written.
         doc["post_processor"] = null;
         var text = doc.ToJsonString();
-        var digest = Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16];
-        var copy = Path.Combine(Path.GetTempPath(), "fate-llm-tokenizers", $"{digest}.json");
-        if (!File.Exists(copy))
+        foreach (var beside in new[] { true, false })
         {
+            var copy = beside ? Path.Combine(folder, PreparedCopy) : Path.Combine(Path.GetTempPath(), "fate-llm-tokenizers", $"{key[..24]}.json");
             Directory.CreateDirectory(Path.GetDirectoryName(copy)!);
-            var tmp = copy + "." + Environment.ProcessId + ".tmp";
-            File.WriteAllText(tmp, text);
-            File.Move(tmp, copy, overwrite: true);
+            var prepared = new Prepared(PreparedVersion, key, vocab, bos, eos, pad, addBos, addEos, Path.GetFullPath(copy));
+            if (IO.AtomicFile.TryWriteAllText(copy, text) && IO.AtomicFile.TryWriteAllText(MetadataPath(folder, key, beside), JsonSerializer.Serialize(prepared)))
+                return prepared;
         }
-        Tokenizers.DotNet.Tokenizer inner;
-        try { inner = new Tokenizers.DotNet.Tokenizer(vocabPath: copy); }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        { throw new ModelFormatException($"{path}: HF tokenizers could not load it ({e.Message.Split('\n')[0]})"); }
-        return new HfTokenizerJson(inner, vocab, bos, eos, pad, addBos, addEos);
+        throw new IOException($"{path}: neither the model folder nor {Path.GetTempPath()} can be written for the tokenizer's prepared copy");
     }
 
     /// <summary>The special-token ids the post-processor puts before and after a single text.</summary>

@@ -127,3 +127,38 @@ public class TokenizerJsonSpec
         return dir;
     }
 }
+
+/// <summary>A tokenizer.json is parsed and prepared once per version of its files, then loaded from the prepared copy.</summary>
+[Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
+public class TokenizerPreparedSpec
+{
+    [Fact]
+    public void A_prepared_tokenizer_is_reused_by_a_fresh_process_and_prepared_again_when_a_file_changes()
+    {
+        var dir = TestSupport.TempDir();
+        foreach (var f in Directory.GetFiles(TestSupport.FixturePath("tokenizers", "qwen2"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        const string text = "The federation trained 12345 steps.";
+        var ids = TokenizerLoader.Load(dir, null).Encode(text);
+        TokenizerLoader.Load(dir, null);
+        Assert.Equal(1, HfTokenizerJson.TimesPrepared(dir));
+        Assert.True(File.Exists(Path.Combine(dir, HfTokenizerJson.PreparedFile)));
+
+        HfTokenizerJson.ForgetInMemory();
+        Assert.Equal(ids, TokenizerLoader.Load(dir, null).Encode(text)); // from the copy beside the model
+        Assert.Equal(1, HfTokenizerJson.TimesPrepared(dir));
+
+        // A changed tokenizer_config.json (another EOS) and a replaced tokenizer.json are each prepared again.
+        var config = Path.Combine(dir, TokenizerLoader.ConfigFile);
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"eos_token\": \"<|im_end|>\"", "\"eos_token\": \"<|endoftext|>\""));
+        var tok = TokenizerLoader.Load(dir, null);
+        Assert.Equal(2, HfTokenizerJson.TimesPrepared(dir));
+        Assert.Equal(TokenizerLoader.Load(TestSupport.FixturePath("tokenizers", "qwen2"), null).Encode("<|endoftext|>").Single(), tok.EosId);
+        var json = Path.Combine(dir, HfTokenizerJson.FileName);
+        File.Copy(json, json + ".new");
+        File.Move(json + ".new", json, overwrite: true);
+        HfTokenizerJson.ForgetInMemory();
+        Assert.Equal(ids, TokenizerLoader.Load(dir, null).Encode(text));
+        Assert.Equal(3, HfTokenizerJson.TimesPrepared(dir));
+    }
+}
