@@ -71,7 +71,8 @@ public sealed class NodeLog : ReceiveActor, IRequiresMessageQueue<ILoggerMessage
         if (_console is not { } min || level < min || !IsOperatorEvent(e)) return;
         // One line: the message, and for an exception its message, never its stack trace.
         var line = e.Message?.ToString()?.ReplaceLineEndings(" ") ?? "";
-        if (e.Cause is { } cause && !line.Contains(cause.Message)) line += $": {cause.GetBaseException().Message}";
+        if (e.Cause is { } cause && !line.Contains(cause.Message))
+            line += $": {(cause is Training.Runtime.TorchOperationException ? cause.Message : Training.Runtime.TorchErrors.OneLine(cause.GetBaseException()))}";
         _out.WriteLine($"{e.Timestamp:HH:mm:ss} {Tag(level)} {line}");
     }
 

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Akka.Actor;
+using FateLlm.Training.Runtime;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
 
@@ -80,7 +81,7 @@ public sealed class Trainer : ReceiveActor, IWithUnboundedStash, IWithTimers
             }
             catch (Exception e)
             {
-                Sender.Tell(new FitFailed(r.Id, $"trainer failed: {e.Message}"));
+                Sender.Tell(new FitFailed(r.Id, $"trainer failed: {TorchErrors.OneLine(e)}"));
                 throw;
             }
         });
@@ -93,7 +94,7 @@ public sealed class Trainer : ReceiveActor, IWithUnboundedStash, IWithTimers
             }
             catch (Exception e)
             {
-                Sender.Tell(new EvaluationFailed(r.JobId, e.Message));
+                Sender.Tell(new EvaluationFailed(r.JobId, TorchErrors.OneLine(e)));
             }
         });
     }

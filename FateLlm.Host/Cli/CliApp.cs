@@ -83,6 +83,7 @@ public static class CliApp
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException or ArgumentException => (RuntimeError, e.Message),
         OperationCanceledException => (RuntimeError, "cancelled"),
+        System.Runtime.InteropServices.ExternalException or FateLlm.Training.Runtime.TorchOperationException => (RuntimeError, FateLlm.Training.Runtime.TorchErrors.OneLine(e)),
         _ => (RuntimeError, $"{e.GetType().Name}: {e.Message}"),
     };
 

@@ -56,7 +56,8 @@ public static class Evaluator
             {
                 using var scope = NewDisposeScope();
                 using var batch = InstructionData.Collate(chunk, padId, model.parameters().First().device);
-                var logits = model.Forward(batch.InputIds);
+                var logits = Runtime.TorchErrors.Guard(() => $"loss of a batch of token ids {Runtime.TorchErrors.Shape(batch.InputIds)} (largest id {batch.InputIds.max().item<long>()}, vocabulary {model.Config.VocabSize})",
+                    () => model.Forward(batch.InputIds));
                 total += LanguageModelLoss.Shifted(logits, batch.Labels, nn.Reduction.Sum).item<float>();
                 count += batch.Labels.narrow(1, 1, batch.Labels.shape[1] - 1).ne(InstructionData.IgnoreIndex).sum().item<long>();
             }

@@ -114,11 +114,14 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 using (var scope = NewDisposeScope())
                 {
                     using var batch = InstructionData.Collate(items, padId, o.Device);
-                    var loss = LanguageModelLoss.Compute(model, batch);
-                    if (o.ProximalMu > 0 && o.ProximalReference != null)
-                        loss = loss.add(ProximalTerm(trainable, o.ProximalReference, o.ProximalMu));
-                    loss.div(o.GradientAccumulation).backward();
-                    accumulated += loss.item<float>() / o.GradientAccumulation;
+                    accumulated += Runtime.TorchErrors.Guard(() => $"training step {step + 1}, batch of token ids {Runtime.TorchErrors.Shape(batch.InputIds)} (largest id {batch.InputIds.max().item<long>()}, vocabulary {model.Config.VocabSize})", () =>
+                    {
+                        var loss = LanguageModelLoss.Compute(model, batch);
+                        if (o.ProximalMu > 0 && o.ProximalReference != null)
+                            loss = loss.add(ProximalTerm(trainable, o.ProximalReference, o.ProximalMu));
+                        loss.div(o.GradientAccumulation).backward();
+                        return loss.item<float>() / o.GradientAccumulation;
+                    });
                     tokens += batch.Tokens;
                     samples += batchSamples;
                 }

@@ -31,6 +31,24 @@ public class TrainerSpec
         Assert.True(after < before * 0.5, $"eval loss {before:F3} → {after:F3}");
     }
 
+    [Fact]
+    public void A_libtorch_error_is_one_line_naming_the_operation_and_the_shapes()
+    {
+        using var m = TestSupport.TinyModel();
+        PeftModel.Apply(m, new PeftConfig { Method = PeftMethod.Lora, LoraR = 2 });
+        // A token id past the embedding: libtorch's "index out of range in self" and a dozen C++ frames.
+        var bad = new List<TokenizedExample> { new([1, 2, m.Config.VocabSize + 5], [1, 2, 3]) };
+        var e = Assert.Throws<Training.Runtime.TorchOperationException>(() => new LocalTrainer(m, new TrainOptions { MaxSteps = 1, BatchSize = 1 }, 0).Train(bad));
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.DoesNotContain("frame #", e.Message);
+        Assert.StartsWith($"training step 1, batch of token ids [1, 3] (largest id {m.Config.VocabSize + 5}, vocabulary {m.Config.VocabSize}): ", e.Message);
+        Assert.Contains("index out of range", e.Message);
+        Assert.Equal(e.Message, Training.Runtime.TorchErrors.OneLine(e));
+        var loss = Assert.Throws<Training.Runtime.TorchOperationException>(() => Evaluator.Loss(m, bad, 0, 8));
+        Assert.StartsWith("loss of a batch of token ids [1, 3]", loss.Message);
+        Assert.Equal($"libtorch: {Training.Runtime.TorchErrors.FirstLine(e.InnerException!.Message)}", Training.Runtime.TorchErrors.OneLine(e.InnerException!));
+    }
+
     /// <summary>
     /// Parties hosted in one process (demo, experiments, specs) train side by side: a run draws its adapter initialisation
     /// and dropout masks from its model's own generator, so another thread reseeding and drawing from torch's process-wide
