@@ -195,6 +195,7 @@ public static class JobFile
                 FedProxMu = r.Double("local.fedprox-mu"),
                 Threads = r.Int("local.threads"),
                 DevLimit = r.Int("local.dev-limit"),
+                CheckpointEvery = r.Int("local.checkpoint-every"),
             },
             Aggregation = new AggregationSpec(r.String("aggregation.algorithm"), new ServerOptimizerOptions
             {

@@ -143,6 +143,8 @@ public sealed record ClientContext(JobSpec Spec, string Party, int Round, int At
 {
     /// <summary>The party's private keys folder (FedIPR keys and the secret they derive from); never inside a checkpoint or output.</summary>
     public string KeysDir { get; init; } = "";
+    /// <summary>Where a local round reports its steps (the party's node forwards them to the arbiter as heartbeats).</summary>
+    public IProgress<Trainer.TrainProgress>? Progress { get; init; }
 }
 
 /// <summary>A party's answer to one exchange: the update's bytes, the samples behind it, and figures worth reporting.</summary>

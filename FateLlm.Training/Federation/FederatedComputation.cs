@@ -81,25 +81,35 @@ public static class FederatedComputation
 
     /// <summary>
     /// The same round on a model a plug-in opened itself (its own trainable parameters), optionally embedding the
-    /// party's FedIPR watermark (its hinge step and its triggers).
+    /// party's FedIPR watermark (its hinge step and its triggers). On a party's node (<paramref name="party"/>) the
+    /// round reports its steps to <see cref="ClientContext.Progress"/> and, with <c>local.checkpoint-every</c>,
+    /// checkpoints in the party's workspace: a party killed at step k and asked again resumes from its last checkpoint
+    /// and computes the same update bit for bit.
     /// </summary>
     public static LocalRoundResult LocalRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string trainData, string? evalData, int round, CancellationToken ct,
-        PartyWatermark? watermark = null)
+        PartyWatermark? watermark = null, ClientContext? party = null)
     {
         var local = spec.Local;
         var examples = InstructionData.ReadJsonl(trainData, spec.Data);
-        return DeltaRound(spec, run, globalAdapter, evalData, global =>
+        // Keyed by the round's starting state, so a checkpoint is only ever resumed into the same computation.
+        var checkpoints = party is not null && local.CheckpointEvery > 0
+            ? Path.Combine(party.Workspace, "checkpoints", party.Party, $"{spec.JobId}-r{round}-{BlobStore.Digest(globalAdapter)[..16]}")
+            : null;
+        var result = DeltaRound(spec, run, globalAdapter, evalData, global =>
         {
             var options = new TrainOptions
             {
                 Epochs = local.Epochs, MaxSteps = local.Steps > 0 ? local.Steps : null, BatchSize = local.BatchSize, LearningRate = local.LearningRate,
                 WarmupRatio = local.WarmupRatio, Schedule = local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, round),
                 ProximalMu = local.FedProxMu, ProximalReference = local.FedProxMu > 0 ? global : null,
+                CheckpointDir = checkpoints, CheckpointEvery = local.CheckpointEvery, Resume = checkpoints is not null,
             };
             if (watermark is not null) options = watermark.Apply(options, run, spec);
-            var result = run.Train(run.Tokenize(examples, spec.Data), options, ct: ct);
-            return (result.Samples, result.Steps, result.FirstLoss, result.LastLoss);
+            var trained = run.Train(run.Tokenize(examples, spec.Data), options, party?.Progress, ct);
+            return (trained.Samples, trained.Steps, trained.FirstLoss, trained.LastLoss);
         });
+        if (checkpoints is not null && Directory.Exists(checkpoints)) Directory.Delete(checkpoints, recursive: true);
+        return result;
     }
 
     /// <summary>

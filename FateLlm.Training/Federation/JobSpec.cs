@@ -90,6 +90,8 @@ public sealed record LocalTraining
     public required int Threads { get; init; }
     /// <summary>Dev examples (the first ones) each round's dev loss is taken on; 0: all (what journals before it did).</summary>
     public int DevLimit { get; init; }
+    /// <summary>&gt; 0: a party checkpoints its local round every this many steps and resumes from it after a crash.</summary>
+    public int CheckpointEvery { get; init; }
 }
 
 public sealed record AggregationSpec(string Algorithm, ServerOptimizerOptions Server);

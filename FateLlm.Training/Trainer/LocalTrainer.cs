@@ -30,8 +30,11 @@ public sealed record TrainOptions
     public IReadOnlyDictionary<string, Tensor>? ProximalReference { get; init; }
     /// <summary>Stops after the step during which this much wall time has passed (pretraining on a time budget).</summary>
     public TimeSpan? MaxDuration { get; init; }
-    /// <summary>Folder for per-epoch checkpoints of the trainable state; resumable.</summary>
+    /// <summary>Folder for checkpoints of the trainable state, optimizer and position (each epoch's end, and every
+    /// <see cref="CheckpointEvery"/> steps); with <see cref="Resume"/> a run continues from the latest, bit for bit.</summary>
     public string? CheckpointDir { get; init; }
+    /// <summary>&gt; 0: also checkpoint every this many optimizer steps inside an epoch.</summary>
+    public int CheckpointEvery { get; init; }
     public bool Resume { get; init; }
     public Device? Device { get; init; }
     /// <summary>Trainable parameters (by name) the optimizer leaves alone: they move only by <see cref="AfterStep"/> (a watermark's own update).</summary>
@@ -58,6 +61,8 @@ public sealed record TrainProgress(int Step, int TotalSteps, int Epoch, double L
 
 public sealed record TrainResult(int Steps, double FirstLoss, double LastLoss, double MeanLoss, long Tokens, int Samples, TimeSpan Elapsed, int ResumedFromEpoch)
 {
+    /// <summary>The step of the checkpoint this run resumed from, or null for a run from the start.</summary>
+    public int? ResumedAtStep { get; init; }
     public double TokensPerSecond => Elapsed.TotalSeconds > 0 ? Tokens / Elapsed.TotalSeconds : 0;
 }
 
@@ -84,27 +89,34 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
         var mixed = 0;
 
-        int step = 0, startEpoch = 0;
-        if (o.Resume && o.CheckpointDir is string dir && TrainerCheckpoint.Latest(dir) is { } ckpt)
-        {
-            ckpt.Restore(model, optimizer);
-            step = ckpt.Step;
-            startEpoch = ckpt.Epoch + 1;
-        }
-
-        model.train();
-        var sw = Stopwatch.StartNew();
+        int step = 0, startEpoch = 0, startBatch = 0;
         long tokens = 0;
         double first = double.NaN, last = double.NaN, sum = 0;
         int counted = 0, samples = 0;
+        TrainerCheckpoint? resumed = null;
+        if (o.Resume && o.CheckpointDir is string dir && TrainerCheckpoint.Latest(dir) is { } ckpt)
+        {
+            ckpt.Restore(model, optimizer);
+            var s = ckpt.State;
+            (step, mixed, first, last, sum, counted, tokens, samples) = (s.Step, s.Mixed, s.First, s.Last, s.Sum, s.Counted, s.Tokens, s.Samples);
+            // An epoch's end resumes at the next epoch; a step inside one, at its next batch with the dropout stream as it was.
+            (startEpoch, startBatch) = s.NextBatch >= batchesPerEpoch ? (s.Epoch + 1, 0) : (s.Epoch, s.NextBatch);
+            resumed = ckpt;
+        }
+        TrainerState Position(int epoch, int nextBatch) => new(epoch, step, nextBatch, mixed, first, last, sum, counted, tokens, samples);
+
+        model.train();
+        var sw = Stopwatch.StartNew();
         for (int epoch = startEpoch; epoch < epochs && step < totalSteps; epoch++)
         {
-            model.Randomness.manual_seed(o.Seed + epoch);
+            var midEpoch = epoch == startEpoch && startBatch > 0;
+            if (midEpoch) resumed!.RestoreRandomness(model);
+            else model.Randomness.manual_seed(o.Seed + epoch);
             var order = Enumerable.Range(0, data.Count).ToArray();
             new Random((int)(o.Seed + epoch)).Shuffle(order);
             double accumulated = 0;
             int micro = 0;
-            for (int b = 0; b < batchesPerEpoch && step < totalSteps; b++)
+            for (int b = midEpoch ? startBatch : 0; b < batchesPerEpoch && step < totalSteps; b++)
             {
                 ct.ThrowIfCancellationRequested();
                 var items = order.Skip(b * o.BatchSize).Take(o.BatchSize).Select(i => data[i]).ToList();
@@ -141,13 +153,18 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 counted++;
                 accumulated = 0;
                 micro = 0;
+                if (o.CheckpointDir is not null && o.CheckpointEvery > 0 && step % o.CheckpointEvery == 0 && step < totalSteps && b + 1 < batchesPerEpoch)
+                    TrainerCheckpoint.Save(o.CheckpointDir, Position(epoch, b + 1), model, optimizer);
                 progress?.Report(new TrainProgress(step, totalSteps, epoch, stepLoss, lr, tokens / Math.Max(1e-9, sw.Elapsed.TotalSeconds), sw.Elapsed));
                 if (o.MaxDuration is { } limit && sw.Elapsed > limit) totalSteps = step;
             }
-            if (o.CheckpointDir != null) TrainerCheckpoint.Save(o.CheckpointDir, epoch, step, model, optimizer);
+            if (o.CheckpointDir != null) TrainerCheckpoint.Save(o.CheckpointDir, Position(epoch, batchesPerEpoch), model, optimizer);
         }
         model.eval();
-        return new TrainResult(step, first, last, counted > 0 ? sum / counted : double.NaN, tokens, samples, sw.Elapsed, startEpoch);
+        return new TrainResult(step, first, last, counted > 0 ? sum / counted : double.NaN, tokens, samples, sw.Elapsed, startEpoch)
+        {
+            ResumedAtStep = resumed?.State.Step,
+        };
     }
 
     static Tensor ProximalTerm(IReadOnlyList<(string Name, Parameter Param)> trainable, IReadOnlyDictionary<string, Tensor> reference, double mu)
@@ -195,36 +212,41 @@ public static class LanguageModelLoss
     }
 }
 
-/// <summary>Per-epoch checkpoint: trainable tensors, optimizer state, counters.</summary>
-public sealed record TrainerCheckpoint(string Folder, int Epoch, int Step)
-{
-    const string Trainable = "trainable.safetensors", Optimizer = "optimizer.bin", State = "trainer_state.json";
+/// <summary>Where a run stands after a step: the next batch of the epoch to take (the epoch's batch count at its end) and the figures so far.</summary>
+public sealed record TrainerState(int Epoch, int Step, int NextBatch, int Mixed, double First, double Last, double Sum, int Counted, long Tokens, int Samples);
 
-    public static void Save(string dir, int epoch, int step, CausalLm model, OptimizerHelper optimizer)
+/// <summary>
+/// A checkpoint: trainable tensors, optimizer state, the model's random stream (dropout masks) and the run's position
+/// and figures, so that a resumed run continues exactly where this one stood. Only the latest is kept.
+/// </summary>
+public sealed record TrainerCheckpoint(string Folder, TrainerState State)
+{
+    const string Trainable = "trainable.safetensors", Optimizer = "optimizer.bin", StateFile = "trainer_state.json", Randomness = "randomness.bin";
+    static readonly JsonSerializerOptions Json = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    public static void Save(string dir, TrainerState state, CausalLm model, OptimizerHelper optimizer)
     {
-        var folder = Path.Combine(dir, $"epoch-{epoch:D4}");
+        var folder = Path.Combine(dir, $"step-{state.Step:D7}-{state.NextBatch:D6}");
         var tmp = folder + ".tmp";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         Directory.CreateDirectory(tmp);
-        var state = PeftModel.TrainableState(model);
-        SafeTensors.Save(Path.Combine(tmp, Trainable), state);
-        foreach (var t in state.Values) t.Dispose();
+        var trainable = PeftModel.TrainableState(model);
+        SafeTensors.Save(Path.Combine(tmp, Trainable), trainable);
+        foreach (var t in trainable.Values) t.Dispose();
         optimizer.save_state_dict(Path.Combine(tmp, Optimizer));
-        File.WriteAllText(Path.Combine(tmp, State), JsonSerializer.Serialize(new { epoch, step }));
+        using (var g = model.Randomness.get_state()) File.WriteAllBytes(Path.Combine(tmp, Randomness), g.data<byte>().ToArray());
+        File.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state, Json));
         if (Directory.Exists(folder)) Directory.Delete(folder, true);
         Directory.Move(tmp, folder); // atomic: a crash never leaves a half-written checkpoint under the final name
+        foreach (var older in Directory.GetDirectories(dir).Where(d => d != folder && !d.EndsWith(".tmp"))) Directory.Delete(older, true);
     }
 
     public static TrainerCheckpoint? Latest(string dir)
     {
         if (!Directory.Exists(dir)) return null;
-        return Directory.GetDirectories(dir, "epoch-*").Where(d => !d.EndsWith(".tmp") && File.Exists(Path.Combine(d, State)))
-            .Select(d =>
-            {
-                using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(d, State)));
-                return new TrainerCheckpoint(d, doc.RootElement.GetProperty("epoch").GetInt32(), doc.RootElement.GetProperty("step").GetInt32());
-            })
-            .OrderBy(c => c.Epoch).LastOrDefault();
+        return Directory.GetDirectories(dir).Where(d => !d.EndsWith(".tmp") && File.Exists(Path.Combine(d, StateFile)))
+            .Select(d => new TrainerCheckpoint(d, JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(Path.Combine(d, StateFile)), Json)!))
+            .OrderBy(c => c.State.Step).ThenBy(c => c.State.Epoch).ThenBy(c => c.State.NextBatch).LastOrDefault();
     }
 
     public void Restore(CausalLm model, OptimizerHelper optimizer)
@@ -233,5 +255,12 @@ public sealed record TrainerCheckpoint(string Folder, int Epoch, int Step)
         try { PeftModel.LoadTrainableState(model, state, Folder); }
         finally { foreach (var t in state.Values) t.Dispose(); }
         optimizer.load_state_dict(Path.Combine(Folder, Optimizer));
+    }
+
+    /// <summary>The model's random stream as it was when this checkpoint was taken (inside an epoch).</summary>
+    public void RestoreRandomness(CausalLm model)
+    {
+        using var g = torch.tensor(File.ReadAllBytes(Path.Combine(Folder, Randomness)));
+        model.Randomness.set_state(g);
     }
 }

@@ -128,7 +128,15 @@ public class TrainerSpec
             Assert.True(TestSupport.MaxAbsDiff(t, b[name]) == 0, $"{name} differs between identical runs");
             Assert.True(TestSupport.MaxAbsDiff(t, resumed[name]) < 1e-6, $"{name} differs after resume");
         }
-        Assert.Equal(3, TrainerCheckpoint.Latest(dir)!.Epoch);
+        Assert.Equal(3, TrainerCheckpoint.Latest(dir)!.State.Epoch);
+
+        // Checkpoints inside an epoch (every 2 steps; batches of 2, so 4 steps per epoch): a crash at step 7 resumes
+        // at step 6, inside the second epoch, with the dropout stream as it was there: bit for bit the same run.
+        var every = options with { BatchSize = 2, Epochs = 3 };
+        var plain = Run(every);
+        var inside = TestSupport.TempDir();
+        var continued = Run(every with { CheckpointDir = inside, Resume = true, CheckpointEvery = 2 }, crashAtStep: 7);
+        foreach (var (name, t) in plain) Assert.True(TestSupport.MaxAbsDiff(t, continued[name]) == 0, $"{name} differs after resuming inside an epoch");
     }
 
     sealed class SyncProgress(Action<TrainProgress> onReport) : IProgress<TrainProgress>

@@ -69,7 +69,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             var hash = FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
             using var run = FederatedComputation.Open(ctx.Spec, ctx.ModelPath);
             using var watermark = PartyWatermark.Open(ctx, run);
-            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark);
+            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark, ctx);
             return ClientUpdate.Of(r, hash);
         }
 

@@ -215,7 +215,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
             var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace, instruction.Downloads[SubModelArtifact]);
             using var run = OpenSubModel(ctx.Spec, folder, Settings.Of(ctx.Spec));
             using var watermark = PartyWatermark.Open(ctx, run);
-            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark);
+            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark, ctx);
             return ClientUpdate.Of(r);
         }
 
