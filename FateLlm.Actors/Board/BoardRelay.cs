@@ -14,7 +14,7 @@ public sealed class BoardRelay : ReceiveActor
     public const string Name = "board-relay", Topic = "fate-llm-board";
 
     /// <summary>Everything the board follows besides cluster membership.</summary>
-    internal static readonly Type[] Events = [typeof(JobObserved), typeof(PartyWorkStarted), typeof(PartyUploadStarted), typeof(PartyAnswered),
+    internal static readonly Type[] Events = [typeof(JobObserved), typeof(PartyWorkStarted), typeof(Rounds.PartyProgressed), typeof(PartyUploadStarted), typeof(PartyAnswered),
         typeof(SecureAggregationStepStarted), typeof(SecureAggregationStepAnswered), typeof(SecureAggregationDropout)];
 
     readonly IActorRef _mediator = DistributedPubSub.Get(Context.System).Mediator;

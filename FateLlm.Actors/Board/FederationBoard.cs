@@ -58,6 +58,7 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         Receive<ClusterEvent.IClusterDomainEvent>(_ => { });
         Receive<JobObserved>(o => OnJob(o.Status));
         Receive<PartyWorkStarted>(w => SetParty(w.Work, w.Org, "training", null, onlyFrom: ["asked"]));
+        Receive<Rounds.PartyProgressed>(p => SetParty(p.Work, p.Org, "training", p.Progress.ToString(), onlyFrom: ["asked", "training"]));
         Receive<PartyUploadStarted>(u => SetParty(u.Work, u.Org, "uploading", Training.IO.ByteSize.Text(u.Bytes), onlyFrom: ["asked", "training"]));
         Receive<PartyAnswered>(a =>
         {

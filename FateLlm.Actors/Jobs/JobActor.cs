@@ -222,6 +222,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             _current = new RoundInFlight(p.Round, p.Attempt, p.Phase, p.Stage, p.Stage == RoundStage.Collect ? p.Asked : _current?.Asked ?? [],
                 p.Stage == RoundStage.Collect ? new Dictionary<string, string>() : _current?.Answers ?? new Dictionary<string, string>());
         });
+        Command<RoundPartyProgress>(p => p.Round == _round && p.Attempt == _attempt && _current is not null && p.Phase == _current.Exchange, p =>
+            _current = _current! with { Progress = new Dictionary<string, string>(_current.Progress) { [p.Org] = p.Progress.ToString() } });
         Command<RoundPartyAnswered>(a => a.Round == _round && a.Attempt == _attempt && _current is not null, a =>
             _current = _current! with { Answers = new Dictionary<string, string>(_current.Answers) { [a.Org] = a.Succeeded ? "ok" : a.Reason ?? "failed" } });
         Command<RoundPhaseDone>(p => p.Round == _round && p.Attempt == _attempt, p =>

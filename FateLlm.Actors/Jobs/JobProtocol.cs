@@ -83,6 +83,10 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
 }
 
 /// <param name="Answers">Party → "ok" or the reason it failed, for the exchange in flight.</param>
-public sealed record RoundInFlight(int Round, int Attempt, int Exchange, Rounds.RoundStage Stage, string[] Asked, IReadOnlyDictionary<string, string> Answers) : IControlMessage;
+public sealed record RoundInFlight(int Round, int Attempt, int Exchange, Rounds.RoundStage Stage, string[] Asked, IReadOnlyDictionary<string, string> Answers) : IControlMessage
+{
+    /// <summary>Party → where its work stands ("loading", "step 37/120, 850 tok/s"), for parties that have not answered.</summary>
+    public IReadOnlyDictionary<string, string> Progress { get; init; } = new Dictionary<string, string>();
+}
 
 public sealed record AttemptFailure(int Round, int Attempt, string Reason) : IControlMessage;

@@ -44,6 +44,16 @@ internal sealed class FitWork : ReceiveActor
     /// <summary>The update stored for pulling (plain), or the secure-aggregation session's vector length (secure).</summary>
     sealed record OfferPrepared(FitDone Fit, string? Digest, int VectorLength);
     sealed record OfferFailed(string Reason);
+    /// <summary>A step of the local round, told from the trainer's thread.</summary>
+    sealed record LocalStep(Training.Trainer.TrainProgress Progress);
+
+    /// <summary>Forwards the trainer thread's step reports to this actor (Tell is safe from any thread).</summary>
+    sealed class StepReports(IActorRef work) : IProgress<Training.Trainer.TrainProgress>
+    {
+        public void Report(Training.Trainer.TrainProgress value) => work.Tell(new LocalStep(value));
+    }
+
+    WorkProgress _progress = new("fetching", 0, 0, 0);
 
     WorkId Id => _request.Id;
     string Org => _s.Org;
@@ -71,6 +81,8 @@ internal sealed class FitWork : ReceiveActor
 
     void Common()
     {
+        // Step reports come from the trainer's thread and may trail the answer.
+        Receive<LocalStep>(s => _progress = new WorkProgress("training", s.Progress.Step, s.Progress.TotalSteps, s.Progress.TokensPerSecond));
         Receive<StopWork>(w =>
         {
             _log.Info("party {0}: {1} stopped ({2})", Org, Id, w.Reason);
@@ -86,7 +98,7 @@ internal sealed class FitWork : ReceiveActor
             _log.Info("party {0}: {1} superseded by {2}", Org, Id, w.By);
             Context.Stop(Self);
         });
-        Receive<WorkRequest>(r => { _replyTo = Sender; Sender.Tell(new WorkAccepted(Org, Id)); });
+        Receive<WorkRequest>(r => { _replyTo = Sender; Sender.Tell(new WorkAccepted(Org, Id) { Progress = _progress }); });
         Receive<ISecAggRequest>(r => Sender.Tell(new SecAggStepFailed(Org, Id, r.Step, "this party has not offered its update yet")));
     }
 
@@ -100,7 +112,6 @@ internal sealed class FitWork : ReceiveActor
     void Fetching()
     {
         Unanswered();
-        Receive<WorkRequest>(r => { _replyTo = Sender; Sender.Tell(new WorkAccepted(Org, Id)); });
         Receive<FetchCompleted>(f => { if (_files.Arrived(f, _s)) StartFit(); });
         Receive<FetchFailed>(f => Fail($"download of '{f.Correlation}' failed: {f.Reason}"));
     }
@@ -124,7 +135,9 @@ internal sealed class FitWork : ReceiveActor
         if (_s.Faults.Trip(FaultPoints.PartyFit, Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
         Become(Fitting);
-        _trainer.Tell(new RunFit(Id, _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase), _request.Exchange, instruction, _files.Downloads, _cancel.Token));
+        _progress = new WorkProgress("loading", 0, 0, 0); // until the first step: verifying, loading the base, the dev pass
+        var context = _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase) with { Progress = new StepReports(Self) };
+        _trainer.Tell(new RunFit(Id, context, _request.Exchange, instruction, _files.Downloads, _cancel.Token));
     }
 
     void Fitting()

@@ -28,7 +28,20 @@ public interface IPartyCommand : IControlMessage
 public sealed record WorkRequest(string Org, WorkId Id, BlobLocation Spec, string Exchange, IReadOnlyDictionary<string, BlobLocation> Downloads,
     IReadOnlyDictionary<string, string> Parameters, string? VectorLayout, string[] Cohort) : IPartyCommand;
 
-public sealed record WorkAccepted(string Org, WorkId Id) : IControlMessage;
+/// <summary>
+/// The party has the work; answered again to every re-sent request, with where it stands: the arbiter's re-asks are the
+/// heartbeat, and an answer that shows no progress for the job's <c>round-inactivity</c> fails the party.
+/// </summary>
+public sealed record WorkAccepted(string Org, WorkId Id) : IControlMessage
+{
+    public WorkProgress? Progress { get; init; }
+}
+
+/// <summary>A party's work so far: stage (fetching | loading | training), optimizer steps done of the round's total, throughput.</summary>
+public sealed record WorkProgress(string Stage, int Step, int TotalSteps, double TokensPerSecond) : IControlMessage
+{
+    public override string ToString() => Stage == "training" ? $"step {Step}/{TotalSteps}" + (TokensPerSecond > 0 ? $", {TokensPerSecond:F0} tok/s" : "") : Stage;
+}
 
 /// <summary>
 /// The party has its update. In plain exchanges it is ready to be pulled from the party's blob server; under secure

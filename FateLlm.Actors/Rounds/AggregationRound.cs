@@ -177,12 +177,13 @@ public sealed class AggregationRound : ReceiveActor
         _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, phase, RoundStage.Collect, budget) { Asked = cohort });
         _log.Info("round {0}: exchange {1} ('{2}') asks {3}", RoundId, phase, exchange.Name, string.Join(", ", cohort));
         _child = Context.ActorOf(UpdateCollection.Props(new CollectionSettings(work, requests, secure, _algorithm.Codec.MaxBytes(exchange, spec.Validation),
-            MinAccepted, spec.Round.Deadline, _s)), $"collect-{phase}");
+            MinAccepted, spec.Round.Deadline, _s) { Inactivity = spec.Round.Inactivity }), $"collect-{phase}");
         Become(() =>
         {
             InFlight();
             Receive<ExchangeCollected>(OnCollected);
             Receive<PartyAnswered>(a => _replyTo.Tell(new RoundPartyAnswered(_start.JobId, _start.Round, _start.Attempt, a.Work.Phase, a.Org, a.Succeeded, a.Reason)));
+            Receive<PartyProgressed>(p => _replyTo.Tell(new RoundPartyProgress(_start.JobId, _start.Round, _start.Attempt, p.Work.Phase, p.Org, p.Progress)));
         });
     }
 

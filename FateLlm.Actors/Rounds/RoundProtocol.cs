@@ -59,6 +59,9 @@ public sealed record RoundProgress(string JobId, int Round, int Attempt, int Pha
 }
 
 /// <summary>To the job: one party's answer to the exchange in flight is settled (live progress for operators).</summary>
+/// <summary>A party of the exchange in flight moved on (stage, step n of N), for the job's status and the board.</summary>
+public sealed record RoundPartyProgress(string JobId, int Round, int Attempt, int Phase, string Org, Parties.WorkProgress Progress) : IControlMessage;
+
 public sealed record RoundPartyAnswered(string JobId, int Round, int Attempt, int Phase, string Org, bool Succeeded, string? Reason) : IControlMessage;
 
 /// <summary>To the job: an exchange completed and the round goes on with <see cref="Next"/>; persisted so a restart resumes there.</summary>

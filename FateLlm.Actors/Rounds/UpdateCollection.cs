@@ -24,7 +24,14 @@ public sealed record PartyAnswered(WorkId Work, string Org, bool Succeeded, stri
 /// <param name="Secure">Summed securely: parties advertise keys, no update is pulled.</param>
 /// <param name="MaxBytes">The codec's size bound, checked before an update is pulled.</param>
 public sealed record CollectionSettings(WorkId Work, IReadOnlyDictionary<string, WorkRequest> Requests, bool Secure, long MaxBytes, int Quorum,
-    TimeSpan Deadline, RoundSettings Round);
+    TimeSpan Deadline, RoundSettings Round)
+{
+    /// <summary>A party whose work shows no progress this long (no new stage or step in its answers) is dropped; null: never.</summary>
+    public TimeSpan? Inactivity { get; init; }
+}
+
+/// <summary>A party's work moved on (a new stage or step): to its round, and on the event stream for the board.</summary>
+public sealed record PartyProgressed(WorkId Work, string Org, WorkProgress Progress) : IControlMessage;
 
 /// <summary>
 /// The plain-collect protocol of one exchange (a child of <see cref="AggregationRound"/>): asks every party of the
@@ -42,6 +49,8 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
     readonly Dictionary<string, string> _failed = new();
     readonly Dictionary<string, string> _outcomes = new();
     readonly List<string> _rejections = new();
+    // When each party's work last moved on, and what it showed then (scheduler time, so specs can move it).
+    readonly Dictionary<string, (DateTimeOffset At, WorkProgress? Shown)> _moved = new();
 
     public ITimerScheduler Timers { get; set; } = null!;
 
@@ -56,7 +65,15 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         _s = settings;
         Receive<WorkAccepted>(a =>
         {
-            if (a.Id == _s.Work && Waiting(a.Org)) Context.System.EventStream.Publish(new Board.PartyWorkStarted(a.Id, a.Org));
+            if (a.Id != _s.Work || !Waiting(a.Org)) return;
+            Context.System.EventStream.Publish(new Board.PartyWorkStarted(a.Id, a.Org));
+            if (a.Progress is { } p && _moved.GetValueOrDefault(a.Org).Shown is var shown && (shown is null || shown.Stage != p.Stage || shown.Step != p.Step))
+            {
+                _moved[a.Org] = (Context.System.Scheduler.Now, p);
+                var progressed = new PartyProgressed(a.Id, a.Org, p);
+                Context.System.EventStream.Publish(progressed);
+                Context.Parent.Tell(progressed);
+            }
         });
         Receive<UpdateReady>(OnUpdate);
         Receive<UpdateFailed>(f => Record(f.Org, f.Id, () => _failed[f.Org] = f.Reason));
@@ -65,7 +82,11 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         {
             if (_fetching.Remove(f.Correlation, out var u)) Record(f.Correlation, u.Id, () => Fail(f.Correlation, "dropped", $"upload failed: {f.Reason}"));
         });
-        Receive<Resend>(_ => Ask());
+        Receive<Resend>(_ =>
+        {
+            DropInactive();
+            Ask();
+        });
         Receive<Deadline>(_ => Conclude(deadline: true));
         Receive<AbsentCheck>(_ => DropAbsent());
         Receive<PartyNodeLeft>(l =>
@@ -79,6 +100,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         // Timers are armed before the first request leaves: a party that sees the request finds the re-ask pending.
         Timers.StartPeriodicTimer("resend", new Resend(), R.ResendInterval);
         Timers.StartSingleTimer("deadline", new Deadline(), _s.Deadline);
+        foreach (var org in Parties) _moved[org] = (Context.System.Scheduler.Now, null);
         if (R.AbsentGrace is { } grace)
         {
             if (R.Presence.Watcher(Self) is { } watcher) Context.ActorOf(watcher, "presence");
@@ -94,6 +116,18 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
     void Ask()
     {
         foreach (var org in Parties.Where(Waiting)) R.PartyRegion.Tell(_s.Requests[org]);
+    }
+
+    /// <summary>Parties whose work has not moved on for the inactivity bound (checked at every re-ask, which is its heartbeat).</summary>
+    void DropInactive()
+    {
+        if (_s.Inactivity is not { } limit) return;
+        var now = Context.System.Scheduler.Now;
+        foreach (var org in Parties.Where(o => Waiting(o) && now - _moved[o].At >= limit).ToList())
+        {
+            var shown = _moved[org].Shown is { } p ? $"still {p}" : "no answer";
+            Record(org, _s.Work, () => Fail(org, "dropped", $"no progress for {limit.TotalSeconds:G4} s ({shown}; job.round-inactivity)"));
+        }
     }
 
     void DropAbsent()

@@ -202,7 +202,8 @@ internal static class JobCommands
     {
         if (s.WaitingFor.Length > 0) return $"round {s.CompletedRounds + 1}: waiting for a node of {string.Join(", ", s.WaitingFor)} (its quorum needs them)";
         if (s.Current is not { } c) return null;
-        var answers = c.Asked.Select(o => c.Answers.TryGetValue(o, out var a) ? (a == "ok" ? $"{o} ✓" : $"{o} ✗ ({a})") : $"{o} …");
+        var answers = c.Asked.Select(o => c.Answers.TryGetValue(o, out var a) ? (a == "ok" ? $"{o} ✓" : $"{o} ✗ ({a})")
+            : c.Progress.TryGetValue(o, out var at) ? $"{o} … {at}" : $"{o} …");
         return $"round {c.Round}/{s.TotalRounds} attempt {c.Attempt}, exchange {c.Exchange} {c.Stage.Name()}: {string.Join(", ", answers)}";
     }
 

@@ -103,10 +103,13 @@ public sealed record RoundPolicy
     public required int Quorum { get; init; }
     /// <summary>How long one exchange of a round waits for its parties.</summary>
     public required double DeadlineSeconds { get; init; }
+    /// <summary>A party whose work shows no progress this long is dropped from the exchange; 0 (jobs written before it): never.</summary>
+    public double InactivitySeconds { get; init; }
     public required int MaxAttempts { get; init; }
     public required PartySampling Sampling { get; init; }
 
     [JsonIgnore] public TimeSpan Deadline => TimeSpan.FromSeconds(DeadlineSeconds);
+    [JsonIgnore] public TimeSpan? Inactivity => InactivitySeconds > 0 ? TimeSpan.FromSeconds(InactivitySeconds) : null;
 }
 
 /// <summary>Parties asked per round: <see cref="Count"/> when &gt; 0, else ⌈fraction · parties⌉ (1.0: everyone).</summary>

@@ -186,6 +186,41 @@ public sealed class AggregationRoundSpec : TestKit
     }
 
     [Fact]
+    public void A_party_whose_work_stops_moving_is_dropped_after_the_inactivity_bound_and_one_that_steps_on_is_waited_for()
+    {
+        var spec = ActorSpecs.EchoJob("inactive", quorum: 2, deadlineSeconds: 3600);
+        spec = spec with { Round = spec.Round with { InactivitySeconds = 30 } };
+        var round = Sys.ActorOf(AggregationRound.Props(Settings()));
+        round.Tell(Start(spec));
+        var asked = Requests(3);
+        asked["animal"].Collector.Tell(Answer(asked["animal"].Request, 1));
+        // Each re-ask is the heartbeat: artifact steps on, food stays at loading (a hung load, a stuck native call); 39 s
+        // of re-asks pass the 30 s bound whichever of the first re-asks food's reply catches.
+        for (int i = 1; i <= 13; i++)
+        {
+            Clock.Advance(Resend);
+            while (true)
+            {
+                var r = _parties.ExpectMsg<WorkRequest>(Wait);
+                if (r.Org == "food") _parties.LastSender.Tell(new WorkAccepted("food", r.Id) { Progress = new WorkProgress("loading", 0, 0, 0) });
+                else
+                {
+                    _parties.LastSender.Tell(new WorkAccepted(r.Org, r.Id) { Progress = new WorkProgress("training", i, 20, 150) });
+                    break;
+                }
+            }
+        }
+        var dropped = _answers.FishForMessage<PartyAnswered>(a => a.Org == "food", Wait);
+        Assert.Equal("dropped", dropped.Outcome);
+        var progress = FishForMessage<RoundPartyProgress>(m => m is RoundPartyProgress p && p.Org == "artifact" && p.Progress.Step == 3, Wait);
+        Assert.Equal("step 3/20, 150 tok/s", progress.Progress.ToString());
+        asked["artifact"].Collector.Tell(Answer(asked["artifact"].Request, 2));
+        var finished = Finished();
+        Assert.True(finished.Succeeded, finished.Reason); // long past the 30 s bound, but artifact kept moving
+        Assert.Equal("no progress for 30 s (still loading; job.round-inactivity)", finished.Summary!.Parties.Single(p => p.Org == "food").Reason);
+    }
+
+    [Fact]
     public void A_party_whose_node_is_gone_is_dropped_after_the_absent_grace_not_the_deadline()
     {
         var spec = ActorSpecs.EchoJob("absent", quorum: 2, deadlineSeconds: 600);
