@@ -26,6 +26,7 @@ internal static class CheckpointBench
 
     public static void Run(Options o, TextWriter output)
     {
+        if (!o.Json) output.WriteLine(BenchMachine.Line());
         var config = ModelConfig.Load(o.ConfigPath);
         var dir = o.WorkDir ?? Path.Combine(Path.GetTempPath(), "fate-llm-bench", Path.GetFileNameWithoutExtension(o.ConfigPath) + "-" + DtypeName(o.Dtype));
         var sw = Stopwatch.StartNew();
@@ -85,7 +86,7 @@ internal static class CheckpointBench
         var r = new JsonObject
         {
             ["config"] = Path.GetFullPath(o.ConfigPath), ["model_type"] = config.ModelType, ["parameters"] = parameters,
-            ["dtype"] = DtypeName(o.Dtype), ["checkpoint_bytes"] = bytes, ["shards"] = files.Count,
+            ["machine"] = BenchMachine.Line(), ["dtype"] = DtypeName(o.Dtype), ["checkpoint_bytes"] = bytes, ["shards"] = files.Count,
             ["checkpoint_written_seconds"] = wrote ? Math.Round(writeSeconds, 1) : null,
             ["load_seconds"] = Math.Round(loadSeconds, 4), ["rss_before_load_mib"] = Math.Round(rssBefore), ["rss_after_load_mib"] = Math.Round(loadRss),
             ["peak_rss_load_mib"] = Math.Round(loadPeak), ["peak_rss_generate_mib"] = Math.Round(generatePeak), ["peak_rss_train_mib"] = Math.Round(trainPeak),
@@ -116,7 +117,7 @@ internal static class CheckpointBench
     /// Writes config.json and random N(0, 0.02) weights (norms one, Gemma's zero) as shards of at most 2 GiB, one tensor
     /// in memory at a time; reuses a folder already written for the same config and dtype.
     /// </summary>
-    static bool EnsureCheckpoint(ModelConfig config, string configPath, ScalarType dtype, string dir)
+    internal static bool EnsureCheckpoint(ModelConfig config, string configPath, ScalarType dtype, string dir)
     {
         var stamp = Path.Combine(dir, ".bench-stamp");
         var key = File.ReadAllText(configPath) + "|" + dtype;

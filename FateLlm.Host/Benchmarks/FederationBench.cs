@@ -37,6 +37,7 @@ internal static class FederationBench
 
     public static async Task Run(int[] sizesMiB, bool skipRound, TransferSettings transfer, TextWriter output)
     {
+        output.WriteLine(BenchMachine.Line());
         output.WriteLine($"== adapter transfer between two processes over loopback ({transfer.ChunkSize >> 10} KiB chunks, window {transfer.Window})");
         await Transfer(sizesMiB, transfer, output);
         output.WriteLine();

@@ -15,6 +15,7 @@ internal static class SecAggBench
 {
     public static void Run(int[] parties, int length, double dropout, TextWriter output)
     {
+        output.WriteLine(BenchMachine.Line());
         output.WriteLine($"vector {length:N0} values ({length * 4 / 1e6:F2} MB per party), {dropout:P0} dropouts after sharing keys, {Environment.ProcessorCount} cores");
         output.WriteLine($"{"n",5} {"k",4} {"t",4} | {"party: keys+shares",19} {"mask",9} {"mask MB/s",10} | {"arbiter unmask",15} {"unmask MB/s",12} | {"plain FedAvg",13} {"overhead",9}");
         foreach (var n in parties) Run(n, length, dropout, output);

@@ -18,6 +18,7 @@ internal static class TrainBench
 
     public static void Run(ModelConfig config, string presetName, PeftMethod method, string[] loraTargets, int b, int s, int warmup, int measured, TextWriter output)
     {
+        output.WriteLine(BenchMachine.Line());
         var model = CausalLm.Create(config);
         model.InitializeWeights(1);
         manual_seed(1);

@@ -25,12 +25,28 @@ internal static class BenchCommands
         var noRound = CliApp.Opt("--no-round", "Skip the real 3-party round", false);
         var window = CliApp.Opt("--window", "Chunks in flight per transfer", TransferSettings.Default.Window);
         var chunkKiB = CliApp.Opt("--chunk-kib", "Chunk size in KiB (≤ 4096)", TransferSettings.Default.ChunkSize >> 10);
-        cmd.Subcommands.Add(new Command("federation", "Transfer MB/s vs raw TCP, wire overhead, FedAvg vs memcpy, round overhead, rounds/s").With(p =>
+        var config = CliApp.Opt("--config", "A real model's config.json: run a job through seed, arbiter and party processes on random bf16 weights of it", "");
+        var parties = CliApp.Opt("--parties", "With --config: party processes", 3);
+        var rounds = CliApp.Opt("--rounds", "With --config: rounds", 2);
+        var steps = CliApp.Opt("--steps", "With --config: local steps per round (batch 1)", 4);
+        var seq = CliApp.Opt("--seq", "With --config: tokens per example", 64);
+        var work = CliApp.Opt("--work", "With --config: folder for the checkpoint and the runs (default: the temp folder)", "");
+        var noBaseline = CliApp.Opt("--no-baseline", "With --config: skip the single-process bench train the parties' memory is compared with", false);
+        cmd.Subcommands.Add(new Command("federation", "Transfer MB/s vs raw TCP, wire overhead, FedAvg vs memcpy, round overhead, rounds/s; with --config, a real-size job through processes").With(p =>
+        {
+            if (p.GetValue(config) is { Length: > 0 } path)
+            {
+                RealSizeFederationBench.Run(new RealSizeFederationBench.Options(path, TrainingCommands.Positive(p.GetValue(parties), "--parties"),
+                    TrainingCommands.Positive(p.GetValue(rounds), "--rounds"), TrainingCommands.Positive(p.GetValue(steps), "--steps"),
+                    TrainingCommands.Positive(p.GetValue(seq), "--seq"), p.GetValue(work) is { Length: > 0 } w ? w : null, !p.GetValue(noBaseline)), t.Out);
+                return;
+            }
             FederationBench.Run(ParseSizes(p.GetValue(sizes)!), p.GetValue(noRound), TransferSettings.Default with
             {
                 Window = TrainingCommands.Positive(p.GetValue(window), "--window"),
                 ChunkSize = Math.Min(4096, TrainingCommands.Positive(p.GetValue(chunkKiB), "--chunk-kib")) << 10,
-            }, t.Out).GetAwaiter().GetResult(), sizes, noRound, window, chunkKiB));
+            }, t.Out).GetAwaiter().GetResult();
+        }, sizes, noRound, window, chunkKiB, config, parties, rounds, steps, seq, work, noBaseline));
         var port = CliApp.Opt("--port", "", 0);
         var rawPort = CliApp.Opt("--raw-port", "", 0);
         var dir = CliApp.Opt("--dir", "", "");
