@@ -91,9 +91,11 @@ public static class AggregationStrategies
     {
         foreach (var (name, t) in spec)
         {
-            if (!d.Tensors.TryGetValue(name, out var u)) throw new AggregationException($"party '{d.Party}': update lacks tensor '{name}'");
-            if (!u.shape.SequenceEqual(t.shape))
-                throw new AggregationException($"party '{d.Party}': tensor '{name}' has shape [{string.Join(",", u.shape)}], expected [{string.Join(",", t.shape)}]");
+            // An update kept on disk is checked from its header: reading it here would hold it whole.
+            var shape = d.Tensors is IO.TensorsOnDisk disk ? disk.ShapeOf(name) : d.Tensors.TryGetValue(name, out var u) ? u.shape : null;
+            if (shape is null) throw new AggregationException($"party '{d.Party}': update lacks tensor '{name}'");
+            if (!shape.SequenceEqual(t.shape))
+                throw new AggregationException($"party '{d.Party}': tensor '{name}' has shape [{string.Join(",", shape)}], expected [{string.Join(",", t.shape)}]");
         }
         var extra = d.Tensors.Keys.FirstOrDefault(k => !spec.ContainsKey(k));
         if (extra != null) throw new AggregationException($"party '{d.Party}': update has unknown tensor '{extra}'");
@@ -130,6 +132,7 @@ public sealed class RunningWeightedMean
         foreach (var (name, acc) in _sum) acc.add_(d.Tensors[name], alpha: d.Samples / _total);
         Count++;
     }
+
 
     /// <summary>The weighted mean (the tensors folded into, in the constructing caller's scope).</summary>
     public Dictionary<string, Tensor> Result() =>

@@ -31,11 +31,13 @@ public sealed class RobustAggregation(string rule, ServerOptimizerOptions o) : I
         return new AggregationOutcome(next, []);
     }
 
+    // Every rule walks the updates one tensor name at a time, each tensor freed before the next name: with updates kept
+    // on disk (TensorsOnDisk) a round holds one tensor of each party, not every party's whole update.
     static Dictionary<string, Tensor> PerCoordinate(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, Func<Tensor, Tensor> reduce) =>
         global.Keys.ToDictionary(name => name, name =>
         {
-            using var stacked = stack(deltas.Select(d => d.Tensors[name]).ToArray());
-            return reduce(stacked);
+            using var scope = NewDisposeScope();
+            return reduce(stack(deltas.Select(d => d.Tensors[name]).ToArray())).MoveToOuterDisposeScope();
         });
 
     /// <summary>Coordinate-wise median; with an even count, the mean of the two middle values.</summary>
@@ -63,18 +65,23 @@ public sealed class RobustAggregation(string rule, ServerOptimizerOptions o) : I
         var neighbours = k - f - 2;
         if (neighbours < 1) throw new AggregationException($"Krum with {f} Byzantine parties needs more than {f + 2} updates, got {k}");
         var names = global.Keys.Order(StringComparer.Ordinal).ToList();
-        using var flat = stack(deltas.Select(d => cat(names.Select(n => d.Tensors[n].flatten()).ToArray())).ToArray());
-        using var distances = cdist(flat, flat).pow(2);
-        var scores = Enumerable.Range(0, k).Select(i =>
+        // ‖Δi − Δj‖² over the whole update is the sum of the per-tensor squared distances (in fp64 across tensors).
+        var squared = new double[k, k];
+        foreach (var n in names)
         {
-            var row = distances[i].data<float>().ToArray();
-            return row.Where((_, j) => j != i).Order().Take(neighbours).Sum();
-        }).ToArray();
+            using var scope = NewDisposeScope();
+            var flat = stack(deltas.Select(d => d.Tensors[n].flatten()).ToArray());
+            var part = cdist(flat, flat).pow(2).to_type(ScalarType.Float64).data<double>().ToArray();
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < k; j++) squared[i, j] += part[i * k + j];
+        }
+        var scores = Enumerable.Range(0, k).Select(i =>
+            Enumerable.Range(0, k).Where(j => j != i).Select(j => squared[i, j]).Order().Take(neighbours).Sum()).ToArray();
         var chosen = Enumerable.Range(0, k).OrderBy(i => scores[i]).Take(Math.Min(m, k)).ToList();
         return names.ToDictionary(n => n, n =>
         {
-            using var s = stack(chosen.Select(i => deltas[i].Tensors[n]).ToArray());
-            return s.mean([0L]);
+            using var scope = NewDisposeScope();
+            return stack(chosen.Select(i => deltas[i].Tensors[n]).ToArray()).mean([0L]).MoveToOuterDisposeScope();
         });
     }
 
@@ -82,12 +89,25 @@ public sealed class RobustAggregation(string rule, ServerOptimizerOptions o) : I
     static Dictionary<string, Tensor> NormBounded(IReadOnlyDictionary<string, Tensor> global, IReadOnlyList<AdapterDelta> deltas, double bound)
     {
         if (bound <= 0) throw new AggregationException($"norm bound must be positive, got {bound}");
-        var clipped = deltas.Select(d =>
+        var scales = deltas.Select(d =>
         {
-            var norm = Math.Sqrt(d.Tensors.Values.Sum(t => t.pow(2).sum().item<float>()));
-            var scale = norm > bound ? bound / norm : 1.0;
-            return d with { Tensors = d.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.mul(scale)), Samples = 1 };
+            var norm = Math.Sqrt(global.Keys.Sum(n =>
+            {
+                using var scope = NewDisposeScope();
+                return (double)d.Tensors[n].pow(2).sum().item<float>();
+            }));
+            return norm > bound ? bound / norm : 1.0;
         }).ToList();
-        return AggregationStrategies.WeightedMean(global, clipped);
+        // Equal weights over the clipped updates, one tensor name at a time.
+        return global.Keys.ToDictionary(n => n, n =>
+        {
+            var acc = zeros_like(global[n]);
+            for (int i = 0; i < deltas.Count; i++)
+            {
+                using var scope = NewDisposeScope();
+                acc.add_(deltas[i].Tensors[n].mul(scales[i]), alpha: 1.0 / deltas.Count);
+            }
+            return acc;
+        });
     }
 }

@@ -33,17 +33,21 @@ public static class RoundStep
         var layout = Layout(ctx.Store, exchange);
         var rejected = new List<Rejection>();
         var accepted = new List<PartyContribution>();
-        // A rule that needs only the mean (the FedAvg family, without central DP) checks every update, then folds the
-        // accepted ones one by one: one update in memory at a time instead of every party's.
-        var folded = layout is not null && algorithm.Summable && spec.Dp.Mode != DpMode.Central && spec.Strategy().NeedsMeanOnly;
+        // A summable exchange (tensor updates, no central DP) never holds every party's update: a rule that needs only the
+        // mean (the FedAvg family) folds the accepted ones one by one; one that needs them all (median, Krum, …) reads
+        // them back from the store one tensor at a time. Either way each update is checked in its own scope first.
+        // (Tensor deltas as the update's own bytes: what the store holds is what TensorsOnDisk reads.)
+        var plainTensors = layout is not null && algorithm.Summable && algorithm.Codec is TensorUpdateCodec && spec.Dp.Mode != DpMode.Central;
+        var folded = plainTensors && spec.Strategy().NeedsMeanOnly;
         UpdateCheck Check(OfferedUpdate u) =>
             algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, layout), ctx.Store.Read(u.Digest));
         foreach (var u in offered.OrderBy(u => u.Party, StringComparer.Ordinal))
         {
-            using var each = folded ? NewDisposeScope() : null;
+            using var each = plainTensors ? NewDisposeScope() : null;
             var check = Check(u);
             if (check.Problem is not null) rejected.Add(new Rejection(u.Party, check.Problem));
-            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, folded ? null : check.Parsed));
+            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics,
+                folded ? null : plainTensors ? new TensorsOnDisk(ctx.Store.PathOf(u.Digest)) : check.Parsed));
         }
         if (accepted.Count < minAccepted)
             throw new AggregationException($"{accepted.Count} valid updates, {minAccepted} required; rejected: {string.Join("; ", rejected.Select(r => $"{r.Party}: {r.Reason}"))}");

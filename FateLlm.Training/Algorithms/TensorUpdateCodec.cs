@@ -4,8 +4,8 @@ namespace FateLlm.Training.Algorithms;
 
 /// <summary>
 /// The codec of tensor deltas in an exchange's vector layout: the update must parse as safetensors, carry exactly the
-/// layout's tensor names and shapes, hold only finite values, and stay within the job's norm bound. What it parsed is
-/// handed to the step, so each update is parsed once.
+/// layout's tensor names and shapes, hold only finite values, and stay within the job's norm bound. The round then
+/// folds accepted updates into a running mean or reads them back from the store a tensor at a time (RoundStep).
 /// </summary>
 public sealed class TensorUpdateCodec : IUpdateCodec
 {

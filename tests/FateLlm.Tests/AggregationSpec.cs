@@ -138,3 +138,53 @@ public class RobustAggregationSpec
         Assert.Contains("more than 3 updates", e.Message);
     }
 }
+
+/// <summary>Rules that need every update read them from the store a tensor at a time, with the same result as in memory.</summary>
+[Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
+public class RobustAggregationOnDiskSpec
+{
+    [Theory]
+    [InlineData("median")]
+    [InlineData("trimmed-mean")]
+    [InlineData("krum")]
+    [InlineData("multi-krum")]
+    [InlineData("norm-bound")]
+    public void A_robust_rule_over_updates_on_disk_equals_the_rule_over_updates_in_memory(string rule)
+    {
+        var gen = new Generator(3);
+        Dictionary<string, Tensor> Random(double scale) => new() { ["a.lora_A.weight"] = randn([16, 8], generator: gen).mul(scale), ["b.lora_B.weight"] = randn([8, 4], generator: gen).mul(scale) };
+        var global = Random(1);
+        // Five parties, one of them poisoned (a large update), so the rules have something to reject.
+        var deltas = Enumerable.Range(0, 5).Select(i => new AdapterDelta($"p{i}", Random(i == 4 ? 50 : 0.1), 10 + i)).ToList();
+        var store = new FateLlm.Training.IO.BlobStore(TestSupport.TempDir());
+        var onDisk = deltas.Select(d => d with { Tensors = new FateLlm.Training.IO.TensorsOnDisk(store.PathOf(store.Put(FateLlm.Training.IO.SafeTensors.ToBytes(d.Tensors)))) }).ToList();
+        var strategy = AggregationStrategies.Create(rule, new ServerOptimizerOptions { NormBound = 0.5, KrumSelect = 3, Byzantine = 1 });
+        Assert.False(strategy.NeedsMeanOnly);
+        var inMemory = strategy.Aggregate(global, deltas, new Dictionary<string, Tensor>()).Global;
+        var fromDisk = strategy.Aggregate(global, onDisk, new Dictionary<string, Tensor>()).Global;
+        foreach (var (name, t) in inMemory) Assert.True(TestSupport.MaxAbsDiff(t, fromDisk[name]) < 1e-6, $"{rule}: {name}");
+        Assert.True(TestSupport.MaxAbsDiff(inMemory["a.lora_A.weight"], global["a.lora_A.weight"]) < 5, $"{rule} let the poisoned update through");
+    }
+
+    [Fact]
+    public void A_trimmed_mean_round_reads_the_updates_from_the_store_and_gives_the_global_of_the_rule_over_them_in_memory()
+    {
+        var g = FederationFixture.Prepare();
+        var spec = FederationFixture.Job(g, "trimmed", rounds: 1);
+        spec = spec with { Aggregation = spec.Aggregation with { Algorithm = "trimmed-mean" }, Local = spec.Local with { Steps = 2 } };
+        var parties = g.Datasets.Select(kv => new FateLlm.Training.Federation.SimulatedParty(kv.Key, kv.Value)).ToList();
+        var simulated = new FateLlm.Training.Federation.FederatedSimulation(FateLlm.Training.Algorithms.AlgorithmCatalog.BuiltIn.For(spec),
+            spec with { OutputDir = Path.Combine(g.Root, "out-simulated") }, g.Model, parties, Path.Combine(g.Root, "simulation")).Run();
+
+        var global = FateLlm.Training.Federation.FederatedComputation.InitialAdapter(spec, g.Model);
+        var deltas = spec.Parties.OrderBy(p => p.Org, StringComparer.Ordinal).Select(p =>
+        {
+            var r = FateLlm.Training.Federation.FederatedComputation.LocalRound(spec, g.Model, global, g.Datasets[p.Org]["train"], g.Datasets[p.Org]["dev"], 1, default);
+            return new AdapterDelta(p.Org, FateLlm.Training.IO.SafeTensors.FromBytes(r.Delta), r.Samples);
+        }).ToList();
+        var expected = spec.Strategy().Aggregate(FateLlm.Training.IO.SafeTensors.FromBytes(global), deltas, new Dictionary<string, Tensor>()).Global;
+        Assert.Equal(FateLlm.Training.IO.BlobStore.Digest(FateLlm.Training.IO.SafeTensors.ToBytes(expected)),
+            simulated.State.Get(FateLlm.Training.Algorithms.AlgorithmState.Global));
+    }
+}
