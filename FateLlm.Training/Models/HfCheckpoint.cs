@@ -147,9 +147,16 @@ public static class HfCheckpoint
     {
         Directory.CreateDirectory(folder);
         var tensors = model.BaseParameters().ToDictionary(p => p.Name, p => (Tensor)p.Param);
-        model.Config.Save(Path.Combine(folder, ConfigFile), Peft.MergedCheckpoint.TorchDtypeName(dtype ?? model.InputEmbeddings.dtype));
+        model.Config.Save(Path.Combine(folder, ConfigFile), TorchDtypeName(dtype ?? model.InputEmbeddings.dtype));
         SaveWeights(tensors, folder, maxShardBytes, dtype);
     }
+
+    /// <summary>config.json's name for a dtype (<c>torch_dtype</c>).</summary>
+    public static string TorchDtypeName(ScalarType dtype) => dtype switch
+    {
+        ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", ScalarType.Float32 => "float32",
+        _ => throw new ModelFormatException($"weights cannot be written as {dtype}"),
+    };
 
     public static void SaveWeights(IReadOnlyDictionary<string, Tensor> tensors, string folder, long maxShardBytes = 2L << 30, ScalarType? dtype = null)
     {

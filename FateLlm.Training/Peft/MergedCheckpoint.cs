@@ -36,13 +36,8 @@ public static class MergedCheckpoint
         }
         var index = Path.Combine(baseFolder, HfCheckpoint.IndexFile);
         if (files.Count > 1 || File.Exists(index)) File.Copy(index, Path.Combine(folder, HfCheckpoint.IndexFile), overwrite: true);
-        adapted.Config.Save(Path.Combine(folder, HfCheckpoint.ConfigFile), TorchDtypeName(HfCheckpoint.StoredDtype(baseFolder)));
+        adapted.Config.Save(Path.Combine(folder, HfCheckpoint.ConfigFile), HfCheckpoint.TorchDtypeName(HfCheckpoint.StoredDtype(baseFolder)));
         Tokenization.TokenizerLoader.CopyFiles(baseFolder, folder);
     }
 
-    internal static string TorchDtypeName(ScalarType dtype) => dtype switch
-    {
-        ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", ScalarType.Float32 => "float32",
-        _ => throw new ModelFormatException($"weights cannot be written as {dtype}"),
-    };
 }

@@ -53,7 +53,9 @@ public sealed class ResidentModels
                 idle.Run.LoadSeconds = 0;
                 return idle.Run;
             }
-            foreach (var stale in _entries.Where(e => !e.InUse && e.Path == path).ToList()) freed |= Evict(stale);
+            var stale = _entries.Where(e => !e.InUse && e.Path == path).ToList();
+            stale.ForEach(Evict);
+            freed = stale.Count > 0;
         }
         if (freed) ReturnFreedMemory();
         var run = load();
@@ -96,7 +98,9 @@ public sealed class ResidentModels
         var freed = false;
         lock (_gate)
         {
-            foreach (var e in _entries.Where(e => !e.InUse && due(e)).ToList()) freed |= Evict(e);
+            var idle = _entries.Where(e => !e.InUse && due(e)).ToList();
+            idle.ForEach(Evict);
+            freed = idle.Count > 0;
             if (_entries.Count == 0 && _sweeper is not null)
             {
                 _sweeper.Dispose();
@@ -106,12 +110,11 @@ public sealed class ResidentModels
         if (freed) ReturnFreedMemory();
     }
 
-    bool Evict(Entry e)
+    void Evict(Entry e)
     {
         _entries.Remove(e);
         e.Run.ReturnTo = null;
         e.Run.Dispose();
-        return true;
     }
 
     /// <summary>glibc keeps freed blocks in its arenas; trimming gives a released base's gigabytes back to the OS.</summary>
