@@ -165,6 +165,8 @@ public sealed class HoconSyntax
         return _text[start.._pos];
     }
 
+    const string ListElement = "the list element";
+
     /// <summary>A value, with same-kind concatenation on its line (strings with strings, arrays with arrays, objects with objects).</summary>
     void Value(string key)
     {
@@ -176,6 +178,9 @@ public sealed class HoconSyntax
             if (End || c is '\n' or ',' or '}' or ']') return;
             var next = c == '[' ? 'a' : c == '{' ? 'o' : 's';
             if (next != kind) throw Error($"expected ',' or a new line after the value of '{key}', found {Show(c)}");
+            // In a list, `{a} {b}` is HOCON's object concatenation: one element with b's fields over a's, never two.
+            if (kind == 'o' && key == ListElement)
+                throw Error("two objects side by side in a list are merged into one (HOCON object concatenation); separate the list's elements with ',' or a new line");
             ValuePart();
         }
     }
@@ -202,7 +207,7 @@ public sealed class HoconSyntax
                 while (!End && Peek() != ']')
                 {
                     if (Peek() == '}') throw Error($"found '}}' where ']' should close the '[' at line {open.Line}, column {open.Col}");
-                    Value("the list element");
+                    Value(ListElement);
                     if (!Separators() && !End && Peek() != ']') throw Error($"expected ',' or a new line between list elements, found {Show(Peek())}");
                 }
                 Expect(']', open);

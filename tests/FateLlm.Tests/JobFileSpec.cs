@@ -49,6 +49,17 @@ public class JobFileSpec
     }
 
     [Fact]
+    public void Parties_written_side_by_side_without_a_comma_are_refused_not_merged_into_one()
+    {
+        // HOCON reads `{ org = a } { org = b }` on one line as one object (b over a): a job would silently lose party a.
+        const string text = "job {\n  model = m\n  parties = [ { org = a, data = train } { org = b, data = train } ]\n}\n";
+        var e = Assert.Throws<JobSpecException>(() => JobFile.Parse(text, "side.conf", TestSupport.TempDir()));
+        Assert.StartsWith("side.conf:3:", e.Message);
+        Assert.Contains("two objects side by side in a list are merged into one", e.Message);
+        Assert.Equal(["a", "b"], JobFile.Parse(text.Replace("} {", "}, {"), "side.conf", TestSupport.TempDir()).Parties.Select(p => p.Org));
+    }
+
+    [Fact]
     public void Values_reach_the_job_exactly_as_written_escapes_and_trailing_newlines_included()
     {
         var spec = Parse(Minimal + """
