@@ -52,9 +52,10 @@ public static class FederatedComputation
         WatermarkSites.MakeTrainable(model, spec);
     }
 
-    // What shapes the module: the weights, the PEFT settings (adapter layers, base dtype) and FedIPR's trainable sites.
+    // What a lent copy carries: the folder (its tokenizer files and path come with the copy, so two folders holding the
+    // same weights are not interchangeable), the weights, the PEFT settings (adapter layers, base dtype) and FedIPR's sites.
     static string ResidentKey(JobSpec spec, string modelPath) =>
-        $"{HfCheckpoint.WeightsDigest(modelPath)}|{System.Text.Json.JsonSerializer.Serialize(spec.Peft)}|{spec.Ipr.Enabled}:{spec.Ipr.Blocks}";
+        $"{Path.GetFullPath(modelPath)}|{HfCheckpoint.WeightsDigest(modelPath)}|{System.Text.Json.JsonSerializer.Serialize(spec.Peft)}|{spec.Ipr.Enabled}:{spec.Ipr.Blocks}";
 
     /// <summary>
     /// Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files, hashed once per
