@@ -27,9 +27,7 @@ public static class FederatedComputation
     public static byte[] InitialAdapter(JobSpec spec, string modelPath)
     {
         using var scope = NewDisposeScope();
-        using var model = HfCheckpoint.Skeleton(modelPath, spec.Peft.BaseDtypeFor(modelPath));
-        model.Randomness.manual_seed(spec.Seed);
-        MakeTrainable(model, spec);
+        using var model = AdaptedSkeleton(spec, modelPath);
         var trainedBase = model.BaseParameters().Where(p => p.Param.requires_grad).Select(p => p.Name).ToHashSet();
         if (trainedBase.Count > 0) HfCheckpoint.ReadTensors(model, modelPath, trainedBase);
         return SafeTensors.ToBytes(PeftModel.TrainableState(model));
@@ -45,6 +43,15 @@ public static class FederatedComputation
     /// <summary>A copy of the job's model of the caller's own (seeded as the job says), for work that changes the base (merging).</summary>
     public static FineTuning OpenPrivate(JobSpec spec, string modelPath) =>
         FineTuning.Open(modelPath, spec.Peft, spec.Seed, m => MakeTrainable(m, spec));
+
+    /// <summary>The job's model as <see cref="OpenPrivate"/> makes it (seeded, PEFT applied), on a skeleton of unread weights.</summary>
+    static CausalLm AdaptedSkeleton(JobSpec spec, string modelPath)
+    {
+        var model = HfCheckpoint.Skeleton(modelPath, spec.Peft.BaseDtypeFor(modelPath));
+        model.Randomness.manual_seed(spec.Seed);
+        MakeTrainable(model, spec);
+        return model;
+    }
 
     static void MakeTrainable(CausalLm model, JobSpec spec)
     {
@@ -175,9 +182,7 @@ public static class FederatedComputation
     public static void ExportAdapter(JobSpec spec, string modelPath, byte[] adapter, string folder, string? mergedFolder = null)
     {
         using var scope = NewDisposeScope();
-        using var model = HfCheckpoint.Skeleton(modelPath, spec.Peft.BaseDtypeFor(modelPath));
-        model.Randomness.manual_seed(spec.Seed);
-        MakeTrainable(model, spec);
+        using var model = AdaptedSkeleton(spec, modelPath);
         PeftModel.LoadTrainableState(model, SafeTensors.FromBytes(adapter, "global adapter"), "global adapter");
         AdapterFolder.Save(model, spec.Peft, folder, modelPath);
         AdapterFolder.SaveDataOptions(folder, spec.Data);

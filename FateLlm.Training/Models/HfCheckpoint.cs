@@ -151,6 +151,12 @@ public static class HfCheckpoint
         SaveWeights(tensors, folder, maxShardBytes, dtype);
     }
 
+    /// <summary>Deletes a folder's weight file and index, so weights written there replace them whatever their sharding.</summary>
+    public static void RemoveWeights(string folder)
+    {
+        foreach (var stale in new[] { SingleFile, IndexFile }.Select(f => Path.Combine(folder, f)).Where(File.Exists)) File.Delete(stale);
+    }
+
     /// <summary>config.json's name for a dtype (<c>torch_dtype</c>).</summary>
     public static string TorchDtypeName(ScalarType dtype) => dtype switch
     {
@@ -160,7 +166,7 @@ public static class HfCheckpoint
 
     public static void SaveWeights(IReadOnlyDictionary<string, Tensor> tensors, string folder, long maxShardBytes = 2L << 30, ScalarType? dtype = null)
     {
-        foreach (var stale in new[] { SingleFile, IndexFile }.Select(f => Path.Combine(folder, f)).Where(File.Exists)) File.Delete(stale);
+        RemoveWeights(folder);
         void Write(string file, IReadOnlyDictionary<string, Tensor> shard)
         {
             using var scope = NewDisposeScope();

@@ -21,7 +21,7 @@ public static class MergedCheckpoint
         var lora = adapted.Projections().Where(p => p.Module.HasLora).ToDictionary(p => p.Path + ".weight", p => p.Module, StringComparer.Ordinal);
         var trained = adapted.BaseParameters().Where(p => p.Param.requires_grad).ToDictionary(p => p.Name, p => (Tensor)p.Param, StringComparer.Ordinal);
         var files = HfCheckpoint.WeightFiles(baseFolder);
-        foreach (var stale in new[] { HfCheckpoint.SingleFile, HfCheckpoint.IndexFile }.Select(f => Path.Combine(folder, f)).Where(File.Exists)) File.Delete(stale);
+        HfCheckpoint.RemoveWeights(folder);
         foreach (var file in files)
         {
             using var scope = NewDisposeScope();
