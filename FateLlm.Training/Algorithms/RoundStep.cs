@@ -39,28 +39,27 @@ public static class RoundStep
         // (Tensor deltas as the update's own bytes: what the store holds is what TensorsOnDisk reads.)
         var plainTensors = layout is not null && algorithm.Summable && algorithm.Codec is TensorUpdateCodec && spec.Dp.Mode != DpMode.Central;
         var folded = plainTensors && spec.Strategy().NeedsMeanOnly;
-        UpdateCheck Check(OfferedUpdate u) =>
-            algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, layout), ctx.Store.Read(u.Digest));
         foreach (var u in offered.OrderBy(u => u.Party, StringComparer.Ordinal))
         {
             using var each = plainTensors ? NewDisposeScope() : null;
-            var check = Check(u);
+            var check = algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, layout), ctx.Store.Read(u.Digest));
             if (check.Problem is not null) rejected.Add(new Rejection(u.Party, check.Problem));
-            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics,
-                folded ? null : plainTensors ? new TensorsOnDisk(ctx.Store.PathOf(u.Digest)) : check.Parsed));
+            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, plainTensors ? new TensorsOnDisk(ctx.Store.PathOf(u.Digest)) : check.Parsed));
         }
         if (accepted.Count < minAccepted)
             throw new AggregationException($"{accepted.Count} valid updates, {minAccepted} required; rejected: {string.Join("; ", rejected.Select(r => $"{r.Party}: {r.Reason}"))}");
         var result = new ExchangeResult(exchange, phase, accepted);
         if (folded)
         {
+            // Folded from the store, already checked: each update's tensors are read once more, never validated twice.
             var mean = new RunningWeightedMean(layout!, accepted.Sum(c => (double)c.Samples));
             foreach (var c in accepted)
             {
                 using var each = NewDisposeScope();
-                mean.Add(new AdapterDelta(c.Party, (IReadOnlyDictionary<string, Tensor>)Check(offered.First(o => o.Party == c.Party)).Parsed!, c.Samples));
+                mean.Add(new AdapterDelta(c.Party, (IReadOnlyDictionary<string, Tensor>)c.Parsed!, c.Samples));
             }
-            result = result with { Mean = mean.Result() };
+            // The step sees the mean only, as under secure aggregation.
+            result = new ExchangeResult(exchange, phase, accepted.Select(c => c with { Parsed = null }).ToList()) { Mean = mean.Result() };
         }
         PrivateMean? dp = null;
         if (spec.Dp.Mode == DpMode.Central && layout is not null)
