@@ -169,14 +169,20 @@ internal static class CheckpointBench
     }
 
     static double Rss() => Status("VmRSS:");
-    internal static double PeakRss() => Status("VmHWM:");
+    /// <summary>Peak resident set in MiB (VmHWM) of this process, or of another one by pid while it still runs.</summary>
+    internal static double PeakRss(string pid = "self") => Status("VmHWM:", pid);
 
-    static double Status(string field)
+    static double Status(string field, string pid = "self")
     {
-        foreach (var line in File.Exists("/proc/self/status") ? File.ReadLines("/proc/self/status") : [])
-            if (line.StartsWith(field))
-                return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) / 1024.0;
-        return Process.GetCurrentProcess().WorkingSet64 / 1048576.0;
+        var path = $"/proc/{pid}/status";
+        try
+        {
+            foreach (var line in File.Exists(path) ? File.ReadLines(path) : [])
+                if (line.StartsWith(field))
+                    return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) / 1024.0;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return double.NaN; } // the process ended meanwhile
+        return pid == "self" ? Process.GetCurrentProcess().WorkingSet64 / 1048576.0 : double.NaN;
     }
 
     // Linux resets the peak-RSS mark (VmHWM) when "5" is written to clear_refs, so each phase reports its own peak.

@@ -81,10 +81,8 @@ internal static class FederationBench
     {
         int port = LocalFederation.FreePort(), rawPort = LocalFederation.FreePort();
         var dir = Path.Combine(Path.GetTempPath(), "fate-llm-bench-" + Environment.ProcessId);
-        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(FederationBench).Assembly.Location);
-        foreach (var a in new[] { "bench", "blob-server", "--port", port.ToString(), "--raw-port", rawPort.ToString(), "--sizes", string.Join(",", sizesMiB), "--dir", Path.Combine(dir, "server") })
-            psi.ArgumentList.Add(a);
+        var psi = RealSizeFederationBench.Fatellm(["bench", "blob-server", "--port", port.ToString(), "--raw-port", rawPort.ToString(), "--sizes", string.Join(",", sizesMiB),
+            "--dir", Path.Combine(dir, "server")], redirectError: false);
         using var server = Process.Start(psi)!;
         try
         {

@@ -76,7 +76,7 @@ internal static class RealSizeFederationBench
             sw.Restart();
             var (code, _) = RunToEnd(["job", "submit", jobFile, "--seed", seed, "--wait", "--timeout", "120"], Path.Combine(run, "submit.log"));
             var wall = sw.Elapsed.TotalSeconds;
-            var peaks = nodes.ToDictionary(n => n.Name, n => PeakRssMiB(n.Process));
+            var peaks = nodes.ToDictionary(n => n.Name, n => CheckpointBench.PeakRss(n.Process.Id.ToString(CultureInfo.InvariantCulture)));
             if (code != 0) throw new InvalidOperationException($"the job failed (exit {code}); see {Path.Combine(run, "submit.log")} and the nodes' logs in {run}");
             Report(output, o, name, config, weights, run, wall, peaks, baseline);
         }
@@ -127,9 +127,10 @@ internal static class RealSizeFederationBench
             JsonSerializer.Serialize(new Dictionary<string, string> { ["content"] = Words(seq / 2), ["summary"] = Words(seq / 2) })));
     }
 
-    static ProcessStartInfo Fatellm(IEnumerable<string> args)
+    /// <summary>This same <c>fate-llm</c> (the apphost, or dotnet with this assembly) with other arguments.</summary>
+    internal static ProcessStartInfo Fatellm(IEnumerable<string> args, bool redirectError = true)
     {
-        var psi = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = redirectError };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(RealSizeFederationBench).Assembly.Location);
         foreach (var a in args) psi.ArgumentList.Add(a);
         return psi;
@@ -154,16 +155,5 @@ internal static class RealSizeFederationBench
         p.WaitForExit();
         File.WriteAllText(log, stdout.Result + stderr.Result);
         return (p.ExitCode, stdout.Result);
-    }
-
-    /// <summary>The process's peak resident set (VmHWM), read while it still runs.</summary>
-    static double PeakRssMiB(Process p)
-    {
-        try
-        {
-            var line = File.ReadLines($"/proc/{p.Id}/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
-            return line is null ? double.NaN : double.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return double.NaN; }
     }
 }
