@@ -11,14 +11,16 @@ using FateLlm.Training.Federation;
 namespace FateLlm.Actors.Serialization;
 
 /// <summary>
-/// Adapter chunks as raw bytes behind a 80-byte header (so wire size ≈ payload), and persisted job events as JSON
+/// Adapter chunks as raw bytes behind an 80–84-byte header (so wire size ≈ payload), and persisted job events as JSON
 /// under stable, versioned manifests (<c>Name</c> for schema v1, <c>Name.v2</c> for events whose shape changed), so
 /// the journal survives code changes that rename CLR types and journals written by older code still recover.
 /// </summary>
 public sealed class FederationSerializer(ExtendedActorSystem system) : SerializerWithStringManifest(system)
 {
     public const int SerializerId = 7301;
-    const string Chunk = "C";
+    // "C": a 64-character (SHA-256) digest in a fixed field, what older nodes read; "C2": a length-prefixed digest of any
+    // version (b3:…). A chunk of a SHA-256 blob keeps the old frame so a node that only knows it still reads it.
+    const string Chunk = "C", ChunkV2 = "C2";
 
     /// <summary>Today's manifest of every event type. Shapes unchanged since v1 keep their v1 manifest.</summary>
     static readonly Dictionary<Type, string> Manifests = new()
@@ -31,12 +33,13 @@ public sealed class FederationSerializer(ExtendedActorSystem system) : Serialize
     static readonly Dictionary<string, Type> Types = Manifests.ToDictionary(kv => kv.Value, kv => kv.Key);
     // Failed parties report NaN losses (named literals); enums are written by name.
     static readonly JsonSerializerOptions Json = JobSpec.JsonOptions;
+    const int LegacyDigestLength = 64;
 
     public override int Identifier => SerializerId;
 
     public override string Manifest(object o) => o switch
     {
-        ChunkData => Chunk,
+        ChunkData c => c.Digest.Length == LegacyDigestLength ? Chunk : ChunkV2,
         IJobEvent e when Manifests.TryGetValue(e.GetType(), out var m) => m,
         _ => throw new ArgumentException($"{nameof(FederationSerializer)} cannot serialize {o.GetType()}"),
     };
@@ -46,13 +49,17 @@ public sealed class FederationSerializer(ExtendedActorSystem system) : Serialize
         if (o is ChunkData c)
         {
             var digest = Encoding.ASCII.GetBytes(c.Digest);
-            if (digest.Length != 64) throw new ArgumentException($"chunk digest '{c.Digest}' is not 64 hex characters");
-            var buffer = new byte[64 + 4 + 8 + 4 + c.Data.Length];
-            digest.CopyTo(buffer, 0);
-            BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(64), c.Index);
-            BinaryPrimitives.WriteInt64LittleEndian(buffer.AsSpan(68), c.TotalSize);
-            BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(76), c.Data.Length);
-            c.Data.CopyTo(buffer, 80);
+            if (digest.Length is 0 or > byte.MaxValue) throw new ArgumentException($"chunk digest '{c.Digest}' is not a content digest");
+            // The legacy frame has no length byte: the digest fills the first 64 bytes.
+            var at = digest.Length == LegacyDigestLength ? 0 : 1;
+            var head = at + digest.Length;
+            var buffer = new byte[head + 4 + 8 + 4 + c.Data.Length];
+            if (at == 1) buffer[0] = (byte)digest.Length;
+            digest.CopyTo(buffer, at);
+            BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(head), c.Index);
+            BinaryPrimitives.WriteInt64LittleEndian(buffer.AsSpan(head + 4), c.TotalSize);
+            BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(head + 12), c.Data.Length);
+            c.Data.CopyTo(buffer, head + 16);
             return buffer;
         }
         Manifest(o);
@@ -61,13 +68,16 @@ public sealed class FederationSerializer(ExtendedActorSystem system) : Serialize
 
     public override object FromBinary(byte[] bytes, string manifest)
     {
-        if (manifest == Chunk)
+        if (manifest is Chunk or ChunkV2)
         {
-            if (bytes.Length < 80) throw new SerializationException($"chunk frame of {bytes.Length} bytes is too short");
-            var length = BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(76));
-            if (length < 0 || 80 + length != bytes.Length) throw new SerializationException($"chunk frame declares {length} bytes but carries {bytes.Length - 80}");
-            return new ChunkData(Encoding.ASCII.GetString(bytes, 0, 64), BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(64)),
-                BinaryPrimitives.ReadInt64LittleEndian(bytes.AsSpan(68)), bytes.AsSpan(80, length).ToArray());
+            var (at, digestLength) = manifest == Chunk ? (0, LegacyDigestLength) : (1, bytes.Length > 0 ? bytes[0] : 0);
+            var head = at + digestLength;
+            if (bytes.Length < head + 16) throw new SerializationException($"chunk frame of {bytes.Length} bytes is too short");
+            var length = BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(head + 12));
+            if (length < 0 || head + 16 + length != bytes.Length)
+                throw new SerializationException($"chunk frame declares {length} bytes but carries {bytes.Length - head - 16}");
+            return new ChunkData(Encoding.ASCII.GetString(bytes, at, digestLength), BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(head)),
+                BinaryPrimitives.ReadInt64LittleEndian(bytes.AsSpan(head + 4)), bytes.AsSpan(head + 16, length).ToArray());
         }
         if (Types.TryGetValue(manifest, out var type))
             return JsonSerializer.Deserialize(bytes, type, Json) ?? throw new SerializationException($"empty {manifest} event");

@@ -27,7 +27,7 @@ public sealed record TransferSettings(int ChunkSize, int Window, TimeSpan ChunkT
 /// <summary>
 /// Pulls one blob from a remote <see cref="BlobServer"/> into the local store: at most <c>Window</c> chunks in flight
 /// (memory is bounded by window × chunk size, never the blob), chunks written in place to a scratch file,
-/// re-requests after a timeout, SHA-256 verified off the actor thread before the blob becomes visible. A blob that
+/// re-requests after a timeout, verified against its digest off the actor thread before the blob becomes visible. A blob that
 /// cannot be stored (an I/O error moving it into place) is fetched again at once, and after
 /// <see cref="TransferSettings.MaxAttemptsPerChunk"/> such failures the fetch fails naming the error, instead of waiting
 /// for the round's deadline. Reports to its parent with the parent's correlation id and stops. Phases: transferring,
@@ -84,7 +84,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         {
             if (!v.Ok)
             {
-                Fail($"blob {_source.Digest[..12]}… arrived but its SHA-256 does not match");
+                Fail($"blob {_source.Digest[..12]}… arrived but its digest does not match");
                 return;
             }
             _incoming = null;

@@ -12,7 +12,7 @@ public sealed record BlobsMissing(string Correlation, IReadOnlyList<string> Miss
 /// <summary>
 /// Brings blobs this node lacks into its store from wherever in the cluster they still are: asks every member's blob
 /// server (<see cref="LocateBlob"/>) again every retry interval, pulls each from the first holder with a
-/// <see cref="BlobFetcher"/> (SHA-256 checked), tries the next holder if a pull fails, and reports once all are here or
+/// <see cref="BlobFetcher"/> (checked against its digest), tries the next holder if a pull fails, and reports once all are here or
 /// the deadline passes. How an arbiter taking over a job, or running another arbiter's round, gets the state's artifacts
 /// (the global adapter from the parties that downloaded it, or from the other arbiter).
 /// </summary>

@@ -128,8 +128,8 @@ public sealed class BlobStreamServer : IDisposable
 }
 
 /// <summary>
-/// What one stream read left in the scratch file: its length, whether that is the whole blob, and then the SHA-256 of
-/// the whole file (hashed as it arrived, so the store need not read it again).
+/// What one stream read left in the scratch file: its length, whether that is the whole blob, and then the digest of
+/// the whole file in the offered digest's algorithm (hashed as it arrived, so the store need not read it again).
 /// </summary>
 public sealed record StreamRead(long Bytes, bool Complete, string? Digest);
 
@@ -179,11 +179,12 @@ public static class BlobStreamReader
         var total = BinaryPrimitives.ReadInt64LittleEndian(reply.AsSpan(1));
         await using var file = new FileStream(incoming, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, BlobStreamServer.BufferSize);
         file.SetLength(offset);
-        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        // The digest asked for names its algorithm: a SHA-256 blob of an older store verifies as SHA-256.
+        using var hash = new ContentDigest.Hasher(ContentDigest.TryAlgorithmOf(offer.Digest, out var algorithm) ? algorithm : ContentDigest.Current);
         var buffer = new byte[BlobStreamServer.BufferSize];
         // A resumed stream hashes the prefix it already has first.
         for (int n; file.Position < offset && (n = await file.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, offset - file.Position)), ct)) > 0;)
-            hash.AppendData(buffer, 0, n);
+            hash.Append(buffer.AsSpan(0, n));
         file.Seek(offset, SeekOrigin.Begin);
         var got = offset;
         // One timer for the whole read loop, re-armed before each read. It also runs while a block is hashed and written, so
@@ -196,7 +197,7 @@ public static class BlobStreamReader
                 stall.CancelAfter(idle);
                 var n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, total - got)), stall.Token);
                 if (n == 0) break;
-                hash.AppendData(buffer, 0, n);
+                hash.Append(buffer.AsSpan(0, n));
                 await file.WriteAsync(buffer.AsMemory(0, n), ct);
                 got += n;
                 progress?.Invoke(got, total);
@@ -205,7 +206,7 @@ public static class BlobStreamReader
         catch (IOException) { } // cut: the caller resumes from what arrived
         catch (OperationCanceledException) when (!ct.IsCancellationRequested) { } // stalled: the same
         await file.FlushAsync(ct);
-        return new StreamRead(got, got == total, got == total ? Convert.ToHexStringLower(hash.GetHashAndReset()) : null);
+        return new StreamRead(got, got == total, got == total ? hash.Finish() : null);
     }
 
     /// <summary>One step of setting up the stream under its own idle timer.</summary>

@@ -62,16 +62,16 @@ public static class FederatedComputation
     // What a lent copy carries: the folder (its tokenizer files and path come with the copy, so two folders holding the
     // same weights are not interchangeable), the weights, the PEFT settings (adapter layers, base dtype) and FedIPR's sites.
     static string ResidentKey(JobSpec spec, string modelPath) =>
-        $"{Path.GetFullPath(modelPath)}|{HfCheckpoint.WeightsDigest(modelPath)}|{System.Text.Json.JsonSerializer.Serialize(spec.Peft)}|{spec.Ipr.Enabled}:{spec.Ipr.Blocks}";
+        $"{Path.GetFullPath(modelPath)}|{WeightsDigest.Like(modelPath, spec.ModelDigest)}|{System.Text.Json.JsonSerializer.Serialize(spec.Peft)}|{spec.Ipr.Enabled}:{spec.Ipr.Blocks}";
 
     /// <summary>
-    /// Verifies the local copy of the base model is the one the job names (SHA-256 of its weight files, hashed once per
-    /// file version); returns the seconds it took.
+    /// Verifies the local copy of the base model is the one the job names (the digest of its weight files in the job's
+    /// digest's algorithm, hashed once per file version); returns the seconds it took.
     /// </summary>
     public static double VerifyModel(JobSpec spec, string modelPath, string who)
     {
         var sw = Stopwatch.StartNew();
-        var digest = HfCheckpoint.WeightsDigest(modelPath);
+        var digest = WeightsDigest.Like(modelPath, spec.ModelDigest);
         if (digest != spec.ModelDigest)
             throw new ModelFormatException($"{who}: base model '{modelPath}' has weights digest {digest[..12]}…, the job expects {spec.ModelDigest[..12]}…");
         return sw.Elapsed.TotalSeconds;
@@ -101,7 +101,7 @@ public static class FederatedComputation
         var examples = InstructionData.ReadJsonl(trainData, spec.Data);
         // Keyed by the round's starting state, so a checkpoint is only ever resumed into the same computation.
         var checkpoints = party is not null && local.CheckpointEvery > 0
-            ? Path.Combine(party.Workspace, "checkpoints", party.Party, $"{spec.JobId}-r{round}-{BlobStore.Digest(globalAdapter)[..16]}")
+            ? Path.Combine(party.Workspace, "checkpoints", party.Party, $"{spec.JobId}-r{round}-{ContentDigest.Stem(BlobStore.Digest(globalAdapter))[..16]}")
             : null;
         var result = DeltaRound(spec, run, globalAdapter, evalData, global =>
         {

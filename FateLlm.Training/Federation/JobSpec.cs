@@ -23,7 +23,7 @@ public sealed record JobSpec
     public required string JobId { get; init; }
     /// <summary>Base model folder as the job file names it (each node may resolve it under its models root).</summary>
     public required string ModelPath { get; init; }
-    /// <summary>SHA-256 of the base model's weights, filled by the arbiter at preparation when the algorithm needs one.</summary>
+    /// <summary>The content digest of the base model's weights (SHA-256 in jobs journaled before BLAKE3), filled by the arbiter at preparation when the algorithm needs one.</summary>
     public string ModelDigest { get; init; } = "";
     public required PartySpec[] Parties { get; init; }
     public required AlgorithmSpec Algorithm { get; init; }

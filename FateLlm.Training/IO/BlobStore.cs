@@ -1,8 +1,9 @@
-using System.Security.Cryptography;
-
 namespace FateLlm.Training.IO;
 
-/// <summary>Content-addressed blobs on disk (name = SHA-256 of the bytes); writes are atomic.</summary>
+/// <summary>
+/// Content-addressed blobs on disk, named by their <see cref="ContentDigest"/> (BLAKE3 for what is put now; SHA-256 blobs
+/// of older stores are still found and verified); writes are atomic.
+/// </summary>
 public sealed class BlobStore
 {
     public string Root { get; }
@@ -13,18 +14,14 @@ public sealed class BlobStore
         Directory.CreateDirectory(root);
     }
 
-    public static string Digest(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));
+    public static string Digest(ReadOnlySpan<byte> bytes) => ContentDigest.Of(bytes);
 
-    public static string DigestOfFile(string path)
-    {
-        using var s = File.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(s));
-    }
+    public static string DigestOfFile(string path) => ContentDigest.OfFile(path);
 
     public string PathOf(string digest)
     {
-        if (digest.Length != 64 || !digest.All(Uri.IsHexDigit)) throw new ArgumentException($"'{digest}' is not a SHA-256 digest");
-        return Path.Combine(Root, digest + ".safetensors");
+        ContentDigest.AlgorithmOf(digest);
+        return Path.Combine(Root, ContentDigest.Stem(digest) + ".safetensors");
     }
 
     public bool Has(string digest) => File.Exists(PathOf(digest));
@@ -39,7 +36,7 @@ public sealed class BlobStore
         var digest = Digest(bytes);
         var path = PathOf(digest);
         if (File.Exists(path)) return digest;
-        var tmp = Path.Combine(Root, $".{digest}.{Guid.NewGuid():N}.tmp");
+        var tmp = Path.Combine(Root, $".{ContentDigest.Stem(digest)}.{Guid.NewGuid():N}.tmp");
         File.WriteAllBytes(tmp, bytes);
         File.Move(tmp, path, overwrite: true);
         return digest;
@@ -48,12 +45,13 @@ public sealed class BlobStore
     public byte[] Read(string digest) => File.ReadAllBytes(PathOf(digest));
 
     /// <summary>A scratch file for an incoming blob; <see cref="Commit"/> verifies and moves it into place.</summary>
-    public string NewIncoming(string digest) => Path.Combine(Root, $".{digest}.{Guid.NewGuid():N}.part");
+    public string NewIncoming(string digest) => Path.Combine(Root, $".{ContentDigest.Stem(digest)}.{Guid.NewGuid():N}.part");
 
-    /// <param name="hashed">The incoming file's SHA-256 when the caller computed it as the bytes arrived (else it is read again).</param>
+    /// <param name="hashed">The incoming file's digest, in <paramref name="digest"/>'s algorithm, when the caller computed it as
+    /// the bytes arrived (else it is read again).</param>
     public bool Commit(string incoming, string digest, string? hashed = null)
     {
-        if ((hashed ?? DigestOfFile(incoming)) != digest)
+        if ((hashed ?? ContentDigest.OfFile(incoming, ContentDigest.AlgorithmOf(digest))) != digest)
         {
             File.Delete(incoming);
             return false;

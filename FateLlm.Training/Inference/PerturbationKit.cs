@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using FateLlm.Training.Algorithms.Mkt;
+using FateLlm.Training.IO;
 using FateLlm.Training.Models;
 using FateLlm.Training.Tokenization;
 using static TorchSharp.torch;
@@ -99,7 +100,7 @@ public sealed class PerturbationKit
     /// <summary>The remote tokenizer, from the kit's files written once under <paramref name="cacheRoot"/>/&lt;digest&gt;.</summary>
     public ITextTokenizer OpenTokenizer(string cacheRoot)
     {
-        var dir = Path.Combine(cacheRoot, Digest[..16]);
+        var dir = Path.Combine(cacheRoot, ContentDigest.Stem(Digest)[..16]);
         Directory.CreateDirectory(dir);
         foreach (var (name, bytes) in TokenizerFiles) File.WriteAllBytes(Path.Combine(dir, name), bytes);
         var config = TokenizerFiles.ContainsKey("config.json") ? ModelConfig.Load(Path.Combine(dir, "config.json")) : null;
@@ -133,8 +134,8 @@ public sealed class PerturbationKit
         return _bytes = ms.ToArray();
     }
 
-    /// <summary>SHA-256 of the blob, hex: what a party checks the kit it received against.</summary>
-    public string Digest => Convert.ToHexStringLower(SHA256.HashData(ToBytes()));
+    /// <summary>The blob's content digest: what a party checks the kit it received against.</summary>
+    public string Digest => ContentDigest.Of(ToBytes());
 
     /// <summary>Parses a kit, checking magic, counts, sizes, file names and finite values; throws <see cref="FormatException"/> naming the fault.</summary>
     public static PerturbationKit Parse(byte[] bytes)

@@ -201,6 +201,6 @@ public static class HfCheckpoint
         File.WriteAllText(Path.Combine(folder, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    /// <summary>SHA-256 over the weight files' bytes in name order, cached (<see cref="Models.WeightsDigest"/>).</summary>
+    /// <summary>The content digest (BLAKE3) over the weight files' bytes in name order, cached (<see cref="Models.WeightsDigest"/>).</summary>
     public static string WeightsDigest(string folder) => Models.WeightsDigest.Of(folder);
 }

@@ -75,8 +75,24 @@ public sealed class SerializationSpec : IDisposable
 
         var chunk = new ChunkData(new string('c', 64), 3, 1 << 20, [1, 2, 3, 4]);
         Assert.Equal([1, 2, 3, 4], RoundTrip(chunk).Data);
-        var bytes = ((SerializerWithStringManifest)_system.Serialization.FindSerializerFor(chunk)).ToBinary(chunk);
+        var serializer = (SerializerWithStringManifest)_system.Serialization.FindSerializerFor(chunk);
+        var bytes = serializer.ToBinary(chunk);
         Assert.Equal(80 + chunk.Data.Length, bytes.Length); // wire overhead is a fixed 80-byte header
+        Assert.Equal("C", serializer.Manifest(chunk)); // a SHA-256 blob's chunk keeps the frame older nodes read
+    }
+
+    [Fact]
+    public void A_chunk_of_a_blake3_blob_carries_its_versioned_digest_behind_a_length_byte()
+    {
+        var chunk = new ChunkData("b3:" + new string('c', 64), 7, 3L << 30, [5, 6, 7]);
+        var serializer = (SerializerWithStringManifest)_system.Serialization.FindSerializerFor(chunk);
+        var bytes = serializer.ToBinary(chunk);
+        Assert.Equal("C2", serializer.Manifest(chunk));
+        Assert.Equal(1 + 67 + 16 + 3, bytes.Length);
+        var back = Assert.IsType<ChunkData>(serializer.FromBinary(bytes, "C2"));
+        Assert.Equal((chunk.Digest, chunk.Index, chunk.TotalSize), (back.Digest, back.Index, back.TotalSize));
+        Assert.Equal(chunk.Data, back.Data);
+        Assert.Throws<System.Runtime.Serialization.SerializationException>(() => serializer.FromBinary(bytes[..^1], "C2"));
     }
 
     [Fact]

@@ -118,7 +118,7 @@ public sealed class TransferSpec : TestKit
         Asked(2);
         fetcher.Tell(Chunk(1), _server.Ref);
         fetcher.Tell(Chunk(2), _server.Ref);
-        Assert.Equal($"blob {_digest[..12]}… arrived but its SHA-256 does not match", ExpectMsg<FetchFailed>(Wait).Reason);
+        Assert.Equal($"blob {_digest[..12]}… arrived but its digest does not match", ExpectMsg<FetchFailed>(Wait).Reason);
         Assert.False(_store.Has(_digest));
         Assert.Empty(Directory.GetFiles(_store.Root, "*.part"));
     }

@@ -1,4 +1,6 @@
 using System.Security.Cryptography;
+using System.Text.Json;
+using FateLlm.Training.IO;
 using FateLlm.Training.Models;
 using Xunit;
 
@@ -17,13 +19,15 @@ public class WeightsDigestSpec
         return dir;
     }
 
+    static string Blake3(string file) => ContentDigest.Of(File.ReadAllBytes(file));
     static string Sha256(string file) => Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(file)));
 
     [Fact]
     public void A_digest_is_hashed_once_and_read_back_from_beside_the_weights_by_a_fresh_process()
     {
         var dir = Model();
-        var expected = Sha256(Path.Combine(dir, HfCheckpoint.SingleFile));
+        var expected = Blake3(Path.Combine(dir, HfCheckpoint.SingleFile));
+        Assert.StartsWith("b3:", expected);
         Assert.Equal(expected, WeightsDigest.Of(dir));
         Assert.Equal(expected, WeightsDigest.Of(dir));
         Assert.Equal(1, WeightsDigest.TimesHashed(dir));
@@ -49,7 +53,7 @@ public class WeightsDigestSpec
         WeightsDigest.ForgetInMemory(); // even the file beside the weights must not vouch for the old bytes
         var after = WeightsDigest.Of(dir);
         Assert.NotEqual(before, after);
-        Assert.Equal(Sha256(weights), after);
+        Assert.Equal(Blake3(weights), after);
         Assert.Equal(2, WeightsDigest.TimesHashed(dir));
     }
 
@@ -60,10 +64,38 @@ public class WeightsDigestSpec
         var weights = Path.Combine(dir, HfCheckpoint.SingleFile);
         WeightsDigest.Of(dir);
         File.AppendAllText(weights, " ");
-        Assert.Equal(Sha256(weights), WeightsDigest.Of(dir));
+        Assert.Equal(Blake3(weights), WeightsDigest.Of(dir));
         File.WriteAllText(Path.Combine(dir, WeightsDigest.CacheFile), "{not json");
         WeightsDigest.ForgetInMemory();
-        Assert.Equal(Sha256(weights), WeightsDigest.Of(dir));
+        Assert.Equal(Blake3(weights), WeightsDigest.Of(dir));
         Assert.Equal(3, WeightsDigest.TimesHashed(dir));
+    }
+
+    [Fact]
+    public void A_job_that_names_a_sha256_digest_is_verified_in_sha256_and_both_digests_are_kept_beside_the_weights()
+    {
+        var dir = Model();
+        var weights = Path.Combine(dir, HfCheckpoint.SingleFile);
+        var legacy = Sha256(weights);
+        Assert.Equal(legacy, WeightsDigest.Like(dir, legacy));
+        Assert.Equal(Blake3(weights), WeightsDigest.Like(dir, Blake3(weights)));
+        Assert.Equal(2, WeightsDigest.TimesHashed(dir));
+        WeightsDigest.ForgetInMemory();
+        Assert.Equal(legacy, WeightsDigest.Like(dir, legacy));
+        Assert.Equal(Blake3(weights), WeightsDigest.Of(dir));
+        Assert.Equal(2, WeightsDigest.TimesHashed(dir));
+    }
+
+    [Fact]
+    public void The_sha256_digest_an_older_version_left_beside_the_weights_still_counts()
+    {
+        var dir = Model();
+        var weights = Path.Combine(dir, HfCheckpoint.SingleFile);
+        // What version 1 of the cache wrote: one SHA-256 digest under the files' stamp.
+        var stamp = FileStamp.Of(weights);
+        File.WriteAllText(Path.Combine(dir, WeightsDigest.CacheFile),
+            JsonSerializer.Serialize(new { Version = 1, Algorithm = "sha256", Stamp = stamp, Digest = Sha256(weights) }));
+        Assert.Equal(Sha256(weights), WeightsDigest.Like(dir, Sha256(weights)));
+        Assert.Equal(0, WeightsDigest.TimesHashed(dir));
     }
 }

@@ -39,7 +39,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             var spec = ctx.Spec;
             if (!Directory.Exists(ctx.ModelPath))
                 throw new JobSpecException($"job {spec.JobId}: job.model '{spec.ModelPath}' is not on the arbiter (nor a folder of that name under its models root)");
-            var digest = HfCheckpoint.WeightsDigest(ctx.ModelPath);
+            var digest = WeightsDigest.Like(ctx.ModelPath, spec.ModelDigest);
             if (spec.ModelDigest.Length > 0 && spec.ModelDigest != digest)
                 throw new JobSpecException($"job {spec.JobId}: the arbiter's copy of '{spec.ModelPath}' has digest {digest[..12]}…, the job names {spec.ModelDigest[..12]}…");
             spec = spec with { ModelDigest = digest };

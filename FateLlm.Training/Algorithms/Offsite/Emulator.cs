@@ -104,7 +104,7 @@ public static class SubModel
     public static string Materialize(string bundlePath, string workspace, string? digest = null)
     {
         digest ??= BlobStore.DigestOfFile(bundlePath);
-        var folder = Path.Combine(workspace, "submodel-" + digest[..16]);
+        var folder = Path.Combine(workspace, "submodel-" + ContentDigest.Stem(digest)[..16]);
         if (File.Exists(Path.Combine(folder, HfCheckpoint.SingleFile))) return folder;
         var building = folder + ".building";
         if (Directory.Exists(building)) Directory.Delete(building, true);
