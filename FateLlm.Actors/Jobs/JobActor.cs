@@ -492,14 +492,16 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             _resume = resume;
             if (_s.Faults.Trip(FaultPoints.JobRoundStarted, Context, round: round, job: _jobId)) return;
             Replicate();
-            Watch(RoundStage.Configure, spec.Round.Deadline + SecureSteps(spec));
-            var start = new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume);
+            var first = _rounds.FirstOrDefault(r => r.Round == 1)?.Seconds;
+            var deadline = spec.Round.DeadlineAfter(first);
+            Watch(RoundStage.Configure, deadline + SecureSteps(spec));
+            var start = new StartRound(_jobId, round, attempt, spec, Blob(_specDigest), _state!, participants, resume) { Deadline = deadline };
             // A start sent to a region whose shard sat on a lost arbiter is gone until the shard moves: sent again until answered.
             // The timer is set before the start leaves, so whoever sees the start sees the timer running.
             if (_s.StartResend is { } every) Timers.StartPeriodicTimer("start", new ResendStart(start), every);
             _s.RoundRegion.Tell(start);
             _log.Info("job {0}: round {1}/{2} attempt {3} started with {4} parties{5}", _jobId, round, spec.Rounds, attempt, participants.Length,
-                resume is null ? "" : $", resuming at exchange {resume.Phase}");
+                (resume is null ? "" : $", resuming at exchange {resume.Phase}") + (deadline == spec.Round.Deadline ? "" : $"; each exchange waits {deadline.TotalSeconds:F0} s ({spec.Round.DeadlineFactor:G3} × round 1's {first:F1} s, within [{spec.Round.DeadlineFloorSeconds:G4}, {spec.Round.DeadlineSeconds:G4}] s)"));
         });
     }
 

@@ -214,6 +214,8 @@ public static class JobFile
                 // `quorum = all`: every party a round asks.
                 Quorum = r.String("quorum") == "all" ? cohort : r.Int("quorum"),
                 DeadlineSeconds = r.Duration("round-deadline").TotalSeconds,
+                DeadlineFactor = r.Double("round-deadline-factor"),
+                DeadlineFloorSeconds = r.Duration("round-deadline-floor").TotalSeconds,
                 InactivitySeconds = r.Duration("round-inactivity").TotalSeconds,
                 MaxAttempts = r.Int("max-round-attempts"),
                 Sampling = sampling,

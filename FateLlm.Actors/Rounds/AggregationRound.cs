@@ -110,7 +110,7 @@ public sealed class AggregationRound : ReceiveActor
         foreach (var org in s.Participants) _parties[org] = new PartyTrack { Reason = "no answer" };
         _state = s.Resume?.State ?? s.State;
         _log.Info("round {0}: {1} parties ({2}), quorum {3}, deadline {4}", s.RoundId, s.Participants.Length, string.Join(", ", s.Participants),
-            spec.Round.Quorum, spec.Round.Deadline);
+            spec.Round.Quorum, s.ExchangeDeadline);
         // The state may live on another arbiter (the job's), or only with the parties after a fail-over: bring it here first.
         var lacking = _s.Store.Lacking(_state.Artifacts.Values);
         if (lacking.Count > 0)
@@ -173,11 +173,11 @@ public sealed class AggregationRound : ReceiveActor
         var requests = exchange.Instructions.ToDictionary(kv => kv.Key, kv => new WorkRequest(kv.Key, work, _start.SpecBlob, exchange.Name,
             kv.Value.Downloads.ToDictionary(d => d.Key, d => new BlobLocation(d.Value, _s.Store.Size(d.Value), _s.BlobServer)),
             kv.Value.Parameters, exchange.VectorLayout, cohort));
-        var budget = spec.Round.Deadline + (secure ? spec.SecureAggregation.PhaseTimeout * SecureAggregationOptions.TimedSteps : TimeSpan.Zero);
+        var budget = _start.ExchangeDeadline + (secure ? spec.SecureAggregation.PhaseTimeout * SecureAggregationOptions.TimedSteps : TimeSpan.Zero);
         _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, phase, RoundStage.Collect, budget) { Asked = cohort });
         _log.Info("round {0}: exchange {1} ('{2}') asks {3}", RoundId, phase, exchange.Name, string.Join(", ", cohort));
         _child = Context.ActorOf(UpdateCollection.Props(new CollectionSettings(work, requests, secure, _algorithm.Codec.MaxBytes(exchange, spec.Validation),
-            MinAccepted, spec.Round.Deadline, _s) { Inactivity = spec.Round.Inactivity }), $"collect-{phase}");
+            MinAccepted, _start.ExchangeDeadline, _s) { Inactivity = spec.Round.Inactivity }), $"collect-{phase}");
         Become(() =>
         {
             InFlight();
@@ -280,7 +280,7 @@ public sealed class AggregationRound : ReceiveActor
     /// <summary>Validation, DP and the algorithm's server step (which may train) off the actor thread.</summary>
     void Step(Func<StepOutcome> run)
     {
-        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, _phase, RoundStage.Step, _start.Spec.Round.Deadline));
+        _replyTo.Tell(new RoundProgress(_start.JobId, _start.Round, _start.Attempt, _phase, RoundStage.Step, _start.ExchangeDeadline));
         Become(() =>
         {
             InFlight();

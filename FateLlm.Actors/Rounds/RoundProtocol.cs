@@ -21,6 +21,9 @@ public sealed record StartRound(string JobId, int Round, int Attempt, JobSpec Sp
     string[] Participants, RoundResume? Resume) : IRoundCommand
 {
     public string RoundId => RoundIds.Of(JobId, Round, Attempt);
+    /// <summary>How long each exchange waits for its parties (derived by the job from round 1); null: the spec's deadline.</summary>
+    public TimeSpan? Deadline { get; init; }
+    public TimeSpan ExchangeDeadline => Deadline ?? Spec.Round.Deadline;
 }
 
 public sealed record RoundResume(int Phase, Exchange Exchange, AlgorithmState State);

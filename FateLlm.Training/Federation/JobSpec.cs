@@ -101,14 +101,29 @@ public sealed record RoundPolicy
 {
     /// <summary>Minimum parties whose updates a round (each of its exchanges) needs.</summary>
     public required int Quorum { get; init; }
-    /// <summary>How long one exchange of a round waits for its parties.</summary>
+    /// <summary>
+    /// How long one exchange of a round waits for its parties: round 1's deadline, and the outer bound of every later one
+    /// when <see cref="DeadlineFactor"/> derives it.
+    /// </summary>
     public required double DeadlineSeconds { get; init; }
+    /// <summary>
+    /// From round 2 on an exchange waits this many times round 1's measured wall time (its slowest party's load, steps and
+    /// transfers), within [<see cref="DeadlineFloorSeconds"/>, <see cref="DeadlineSeconds"/>]; 0 (jobs written before it):
+    /// always <see cref="DeadlineSeconds"/>.
+    /// </summary>
+    public double DeadlineFactor { get; init; }
+    public double DeadlineFloorSeconds { get; init; }
     /// <summary>A party whose work shows no progress this long is dropped from the exchange; 0 (jobs written before it): never.</summary>
     public double InactivitySeconds { get; init; }
     public required int MaxAttempts { get; init; }
     public required PartySampling Sampling { get; init; }
 
     [JsonIgnore] public TimeSpan Deadline => TimeSpan.FromSeconds(DeadlineSeconds);
+
+    /// <summary>The deadline of a round's exchanges, given round 1's wall seconds once it completed (null before).</summary>
+    public TimeSpan DeadlineAfter(double? firstRoundSeconds) => DeadlineFactor > 0 && firstRoundSeconds is > 0 and var s
+        ? TimeSpan.FromSeconds(Math.Min(DeadlineSeconds, Math.Max(DeadlineFloorSeconds, DeadlineFactor * s)))
+        : Deadline;
     [JsonIgnore] public TimeSpan? Inactivity => InactivitySeconds > 0 ? TimeSpan.FromSeconds(InactivitySeconds) : null;
 }
 

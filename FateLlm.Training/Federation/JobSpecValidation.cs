@@ -31,6 +31,8 @@ public static class JobSpecValidation
             $"must be between 1 and the {cohort} parties a round asks{(cohort < parties.Length ? " (after sampling)" : "")}, got {spec.Round.Quorum}");
         Check(spec.Round.MaxAttempts >= 1, "max-round-attempts", "must be ≥ 1");
         Check(spec.Round.DeadlineSeconds > 0, "round-deadline", "must be positive");
+        Check(spec.Round.DeadlineFactor >= 0 && double.IsFinite(spec.Round.DeadlineFactor), "round-deadline-factor", $"must be ≥ 0 (0: a fixed deadline), got {spec.Round.DeadlineFactor}");
+        Check(spec.Round.DeadlineFloorSeconds >= 0, "round-deadline-floor", "must not be negative");
         var local = spec.Local;
         Check(local.BatchSize >= 1 && local.Epochs >= 1 && local.Steps >= 0 && local.Threads >= 1, "local", "needs batch-size ≥ 1, epochs ≥ 1, steps ≥ 0, threads ≥ 1");
         Check(local.LearningRate > 0 && double.IsFinite(local.LearningRate), "local.learning-rate", $"must be a positive number, got {local.LearningRate}");

@@ -142,6 +142,7 @@ public class CliSpec
     [Theory]
     [InlineData("local.learning-rate = -1", "job.local.learning-rate must be a positive number, got -1")]
     [InlineData("peft.r = 0", "job.peft.r must be ≥ 1, got 0")]
+    [InlineData("round-deadline-factor = -1", "job.round-deadline-factor must be ≥ 0 (0: a fixed deadline), got -1")]
     [InlineData("peft.dropout = 1.5", "job.peft.dropout must be in [0, 1), got 1.5")]
     [InlineData("local.warmup-ratio = 1", "job.local.warmup-ratio must be in [0, 1), got 1")]
     [InlineData("evaluation.max-new-tokens = 0", "job.evaluation.max-new-tokens must be ≥ 1, got 0")]

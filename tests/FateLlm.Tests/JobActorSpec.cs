@@ -111,6 +111,35 @@ public sealed class JobActorSpec : TestKit
     }
 
     [Fact]
+    public void From_round_two_each_exchange_waits_a_multiple_of_round_ones_measured_time_within_the_floor_and_the_outer_bound()
+    {
+        var spec = ActorSpecs.EchoJob("derived", rounds: 3, deadlineSeconds: 3600);
+        spec = spec with { Round = spec.Round with { DeadlineFactor = 3, DeadlineFloorSeconds = 60 } };
+        var job = Submitted(spec);
+        var r1 = NextStart(1, 1);
+        Assert.Equal(TimeSpan.FromSeconds(3600), r1.ExchangeDeadline); // nothing measured yet: the outer bound
+        _rounds.Reply(Success(r1, 15) with { Summary = Success(r1, 15).Summary! with { Seconds = 100 } });
+        var r2 = NextStart(2, 1);
+        Assert.Equal(TimeSpan.FromSeconds(300), r2.ExchangeDeadline);
+        // Round 2's own time does not move it: round 1 (with its load) is the measure.
+        _rounds.Reply(Success(r2, 30) with { Summary = Success(r2, 30).Summary! with { Seconds = 5 } });
+        Assert.Equal(TimeSpan.FromSeconds(300), NextStart(3, 1).ExchangeDeadline);
+    }
+
+    [Theory]
+    [InlineData(0, 100, null, 3600)] // factor 0 (a journal written before it): fixed
+    [InlineData(3, 100, null, 3600)] // round 1 not measured yet
+    [InlineData(3, 100, 100.0, 300)]
+    [InlineData(3, 100, 10.0, 100)] // the floor
+    [InlineData(3, 100, 2000.0, 3600)] // the outer bound
+    [InlineData(3, 7200, 10.0, 3600)] // a floor above the bound gives the bound
+    public void The_derived_deadline_is_the_factor_times_round_one_within_floor_and_bound(double factor, double floor, double? first, double expected)
+    {
+        var policy = ActorSpecs.EchoJob("x").Round with { DeadlineSeconds = 3600, DeadlineFactor = factor, DeadlineFloorSeconds = floor };
+        Assert.Equal(TimeSpan.FromSeconds(expected), policy.DeadlineAfter(first));
+    }
+
+    [Fact]
     public void Duplicate_submissions_while_preparing_all_get_the_one_answer()
     {
         var spec = ActorSpecs.EchoJob("dup");
