@@ -58,7 +58,8 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         Receive<ClusterEvent.IClusterDomainEvent>(_ => { });
         Receive<JobObserved>(o => OnJob(o.Status));
         Receive<PartyWorkStarted>(w => SetParty(w.Work, w.Org, "training", null, onlyFrom: ["asked"]));
-        Receive<Rounds.PartyProgressed>(p => SetParty(p.Work, p.Org, "training", p.Progress.ToString(), onlyFrom: ["asked", "training"]));
+        Receive<Rounds.PartyProgressed>(p => SetParty(p.Work, p.Org, p.Progress.Stage == WorkProgress.Uploading ? "uploading" : "training", p.Progress.ToString(),
+            onlyFrom: ["asked", "training", "uploading"]));
         Receive<PartyUploadStarted>(u => SetParty(u.Work, u.Org, "uploading", Training.IO.ByteSize.Text(u.Bytes), onlyFrom: ["asked", "training"]));
         Receive<PartyAnswered>(a =>
         {

@@ -1,5 +1,6 @@
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
+using FateLlm.Training.IO;
 using FateLlm.Training.Privacy.SecureAggregation;
 
 namespace FateLlm.Actors.Parties;
@@ -40,7 +41,21 @@ public sealed record WorkAccepted(string Org, WorkId Id) : IControlMessage
 /// <summary>A party's work so far: stage (fetching | loading | training), optimizer steps done of the round's total, throughput.</summary>
 public sealed record WorkProgress(string Stage, int Step, int TotalSteps, double TokensPerSecond) : IControlMessage
 {
-    public override string ToString() => Stage == "training" ? $"step {Step}/{TotalSteps}" + (TokensPerSecond > 0 ? $", {TokensPerSecond:F0} tok/s" : "") : Stage;
+    public const string Downloading = "downloading", Uploading = "uploading";
+
+    /// <summary>Bytes moved so far of <see cref="TotalBytes"/>, while downloading the work's files or uploading its update.</summary>
+    public long Bytes { get; init; }
+    public long TotalBytes { get; init; }
+
+    /// <summary>Whether this shows the work further on than <paramref name="before"/>: another stage, step, or bytes moved.</summary>
+    public bool MovedOnFrom(WorkProgress? before) => before is null || before.Stage != Stage || before.Step != Step || before.Bytes != Bytes;
+
+    public override string ToString() => Stage switch
+    {
+        "training" => $"step {Step}/{TotalSteps}" + (TokensPerSecond > 0 ? $", {TokensPerSecond:F0} tok/s" : ""),
+        Downloading or Uploading => $"{Stage} {ByteSize.Text(Bytes)} of {ByteSize.Text(TotalBytes)}",
+        _ => Stage,
+    };
 }
 
 /// <summary>

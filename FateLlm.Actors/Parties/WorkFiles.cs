@@ -16,6 +16,8 @@ internal sealed class WorkFiles
     readonly IReadOnlyCollection<string> _downloads;
 
     public long DownloadBytes { get; private set; }
+    readonly Dictionary<string, long> _received = new();
+    readonly long _total;
     /// <summary>Seconds from asking for the files until the last one was here.</summary>
     public double DownloadSeconds { get; private set; }
     readonly System.Diagnostics.Stopwatch _fetching = System.Diagnostics.Stopwatch.StartNew();
@@ -23,8 +25,16 @@ internal sealed class WorkFiles
     public WorkFiles(IActorContext context, PartyNodeSettings s, BlobLocation spec, IReadOnlyDictionary<string, BlobLocation> downloads)
     {
         _downloads = downloads.Keys.ToArray();
+        _total = downloads.Values.Sum(d => d.Size) + spec.Size;
         foreach (var (name, location) in downloads.Prepend(new(SpecDownload, spec)))
-            context.ActorOf(BlobFetcher.Props(s.Store, location, s.Transfer, name));
+            context.ActorOf(BlobFetcher.Props(s.Store, location, s.Transfer, name, progress: true));
+    }
+
+    /// <summary>Records how far one fetch is; what all of them have moved so far.</summary>
+    public WorkProgress Progressed(FetchProgress p)
+    {
+        _received[p.Correlation] = p.Received;
+        return new WorkProgress(WorkProgress.Downloading, 0, 0, 0) { Bytes = _received.Values.Sum(), TotalBytes = _total };
     }
 
     /// <summary>Records a finished fetch; true once the spec and every download are here.</summary>

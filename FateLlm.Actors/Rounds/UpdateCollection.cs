@@ -67,13 +67,17 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
         {
             if (a.Id != _s.Work || !Waiting(a.Org)) return;
             Context.System.EventStream.Publish(new Board.PartyWorkStarted(a.Id, a.Org));
-            if (a.Progress is { } p && _moved.GetValueOrDefault(a.Org).Shown is var shown && (shown is null || shown.Stage != p.Stage || shown.Step != p.Step))
+            if (a.Progress is { } p && p.MovedOnFrom(_moved.GetValueOrDefault(a.Org).Shown))
             {
                 _moved[a.Org] = (Context.System.Scheduler.Now, p);
-                var progressed = new PartyProgressed(a.Id, a.Org, p);
-                Context.System.EventStream.Publish(progressed);
-                Context.Parent.Tell(progressed);
+                Progressed(a.Org, p);
             }
+        });
+        // This arbiter pulling a party's update is the party's upload: shown as its progress.
+        Receive<FetchProgress>(f =>
+        {
+            if (_fetching.ContainsKey(f.Correlation))
+                Progressed(f.Correlation, new WorkProgress(WorkProgress.Uploading, 0, 0, 0) { Bytes = f.Received, TotalBytes = f.Total });
         });
         Receive<UpdateReady>(OnUpdate);
         Receive<UpdateFailed>(f => Record(f.Org, f.Id, () => _failed[f.Org] = f.Reason));
@@ -110,6 +114,13 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
     }
 
     IEnumerable<string> Parties => _s.Requests.Keys;
+
+    void Progressed(string org, WorkProgress p)
+    {
+        var progressed = new PartyProgressed(_s.Work, org, p);
+        Context.System.EventStream.Publish(progressed);
+        Context.Parent.Tell(progressed);
+    }
 
     bool Waiting(string org) => _s.Requests.ContainsKey(org) && !_succeeded.ContainsKey(org) && !_failed.ContainsKey(org) && !_fetching.ContainsKey(org);
 
@@ -193,7 +204,7 @@ public sealed class UpdateCollection : ReceiveActor, IWithTimers
             {
                 _fetching[u.Org] = u;
                 Context.System.EventStream.Publish(new Board.PartyUploadStarted(u.Id, u.Org, u.Update.Size));
-                Context.ActorOf(BlobFetcher.Props(R.Store, u.Update, R.Transfer, correlation: u.Org));
+                Context.ActorOf(BlobFetcher.Props(R.Store, u.Update, R.Transfer, correlation: u.Org, progress: true));
             }
         });
     }

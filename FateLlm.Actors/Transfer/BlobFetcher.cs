@@ -61,13 +61,13 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     sealed record StreamTimeout;
     sealed record StreamFailed(string Reason);
 
-    public BlobFetcher(BlobStore store, BlobLocation source, TransferSettings settings, string correlation)
+    public BlobFetcher(BlobStore store, BlobLocation source, TransferSettings settings, string correlation, bool progress)
     {
         _store = store;
         _source = source;
         _s = settings;
         _correlation = correlation;
-        _progress = new TransferProgress(Context.GetLogger(), source.Digest, settings, _clock);
+        _progress = new TransferProgress(Context.GetLogger(), source.Digest, settings, _clock, progress ? Context.Parent : null, correlation);
         Transferring();
     }
 
@@ -235,17 +235,17 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
     }
 
     /// <summary>
-    /// Logs a large blob's received MB every progress interval and once complete. The stream's read task reports
-    /// through it as well, so it keeps its last report under its own lock; it only reads the fetch's clock.
+    /// Tells the parent (when it asked) how far the fetch is every progress interval, and logs a large blob's received MB then and once
+    /// complete. The stream's read task reports through it as well, so it keeps its last report under its own lock; it
+    /// only reads the fetch's clock and tells the parent captured when the fetch started.
     /// </summary>
-    sealed class TransferProgress(ILoggingAdapter log, string digest, TransferSettings s, Stopwatch clock)
+    sealed class TransferProgress(ILoggingAdapter log, string digest, TransferSettings s, Stopwatch clock, IActorRef? parent, string correlation)
     {
         readonly object _gate = new();
         TimeSpan _last;
 
         public void Report(long received, long total)
         {
-            if (total < s.ProgressMinBytes) return;
             TimeSpan now;
             lock (_gate)
             {
@@ -253,6 +253,8 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
                 if (received < total && now - _last < s.ProgressInterval) return;
                 _last = now;
             }
+            if (received < total) parent?.Tell(new FetchProgress(correlation, received, total)); // the end is FetchCompleted
+            if (total < s.ProgressMinBytes) return;
             log.Info("blob {0}…: {1:N1} of {2:N1} MB ({3:P0}) in {4:F1} s", digest[..12], received / 1e6, total / 1e6, (double)received / total, now.TotalSeconds);
         }
     }
@@ -301,6 +303,7 @@ public sealed class BlobFetcher : ReceiveActor, IWithTimers
         Context.Stop(Self);
     }
 
-    public static Props Props(BlobStore store, BlobLocation source, TransferSettings settings, string correlation) =>
-        Akka.Actor.Props.Create(() => new BlobFetcher(store, source, settings, correlation));
+    /// <param name="progress">Tell the parent <see cref="FetchProgress"/> every progress interval (it shows the transfer as work moving on).</param>
+    public static Props Props(BlobStore store, BlobLocation source, TransferSettings settings, string correlation, bool progress = false) =>
+        Akka.Actor.Props.Create(() => new BlobFetcher(store, source, settings, correlation, progress));
 }

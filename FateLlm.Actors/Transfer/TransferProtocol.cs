@@ -15,6 +15,9 @@ public sealed record FetchCompleted(string Correlation, string Digest, long Byte
 
 public sealed record FetchFailed(string Correlation, string Digest, string Reason);
 
+/// <summary>How far a fetch is, to its parent every progress interval: a long transfer is work moving on, not a hang.</summary>
+public sealed record FetchProgress(string Correlation, long Received, long Total);
+
 /// <summary>Where a blob can be pulled from: its digest, size and the serving node's blob server.</summary>
 public sealed record BlobLocation(string Digest, long Size, IActorRef Server) : IControlMessage;
 

@@ -169,6 +169,25 @@ public sealed class AggregationRoundSpec : TestKit
     }
 
     [Fact]
+    public void A_start_that_carries_a_derived_deadline_waits_that_long_not_the_specs_outer_bound()
+    {
+        var spec = ActorSpecs.EchoJob("derived", quorum: 2, deadlineSeconds: 3600);
+        var round = Sys.ActorOf(AggregationRound.Props(Settings()));
+        round.Tell(Start(spec) with { Deadline = TimeSpan.FromSeconds(90) });
+        var asked = Requests(3);
+        foreach (var org in new[] { "animal", "artifact" }) asked[org].Collector.Tell(Answer(asked[org].Request, 2));
+        Settled("animal", "artifact");
+        Clock.Advance(TimeSpan.FromSeconds(89));
+        // Nothing but progress before the derived deadline (the reports name it as the exchange's budget).
+        while (ReceiveOne(TimeSpan.FromMilliseconds(300)) is { } m)
+            Assert.Equal(TimeSpan.FromSeconds(90), Assert.IsType<RoundProgress>(m).Budget);
+        Clock.Advance(TimeSpan.FromSeconds(1));
+        var finished = Finished();
+        Assert.True(finished.Succeeded, finished.Reason);
+        Assert.Equal("no answer by the deadline", finished.Summary!.Parties.Single(p => p.Org == "food").Reason);
+    }
+
+    [Fact]
     public void Without_a_quorum_the_round_fails_naming_every_missing_party_and_why()
     {
         var spec = ActorSpecs.EchoJob("short", quorum: 3, deadlineSeconds: 60);
@@ -205,15 +224,21 @@ public sealed class AggregationRoundSpec : TestKit
                 if (r.Org == "food") _parties.LastSender.Tell(new WorkAccepted("food", r.Id) { Progress = new WorkProgress("loading", 0, 0, 0) });
                 else
                 {
-                    _parties.LastSender.Tell(new WorkAccepted(r.Org, r.Id) { Progress = new WorkProgress("training", i, 20, 150) });
+                    // Downloading first: bytes moving on are progress too.
+                    var shown = i <= 6
+                        ? new WorkProgress(WorkProgress.Downloading, 0, 0, 0) { Bytes = i * (10L << 20), TotalBytes = 60L << 20 }
+                        : new WorkProgress("training", i, 20, 150);
+                    _parties.LastSender.Tell(new WorkAccepted(r.Org, r.Id) { Progress = shown });
                     break;
                 }
             }
         }
         var dropped = _answers.FishForMessage<PartyAnswered>(a => a.Org == "food", Wait);
         Assert.Equal("dropped", dropped.Outcome);
-        var progress = FishForMessage<RoundPartyProgress>(m => m is RoundPartyProgress p && p.Org == "artifact" && p.Progress.Step == 3, Wait);
-        Assert.Equal("step 3/20, 150 tok/s", progress.Progress.ToString());
+        var download = FishForMessage<RoundPartyProgress>(m => m is RoundPartyProgress p && p.Org == "artifact" && p.Progress.Bytes == 30L << 20, Wait);
+        Assert.Equal("downloading 30.0 MiB of 60.0 MiB", download.Progress.ToString());
+        var progress = FishForMessage<RoundPartyProgress>(m => m is RoundPartyProgress p && p.Org == "artifact" && p.Progress.Step == 9, Wait);
+        Assert.Equal("step 9/20, 150 tok/s", progress.Progress.ToString());
         asked["artifact"].Collector.Tell(Answer(asked["artifact"].Request, 2));
         var finished = Finished();
         Assert.True(finished.Succeeded, finished.Reason); // long past the 30 s bound, but artifact kept moving

@@ -78,6 +78,22 @@ public sealed class TransferSpec : TestKit
     }
 
     [Fact]
+    public void A_fetch_asked_for_progress_tells_its_parent_how_far_it_is_and_ends_with_its_completion()
+    {
+        var settings = Small with { ProgressInterval = TimeSpan.Zero };
+        var fetcher = ChildActorOf(BlobFetcher.Props(_store, new BlobLocation(_digest, _blob.Length, _server.Ref), settings, "global", progress: true));
+        Asked(0);
+        _server.Reply(Chunk(0));
+        Assert.Equal(("global", 4L, 10L), ExpectMsg<FetchProgress>(Wait) is var p ? (p.Correlation, p.Received, p.Total) : default);
+        Asked(1);
+        Asked(2);
+        fetcher.Tell(Chunk(1), _server.Ref);
+        Assert.Equal(8L, ExpectMsg<FetchProgress>(Wait).Received);
+        fetcher.Tell(Chunk(2), _server.Ref);
+        ExpectMsg<FetchCompleted>(Wait); // no progress message for the whole: the completion says it
+    }
+
+    [Fact]
     public void A_lost_chunk_is_asked_for_again_after_the_chunk_timeout_and_counted()
     {
         var fetcher = Fetch();
