@@ -175,7 +175,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         var survivor = arbiters.Single(a => a != host);
         // Round 2's state (global adapter and server state) reaches the other arbiter while round 3 trains.
         var blobs = Path.Combine(_g.Root, "state-" + survivor.Name, "blobs");
-        while (!before.Artifacts.Values.All(d => Directory.Exists(blobs) && Directory.EnumerateFiles(blobs, d + "*").Any()))
+        while (!before.Artifacts.Values.All(d => Directory.Exists(blobs) && Directory.EnumerateFiles(blobs, Training.IO.ContentDigest.Stem(d) + "*").Any()))
         {
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"round 2's state ({string.Join(", ", before.Artifacts.Select(kv => $"{kv.Key} {kv.Value[..12]}"))}) never reached {survivor.Name} " +
                 $"(it holds {string.Join(", ", Directory.EnumerateFiles(blobs).Select(f => Path.GetFileName(f)[..12]))}); logs:\n{Logs()}");
