@@ -38,7 +38,7 @@ public sealed record WorkAccepted(string Org, WorkId Id) : IControlMessage
     public WorkProgress? Progress { get; init; }
 }
 
-/// <summary>A party's work so far: stage (fetching | loading | training), optimizer steps done of the round's total, throughput.</summary>
+/// <summary>A party's work so far: stage (downloading | loading | training | uploading), optimizer steps done of the round's total, throughput, bytes moved.</summary>
 public sealed record WorkProgress(string Stage, int Step, int TotalSteps, double TokensPerSecond) : IControlMessage
 {
     public const string Downloading = "downloading", Uploading = "uploading";

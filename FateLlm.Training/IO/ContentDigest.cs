@@ -61,7 +61,7 @@ public static class ContentDigest
     /// <summary>An incremental digest in one algorithm.</summary>
     public sealed class Hasher : IDisposable
     {
-        // Blocks this large let BLAKE3 hash their chunks on every core (UpdateWithJoin) while the next block is read.
+        // Blocks this large let BLAKE3 spread their 1 KiB chunks over every core (UpdateWithJoin).
         const int BlockSize = 8 << 20;
         readonly IncrementalHash? _sha;
         readonly Blake3.Hasher? _b3;
