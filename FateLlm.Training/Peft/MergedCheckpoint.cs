@@ -6,10 +6,11 @@ using static TorchSharp.torch;
 namespace FateLlm.Training.Peft;
 
 /// <summary>
-/// A base checkpoint with an adapter merged in, written one shard of the base at a time: memory stays bounded by one
-/// shard (plus the adapter), however large the base. Each weight W with LoRA becomes W + (alpha/r)·B·A, computed in fp32
-/// and stored in W's own dtype, as an in-memory merge followed by a save in the base's dtype gives; base tensors the
-/// adapter trains (FedIPR's norm scales) take the adapter's values.
+/// A base checkpoint with an adapter merged in, written one tensor at a time: memory stays bounded by one tensor (plus
+/// the adapter), however large the base. Each tensor keeps the dtype it is stored in (a bf16 base gives a bf16 merge, as
+/// config.json says). Each weight W with LoRA becomes W + (alpha/r)·B·A, computed in fp32 and stored in W's own dtype, as
+/// an in-memory merge followed by a save in the base's dtype gives; base tensors the adapter trains (FedIPR's norm
+/// scales) take the adapter's values.
 /// </summary>
 public static class MergedCheckpoint
 {
@@ -24,20 +25,31 @@ public static class MergedCheckpoint
         HfCheckpoint.RemoveWeights(folder);
         foreach (var file in files)
         {
-            using var scope = NewDisposeScope();
-            var shard = SafeTensors.Load(file);
+            var (entries, dataStart) = SafeTensors.ReadEntries(file);
+            var byName = entries.ToDictionary(e => e.Name, StringComparer.Ordinal);
+            using var handle = File.OpenHandle(file);
             // A bare GPT2Model checkpoint names its tensors without the "transformer." of the model's.
             string Name(string stored) => lora.ContainsKey(stored) || trained.ContainsKey(stored) || adapted.Config.Family != ModelFamily.Gpt2 ? stored : "transformer." + stored;
-            var merged = shard.ToDictionary(kv => kv.Key, kv =>
-                lora.TryGetValue(Name(kv.Key), out var projection) ? kv.Value.to_type(ScalarType.Float32).add(projection.LoraDelta()).to_type(kv.Value.dtype)
-                : trained.TryGetValue(Name(kv.Key), out var value) ? value.detach().to_type(kv.Value.dtype)
-                : kv.Value);
-            SafeTensors.Save(Path.Combine(folder, Path.GetFileName(file)), merged);
+            Tensor Produce(string name)
+            {
+                var e = byName[name];
+                var stored = SafeTensors.StoredType(e, file);
+                var t = empty(e.Shape, stored);
+                SafeTensors.ReadInto(handle, e, dataStart, t, file);
+                if (lora.TryGetValue(Name(name), out var projection))
+                {
+                    using var scope = NewDisposeScope();
+                    t.copy_(t.to_type(ScalarType.Float32).add(projection.LoraDelta()));
+                }
+                else if (trained.TryGetValue(Name(name), out var value)) t.copy_(value.detach());
+                return t;
+            }
+            SafeTensors.WriteStreaming(Path.Combine(folder, Path.GetFileName(file)),
+                entries.OrderBy(e => e.Begin).Select(e => (e.Name, SafeTensors.StoredType(e, file), e.Shape)).ToList(), Produce);
         }
         var index = Path.Combine(baseFolder, HfCheckpoint.IndexFile);
         if (files.Count > 1 || File.Exists(index)) File.Copy(index, Path.Combine(folder, HfCheckpoint.IndexFile), overwrite: true);
         adapted.Config.Save(Path.Combine(folder, HfCheckpoint.ConfigFile), HfCheckpoint.TorchDtypeName(HfCheckpoint.StoredDtype(baseFolder)));
         Tokenization.TokenizerLoader.CopyFiles(baseFolder, folder);
     }
-
 }

@@ -26,14 +26,16 @@ public class MergedExportSpec
     }
 
     [Theory]
-    [InlineData(false, false)]
-    [InlineData(true, false)]
-    [InlineData(false, true)]
-    public void The_streamed_merge_equals_merging_the_loaded_model(bool sharded, bool fedipr)
+    [InlineData(false, false, false)]
+    [InlineData(true, false, false)]
+    [InlineData(false, true, false)]
+    [InlineData(true, false, true)]
+    public void The_streamed_merge_equals_merging_the_loaded_model(bool sharded, bool fedipr, bool bf16)
     {
         var g = FederationFixture.Prepare();
-        if (sharded)
-            using (var m = HfCheckpoint.Load(g.Model)) HfCheckpoint.Save(m, g.Model, maxShardBytes: 200_000);
+        if (sharded || bf16)
+            using (var m = HfCheckpoint.Load(g.Model, bf16 ? ScalarType.BFloat16 : null))
+                HfCheckpoint.Save(m, g.Model, maxShardBytes: sharded ? 200_000 : 2L << 30);
         var spec = FederationFixture.Job(g, "merge") with { Ipr = fedipr ? new Training.Ipr.IprOptions { Enabled = true } : Training.Ipr.IprOptions.Off };
         var adapter = Adapter(spec, g.Model);
         var (streamed, inMemory) = (TestSupport.TempDir(), TestSupport.TempDir());
@@ -45,6 +47,11 @@ public class MergedExportSpec
         }
         var merged = Path.Combine(streamed, "merged");
         Assert.Equal(sharded, File.Exists(Path.Combine(merged, HfCheckpoint.IndexFile)));
+        // Every tensor is stored in the base's dtype, the one config.json names (a bf16 base was written as F32 before).
+        var stored = bf16 ? "BF16" : "F32";
+        foreach (var file in HfCheckpoint.WeightFiles(merged))
+            Assert.All(Training.IO.SafeTensors.ReadEntries(file).Entries, e => Assert.Equal(stored, e.DType));
+        Assert.Equal(bf16 ? ScalarType.BFloat16 : ScalarType.Float32, HfCheckpoint.StoredDtype(merged));
         var (a, b) = (Weights(merged), Weights(inMemory));
         Assert.Equal(b.Keys.Order(), a.Keys.Order());
         foreach (var (name, t) in b) Assert.True(TestSupport.MaxAbsDiff(a[name], t) < 1e-6, name);
