@@ -15,22 +15,32 @@ public class LocalRoundCheckpointSpec
         public void Report(TrainProgress p) { if (p.Step == step) act(); }
     }
 
-    [Fact]
-    public void A_round_killed_at_step_k_resumes_at_its_checkpoint_and_uploads_the_update_of_an_uninterrupted_round()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // FedIPR: the watermarked norm scales train too, under the signature loss
+    public void A_round_killed_at_step_k_resumes_at_its_checkpoint_and_uploads_the_update_of_an_uninterrupted_round(bool fedipr)
     {
         var g = FederationFixture.Prepare();
         var spec = FederationFixture.Job(g, "ckpt");
-        spec = spec with { Local = spec.Local with { Steps = 6, BatchSize = 2, CheckpointEvery = 2 }, Peft = spec.Peft with { LoraDropout = 0.1 } };
+        spec = spec with
+        {
+            Local = spec.Local with { Steps = 6, BatchSize = 2, CheckpointEvery = 2 }, Peft = spec.Peft with { LoraDropout = 0.1 },
+            Ipr = fedipr ? new Training.Ipr.IprOptions { Enabled = true } : Training.Ipr.IprOptions.Off,
+        };
         var org = spec.Parties[0].Org;
         var (train, dev) = (g.Datasets[org]["train"], g.Datasets[org]["dev"]);
         var global = FederatedComputation.InitialAdapter(spec, g.Model);
         var workspace = TestSupport.TempDir();
+        var keys = TestSupport.TempDir();
         ClientContext Party(IProgress<TrainProgress>? progress = null) =>
-            new(spec, org, 1, 1, 1, g.Model, train, dev, workspace) { Progress = progress };
+            new(spec, org, 1, 1, 1, g.Model, train, dev, workspace) { Progress = progress, KeysDir = keys };
         LocalRoundResult Round(ClientContext? party, CancellationToken ct = default)
         {
             using var run = FederatedComputation.OpenPrivate(spec, g.Model);
-            return FederatedComputation.LocalRound(spec, run, global, train, dev, 1, ct, party: party);
+            // Under FedIPR the party's own watermark (its signature hinge loss and triggers) trains with the round.
+            var watermark = Training.Ipr.PartyWatermark.Open(party ?? Party(), run);
+            Assert.Equal(fedipr, watermark is not null);
+            return FederatedComputation.LocalRound(spec, run, global, train, dev, 1, ct, watermark, party);
         }
 
         var uninterrupted = Round(null);
@@ -43,8 +53,20 @@ public class LocalRoundCheckpointSpec
         var steps = new List<int>();
         var resumed = Round(Party(new Progress(steps)));
         Assert.Equal([5, 6], steps); // only the steps after the checkpoint ran again
-        Assert.Equal(uninterrupted.Delta, resumed.Delta);
-        Assert.Equal(uninterrupted.LastLoss, resumed.LastLoss);
+        if (!fedipr)
+        {
+            Assert.Equal(uninterrupted.Delta, resumed.Delta);
+            Assert.Equal(uninterrupted.LastLoss, resumed.LastLoss);
+        }
+        else
+        {
+            // A FedIPR round with its watermark is not bit-reproducible: two uninterrupted rounds already differ in the last
+            // bits (up to ~1e-6 here; cause not found). The resumed round agrees with the uninterrupted one to that rounding.
+            var (a, b) = (Training.IO.SafeTensors.FromBytes(uninterrupted.Delta), Training.IO.SafeTensors.FromBytes(resumed.Delta));
+            Assert.Equal(a.Keys.Order(), b.Keys.Order());
+            foreach (var (name, t) in a) Assert.True(TestSupport.MaxAbsDiff(t, b[name]) < 1e-5, name);
+            Assert.Contains(a.Keys, n => n.Contains("layernorm")); // the watermarked scales travel and were resumed too
+        }
         Assert.False(Directory.Exists(saved), "a finished round leaves no checkpoint behind");
     }
 
