@@ -99,10 +99,7 @@ public static class FederatedComputation
     {
         var local = spec.Local;
         var examples = InstructionData.ReadJsonl(trainData, spec.Data);
-        // Keyed by the round's starting state, so a checkpoint is only ever resumed into the same computation.
-        var checkpoints = party is not null && local.CheckpointEvery > 0
-            ? Path.Combine(party.Workspace, "checkpoints", party.Party, $"{spec.JobId}-r{round}-{ContentDigest.Stem(BlobStore.Digest(globalAdapter))[..16]}")
-            : null;
+        var checkpoints = CheckpointFolder(spec, party, round, globalAdapter);
         var result = DeltaRound(spec, run, globalAdapter, evalData, global =>
         {
             var options = new TrainOptions
@@ -116,8 +113,23 @@ public static class FederatedComputation
             var trained = run.Train(run.Tokenize(examples, spec.Data), options, party?.Progress, ct);
             return (trained.Samples, trained.Steps, trained.FirstLoss, trained.LastLoss);
         });
-        if (checkpoints is not null && Directory.Exists(checkpoints)) Directory.Delete(checkpoints, recursive: true);
+        DeleteCheckpoints(checkpoints);
         return result;
+    }
+
+    /// <summary>
+    /// Where a party's round keeps its local checkpoints (null off a party's node or with <c>local.checkpoint-every = 0</c>):
+    /// keyed by the round's starting state, so a checkpoint is only ever resumed into the same computation.
+    /// </summary>
+    public static string? CheckpointFolder(JobSpec spec, ClientContext? party, int round, byte[] globalAdapter) =>
+        party is not null && spec.Local.CheckpointEvery > 0
+            ? Path.Combine(party.Workspace, "checkpoints", party.Party, $"{spec.JobId}-r{round}-{ContentDigest.Stem(BlobStore.Digest(globalAdapter))[..16]}")
+            : null;
+
+    /// <summary>A finished round leaves no checkpoint behind.</summary>
+    public static void DeleteCheckpoints(string? folder)
+    {
+        if (folder is not null && Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
     }
 
     /// <summary>

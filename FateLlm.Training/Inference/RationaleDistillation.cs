@@ -39,7 +39,8 @@ public sealed record RationaleTrainResult(int Steps, double FirstLoss, double La
 /// </summary>
 public static class RationaleDistillation
 {
-    public static RationaleTrainResult Train(CausalLm model, ITextTokenizer tok, IReadOnlyList<RationaleExample> data, DataOptions d, RationaleOptions o, CancellationToken ct = default)
+    public static RationaleTrainResult Train(CausalLm model, ITextTokenizer tok, IReadOnlyList<RationaleExample> data, DataOptions d, RationaleOptions o, CancellationToken ct = default,
+        AdapterStepsCheckpoints? checkpoints = null)
     {
         o.Check();
         var sw = Stopwatch.StartNew();
@@ -53,7 +54,7 @@ public static class RationaleDistillation
             var loss = Ce(model, chunk.Select(i => answer[i]).ToList(), pad).mul(1 - o.Alpha);
             var withRationale = chunk.Where(i => rationale[i] is not null).Select(i => rationale[i]!).ToList();
             return withRationale.Count > 0 && o.Alpha > 0 ? loss.add(Ce(model, withRationale, pad).mul(o.Alpha)) : loss;
-        }, ct);
+        }, ct, checkpoints);
         return new RationaleTrainResult(steps, first, last, data.Count, sw.Elapsed.TotalSeconds);
     }
 

@@ -1,6 +1,7 @@
 using FateLlm.Training.Inference;
 using FateLlm.Training.Models;
 using FateLlm.Training.Tokenization;
+using FateLlm.Training.Trainer;
 using Xunit;
 
 namespace FateLlm.Tests;
@@ -200,5 +201,36 @@ public class InferDptSpec
         Assert.Equal(a, b);
         Assert.Throws<ArgumentException>(() => (o with { Alpha = 1.5 }).Check());
         Assert.Throws<ArgumentException>(() => (o with { RationaleTemplate = "no slot" }).Check());
+    }
+
+    [Fact]
+    public void A_pdss_run_killed_at_step_k_resumes_at_its_checkpoint_and_ends_with_the_tensors_of_an_uninterrupted_run()
+    {
+        var (dir, tok) = WordModel();
+        var data = Enumerable.Range(0, 12).Select(i => new RationaleExample($"fox number {i}", "lazy dog", "because the quick brown fox jumps")).ToList();
+        var d = new FateLlm.Training.Data.DataOptions();
+        var o = new RationaleOptions { Alpha = 0.5, Epochs = 4, BatchSize = 4, LearningRate = 1e-2, Seed = 2 };
+        var peft = new FateLlm.Training.Peft.PeftConfig { LoraDropout = 0.1 }; // the dropout stream must be resumed too
+        var folder = Path.Combine(TestSupport.TempDir(), "ckpt");
+        byte[] Run(AdapterStepsCheckpoints? c, CancellationToken ct = default)
+        {
+            using var run = FateLlm.Training.Trainer.FineTuning.Open(dir, peft, 1);
+            RationaleDistillation.Train(run.Model, run.Tokenizer, data, d, o, ct, c);
+            return run.TrainableBytes();
+        }
+        var uninterrupted = Run(null);
+        // Killed after step 7 (of 12; 3 a epoch): the checkpoint every 2 steps is step 6's, inside epoch 2.
+        using (var cts = new CancellationTokenSource())
+            Assert.ThrowsAny<OperationCanceledException>(() =>
+                Run(new AdapterStepsCheckpoints(folder, 2, new Steps(s => { if (s == 7) cts.Cancel(); })), cts.Token));
+        var steps = new List<int>();
+        var resumed = Run(new AdapterStepsCheckpoints(folder, 2, new Steps(steps.Add)));
+        Assert.Equal(Enumerable.Range(7, 6), steps);
+        Assert.Equal(uninterrupted, resumed);
+    }
+
+    sealed class Steps(Action<int> onStep) : IProgress<TrainProgress>
+    {
+        public void Report(TrainProgress p) => onStep(p.Step);
     }
 }

@@ -1,5 +1,6 @@
 using FateLlm.Training.Federation;
 using FateLlm.Training.Inference;
+using FateLlm.Training.Trainer;
 
 namespace FateLlm.Training.Algorithms.Pdss;
 
@@ -58,11 +59,15 @@ public sealed class PdssAlgorithm : IFederatedAlgorithm
             var hash = FederatedComputation.VerifyModel(spec, ctx.ModelPath, $"party '{ctx.Party}'");
             var data = RationaleData.Read(ctx.TrainData, spec.Data, s.Column);
             using var run = FederatedComputation.Open(spec, ctx.ModelPath);
-            var update = ClientUpdate.Of(FederatedComputation.DeltaRound(spec, run, File.ReadAllBytes(files[HomoPeft.HomoPeftAlgorithm.Global]), ctx.EvalData, _ =>
+            var global = File.ReadAllBytes(files[HomoPeft.HomoPeftAlgorithm.Global]);
+            var folder = FederatedComputation.CheckpointFolder(spec, ctx, ctx.Round, global);
+            var update = ClientUpdate.Of(FederatedComputation.DeltaRound(spec, run, global, ctx.EvalData, _ =>
             {
-                var r = RationaleDistillation.Train(run.Model, run.Tokenizer, data, spec.Data, Options(spec, s, ctx.Round), ct);
+                var r = RationaleDistillation.Train(run.Model, run.Tokenizer, data, spec.Data, Options(spec, s, ctx.Round), ct,
+                    new AdapterStepsCheckpoints(folder, spec.Local.CheckpointEvery, ctx.Progress));
                 return (data.Count, r.Steps, r.FirstLoss, r.LastLoss);
             }), hash);
+            FederatedComputation.DeleteCheckpoints(folder);
             return update with { Metrics = new Dictionary<string, double>(update.Metrics) { ["pdss.with-rationale"] = data.Count(e => e.Rationale.Trim().Length > 0) } };
         }
 
