@@ -258,12 +258,15 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
             var examples = InstructionData.ReadJsonl(ctx.TrainData, spec.Data);
             if (exchange == DistillPhase) return Distil(ctx, s, instruction, files, run, vocab, publicSet, examples.Count, new Dictionary<string, double>(), ct);
             var local = spec.Local;
+            var checkpoints = FederatedComputation.CheckpointFolder(spec, ctx, ctx.Round, run.TrainableBytes());
             var r = run.Train(run.Tokenize(examples, spec.Data), new TrainOptions
             {
                 Epochs = local.Epochs, MaxSteps = local.Steps > 0 ? local.Steps : null, BatchSize = local.BatchSize, LearningRate = local.LearningRate,
                 WarmupRatio = local.WarmupRatio, Schedule = local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, ctx.Round),
-            }, ct: ct);
+                CheckpointDir = checkpoints, CheckpointEvery = local.CheckpointEvery, Resume = checkpoints is not null,
+            }, ctx.Progress, ct);
             Save(run, AdapterFile(ctx, ctx.Round, FitPhase));
+            FederatedComputation.DeleteCheckpoints(checkpoints);
             var fit = new Dictionary<string, double> { ["mkt.fit-loss.first"] = r.FirstLoss, ["mkt.fit-loss.last"] = r.LastLoss };
             if (exchange == OneWayPhase) return Distil(ctx, s, instruction, files, run, vocab, publicSet, examples.Count, fit, ct);
             var block = KnowledgeTransfer.Compute(run.Model, run.Tokenizer, vocab, publicSet, spec.Data, s.TopK).ToBytes();
@@ -283,8 +286,11 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
             var own = KnowledgeTransfer.Compute(run.Model, run.Tokenizer, vocab, publicSet, spec.Data, 1);
             var aligned = KnowledgeTransfer.Align(server, run.Tokenizer, vocab, publicSet, spec.Data, s.Transfer.Temperature);
             var teachers = KnowledgeTransfer.Select([aligned], own.Examples.Select(e => e.Metric).ToList());
-            var d = KnowledgeTransfer.Train(run.Model, run.Tokenizer, publicSet, teachers, spec.Data, s.Transfer with { Seed = Seeds.LocalTraining(spec.Seed, ctx.Round) }, ct);
+            var checkpoints = FederatedComputation.CheckpointFolder(spec, ctx, ctx.Round, run.TrainableBytes());
+            var d = KnowledgeTransfer.Train(run.Model, run.Tokenizer, publicSet, teachers, spec.Data, s.Transfer with { Seed = Seeds.LocalTraining(spec.Seed, ctx.Round) }, ct,
+                new AdapterStepsCheckpoints(checkpoints, spec.Local.CheckpointEvery, ctx.Progress));
             Save(run, AdapterFile(ctx, ctx.Round, DistillPhase));
+            FederatedComputation.DeleteCheckpoints(checkpoints);
             metrics[ClientUpdate.FirstLoss] = d.FirstLoss;
             metrics[ClientUpdate.LastLoss] = d.LastLoss;
             metrics[ClientUpdate.Steps] = d.Steps;

@@ -145,7 +145,7 @@ public static class KnowledgeTransfer
 
     /// <summary>α·CE + (1−α)·KD over the public set, AdamW on the model's trainable parameters.</summary>
     public static TransferResult Train(CausalLm model, ITextTokenizer tok, IReadOnlyList<Example> publicSet, IReadOnlyList<ExampleTarget?> teachers,
-        DataOptions data, TransferOptions o, CancellationToken ct = default)
+        DataOptions data, TransferOptions o, CancellationToken ct = default, AdapterStepsCheckpoints? checkpoints = null)
     {
         var sw = Stopwatch.StartNew();
         var encoded = publicSet.Select(e => Encode(e, tok, data)).ToList();
@@ -159,7 +159,7 @@ public static class KnowledgeTransfer
             var ce = LanguageModelLoss.Shifted(logits, batch.Labels, nn.Reduction.Mean);
             var kd = Distillation(logits, chunk.Select(i => (encoded[i].PromptLength, teachers[i])).ToList(), o.Temperature);
             return kd is null ? ce : ce.mul(o.Alpha).add(kd.mul(1 - o.Alpha));
-        }, ct);
+        }, ct, checkpoints);
         return new TransferResult(steps, first, last, teachers.Count(t => t is not null), teachers.Count, sw.Elapsed.TotalSeconds);
     }
 
