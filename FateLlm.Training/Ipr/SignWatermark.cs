@@ -29,8 +29,12 @@ public sealed class SignWatermark : IDisposable
             var site = keys.Sites[b];
             var gamma = WatermarkSites.Find(model, site.Site, origin);
             if (site.Bits == 0) continue;
-            var e = tensor(KeyedNormal.Values(key, 2 * b, site.Length * site.Bits), [site.Length, site.Bits], device: gamma.device).div_(Math.Sqrt(site.Length));
-            var s = tensor(KeyedNormal.Signs(key, 2 * b + 1, site.Bits).Select(x => (float)x).ToArray(), device: gamma.device);
+            // Out of place, into tensors libtorch allocates: worked on in place, the tensor TorchSharp makes from a .NET array
+            // gave products whose last bits varied from run to run (its memory's alignment is the suspected cause).
+            using var raw = tensor(KeyedNormal.Values(key, 2 * b, site.Length * site.Bits), [site.Length, site.Bits], device: gamma.device);
+            using var signs = tensor(KeyedNormal.Signs(key, 2 * b + 1, site.Bits).Select(x => (float)x).ToArray(), device: gamma.device);
+            var e = raw.div(Math.Sqrt(site.Length));
+            var s = signs.clone();
             w._sites.Add((gamma, e.DetachFromDisposeScope(), s.DetachFromDisposeScope()));
         }
         return w;

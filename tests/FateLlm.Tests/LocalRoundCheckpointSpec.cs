@@ -53,20 +53,9 @@ public class LocalRoundCheckpointSpec
         var steps = new List<int>();
         var resumed = Round(Party(new Progress(steps)));
         Assert.Equal([5, 6], steps); // only the steps after the checkpoint ran again
-        if (!fedipr)
-        {
-            Assert.Equal(uninterrupted.Delta, resumed.Delta);
-            Assert.Equal(uninterrupted.LastLoss, resumed.LastLoss);
-        }
-        else
-        {
-            // A FedIPR round with its watermark is not bit-reproducible: two uninterrupted rounds already differ in the last
-            // bits (up to ~1e-6 here; cause not found). The resumed round agrees with the uninterrupted one to that rounding.
-            var (a, b) = (Training.IO.SafeTensors.FromBytes(uninterrupted.Delta), Training.IO.SafeTensors.FromBytes(resumed.Delta));
-            Assert.Equal(a.Keys.Order(), b.Keys.Order());
-            foreach (var (name, t) in a) Assert.True(TestSupport.MaxAbsDiff(t, b[name]) < 1e-5, name);
-            Assert.Contains(a.Keys, n => n.Contains("layernorm")); // the watermarked scales travel and were resumed too
-        }
+        Assert.Equal(uninterrupted.Delta, resumed.Delta);
+        Assert.Equal(uninterrupted.LastLoss, resumed.LastLoss);
+        if (fedipr) Assert.Contains("layernorm", System.Text.Encoding.UTF8.GetString(resumed.Delta)); // the watermarked scales travel and resumed too
         Assert.False(Directory.Exists(saved), "a finished round leaves no checkpoint behind");
     }
 
