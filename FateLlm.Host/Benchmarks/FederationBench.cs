@@ -94,9 +94,9 @@ internal static class FederationBench
             using var system = ActorSystem.Create("bench-client", Remote(0));
             var remote = await system.ActorSelection($"akka.tcp://bench@127.0.0.1:{port}/user/{BlobServer.Name}").ResolveOne(TimeSpan.FromSeconds(20));
             output.WriteLine($"{"size",8} {"stream MB/s",12} {"chunks MB/s",12} {"raw TCP MB/s",13} {"stream/raw",11} {"goal",6} {"chunks/raw",11} {"wire/raw",9} {"retransmits",12}");
-            // Warm-up: the first transfers pay for connections and for running unoptimized (tier-0) code until the runtime
-            // has recompiled the hot paths (hashing, copying), which a busy process postpones; a node that has moved a few
-            // blobs runs at the rate measured after it. The cold rate is printed apart.
+            // Warm-up: the first transfers pay for connections and first-call compilation; the cold rate is printed apart.
+            // With the default quick JIT the hot paths (hashing, copying) may still run unoptimized after it, since a busy
+            // process keeps postponing their recompilation (docs/operations.md: DOTNET_TC_QuickJit=0).
             var largest = Array.IndexOf(sizesMiB, sizesMiB.Max());
             var warm = new BlobLocation(digests[largest], (long)sizesMiB[largest] << 20, remote);
             var cold = await Fetch(system, new BlobStore(Path.Combine(dir, "cold-stream")), warm, transfer with { Stream = true });
