@@ -83,7 +83,8 @@ internal sealed class FitWork : ReceiveActor
     {
         // Step reports come from the trainer's thread and may trail the answer.
         Receive<LocalStep>(s => _progress = new WorkProgress("training", s.Progress.Step, s.Progress.TotalSteps, s.Progress.TokensPerSecond));
-        Receive<FetchProgress>(_ => { }); // trailing a fetch that completed
+        // Until the spec is read the work is downloading; a report trailing the last fetch changes nothing after that.
+        Receive<FetchProgress>(p => { if (_spec is null) _progress = _files.Progressed(p); });
         Receive<StopWork>(w =>
         {
             _log.Info("party {0}: {1} stopped ({2})", Org, Id, w.Reason);
@@ -113,7 +114,6 @@ internal sealed class FitWork : ReceiveActor
     void Fetching()
     {
         Unanswered();
-        Receive<FetchProgress>(p => _progress = _files.Progressed(p));
         Receive<FetchCompleted>(f => { if (_files.Arrived(f, _s)) StartFit(); });
         Receive<FetchFailed>(f => Fail($"download of '{f.Correlation}' failed: {f.Reason}"));
     }

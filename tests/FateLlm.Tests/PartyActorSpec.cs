@@ -36,11 +36,11 @@ public sealed class PartyActorSpec : TestKit
         File.WriteAllText(_data, "{\"content\": \"a\", \"summary\": \"b\"}\n");
     }
 
-    IActorRef Party(FaultInjection? faults = null, IReadOnlyDictionary<string, string>? datasets = null)
+    IActorRef Party(FaultInjection? faults = null, IReadOnlyDictionary<string, string>? datasets = null, TransferSettings? transfer = null)
     {
         var partyBlobs = Sys.ActorOf(BlobServer.Props(_partyStore));
         return Sys.ActorOf(PartyActor.Props(_org, new PartyNodeSettings(_org, datasets ?? new Dictionary<string, string> { ["train"] = _data, ["dev"] = _data },
-            _partyStore, partyBlobs, TransferSettings.Default, "fate-llm.training-dispatcher", null, TestSupport.TempDir())
+            _partyStore, partyBlobs, transfer ?? TransferSettings.Default, "fate-llm.training-dispatcher", null, TestSupport.TempDir())
         {
             Faults = faults ?? FaultInjection.None, Algorithms = ActorSpecs.Algorithms, TrainerBackoffMin = TimeSpan.FromMilliseconds(50), TrainerBackoffMax = TimeSpan.FromMilliseconds(200),
         }));
@@ -81,6 +81,27 @@ public sealed class PartyActorSpec : TestKit
         party.Tell(work);
         Assert.Equal(ready.Update, ExpectMsg<UpdateReady>(Wait).Update);
         Assert.Equal(1, EchoAlgorithm.FitsOf(_org));
+    }
+
+    [Fact]
+    public void A_re_ask_during_a_download_answers_with_the_bytes_the_download_has_moved()
+    {
+        var party = Party(transfer: TransferSettings.Default with { ProgressInterval = TimeSpan.Zero });
+        var source = CreateTestProbe();
+        var large = new BlobLocation(ContentDigest.Of(new byte[3 << 20]), 3 << 20, source.Ref);
+        var work = Work(Spec("downloading"), 1, downloads: new Dictionary<string, BlobLocation> { [EchoAlgorithm.Total] = large });
+        party.Tell(work);
+        ExpectMsg<WorkAccepted>(Wait);
+        // The source serves the first chunk and then nothing: the download stands at one chunk.
+        var first = source.FishForMessage<FetchChunk>(c => c.Index == 0, Wait);
+        source.Reply(new ChunkData(large.Digest, 0, large.Size, new byte[first.ChunkSize]));
+        AwaitAssert(() =>
+        {
+            party.Tell(work);
+            var p = ExpectMsg<WorkAccepted>(Wait).Progress;
+            Assert.Equal((WorkProgress.Downloading, (long)first.ChunkSize), (p?.Stage, p?.Bytes ?? 0));
+            Assert.True(p!.TotalBytes > large.Size, "the total counts the job's spec too");
+        }, Wait, TimeSpan.FromMilliseconds(100));
     }
 
     [Fact]
