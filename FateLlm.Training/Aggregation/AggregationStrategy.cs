@@ -133,7 +133,6 @@ public sealed class RunningWeightedMean
         Count++;
     }
 
-
     /// <summary>The weighted mean (the tensors folded into, in the constructing caller's scope).</summary>
     public Dictionary<string, Tensor> Result() =>
         Count == 0 ? throw new AggregationException("no updates to aggregate") : new Dictionary<string, Tensor>(_sum, StringComparer.Ordinal);

@@ -43,8 +43,7 @@ public static class ContentDigest
     public static string OfFile(string path, Algorithm algorithm = Current)
     {
         using var h = new Hasher(algorithm);
-        using var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
-        h.Append(s);
+        h.AppendFile(path);
         return h.Finish();
     }
 
@@ -79,8 +78,9 @@ public static class ContentDigest
             else _b3!.Update(bytes);
         }
 
-        public void Append(Stream s)
+        public void AppendFile(string path)
         {
+            using var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
             var buffer = new byte[BlockSize];
             for (int n; (n = s.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false)) > 0;) Append(buffer.AsSpan(0, n));
         }

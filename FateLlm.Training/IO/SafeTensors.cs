@@ -169,6 +169,14 @@ public static class SafeTensors
         destination.copy_(staging);
     }
 
+    /// <summary>One tensor as stored (its own dtype and shape), read from the file into a new tensor the caller owns.</summary>
+    public static Tensor ReadStored(Microsoft.Win32.SafeHandles.SafeFileHandle file, Entry e, long dataStart, string origin)
+    {
+        var t = empty(e.Shape, StoredType(e, origin));
+        ReadInto(file, e, dataStart, t, origin);
+        return t;
+    }
+
     // Straight into the tensor's memory, in slices of at most 64 MiB (a span's length is an int).
     static void ReadBytes(Microsoft.Win32.SafeHandles.SafeFileHandle file, long offset, long length, Tensor target, string origin, string name)
     {

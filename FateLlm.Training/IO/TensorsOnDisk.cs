@@ -27,10 +27,8 @@ public sealed class TensorsOnDisk : IReadOnlyDictionary<string, Tensor>
         get
         {
             var e = _entries.TryGetValue(key, out var found) ? found : throw new KeyNotFoundException($"{_path}: no tensor '{key}'");
-            var t = empty(e.Shape, SafeTensors.StoredType(e, _path));
             using var file = File.OpenHandle(_path);
-            SafeTensors.ReadInto(file, e, _dataStart, t, _path);
-            return t;
+            return SafeTensors.ReadStored(file, e, _dataStart, _path);
         }
     }
 

@@ -52,11 +52,7 @@ public static class WeightsDigest
     {
         Hashes.AddOrUpdate(folder, 1, (_, n) => n + 1);
         using var hash = new ContentDigest.Hasher(algorithm);
-        foreach (var f in files)
-        {
-            using var s = new FileStream(Path.Combine(folder, f), FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
-            hash.Append(s);
-        }
+        foreach (var f in files) hash.AppendFile(Path.Combine(folder, f));
         var digest = hash.Finish();
         WriteCache(folder, files, algorithm, digest);
         return digest;

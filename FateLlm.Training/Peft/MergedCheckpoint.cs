@@ -32,10 +32,7 @@ public static class MergedCheckpoint
             string Name(string stored) => lora.ContainsKey(stored) || trained.ContainsKey(stored) || adapted.Config.Family != ModelFamily.Gpt2 ? stored : "transformer." + stored;
             Tensor Produce(string name)
             {
-                var e = byName[name];
-                var stored = SafeTensors.StoredType(e, file);
-                var t = empty(e.Shape, stored);
-                SafeTensors.ReadInto(handle, e, dataStart, t, file);
+                var t = SafeTensors.ReadStored(handle, byName[name], dataStart, file);
                 if (lora.TryGetValue(Name(name), out var projection))
                 {
                     using var scope = NewDisposeScope();
