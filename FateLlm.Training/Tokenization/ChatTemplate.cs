@@ -10,6 +10,15 @@ public sealed class ChatTemplateException(string message) : Exception(message);
 
 public sealed record ChatMessage(string Role, string Content);
 
+/// <summary>The Jinja environment switches in which transformers' chat templates and lm-eval's document templates differ.</summary>
+public sealed record JinjaEnvironment(bool TrimBlocks, bool LstripBlocks, bool KeepTrailingNewline)
+{
+    /// <summary>transformers' apply_chat_template: trim_blocks and lstrip_blocks on.</summary>
+    public static readonly JinjaEnvironment Transformers = new(true, true, false);
+    /// <summary>lm-eval's utils.apply_template: Jinja's defaults, keep_trailing_newline on.</summary>
+    public static readonly JinjaEnvironment LmEval = new(false, false, true);
+}
+
 /// <summary>
 /// The Jinja subset that instruction models' <c>chat_template</c>s use (Llama 3.x, Qwen2.5, Mistral, Phi-3, Gemma and
 /// their tool-calling branches), rendered as transformers does: <c>trim_blocks</c> and <c>lstrip_blocks</c> on,
@@ -23,10 +32,12 @@ public sealed class ChatTemplate
 
     public string Source { get; }
 
-    public ChatTemplate(string source)
+    public ChatTemplate(string source) : this(source, JinjaEnvironment.Transformers) { }
+
+    public ChatTemplate(string source, JinjaEnvironment environment)
     {
         Source = source;
-        _body = new Parser(Lexer.Tokenize(source)).ParseBody(out _);
+        _body = new Parser(Lexer.Tokenize(source, environment)).ParseBody(out _);
     }
 
     /// <summary>The chat template of a folder's tokenizer_config.json (a string, or the list's "default" entry), or null.</summary>
@@ -49,18 +60,22 @@ public sealed class ChatTemplate
             addGenerationPrompt, new Dictionary<string, object?> { ["bos_token"] = bosToken, ["eos_token"] = eosToken });
 
     /// <summary>Renders with messages (and tools, …) given as JSON, as transformers' apply_chat_template receives them.</summary>
-    public string Render(JsonArray messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?> extra)
+    public string Render(JsonArray messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?> extra) =>
+        RenderWith(new Dictionary<string, object?> { ["messages"] = messages, ["add_generation_prompt"] = addGenerationPrompt }.Concat(extra));
+
+    /// <summary>Renders with a document's fields as variables, as lm-eval's doc_to_text and friends are rendered.</summary>
+    public string RenderDocument(JsonObject doc) => RenderWith(doc.Select(kv => new KeyValuePair<string, object?>(kv.Key, kv.Value)));
+
+    string RenderWith(IEnumerable<KeyValuePair<string, object?>> variables)
     {
         var globals = new Dictionary<string, object?>
         {
-            ["messages"] = Value.FromJson(messages),
-            ["add_generation_prompt"] = addGenerationPrompt,
             ["raise_exception"] = new Callable((args, _) => throw new ChatTemplateException(Value.Str(args.FirstOrDefault()))),
             ["namespace"] = new Callable((_, kw) => new Namespace(new Dictionary<string, object?>(kw))),
             ["range"] = new Callable((args, _) => Value.Range(args)),
             ["strftime_now"] = new Callable((args, _) => DateTime.Now.ToString(Value.StrftimeToNet(Value.Str(args[0])), CultureInfo.InvariantCulture)),
         };
-        foreach (var (k, v) in extra) globals[k] = v is JsonNode j ? Value.FromJson(j) : v;
+        foreach (var (k, v) in variables) globals[k] = v is JsonNode j ? Value.FromJson(j) : v;
         var sb = new StringBuilder();
         var scope = new Scope(null, globals);
         Exec(_body, scope, sb);
@@ -206,10 +221,9 @@ public sealed class ChatTemplate
 
     static class Lexer
     {
-        public static List<Chunk> Tokenize(string src)
+        public static List<Chunk> Tokenize(string src, JinjaEnvironment env)
         {
-            // Jinja drops one trailing newline of the template (keep_trailing_newline=False).
-            if (src.EndsWith('\n')) src = src[..^1];
+            if (!env.KeepTrailingNewline && src.EndsWith('\n')) src = src[..^1];
             var chunks = new List<Chunk>();
             int pos = 0, line = 1;
             var trimNextNewline = false;
@@ -231,7 +245,7 @@ public sealed class ChatTemplate
                 var leftStrip = open + 2 < src.Length && src[open + 2] == '-';
                 var lstripKeep = open + 2 < src.Length && src[open + 2] == '+';
                 if (leftStrip) text = text.TrimEnd();
-                else if (kind is '%' or '#' && !lstripKeep)
+                else if (kind is '%' or '#' && !lstripKeep && env.LstripBlocks)
                 {
                     // lstrip_blocks: spaces and tabs between the line start and a block or comment tag go.
                     var lineStart = open == 0 ? 0 : src.LastIndexOf('\n', open - 1) + 1;
@@ -255,7 +269,7 @@ public sealed class ChatTemplate
                 line += src[open..(close + 2)].Count(c => c == '\n');
                 pos = close + 2;
                 if (rightStrip) stripNextWhitespace = true;
-                else if (kind is '%' or '#') trimNextNewline = true; // trim_blocks
+                else if (kind is '%' or '#') trimNextNewline = env.TrimBlocks;
             }
             return chunks;
         }
@@ -807,6 +821,12 @@ static class Value
         (string s, "replace") => new Callable((a, _) => s.Replace(Str(a[0]), Str(a[1]))),
         (string s, "split") => new Callable((a, _) => (a.Count > 0 && a[0] is string sep
             ? s.Split(sep) : s.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)).Select(x => (object?)x).ToList()),
+        (List<object?> l, "index") => new Callable((a, _) =>
+        {
+            var i = l.FindIndex(x => Equals(x, a[0]));
+            return i >= 0 ? (long)i : throw new ChatTemplateException($"line {line}: {Repr(a[0])} is not in the list");
+        }),
+        (List<object?> l, "count") => new Callable((a, _) => (long)l.Count(x => Equals(x, a[0]))),
         (Dictionary<string, object?> d, "items") => new Callable((_, _) => d.Select(kv => (object?)new List<object?> { kv.Key, kv.Value }).ToList()),
         (Dictionary<string, object?> d, "keys") => new Callable((_, _) => d.Keys.Select(k => (object?)k).ToList()),
         (Dictionary<string, object?> d, "values") => new Callable((_, _) => d.Values.ToList()),
@@ -938,6 +958,7 @@ static class Value
         "join" => string.Join(args.Count > 0 ? Str(args[0]) : "", Iterate(v, line).Select(Str)),
         "replace" => Str(v).Replace(Str(args[0]), Str(args[1])),
         "items" => v is Dictionary<string, object?> d ? d.Select(kv => (object?)new List<object?> { kv.Key, kv.Value }).ToList() : throw new ChatTemplateException($"line {line}: items of {TypeName(v)}"),
+        "regex_replace" => System.Text.RegularExpressions.Regex.Replace(Str(v), Str(args[0]), Str(args[1])),
         "tojson" => ToJson(v, kwargs.TryGetValue("indent", out var ind) && ind is long n ? (int)n : args.ElementAtOrDefault(0) is long n2 ? (int)n2 : null, 0),
         _ => throw new ChatTemplateException($"line {line}: unsupported filter '{name}'"),
     };
