@@ -26,6 +26,7 @@ public static class CliApp
         root.Subcommands.Add(ModelCommands.Build(t));
         root.Subcommands.Add(TrainingCommands.Train(t));
         root.Subcommands.Add(TrainingCommands.Eval(t));
+        root.Subcommands.Add(EvaluateCommand.Build(t));
         root.Subcommands.Add(TrainingCommands.Generate(t));
         root.Subcommands.Add(AdapterCommands.Build(t));
         root.Subcommands.Add(BenchCommands.Build(t));
@@ -79,7 +80,7 @@ public static class CliApp
         UsageException => (UsageError, e.Message),
         ModelFormatException or FormatException or PeftException or SafeTensorsFormatException or InvalidOperationException
             or FateLlm.Training.Federation.JobSpecException or TimeoutException or FateLlm.Actors.Security.TlsConfigurationException
-            or FateLlm.Actors.Services.ServiceRefusedException => (RuntimeError, e.Message),
+            or FateLlm.Actors.Services.ServiceRefusedException or FateLlm.Training.Evaluation.Harness.TaskConfigException => (RuntimeError, e.Message),
         FileNotFoundException f => (RuntimeError, $"{f.FileName ?? "file"}: not found"),
         DirectoryNotFoundException or IOException or UnauthorizedAccessException or ArgumentException => (RuntimeError, e.Message),
         OperationCanceledException => (RuntimeError, "cancelled"),

@@ -42,6 +42,10 @@ public sealed record WordNetSplitOptions
     public double? DirichletAlpha { get; init; }
 }
 
+/// <summary>The synsets of a split: each party's (train, dev), the test set, the public corpus.</summary>
+public sealed record WordNetPartition(IReadOnlyDictionary<string, (IReadOnlyList<Synset> Train, IReadOnlyList<Synset> Dev)> Parties,
+    IReadOnlyList<Synset> Test, IReadOnlyList<Synset> Public);
+
 public sealed record WordNetSplit(Dictionary<string, (string Train, string Dev)> Parties, string Test, string Public, IReadOnlyDictionary<string, int> Counts);
 
 /// <summary>
@@ -128,22 +132,11 @@ public static class WordNetCorpus
     public static WordNetSplit Write(IReadOnlyList<Synset> synsets, string outDir, WordNetSplitOptions o)
     {
         Directory.CreateDirectory(outDir);
-        var rng = new Random((int)o.Seed);
-        // Short glosses make a cleaner generation task; ordering before the shuffle makes it reproducible.
-        bool Usable(Synset s) => s.Definition.Length <= 120;
-        var partyDomains = o.Parties.SelectMany(p => p.Value).ToHashSet();
-        var pools = o.Parties.ToDictionary(p => p.Key, p => Shuffle(synsets.Where(s => p.Value.Contains(s.Domain) && Usable(s)).OrderBy(s => s.Pos).ThenBy(s => s.Offset).ToList(), rng));
-        if (o.DirichletAlpha is double alpha) pools = DirichletSplit(pools.Values.SelectMany(x => x).ToList(), o.Parties.Keys.ToList(), alpha, rng);
+        var partition = Partition(synsets, o);
         var parties = new Dictionary<string, (string, string)>();
-        var test = new List<Synset>();
         var counts = new Dictionary<string, int>();
-        foreach (var (party, pool) in pools)
+        foreach (var (party, (train, dev)) in partition.Parties)
         {
-            var need = o.TestPerParty + o.DevPerParty;
-            if (pool.Count <= need) throw new DataFormatException($"party '{party}': only {pool.Count} synsets in its domains, need more than {need}");
-            test.AddRange(pool.Take(o.TestPerParty));
-            var dev = pool.Skip(o.TestPerParty).Take(o.DevPerParty).ToList();
-            var train = pool.Skip(need).Take(o.TrainPerParty).ToList();
             var trainPath = Path.Combine(outDir, $"{party}-train.jsonl");
             var devPath = Path.Combine(outDir, $"{party}-dev.jsonl");
             WriteJsonl(trainPath, train);
@@ -153,16 +146,38 @@ public static class WordNetCorpus
             counts[$"{party}-dev"] = dev.Count;
         }
         var testPath = Path.Combine(outDir, "test.jsonl");
-        WriteJsonl(testPath, test);
-        counts["test"] = test.Count;
+        WriteJsonl(testPath, partition.Test);
+        counts["test"] = partition.Test.Count;
+        var publicPath = Path.Combine(outDir, "public.jsonl");
+        WriteJsonl(publicPath, partition.Public);
+        counts["public"] = partition.Public.Count;
+        return new WordNetSplit(parties, testPath, publicPath, counts);
+    }
+
+    /// <summary>Which synsets go where: each party's train and dev, the all-domain test set, the public corpus.</summary>
+    public static WordNetPartition Partition(IReadOnlyList<Synset> synsets, WordNetSplitOptions o)
+    {
+        var rng = new Random((int)o.Seed);
+        var partyDomains = o.Parties.SelectMany(p => p.Value).ToHashSet();
+        var pools = o.Parties.ToDictionary(p => p.Key, p => Shuffle(synsets.Where(s => p.Value.Contains(s.Domain) && Usable(s)).OrderBy(s => s.Pos).ThenBy(s => s.Offset).ToList(), rng));
+        if (o.DirichletAlpha is double alpha) pools = DirichletSplit(pools.Values.SelectMany(x => x).ToList(), o.Parties.Keys.ToList(), alpha, rng);
+        var parties = new Dictionary<string, (IReadOnlyList<Synset>, IReadOnlyList<Synset>)>();
+        var test = new List<Synset>();
+        foreach (var (party, pool) in pools)
+        {
+            var need = o.TestPerParty + o.DevPerParty;
+            if (pool.Count <= need) throw new DataFormatException($"party '{party}': only {pool.Count} synsets in its domains, need more than {need}");
+            test.AddRange(pool.Take(o.TestPerParty));
+            parties[party] = (pool.Skip(need).Take(o.TrainPerParty).ToList(), pool.Skip(o.TestPerParty).Take(o.DevPerParty).ToList());
+        }
         // Public corpus: other domains only, so the base model knows the task format but not the parties' domains.
         var pub = Shuffle(synsets.Where(s => !partyDomains.Contains(s.Domain) && Usable(s)).OrderBy(s => s.Pos).ThenBy(s => s.Offset).ToList(), rng);
         if (o.PublicLimit > 0) pub = pub.Take(o.PublicLimit).ToList();
-        var publicPath = Path.Combine(outDir, "public.jsonl");
-        WriteJsonl(publicPath, pub);
-        counts["public"] = pub.Count;
-        return new WordNetSplit(parties, testPath, publicPath, counts);
+        return new WordNetPartition(parties, test, pub);
     }
+
+    /// <summary>Short glosses make a cleaner generation task; ordering before the shuffle makes the split reproducible.</summary>
+    public static bool Usable(Synset s) => s.Definition.Length <= 120;
 
     static void WriteJsonl(string path, IEnumerable<Synset> items) =>
         File.WriteAllLines(path, items.Select(s => JsonSerializer.Serialize(new { content = s.Content, summary = s.Definition, domain = s.Domain })));

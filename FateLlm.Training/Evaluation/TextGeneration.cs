@@ -20,7 +20,9 @@ public static class TextGeneration
     public static IReadOnlyList<int> Generate(CausalLm model, IReadOnlyList<int> prompt, SamplingOptions o, int? eos) =>
         GenerateBatch(model, [prompt], o, eos, padId: eos ?? 0)[0];
 
-    public static List<List<int>> GenerateBatch(CausalLm model, IReadOnlyList<IReadOnlyList<int>> prompts, SamplingOptions o, int? eos, int padId)
+    /// <param name="finished">Whether row i's output so far is complete (a stop sequence reached); such rows stop growing.</param>
+    public static List<List<int>> GenerateBatch(CausalLm model, IReadOnlyList<IReadOnlyList<int>> prompts, SamplingOptions o, int? eos, int padId,
+        Func<int, IReadOnlyList<int>, bool>? finished = null)
     {
         if (prompts.Count == 0) return [];
         if (prompts.Any(p => p.Count == 0)) throw new ArgumentException("an empty prompt cannot be continued (add a BOS token)");
@@ -58,6 +60,7 @@ public static class TextGeneration
                     if (done[i]) continue;
                     if (o.StopAtEos && eos is int e && chosen[i] == e) { done[i] = true; continue; }
                     outputs[i].Add((int)chosen[i]);
+                    if (finished?.Invoke(i, outputs[i]) == true) done[i] = true;
                 }
                 if (done.All(d => d)) break;
                 input.Dispose();

@@ -61,23 +61,31 @@ public static class Rouge
 /// </summary>
 public static class Bleu
 {
-    public static double Sentence(IReadOnlyList<IReadOnlyList<string>> references, IReadOnlyList<string> hypothesis, int maxN = 4)
+    public static double Sentence(IReadOnlyList<IReadOnlyList<string>> references, IReadOnlyList<string> hypothesis, int maxN = 4) =>
+        Corpus([(references, hypothesis)], maxN);
+
+    /// <summary>Corpus BLEU: clipped n-gram matches and lengths summed over all segments before the ratios are taken.</summary>
+    public static double Corpus(IReadOnlyList<(IReadOnlyList<IReadOnlyList<string>> References, IReadOnlyList<string> Hypothesis)> segments, int maxN = 4)
     {
-        if (references.Count == 0) throw new ArgumentException("at least one reference is needed", nameof(references));
         var numerators = new long[maxN + 1];
         var denominators = new long[maxN + 1];
-        for (int n = 1; n <= maxN; n++)
+        long hypLen = 0, refLen = 0;
+        foreach (var (references, hypothesis) in segments)
         {
-            var counts = NGrams.Count(hypothesis, n);
-            var maxRef = new Dictionary<string, int>();
-            foreach (var r in references)
-                foreach (var (g, c) in NGrams.Count(r, n))
-                    maxRef[g] = Math.Max(maxRef.GetValueOrDefault(g), c);
-            numerators[n] = counts.Sum(kv => Math.Min(kv.Value, maxRef.GetValueOrDefault(kv.Key)));
-            denominators[n] = Math.Max(1, counts.Values.Sum());
+            if (references.Count == 0) throw new ArgumentException("at least one reference is needed", nameof(segments));
+            for (int n = 1; n <= maxN; n++)
+            {
+                var counts = NGrams.Count(hypothesis, n);
+                var maxRef = new Dictionary<string, int>();
+                foreach (var r in references)
+                    foreach (var (g, c) in NGrams.Count(r, n))
+                        maxRef[g] = Math.Max(maxRef.GetValueOrDefault(g), c);
+                numerators[n] += counts.Sum(kv => Math.Min(kv.Value, maxRef.GetValueOrDefault(kv.Key)));
+                denominators[n] += counts.Values.Sum();
+            }
+            hypLen += hypothesis.Count;
+            refLen += references.Select(r => r.Count).OrderBy(l => Math.Abs(l - hypothesis.Count)).ThenBy(l => l).First();
         }
-        var hypLen = hypothesis.Count;
-        var refLen = references.Select(r => r.Count).OrderBy(l => Math.Abs(l - hypLen)).ThenBy(l => l).First();
         double bp = hypLen > refLen ? 1 : hypLen == 0 ? 0 : Math.Exp(1 - refLen / (double)hypLen);
         if (numerators[1] == 0) return 0;
         double sum = 0;
@@ -85,8 +93,9 @@ public static class Bleu
         for (int n = 1; n <= maxN; n++)
         {
             double p;
-            if (numerators[n] == 0) { p = 1.0 / (Math.Pow(2, k) * denominators[n]); k++; }
-            else p = numerators[n] / (double)denominators[n];
+            var denominator = Math.Max(1, denominators[n]);
+            if (numerators[n] == 0) { p = 1.0 / (Math.Pow(2, k) * denominator); k++; }
+            else p = numerators[n] / (double)denominator;
             sum += Math.Log(p) / maxN;
         }
         return bp * Math.Exp(sum);
