@@ -1,3 +1,4 @@
+using FateLlm.Training.Federation;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Parties;
 
@@ -21,7 +22,11 @@ public sealed record BoardSnapshot(DateTime At, long Version, MemberView[] Membe
 public sealed record MemberView(string Address, string[] Roles, string? Organization, string Status, bool Reachable);
 
 public sealed record JobView(string JobId, string State, string? Algorithm, int CompletedRounds, int TotalRounds, string? Reason,
-    double? Epsilon, CurrentRoundView? Current, RoundPoint[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir);
+    double? Epsilon, CurrentRoundView? Current, RoundPoint[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir)
+{
+    /// <summary>The final evaluation's tasks, document-weighted over the parties that scored them.</summary>
+    public TaskScore[] Tasks => [.. TaskScore.Aggregate(FinalEvaluation.SelectMany(e => e.Tasks))];
+}
 
 /// <param name="SecureAggregation">The secure-aggregation step in flight and who has answered it; null outside one.</param>
 public sealed record CurrentRoundView(int Round, int Attempt, int Exchange, string Stage, PartyView[] Parties, SecureStepView? SecureAggregation);

@@ -65,6 +65,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     readonly List<IActorRef> _submitters = new();
     readonly HashSet<string> _awaitingEvaluation = new();
     readonly List<PartyEvaluation> _evaluations = new();
+    readonly Dictionary<string, string> _evaluationMissing = new();
+    IReadOnlyDictionary<string, string> _evaluationLeftOut = new Dictionary<string, string>();
     readonly List<IJobEvent> _history = new();
     string[] _waitingFor = [];
     RoundInFlight? _current;
@@ -153,6 +155,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<RoundWatchdog>(_ => { });
         Command<EvaluateReply>(_ => { });
         Command<EvaluationTimeout>(_ => { });
+        Command<PartyNodeLeft>(_ => { });
         Command<ResendStart>(_ => { });
         Command<RoundHostLost>(_ => { });
         Command<Terminated>(_ => { });
@@ -269,6 +272,14 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         });
         Command<EvaluateReply>(OnEvaluateReply);
         Command<EvaluationTimeout>(_ => RecordEvaluation());
+        Command<PartyNodeLeft>(l =>
+        {
+            // A party whose node is gone will not answer: stop waiting for it rather than for the deadline.
+            if (!_awaitingEvaluation.Remove(l.Org)) return;
+            _log.Warning("job {0}: party {1}'s node left the cluster during the final evaluation; it is left out", _jobId, l.Org);
+            _evaluationMissing[l.Org] = "its node left the cluster during the evaluation";
+            if (_awaitingEvaluation.Count == 0) RecordEvaluation();
+        });
         IgnoreStaleRounds();
     }
 
@@ -356,6 +367,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             case FinalEvaluationRecorded f:
                 _evaluation = f.Results;
                 _evaluationProblem = f.Problem;
+                _evaluationLeftOut = f.Missing;
                 break;
             case JobCompleted c:
                 _status = JobState.Completed;
@@ -632,6 +644,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         var spec = _spec!;
         _awaitingEvaluation.Clear();
         _evaluations.Clear();
+        _evaluationMissing.Clear();
         if (plan.Instruction is { } instruction)
         {
             var downloads = instruction.Downloads.ToDictionary(kv => kv.Key, kv => Blob(kv.Value));
@@ -641,6 +654,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
                 if (!_s.Presence.Present(p.Org))
                 {
                     _log.Warning("job {0}: party {1} has no node in the cluster; it is left out of the final evaluation", _jobId, p.Org);
+                    _evaluationMissing[p.Org] = "no node in the cluster";
                     continue;
                 }
                 _awaitingEvaluation.Add(p.Org);
@@ -648,14 +662,24 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             }
         }
         if (_awaitingEvaluation.Count == 0) RecordEvaluation();
-        // Parties that are gone are not waited for longer than an exchange would wait for them.
-        else Timers.StartSingleTimer("evaluation", new EvaluationTimeout(), spec.Round.Deadline);
+        else
+        {
+            if (Context.Child(PresenceWatcher).IsNobody() && _s.Presence.Watcher(Self) is { } watcher) Context.ActorOf(watcher, PresenceWatcher);
+            // Parties that are gone are not waited for longer than an exchange would wait for them.
+            Timers.StartSingleTimer("evaluation", new EvaluationTimeout(), spec.Round.Deadline);
+        }
     }
+
+    const string PresenceWatcher = "evaluation-presence";
 
     void OnEvaluateReply(EvaluateReply r)
     {
         if (!_awaitingEvaluation.Remove(r.Org)) return;
-        if (r.Result is null) _log.Warning("job {0}: party {1} could not evaluate: {2}", _jobId, r.Org, r.Error);
+        if (r.Result is null)
+        {
+            _log.Warning("job {0}: party {1} could not evaluate: {2}", _jobId, r.Org, r.Error);
+            _evaluationMissing[r.Org] = r.Error ?? "failed";
+        }
         else _evaluations.Add(r.Result);
         if (_awaitingEvaluation.Count == 0) RecordEvaluation();
     }
@@ -666,9 +690,12 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Timers.Cancel("evaluation");
         // Parties that did not answer in time are left out of the final table, not waited for.
         var results = _evaluations.OrderBy(v => v.Org).ToArray();
+        foreach (var org in _awaitingEvaluation) _evaluationMissing[org] = "no answer before the round deadline";
         _awaitingEvaluation.Clear();
+        if (!Context.Child(PresenceWatcher).IsNobody()) Context.Stop(Context.Child(PresenceWatcher));
         Become(Exporting);
-        Persist(new FinalEvaluationRecorded(results, DateTime.UtcNow) { Problem = problem }, e =>
+        var missing = new SortedDictionary<string, string>(_evaluationMissing, StringComparer.Ordinal);
+        Persist(new FinalEvaluationRecorded(results, DateTime.UtcNow) { Problem = problem, Missing = missing }, e =>
         {
             Apply(e);
             if (_s.Faults.Trip(FaultPoints.JobExporting, Context, job: _jobId)) return;
@@ -688,6 +715,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         LastFailure = _lastFailure,
         Current = _status == JobState.Running ? _current : null,
         EvaluationProblem = _evaluationProblem,
+        EvaluationMissing = _evaluationLeftOut,
     };
 
     public static Props Props(string jobId, JobSettings settings) => Akka.Actor.Props.Create(() => new JobActor(jobId, settings));

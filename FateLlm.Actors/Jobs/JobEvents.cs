@@ -28,6 +28,8 @@ public sealed record FinalEvaluationRecorded(PartyEvaluation[] Results, DateTime
 {
     /// <summary>Why no party evaluated at all (the plan failed); null when the evaluation ran.</summary>
     public string? Problem { get; init; }
+    /// <summary>Parties asked to evaluate that did not, each with why (no node, an error, no answer in time).</summary>
+    public IReadOnlyDictionary<string, string> Missing { get; init; } = new Dictionary<string, string>();
 }
 public sealed record JobCompleted(string OutputDir, DateTime At) : IJobEvent;
 public sealed record JobFailed(string Reason, DateTime At) : IJobEvent;

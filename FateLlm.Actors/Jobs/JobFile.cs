@@ -251,7 +251,10 @@ public static class JobFile
                 ClipCountNoise = r.Double("dp.clip-count-noise"),
             },
             Validation = new UpdateLimits { MaxNorm = r.Double("validation.max-update-norm"), MaxBytes = r.Size("validation.max-update-bytes") },
-            Evaluation = new EvaluationOptions(r.Int("evaluation.limit"), r.Int("evaluation.max-new-tokens")),
+            Evaluation = new EvaluationOptions(r.Int("evaluation.limit"), r.Int("evaluation.max-new-tokens"))
+            {
+                Tasks = r.Strings("evaluation.tasks"), Every = r.Int("evaluation.every"), TaskLimit = r.Int("evaluation.task-limit"),
+            },
             OutputDir = Resolve(job.HasPath("output") ? r.String("output") : "runs/" + jobId),
             Seed = r.Long("seed"),
             Export = new ExportOptions(r.Parsed("export.merged", ExportOptions.Parse), r.Size("export.merged-auto-limit")),

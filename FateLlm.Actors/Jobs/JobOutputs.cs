@@ -86,6 +86,8 @@ public sealed class JobOutputs : ReceiveActor
             Directory.CreateDirectory(dir);
             e.Server.Finalize(e.Context, e.State, dir);
             File.WriteAllText(Path.Combine(dir, "evaluation.json"), JsonSerializer.Serialize(e.Evaluation, Indented));
+            if (e.Evaluation.Any(p => p.Tasks.Length > 0))
+                File.WriteAllText(Path.Combine(dir, "evaluation-tasks.json"), JsonSerializer.Serialize(TaskScore.Aggregate(e.Evaluation.SelectMany(p => p.Tasks)), Indented));
             PlotRounds(e.Rounds, spec, Path.Combine(dir, "loss.png"));
             return (object)new Exported(dir);
         }).PipeTo(Sender, failure: ex => new ExportFailed(ex.GetBaseException().Message));

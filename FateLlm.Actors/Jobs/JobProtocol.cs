@@ -61,7 +61,11 @@ public sealed record RoundSummary(int Round, int Attempt, string? GlobalDigest, 
     public IReadOnlyDictionary<string, double> Metrics { get; init; } = new Dictionary<string, double>();
 }
 
-public sealed record PartyEvaluation(string Org, double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples) : IControlMessage;
+public sealed record PartyEvaluation(string Org, double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples) : IControlMessage
+{
+    /// <summary>The job's evaluation tasks as this party scored them on its own data (none in jobs that name none, or journaled before tasks existed).</summary>
+    public TaskScore[] Tasks { get; init; } = [];
+}
 
 public sealed record JobStatus(string JobId, JobState State, int CompletedRounds, int TotalRounds, int CurrentAttempt, string? GlobalDigest,
     string? Reason, RoundSummary[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir) : IControlMessage
@@ -80,6 +84,8 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
     public IReadOnlyDictionary<string, string> Artifacts { get; init; } = new Dictionary<string, string>();
     /// <summary>Why the job has no final evaluation, when it could not be planned.</summary>
     public string? EvaluationProblem { get; init; }
+    /// <summary>Parties left out of the final evaluation, each with why.</summary>
+    public IReadOnlyDictionary<string, string> EvaluationMissing { get; init; } = new Dictionary<string, string>();
 }
 
 /// <param name="Answers">Party → "ok" or the reason it failed, for the exchange in flight.</param>

@@ -53,6 +53,8 @@ public sealed record NodeOptions
     /// <summary>Organization id (party nodes): the node gets cluster role <c>org-&lt;id&gt;</c>.</summary>
     public string? Org { get; init; }
     public IReadOnlyDictionary<string, string> Datasets { get; init; } = new Dictionary<string, string>();
+    /// <summary>Folders of evaluation task YAMLs a party's node resolves a job's <c>evaluation.tasks</c> in (<c>--task-path</c>).</summary>
+    public IReadOnlyList<string> TaskFolders { get; init; } = [];
     /// <summary>Extra HOCON with the highest precedence (node config file, test timings).</summary>
     public Config? Overrides { get; init; }
     /// <summary>Mutual TLS with the federation CA (<c>--tls DIR</c>); null runs plain TCP.</summary>
@@ -248,6 +250,9 @@ public sealed class FederationNode : IAsyncDisposable
                     config.GetString("fate-llm.training.dispatcher"), modelsRoot, Path.Combine(config.GetString("fate-llm.data-dir"), "work"))
                 {
                     Faults = faults, Algorithms = o.Algorithms,
+                    // A dataset that maps to a task YAML names that task; the built-in tasks are written once per node.
+                    Tasks = new Training.Evaluation.Harness.TaskSources(o.Datasets, o.TaskFolders,
+                        Path.Combine(config.GetString("fate-llm.data-dir"), "tasks"), config.GetString("fate-llm.harness.wordnet-dictionary")),
                     TrainerBackoffMin = config.GetTimeSpan("fate-llm.party.trainer-backoff-min"),
                     TrainerBackoffMax = config.GetTimeSpan("fate-llm.party.trainer-backoff-max"),
                     IsArbiter = address => cluster.State.Members.Any(m => m.Address == address && m.HasRole(ClusterRoles.Arbiter)),

@@ -33,7 +33,7 @@ internal sealed class EvaluationWork : ReceiveActor
         Receive<FetchCompleted>(f => { if (_files.Arrived(f, _s)) Evaluate(); });
         Receive<FetchFailed>(f => Reply(null, $"download of '{f.Correlation}' failed: {f.Reason}"));
         Receive<EvaluationDone>(d => Reply(new PartyEvaluation(Org, d.Result.Loss, d.Result.Perplexity, d.Result.Rouge1, d.Result.Rouge2,
-            d.Result.RougeL, d.Result.Bleu4, d.Result.Samples), null));
+            d.Result.RougeL, d.Result.Bleu4, d.Result.Samples) { Tasks = [.. d.Result.Tasks] }, null));
         Receive<EvaluationFailed>(f => Reply(null, f.Reason));
     }
 

@@ -14,6 +14,8 @@ public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, s
     TransferSettings Transfer, string TrainingDispatcher, string? ModelsRoot, string WorkspaceRoot)
 {
     public FaultInjection Faults { get; init; } = FaultInjection.None;
+    /// <summary>Where jobs' evaluation tasks are found; null: this node runs none.</summary>
+    public Training.Evaluation.Harness.TaskSources? Tasks { get; init; }
     /// <summary>The plug-ins this node runs.</summary>
     public AlgorithmCatalog Algorithms { get; init; } = AlgorithmCatalog.BuiltIn;
     public TimeSpan TrainerBackoffMin { get; init; } = TimeSpan.FromMilliseconds(200);
@@ -32,7 +34,7 @@ public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, s
     /// <summary>What the algorithm's party side sees of this node for one piece of work: its model copy, data and workspace.</summary>
     public ClientContext ContextFor(JobSpec spec, PartySpec party, int round, int attempt, int phase) =>
         new(spec, Org, round, attempt, phase, ModelLocation.Resolve(spec.ModelPath, ModelsRoot), Datasets[party.Dataset],
-            party.EvalDataset is null ? null : Datasets[party.EvalDataset], Workspace(spec.JobId)) { KeysDir = KeysRoot };
+            party.EvalDataset is null ? null : Datasets[party.EvalDataset], Workspace(spec.JobId)) { KeysDir = KeysRoot, Tasks = Tasks };
 }
 
 /// <summary>

@@ -22,13 +22,17 @@ internal static class DataCommands
         {
             if (p.GetValue(alpha) is <= 0) throw new UsageException("--dirichlet α must be positive");
             var synsets = WordNetCorpus.Read(p.GetValue(dict)!);
-            var split = WordNetCorpus.Write(synsets, p.GetValue(outDir)!, new WordNetSplitOptions
+            var options = new WordNetSplitOptions
             {
                 Seed = p.GetValue(seed), TrainPerParty = TrainingCommands.Positive(p.GetValue(train), "--train-per-party"),
                 DevPerParty = TrainingCommands.Positive(p.GetValue(dev), "--dev-per-party"), TestPerParty = TrainingCommands.Positive(p.GetValue(test), "--test-per-party"),
                 PublicLimit = p.GetValue(publicLimit), DirichletAlpha = p.GetValue(alpha),
-            });
+            };
+            var split = WordNetCorpus.Write(synsets, p.GetValue(outDir)!, options);
             t.Out.WriteLine($"read {synsets.Count:N0} synsets; wrote {string.Join(", ", split.Counts.Select(kv => $"{kv.Key} {kv.Value}"))} to {p.GetValue(outDir)}");
+            var tasks = Path.Combine(p.GetValue(outDir)!, "tasks");
+            var names = FateLlm.Training.Evaluation.Harness.WordNetTasks.Write(synsets, tasks, options);
+            t.Out.WriteLine($"wrote {names.Count} evaluation tasks over the test set to {tasks} (fate-llm evaluate --include-path {tasks} --tasks wordnet)");
         }, dict, outDir, seed, train, dev, test, publicLimit, alpha);
         var cmd = new Command("data", "Datasets");
         cmd.Subcommands.Add(wordnet);

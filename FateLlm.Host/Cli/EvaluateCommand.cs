@@ -27,7 +27,7 @@ internal static class EvaluateCommand
         var bos = Opt("--bos", "auto | on | off: start each context with BOS (auto: when the tokenizer adds one, as FateLlm trains; off: lm-eval's HF default)", "auto");
         var output = new Option<string?>("--output") { Description = "Write lm-eval's results JSON here" };
         var logSamples = Opt("--log-samples", "With --output: write samples_<task>.jsonl beside the results", false);
-        var dict = Opt("--dict", "WordNet dictionary for the built-in tasks", WordNetCorpus.DefaultDictionary);
+        var dict = Opt("--dict", "WordNet dictionary for the built-in tasks", defaults.GetString("wordnet-dictionary"));
         var runtime = new RuntimeOptionSet();
         return new Command("evaluate", "Score a model (and adapter) on lm-eval-style tasks: multiple choice by log-likelihood, rolling perplexity, generation").With(p =>
         {
@@ -47,15 +47,8 @@ internal static class EvaluateCommand
             if (options.LogSamples && p.GetValue(output) is null) throw new UsageException("--log-samples needs --output FILE");
             var folders = (p.GetValue(include) ?? []).ToList();
             foreach (var f in folders.Where(f => !Directory.Exists(f))) throw new UsageException($"--include-path '{f}' is not a folder");
-            var builtIn = Path.GetFullPath(defaults.GetString("task-folder"));
-            var catalog = new TaskCatalog([.. folders, builtIn]);
-            if (names.Any(n => !catalog.Knows(n) && n.StartsWith(WordNetTasks.Tag, StringComparison.Ordinal)))
-            {
-                t.Out.WriteLine($"writing the built-in WordNet tasks to {builtIn}");
-                WordNetTasks.Write(WordNetCorpus.Read(p.GetValue(dict)!), builtIn, new WordNetSplitOptions());
-                catalog = new TaskCatalog([.. folders, builtIn]);
-            }
-            var resolved = catalog.Resolve(names, defaults.GetInt("max-gen-toks"));
+            var sources = new TaskSources(new Dictionary<string, string>(), folders, Path.GetFullPath(defaults.GetString("task-folder")), p.GetValue(dict)!);
+            var resolved = sources.Resolve(names, defaults.GetInt("max-gen-toks"));
             var device = runtime.Apply(p);
             var clock = Stopwatch.StartNew();
             using var loaded = LoadedModel.Open(p.GetValue(model), p.GetValue(adapter), device);

@@ -219,6 +219,18 @@ internal static class JobCommands
         if (r.Privacy is { } dp) t.Out.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
     }
 
+    /// <summary>Each evaluation task: every party's figures on its own data, then their document-weighted aggregate.</summary>
+    internal static void PrintTasks(Terminal t, PartyEvaluation[] evaluation)
+    {
+        static string Figures(TaskScore s) => string.Join("  ", s.Metrics.Select(m => $"{m.Key} {m.Value:F4}" + (s.StdErr.TryGetValue(m.Key, out var se) ? $" ± {se:F4}" : "")));
+        foreach (var task in TaskScore.Aggregate(evaluation.SelectMany(e => e.Tasks)))
+        {
+            t.Out.WriteLine($"  task {task.Task}: {Figures(task)}  (n = {task.Documents}, {evaluation.Count(e => e.Tasks.Any(x => x.Task == task.Task))} parties)");
+            foreach (var e in evaluation)
+                if (e.Tasks.FirstOrDefault(x => x.Task == task.Task) is { } mine) t.Out.WriteLine($"    {e.Org,-12} {Figures(mine)}  (n = {mine.Documents})");
+        }
+    }
+
     static void Print(Terminal t, JobStatus s)
     {
         t.Out.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} rounds{(s.Reason is null ? "" : ", " + s.Reason)}");
@@ -228,6 +240,8 @@ internal static class JobCommands
         if (s.EvaluationProblem is { } problem) t.Out.WriteLine($"  no final evaluation: {problem}");
         foreach (var e in s.FinalEvaluation)
             t.Out.WriteLine($"  {e.Org,-12} loss {e.Loss:F4} ppl {e.Perplexity:F2} ROUGE-L {e.RougeL:F2} BLEU-4 {e.Bleu4:F2}");
+        foreach (var (org, why) in s.EvaluationMissing) t.Out.WriteLine($"  {org,-12} not evaluated: {why}");
+        PrintTasks(t, s.FinalEvaluation);
         if (s.State == JobState.Completed) t.Out.WriteLine($"outputs in {s.OutputDir}");
     }
 }

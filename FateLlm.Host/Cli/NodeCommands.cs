@@ -153,7 +153,8 @@ internal static class NodeCommands
         arbiter.With(p => RunNode(t, p, shared, shared.Read(p, NodeRole.Arbiter, "arbiter") with { Algorithms = algorithms }), shared.All);
 
         var org = Required<string>("--org", "This organization's id (its identity in the federation)");
-        var data = new Option<string[]>("--data") { Description = "A private dataset, name=path.jsonl (repeatable)", Required = true };
+        var data = new Option<string[]>("--data") { Description = "A private dataset, name=path.jsonl, or an evaluation task, name=task.yaml (repeatable)", Required = true };
+        var taskPath = new Option<string[]>("--task-path") { Description = "A folder of evaluation task YAMLs for jobs' evaluation.tasks (repeatable; the built-in WordNet tasks need none)" };
         var party = new Command("party", "Run a party node next to an organization's private data");
         party.With(p =>
         {
@@ -166,11 +167,14 @@ internal static class NodeCommands
                 if (eq <= 0 || eq == d.Length - 1) throw new UsageException($"--data '{d}' must be name=path.jsonl");
                 var path = Path.GetFullPath(d[(eq + 1)..]);
                 // Validate now: a bad line should stop the node with file:line, not fail a round later.
-                InstructionData.ReadJsonl(path, new DataOptions());
+                if (path.EndsWith(".yaml") || path.EndsWith(".yml")) FateLlm.Training.Evaluation.Harness.TaskYaml.Load(path);
+                else InstructionData.ReadJsonl(path, new DataOptions());
                 datasets[d[..eq]] = path;
             }
-            RunNode(t, p, shared, shared.Read(p, NodeRole.Party, "party-" + id, id, datasets) with { Algorithms = algorithms });
-        }, [org, data, .. shared.All]);
+            var folders = (p.GetValue(taskPath) ?? []).Select(Path.GetFullPath).ToList();
+            foreach (var f in folders.Where(f => !Directory.Exists(f))) throw new UsageException($"--task-path '{f}' is not a folder");
+            RunNode(t, p, shared, shared.Read(p, NodeRole.Party, "party-" + id, id, datasets) with { Algorithms = algorithms, TaskFolders = folders });
+        }, [org, data, taskPath, .. shared.All]);
         return [seed, arbiter, party];
     }
 

@@ -145,6 +145,8 @@ public sealed record ClientContext(JobSpec Spec, string Party, int Round, int At
     public string KeysDir { get; init; } = "";
     /// <summary>Where a local round reports its steps (the party's node forwards them to the arbiter as heartbeats).</summary>
     public IProgress<Trainer.TrainProgress>? Progress { get; init; }
+    /// <summary>Where this party finds the job's evaluation tasks; null where it runs none.</summary>
+    public Evaluation.Harness.TaskSources? Tasks { get; init; }
 }
 
 /// <summary>A party's answer to one exchange: the update's bytes, the samples behind it, and figures worth reporting.</summary>

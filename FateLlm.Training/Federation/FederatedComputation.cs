@@ -2,6 +2,7 @@ using System.Diagnostics;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
+using FateLlm.Training.Evaluation.Harness;
 using FateLlm.Training.IO;
 using FateLlm.Training.Ipr;
 using FateLlm.Training.Models;
@@ -160,20 +161,23 @@ public static class FederatedComputation
         };
     }
 
-    public static EvaluationResult Evaluate(JobSpec spec, string modelPath, byte[] adapter, string data, CancellationToken ct = default)
+    public static EvaluationResult Evaluate(JobSpec spec, string modelPath, byte[] adapter, string data, CancellationToken ct = default, TaskSources? tasks = null)
     {
         using var run = Open(spec, modelPath);
-        return Evaluate(spec, run, adapter, data, ct);
+        return Evaluate(spec, run, adapter, data, ct, tasks);
     }
 
-    public static EvaluationResult Evaluate(JobSpec spec, FineTuning run, byte[] adapter, string data, CancellationToken ct = default)
+    public static EvaluationResult Evaluate(JobSpec spec, FineTuning run, byte[] adapter, string data, CancellationToken ct = default, TaskSources? tasks = null)
     {
         run.LoadTrainable(adapter, "global adapter");
-        return Evaluate(spec, run, data, ct);
+        return Evaluate(spec, run, data, ct, tasks);
     }
 
-    /// <summary>The job's evaluation (loss, and generation scores on up to <c>evaluation.limit</c> examples) of a model as it stands.</summary>
-    public static EvaluationResult Evaluate(JobSpec spec, FineTuning run, string data, CancellationToken ct = default)
+    /// <summary>
+    /// The job's evaluation of a model as it stands: loss, generation scores on up to <c>evaluation.limit</c> examples,
+    /// and the job's <c>evaluation.tasks</c> found through <paramref name="tasks"/>.
+    /// </summary>
+    public static EvaluationResult Evaluate(JobSpec spec, FineTuning run, string data, CancellationToken ct = default, TaskSources? tasks = null)
     {
         TorchRuntime.SetThreads(spec.Local.Threads);
         var examples = InstructionData.ReadJsonl(data, spec.Data);
@@ -183,7 +187,30 @@ public static class FederatedComputation
             Limit = spec.Evaluation.Limit, BatchSize = Math.Max(8, spec.Local.BatchSize), Sampling = new SamplingOptions { MaxNewTokens = spec.Evaluation.MaxNewTokens },
         });
         var s = report.Scores;
-        return new EvaluationResult(report.Loss, report.Perplexity, s?.Rouge1, s?.Rouge2, s?.RougeL, s?.Bleu4, s?.Samples ?? 0);
+        return new EvaluationResult(report.Loss, report.Perplexity, s?.Rouge1, s?.Rouge2, s?.RougeL, s?.Bleu4, s?.Samples ?? 0)
+        {
+            Tasks = RunTasks(spec, run, tasks, ct),
+        };
+    }
+
+    /// <summary>The job's evaluation tasks on the model as it stands; none when the job names none.</summary>
+    public static IReadOnlyList<TaskScore> RunTasks(JobSpec spec, FineTuning run, TaskSources? sources, CancellationToken ct)
+    {
+        if (spec.Evaluation.Tasks.Count == 0) return [];
+        if (sources is null) throw new InvalidOperationException($"job {spec.JobId} names evaluation tasks ({string.Join(", ", spec.Evaluation.Tasks)}) but this node has no task sources");
+        var options = new HarnessOptions
+        {
+            BatchSize = Math.Max(8, spec.Local.BatchSize), Limit = spec.Evaluation.TaskLimit > 0 ? spec.Evaluation.TaskLimit : null,
+        };
+        var scores = new List<TaskScore>();
+        foreach (var task in sources.Resolve(spec.Evaluation.Tasks, spec.Evaluation.MaxNewTokens))
+        {
+            ct.ThrowIfCancellationRequested();
+            var r = TaskEvaluation.Run(run.Model, run.Tokenizer, task, options);
+            scores.Add(new TaskScore(task.Task, r.Effective, r.Metrics.ToDictionary(kv => kv.Key, kv => kv.Value.Value),
+                r.Metrics.Where(kv => kv.Value.StdErr is not null).ToDictionary(kv => kv.Key, kv => kv.Value.StdErr!.Value)));
+        }
+        return scores;
     }
 
     /// <summary>

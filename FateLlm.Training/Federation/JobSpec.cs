@@ -143,7 +143,16 @@ public sealed record UpdateLimits
     public required long MaxBytes { get; init; }
 }
 
-public sealed record EvaluationOptions(int Limit, int MaxNewTokens);
+/// <param name="Limit">Dev examples of the generation scores (0: all).</param>
+public sealed record EvaluationOptions(int Limit, int MaxNewTokens)
+{
+    /// <summary>lm-eval-style tasks each party runs on its own data (names, tags or YAML files its node resolves); none before they existed.</summary>
+    public IReadOnlyList<string> Tasks { get; init; } = [];
+    /// <summary>Also run the tasks on the global state every this many rounds (0: only the final evaluation).</summary>
+    public int Every { get; init; }
+    /// <summary>Documents per task (0: all).</summary>
+    public int TaskLimit { get; init; }
+}
 
 /// <summary>Raised for a job that cannot run; the message names the origin and the field.</summary>
 public sealed class JobSpecException(string message) : Exception(message);
@@ -181,4 +190,24 @@ public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, dou
     public double TrainSeconds { get; init; }
 }
 
-public sealed record EvaluationResult(double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples);
+public sealed record EvaluationResult(double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples)
+{
+    /// <summary>The job's evaluation tasks as this party scored them.</summary>
+    public IReadOnlyList<TaskScore> Tasks { get; init; } = [];
+}
+
+/// <summary>One task's figures at one party over <paramref name="Documents"/>: each metric's value, and its standard error where it has one.</summary>
+public sealed record TaskScore(string Task, int Documents, IReadOnlyDictionary<string, double> Metrics, IReadOnlyDictionary<string, double> StdErr)
+{
+    /// <summary>Each task's document-weighted mean of every metric over the parties that scored it (lm-eval's size-weighted group mean).</summary>
+    public static IReadOnlyList<TaskScore> Aggregate(IEnumerable<TaskScore> scores) => scores.GroupBy(s => s.Task).Select(g =>
+    {
+        var n = g.Sum(s => s.Documents);
+        var metrics = g.SelectMany(s => s.Metrics.Keys).Distinct().ToDictionary(m => m, m => g.Where(s => s.Metrics.ContainsKey(m)).Sum(s => s.Metrics[m] * s.Documents)
+            / Math.Max(1, g.Where(s => s.Metrics.ContainsKey(m)).Sum(s => s.Documents)));
+        // Pooled standard error of a weighted mean of independent parts: sqrt(Σ (n_i/N)² se_i²).
+        var stderr = metrics.Keys.Where(m => g.All(s => s.StdErr.ContainsKey(m)))
+            .ToDictionary(m => m, m => Math.Sqrt(g.Sum(s => Math.Pow(s.Documents / (double)n * s.StdErr[m], 2))));
+        return new TaskScore(g.Key, n, metrics, stderr);
+    }).ToList();
+}

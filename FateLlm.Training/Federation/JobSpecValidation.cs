@@ -48,6 +48,9 @@ public static class JobSpecValidation
             $"needs max-prompt-tokens ≥ 1, max-response-tokens ≥ 1 and max-tokens ≥ 3 (bos, a token, eos), got {data.MaxPromptTokens}, {data.MaxResponseTokens}, {data.MaxTotalTokens}");
         Check(spec.Evaluation.Limit >= 0, "evaluation.limit", $"must be ≥ 0, got {spec.Evaluation.Limit}");
         Check(spec.Evaluation.MaxNewTokens >= 1, "evaluation.max-new-tokens", $"must be ≥ 1, got {spec.Evaluation.MaxNewTokens}");
+        Check(spec.Evaluation.Every >= 0, "evaluation.every", $"must be ≥ 0, got {spec.Evaluation.Every}");
+        Check(spec.Evaluation.TaskLimit >= 0, "evaluation.task-limit", $"must be ≥ 0, got {spec.Evaluation.TaskLimit}");
+        Check(spec.Evaluation.Every == 0 || spec.Evaluation.Tasks.Count > 0, "evaluation.every", "needs evaluation.tasks");
         Check(spec.Data.Template.Contains("{prompt}"), "data.template", "must contain {prompt}");
         Check(spec.Validation.MaxNorm > 0, "validation.max-update-norm", "must be > 0");
         Check(spec.Validation.MaxBytes > 0, "validation.max-update-bytes", "must be > 0");

@@ -79,7 +79,21 @@ function evaluation(job) {
   const f = v => num(v) === null ? "–" : v.toFixed(2);
   const rows = job.finalEvaluation.map(e => `<tr><td>${esc(e.org)}</td><td class="num">${f(e.loss)}</td><td class="num">${f(e.perplexity)}</td>` +
     `<td class="num">${f(e.rougeL)}</td><td class="num">${f(e.bleu4)}</td><td class="num">${e.samples}</td></tr>`).join("");
-  return `<h3>Final evaluation</h3><table><thead><tr><th>party</th><th>loss</th><th>perplexity</th><th>ROUGE-L</th><th>BLEU-4</th><th>examples</th></tr></thead><tbody>${rows}</tbody></table>`;
+  return `<h3>Final evaluation</h3><table><thead><tr><th>party</th><th>loss</th><th>perplexity</th><th>ROUGE-L</th><th>BLEU-4</th><th>examples</th></tr></thead><tbody>${rows}</tbody></table>` +
+    tasks(job);
+}
+
+// Each evaluation task's document-weighted aggregate (computed by the arbiter), then every party's own figures.
+function tasks(job) {
+  if (!(job.tasks ?? []).length) return "";
+  const cell = (s, m) => m in s.metrics ? s.metrics[m].toFixed(4) + (m in s.stdErr ? ` ± ${s.stdErr[m].toFixed(4)}` : "") : "–";
+  const rows = job.tasks.map(t => {
+    const metrics = Object.keys(t.metrics);
+    const parties = job.finalEvaluation.flatMap(e => e.tasks.filter(x => x.task === t.task).map(x => [e.org, x]));
+    return metrics.map(m => `<tr><td>${esc(t.task)}</td><td>${esc(m)}</td><td class="num">${cell(t, m)}</td><td class="num">${t.documents}</td>` +
+      `<td>${parties.map(([org, x]) => `${esc(org)} ${cell(x, m)} (n ${x.documents})`).join("<br>")}</td></tr>`).join("");
+  }).join("");
+  return `<h3>Evaluation tasks</h3><table class="tasks"><thead><tr><th>task</th><th>metric</th><th>all parties</th><th>documents</th><th>each party</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function job(j) {

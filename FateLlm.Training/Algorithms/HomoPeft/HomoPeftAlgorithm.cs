@@ -76,7 +76,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
             FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
-            return FederatedComputation.Evaluate(ctx.Spec, ctx.ModelPath, File.ReadAllBytes(files[AdapterDownload]), ctx.EvalData ?? ctx.TrainData, ct);
+            return FederatedComputation.Evaluate(ctx.Spec, ctx.ModelPath, File.ReadAllBytes(files[AdapterDownload]), ctx.EvalData ?? ctx.TrainData, ct, ctx.Tasks);
         }
     }
 }

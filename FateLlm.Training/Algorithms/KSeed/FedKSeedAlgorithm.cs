@@ -218,7 +218,7 @@ public sealed class FedKSeedAlgorithm : IFederatedAlgorithm
         {
             TorchRuntime.SetThreads(ctx.Spec.Local.Threads);
             using var model = PartyModel.Open(ctx, instruction, files);
-            return FederatedComputation.Evaluate(ctx.Spec, model.Run, ctx.EvalData ?? ctx.TrainData, ct);
+            return FederatedComputation.Evaluate(ctx.Spec, model.Run, ctx.EvalData ?? ctx.TrainData, ct, ctx.Tasks);
         }
 
         static int PartyNumber(string party) => BitConverter.ToInt32(SHA256.HashData(Encoding.UTF8.GetBytes(party)));

@@ -304,7 +304,7 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
         {
             var s = Settings.Of(ctx.Spec);
             using var run = Open(ctx, s, files.TryGetValue(PartyAverage, out var average) ? average : Latest(ctx, int.MaxValue, FitPhase));
-            return FederatedComputation.Evaluate(ctx.Spec, run, ctx.EvalData ?? ctx.TrainData, ct);
+            return FederatedComputation.Evaluate(ctx.Spec, run, ctx.EvalData ?? ctx.TrainData, ct, ctx.Tasks);
         }
     }
 

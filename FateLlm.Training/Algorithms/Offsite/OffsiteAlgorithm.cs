@@ -223,7 +223,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
         {
             var folder = SubModel.Materialize(files[SubModelArtifact], ctx.Workspace, instruction.Downloads[SubModelArtifact]);
             using var run = OpenSubModel(ctx.Spec, folder, Settings.Of(ctx.Spec));
-            return FederatedComputation.Evaluate(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.EvalData ?? ctx.TrainData, ct);
+            return FederatedComputation.Evaluate(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.EvalData ?? ctx.TrainData, ct, ctx.Tasks);
         }
     }
 }

@@ -48,3 +48,27 @@ public sealed class TaskCatalog
         return files.Distinct().Select(f => TaskYaml.Load(f, defaultMaxGenToks)).ToList();
     }
 }
+
+/// <summary>
+/// Where a party's node finds the tasks a job names: task files it maps by name as it maps its datasets
+/// (<c>--data wordnet_gloss=tasks/gloss.yaml</c>), folders of task YAMLs (<c>--task-path</c>), and the built-in
+/// WordNet tasks, written into <see cref="BuiltInFolder"/> from the node's WordNet dictionary on first use.
+/// </summary>
+public sealed record TaskSources(IReadOnlyDictionary<string, string> Files, IReadOnlyList<string> Folders, string? BuiltInFolder, string WordNetDictionary)
+{
+    public IReadOnlyList<TaskConfig> Resolve(IReadOnlyList<string> names, int defaultMaxGenToks)
+    {
+        var fromFiles = names.Where(n => Files.TryGetValue(n, out var f) && (f.EndsWith(".yaml") || f.EndsWith(".yml"))).ToHashSet();
+        IReadOnlyList<string> folders = BuiltInFolder is null ? Folders : [.. Folders, BuiltInFolder];
+        var catalog = new TaskCatalog(folders);
+        var rest = names.Where(n => !fromFiles.Contains(n)).ToList();
+        if (BuiltInFolder is not null && rest.Any(n => !catalog.Knows(n) && n.StartsWith(WordNetTasks.Tag, StringComparison.Ordinal)))
+        {
+            WordNetTasks.Ensure(BuiltInFolder, WordNetDictionary);
+            catalog = new TaskCatalog(folders);
+        }
+        var resolved = catalog.Resolve(rest, defaultMaxGenToks);
+        // A mapped file is scored under the job's name for it, so each party's own file adds to one aggregate.
+        return [.. names.Where(fromFiles.Contains).Select(n => TaskYaml.Load(Files[n], defaultMaxGenToks) with { Task = n }), .. resolved];
+    }
+}

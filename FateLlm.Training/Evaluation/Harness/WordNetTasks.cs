@@ -119,6 +119,20 @@ public static class WordNetTasks
         return names;
     }
 
+    /// <summary>
+    /// The built-in tasks in <paramref name="folder"/>, written from <paramref name="dictionary"/> with the experiments'
+    /// default split unless already there. Written beside it and moved in, so concurrent first uses never see half a folder.
+    /// </summary>
+    public static void Ensure(string folder, string dictionary)
+    {
+        if (File.Exists(Path.Combine(folder, "wordnet_gloss.yaml"))) return;
+        var staging = $"{folder.TrimEnd(Path.DirectorySeparatorChar)}.{Guid.NewGuid():N}.tmp";
+        Write(WordNetCorpus.Read(dictionary), staging, new WordNetSplitOptions());
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(folder))!);
+        try { Directory.Move(staging, folder); }
+        catch (IOException) when (File.Exists(Path.Combine(folder, "wordnet_gloss.yaml"))) { Directory.Delete(staging, recursive: true); }
+    }
+
     /// <summary>The answer among three distinct distractors, at a random place.</summary>
     static (List<string> Choices, int Label) Choices(string answer, IEnumerable<string> candidates, Random rng)
     {
