@@ -71,6 +71,7 @@ public sealed class JobOutputs : ReceiveActor
                 secure_aggregation = summary.SecureAggregation,
                 seconds = p.Metrics.Where(m => m.Key.StartsWith(ClientUpdate.SecondsPrefix, StringComparison.Ordinal))
                     .ToDictionary(m => m.Key[ClientUpdate.SecondsPrefix.Length..], m => Math.Round(m.Value, 3)),
+                tasks = TaskScore.FromMetrics(p.Metrics).ToDictionary(s => s.Task, s => new { documents = s.Documents, metrics = s.Metrics, stderr = s.StdErr }),
             }, Line));
     }
 

@@ -214,15 +214,18 @@ internal static class JobCommands
             t.Out.WriteLine(p.Succeeded
                 ? $"  {p.Org,-12} loss {p.FirstLoss:F4} → {p.LastLoss:F4}  eval {p.EvalLoss?.ToString("F4") ?? "-"}  up {p.UploadBytes:N0} B  down {p.DownloadBytes:N0} B  retransmitted {p.Retransmissions}"
                 : $"  {p.Org,-12} dropped: {p.Reason}");
+        foreach (var task in TaskScore.Aggregate(r.Parties.Where(p => p.Succeeded).SelectMany(p => TaskScore.FromMetrics(p.Metrics))))
+            t.Out.WriteLine($"  task {task.Task} on the global state before training: {Figures(task)}  (n = {task.Documents})");
         if (r.SecureAggregation is { } sa) t.Out.WriteLine($"  secure aggregation: {sa}");
         foreach (var rejection in r.Rejections) t.Out.WriteLine($"  rejected {rejection}");
         if (r.Privacy is { } dp) t.Out.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
     }
 
+    static string Figures(TaskScore s) => string.Join("  ", s.Metrics.Select(m => $"{m.Key} {m.Value:F4}" + (s.StdErr.TryGetValue(m.Key, out var se) ? $" ± {se:F4}" : "")));
+
     /// <summary>Each evaluation task: every party's figures on its own data, then their document-weighted aggregate.</summary>
     internal static void PrintTasks(Terminal t, PartyEvaluation[] evaluation)
     {
-        static string Figures(TaskScore s) => string.Join("  ", s.Metrics.Select(m => $"{m.Key} {m.Value:F4}" + (s.StdErr.TryGetValue(m.Key, out var se) ? $" ± {se:F4}" : "")));
         foreach (var task in TaskScore.Aggregate(evaluation.SelectMany(e => e.Tasks)))
         {
             t.Out.WriteLine($"  task {task.Task}: {Figures(task)}  (n = {task.Documents}, {evaluation.Count(e => e.Tasks.Any(x => x.Task == task.Task))} parties)");

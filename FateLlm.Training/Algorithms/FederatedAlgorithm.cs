@@ -20,6 +20,8 @@ public interface IFederatedAlgorithm
     bool Summable { get; }
     /// <summary>Whether parties can embed FedIPR watermarks (<c>job.ipr</c>) through <see cref="Ipr.PartyWatermark"/>.</summary>
     bool Watermarkable => false;
+    /// <summary>Whether its parties run the job's evaluation tasks on the global state in their rounds (<c>evaluation.every</c>).</summary>
+    bool EvaluatesInRounds => false;
     IServerAlgorithm Server { get; }
     IClientAlgorithm Client { get; }
     IUpdateCodec Codec { get; }
@@ -166,6 +168,7 @@ public sealed record ClientUpdate(byte[] Update, long Samples, IReadOnlyDictiona
             [SecondsPrefix + "eval"] = r.EvalSeconds, [SecondsPrefix + "train"] = r.TrainSeconds,
         };
         if (r.EvalLoss is { } e) metrics[EvalLoss] = e;
+        foreach (var (k, v) in TaskScore.ToMetrics(r.Tasks)) metrics[k] = v;
         return new ClientUpdate(r.Delta, r.Samples, metrics);
     }
 }

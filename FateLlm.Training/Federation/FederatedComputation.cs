@@ -101,7 +101,7 @@ public static class FederatedComputation
         var local = spec.Local;
         var examples = InstructionData.ReadJsonl(trainData, spec.Data);
         var checkpoints = CheckpointFolder(spec, party, round, globalAdapter);
-        var result = DeltaRound(spec, run, globalAdapter, evalData, global =>
+        var result = DeltaRound(spec, run, globalAdapter, evalData, party, ct, global =>
         {
             var options = new TrainOptions
             {
@@ -136,9 +136,10 @@ public static class FederatedComputation
     /// <summary>
     /// What every round that uploads an adapter delta shares, around the plug-in's own training: the global adapter
     /// loaded into the model, the dev loss before training, then <paramref name="train"/> (given the global state), then
-    /// the delta from the global state. Seconds cover the whole round.
+    /// the delta from the global state. Seconds cover the whole round. On a party's node (<paramref name="party"/>), in
+    /// the rounds <c>evaluation.every</c> names, the job's evaluation tasks run on the global state beside the dev loss.
     /// </summary>
-    public static LocalRoundResult DeltaRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string? evalData,
+    public static LocalRoundResult DeltaRound(JobSpec spec, FineTuning run, byte[] globalAdapter, string? evalData, ClientContext? party, CancellationToken ct,
         Func<IReadOnlyDictionary<string, Tensor>, (long Samples, int Steps, double FirstLoss, double LastLoss)> train)
     {
         var sw = Stopwatch.StartNew();
@@ -151,6 +152,7 @@ public static class FederatedComputation
         var evalStart = sw.Elapsed;
         // Batched as the final evaluation is: no gradients, so a training batch of 1 need not make it 16 passes.
         double? evalLoss = dev is null ? null : run.Loss(run.Tokenize(dev, spec.Data), Math.Max(8, spec.Local.BatchSize));
+        var tasks = party is not null && spec.Evaluation.Every > 0 && party.Round % spec.Evaluation.Every == 0 ? RunTasks(spec, run, party.Tasks, ct) : [];
         var trainStart = sw.Elapsed;
         var r = train(global);
         var trained = sw.Elapsed;
@@ -158,6 +160,7 @@ public static class FederatedComputation
         return new LocalRoundResult(SafeTensors.ToBytes(delta), r.Samples, r.Steps, r.FirstLoss, r.LastLoss, evalLoss, sw.Elapsed.TotalSeconds)
         {
             LoadSeconds = run.LoadSeconds, EvalSeconds = (trainStart - evalStart).TotalSeconds, TrainSeconds = (trained - trainStart).TotalSeconds,
+            Tasks = tasks,
         };
     }
 

@@ -188,6 +188,8 @@ public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, dou
     public double LoadSeconds { get; init; }
     public double EvalSeconds { get; init; }
     public double TrainSeconds { get; init; }
+    /// <summary>The job's evaluation tasks on the global state, in the rounds <c>evaluation.every</c> names.</summary>
+    public IReadOnlyList<TaskScore> Tasks { get; init; } = [];
 }
 
 public sealed record EvaluationResult(double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples)
@@ -210,4 +212,31 @@ public sealed record TaskScore(string Task, int Documents, IReadOnlyDictionary<s
             .ToDictionary(m => m, m => Math.Sqrt(g.Sum(s => Math.Pow(s.Documents / (double)n * s.StdErr[m], 2))));
         return new TaskScore(g.Key, n, metrics, stderr);
     }).ToList();
+
+    const string Prefix = "task/";
+
+    /// <summary>Task scores as an update's flat metrics (<c>task/NAME/METRIC</c>, <c>…/METRIC/stderr</c>, <c>task/NAME/documents</c>).</summary>
+    public static Dictionary<string, double> ToMetrics(IEnumerable<TaskScore> scores)
+    {
+        var metrics = new Dictionary<string, double>();
+        foreach (var s in scores)
+        {
+            metrics[$"{Prefix}{s.Task}/documents"] = s.Documents;
+            foreach (var (m, v) in s.Metrics) metrics[$"{Prefix}{s.Task}/{m}"] = v;
+            foreach (var (m, v) in s.StdErr) metrics[$"{Prefix}{s.Task}/{m}/stderr"] = v;
+        }
+        return metrics;
+    }
+
+    /// <summary>The task scores among an update's metrics (none when its round ran no tasks).</summary>
+    public static List<TaskScore> FromMetrics(IReadOnlyDictionary<string, double> metrics) =>
+        metrics.Keys.Where(k => k.StartsWith(Prefix, StringComparison.Ordinal) && k.EndsWith("/documents", StringComparison.Ordinal))
+            .Select(k => k[Prefix.Length..^"/documents".Length]).Order(StringComparer.Ordinal).Select(task =>
+            {
+                var head = $"{Prefix}{task}/";
+                var own = metrics.Where(kv => kv.Key.StartsWith(head, StringComparison.Ordinal)).ToDictionary(kv => kv.Key[head.Length..], kv => kv.Value);
+                return new TaskScore(task, (int)own["documents"],
+                    own.Where(kv => kv.Key != "documents" && !kv.Key.Contains('/')).ToDictionary(kv => kv.Key, kv => kv.Value),
+                    own.Where(kv => kv.Key.EndsWith("/stderr", StringComparison.Ordinal)).ToDictionary(kv => kv.Key[..^"/stderr".Length], kv => kv.Value));
+            }).ToList();
 }

@@ -76,6 +76,8 @@ public static class JobSpecValidation
             Check(sa.PhaseTimeoutSeconds > 0, "secure-aggregation.phase-timeout", "must be positive");
         }
         try { spec.Ipr.Validate(); } catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
+        if (spec.Evaluation.Every > 0 && !algorithm.EvaluatesInRounds)
+            Check(false, "evaluation.every", $"cannot apply: algorithm '{algorithm.Name}' runs evaluation tasks only in the final evaluation (homo-peft, offsite and pdss run them in rounds)");
         if (spec.Ipr.Enabled && !algorithm.Watermarkable)
             Check(false, "ipr", $"cannot apply: algorithm '{algorithm.Name}' trains no norm scales a party could watermark (homo-peft and offsite do)");
         try { algorithm.Validate(spec); }

@@ -4,6 +4,7 @@ using FateLlm.Host.Cli;
 using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
 using FateLlm.Training.Evaluation.Harness;
+using FateLlm.Training.Federation;
 using FateLlm.Training.Inference;
 using Xunit;
 
@@ -211,6 +212,42 @@ public class EvaluationHarnessSpec
         Assert.All(new TaskDocuments(animal).Split("test"), d => Assert.Equal("animal", d.Fields["domain"]!.GetValue<string>()));
         Assert.Equal(gloss.DocToText, animal.DocToText);
         Assert.All(new TaskDocuments(whole.Single(t => t.Task == "wordnet_kind")).Split("test"), d => Assert.NotNull(d.Fields["kind"]));
+    }
+
+    [Fact]
+    public void Task_scores_travel_as_update_metrics_and_aggregate_weighted_by_documents()
+    {
+        var a = new TaskScore("gloss", 30, new Dictionary<string, double> { ["acc"] = 0.5, ["acc_norm"] = 0.6 }, new Dictionary<string, double> { ["acc"] = 0.09 });
+        var b = new TaskScore("gloss", 10, new Dictionary<string, double> { ["acc"] = 0.9, ["acc_norm"] = 0.2 }, new Dictionary<string, double> { ["acc"] = 0.1 });
+        var ppl = new TaskScore("gloss_ppl", 5, new Dictionary<string, double> { ["bits_per_byte"] = 3.5 }, new Dictionary<string, double>());
+        var back = TaskScore.FromMetrics(TaskScore.ToMetrics([a, ppl]));
+        Assert.Equal(["gloss", "gloss_ppl"], back.Select(s => s.Task));
+        Assert.Equal(30, back[0].Documents);
+        Assert.Equal(a.Metrics.OrderBy(kv => kv.Key), back[0].Metrics.OrderBy(kv => kv.Key));
+        Assert.Equal(a.StdErr.OrderBy(kv => kv.Key), back[0].StdErr.OrderBy(kv => kv.Key));
+        Assert.Empty(back[1].StdErr);
+        var all = TaskScore.Aggregate([a, b, ppl]);
+        Assert.Equal(40, all[0].Documents);
+        Assert.Equal((0.5 * 30 + 0.9 * 10) / 40, all[0].Metrics["acc"], 12);
+        Assert.Equal((0.6 * 30 + 0.2 * 10) / 40, all[0].Metrics["acc_norm"], 12);
+        Assert.Equal(Math.Sqrt(Math.Pow(0.75 * 0.09, 2) + Math.Pow(0.25 * 0.1, 2)), all[0].StdErr["acc"], 12);
+        Assert.False(all[0].StdErr.ContainsKey("acc_norm")); // no party had one
+        Assert.Empty(TaskScore.FromMetrics(new Dictionary<string, double> { ["loss.first"] = 1 }));
+    }
+
+    [Fact]
+    public void Evaluation_in_rounds_is_refused_without_tasks_and_for_algorithms_whose_rounds_run_none()
+    {
+        var spec = Actors.Jobs.JobFile.Default("j", "model", [new PartySpec("a", "train", "dev")], "out");
+        JobSpecException Refusal(JobSpec s) => Assert.Throws<JobSpecException>(() => JobSpecValidation.Validate(s, "job.conf", Training.Algorithms.AlgorithmCatalog.BuiltIn));
+        Assert.Contains("job.conf: job.evaluation.every needs evaluation.tasks", Refusal(spec with { Evaluation = spec.Evaluation with { Every = 1 } }).Message);
+        var kseed = spec with
+        {
+            Algorithm = new AlgorithmSpec("fedkseed", Actors.Jobs.JobFile.AlgorithmDefaults("fedkseed")),
+            Evaluation = spec.Evaluation with { Every = 1, Tasks = ["wordnet"] },
+        };
+        Assert.Contains("job.conf: job.evaluation.every cannot apply: algorithm 'fedkseed' runs evaluation tasks only in the final evaluation", Refusal(kseed).Message);
+        JobSpecValidation.Validate(spec with { Evaluation = spec.Evaluation with { Every = 2, Tasks = ["wordnet"] } }, "job.conf", Training.Algorithms.AlgorithmCatalog.BuiltIn);
     }
 
     [Fact]

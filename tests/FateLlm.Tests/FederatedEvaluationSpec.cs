@@ -11,7 +11,7 @@ namespace FateLlm.Tests;
 /// A job's evaluation tasks run at each party on its own data through the in-process cluster: every party maps the
 /// job's <c>wordnet_gloss</c> to the task file of its own domain (as it maps datasets) and finds
 /// <c>wordnet_gloss_ppl</c> among its node's built-in tasks; the job records each party's figures and their
-/// document-weighted aggregate. One party's node is killed when its evaluation starts: the job still completes, and
+/// document-weighted aggregate, in round 2 (<c>evaluation.every = 2</c>) and at the end. One party's node is killed when its evaluation starts: the job still completes, and
 /// says who evaluated and who did not, and why.
 /// </summary>
 [Trait(Tier.Key, Tier.Cluster)]
@@ -29,10 +29,16 @@ public class FederatedEvaluationSpec
             g.Datasets[org] = new Dictionary<string, string>(g.Datasets[org]) { ["wordnet_gloss"] = Path.Combine(tasks, $"wordnet_gloss_{domain}.yaml") };
         var kill = ConfigurationFactory.ParseString("fate-llm.fault-injection.points = [{ at = party.evaluate, org = food, action = terminate }]");
         await using var fed = await FederationFixture.Start(g, kill);
-        var spec = FederationFixture.Job(g, "tasks", rounds: 1);
-        spec = spec with { Evaluation = spec.Evaluation with { Tasks = ["wordnet_gloss", "wordnet_gloss_ppl"], TaskLimit = 12 } };
+        var spec = FederationFixture.Job(g, "tasks", rounds: 2);
+        spec = spec with { Evaluation = spec.Evaluation with { Tasks = ["wordnet_gloss", "wordnet_gloss_ppl"], TaskLimit = 12, Every = 2 } };
 
         var status = await FederationFixture.RunToCompletion(fed, spec, TimeSpan.FromSeconds(180));
+
+        // evaluation.every = 2: round 2's parties scored the tasks on the global state it started from; round 1's did not.
+        Assert.All(status.Rounds[0].Parties, p => Assert.Empty(TaskScore.FromMetrics(p.Metrics)));
+        Assert.All(status.Rounds[1].Parties, p => Assert.Equal([12, 12], TaskScore.FromMetrics(p.Metrics).Select(t => t.Documents)));
+        var lines = File.ReadAllLines(Path.Combine(spec.OutputDir, "rounds.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.All(lines.Where(l => (int)l["round"]! == 2), l => Assert.Equal(12, (int)l["tasks"]!["wordnet_gloss"]!["documents"]!));
 
         Assert.Equal(["animal", "artifact"], status.FinalEvaluation.Select(e => e.Org));
         Assert.Contains("left the cluster", Assert.Single(status.EvaluationMissing, kv => kv.Key == "food").Value);

@@ -21,6 +21,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
 
     public string Name => AlgorithmName;
     public bool Summable => true;
+    public bool EvaluatesInRounds => true;
     public bool Watermarkable => true;
     public IServerAlgorithm Server { get; } = new ServerSide();
     public IClientAlgorithm Client { get; } = new ClientSide();

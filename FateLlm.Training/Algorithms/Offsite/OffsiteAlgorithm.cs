@@ -25,6 +25,7 @@ public sealed class OffsiteAlgorithm : IFederatedAlgorithm
 
     public string Name => AlgorithmName;
     public bool Summable => true;
+    public bool EvaluatesInRounds => true;
     public bool Watermarkable => true;
     public IServerAlgorithm Server { get; } = new ServerSide();
     public IClientAlgorithm Client { get; } = new ClientSide();

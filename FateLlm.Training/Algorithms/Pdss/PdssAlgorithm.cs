@@ -19,6 +19,7 @@ public sealed class PdssAlgorithm : IFederatedAlgorithm
 
     public string Name => AlgorithmName;
     public bool Summable => true;
+    public bool EvaluatesInRounds => true;
     public IServerAlgorithm Server => Homo.Server;
     public IClientAlgorithm Client { get; } = new ClientSide();
     public IUpdateCodec Codec => Homo.Codec;
@@ -61,7 +62,7 @@ public sealed class PdssAlgorithm : IFederatedAlgorithm
             using var run = FederatedComputation.Open(spec, ctx.ModelPath);
             var global = File.ReadAllBytes(files[HomoPeft.HomoPeftAlgorithm.Global]);
             var folder = FederatedComputation.CheckpointFolder(spec, ctx, ctx.Round, global);
-            var update = ClientUpdate.Of(FederatedComputation.DeltaRound(spec, run, global, ctx.EvalData, _ =>
+            var update = ClientUpdate.Of(FederatedComputation.DeltaRound(spec, run, global, ctx.EvalData, ctx, ct, _ =>
             {
                 var r = RationaleDistillation.Train(run.Model, run.Tokenizer, data, spec.Data, Options(spec, s, ctx.Round), ct,
                     new AdapterStepsCheckpoints(folder, spec.Local.CheckpointEvery, ctx.Progress));
