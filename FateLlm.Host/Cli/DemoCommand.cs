@@ -304,14 +304,20 @@ internal static class DemoCommand
     {
         var set = r.Settings.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "pooled dev sets";
         var table = new Table().Title($"{set}: local vs federated vs centralized ({r.Examples.Count} examples; 95 % bootstrap intervals)")
-            .AddColumns("method", "setting", "ROUGE-L", "95 %", "BLEU-4", "95 %", "loss");
+            .AddColumns("method", "setting", "ROUGE-L", "95 %", "BLEU-4", "95 %", "loss", "gloss acc_norm %", "bits/byte");
+        string Likelihood(ExperimentReport.Row x, Func<LikelihoodScores, double[]> f)
+        {
+            var runs = r.Runs.Where(y => y.Method == x.Method && y.Setting == x.Setting && y.Scores.Likelihood is not null).ToList();
+            return runs.Count == 0 ? "–" : $"{ExperimentReport.PerExample(runs, y => f(y.Likelihood!)).Average():F2}";
+        }
         foreach (var x in ExperimentReport.Summarize(r.Runs))
             table.AddRow(new[] { x.Method, x.Setting, $"{x.RougeL:F2}", $"[{x.RougeLInterval.Low:F2}, {x.RougeLInterval.High:F2}]", $"{x.Bleu4:F2}",
-                $"[{x.Bleu4Interval.Low:F2}, {x.Bleu4Interval.High:F2}]", $"{x.Loss:F3}" }.Select(cell => new Text(cell)));
+                $"[{x.Bleu4Interval.Low:F2}, {x.Bleu4Interval.High:F2}]", $"{x.Loss:F3}", Likelihood(x, l => l.GlossAccNorm), Likelihood(x, l => l.BitsPerByte) }
+                .Select(cell => new Text(cell)));
         t.Ansi.Write(table);
-        foreach (var c in ExperimentReport.Claims(r.Runs).Where(c => c.Metric == "ROUGE-L"))
+        foreach (var c in ExperimentReport.Claims(r.Runs).Where(c => c.Metric is "ROUGE-L" or "−bits/byte"))
             t.Ansi.MarkupLine(Markup.Escape($"{c.Method}: federated vs {c.Versus}: {(c.Difference.Estimate >= 0 ? "+" : "")}{c.Difference.Estimate:F2} " +
-                $"[{c.Difference.Low:F2}, {c.Difference.High:F2}] ROUGE-L ({c.Expectation}: {c.Verdict})"));
+                $"[{c.Difference.Low:F2}, {c.Difference.High:F2}] {c.Metric} ({c.Expectation}: {c.Verdict})"));
         var comm = new Table().Title("communication").AddColumns("method", "trainable params", "% of model", "sent per party per round", "total (up + down)");
         foreach (var c in r.Communication)
             comm.AddRow(c.Method, $"{c.TrainableParameters:N0}", $"{c.PercentOfModel:F3} %", ByteSize.Text(c.BytesPerPartyPerRound, 2), ByteSize.Text(c.TotalBytes, 2));

@@ -5,6 +5,7 @@ using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
+using FateLlm.Training.Evaluation.Harness;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Metrics;
 using FateLlm.Training.Models;
@@ -73,7 +74,32 @@ public sealed record ExperimentSettings
 
 /// <param name="RougeLPerExample">Each evaluation example's ROUGE-L F1 (0–100), in the evaluation set's order: paired bootstrap input.</param>
 public sealed record Scores(double Rouge1, double Rouge2, double RougeL, double Bleu4, double Loss, IReadOnlyDictionary<string, double> RougeLByDomain,
-    double[] RougeLPerExample, double[] Bleu4PerExample, string[] Predictions);
+    double[] RougeLPerExample, double[] Bleu4PerExample, string[] Predictions)
+{
+    /// <summary>The likelihood tasks over the same synsets, where the experiment ran them.</summary>
+    public LikelihoodScores? Likelihood { get; init; }
+}
+
+/// <summary>
+/// The built-in WordNet likelihood tasks per document, for paired bootstrap: each choice task's acc and acc_norm in
+/// percent (0 or 100 per document), and each held-out gloss's share of the corpus bits per byte (−ll / ln 2 · n / Σ
+/// bytes, so their mean is the corpus figure).
+/// </summary>
+public sealed record LikelihoodScores(double[] GlossAcc, double[] GlossAccNorm, double[] WordAcc, double[] KindAcc, double[] BitsPerByte)
+{
+    public static readonly string[] Tasks = ["wordnet_gloss", "wordnet_word", "wordnet_kind", "wordnet_gloss_ppl"];
+
+    public static LikelihoodScores Of(CausalLm model, ITextTokenizer tok, IReadOnlyDictionary<string, TaskConfig> tasks, int batchSize)
+    {
+        IReadOnlyDictionary<string, double[]> Run(string name) => TaskEvaluation.Run(model, tok, tasks[name], new HarnessOptions { BatchSize = batchSize }).PerDocument;
+        static double[] Percent(double[] xs) => [.. xs.Select(x => 100 * x)];
+        var (gloss, word, kind, ppl) = (Run(Tasks[0]), Run(Tasks[1]), Run(Tasks[2]), Run(Tasks[3]));
+        var ll = ppl["loglikelihood"];
+        var bytes = ppl["bytes"].Sum();
+        return new LikelihoodScores(Percent(gloss["acc"]), Percent(gloss["acc_norm"]), Percent(word["acc"]), Percent(kind["acc"]),
+            [.. ll.Select(x => -x / Math.Log(2) * ll.Length / bytes)]);
+    }
+}
 
 public sealed record RunResult(string Method, string Setting, int Seed, Scores Scores, double Seconds);
 
@@ -92,6 +118,8 @@ public sealed record EvaluatedExample(string Prompt, string Reference, string Do
 /// </summary>
 public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
 {
+    IReadOnlyDictionary<string, TaskConfig>? _tasks;
+
     /// <summary>
     /// The in-process federation's settings for experiments: no log noise on the console, brisk retries. Warnings and
     /// up only: Akka writes the INFO events of a system's shutdown ("Remoting shut down.") to stdout once its loggers
@@ -118,9 +146,16 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
     {
         var clock = Stopwatch.StartNew();
         Directory.CreateDirectory(s.OutDir);
-        var split = WordNetCorpus.Write(WordNetCorpus.Read(s.WordNetDir), Path.Combine(s.OutDir, "data"), new WordNetSplitOptions
+        var synsets = WordNetCorpus.Read(s.WordNetDir);
+        var splitOptions = new WordNetSplitOptions { TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = 1 };
+        var split = WordNetCorpus.Write(synsets, Path.Combine(s.OutDir, "data"), splitOptions);
+        // The likelihood tasks over the very synsets every setting is scored on (the dev sets' when tuning).
+        var taskFolder = Path.Combine(s.OutDir, "tasks");
+        WordNetTasks.Write(synsets, taskFolder, splitOptions);
+        _tasks = LikelihoodScores.Tasks.ToDictionary(t => t, t =>
         {
-            TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = 1,
+            var task = TaskYaml.Load(Path.Combine(taskFolder, t + ".yaml"));
+            return s.EvaluateOn == EvaluationSet.Test ? task : task with { TestSplit = task.ValidationSplit };
         });
         log($"data: {string.Join(", ", split.Counts.Where(kv => kv.Key != "public").Select(kv => $"{kv.Key} {kv.Value}"))}");
         var (basePath, card) = EnsureBase();
@@ -222,7 +257,10 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         var byDomain = report.Samples.Select((x, i) => (Domain(x.Prompt), each[i].RougeL)).GroupBy(x => x.Item1).ToDictionary(g => g.Key, g => g.Average(x => x.RougeL));
         var sc = report.Scores!;
         return new Scores(sc.Rouge1, sc.Rouge2, sc.RougeL, sc.Bleu4, report.Loss, byDomain, each.Select(x => x.RougeL).ToArray(), each.Select(x => x.Bleu4).ToArray(),
-            report.Samples.Select(x => x.Prediction).ToArray());
+            report.Samples.Select(x => x.Prediction).ToArray())
+        {
+            Likelihood = _tasks is null ? null : LikelihoodScores.Of(model, tok, _tasks, 32),
+        };
     }
 
     internal static string Domain(string content)

@@ -89,6 +89,34 @@ public class ExperimentReportSpec
     }
 
     [Fact]
+    public void With_likelihood_tasks_claims_and_tables_cover_accuracy_and_bits_per_byte_where_fewer_bits_count_as_better()
+    {
+        var dir = TestSupport.TempDir();
+        var plain = Result(dir, federated: 30, centralized: 30.5);
+        LikelihoodScores Of(string setting, int seed)
+        {
+            var (bits, correct) = setting switch { "zero-shot" => (3.5, 25), "federated" => (3.0, 40), "centralized" => (2.98, 41), _ => (3.3, 30) };
+            var rng = new Random(seed);
+            double[] Acc(int pct) => [.. Enumerable.Range(0, N).Select(i => (i * 37 + seed) % 100 < pct ? 100.0 : 0.0)];
+            return new LikelihoodScores(Acc(correct), Acc(correct), Acc(correct), Acc(correct), [.. Enumerable.Range(0, N).Select(i => bits + (i % 5) * 0.1 + rng.NextDouble() * 0.01)]);
+        }
+        var result = plain with { Runs = [.. plain.Runs.Select(x => x with { Scores = x.Scores with { Likelihood = Of(x.Setting, x.Seed) } })] };
+        var bits = ExperimentReport.Claims(result.Runs).Where(c => c.Metric == "−bits/byte").ToDictionary(c => c.Versus);
+        Assert.Equal(["local nature", "local things", "zero-shot", "centralized"], bits.Keys);
+        Assert.Equal("holds", bits["zero-shot"].Verdict);
+        Assert.InRange(bits["zero-shot"].Difference.Estimate, 0.49, 0.51); // 3.5 − 3.0 bits saved
+        Assert.Equal(("within 0.05 bits/byte", "holds"), (bits["centralized"].Expectation, bits["centralized"].Verdict));
+        Assert.Contains(ExperimentReport.Claims(result.Runs), c => c.Metric == "gloss acc_norm %" && c.Versus == "zero-shot" && c.Verdict == "holds");
+        ExperimentReport.Write(result, dir);
+        var md = File.ReadAllText(Path.Combine(dir, "results.md"));
+        Assert.Contains("## Likelihood tasks on the same synsets", md);
+        Assert.Matches(@"\| lora \| federated \| 3 \| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] \|", md);
+        Assert.Matches(@"\| lora \| −bits/byte \| zero-shot \| \+0\.(49|50|51) \|", md);
+        // Without likelihood scores the claims are ROUGE-L and BLEU-4 only.
+        Assert.Equal(["BLEU-4", "ROUGE-L"], ExperimentReport.Claims(plain.Runs).Select(c => c.Metric).Distinct().Order());
+    }
+
+    [Fact]
     public void The_report_has_interval_tables_claims_generations_and_a_bar_chart()
     {
         var dir = TestSupport.TempDir();

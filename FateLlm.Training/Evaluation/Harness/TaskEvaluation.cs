@@ -24,7 +24,14 @@ public sealed record HarnessOptions
 
 /// <summary>One task's figures: each metric's aggregate and standard error, how many documents, and the per-document log.</summary>
 public sealed record TaskResult(TaskConfig Task, IReadOnlyDictionary<string, MetricValue> Metrics, int Original, int Effective, int NumFewshot,
-    IReadOnlyList<JsonObject> Samples);
+    IReadOnlyList<JsonObject> Samples)
+{
+    /// <summary>
+    /// Each document's value, in the split's order, for paired comparisons of two models: acc and acc_norm (0 or 1),
+    /// exact_match and rougeL, and for rolling documents their loglikelihood, bytes and words.
+    /// </summary>
+    public IReadOnlyDictionary<string, double[]> PerDocument { get; init; } = new Dictionary<string, double[]>();
+}
 
 /// <summary>
 /// Runs one lm-eval task on a model: builds each document's context (description, few-shot examples, doc_to_text),
@@ -51,12 +58,13 @@ public static class TaskEvaluation
         var encoder = new RequestEncoder(tok, o.AddBos ?? tok.AddBos);
         var pad = tok.PadId ?? tok.EosId ?? 0;
         var samples = new List<JsonObject>();
+        var perDocument = new Dictionary<string, double[]>();
         var metrics = task.OutputType switch
         {
-            OutputType.GenerateUntil => Generate(model, tok, task, docs, items, contexts, encoder, maxLength, pad, o, samples),
-            _ => Likelihood(model, task, docs, items, contexts, encoder, maxLength, pad, o, samples),
+            OutputType.GenerateUntil => Generate(model, tok, task, docs, items, contexts, encoder, maxLength, pad, o, samples, perDocument),
+            _ => Likelihood(model, task, docs, items, contexts, encoder, maxLength, pad, o, samples, perDocument),
         };
-        return new TaskResult(task, metrics, all.Count, items.Count, shots, o.LogSamples ? samples : []);
+        return new TaskResult(task, metrics, all.Count, items.Count, shots, o.LogSamples ? samples : []) { PerDocument = perDocument };
     }
 
     static List<string> FewshotContexts(TaskConfig task, TaskDocuments docs, IReadOnlyList<TaskDocument> items, int shots, int seed)
@@ -79,7 +87,7 @@ public static class TaskEvaluation
     }
 
     static Dictionary<string, MetricValue> Likelihood(CausalLm model, TaskConfig task, TaskDocuments docs, IReadOnlyList<TaskDocument> items, List<string> contexts,
-        RequestEncoder encoder, int maxLength, int pad, HarnessOptions o, List<JsonObject> samples)
+        RequestEncoder encoder, int maxLength, int pad, HarnessOptions o, List<JsonObject> samples, Dictionary<string, double[]> perDocument)
     {
         // Each document's requests as text pairs (for the log) and as tokens (for scoring).
         var perDoc = new List<(List<(string Context, string Continuation)> Text, List<TokenRequest> Tokens)>();
@@ -158,6 +166,15 @@ public static class TaskEvaluation
             }
             samples.Add(sample);
         }
+        if (acc.Count > 0) perDocument["acc"] = [.. acc];
+        if (accNorm.Count > 0) perDocument["acc_norm"] = [.. accNorm];
+        if (lls.Count > 0) perDocument["loglikelihood"] = [.. lls];
+        if (weighted.Count > 0)
+        {
+            perDocument["loglikelihood"] = [.. weighted.Select(x => x.Ll)];
+            perDocument["bytes"] = [.. weighted.Select(x => (double)x.Bytes)];
+            perDocument["words"] = [.. weighted.Select(x => (double)x.Words)];
+        }
         var result = new Dictionary<string, MetricValue>();
         foreach (var m in task.Metrics)
             result[m.Name] = m.Name switch
@@ -174,7 +191,7 @@ public static class TaskEvaluation
     }
 
     static Dictionary<string, MetricValue> Generate(CausalLm model, ITextTokenizer tok, TaskConfig task, TaskDocuments docs, IReadOnlyList<TaskDocument> items,
-        List<string> contexts, RequestEncoder encoder, int maxLength, int pad, HarnessOptions o, List<JsonObject> samples)
+        List<string> contexts, RequestEncoder encoder, int maxLength, int pad, HarnessOptions o, List<JsonObject> samples, Dictionary<string, double[]> perDocument)
     {
         var gen = task.Generation!;
         var sampling = new SamplingOptions
@@ -219,11 +236,13 @@ public static class TaskEvaluation
                     var regexes = m.Options.TryGetValue("regexes_to_ignore", out var rx) ? (rx is JsonArray a ? a.Select(x => x!.GetValue<string>()).ToList() : [rx!.GetValue<string>()]) : [];
                     var em = Enumerable.Range(0, items.Count).Select(d => TaskMetrics.ExactMatch(predictions[d], references[d], Flag("ignore_case"), Flag("ignore_punctuation"), regexes, Flag("ignore_numbers"))).ToList();
                     for (int d = 0; d < items.Count; d++) samples[d]["exact_match"] = em[d];
+                    perDocument[m.Name] = [.. em];
                     result[m.Name] = TaskMetrics.Mean(em);
                     break;
                 case "rougeL":
                     var rl = Enumerable.Range(0, items.Count).Select(d => TaskMetrics.RougeL(predictions[d], references[d])).ToList();
                     for (int d = 0; d < items.Count; d++) samples[d]["rougeL"] = rl[d];
+                    perDocument[m.Name] = [.. rl];
                     result[m.Name] = TaskMetrics.Mean(rl);
                     break;
                 case "bleu":
