@@ -30,14 +30,25 @@ public static class ExperimentReport
     public static void QualityTable(StringBuilder sb, IReadOnlyList<RunResult> runs, bool modelColumn, Func<RunResult, string>? extra = null, string? extraHeader = null)
     {
         var order = runs.Select(q => (q.Method, q.Setting)).Distinct().ToList();
-        sb.AppendLine($"| {(modelColumn ? "model | " : "")}setting | seeds | ROUGE-L [95 % CI] | BLEU-4 [95 % CI] | loss |{(extraHeader is null ? "" : $" {extraHeader} |")}");
-        sb.AppendLine($"|{(modelColumn ? "---|" : "")}---|---|---|---|---|{(extraHeader is null ? "" : "---|")}");
+        // The likelihood tasks (built-in WordNet tasks over the same synsets) where every run has them.
+        var likelihood = runs.All(r => r.Scores.Likelihood is not null);
+        sb.AppendLine($"| {(modelColumn ? "model | " : "")}setting | seeds | ROUGE-L [95 % CI] | BLEU-4 [95 % CI] | loss |{(likelihood ? " gloss acc_norm % [95 % CI] | bits/byte [95 % CI] |" : "")}" +
+            $"{(extraHeader is null ? "" : $" {extraHeader} |")}");
+        sb.AppendLine($"|{(modelColumn ? "---|" : "")}---|---|---|---|---|{(likelihood ? "---|---|" : "")}{(extraHeader is null ? "" : "---|")}");
         foreach (var row in Summarize(runs).OrderBy(x => order.FindIndex(k => k.Method == x.Method)).ThenBy(x => order.IndexOf((x.Method, x.Setting))))
         {
-            var first = runs.First(x => x.Method == row.Method && x.Setting == row.Setting);
+            var mine = runs.Where(x => x.Method == row.Method && x.Setting == row.Setting).ToList();
             sb.AppendLine($"| {(modelColumn ? row.Method + " | " : "")}{row.Setting} | {row.Seeds} | {row.RougeL:F2} [{row.RougeLInterval.Low:F2}, {row.RougeLInterval.High:F2}] | " +
-                $"{row.Bleu4:F2} [{row.Bleu4Interval.Low:F2}, {row.Bleu4Interval.High:F2}] | {row.Loss:F3} |{(extra is null ? "" : $" {extra(first)} |")}");
+                $"{row.Bleu4:F2} [{row.Bleu4Interval.Low:F2}, {row.Bleu4Interval.High:F2}] | {row.Loss:F3} |" +
+                $"{(likelihood ? $" {LikelihoodCell(mine, x => x.GlossAccNorm)} | {LikelihoodCell(mine, x => x.BitsPerByte)} |" : "")}{(extra is null ? "" : $" {extra(mine[0])} |")}");
         }
+    }
+
+    /// <summary>A likelihood metric of one setting: each document averaged over seeds, its mean and 95 % bootstrap interval.</summary>
+    static string LikelihoodCell(IReadOnlyList<RunResult> runs, Func<LikelihoodScores, double[]> metric)
+    {
+        var i = Bootstrap.Mean(PerExample(runs, x => metric(x.Likelihood!)));
+        return $"{F(i.Estimate)} {CI(i)}";
     }
 
     /// <summary>One line: a paired difference of per-example ROUGE-L (each example averaged over seeds) with its 95 % interval.</summary>
@@ -243,14 +254,8 @@ public static class ExperimentReport
         foreach (var row in Summarize(r.Runs))
         {
             var p = r.Runs.Where(x => x.Method == row.Method && x.Setting == row.Setting).ToList();
-            string Cell(Func<LikelihoodScores, double[]> f)
-            {
-                var each = PerExample(p, x => f(x.Likelihood!));
-                var i = Bootstrap.Mean(each);
-                return $"{F(i.Estimate)} {CI(i)}";
-            }
-            md.AppendLine($"| {row.Method} | {Label(row.Setting)} | {row.Seeds} | {Cell(x => x.GlossAcc)} | {Cell(x => x.GlossAccNorm)} | {Cell(x => x.WordAcc)} | " +
-                $"{Cell(x => x.KindAcc)} | {Cell(x => x.BitsPerByte)} |");
+            md.AppendLine($"| {row.Method} | {Label(row.Setting)} | {row.Seeds} | {LikelihoodCell(p, x => x.GlossAcc)} | {LikelihoodCell(p, x => x.GlossAccNorm)} | " +
+                $"{LikelihoodCell(p, x => x.WordAcc)} | {LikelihoodCell(p, x => x.KindAcc)} | {LikelihoodCell(p, x => x.BitsPerByte)} |");
         }
         md.AppendLine();
     }

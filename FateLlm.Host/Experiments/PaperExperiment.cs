@@ -56,12 +56,19 @@ public sealed record ExperimentSettings
         OutDir = outDir, Seeds = [1], Methods = ["lora"], FullFineTuningBaseline = false, TrainPerParty = 400, TestPerParty = 60, DevPerParty = 20,
     };
 
-    /// <summary>The three-party WordNet split of this experiment, written under its folder (public examples capped at <paramref name="publicLimit"/>).</summary>
-    public WordNetSplit WriteSplit(int publicLimit) =>
-        WordNetCorpus.Write(WordNetCorpus.Read(WordNetDir), Path.Combine(OutDir, "data"), new WordNetSplitOptions
-        {
-            TrainPerParty = TrainPerParty, DevPerParty = DevPerParty, TestPerParty = TestPerParty, PublicLimit = publicLimit,
-        });
+    /// <summary>
+    /// The three-party WordNet split of this experiment, written under its folder (public examples capped at
+    /// <paramref name="publicLimit"/>), with the likelihood tasks over its test and dev synsets in <see cref="TaskFolder"/>.
+    /// </summary>
+    public WordNetSplit WriteSplit(int publicLimit)
+    {
+        var synsets = WordNetCorpus.Read(WordNetDir);
+        var options = new WordNetSplitOptions { TrainPerParty = TrainPerParty, DevPerParty = DevPerParty, TestPerParty = TestPerParty, PublicLimit = publicLimit };
+        WordNetTasks.Write(synsets, TaskFolder, options);
+        return WordNetCorpus.Write(synsets, Path.Combine(OutDir, "data"), options);
+    }
+
+    public string TaskFolder => Path.Combine(OutDir, "tasks");
 
     public double LearningRate(string method) => method switch { "lora" => LoraLearningRate, "ptuning-v2" => PrefixLearningRate, _ => 1e-3 };
 
@@ -121,6 +128,17 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
     IReadOnlyDictionary<string, TaskConfig>? _tasks;
 
     /// <summary>
+    /// The likelihood tasks over the very synsets every setting is scored on (the dev sets' when tuning), once
+    /// <see cref="ExperimentSettings.WriteSplit"/> has written them; null before, and scores then carry none.
+    /// </summary>
+    IReadOnlyDictionary<string, TaskConfig>? Tasks() => _tasks ??= !File.Exists(Path.Combine(s.TaskFolder, LikelihoodScores.Tasks[0] + ".yaml")) ? null
+        : LikelihoodScores.Tasks.ToDictionary(t => t, t =>
+        {
+            var task = TaskYaml.Load(Path.Combine(s.TaskFolder, t + ".yaml"));
+            return s.EvaluateOn == EvaluationSet.Test ? task : task with { TestSplit = task.ValidationSplit };
+        });
+
+    /// <summary>
     /// The in-process federation's settings for experiments: no log noise on the console, brisk retries. Warnings and
     /// up only: Akka writes the INFO events of a system's shutdown ("Remoting shut down.") to stdout once its loggers
     /// have stopped, whatever stdout-loglevel says (akkadotnet/akka.net#5246).
@@ -146,17 +164,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
     {
         var clock = Stopwatch.StartNew();
         Directory.CreateDirectory(s.OutDir);
-        var synsets = WordNetCorpus.Read(s.WordNetDir);
-        var splitOptions = new WordNetSplitOptions { TrainPerParty = s.TrainPerParty, DevPerParty = s.DevPerParty, TestPerParty = s.TestPerParty, PublicLimit = 1 };
-        var split = WordNetCorpus.Write(synsets, Path.Combine(s.OutDir, "data"), splitOptions);
-        // The likelihood tasks over the very synsets every setting is scored on (the dev sets' when tuning).
-        var taskFolder = Path.Combine(s.OutDir, "tasks");
-        WordNetTasks.Write(synsets, taskFolder, splitOptions);
-        _tasks = LikelihoodScores.Tasks.ToDictionary(t => t, t =>
-        {
-            var task = TaskYaml.Load(Path.Combine(taskFolder, t + ".yaml"));
-            return s.EvaluateOn == EvaluationSet.Test ? task : task with { TestSplit = task.ValidationSplit };
-        });
+        var split = s.WriteSplit(publicLimit: 1);
         log($"data: {string.Join(", ", split.Counts.Where(kv => kv.Key != "public").Select(kv => $"{kv.Key} {kv.Value}"))}");
         var (basePath, card) = EnsureBase();
         var evaluation = s.EvaluateOn == EvaluationSet.Test
@@ -259,7 +267,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         return new Scores(sc.Rouge1, sc.Rouge2, sc.RougeL, sc.Bleu4, report.Loss, byDomain, each.Select(x => x.RougeL).ToArray(), each.Select(x => x.Bleu4).ToArray(),
             report.Samples.Select(x => x.Prediction).ToArray())
         {
-            Likelihood = _tasks is null ? null : LikelihoodScores.Of(model, tok, _tasks, 32),
+            Likelihood = Tasks() is { } tasks ? LikelihoodScores.Of(model, tok, tasks, 32) : null,
         };
     }
 

@@ -112,6 +112,11 @@ public class ExperimentReportSpec
         Assert.Contains("## Likelihood tasks on the same synsets", md);
         Assert.Matches(@"\| lora \| federated \| 3 \| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] \|", md);
         Assert.Matches(@"\| lora \| −bits/byte \| zero-shot \| \+0\.(49|50|51) \|", md);
+        // A paradigm experiment's quality table gains the two likelihood columns.
+        var table = new System.Text.StringBuilder();
+        ExperimentReport.QualityTable(table, result.Runs, modelColumn: false);
+        Assert.Contains("| loss | gloss acc_norm % [95 % CI] | bits/byte [95 % CI] |", table.ToString());
+        Assert.Matches(@"\| federated \| 3 \| [^|]+\| [^|]+\| [^|]+\| \d+\.\d\d \[[^]]+\] \| 3\.\d\d \[", table.ToString());
         // Without likelihood scores the claims are ROUGE-L and BLEU-4 only.
         Assert.Equal(["BLEU-4", "ROUGE-L"], ExperimentReport.Claims(plain.Runs).Select(c => c.Metric).Distinct().Order());
     }
