@@ -43,7 +43,22 @@ internal static class ActorSpecs
     public sealed class ScriptedPresence : IPartyPresence
     {
         public readonly HashSet<string> Absent = new();
+        readonly List<Akka.Actor.IActorRef> _subscribers = new();
         public bool Present(string org) => !Absent.Contains(org);
-        public Akka.Actor.Props? Watcher(Akka.Actor.IActorRef subscriber) => null;
+
+        public Akka.Actor.Props? Watcher(Akka.Actor.IActorRef subscriber)
+        {
+            lock (_subscribers) _subscribers.Add(subscriber);
+            return Akka.Actor.Props.Create(() => new Idle());
+        }
+
+        /// <summary>The organization's last node leaves: absent from now on, and every watcher's subscriber told.</summary>
+        public void Leave(string org)
+        {
+            Absent.Add(org);
+            lock (_subscribers) foreach (var s in _subscribers) s.Tell(new PartyNodeLeft(org), Akka.Actor.ActorRefs.NoSender);
+        }
+
+        sealed class Idle : Akka.Actor.ReceiveActor;
     }
 }

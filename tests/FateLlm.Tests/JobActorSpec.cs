@@ -398,6 +398,24 @@ public sealed class JobActorSpec : TestKit
         Clock.Advance(TimeSpan.FromSeconds(20));
         var status = AwaitState(job, JobState.Completed);
         Assert.Equal(["animal"], status.FinalEvaluation.Select(e => e.Org));
+        Assert.Equal(new Dictionary<string, string> { ["artifact"] = "no answer before the round deadline", ["food"] = "no node in the cluster" },
+            status.EvaluationMissing.OrderBy(kv => kv.Key).ToDictionary());
+    }
+
+    [Fact]
+    public void A_party_whose_node_leaves_during_the_final_evaluation_is_not_waited_for_and_is_reported_with_why()
+    {
+        var spec = ActorSpecs.EchoJob("evaluation-left", rounds: 1, deadlineSeconds: 600);
+        var job = Submitted(spec);
+        _rounds.Reply(Success(NextStart(1, 1), 5));
+        var asked = Enumerable.Range(0, 3).Select(_ => _parties.ExpectMsg<EvaluateRequest>(Wait)).ToList();
+        foreach (var org in new[] { "animal", "artifact" })
+            job.Tell(new EvaluateReply(org, spec.JobId, new PartyEvaluation(org, 5, Math.Exp(5), null, null, null, null, 1), null), _parties.Ref);
+        Assert.Equal(JobState.Running, Status(job).State);
+        _presence.Leave("food"); // no clock advance: the 600 s deadline never comes
+        var status = AwaitState(job, JobState.Completed);
+        Assert.Equal(["animal", "artifact"], status.FinalEvaluation.Select(e => e.Org));
+        Assert.Equal("its node left the cluster during the evaluation", status.EvaluationMissing["food"]);
     }
 
     [Fact]
