@@ -12,6 +12,7 @@ what lm-eval's HF backend computes for them, written out here independently of F
   * loglikelihood_rolling: get_rolling_token_windows(prefix=BOS, max_seq_len=max_length, context_len=1) and
     make_disjoint_window; word_perplexity = exp(-sum ll / sum words), byte_perplexity alike with bytes,
     bits_per_byte = -sum ll / sum bytes / ln 2;
+  * few-shot contexts: random.Random(1234).sample of the training split per document, in document order;
   * generate_until: greedy decoding of max_gen_toks tokens (stopping at EOS), cut at the first stop sequence;
     exact_match with ignore_case.
 The model's max_position_embeddings is 24, so long contexts are cut from the left and long documents take
@@ -221,7 +222,18 @@ def main():
         qa.append({"prediction": text})
         em.append(1.0 if text.lower() == doc["answer"].lower() else 0.0)
 
+    # lm-eval's ContextSampler with fewshot_random_seed 1234: one random.Random for the task, sample() per document in
+    # order, from the training split (no fewshot_split, so no extra draw), joined by fewshot_delimiter.
+    import random
+    rnd = random.Random(1234)
+    fewshot = []
+    for doc in ARC[:4]:
+        shots = [d for d in rnd.sample(ARC[:3], 2) if d != doc][:2]
+        labeled = "\n\n".join(f"Question: {d['question']}\nAnswer:" + " " + d["choices"]["text"][d["choices"]["label"].index(d["answerKey"])] for d in shots)
+        fewshot.append(labeled + "\n\n" + f"Question: {doc['question']}\nAnswer:")
+
     expected = {
+        "arc_easy_2shot": {"contexts": fewshot},
         "arc_easy": {"docs": arc, "acc": sum(acc) / len(acc), "acc_stderr": stderr(acc), "acc_norm": sum(acc_norm) / len(acc_norm), "acc_norm_stderr": stderr(acc_norm)},
         "tiny_wikitext": {"docs": wiki, "word_perplexity": math.exp(-total_ll / words), "byte_perplexity": math.exp(-total_ll / nbytes),
                           "bits_per_byte": -total_ll / nbytes / math.log(2)},

@@ -71,16 +71,16 @@ public static class TaskEvaluation
     {
         if (shots == 0) return items.Select(d => task.Description + docs.Text(d)).ToList();
         var pool = docs.Split(task.ShotSplit);
-        var sameSplit = task.ShotSplit == task.EvalSplit;
-        if (pool.Count < shots + (sameSplit ? 1 : 0))
+        // lm-eval's ContextSampler: one random.Random(seed) for the whole task, drawn in document order; one example more
+        // when fewshot_split names the scored split, so that the document itself can be dropped.
+        var draws = shots + (task.FewshotSplit is not null && task.FewshotSplit == task.TestSplit ? 1 : 0);
+        if (pool.Count < draws)
             throw new TaskConfigException($"{task.Source}: task '{task.Task}': {shots} few-shot examples asked, split '{task.ShotSplit}' holds {pool.Count}");
-        // One generator for the whole task, as lm-eval's sampler: the examples differ per document and repeat per run.
-        var rng = new Random(seed);
+        var rng = new PythonRandom(seed);
         return items.Select(doc =>
         {
-            var order = Enumerable.Range(0, pool.Count).ToArray();
-            rng.Shuffle(order);
-            var picked = order.Select(i => pool[i]).Where(p => p.Location != doc.Location).Take(shots);
+            // As lm-eval's `x != doc`: an example equal to the document is dropped, from whichever split it came.
+            var picked = rng.Sample(pool.Count, draws).Select(i => pool[i]).Where(p => !JsonNode.DeepEquals(p.Fields, doc.Fields)).Take(shots);
             var examples = string.Concat(picked.Select(p => docs.Text(p) + task.TargetDelimiter + docs.TargetTexts(p)[0] + task.FewshotDelimiter));
             return task.Description + examples + docs.Text(doc);
         }).ToList();
