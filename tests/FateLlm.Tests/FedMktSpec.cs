@@ -147,6 +147,51 @@ public class FedMktFederationSpec
 public class FedMktSimulationSpec
 {
     [Fact]
+    public void A_distillation_killed_at_step_k_resumes_at_its_checkpoint_and_ends_with_the_tensors_of_an_uninterrupted_run()
+    {
+        var dir = TestSupport.TempDir();
+        foreach (var (name, seed) in new[] { ("student", 3), ("teacher", 4) })
+        {
+            using var m = CausalLm.Create(ModelPresets.Create("llama", "tiny"));
+            m.InitializeWeights(seed);
+            HfCheckpoint.Save(m, Path.Combine(dir, name));
+            ByteTokenizer.Save(Path.Combine(dir, name));
+        }
+        var data = new DataOptions { MaxPromptTokens = 32, MaxResponseTokens = 32, MaxTotalTokens = 64 };
+        var publicSet = Enumerable.Range(0, 12).Select(i => new Example($"word: fox {i}", "a quick brown animal", $"public:{i}")).ToList();
+        var peft = new Training.Peft.PeftConfig { LoraDropout = 0.1 }; // the dropout stream must be resumed too
+        var options = new TransferOptions(Alpha: 0.5, Temperature: 2, Epochs: 4, BatchSize: 4, LearningRate: 1e-2, Seed: 2);
+        PublicLogits teacherBlock;
+        using (var teacher = Training.Trainer.FineTuning.Open(Path.Combine(dir, "teacher"), peft, 1))
+            teacherBlock = KnowledgeTransfer.Compute(teacher.Model, teacher.Tokenizer, TokenVocabulary.Of(teacher.Tokenizer), publicSet, data, 4);
+        var folder = Path.Combine(dir, "ckpt");
+        byte[] Run(Training.Trainer.AdapterStepsCheckpoints? c, CancellationToken ct = default)
+        {
+            using var run = Training.Trainer.FineTuning.Open(Path.Combine(dir, "student"), peft, 1);
+            var vocab = TokenVocabulary.Of(run.Tokenizer);
+            var own = KnowledgeTransfer.Compute(run.Model, run.Tokenizer, vocab, publicSet, data, 1);
+            var aligned = KnowledgeTransfer.Align(teacherBlock, run.Tokenizer, vocab, publicSet, data, options.Temperature);
+            var teachers = KnowledgeTransfer.Select([aligned], own.Examples.Select(e => e.Metric).ToList());
+            KnowledgeTransfer.Train(run.Model, run.Tokenizer, publicSet, teachers, data, options, ct, c);
+            return run.TrainableBytes();
+        }
+        var uninterrupted = Run(null);
+        // Killed after step 7 (of 12; 3 an epoch): the checkpoint every 2 steps is step 6's, inside epoch 2.
+        using (var cts = new CancellationTokenSource())
+            Assert.ThrowsAny<OperationCanceledException>(() =>
+                Run(new Training.Trainer.AdapterStepsCheckpoints(folder, 2, new Steps(s => { if (s == 7) cts.Cancel(); })), cts.Token));
+        var steps = new List<int>();
+        var resumed = Run(new Training.Trainer.AdapterStepsCheckpoints(folder, 2, new Steps(steps.Add)));
+        Assert.Equal(Enumerable.Range(7, 6), steps);
+        Assert.Equal(uninterrupted, resumed);
+    }
+
+    sealed class Steps(Action<int> onStep) : IProgress<Training.Trainer.TrainProgress>
+    {
+        public void Report(Training.Trainer.TrainProgress p) => onStep(p.Step);
+    }
+
+    [Fact]
     public void One_way_with_post_fedavg_is_one_exchange_per_round_leaves_the_server_untouched_and_averages_the_parties_lora()
     {
         var g = FederationFixture.Prepare();
