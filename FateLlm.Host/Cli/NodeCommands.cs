@@ -138,6 +138,21 @@ internal static class NodeCommands
             throw new InvalidOperationException($"{option} {port}: something already listens on {probe}:{port} (is this node already running?)");
     }
 
+    /// <summary>The default columns of preference files (dpo's), for checking a party's data at start.</summary>
+    static (string Prompt, string Chosen, string Rejected) PreferenceColumns()
+    {
+        var c = FederationNode.Reference().GetConfig("fate-llm.algorithms.dpo");
+        return (c.GetString("prompt-column"), c.GetString("chosen-column"), c.GetString("rejected-column"));
+    }
+
+    static bool FirstObjectHas(string path, string key)
+    {
+        if (!File.Exists(path)) return false;
+        var first = File.ReadLines(path).FirstOrDefault(l => l.Trim().Length > 0);
+        try { return first is not null && System.Text.Json.Nodes.JsonNode.Parse(first) is System.Text.Json.Nodes.JsonObject o && o.ContainsKey(key); }
+        catch (System.Text.Json.JsonException) { return false; } // the instruction reader names the line
+    }
+
     public static IEnumerable<Command> Build(Terminal t, AlgorithmCatalog algorithms)
     {
         var shared = new Shared();
@@ -168,6 +183,8 @@ internal static class NodeCommands
                 var path = Path.GetFullPath(d[(eq + 1)..]);
                 // Validate now: a bad line should stop the node with file:line, not fail a round later.
                 if (path.EndsWith(".yaml") || path.EndsWith(".yml")) FateLlm.Training.Evaluation.Harness.TaskYaml.Load(path);
+                else if (PreferenceColumns() is var (prompt, chosen, rejected) && FirstObjectHas(path, chosen))
+                    FateLlm.Training.Algorithms.Dpo.PreferenceData.Read(path, prompt, chosen, rejected);
                 else InstructionData.ReadJsonl(path, new DataOptions());
                 datasets[d[..eq]] = path;
             }

@@ -18,7 +18,8 @@ public sealed class AlgorithmCatalog
         .With(new KSeed.FedKSeedAlgorithm())
         .With(new CoLlm.FedCoLlmAlgorithm())
         .With(new Mkt.FedMktAlgorithm())
-        .With(new Pdss.PdssAlgorithm());
+        .With(new Pdss.PdssAlgorithm())
+        .With(new Dpo.DpoAlgorithm());
 
     readonly IReadOnlyDictionary<string, IFederatedAlgorithm> _algorithms;
 

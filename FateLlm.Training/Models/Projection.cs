@@ -33,6 +33,8 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     double _loraDropout;
     Generator? _randomness;
     public bool Merged { get; private set; }
+    /// <summary>Computes the base projection alone, as PEFT's <c>disable_adapter()</c> (a DPO reference without a second copy).</summary>
+    public bool LoraDisabled { get; set; }
 
     public Projection(long inFeatures, long outFeatures, bool hasBias, bool conv1dLayout = false) : base("Projection")
     {
@@ -98,7 +100,7 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         var y = Conv1DLayout
             ? (bias is null ? x.matmul(weight) : addmm(bias, x.reshape(-1, InFeatures), weight, 1, 1).reshape(LeadingShape(x, OutFeatures)))
             : nn.functional.linear(x, weight, bias);
-        if (LoraA is null || LoraB is null || Merged) return y;
+        if (LoraA is null || LoraB is null || Merged || LoraDisabled) return y;
         var h = training && _loraDropout > 0 ? Dropout(x) : x;
         // Adapters train in their own dtype (fp32) on a base that may stay bf16: cast in, and the update back.
         if (h.dtype != LoraA.weight.dtype) h = h.to_type(LoraA.weight.dtype);

@@ -170,4 +170,21 @@ public static class PeftModel
     {
         foreach (var (_, p) in model.Projections()) p.Unmerge();
     }
+
+    /// <summary>Until disposed, the model computes as its base: every LoRA branch is skipped (PEFT's <c>disable_adapter()</c>).</summary>
+    public static IDisposable AdapterDisabled(CausalLm model)
+    {
+        var adapted = model.Projections().Select(p => p.Module).Where(p => p.HasLora && !p.LoraDisabled).ToList();
+        if (model.Projections().Any(p => p.Module.Merged)) throw new InvalidOperationException("a merged adapter cannot be disabled (unmerge it first)");
+        foreach (var p in adapted) p.LoraDisabled = true;
+        return new Restore(adapted);
+    }
+
+    sealed class Restore(List<Projection> adapted) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var p in adapted) p.LoraDisabled = false;
+        }
+    }
 }
