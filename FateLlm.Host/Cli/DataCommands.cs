@@ -18,6 +18,7 @@ internal static class DataCommands
         var test = Opt("--test-per-party", "Test examples contributed per party's domains", 100);
         var publicLimit = Opt("--public", "Public-corpus examples (other domains; 0 = all)", 20000);
         var alpha = new Option<double?>("--dirichlet") { Description = "Split the party domains with Dirichlet(α) label skew instead of one domain group per party" };
+        var preferences = Opt("--preferences", "Also write preference pairs for dpo: the gloss chosen, a sibling's (or homograph's) gloss rejected", false);
         var wordnet = new Command("wordnet", "WordNet definition generation as AdvertiseGen-style JSONL: non-IID party shards, dev, test, public corpus").With(p =>
         {
             if (p.GetValue(alpha) is <= 0) throw new UsageException("--dirichlet α must be positive");
@@ -33,7 +34,13 @@ internal static class DataCommands
             var tasks = Path.Combine(p.GetValue(outDir)!, "tasks");
             var names = FateLlm.Training.Evaluation.Harness.WordNetTasks.Write(synsets, tasks, options);
             t.Out.WriteLine($"wrote {names.Count} evaluation tasks over the test set to {tasks} (fate-llm evaluate --include-path {tasks} --tasks wordnet)");
-        }, dict, outDir, seed, train, dev, test, publicLimit, alpha);
+            if (p.GetValue(preferences))
+            {
+                var prefs = WordNetPreferences.Write(synsets, p.GetValue(outDir)!, options);
+                t.Out.WriteLine($"wrote preference pairs ({string.Join(", ", prefs.Parties.Keys.Select(k => $"{k}-prefs-train/dev"))}, prefs-test) with rejected glosses from " +
+                    string.Join(", ", prefs.Negatives.Select(kv => $"{kv.Value} {kv.Key}")));
+            }
+        }, dict, outDir, seed, train, dev, test, publicLimit, alpha, preferences);
         var cmd = new Command("data", "Datasets");
         cmd.Subcommands.Add(wordnet);
         return cmd;

@@ -235,3 +235,52 @@ public static class WordNetCorpus
         }
     }
 }
+
+/// <summary>
+/// Preference pairs from WordNet for DPO (<c>fate-llm data wordnet --preferences</c>): the prompt is the synset's
+/// attributes as the experiments prompt them, the chosen answer its gloss, the rejected one a hard negative — the gloss
+/// of a sibling synset under the same hypernym, else of a homograph (another sense of the same word), else of a
+/// synset of the same domain and part of speech. Per party a train and a dev file over its own synsets, and one test
+/// file over the experiments' test synsets; seeded, so the same options give the same files.
+/// </summary>
+public static class WordNetPreferences
+{
+    public sealed record Written(IReadOnlyDictionary<string, (string Train, string Dev)> Parties, string Test, IReadOnlyDictionary<string, int> Negatives);
+
+    public static Written Write(IReadOnlyList<Synset> synsets, string outDir, WordNetSplitOptions o)
+    {
+        Directory.CreateDirectory(outDir);
+        var partition = WordNetCorpus.Partition(synsets, o);
+        var usable = synsets.Where(WordNetCorpus.Usable).ToList();
+        var siblings = usable.Where(s => s.HypernymOffsets.Length > 0).GroupBy(s => (s.Pos, s.HypernymOffsets[0])).ToDictionary(g => g.Key, g => g.ToList());
+        var senses = usable.GroupBy(s => s.Words[0].ToLowerInvariant()).ToDictionary(g => g.Key, g => g.ToList());
+        var domain = usable.GroupBy(s => (s.Domain, s.Pos)).ToDictionary(g => g.Key, g => g.ToList());
+        var rng = new Random((int)o.Seed + 2);
+        var negatives = new Dictionary<string, int> { ["sibling"] = 0, ["homograph"] = 0, ["domain"] = 0 };
+        string Line(Synset s)
+        {
+            Synset? Pick(IEnumerable<Synset>? pool)
+            {
+                var others = pool?.Where(x => x.Definition != s.Definition).OrderBy(x => x.Pos).ThenBy(x => x.Offset).ToList();
+                return others is { Count: > 0 } ? others[rng.Next(others.Count)] : null;
+            }
+            var (negative, kind) = Pick(s.HypernymOffsets.Length > 0 ? siblings.GetValueOrDefault((s.Pos, s.HypernymOffsets[0])) : null) is { } sib ? (sib, "sibling")
+                : Pick(senses.GetValueOrDefault(s.Words[0].ToLowerInvariant())) is { } hom ? (hom, "homograph")
+                : (Pick(domain[(s.Domain, s.Pos)]) ?? throw new DataFormatException($"synset {s.Offset} ({s.Words[0]}): no other gloss in {s.Domain} to reject"), "domain");
+            negatives[kind]++;
+            return JsonSerializer.Serialize(new { prompt = s.Content, chosen = s.Definition, rejected = negative.Definition, negative = kind, domain = s.Domain });
+        }
+        var parties = new Dictionary<string, (string, string)>();
+        foreach (var (party, (train, dev)) in partition.Parties)
+        {
+            var trainPath = Path.Combine(outDir, $"{party}-prefs-train.jsonl");
+            var devPath = Path.Combine(outDir, $"{party}-prefs-dev.jsonl");
+            File.WriteAllLines(trainPath, train.Select(Line));
+            File.WriteAllLines(devPath, dev.Select(Line));
+            parties[party] = (trainPath, devPath);
+        }
+        var test = Path.Combine(outDir, "prefs-test.jsonl");
+        File.WriteAllLines(test, partition.Test.Select(Line));
+        return new Written(parties, test, negatives);
+    }
+}

@@ -138,6 +138,26 @@ public class DpoSpec
         Assert.Contains("dpo trains a LoRA policy", Refusal(new(), s => s with { Peft = s.Peft with { Method = PeftMethod.PtuningV2 } }).Message);
     }
 
+    [Fact]
+    public void WordNet_preferences_reject_a_siblings_gloss_over_the_experiments_own_synsets_reproducibly()
+    {
+        var synsets = WordNetCorpus.Read();
+        var o = new WordNetSplitOptions { TrainPerParty = 200, DevPerParty = 20, TestPerParty = 30 };
+        var a = WordNetPreferences.Write(synsets, TestSupport.TempDir(), o);
+        var b = WordNetPreferences.Write(synsets, TestSupport.TempDir(), o);
+        Assert.Equal(File.ReadAllLines(a.Test), File.ReadAllLines(b.Test));
+        var split = WordNetCorpus.Write(synsets, TestSupport.TempDir(), o);
+        var test = PreferenceData.Read(a.Test, "prompt", "chosen", "rejected");
+        Assert.Equal(InstructionData.ReadJsonl(split.Test, new DataOptions()).Select(e => (e.Prompt, e.Response)), test.Select(p => (p.Prompt, p.Chosen)));
+        Assert.All(a.Parties.Values, f => Assert.Equal(200, PreferenceData.Read(f.Train, "prompt", "chosen", "rejected").Count));
+        // Most negatives are siblings under the same hypernym: a hard choice, not a random gloss.
+        Assert.True(a.Negatives["sibling"] > 3 * (a.Negatives["homograph"] + a.Negatives["domain"]), string.Join(", ", a.Negatives));
+        var bySense = synsets.Where(s => s.HypernymOffsets.Length > 0).ToLookup(s => s.Definition);
+        var first = System.Text.Json.Nodes.JsonNode.Parse(File.ReadLines(a.Test).First(l => l.Contains("\"sibling\"")))!;
+        var chosen = bySense[first["chosen"]!.GetValue<string>()].First();
+        Assert.Contains(bySense[first["rejected"]!.GetValue<string>()], s => s.HypernymOffsets[0] == chosen.HypernymOffsets[0] && s.Pos == chosen.Pos);
+    }
+
     internal static JobSpec Job(string id, string model, string output) =>
         JobFile.Default(id, model, [new PartySpec("a", "prefs", "prefs-dev"), new PartySpec("b", "prefs", "prefs-dev"), new PartySpec("c", "prefs", "prefs-dev")], output);
 }
