@@ -63,12 +63,15 @@ public sealed record ExperimentSettings
     public WordNetSplit WriteSplit(int publicLimit)
     {
         var synsets = WordNetCorpus.Read(WordNetDir);
-        var options = new WordNetSplitOptions { TrainPerParty = TrainPerParty, DevPerParty = DevPerParty, TestPerParty = TestPerParty, PublicLimit = publicLimit };
+        var options = SplitOptions(publicLimit);
         WordNetTasks.Write(synsets, TaskFolder, options);
         return WordNetCorpus.Write(synsets, Path.Combine(OutDir, "data"), options);
     }
 
     public string TaskFolder => Path.Combine(OutDir, "tasks");
+
+    public WordNetSplitOptions SplitOptions(int publicLimit) =>
+        new() { TrainPerParty = TrainPerParty, DevPerParty = DevPerParty, TestPerParty = TestPerParty, PublicLimit = publicLimit };
 
     public double LearningRate(string method) => method switch { "lora" => LoraLearningRate, "ptuning-v2" => PrefixLearningRate, _ => 1e-3 };
 

@@ -158,6 +158,27 @@ public class DpoSpec
         Assert.Contains(bySense[first["rejected"]!.GetValue<string>()], s => s.HypernymOffsets[0] == chosen.HypernymOffsets[0] && s.Pos == chosen.Pos);
     }
 
+    [Fact]
+    public void The_dpo_experiments_report_checks_federated_against_every_setting_on_the_same_pairs()
+    {
+        const int n = 60;
+        Host.Experiments.PreferenceRun Run(string setting, int seed, int correct, double margin)
+        {
+            double[] acc = [.. Enumerable.Range(0, n).Select(i => (i * 37 + seed) % 100 < correct ? 100.0 : 0.0)];
+            return new(setting, seed, acc, [.. Enumerable.Range(0, n).Select(i => margin + (i % 3) * 0.01)], ExperimentReportSpec.Scores(20 + correct / 10.0, seed), 1);
+        }
+        var runs = new List<Host.Experiments.PreferenceRun> { Run(Host.Experiments.DpoExperiment.Sft, 0, 50, 0) };
+        foreach (var seed in new[] { 1, 2 })
+            runs.AddRange([Run("local:nature", seed, 60, 0.2), Run(Host.Experiments.DpoExperiment.Centralized, seed, 80, 0.5), Run(Host.Experiments.DpoExperiment.Federated, seed, 80, 0.4)]);
+        var card = new Training.Zoo.ZooCard("base", "d", "llama", 1000, 4, 64, "sentencepiece-bpe", 4000, "digest", 100, 10, 5, 4, 1e-3, 42, 2, 60, 1000, 3, 20, 1.5, "f", DateTime.UtcNow);
+        var md = Host.Experiments.DpoExperiment.Markdown(new Host.Experiments.DpoResult(new Host.Experiments.ExperimentSettings { OutDir = "x", Seeds = [1, 2] },
+            new Host.Experiments.DpoExperimentOptions(), card, new Dictionary<string, int> { ["sibling"] = 50, ["homograph"] = 10 }, runs, 60));
+        Assert.Contains("| SFT (no DPO) | 1 | 50.", md);
+        Assert.True(System.Text.RegularExpressions.Regex.IsMatch(md, @"\| preference accuracy % \| local:nature \| 2\d\.\d\d \[[\d.]+, [\d.]+\] \| above \| holds \|"), md);
+        Assert.Matches(@"\| preference accuracy % \| centralized \| 0\.00 \[0\.00, 0\.00\] \| within 1 point \| holds \|", md);
+        Assert.Contains("50 sibling, 10 homograph", md);
+    }
+
     internal static JobSpec Job(string id, string model, string output) =>
         JobFile.Default(id, model, [new PartySpec("a", "prefs", "prefs-dev"), new PartySpec("b", "prefs", "prefs-dev"), new PartySpec("c", "prefs", "prefs-dev")], output);
 }
