@@ -136,6 +136,9 @@ public class DpoSpec
         Assert.Contains("label-smoothing applies to the sigmoid loss", Refusal(new() { ["loss"] = "ipo", ["label-smoothing"] = "0.1" }).Message);
         Assert.Contains("job.algorithm.reference = 'sft' is not one of base, round-start", Refusal(new() { ["reference"] = "sft" }).Message);
         Assert.Contains("dpo trains a LoRA policy", Refusal(new(), s => s with { Peft = s.Peft with { Method = PeftMethod.PtuningV2 } }).Message);
+        // The example job loads and validates, its settings and defaults included.
+        var example = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "dpo.conf")));
+        Assert.Equal(new DpoAlgorithm.Settings(0.1, 0, PreferenceLoss.Sigmoid, true, "prompt", "chosen", "rejected"), DpoAlgorithm.Settings.Of(example));
     }
 
     [Fact]
