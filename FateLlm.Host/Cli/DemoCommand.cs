@@ -134,11 +134,7 @@ internal static class DemoCommand
             s = s with
             {
                 Methods = m, FullFineTuningBaseline = p.GetValue(full), ZooRoot = p.GetValue(zoo)!,
-                EvaluateOn = p.GetValue(evalOn) switch
-                {
-                    "test" => EvaluationSet.Test, "dev" => EvaluationSet.Dev,
-                    var x => throw new UsageException($"--eval-on '{x}' is not test or dev"),
-                },
+                EvaluateOn = EvaluateOn(p.GetValue(evalOn)!),
             };
             if (p.GetValue(rounds) is int r) s = s with { Rounds = TrainingCommands.Positive(r, "--rounds") };
             if (p.GetValue(perParty) is int n) s = s with { TrainPerParty = TrainingCommands.Positive(n, "--train-per-party") };
@@ -195,6 +191,12 @@ internal static class DemoCommand
         }, [quick, outDir, seeds, zoo, .. extra]);
     }
 
+    static EvaluationSet EvaluateOn(string value) => value switch
+    {
+        "test" => EvaluationSet.Test, "dev" => EvaluationSet.Dev,
+        var x => throw new UsageException($"--eval-on '{x}' is not test or dev"),
+    };
+
     static Command FedKSeedExperimentCommand(Terminal t)
     {
         var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
@@ -204,14 +206,7 @@ internal static class DemoCommand
         return ParadigmExperiment(t, "fedkseed", "FedKSeed-Pro: full-parameter zeroth-order tuning with seeds against federated LoRA given the same training time; bytes per round; replay cost",
             "One seed, 2 rounds, 100 steps per round, 200 training and 30 test examples per party", 2, (p, s, quick) =>
             {
-                s = s with
-                {
-                    EvaluateOn = p.GetValue(evalOn) switch
-                    {
-                        "test" => EvaluationSet.Test, "dev" => EvaluationSet.Dev,
-                        var x => throw new UsageException($"--eval-on '{x}' is not test or dev"),
-                    },
-                };
+                s = s with { EvaluateOn = EvaluateOn(p.GetValue(evalOn)!) };
                 var o = (quick ? FedKSeedOptions.Quick : defaults) with { LearningRate = p.GetValue(lr) > 0 ? p.GetValue(lr) : throw new UsageException("--learning-rate must be > 0") };
                 if (p.GetValue(steps) is int n) o = o with { Steps = TrainingCommands.Positive(n, "--steps") };
                 var result = new FedKSeedExperiment(s, o, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
@@ -225,10 +220,12 @@ internal static class DemoCommand
         var defaults = new DpoExperimentOptions();
         var beta = Opt("--beta", "DPO's β", defaults.Beta);
         var lr = Opt("--learning-rate", "LoRA learning rate of the DPO stage", defaults.LearningRate);
+        var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test pairs, or on the parties' pooled dev pairs (for tuning)", "test");
         return ParadigmExperiment(t, "dpo",
             "SFT then DPO on WordNet preferences (a sibling's gloss rejected): the SFT model, each party alone, federated, centralized; preference accuracy, reward margin, ROUGE-L",
             "One seed, 2 rounds, 200 training pairs and 30 test pairs per party", 2, (p, s, _) =>
             {
+                s = s with { EvaluateOn = EvaluateOn(p.GetValue(evalOn)!) };
                 var o = defaults with
                 {
                     Beta = p.GetValue(beta) > 0 ? p.GetValue(beta) : throw new UsageException("--beta must be > 0"),
@@ -237,7 +234,7 @@ internal static class DemoCommand
                 var result = new DpoExperiment(s, o, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
                 DpoExperiment.Write(result, s.OutDir);
                 return (DpoExperiment.Markdown(result), result.Seconds);
-            }, beta, lr);
+            }, beta, lr, evalOn);
     }
 
     static Command FedCoLlmExperimentCommand(Terminal t) => ParadigmExperiment(t, "fedcollm",

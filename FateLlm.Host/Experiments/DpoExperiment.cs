@@ -62,7 +62,9 @@ public sealed class DpoExperiment(ExperimentSettings s, DpoExperimentOptions o, 
             });
             PeftModel.SaveMerged(run.Model, sft, basePath);
         }
-        var test = PreferenceData.Read(prefs.Test, "prompt", "chosen", "rejected");
+        // Tuning scores the parties' pooled dev pairs, never the test pairs.
+        var test = s.EvaluateOn == EvaluationSet.Test ? PreferenceData.Read(prefs.Test, "prompt", "chosen", "rejected")
+            : [.. prefs.Parties.Values.SelectMany(f => PreferenceData.Read(f.Dev, "prompt", "chosen", "rejected"))];
         var partyPairs = prefs.Parties.ToDictionary(kv => kv.Key, kv => PreferenceData.Read(kv.Value.Train, "prompt", "chosen", "rejected"));
         log($"dpo: SFT from {card.Name} ({o.SftEpochs} epoch of centralized LoRA), β = {o.Beta}, lr {o.LearningRate:G3}; {test.Count} test pairs; " +
             $"rejected glosses: {string.Join(", ", prefs.Negatives.Select(kv => $"{kv.Value} {kv.Key}"))}");
@@ -147,7 +149,8 @@ public sealed class DpoExperiment(ExperimentSettings s, DpoExperimentOptions o, 
             $"every setting starts from it and uses it as DPO's reference. DPO: β = {r.Options.Beta}, LoRA r = 8 on q/v, lr {r.Options.LearningRate:G3}, " +
             $"{r.Settings.Rounds} rounds × {r.Settings.LocalEpochs} local epoch (the same passes alone and centralized); seeds {string.Join(", ", r.Settings.Seeds)}. " +
             $"Pairs: the synset's attributes → its gloss chosen, a sibling's gloss rejected ({string.Join(", ", r.Negatives.Select(kv => $"{kv.Value} {kv.Key}"))}). " +
-            $"{r.Runs[0].Accuracy.Length} all-domain test pairs; each pair's score averaged over seeds; 95 % bootstrap intervals over pairs.");
+            $"{r.Runs[0].Accuracy.Length} {(r.Settings.EvaluateOn == EvaluationSet.Test ? "all-domain test pairs" : "pooled dev pairs (tuning run: not the test set)")}; " +
+            "each pair's score averaged over seeds; 95 % bootstrap intervals over pairs.");
         md.AppendLine();
         md.AppendLine("| setting | seeds | preference accuracy % | reward margin | ROUGE-L vs chosen | gloss bits/byte |");
         md.AppendLine("|---|---|---|---|---|---|");
