@@ -179,16 +179,11 @@ public class FedMktSimulationSpec
         // Killed after step 7 (of 12; 3 an epoch): the checkpoint every 2 steps is step 6's, inside epoch 2.
         using (var cts = new CancellationTokenSource())
             Assert.ThrowsAny<OperationCanceledException>(() =>
-                Run(new Training.Trainer.AdapterStepsCheckpoints(folder, 2, new Steps(s => { if (s == 7) cts.Cancel(); })), cts.Token));
+                Run(new Training.Trainer.AdapterStepsCheckpoints(folder, 2, new InferDptSpec.Steps(s => { if (s == 7) cts.Cancel(); })), cts.Token));
         var steps = new List<int>();
-        var resumed = Run(new Training.Trainer.AdapterStepsCheckpoints(folder, 2, new Steps(steps.Add)));
+        var resumed = Run(new Training.Trainer.AdapterStepsCheckpoints(folder, 2, new InferDptSpec.Steps(steps.Add)));
         Assert.Equal(Enumerable.Range(7, 6), steps);
         Assert.Equal(uninterrupted, resumed);
-    }
-
-    sealed class Steps(Action<int> onStep) : IProgress<Training.Trainer.TrainProgress>
-    {
-        public void Report(Training.Trainer.TrainProgress p) => onStep(p.Step);
     }
 
     [Fact]

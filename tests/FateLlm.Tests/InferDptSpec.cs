@@ -229,7 +229,8 @@ public class InferDptSpec
         Assert.Equal(uninterrupted, resumed);
     }
 
-    sealed class Steps(Action<int> onStep) : IProgress<TrainProgress>
+    /// <summary>Reports each step a run takes (for killing a run at step k, and seeing where a resumed one starts).</summary>
+    internal sealed class Steps(Action<int> onStep) : IProgress<TrainProgress>
     {
         public void Report(TrainProgress p) => onStep(p.Step);
     }
