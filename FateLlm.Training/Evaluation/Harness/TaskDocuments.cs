@@ -75,7 +75,7 @@ public sealed class TaskDocuments
         var value = _task.DocToChoice switch
         {
             null => throw Bad(doc, "doc_to_choice", "missing"),
-            DocField.Template t when doc.Fields.ContainsKey(t.Source) => Column(doc, t.Source, "doc_to_choice"),
+            DocField.Template t when doc.Fields.ContainsKey(t.Source) => Column(doc, t.Source),
             DocField.Template t => ParseLiteral(Render(t.Source, doc, "doc_to_choice"), doc),
             DocField.Items items => items.Templates.Select(x => (object?)Render(x, doc, "doc_to_choice")).ToList(),
             _ => throw Bad(doc, "doc_to_choice", "must give a list of choices"),
@@ -108,7 +108,7 @@ public sealed class TaskDocuments
     object? Apply(DocField field, TaskDocument doc, string key) => field switch
     {
         DocField.Number n => n.Value,
-        DocField.Template t when doc.Fields.ContainsKey(t.Source) => Column(doc, t.Source, key),
+        DocField.Template t when doc.Fields.ContainsKey(t.Source) => Column(doc, t.Source),
         DocField.Template t => Rendered(Render(t.Source, doc, key), doc),
         DocField.Items items => items.Templates.Select(x => (object?)Render(x, doc, key)).ToList(),
         _ => throw Bad(doc, key, "unsupported"),
@@ -121,16 +121,8 @@ public sealed class TaskDocuments
         return text;
     }
 
-    static object? Column(TaskDocument doc, string name, string key) => doc.Fields[name] switch
-    {
-        JsonValue v when v.TryGetValue<string>(out var s) => s,
-        JsonValue v when v.TryGetValue<long>(out var l) => l,
-        JsonValue v when v.TryGetValue<double>(out var d) => d,
-        JsonValue v when v.TryGetValue<bool>(out var b) => b,
-        JsonArray a => a.Select(x => Column(new TaskDocument(new JsonObject { ["x"] = x?.DeepClone() }, doc.Location), "x", key)).ToList(),
-        null => null,
-        var other => other.ToJsonString(),
-    };
+    /// <summary>A column's value as the Jinja templates see it (Python's types), so a column and <c>{{column}}</c> render alike.</summary>
+    static object? Column(TaskDocument doc, string name) => Value.FromJson(doc.Fields[name]);
 
     string Render(string source, TaskDocument doc, string key)
     {
@@ -144,17 +136,8 @@ public sealed class TaskDocuments
 
     TaskConfigException Bad(TaskDocument doc, string key, string message) => new($"{doc.Location}: task '{_task.Task}': {key} {message}");
 
-    /// <summary>Python's str() of a value, as lm-eval would build text from it.</summary>
-    static string Python(object? v) => v switch
-    {
-        null => "None",
-        string s => s,
-        bool b => b ? "True" : "False",
-        long l => l.ToString(CultureInfo.InvariantCulture),
-        double d => d.ToString("R", CultureInfo.InvariantCulture),
-        List<object?> l => "[" + string.Join(", ", l.Select(x => x is string s ? "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'" : Python(x))) + "]",
-        _ => v.ToString() ?? "",
-    };
+    /// <summary>Python's str() of a value, as lm-eval would build text from it (the Jinja engine's own rendering).</summary>
+    static string Python(object? v) => Value.Str(v);
 
     /// <summary>A Python list literal of strings and numbers (what a rendered <c>{{choices}}</c> gives).</summary>
     object ParseLiteral(string text, TaskDocument doc)
