@@ -47,8 +47,9 @@ public sealed class DpoExperiment(ExperimentSettings s, DpoExperimentOptions o, 
     {
         var clock = Stopwatch.StartNew();
         Directory.CreateDirectory(s.OutDir);
-        var split = s.WriteSplit(publicLimit: 1);
-        var prefs = WordNetPreferences.Write(WordNetCorpus.Read(s.WordNetDir), Path.Combine(s.OutDir, "data"), s.SplitOptions(publicLimit: 1));
+        var synsets = WordNetCorpus.Read(s.WordNetDir);
+        var split = s.WriteSplit(publicLimit: 1, synsets);
+        var prefs = WordNetPreferences.Write(synsets, Path.Combine(s.OutDir, "data"), s.SplitOptions(publicLimit: 1));
         var paper = new PaperExperiment(s, log);
         var (basePath, card) = paper.EnsureBase();
         var sft = Path.Combine(s.OutDir, "sft");
@@ -126,11 +127,7 @@ public sealed class DpoExperiment(ExperimentSettings s, DpoExperimentOptions o, 
         return new PreferenceRun(setting, seed, accuracy, margin, generation, seconds);
     }
 
-    static double[] PerPair(IEnumerable<PreferenceRun> runs, Func<PreferenceRun, double[]> f)
-    {
-        var list = runs.Select(f).ToList();
-        return [.. Enumerable.Range(0, list[0].Length).Select(i => list.Average(x => x[i]))];
-    }
+    static double[] PerPair(IEnumerable<PreferenceRun> runs, Func<PreferenceRun, double[]> f) => ExperimentReport.PerExampleOf(runs, f);
 
     public static void Write(DpoResult r, string outDir) => ExperimentReport.WriteResults(outDir, "dpo", new
     {
@@ -159,7 +156,7 @@ public sealed class DpoExperiment(ExperimentSettings s, DpoExperimentOptions o, 
         {
             var mine = r.Runs.Where(x => x.Setting == setting).ToList();
             var bits = mine.All(x => x.Generation.Likelihood is not null)
-                ? CI(Bootstrap.Mean(ExperimentReport.PerExample(mine.Select(x => new RunResult("dpo", setting, x.Seed, x.Generation, 0)), x => x.Likelihood!.BitsPerByte))) : "–";
+                ? CI(Bootstrap.Mean(PerPair(mine, x => x.Generation.Likelihood!.BitsPerByte))) : "–";
             md.AppendLine($"| {setting} | {mine.Count} | {CI(Bootstrap.Mean(PerPair(mine, x => x.Accuracy)))} | {CI(Bootstrap.Mean(PerPair(mine, x => x.Margin)))} | " +
                 $"{CI(Bootstrap.Mean(PerPair(mine, x => x.Generation.RougeLPerExample)))} | {bits} |");
         }
@@ -174,10 +171,7 @@ public sealed class DpoExperiment(ExperimentSettings s, DpoExperimentOptions o, 
             {
                 var d = Bootstrap.PairedDifference(PerPair(fed, f), PerPair(r.Runs.Where(x => x.Setting == other), f));
                 var above = other != Centralized;
-                var verdict = above
-                    ? d.Low > 0 ? "holds" : d.Estimate > 0 ? "holds on the mean; the interval includes 0" : "does not hold"
-                    : d.Estimate >= -1 ? d.Low >= -1 ? "holds" : "holds on the mean; the interval reaches below −1" : "does not hold";
-                md.AppendLine($"| {metric} | {other} | {CI(d)} | {(above ? "above" : "within 1 point")} | {verdict} |");
+                md.AppendLine($"| {metric} | {other} | {CI(d)} | {(above ? "above" : "within 1 point")} | {ExperimentReport.Verdict(d, above, 1)} |");
             }
         md.AppendLine();
         md.AppendLine($"Wall time: {r.Seconds / 60:F1} min.");

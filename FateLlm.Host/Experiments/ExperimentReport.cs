@@ -61,12 +61,23 @@ public static class ExperimentReport
     static string Label(string setting) => setting.StartsWith("local:") ? "local " + setting[6..] : setting;
 
     /// <summary>Each example's score averaged over the seeds of one (method, setting).</summary>
-    public static double[] PerExample(IEnumerable<RunResult> runs, Func<Scores, double[]> metric)
+    public static double[] PerExample(IEnumerable<RunResult> runs, Func<Scores, double[]> metric) => PerExampleOf(runs, r => metric(r.Scores));
+
+    /// <summary>Each example's score averaged over runs of any kind (seeds of one setting), for paired bootstrap.</summary>
+    public static double[] PerExampleOf<T>(IEnumerable<T> runs, Func<T, double[]> metric)
     {
-        var list = runs.Select(r => metric(r.Scores)).ToList();
+        var list = runs.Select(metric).ToList();
         if (list.Count == 0) return [];
         return Enumerable.Range(0, list[0].Length).Select(i => list.Average(x => x[i])).ToArray();
     }
+
+    /// <summary>
+    /// A claim's verdict from a paired difference: "above" holds when the interval is above 0; otherwise the claim is
+    /// "within <paramref name="tolerance"/>" of the other setting.
+    /// </summary>
+    public static string Verdict(Interval d, bool above, double tolerance) => above
+        ? d.Low > 0 ? "holds" : d.Estimate > 0 ? "holds on the mean; the interval includes 0" : "does not hold"
+        : d.Estimate >= -tolerance ? d.Low >= -tolerance ? "holds" : $"holds on the mean; the interval reaches below −{tolerance.ToString(CultureInfo.InvariantCulture)}" : "does not hold";
 
     static IEnumerable<IGrouping<(string Method, string Setting), RunResult>> Settings(IReadOnlyList<RunResult> runs) =>
         runs.GroupBy(r => (r.Method, r.Setting));
@@ -119,10 +130,7 @@ public static class ExperimentReport
                 foreach (var (versus, other, expectation) in others)
                 {
                     var d = Bootstrap.PairedDifference(fed, PerExample(other, f));
-                    var verdict = expectation == "above"
-                        ? d.Low > 0 ? "holds" : d.Estimate > 0 ? "holds on the mean; the interval includes 0" : "does not hold"
-                        : d.Estimate >= -tolerance ? d.Low >= -tolerance ? "holds" : $"holds on the mean; the interval reaches below −{tolerance.ToString(CultureInfo.InvariantCulture)}" : "does not hold";
-                    claims.Add(new Claim(method, metric, versus, d, expectation, verdict));
+                    claims.Add(new Claim(method, metric, versus, d, expectation, Verdict(d, expectation == "above", tolerance)));
                 }
             }
         return claims;

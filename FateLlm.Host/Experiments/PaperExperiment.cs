@@ -60,9 +60,10 @@ public sealed record ExperimentSettings
     /// The three-party WordNet split of this experiment, written under its folder (public examples capped at
     /// <paramref name="publicLimit"/>), with the likelihood tasks over its test and dev synsets in <see cref="TaskFolder"/>.
     /// </summary>
-    public WordNetSplit WriteSplit(int publicLimit)
+    /// <param name="synsets">The dictionary already read (read from <see cref="WordNetDir"/> when null).</param>
+    public WordNetSplit WriteSplit(int publicLimit, IReadOnlyList<Synset>? synsets = null)
     {
-        var synsets = WordNetCorpus.Read(WordNetDir);
+        synsets ??= WordNetCorpus.Read(WordNetDir);
         var options = SplitOptions(publicLimit);
         WordNetTasks.Write(synsets, TaskFolder, options);
         return WordNetCorpus.Write(synsets, Path.Combine(OutDir, "data"), options);
