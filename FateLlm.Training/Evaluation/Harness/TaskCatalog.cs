@@ -15,16 +15,14 @@ public sealed class TaskCatalog
         foreach (var folder in folders.Where(Directory.Exists))
             foreach (var file in Directory.EnumerateFiles(folder, "*.yaml", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
             {
-                try
-                {
-                    var (task, tags) = TaskYaml.Peek(file);
-                    if (task is null) continue;
-                    if (_byName.TryGetValue(task, out var other) && other != file)
-                        throw new TaskConfigException($"task '{task}' is defined twice: {other} and {file}");
-                    _byName[task] = file;
-                    foreach (var tag in tags) (_byTag.TryGetValue(tag, out var l) ? l : _byTag[tag] = []).Add(file);
-                }
-                catch (TaskConfigException e) when (!e.Message.Contains("defined twice")) { _unreadable.Add(e.Message); }
+                (string? Task, IReadOnlyList<string> Tags) peeked;
+                try { peeked = TaskYaml.Peek(file); }
+                catch (TaskConfigException e) { _unreadable.Add(e.Message); continue; }
+                if (peeked.Task is not { } task) continue;
+                if (_byName.TryGetValue(task, out var other) && other != file)
+                    throw new TaskConfigException($"task '{task}' is defined twice: {other} and {file}");
+                _byName[task] = file;
+                foreach (var tag in peeked.Tags) (_byTag.TryGetValue(tag, out var l) ? l : _byTag[tag] = []).Add(file);
             }
     }
 

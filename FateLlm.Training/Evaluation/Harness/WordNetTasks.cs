@@ -76,12 +76,16 @@ public static class WordNetTasks
             File.WriteAllLines(Path.Combine(data, name), docs.Where(d => !withKind || d.S.Kind is not null).Select(d => JsonSerializer.Serialize(d.Doc)));
         var names = new List<string>();
         var domains = test.Select(t => t.s.ShortDomain).Distinct().Order().ToList();
+        // Two sets of data files: every synset, and those with a hypernym (the kind task's); the tasks share them.
+        foreach (var (prefix, withKind) in new[] { ("", false), ("kind-", true) })
+        {
+            Jsonl($"{prefix}test.jsonl", test, withKind);
+            Jsonl($"{prefix}dev.jsonl", dev, withKind);
+            foreach (var domain in domains) Jsonl($"{prefix}test-{domain}.jsonl", test.Where(t => t.s.ShortDomain == domain), withKind);
+        }
         foreach (var (task, body) in Tasks)
         {
-            var kind = task == "wordnet_kind";
-            var prefix = kind ? "kind-" : "";
-            Jsonl($"{prefix}test.jsonl", test, kind);
-            Jsonl($"{prefix}dev.jsonl", dev, kind);
+            var prefix = task == "wordnet_kind" ? "kind-" : "";
             File.WriteAllText(Path.Combine(folder, task + ".yaml"), $"""
                 # FateLlm's built-in WordNet task (made by `fate-llm data wordnet`); lm-eval's task format.
                 task: {task}
@@ -102,7 +106,6 @@ public static class WordNetTasks
             names.Add(task);
             foreach (var domain in domains)
             {
-                Jsonl($"{prefix}test-{domain}.jsonl", test.Where(t => t.s.ShortDomain == domain), kind);
                 File.WriteAllText(Path.Combine(folder, $"{task}_{domain}.yaml"), $"""
                     include: {task}.yaml
                     task: {task}_{domain}
