@@ -19,7 +19,12 @@ public sealed record PartyUploadStarted(WorkId Work, string Org, long Bytes) : I
 public sealed record BoardSnapshot(DateTime At, long Version, MemberView[] Members, JobView[] Jobs, EventLine[] Events);
 
 /// <param name="Status">Akka's member status (Up, Leaving, …); <paramref name="Reachable"/> from the failure detector.</param>
-public sealed record MemberView(string Address, string[] Roles, string? Organization, string Status, bool Reachable);
+public sealed record MemberView(string Address, string[] Roles, string? Organization, string Status, bool Reachable)
+{
+    /// <summary>The member's FateLlm version (Akka's app-version) and the wire protocol it announced (null: none).</summary>
+    public string? Version { get; init; }
+    public string? Wire { get; init; }
+}
 
 public sealed record JobView(string JobId, string State, string? Algorithm, int CompletedRounds, int TotalRounds, string? Reason,
     double? Epsilon, CurrentRoundView? Current, RoundPoint[] Rounds, PartyEvaluation[] FinalEvaluation, string? OutputDir)

@@ -1,5 +1,6 @@
 using Akka.Actor;
 using Akka.Cluster;
+using FateLlm.Actors.Membership;
 using Akka.Cluster.Tools.PublishSubscribe;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Parties;
@@ -106,9 +107,13 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         else Event(level, $"{what}: {Describe(m)}");
     }
 
-    static MemberView View(Member m, bool reachable) => new(m.Address.ToString(), m.Roles.Order(StringComparer.Ordinal).ToArray(),
-        m.Roles.FirstOrDefault(r => r.StartsWith(PartyPlacement.RolePrefix, StringComparison.Ordinal))?[PartyPlacement.RolePrefix.Length..],
-        m.Status.ToString(), reachable);
+    internal static MemberView View(Member m, bool reachable) =>
+        new(m.Address.ToString(), m.Roles.Where(r => !r.StartsWith(WireCompatibility.RolePrefix, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray(),
+            m.Roles.FirstOrDefault(r => r.StartsWith(PartyPlacement.RolePrefix, StringComparison.Ordinal))?[PartyPlacement.RolePrefix.Length..],
+            m.Status.ToString(), reachable)
+        {
+            Version = m.AppVersion.Version, Wire = WireCompatibility.VersionOf(m)?.ToString(),
+        };
 
     static string Describe(Member m) => $"{m.Address} ({string.Join(", ", m.Roles.Order(StringComparer.Ordinal))})";
 

@@ -1,3 +1,7 @@
+using System.Collections.Immutable;
+using Akka.Actor;
+using Akka.Cluster.Tools.Client;
+using Akka.Configuration;
 using FateLlm.Training.Federation;
 
 namespace FateLlm.Actors.Jobs;
@@ -23,4 +27,47 @@ public static class JobClient
             catch (Akka.Actor.AskTimeoutException) when (clock.Elapsed < total) { }
         }
     }
+}
+
+/// <summary>
+/// A command-line client's link to the jobs without joining the cluster: an actor system of its own (remoting only, under
+/// the same TLS) whose cluster client reaches the <see cref="JobGateway"/> of a seed or arbiter through the seeds'
+/// receptionists. <see cref="Jobs"/> takes job commands and <see cref="ListJobs"/>; answers come back to the asker.
+/// No membership change, no gossip: a monitoring script polling <c>job status</c> leaves the federation's logs alone.
+/// </summary>
+public sealed class JobConnection : IAsyncDisposable
+{
+    const string SystemName = "fate-llm-client";
+    public ActorSystem System { get; }
+    public IActorRef Jobs { get; }
+
+    JobConnection(ActorSystem system, IActorRef jobs) => (System, Jobs) = (system, jobs);
+
+    /// <param name="host">This machine's address as the seeds reach it (answers come back over it).</param>
+    public static JobConnection Open(string[] seeds, string host, Security.NodeTls? tls, Config? overrides = null)
+    {
+        var config = ConfigurationFactory.ParseString($$"""
+            akka.actor.provider = remote
+            akka.remote.dot-netty.tcp.hostname = "{{host}}"
+            akka.remote.dot-netty.tcp.port = 0
+            """);
+        if (tls is not null) config = Security.NodeTls.EnableSsl.WithFallback(config);
+        if (overrides is not null) config = overrides.WithFallback(config);
+        config = config.WithFallback(Nodes.FederationNode.Reference());
+        var system = tls is null ? ActorSystem.Create(SystemName, config)
+            : ActorSystem.Create(SystemName, BootstrapSetup.Create().WithConfig(config).And(tls.Setup()));
+        var contacts = seeds.Select(s => ActorPath.Parse(s.TrimEnd('/') + "/system/receptionist")).ToImmutableHashSet();
+        var client = system.ActorOf(ClusterClient.Props(
+            ClusterClientSettings.Create(system).WithInitialContacts(contacts)), "cluster-client");
+        return new JobConnection(system, system.ActorOf(Props.Create(() => new ToGateway(client)), "jobs"));
+    }
+
+    /// <summary>Wraps each command for the gateway; the asker stays the sender, so the answer comes back to it.</summary>
+    sealed class ToGateway : ReceiveActor
+    {
+        public ToGateway(IActorRef client) =>
+            ReceiveAny(m => client.Forward(new ClusterClient.Send(JobGateway.Path, m, localAffinity: true)));
+    }
+
+    public async ValueTask DisposeAsync() => await System.Terminate();
 }

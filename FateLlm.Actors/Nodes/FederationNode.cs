@@ -8,6 +8,7 @@ using FateLlm.Training.Algorithms;
 using FateLlm.Actors.Faults;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Membership;
+using FateLlm.Actors.Serialization;
 using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Security;
@@ -24,6 +25,8 @@ public enum NodeRole { Seed, Arbiter, Party, Client }
 public static class ClusterRoles
 {
     public const string Seed = "seed", Arbiter = "arbiter", Party = "party", Client = "client";
+    /// <summary>Seeds and arbiters: where command-line clients reach the jobs (the cluster-client receptionist's role).</summary>
+    public const string Gateway = "gateway";
 
     public static string Of(NodeRole role) => role switch
     {
@@ -89,7 +92,7 @@ public sealed class FederationNode : IAsyncDisposable
     public IActorRef RoundRegion { get; }
     public IActorRef PartyRegion { get; }
     public TransferSettings BlobTransfer { get; private init; } = TransferSettings.Default;
-    /// <summary>Set when this party node was refused because another node already serves its organization.</summary>
+    /// <summary>Set when this node was refused: a party whose organization another node serves, or a wire the cluster cannot speak.</summary>
     public string? Refused => _refusal.Value;
 
     public const string JobRegionName = "job", RoundRegionName = "round", PartyRegionName = "party";
@@ -114,12 +117,16 @@ public sealed class FederationNode : IAsyncDisposable
         using var s = typeof(FederationNode).Assembly.GetManifestResourceStream("FateLlm.Actors.reference.conf")
             ?? throw new InvalidOperationException("embedded reference.conf missing");
         using var r = new StreamReader(s);
-        return ConfigurationFactory.ParseString(r.ReadToEnd());
+        // The cluster client's serializer bindings must be there when a system starts (job clients and the receptionists
+        // of seeds and arbiters); an unbound type would otherwise meet the refusing fallback.
+        return ConfigurationFactory.ParseString(r.ReadToEnd()).WithFallback(Akka.Cluster.Tools.Client.ClusterClientReceptionist.DefaultConfig())
+            .WithFallback(Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.DefaultConfig());
     }
 
     public static Config BuildConfig(NodeOptions o)
     {
         var roles = new List<string> { ClusterRoles.Of(o.Role) };
+        if (o.Role is NodeRole.Seed or NodeRole.Arbiter) roles.Add(ClusterRoles.Gateway);
         if (o.Role == NodeRole.Party)
         {
             if (string.IsNullOrWhiteSpace(o.Org)) throw new ArgumentException("a party node needs --org");
@@ -129,6 +136,7 @@ public sealed class FederationNode : IAsyncDisposable
         var (provider, journal) = o.Journal is { } url ? ("PostgreSQL.15", JournalLocation.PostgresConnectionString(url))
             : ("SQLite.MS", "Data Source=" + Path.Combine(dataDir, "journal.db").Replace("\\", "/"));
         roles.AddRange(o.Services.Select(sv => ModelService.RoleOf(o.ServiceOrg, sv.Name)));
+        roles.Add(WireCompatibility.RoleOf(AnnouncedWire(o.Overrides?.WithFallback(Reference()) ?? Reference())));
         var seeds = string.Join(",", o.Seeds.Select(s => $"\"{s}\""));
         var logFile = Path.Combine(dataDir, "node.log").Replace('\\', '/');
         var node = ConfigurationFactory.ParseString($$"""
@@ -137,6 +145,7 @@ public sealed class FederationNode : IAsyncDisposable
             akka.remote.dot-netty.tcp.port = {{o.Port}}
             akka.cluster.roles = [{{string.Join(",", roles.Select(r => $"\"{r}\""))}}]
             akka.cluster.seed-nodes = [{{seeds}}]
+            akka.cluster.app-version = "{{ProductVersion}}"
             fate-llm.data-dir = "{{dataDir.Replace("\\", "/")}}"
             akka.persistence.journal.sql.connection-string = "{{journal}}"
             akka.persistence.snapshot-store.sql.connection-string = "{{journal}}"
@@ -154,6 +163,16 @@ public sealed class FederationNode : IAsyncDisposable
         if (o.Overrides != null) config = o.Overrides.WithFallback(config);
         return config.WithFallback(Reference()).WithFallback(SqlPersistence.DefaultConfiguration);
     }
+
+    /// <summary>FateLlm's version (members show each other's as Akka's app-version).</summary>
+    public static string ProductVersion { get; } =
+        (typeof(FederationNode).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion ?? "0.0.0").Split('+')[0];
+
+    /// <summary>The wire version this node announces: <c>fate-llm.wire.announce</c>, or the one it speaks.</summary>
+    public static WireVersion AnnouncedWire(Config config) => config.GetString("fate-llm.wire.announce", "") is { Length: > 0 } text
+        ? WireVersion.Parse(text) ?? throw new ArgumentException($"fate-llm.wire.announce = '{text}' is not a version like 1.0")
+        : WireSchema.Version;
 
     /// <summary>A node refuses to start under an identity its own certificate does not back.</summary>
     public static void CheckOwnIdentity(NodeOptions o, Config config)
@@ -235,6 +254,8 @@ public sealed class FederationNode : IAsyncDisposable
         var presence = new ClusterPresence(system);
         var cluster = Akka.Cluster.Cluster.Get(system);
         var refused = new StrongBox<string?>();
+        system.ActorOf(WireCompatibility.Props(AnnouncedWire(config), config.GetTimeSpan("fate-llm.wire.refusal-grace"), reason => refused.Value = reason),
+            WireCompatibility.Name);
         if (o.Role == NodeRole.Party)
             system.ActorOf(OrganizationUniqueness.Props(o.Org!, config.GetTimeSpan("fate-llm.party.duplicate-grace"), reason => refused.Value = reason),
                 OrganizationUniqueness.Name);
@@ -300,6 +321,9 @@ public sealed class FederationNode : IAsyncDisposable
             round = sharding.StartProxy(RoundRegionName, ClusterRoles.Arbiter, new RoundMessageExtractor(roundShards));
             job = sharding.StartProxy(JobRegionName, ClusterRoles.Arbiter, new JobMessageExtractor(jobShards));
         }
+        if (o.Role is NodeRole.Seed or NodeRole.Arbiter)
+            Akka.Cluster.Tools.Client.ClusterClientReceptionist.Get(system).RegisterService(
+                system.ActorOf(JobGateway.Props(job, config.GetTimeSpan("fate-llm.client.list-timeout")), JobGateway.Name));
         return new FederationNode(system, o, store, blobServer, job, round, party, refused) { BlobTransfer = transfer };
     }
 

@@ -1,3 +1,4 @@
+using System.Text.Json.Serialization;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.IO;
@@ -99,7 +100,7 @@ public interface ISecAggRequest : IPartyCommand
 /// <summary>Step 2: the keys of the party's neighbours that advertised; answer with sealed shares.</summary>
 public sealed record SecAggShareRequest(string Org, WorkId Id, SecAggKeys[] Advertised) : ISecAggRequest
 {
-    public SecAggStep Step => SecAggStep.Share;
+    [JsonIgnore] public SecAggStep Step => SecAggStep.Share;
 }
 
 public sealed record SecAggSharesReady(string Org, WorkId Id, ShareBundle Bundle) : IControlMessage;
@@ -107,7 +108,7 @@ public sealed record SecAggSharesReady(string Org, WorkId Id, ShareBundle Bundle
 /// <summary>Step 3: the shares addressed to this party and this round's clip norm; answer with the masked input's blob.</summary>
 public sealed record SecAggMaskRequest(string Org, WorkId Id, EncryptedShare[] Inbox, double ClipNorm) : ISecAggRequest
 {
-    public SecAggStep Step => SecAggStep.Mask;
+    [JsonIgnore] public SecAggStep Step => SecAggStep.Mask;
 }
 
 public sealed record SecAggMaskedReady(string Org, WorkId Id, BlobLocation Masked) : IControlMessage;
@@ -115,7 +116,7 @@ public sealed record SecAggMaskedReady(string Org, WorkId Id, BlobLocation Maske
 /// <summary>Step 4: who uploaded a masked input; answer with the shares that let the arbiter strip the masks.</summary>
 public sealed record SecAggUnmaskRequest(string Org, WorkId Id, string[] Survivors) : ISecAggRequest
 {
-    public SecAggStep Step => SecAggStep.Unmask;
+    [JsonIgnore] public SecAggStep Step => SecAggStep.Unmask;
 }
 
 public sealed record SecAggUnmaskReady(string Org, WorkId Id, UnmaskShares Shares) : IControlMessage;

@@ -20,10 +20,10 @@ public interface IRoundCommand : IControlMessage
 public sealed record StartRound(string JobId, int Round, int Attempt, JobSpec Spec, BlobLocation SpecBlob, AlgorithmState State,
     string[] Participants, RoundResume? Resume) : IRoundCommand
 {
-    public string RoundId => RoundIds.Of(JobId, Round, Attempt);
+    [JsonIgnore] public string RoundId => RoundIds.Of(JobId, Round, Attempt);
     /// <summary>How long each exchange waits for its parties (derived by the job from round 1); null: the spec's deadline.</summary>
     public TimeSpan? Deadline { get; init; }
-    public TimeSpan ExchangeDeadline => Deadline ?? Spec.Round.Deadline;
+    [JsonIgnore] public TimeSpan ExchangeDeadline => Deadline ?? Spec.Round.Deadline;
 }
 
 public sealed record RoundResume(int Phase, Exchange Exchange, AlgorithmState State);
@@ -31,7 +31,7 @@ public sealed record RoundResume(int Phase, Exchange Exchange, AlgorithmState St
 /// <summary>The job stopped this round (cancelled): tell the parties to stop and passivate.</summary>
 public sealed record AbortRound(string JobId, int Round, int Attempt, string Reason) : IRoundCommand
 {
-    public string RoundId => RoundIds.Of(JobId, Round, Attempt);
+    [JsonIgnore] public string RoundId => RoundIds.Of(JobId, Round, Attempt);
 }
 
 /// <summary>What an attempt is doing, as the job's watchdog, its status and the board see it.</summary>

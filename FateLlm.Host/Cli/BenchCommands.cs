@@ -21,6 +21,7 @@ internal static class BenchCommands
         var cmd = new Command("bench", "Benchmarks (figures, not tests)");
         cmd.Subcommands.Add(TrainCommand(t));
         cmd.Subcommands.Add(SecAggCommand(t));
+        cmd.Subcommands.Add(WireCommand(t));
         var sizes = CliApp.Opt("--sizes", "Adapter sizes in MiB for the transfer bench", "1,16,64");
         var noRound = CliApp.Opt("--no-round", "Skip the real 3-party round", false);
         var window = CliApp.Opt("--window", "Chunks in flight per transfer", TransferSettings.Default.Window);
@@ -69,6 +70,18 @@ internal static class BenchCommands
         return new Command("secagg", "SecAgg+ masking/unmasking MB/s and per-round overhead vs plain FedAvg for 10, 50, 200 parties").With(p =>
             SecAggBench.Run(p.GetValue(parties)!.Split(',').Select(x => int.TryParse(x, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) && v >= 3 ? v : throw new UsageException($"--parties '{x}' must be integers ≥ 3")).ToArray(),
                 TrainingCommands.Positive(p.GetValue(length), "--length"), p.GetValue(dropout), t.Out), parties, length, dropout);
+    }
+
+    static Command WireCommand(Terminal t)
+    {
+        var items = Opt("--items", "Elements in each list and map of the sample messages (rounds, parties, shares)", 1);
+        var iterations = Opt("--iterations", "Encode+decode per timing", 2000);
+        var repeats = Opt("--repeats", "Timings per serializer and kind (the median is printed)", 5);
+        var fuzz = Opt("--fuzz", "Mutated payloads per message kind through the decoder (0: none)", 0);
+        var seed = Opt("--seed", "Seed of the mutations", 7);
+        return new Command("wire", "Encoded size and encode+decode time per message kind, the wire schema against Hyperion; --fuzz N mutated payloads per kind").With(p =>
+            WireBench.Run(new WireBench.Options(TrainingCommands.Positive(p.GetValue(items), "--items"), TrainingCommands.Positive(p.GetValue(iterations), "--iterations"),
+                TrainingCommands.Positive(p.GetValue(repeats), "--repeats"), Math.Max(0, p.GetValue(fuzz)), p.GetValue(seed)), t.Out), items, iterations, repeats, fuzz, seed);
     }
 
     static Command TrainCommand(Terminal t)

@@ -50,7 +50,7 @@ internal static class InferCommands
             var caller = p.GetValue(Org) ?? (p.GetValue(JobCommands.Tls) is null ? throw new UsageException("--org ORG is required without --tls (under TLS the certificate names it)") : null);
             var timeout = TimeSpan.FromSeconds(p.GetValue(JobCommands.Timeout));
             var maxNew = p.GetValue(MaxNew);
-            JobCommands.WithClient(p, async node =>
+            JobCommands.WithMember(p, async node =>
             {
                 var org = caller ?? node.Options.Tls!.Organization;
                 var kit = await ModelServiceClient.FetchKit(node, remoteOrg, service, org, timeout);

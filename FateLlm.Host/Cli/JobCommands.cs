@@ -3,6 +3,7 @@ using System.Text.Json;
 using Akka.Actor;
 using Spectre.Console;
 using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Serialization;
 using FateLlm.Actors.Nodes;
 using FateLlm.Actors.Rounds;
 using FateLlm.Training.Algorithms;
@@ -12,7 +13,7 @@ using static FateLlm.Host.Cli.CliApp;
 
 namespace FateLlm.Host.Cli;
 
-/// <summary>job submit/status/list/cancel: join as a short-lived client node, ask the job region, leave.</summary>
+/// <summary>job submit/status/list/cancel: a cluster client (not a member) asks a seed's or arbiter's job gateway.</summary>
 internal static class JobCommands
 {
     internal static readonly Option<string[]> Seed = new("--seed") { Description = "Seed node address", Required = true };
@@ -32,7 +33,7 @@ internal static class JobCommands
             {
                 // Re-sent until answered: a message lost on the way (a shard still starting, an arbiter that just left) is
                 // sent again, and the job answers a repeat of the submission that made it as accepted.
-                var reply = await JobClient.SubmitAsync(node.JobRegion, spec, ResendInterval(node), TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
+                var reply = await JobClient.SubmitAsync(node.Jobs, spec, ResendInterval(node), TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
                 if (reply is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
                 var accepted = (JobAccepted)reply;
                 t.Out.WriteLine(accepted.WaitingFor.Length == 0 ? $"job {spec.JobId} accepted"
@@ -48,39 +49,35 @@ internal static class JobCommands
         var status = new Command("status", "Show a job's state, rounds and metrics") { id };
         status.With(p => WithClient(p, async node =>
         {
-            var s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+            var s = await node.Jobs.Ask<JobStatus>(new GetJobStatus(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
             if (p.GetValue(json)) t.Out.WriteLine(JsonSerializer.Serialize(s, JsonOut));
-            else Print(t, s);
+            else
+            {
+                Print(t, s);
+                PrintWire(t, await node.Jobs.Ask<MemberList>(new ListMembers(), TimeSpan.FromSeconds(p.GetValue(Timeout))));
+            }
         }), json, Seed, Timeout, Tls, Host);
 
         var list = new Command("list", "List jobs");
         list.With(p => WithClient(p, async node =>
         {
-            var cluster = Akka.Cluster.Cluster.Get(node.System);
-            var arbiters = cluster.State.Members.Where(m => m.HasRole(ClusterRoles.Arbiter)).ToList();
-            if (arbiters.Count == 0) throw new InvalidOperationException("no arbiter is up in the cluster");
-            // From each arbiter's journal: finished and passivated jobs too, and no id that was only queried or refused.
-            var ids = new SortedSet<string>(StringComparer.Ordinal);
-            foreach (var a in arbiters)
-            {
-                var directory = node.System.ActorSelection(new RootActorPath(a.Address) / "user" / JobDirectory.Name);
-                var list = await directory.Ask<JobList>(new ListJobs(), TimeSpan.FromSeconds(p.GetValue(Timeout)));
-                if (list.Problem is { } problem) throw new InvalidOperationException($"arbiter {a.Address}: {problem}");
-                ids.UnionWith(list.JobIds);
-            }
+            // From every arbiter's journal: finished and passivated jobs too, and no id that was only queried or refused.
+            var list = await node.Jobs.Ask<JobList>(new ListJobs(), TimeSpan.FromSeconds(p.GetValue(Timeout) * 2));
+            if (list.Problem is { } problem) throw new InvalidOperationException(problem);
+            var ids = list.JobIds;
             foreach (var jobId in ids)
             {
-                var s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+                var s = await node.Jobs.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(p.GetValue(Timeout)));
                 t.Out.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
             }
-            if (ids.Count == 0) t.Out.WriteLine("no jobs");
+            if (ids.Length == 0) t.Out.WriteLine("no jobs");
         }), Seed, Timeout, Tls, Host);
 
         var cancel = new Command("cancel", "Cancel a running job") { id };
         cancel.With(p => WithClient(p, async node =>
         {
-            var s = await node.JobRegion.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+            var s = await node.Jobs.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
             t.Out.WriteLine($"job {s.JobId}: {s.State}");
         }), Seed, Timeout, Tls, Host);
@@ -110,7 +107,7 @@ internal static class JobCommands
     }
 
 
-    static TimeSpan ResendInterval(FederationNode node) => node.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval");
+    static TimeSpan ResendInterval(JobConnection node) => node.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval");
 
     /// <summary>
     /// The job file, validated; also refuses an output folder that already holds files (the job would mix its outputs
@@ -128,11 +125,27 @@ internal static class JobCommands
         catch (JobSpecException e) { throw new UsageException(e.Message); }
     }
 
-    internal static void WithClient(ParseResult p, Func<FederationNode, Task> action)
+    internal static void WithClient(ParseResult p, Func<JobConnection, Task> action)
     {
-        var seeds = p.GetValue(Seed)!;
-        foreach (var s in seeds)
-            if (!Address.TryParse(s, out _)) throw new UsageException($"--seed '{s}' is not an Akka address like akka.tcp://fate-llm@host:port");
+        var seeds = Seeds(p);
+        var timeout = TimeSpan.FromSeconds(p.GetValue(Timeout));
+        var connection = JobConnection.Open(seeds, p.GetValue(Host) ?? AddressToward(Address.Parse(seeds[0]).Host!), NodeCommands.LoadTls(p.GetValue(Tls), seeds),
+            Akka.Configuration.ConfigurationFactory.ParseString("akka.loglevel = WARNING\nakka.stdout-loglevel = OFF"));
+        try
+        {
+            try { action(connection).GetAwaiter().GetResult(); }
+            catch (AskTimeoutException) { throw new InvalidOperationException($"no answer from the cluster through {string.Join(", ", seeds)} within {timeout.TotalSeconds:F0}s"); }
+        }
+        finally { connection.DisposeAsync().AsTask().Wait(TimeSpan.FromSeconds(15)); }
+    }
+
+    /// <summary>
+    /// As a short-lived member with role <c>client</c>: for <c>infer --remote</c>, which pulls the service's kit through
+    /// a blob fetcher of its own and finds services by role; job commands use <see cref="WithClient"/>.
+    /// </summary>
+    internal static void WithMember(ParseResult p, Func<FederationNode, Task> action)
+    {
+        var seeds = Seeds(p);
         var timeout = TimeSpan.FromSeconds(p.GetValue(Timeout));
         var dataDir = Path.Combine(Path.GetTempPath(), $"fate-llm-client-{Environment.ProcessId}-{Guid.NewGuid():N}");
         var node = FederationNode.Start(new NodeOptions
@@ -155,9 +168,17 @@ internal static class JobCommands
         }
     }
 
+    static string[] Seeds(ParseResult p)
+    {
+        var seeds = p.GetValue(Seed)!;
+        foreach (var s in seeds)
+            if (!Address.TryParse(s, out _)) throw new UsageException($"--seed '{s}' is not an Akka address like akka.tcp://fate-llm@host:port");
+        return seeds;
+    }
+
     /// <summary>
-    /// The local address this machine uses to reach <paramref name="host"/> (a client joins the cluster, so the others must
-    /// reach it back): 127.0.0.1 toward a local seed, the right interface toward a remote one.
+    /// The local address this machine uses to reach <paramref name="host"/> (answers come back to it, so the others must
+    /// reach it): 127.0.0.1 toward a local seed, the right interface toward a remote one.
     /// </summary>
     static string AddressToward(string host)
     {
@@ -171,7 +192,7 @@ internal static class JobCommands
     }
 
     /// <summary>Live progress: whom the job waits for, each exchange as parties answer, each failed attempt with its reason, each round.</summary>
-    static async Task<JobStatus> Follow(Terminal t, FederationNode node, string jobId)
+    static async Task<JobStatus> Follow(Terminal t, JobConnection node, string jobId)
     {
         int printed = 0;
         string? lastLine = null;
@@ -179,7 +200,7 @@ internal static class JobCommands
         while (true)
         {
             JobStatus s;
-            try { s = await node.JobRegion.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(10)); }
+            try { s = await node.Jobs.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(10)); }
             catch (AskTimeoutException) { await Task.Delay(1000); continue; }
             for (; printed < s.Rounds.Length; printed++) PrintRound(t, s.Rounds[printed], s.TotalRounds);
             if (s.LastFailure is { } f && f != lastFailure)
@@ -232,6 +253,14 @@ internal static class JobCommands
             foreach (var e in evaluation)
                 if (e.Tasks.FirstOrDefault(x => x.Task == task.Task) is { } mine) t.Out.WriteLine($"    {e.Org,-12} {Figures(mine)}  (n = {mine.Documents})");
         }
+    }
+
+    /// <summary>Members that announce another wire protocol than the gateway's node (a rolling upgrade in progress), one line each.</summary>
+    static void PrintWire(Terminal t, MemberList members)
+    {
+        var own = WireSchema.Version.ToString();
+        foreach (var m in members.Members.Where(m => m.Wire != own))
+            t.Out.WriteLine($"  wire: {m.Address} ({string.Join(", ", m.Roles)}) speaks protocol {m.Wire ?? "none"}, FateLlm {m.Version}; this cluster {own}");
     }
 
     static void Print(Terminal t, JobStatus s)

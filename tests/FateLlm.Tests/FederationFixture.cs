@@ -108,7 +108,7 @@ internal static class FederationFixture
         public LogWatch(string text, TaskCompletionSource seen) =>
             Receive<T>(e =>
             {
-                var said = $"{e.Message} {(e as Akka.Event.Error)?.Cause?.Message}";
+                var said = $"{e.Message} {e.Cause}"; // the cause with its inner exceptions (a wire refusal sits under remoting's own)
                 if (said.Contains(text, StringComparison.OrdinalIgnoreCase)) seen.TrySetResult();
             });
     }

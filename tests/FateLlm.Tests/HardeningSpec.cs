@@ -2,7 +2,9 @@ using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Configuration;
+using Akka.Serialization;
 using FateLlm.Actors.Nodes;
+using FateLlm.Actors.Serialization;
 using FateLlm.Actors.Transfer;
 using Xunit;
 
@@ -59,16 +61,53 @@ public class HardeningSpec
         Assert.Equal(MemberStatus.Up, Cluster.Get(fed.Arbiter.System).SelfMember.Status);
     }
 
-    [Fact]
-    public void Hyperion_refuses_to_materialise_types_that_can_run_code()
+    static Config Remote(string extra = "") => ConfigurationFactory.ParseString($"""
+        akka.actor.provider = remote
+        akka.remote.dot-netty.tcp.port = 0
+        {extra}
+        """).WithFallback(FederationNode.Reference());
+
+    /// <summary>A payload forged under the wire serializer's identifier and a real manifest: what a hostile peer can send.</summary>
+    sealed record Forged(string Manifest, byte[] Payload);
+
+    sealed class Forger(ExtendedActorSystem system) : SerializerWithStringManifest(system)
     {
-        using var system = ActorSystem.Create("unsafe", ConfigurationFactory.ParseString("akka.actor.provider = local").WithFallback(FederationNode.Reference()));
-        var hyperion = system.Serialization.FindSerializerForType(typeof(Actors.Jobs.JobStatus));
-        // A permissive Hyperion writes a payload an attacker could send; ours must refuse to read it back.
-        var permissive = new Akka.Serialization.HyperionSerializer((ExtendedActorSystem)system,
-            ConfigurationFactory.ParseString("disallow-unsafe-type = false"));
-        var payload = permissive.ToBinary(new System.Diagnostics.ProcessStartInfo("sh", "-c true"));
-        var e = Assert.ThrowsAny<Exception>(() => hyperion.FromBinary(payload, typeof(object)));
-        Assert.Contains("unsafe", e.ToString(), StringComparison.OrdinalIgnoreCase);
+        public override int Identifier => WireSerializer.SerializerId;
+        public override string Manifest(object o) => ((Forged)o).Manifest;
+        public override byte[] ToBinary(object o) => ((Forged)o).Payload;
+        public override object FromBinary(byte[] bytes, string manifest) => throw new NotSupportedException();
+    }
+
+    [Fact]
+    public async Task A_hyperion_encoded_or_forged_message_from_a_peer_is_refused_and_logged_and_the_node_stays_up()
+    {
+        using var node = ActorSystem.Create("node", Remote());
+        // The peer runs a build that still puts control messages on the wire as Hyperion, and a forger.
+        using var peer = ActorSystem.Create("peer", Remote($$"""
+            akka.actor.serializers.hyperion = "Akka.Serialization.HyperionSerializer, Akka.Serialization.Hyperion"
+            akka.actor.serializers.forger = "{{typeof(Forger).AssemblyQualifiedName}}"
+            akka.actor.serialization-bindings { "FateLlm.Actors.IControlMessage, FateLlm.Actors" = hyperion, "{{typeof(Forged).AssemblyQualifiedName}}" = forger }
+            """));
+        var received = new List<object>();
+        var inbox = node.ActorOf(Props.Create(() => new Recorder(received)), "inbox");
+        var address = ((ExtendedActorSystem)node).Provider.DefaultAddress;
+        var target = peer.ActorSelection(new RootActorPath(address) / "user" / "inbox");
+
+        var hyperion = FederationFixture.Logged<Akka.Event.LogEvent>(node, "serializer with id [-5]");
+        target.Tell(new LocateBlob(new string('d', 64)));
+        await hyperion.WaitAsync(TimeSpan.FromSeconds(30));
+        var forged = FederationFixture.Logged<Akka.Event.LogEvent>(node, "wire message 'WorkAccepted.v1' refused");
+        target.Tell(new Forged("WorkAccepted.v1", """{"Org":"o","Id":[[[[1]]]]}"""u8.ToArray()));
+        await forged.WaitAsync(TimeSpan.FromSeconds(30));
+
+        // The association is live: an Akka message still round-trips, and nothing forged was delivered.
+        await AssertAnswers(peer, address);
+        Assert.Empty(received);
+        Assert.False(node.WhenTerminated.IsCompleted);
+    }
+
+    sealed class Recorder : ReceiveActor
+    {
+        public Recorder(List<object> received) => ReceiveAny(received.Add);
     }
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Akka.Actor;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
+using FateLlm.Actors.Serialization;
 using Xunit;
 
 namespace FateLlm.Tests;
@@ -44,7 +45,8 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         var log = Path.Combine(_g.Root, name + "-" + _processes.Count + ".log");
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "fate-llm.dll"));
-        foreach (var a in args.Concat(["--config", _nodeConfig, "--data-dir", Path.Combine(_g.Root, "state-" + name)])) psi.ArgumentList.Add(a);
+        string[] config = args.Contains("--config") ? [] : ["--config", _nodeConfig];
+        foreach (var a in args.Concat([.. config, "--data-dir", Path.Combine(_g.Root, "state-" + name)])) psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
         var writer = TextWriter.Synchronized(new StreamWriter(log) { AutoFlush = true });
         process.OutputDataReceived += (_, e) => { if (e.Data != null) writer.WriteLine(e.Data); };
@@ -76,7 +78,17 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         _seed = $"akka.ssl.tcp://fate-llm@127.0.0.1:{port}";
         Launch("seed", "seed", "--port", port.ToString(), "--tls", op);
         Arbiter("--tls", op);
-        foreach (var org in FederationFixture.Orgs) Party(org, "--tls", Certs("issue", "--ca", ca, "--org", org, "--out", Path.Combine(_g.Root, "tls-" + org)));
+        // A rolling upgrade: the first party's node announces another minor wire version than the rest, and is served.
+        string Announcing(string version)
+        {
+            var path = Path.Combine(_g.Root, $"node-wire-{version}.conf");
+            File.WriteAllText(path, File.ReadAllText(_nodeConfig) + $"\nfate-llm.wire.announce = \"{version}\"\n");
+            return path;
+        }
+        var minor = $"{WireSchema.Version.Major}.{WireSchema.Version.Minor + 1}";
+        foreach (var org in FederationFixture.Orgs)
+            Party(org, ["--tls", Certs("issue", "--ca", ca, "--org", org, "--out", Path.Combine(_g.Root, "tls-" + org)),
+                .. org == FederationFixture.Orgs[0] ? new[] { "--config", Announcing(minor) } : []]);
 
         await using var client = FederationNode.Start(new NodeOptions
         {
@@ -92,6 +104,22 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         Assert.All(status.Rounds, r => Assert.StartsWith("3 keyed, 3 shared, 3 masked, 3 revealed", r.SecureAggregation));
         Assert.True(status.Epsilon > 0);
         Assert.Contains(_processes, p => p.Name == "seed" && File.ReadAllText(p.Log).Contains("akka.ssl.tcp://"));
+
+        // A node of another major version is refused at join, saying so on its console and on the seed's, and ends.
+        var major = $"{WireSchema.Version.Major + 1}.0";
+        var rogue = Launch("party-rogue", "party", "--org", "rogue", "--seed", _seed, "--data", "train=" + _g.Datasets[FederationFixture.Orgs[1]]["train"],
+            "--tls", Certs("issue", "--ca", ca, "--org", "rogue", "--out", Path.Combine(_g.Root, "tls-rogue")), "--config", Announcing(major));
+        Assert.True(rogue.Process.WaitForExit(60_000), "the node of another major version still runs");
+        rogue.Process.WaitForExit(); // and its console's last lines are in the log
+        Assert.NotEqual(0, rogue.Process.ExitCode);
+        Assert.Contains($"refused by the cluster: this node speaks wire protocol {major}, the cluster (akka.ssl.tcp://fate-llm@127.0.0.1:{port}) speaks {WireSchema.Version}",
+            File.ReadAllText(rogue.Log));
+        var seedLog = File.ReadAllText(_processes.Single(p => p.Name == "seed").Log);
+        Assert.Contains($"it speaks wire protocol {major}, this cluster speaks {WireSchema.Version}", seedLog);
+        // The minor difference is shown to the operator by `job status` (from a client that is not a member).
+        var said = new StringWriter();
+        Assert.Equal(0, Host.Cli.CliApp.Run(["job", "status", spec.JobId, "--seed", _seed, "--tls", op], said, new StringWriter()));
+        Assert.Matches($@"wire: akka\.ssl\.tcp://fate-llm@127\.0\.0\.1:\d+ \(org-{FederationFixture.Orgs[0]}, party\) speaks protocol {minor}, FateLlm ", said.ToString());
     }
 
     /// <summary>A fresh database on the local PostgreSQL server (build/setup.sh tests makes the role), dropped afterwards.</summary>

@@ -46,7 +46,7 @@ public sealed class SerializationSpec : IDisposable
         foreach (var t in types)
         {
             var serializer = _system.Serialization.FindSerializerForType(t);
-            var expected = typeof(IControlMessage).IsAssignableFrom(t) ? "HyperionSerializer" : nameof(FederationSerializer);
+            var expected = typeof(IControlMessage).IsAssignableFrom(t) ? nameof(WireSerializer) : nameof(FederationSerializer);
             Assert.True(serializer.GetType().Name == expected, $"{t.Name} is bound to {serializer.GetType().Name}, expected {expected}");
         }
     }
@@ -124,19 +124,5 @@ public sealed class SerializationSpec : IDisposable
         Assert.IsType<RoundStarted>(events[3]);
         // Rewritten today, the same event carries its v2 manifest.
         Assert.Equal("JobSubmitted.v2", serializer.Manifest(submitted));
-    }
-
-    [Fact]
-    public void Control_messages_with_work_ids_and_actor_refs_survive_hyperion()
-    {
-        var spec = new BlobLocation(new string('d', 64), 10, _system.DeadLetters);
-        var msg = new WorkRequest("acme", new WorkId("j", 1, 2, 3), spec, "fit",
-            new Dictionary<string, BlobLocation> { ["global"] = spec }, new Dictionary<string, string> { ["k"] = "v" }, "global", ["acme", "food"]);
-        var s = _system.Serialization.FindSerializerFor(msg);
-        var back = (WorkRequest)s.FromBinary(s.ToBinary(msg), typeof(WorkRequest));
-        Assert.Equal(msg.Id, back.Id);
-        Assert.Equal(spec.Digest, back.Downloads["global"].Digest);
-        Assert.Equal("v", back.Parameters["k"]);
-        Assert.Equal(["acme", "food"], back.Cohort);
     }
 }

@@ -115,6 +115,7 @@ function render(s) {
   document.querySelector("#members tbody").innerHTML = s.members.map(m => {
     const state = m.reachable ? m.status : "unreachable";
     return `<tr data-member="${esc(m.address)}" data-state="${esc(state)}"><td>${esc(m.address)}</td><td>${esc(m.roles.join(", "))}</td>` +
+      `<td>${esc(m.version ?? "")}</td><td data-wire="${esc(m.wire ?? "none")}">${esc(m.wire ?? "none")}</td>` +
       `<td><span class="badge s-${esc(state)}">${esc(state)}</span></td></tr>`;
   }).join("");
   document.getElementById("events").innerHTML = s.events.map(e => `<li class="${esc(e.level)}"><time>${time(e.at)}</time>${esc(e.text)}</li>`).join("");
