@@ -18,42 +18,58 @@ public sealed class WireCompatibility : ReceiveActor, IWithTimers
 
     readonly Cluster _cluster = Cluster.Get(Context.System);
     readonly ILoggingAdapter _log = Context.GetLogger();
-    readonly WireVersion _self;
+    readonly Settings _settings;
     readonly Action<string> _refused;
     readonly HashSet<UniqueAddress> _reported = new();
     readonly Dictionary<UniqueAddress, Member> _members = new();
-    readonly TimeSpan _grace;
+    readonly List<Member> _unjudged = new();
     bool _leaving;
 
     public ITimerScheduler Timers { get; set; } = null!;
 
+    /// <param name="Self">The version this node announces.</param>
+    /// <param name="Settle">How long membership must be quiet before judging: one gossip's events arrive in a burst, and
+    /// judging in the middle of one would take a younger member for the cluster's oldest.</param>
+    /// <param name="Grace">How long the leader lets a refused node leave by itself (and say why on its console) before downing it.</param>
+    public sealed record Settings(WireVersion Self, TimeSpan Settle, TimeSpan Grace);
+
+    sealed record Judge;
     sealed record DownIfStill(UniqueAddress Member);
 
     /// <param name="refused">Called once, with the line, on a node the cluster cannot speak to, before it leaves.</param>
-    /// <param name="grace">How long the leader lets a refused node leave by itself (and say why on its console) before downing it.</param>
-    public WireCompatibility(WireVersion self, TimeSpan grace, Action<string> refused)
+    public WireCompatibility(Settings settings, Action<string> refused)
     {
-        _self = self;
-        _grace = grace;
+        _settings = settings;
         _refused = refused;
-        // Membership as the events tell it (Cluster.State may lag behind them): a refused node may be leaving already.
+        // Membership as the events tell it (Cluster.State may lag behind them); each member is judged once things settle,
+        // even if it has left by then (a refused node leaves quickly).
         Receive<ClusterEvent.CurrentClusterState>(state =>
         {
-            foreach (var m in state.Members) _members[m.UniqueAddress] = m;
-            if (CheckSelf()) foreach (var m in state.Members) Consider(m);
+            foreach (var m in state.Members) Seen(m);
         });
         Receive<ClusterEvent.IMemberEvent>(e =>
         {
             if (e is ClusterEvent.MemberRemoved) _members.Remove(e.Member.UniqueAddress);
-            else _members[e.Member.UniqueAddress] = e.Member;
-            if (CheckSelf()) Consider(e.Member);
+            Seen(e.Member, removed: e is ClusterEvent.MemberRemoved);
         });
         Receive<ClusterEvent.IClusterDomainEvent>(_ => { });
+        Receive<Judge>(_ =>
+        {
+            if (CheckSelf()) foreach (var m in _unjudged) Consider(m);
+            _unjudged.Clear();
+        });
         Receive<DownIfStill>(d =>
         {
             if (_members.GetValueOrDefault(d.Member) is { Status: MemberStatus.Joining or MemberStatus.WeaklyUp or MemberStatus.Up } m)
                 _cluster.Down(m.Address);
         });
+    }
+
+    void Seen(Member m, bool removed = false)
+    {
+        if (!removed) _members[m.UniqueAddress] = m;
+        _unjudged.Add(m);
+        Timers.StartSingleTimer("judge", new Judge(), _settings.Settle);
     }
 
     public static string RoleOf(WireVersion v) => RolePrefix + v;
@@ -71,7 +87,7 @@ public sealed class WireCompatibility : ReceiveActor, IWithTimers
         var oldest = _members.Values.Where(m => m.Status == MemberStatus.Up).OrderBy(m => m, Member.AgeOrdering).FirstOrDefault();
         if (oldest is null || oldest.UniqueAddress == _cluster.SelfUniqueAddress || VersionOf(oldest) is var theirs && Compatible(theirs)) return true;
         _leaving = true;
-        var line = $"refused by the cluster: this node speaks wire protocol {_self}, the cluster ({oldest.Address}) speaks {Text(theirs)}; this node leaves";
+        var line = $"refused by the cluster: this node speaks wire protocol {_settings.Self}, the cluster ({oldest.Address}) speaks {Text(theirs)}; this node leaves";
         _log.Error(line);
         _refused(line);
         _cluster.Leave(_cluster.SelfAddress);
@@ -85,21 +101,21 @@ public sealed class WireCompatibility : ReceiveActor, IWithTimers
         if (!Compatible(version))
         {
             if (_reported.Add(m.UniqueAddress))
-                _log.Warning("refused node {0} at join: it speaks wire protocol {1}, this cluster speaks {2}", m.Address, Text(version), _self);
+                _log.Warning("refused node {0} at join: it speaks wire protocol {1}, this cluster speaks {2}", m.Address, Text(version), _settings.Self);
             // The leader downs it if it has not left by itself after the grace (a build from before versioned wires does not know to).
             if (_cluster.State.Leader == _cluster.SelfAddress && m.Status is MemberStatus.Joining or MemberStatus.WeaklyUp or MemberStatus.Up)
-                Timers.StartSingleTimer(m.UniqueAddress, new DownIfStill(m.UniqueAddress), _grace);
+                Timers.StartSingleTimer(m.UniqueAddress, new DownIfStill(m.UniqueAddress), _settings.Grace);
         }
-        else if (version != _self && _reported.Add(m.UniqueAddress))
-            _log.Info("node {0} speaks wire protocol {1} (this node {2}): a minor difference, allowed", m.Address, version, _self);
+        else if (version != _settings.Self && _reported.Add(m.UniqueAddress))
+            _log.Info("node {0} speaks wire protocol {1} (this node {2}): a minor difference, allowed", m.Address, version, _settings.Self);
     }
 
-    bool Compatible(WireVersion? other) => other is not null && _self.CanSpeakTo(other);
+    bool Compatible(WireVersion? other) => other is not null && _settings.Self.CanSpeakTo(other);
 
     protected override void PreStart() =>
         _cluster.Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsSnapshot, typeof(ClusterEvent.IMemberEvent));
 
     protected override void PostStop() => _cluster.Unsubscribe(Self);
 
-    public static Props Props(WireVersion self, TimeSpan grace, Action<string> refused) => Akka.Actor.Props.Create(() => new WireCompatibility(self, grace, refused));
+    public static Props Props(Settings settings, Action<string> refused) => Akka.Actor.Props.Create(() => new WireCompatibility(settings, refused));
 }

@@ -254,8 +254,8 @@ public sealed class FederationNode : IAsyncDisposable
         var presence = new ClusterPresence(system);
         var cluster = Akka.Cluster.Cluster.Get(system);
         var refused = new StrongBox<string?>();
-        system.ActorOf(WireCompatibility.Props(AnnouncedWire(config), config.GetTimeSpan("fate-llm.wire.refusal-grace"), reason => refused.Value = reason),
-            WireCompatibility.Name);
+        system.ActorOf(WireCompatibility.Props(new WireCompatibility.Settings(AnnouncedWire(config), config.GetTimeSpan("fate-llm.wire.settle"),
+            config.GetTimeSpan("fate-llm.wire.refusal-grace")), reason => refused.Value = reason), WireCompatibility.Name);
         if (o.Role == NodeRole.Party)
             system.ActorOf(OrganizationUniqueness.Props(o.Org!, config.GetTimeSpan("fate-llm.party.duplicate-grace"), reason => refused.Value = reason),
                 OrganizationUniqueness.Name);

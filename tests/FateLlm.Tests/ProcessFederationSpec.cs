@@ -118,7 +118,9 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         Assert.Contains($"it speaks wire protocol {major}, this cluster speaks {WireSchema.Version}", seedLog);
         // The minor difference is shown to the operator by `job status` (from a client that is not a member).
         var said = new StringWriter();
-        Assert.Equal(0, Host.Cli.CliApp.Run(["job", "status", spec.JobId, "--seed", _seed, "--tls", op], said, new StringWriter()));
+        var err = new StringWriter();
+        Assert.True(Host.Cli.CliApp.Run(["job", "status", spec.JobId, "--seed", _seed, "--tls", op], said, err) == 0, err.ToString());
+        Assert.True(said.ToString().Contains($"speaks protocol {minor}"), said.ToString());
         Assert.Matches($@"wire: akka\.ssl\.tcp://fate-llm@127\.0\.0\.1:\d+ \(org-{FederationFixture.Orgs[0]}, party\) speaks protocol {minor}, FateLlm ", said.ToString());
     }
 
