@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Text;
 using Akka.Actor;
 using Akka.Configuration;
 using Akka.Serialization;
@@ -91,8 +92,19 @@ internal static class WireBench
             (payloads, refused, decoded, crashed) = (payloads + t.Payloads, refused + t.Refused, decoded + t.Decoded, crashed + t.Crashed);
             maxAllocated = Math.Max(maxAllocated, t.MaxAllocated);
         }
-        var frame = system.Settings.Config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size");
+        var frame = system.Settings.Config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 0;
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{"all kinds",-32} {payloads,9} {refused,8} {decoded,8} {crashed,8} {maxAllocated,12}   (frame limit {frame} B)"));
+        // The most a decode can be made to allocate: lists of the smallest elements JSON allows, at the frame limit (refused
+        // unread) and at the largest count the decoder accepts.
+        foreach (var count in new[] { (int)(frame - 32) / 3, 30_000, 40_000 })
+        {
+            var payload = Encoding.UTF8.GetBytes("{\"JobIds\":[" + string.Join(",", Enumerable.Repeat("\"\"", count)) + "],\"Problem\":null}");
+            var before = GC.GetAllocatedBytesForCurrentThread();
+            string outcome;
+            try { outcome = $"decoded ({((Actors.Jobs.JobList)wire.FromBinary(payload, "JobList.v1")).JobIds.Length:N0} ids)"; }
+            catch (WireRefusal e) { outcome = "refused: " + e.Message; }
+            output.WriteLine($"worst case: a {payload.Length:N0}-byte JobList of {count:N0} empty strings: {GC.GetAllocatedBytesForCurrentThread() - before:N0} bytes allocated, {outcome}");
+        }
     }
 }

@@ -128,6 +128,12 @@ public sealed class WireSpec : IDisposable
         Assert.Contains("depth", Refused("""{"Org":"o","Unknown":""" + new string('[', 100) + new string(']', 100) + "}", "WorkAccepted.v1").Message);
         Assert.Contains("not an actor path", Refused("""{"Digest":"d","Size":1,"Server":"/etc/passwd"}""", "BlobLocation.v1").Message);
         Assert.Contains("frame limit", Refused("\"" + new string('a', 3 << 20) + "\"", "BlobNotFound.v1").Message);
+        // Small enough for a frame, but a list of tiny elements would cost ~20 times its size to decode: refused unread.
+        static byte[] Ids(int count) => Encoding.UTF8.GetBytes("{\"JobIds\":[" + string.Join(",", Enumerable.Repeat("\"\"", count)) + "],\"Problem\":null}");
+        Assert.Contains("over the frame limit", Assert.Throws<WireRefusal>(() => Wire.FromBinary(Ids(600_000), "JobList.v1")).Message);
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        Assert.Equal(30_000, ((Actors.Jobs.JobList)Wire.FromBinary(Ids(30_000), "JobList.v1")).JobIds.Length);
+        Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - before, 0, 2 << 20);
         Refused("""{"Digest":"d","Size":"1"}""", "BlobHeld.v1");
         Refused("""{"Org":"o","Id":{"JobId":"j","Round":1,"Attempt":1,"Phase":0},"Step":"Explode","Reason":"r"}""", "SecAggStepFailed.v1");
         Refused("null", "ListJobs.v1");
