@@ -17,7 +17,7 @@ public static class JobClient
 
     /// <summary>Asks again every <paramref name="every"/> until an answer comes or <paramref name="total"/> has passed
     /// (then the last ask's <see cref="Akka.Actor.AskTimeoutException"/>).</summary>
-    public static async Task<object> AskResendingAsync(Akka.Actor.IActorRef jobRegion, IJobCommand command, TimeSpan every, TimeSpan total)
+    public static async Task<object> AskResendingAsync(Akka.Actor.IActorRef jobRegion, object command, TimeSpan every, TimeSpan total)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         while (true)
@@ -61,6 +61,15 @@ public sealed class JobConnection : IAsyncDisposable
             ClusterClientSettings.Create(system).WithInitialContacts(contacts)), "cluster-client");
         return new JobConnection(system, system.ActorOf(Props.Create(() => new ToGateway(client)), "jobs"));
     }
+
+    /// <summary>
+    /// Asks through the gateway, re-sending every <c>fate-llm.client.resend-interval</c> until answered or
+    /// <paramref name="total"/> has passed: the answer travels on a connection the gateway's node opens back to this
+    /// client, and one lost while it opens (a busy machine) costs a resend. Every command here is safe to repeat.
+    /// </summary>
+    /// <param name="every">Overrides the resend interval, for a command whose answer takes longer (a listing waits for every arbiter).</param>
+    public async Task<T> AskAsync<T>(object command, TimeSpan total, TimeSpan? every = null) =>
+        (T)await JobClient.AskResendingAsync(Jobs, command, every ?? System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval"), total);
 
     /// <summary>Wraps each command for the gateway; the asker stays the sender, so the answer comes back to it.</summary>
     sealed class ToGateway : ReceiveActor

@@ -49,13 +49,13 @@ internal static class JobCommands
         var status = new Command("status", "Show a job's state, rounds and metrics") { id };
         status.With(p => WithClient(p, async node =>
         {
-            var s = await node.Jobs.Ask<JobStatus>(new GetJobStatus(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+            var s = await node.AskAsync<JobStatus>(new GetJobStatus(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
             if (p.GetValue(json)) t.Out.WriteLine(JsonSerializer.Serialize(s, JsonOut));
             else
             {
                 Print(t, s);
-                PrintWire(t, await node.Jobs.Ask<MemberList>(new ListMembers(), TimeSpan.FromSeconds(p.GetValue(Timeout))));
+                PrintWire(t, await node.AskAsync<MemberList>(new ListMembers(), TimeSpan.FromSeconds(p.GetValue(Timeout))));
             }
         }), json, Seed, Timeout, Tls, Host);
 
@@ -63,12 +63,12 @@ internal static class JobCommands
         list.With(p => WithClient(p, async node =>
         {
             // From every arbiter's journal: finished and passivated jobs too, and no id that was only queried or refused.
-            var list = await node.Jobs.Ask<JobList>(new ListJobs(), TimeSpan.FromSeconds(p.GetValue(Timeout) * 2));
+            var list = await node.AskAsync<JobList>(new ListJobs(), TimeSpan.FromSeconds(p.GetValue(Timeout) * 2), every: TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (list.Problem is { } problem) throw new InvalidOperationException(problem);
             var ids = list.JobIds;
             foreach (var jobId in ids)
             {
-                var s = await node.Jobs.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+                var s = await node.AskAsync<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(p.GetValue(Timeout)));
                 t.Out.WriteLine($"{s.JobId,-24} {s.State,-10} rounds {s.CompletedRounds}/{s.TotalRounds}{(s.Reason is null ? "" : "  " + s.Reason)}");
             }
             if (ids.Length == 0) t.Out.WriteLine("no jobs");
@@ -77,7 +77,7 @@ internal static class JobCommands
         var cancel = new Command("cancel", "Cancel a running job") { id };
         cancel.With(p => WithClient(p, async node =>
         {
-            var s = await node.Jobs.Ask<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
+            var s = await node.AskAsync<JobStatus>(new CancelJob(p.GetValue(id)!), TimeSpan.FromSeconds(p.GetValue(Timeout)));
             if (s.State == JobState.Unknown) throw new InvalidOperationException($"no job '{s.JobId}'");
             t.Out.WriteLine($"job {s.JobId}: {s.State}");
         }), Seed, Timeout, Tls, Host);
@@ -200,7 +200,7 @@ internal static class JobCommands
         while (true)
         {
             JobStatus s;
-            try { s = await node.Jobs.Ask<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(10)); }
+            try { s = await node.AskAsync<JobStatus>(new GetJobStatus(jobId), TimeSpan.FromSeconds(10)); }
             catch (AskTimeoutException) { await Task.Delay(1000); continue; }
             for (; printed < s.Rounds.Length; printed++) PrintRound(t, s.Rounds[printed], s.TotalRounds);
             if (s.LastFailure is { } f && f != lastFailure)
