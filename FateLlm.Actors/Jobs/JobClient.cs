@@ -54,8 +54,7 @@ public sealed class JobConnection : IAsyncDisposable
         if (tls is not null) config = Security.NodeTls.EnableSsl.WithFallback(config);
         if (overrides is not null) config = overrides.WithFallback(config);
         config = config.WithFallback(Nodes.FederationNode.Reference());
-        var system = tls is null ? ActorSystem.Create(SystemName, config)
-            : ActorSystem.Create(SystemName, BootstrapSetup.Create().WithConfig(config).And(tls.Setup()));
+        var system = Nodes.FederationNode.CreateSystem(SystemName, config, tls);
         var contacts = seeds.Select(s => ActorPath.Parse(s.TrimEnd('/') + "/system/receptionist")).ToImmutableHashSet();
         var client = system.ActorOf(ClusterClient.Props(
             ClusterClientSettings.Create(system).WithInitialContacts(contacts)), "cluster-client");
@@ -69,7 +68,9 @@ public sealed class JobConnection : IAsyncDisposable
     /// </summary>
     /// <param name="every">Overrides the resend interval, for a command whose answer takes longer (a listing waits for every arbiter).</param>
     public async Task<T> AskAsync<T>(object command, TimeSpan total, TimeSpan? every = null) =>
-        (T)await JobClient.AskResendingAsync(Jobs, command, every ?? System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval"), total);
+        (T)await JobClient.AskResendingAsync(Jobs, command, every ?? ResendInterval, total);
+
+    public TimeSpan ResendInterval => System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval");
 
     /// <summary>Wraps each command for the gateway; the asker stays the sender, so the answer comes back to it.</summary>
     sealed class ToGateway : ReceiveActor

@@ -47,11 +47,7 @@ public sealed class WireCompatibility : ReceiveActor, IWithTimers
         {
             foreach (var m in state.Members) Seen(m);
         });
-        Receive<ClusterEvent.IMemberEvent>(e =>
-        {
-            if (e is ClusterEvent.MemberRemoved) _members.Remove(e.Member.UniqueAddress);
-            Seen(e.Member, removed: e is ClusterEvent.MemberRemoved);
-        });
+        Receive<ClusterEvent.IMemberEvent>(e => Seen(e.Member, removed: e is ClusterEvent.MemberRemoved));
         Receive<ClusterEvent.IClusterDomainEvent>(_ => { });
         Receive<Judge>(_ =>
         {
@@ -67,7 +63,8 @@ public sealed class WireCompatibility : ReceiveActor, IWithTimers
 
     void Seen(Member m, bool removed = false)
     {
-        if (!removed) _members[m.UniqueAddress] = m;
+        if (removed) _members.Remove(m.UniqueAddress);
+        else _members[m.UniqueAddress] = m;
         _unjudged.Add(m);
         Timers.StartSingleTimer("judge", new Judge(), _settings.Settle);
     }

@@ -186,9 +186,11 @@ public sealed class FederationNode : IAsyncDisposable
 
     public static IReadOnlySet<string> Operators(Config config) => config.GetStringList("fate-llm.security.operator-organizations").ToHashSet();
 
-    public static ActorSystem CreateSystem(NodeOptions o, Config config) =>
-        o.Tls is null ? ActorSystem.Create(o.SystemName, config)
-            : ActorSystem.Create(o.SystemName, BootstrapSetup.Create().WithConfig(config).And(o.Tls.Setup()));
+    public static ActorSystem CreateSystem(NodeOptions o, Config config) => CreateSystem(o.SystemName, config, o.Tls);
+
+    /// <summary>An actor system under <paramref name="tls"/>'s certificates when given (nodes and job clients alike).</summary>
+    public static ActorSystem CreateSystem(string name, Config config, NodeTls? tls) =>
+        tls is null ? ActorSystem.Create(name, config) : ActorSystem.Create(name, BootstrapSetup.Create().WithConfig(config).And(tls.Setup()));
 
     public static FederationNode Start(NodeOptions o)
     {

@@ -33,7 +33,7 @@ internal static class JobCommands
             {
                 // Re-sent until answered: a message lost on the way (a shard still starting, an arbiter that just left) is
                 // sent again, and the job answers a repeat of the submission that made it as accepted.
-                var reply = await JobClient.SubmitAsync(node.Jobs, spec, ResendInterval(node), TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
+                var reply = await JobClient.SubmitAsync(node.Jobs, spec, node.ResendInterval, TimeSpan.FromSeconds(p.GetValue(Timeout) + 120));
                 if (reply is JobRejected r) throw new InvalidOperationException($"job {spec.JobId} rejected: {r.Reason}");
                 var accepted = (JobAccepted)reply;
                 t.Out.WriteLine(accepted.WaitingFor.Length == 0 ? $"job {spec.JobId} accepted"
@@ -105,9 +105,6 @@ internal static class JobCommands
         foreach (var r in s.Rounds)
             foreach (var p in r.Parties.Where(p => !p.Succeeded)) t.Out.WriteLine($"  round {r.Round}: {p.Org} dropped ({p.Reason})");
     }
-
-
-    static TimeSpan ResendInterval(JobConnection node) => node.System.Settings.Config.GetTimeSpan("fate-llm.client.resend-interval");
 
     /// <summary>
     /// The job file, validated; also refuses an output folder that already holds files (the job would mix its outputs
