@@ -8,6 +8,7 @@ using FateLlm.Training.Algorithms;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Ipr;
+using FateLlm.Training.Compression;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Privacy;
 using FateLlm.Training.Privacy.SecureAggregation;
@@ -258,6 +259,14 @@ public static class JobFile
             OutputDir = Resolve(job.HasPath("output") ? r.String("output") : "runs/" + jobId),
             Seed = r.Long("seed"),
             Export = new ExportOptions(r.Parsed("export.merged", ExportOptions.Parse), r.Size("export.merged-auto-limit")),
+            Compression = new CompressionOptions
+            {
+                Up = r.Parsed("compression.up", CompressionOptions.Parse),
+                Down = r.Parsed("compression.down", CompressionOptions.Parse),
+                BlockSize = r.Int("compression.block-size"),
+                TopKFraction = r.Double("compression.topk-fraction"),
+                ErrorFeedback = r.Bool("compression.error-feedback"),
+            },
             Ipr = new IprOptions
             {
                 Enabled = r.Bool("ipr.enabled"),

@@ -3,6 +3,7 @@ using FateLlm.Actors.Faults;
 using Akka.Event;
 using FateLlm.Actors.Transfer;
 using FateLlm.Training.Algorithms;
+using FateLlm.Training.Compression;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Privacy.SecureAggregation;
 
@@ -30,6 +31,7 @@ internal sealed class FitWork : ReceiveActor
     WorkFiles _files = null!;
     IActorRef _replyTo;
     JobSpec? _spec;
+    ClientContext? _context;
     object? _answer;
     // Secure aggregation: the update stays here, only masked words leave. Lost with the node, correctly: a party that
     // restarts mid-exchange has lost its secrets and is a dropout of that exchange.
@@ -41,8 +43,8 @@ internal sealed class FitWork : ReceiveActor
 
     sealed record Masked(string Digest, long Size);
     sealed record MaskFailed(string Reason);
-    /// <summary>The update stored for pulling (plain), or the secure-aggregation session's vector length (secure).</summary>
-    sealed record OfferPrepared(FitDone Fit, string? Digest, int VectorLength);
+    /// <summary>The update stored for pulling as it leaves (plain, compressed if the job says so), or the secure-aggregation session's vector length (secure).</summary>
+    sealed record OfferPrepared(FitDone Fit, string? Digest, long Size, int VectorLength);
     sealed record OfferFailed(string Reason);
     /// <summary>A step of the local round, told from the trainer's thread.</summary>
     sealed record LocalStep(Training.Trainer.TrainProgress Progress);
@@ -138,8 +140,8 @@ internal sealed class FitWork : ReceiveActor
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
         Become(Fitting);
         _progress = new WorkProgress("loading", 0, 0, 0); // until the first step: verifying, loading the base, the dev pass
-        var context = _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase) with { Progress = new StepReports(Self) };
-        _trainer.Tell(new RunFit(Id, context, _request.Exchange, instruction, _files.Downloads, _cancel.Token));
+        _context = _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase) with { Progress = new StepReports(Self) };
+        _trainer.Tell(new RunFit(Id, _context, _request.Exchange, instruction, _files.Downloads, _cancel.Token));
     }
 
     void Fitting()
@@ -157,14 +159,20 @@ internal sealed class FitWork : ReceiveActor
         var u = d.Update;
         _log.Info("party {0}: {1} fitted {2} samples in {3:F1} s{4}", Org, Id, u.Samples, d.Seconds,
             u.Metrics.TryGetValue(ClientUpdate.FirstLoss, out var first) && u.Metrics.TryGetValue(ClientUpdate.LastLoss, out var last) ? $", loss {first:F4} → {last:F4}" : "");
-        var (store, layout) = (_s.Store, Secure ? _files.PathOf(_request.VectorLayout!) : null);
+        var (store, layout, spec, context) = (_s.Store, _request.VectorLayout is { } v ? _files.PathOf(v) : null, _spec!, _context!);
         Become(() =>
         {
             Unanswered();
             Receive<OfferPrepared>(Offer);
             Receive<OfferFailed>(f => Fail(f.Reason));
         });
-        Task.Run(() => layout is null ? new OfferPrepared(d, store.Put(u.Update), 0) : new OfferPrepared(d, null, RoundStep.VectorLength(File.ReadAllBytes(layout))))
+        var (secure, exchange, round) = (Secure, _request.Exchange, Id.Round);
+        Task.Run(() =>
+            {
+                if (secure) return new OfferPrepared(d, null, 0, RoundStep.VectorLength(File.ReadAllBytes(layout!)));
+                var payload = UpdateCompression.ForUpload(spec.Compression, layout, u.Update, context.Workspace, exchange, round);
+                return new OfferPrepared(d, store.Put(payload), payload.Length, 0);
+            })
             .PipeTo(Self, failure: e => new OfferFailed($"could not offer the update: {e.GetBaseException().Message}"));
     }
 
@@ -183,7 +191,7 @@ internal sealed class FitWork : ReceiveActor
         }
         else
         {
-            _answer = new UpdateReady(Org, Id, new BlobLocation(p.Digest, u.Update.Length, _s.BlobServer), u.Samples, u.Metrics, d.Seconds, _files.DownloadBytes);
+            _answer = new UpdateReady(Org, Id, new BlobLocation(p.Digest, p.Size, _s.BlobServer), u.Samples, u.Metrics, d.Seconds, _files.DownloadBytes);
             Become(Offered);
         }
         _replyTo.Tell(_answer);

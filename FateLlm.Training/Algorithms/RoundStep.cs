@@ -1,4 +1,5 @@
 using FateLlm.Training.Aggregation;
+using FateLlm.Training.Compression;
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using FateLlm.Training.Privacy;
@@ -39,9 +40,15 @@ public static class RoundStep
         // (Tensor deltas as the update's own bytes: what the store holds is what TensorsOnDisk reads.)
         var plainTensors = layout is not null && algorithm.Summable && algorithm.Codec is TensorUpdateCodec && spec.Dp.Mode != DpMode.Central;
         var folded = plainTensors && spec.Strategy().NeedsMeanOnly;
-        foreach (var u in offered.OrderBy(u => u.Party, StringComparer.Ordinal))
+        foreach (var offer in offered.OrderBy(u => u.Party, StringComparer.Ordinal))
         {
             using var each = plainTensors ? NewDisposeScope() : null;
+            var (u, refused) = Uplinked(ctx.Store, spec, layout, offer);
+            if (u is null)
+            {
+                rejected.Add(new Rejection(offer.Party, refused!));
+                continue;
+            }
             var check = algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, layout), ctx.Store.Read(u.Digest));
             if (check.Problem is not null) rejected.Add(new Rejection(u.Party, check.Problem));
             else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, plainTensors ? new TensorsOnDisk(ctx.Store.PathOf(u.Digest)) : check.Parsed));
@@ -70,6 +77,17 @@ public static class RoundStep
             result = new ExchangeResult(exchange, phase, accepted.Select(c => c with { Digest = "", Parsed = null }).ToList()) { Mean = dp.Mean };
         }
         return Finish(algorithm, ctx, state, result, rejected, dp);
+    }
+
+    /// <summary>
+    /// A compressed upload decoded into the store as the safetensors update it stands for (the offer then names that blob),
+    /// or the offer itself when the job sends fp32; a payload that does not decode is refused with the reason.
+    /// </summary>
+    static (OfferedUpdate? Update, string? Problem) Uplinked(BlobStore store, JobSpec spec, IReadOnlyDictionary<string, Tensor>? layout, OfferedUpdate offer)
+    {
+        if (layout is null || spec.Compression.Up == CompressionScheme.None) return (offer, null);
+        try { return (offer with { Digest = store.Put(UpdateCompression.Restore(spec.Compression, layout, store.Read(offer.Digest))) }, null); }
+        catch (CompressedUpdateException e) { return (null, $"compressed update refused: {e.Message}"); }
     }
 
     /// <summary>A secure exchange: the unmasked sum becomes the mean update (weighted, or noised under distributed DP).</summary>

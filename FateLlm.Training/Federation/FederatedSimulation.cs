@@ -1,4 +1,5 @@
 using FateLlm.Training.Algorithms;
+using FateLlm.Training.Compression;
 using FateLlm.Training.IO;
 
 namespace FateLlm.Training.Federation;
@@ -7,7 +8,11 @@ namespace FateLlm.Training.Federation;
 public sealed record SimulatedParty(string Org, IReadOnlyDictionary<string, string> Datasets);
 
 /// <summary>One party's answer to one exchange in a simulation (null update: it dropped out).</summary>
-public sealed record SimulatedFit(int Round, int Phase, string Party, ClientUpdate? Update, string? Dropped);
+public sealed record SimulatedFit(int Round, int Phase, string Party, ClientUpdate? Update, string? Dropped)
+{
+    /// <summary>What the party sent up: its update as it left, compressed when the job says so.</summary>
+    public long UploadBytes { get; init; }
+}
 
 /// <summary>What a simulated job produced: its final state and store, every fit, each round's server step, and the final evaluation.</summary>
 public sealed record SimulationResult(JobSpec Spec, AlgorithmState State, BlobStore Store, IReadOnlyList<SimulatedFit> Fits,
@@ -51,15 +56,23 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
                         continue;
                     }
                     ClientUpdate update;
+                    byte[] payload;
                     // A party whose fit fails is a dropout of the exchange, as in a federation (its node stays up there).
-                    try { update = algorithm.Client.Fit(Context(prepared.Spec, party, round, phase), exchange.Name, instruction, Downloads(store, party, instruction), ct); }
+                    try
+                    {
+                        var context = Context(prepared.Spec, party, round, phase);
+                        var files = Downloads(store, party, instruction);
+                        update = algorithm.Client.Fit(context, exchange.Name, instruction, files, ct);
+                        payload = UpdateCompression.ForUpload(prepared.Spec.Compression, exchange.VectorLayout is { } v ? files[v] : null, update.Update,
+                            context.Workspace, exchange.Name, round);
+                    }
                     catch (Exception e) when (e is not OperationCanceledException)
                     {
                         fits.Add(new SimulatedFit(round, phase, party, null, e.GetBaseException().Message));
                         continue;
                     }
-                    fits.Add(new SimulatedFit(round, phase, party, update, null));
-                    offered.Add(new OfferedUpdate(party, store.Put(update.Update), update.Samples, update.Metrics));
+                    fits.Add(new SimulatedFit(round, phase, party, update, null) { UploadBytes = payload.Length });
+                    offered.Add(new OfferedUpdate(party, store.Put(payload), update.Samples, update.Metrics));
                 }
                 var outcome = RoundStep.Plain(algorithm, ctx, state, exchange, phase, offered, Math.Min(prepared.Spec.Round.Quorum, exchange.Instructions.Count));
                 steps.Add(outcome);

@@ -43,6 +43,8 @@ public sealed record JobSpec
     public Ipr.IprOptions Ipr { get; init; } = FateLlm.Training.Ipr.IprOptions.Off;
     /// <summary>What the export writes besides the adapter; jobs written before it existed merged always.</summary>
     public ExportOptions Export { get; init; } = ExportOptions.Always;
+    /// <summary>How summable updates travel; fp32 both ways in jobs written before it existed.</summary>
+    public Compression.CompressionOptions Compression { get; init; } = FateLlm.Training.Compression.CompressionOptions.Off;
 
     public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation.Algorithm, Aggregation.Server);
 

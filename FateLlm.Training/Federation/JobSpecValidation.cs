@@ -1,4 +1,5 @@
 using FateLlm.Training.Algorithms;
+using FateLlm.Training.Compression;
 using FateLlm.Training.Privacy;
 
 namespace FateLlm.Training.Federation;
@@ -75,6 +76,7 @@ public static class JobSpecValidation
             Check(sa.SampleCap > 0, "secure-aggregation.sample-cap", "must be > 0");
             Check(sa.PhaseTimeoutSeconds > 0, "secure-aggregation.phase-timeout", "must be positive");
         }
+        CheckCompression(spec, algorithm, Check);
         try { spec.Ipr.Validate(); } catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
         if (spec.Evaluation.Every > 0 && !algorithm.EvaluatesInRounds)
             Check(false, "evaluation.every", $"cannot apply: algorithm '{algorithm.Name}' runs evaluation tasks only in the final evaluation (homo-peft, offsite and pdss run them in rounds)");
@@ -82,6 +84,22 @@ public static class JobSpecValidation
             Check(false, "ipr", $"cannot apply: algorithm '{algorithm.Name}' trains no norm scales a party could watermark (homo-peft and offsite do)");
         try { algorithm.Validate(spec); }
         catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
+    }
+
+    static void CheckCompression(JobSpec spec, IFederatedAlgorithm algorithm, Action<bool, string, string> check)
+    {
+        var c = spec.Compression;
+        if (!c.Any) return;
+        check(algorithm.Summable, "compression", $"cannot apply: algorithm '{algorithm.Name}' exchanges no summable updates");
+        check(c.BlockSize is >= 8 and <= 1 << 20, "compression.block-size", $"must be between 8 and 1048576, got {c.BlockSize}");
+        check(c.TopKFraction is > 0 and <= 1, "compression.topk-fraction", $"must be in (0, 1], got {c.TopKFraction}");
+        check(c.Down != CompressionScheme.TopK, "compression.down",
+            "cannot be topk: a sparse global would leave parties on different models (use fp16, bf16, int8 or nf4)");
+        if (spec.SecureAggregation.Enabled)
+            check(c.Up is not (CompressionScheme.Nf4 or CompressionScheme.TopK), "compression.up",
+                $"cannot be {CompressionOptions.Name(c.Up)} under secure aggregation: masked words add up only as fixed-point integers, and " +
+                (c.Up == CompressionScheme.TopK ? "each party's support differs while the masks cover every coordinate" : "NF4's code book is not additive") +
+                " (use int8 for 8 bits per coordinate or fp16 for 16)");
     }
 }
 
