@@ -130,9 +130,9 @@ public sealed class SecureSum : ReceiveActor, IWithTimers
     {
         Receive<SecAggMaskedReady>(r => r.Id == _s.Work && Waiting().Contains(r.Org) && !_fetching.Contains(r.Org), r =>
         {
-            if (r.Masked.Size != _s.Session.Words * 4L)
+            if (r.Masked.Size != _s.Session.MaskedBytes)
             {
-                Drop(r.Org, $"masked input of {r.Masked.Size} bytes, expected {_s.Session.Words * 4L}");
+                Drop(r.Org, $"masked input of {r.Masked.Size} bytes, expected {_s.Session.MaskedBytes}");
                 AdvanceIfComplete(AfterMasking);
                 return;
             }

@@ -161,8 +161,20 @@ public static class RoundStep
             VectorLength = vectorLength,
             ClipRange = sa.ClipRange,
             Extras = spec.Dp.Enabled && spec.Dp.AdaptiveClip ? 2 : 1,
+            WordBits = SecureWordBits(spec.Compression.Up, n),
         };
     }
+
+    /// <summary>
+    /// Under secure aggregation the fixed-point words are the compression: int8 gives each coordinate 8 bits, fp16 and
+    /// bf16 16, none 32 − ⌈log2(n + 1)⌉, each over the clip range, plus the headroom n parties' sum needs.
+    /// </summary>
+    public static int SecureWordBits(CompressionScheme up, int parties) => up switch
+    {
+        CompressionScheme.Int8 => 8 + FixedPoint.HeadroomBits(parties),
+        CompressionScheme.Fp16 or CompressionScheme.Bf16 => 16 + FixedPoint.HeadroomBits(parties),
+        _ => 32,
+    };
 
     /// <summary>A party's masked contribution: its update in the layout (clipped and noised under distributed DP, weighted otherwise), masked.</summary>
     public static byte[] MaskedInput(SecAggClient client, byte[] update, byte[] layout, long samples, JobSpec spec, double clip, int expectedParties,
@@ -172,16 +184,11 @@ public static class RoundStep
         var tensors = SafeTensors.FromBytes(update, "local update");
         var shape = SafeTensors.FromBytes(layout, "vector layout");
         var (values, extras) = AdapterVector.PrepareInput(shape, tensors, samples, spec.SecureAggregation.SampleCap, spec.Dp, clip, expectedParties);
-        var words = client.MaskInput(values, extras, inbox);
-        return System.Runtime.InteropServices.MemoryMarshal.AsBytes(words.AsSpan()).ToArray();
+        return client.Session.Pack(client.MaskInput(values, extras, inbox));
     }
 
     /// <summary>Reads masked words sent by a party; the length must be the session's.</summary>
-    public static uint[] MaskedWords(byte[] bytes, SecAggSession session, string party)
-    {
-        if (bytes.Length != session.Words * 4) throw new SecAggException($"party '{party}' uploaded {bytes.Length} masked bytes, expected {session.Words * 4}");
-        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(bytes).ToArray();
-    }
+    public static uint[] MaskedWords(byte[] bytes, SecAggSession session, string party) => session.Unpack(bytes, party);
 
     public static int VectorLength(byte[] layout)
     {

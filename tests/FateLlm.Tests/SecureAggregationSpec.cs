@@ -33,7 +33,7 @@ public class SecureAggregationSpec
         var bundles = clients.ToDictionary(c => c.Key, c => c.Value.ShareKeys(keys.Values.Where(k => k.Party != c.Key).ToList()));
         var inbox = SecAggServer.Route(bundles.Values);
         var masked = clients.Where(c => !dropBeforeUpload.Contains(c.Key))
-            .ToDictionary(c => c.Key, c => c.Value.MaskInput(x[c.Key], [1.0], inbox[c.Key], new Random(c.Key.Length)));
+            .ToDictionary(c => c.Key, c => s.Unpack(s.Pack(c.Value.MaskInput(x[c.Key], [1.0], inbox[c.Key], new Random(c.Key.Length))), c.Key)); // as sent
         var survivors = masked.Keys.ToList();
         var revealed = survivors.Where(p => !dropAfterUpload.Contains(p)).Select(p => clients[p].Unmask(survivors)).Select(r => tamper?.Invoke(r) ?? r).ToList();
         var result = SecAggServer.Unmask(s, keys, bundles, masked, revealed);
@@ -46,7 +46,7 @@ public class SecureAggregationSpec
         var (values, extras) = result.Decode(s);
         var members = contributors.ToList();
         Assert.Equal(members.Order(StringComparer.Ordinal), result.Contributors);
-        var bound = members.Count * s.Encoding.Step(s.ClipRange) + 1e-5;
+        var bound = members.Count * s.ValueEncoding.Step(s.ClipRange) + 1e-5;
         for (int i = 0; i < s.VectorLength; i++)
         {
             var plain = members.Sum(p => (double)x[p][i]);
@@ -63,6 +63,24 @@ public class SecureAggregationSpec
         var (result, _) = Run(s, x);
         AssertSumWithinQuantization(s, result, x, Five);
         Assert.Empty(result.RecoveredDropouts);
+    }
+
+    [Theory]
+    [InlineData(8)]
+    [InlineData(16)]
+    public void Words_of_fewer_bits_still_unmask_to_the_sum_with_dropouts_and_travel_packed(int valueBits)
+    {
+        // 5 parties need 3 bits of headroom: int8's 11-bit words and fp16's 19-bit words, masked mod 2³², sent mod 2^B.
+        var s = Session() with { WordBits = valueBits + 3 };
+        Assert.Equal(valueBits, s.ValueEncoding.Bits);
+        var x = Inputs(s);
+        var (result, masked) = Run(s, x, dropBeforeUpload: new HashSet<string> { "globex" }, dropAfterUpload: new HashSet<string> { "umbrella" });
+        AssertSumWithinQuantization(s, result, x, ["acme", "initech", "umbrella", "wayne"]);
+        Assert.Equal((1000 * (valueBits + 3) + 7) / 8 + 4, s.Pack(masked["acme"]).Length);
+        Assert.All(masked.Values, y => Assert.All(y.Take(s.VectorLength), w => Assert.True(w <= s.WordMask)));
+        var e = Assert.Throws<SecAggException>(() => s.Unpack(s.Pack(masked["acme"])[..^1], "acme"));
+        Assert.Contains("party 'acme' uploaded", e.Message);
+        Assert.Throws<SecAggException>(() => (Session() with { WordBits = 10 }).Validate());
     }
 
     [Fact]

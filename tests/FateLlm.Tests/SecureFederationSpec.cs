@@ -15,7 +15,7 @@ public class SecureFederationSpec
 {
     static readonly TimeSpan Generous = TimeSpan.FromSeconds(150);
 
-    static float[] AdapterValues(JobSpec spec)
+    internal static float[] AdapterValues(JobSpec spec)
     {
         var tensors = SafeTensors.FromBytes(File.ReadAllBytes(Path.Combine(spec.OutputDir, "adapter", AdapterFolder.WeightsFile)));
         return tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).SelectMany(kv => kv.Value.to(TorchSharp.torch.ScalarType.Float32).data<float>().ToArray()).ToArray();

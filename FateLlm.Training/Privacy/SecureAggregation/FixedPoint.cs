@@ -4,16 +4,20 @@ namespace FateLlm.Training.Privacy.SecureAggregation;
 
 /// <summary>
 /// Maps reals in [−r, r] to integers in [0, 2^b − 1] with stochastic rounding (unbiased), so that the sum of up to
-/// n parties' words stays below 2³² and modular addition equals integer addition. b = 32 − ⌈log2(n + 1)⌉.
+/// n parties' words stays below 2^B (B: the word's bits, 32 unless the job compresses) and modular addition equals
+/// integer addition. b = B − ⌈log2(n + 1)⌉.
 /// </summary>
 public sealed record FixedPoint(int Bits)
 {
-    public static FixedPoint ForParties(int parties)
+    public static FixedPoint ForParties(int parties, int wordBits = 32)
     {
-        var bits = 32 - (int)Math.Ceiling(Math.Log2(parties + 1));
-        if (bits < 8) throw new ArgumentException($"secure aggregation over {parties} parties leaves only {bits} bits per value");
+        var bits = wordBits - HeadroomBits(parties);
+        if (bits < 8) throw new ArgumentException($"secure aggregation over {parties} parties in {wordBits}-bit words leaves only {bits} bits per value");
         return new FixedPoint(bits);
     }
+
+    /// <summary>The bits a sum of <paramref name="parties"/> words needs above each word's own.</summary>
+    public static int HeadroomBits(int parties) => (int)Math.Ceiling(Math.Log2(parties + 1));
 
     double Levels => Math.Pow(2, Bits) - 1;
 

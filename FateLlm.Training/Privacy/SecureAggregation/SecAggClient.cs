@@ -11,6 +11,7 @@ namespace FateLlm.Training.Privacy.SecureAggregation;
 public sealed class SecAggClient : IDisposable
 {
     readonly SecAggSession _session;
+    public SecAggSession Session => _session;
     readonly string _party;
     readonly ECDiffieHellman _cipherKey = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
     readonly ECDiffieHellman _maskKey = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
@@ -53,7 +54,7 @@ public sealed class SecAggClient : IDisposable
     }
 
     /// <summary>
-    /// Step 3: y_u = Q(x_u) + PRG(b_u) + Σ_{v∈N(u)∩U2, u&lt;v} PRG(s_uv) − Σ_{v∈N(u)∩U2, v&lt;u} PRG(s_uv) (mod 2³²).
+    /// Step 3: y_u = Q(x_u) + PRG(b_u) + Σ_{v∈N(u)∩U2, u&lt;v} PRG(s_uv) − Σ_{v∈N(u)∩U2, v&lt;u} PRG(s_uv) (mod 2³²; the arbiter reduces coordinates mod 2^B, see SecAggSession.WordBits).
     /// U2 are the neighbours whose shares reached us; each share's AES-GCM tag proves its sender and session.
     /// </summary>
     public uint[] MaskInput(ReadOnlySpan<float> values, ReadOnlySpan<double> extras, IReadOnlyList<EncryptedShare> received, Random? rounding = null)
@@ -67,11 +68,10 @@ public sealed class SecAggClient : IDisposable
             if (share.To != _party) throw new SecAggException($"party '{_party}': received a share addressed to '{share.To}'");
             _received[share.From] = Open(share);
         }
-        var encoding = _session.Encoding;
         rounding ??= FixedPoint.FreshRandom();
         var y = new uint[_session.Words];
-        encoding.Encode(values, _session.ClipRange, y, rounding);
-        for (int i = 0; i < extras.Length; i++) y[_session.VectorLength + i] = encoding.EncodeOne(extras[i], _session.ExtraRange, rounding);
+        _session.ValueEncoding.Encode(values, _session.ClipRange, y, rounding);
+        for (int i = 0; i < extras.Length; i++) y[_session.VectorLength + i] = _session.Encoding.EncodeOne(extras[i], _session.ExtraRange, rounding);
         MaskPrg.Apply(_seed, y);
         foreach (var v in _received.Keys)
             MaskPrg.Apply(PairwiseSeed(_maskKey, _neighbourKeys[v].MaskKey, _party, v, _session.SessionId), y, subtract: string.CompareOrdinal(v, _party) < 0);

@@ -8,11 +8,11 @@ public sealed record SecAggResult(uint[] Sum, IReadOnlyList<string> Contributors
     /// <summary>The real-valued sums of the model coordinates and of the extras.</summary>
     public (float[] Values, double[] Extras) Decode(SecAggSession session)
     {
-        var enc = session.Encoding;
+        var (enc, mask) = (session.ValueEncoding, session.WordMask);
         var values = new float[session.VectorLength];
-        for (int i = 0; i < values.Length; i++) values[i] = (float)enc.DecodeSum(Sum[i], session.ClipRange, Contributors.Count);
+        for (int i = 0; i < values.Length; i++) values[i] = (float)enc.DecodeSum(Sum[i] & mask, session.ClipRange, Contributors.Count);
         var extras = new double[session.Extras];
-        for (int i = 0; i < extras.Length; i++) extras[i] = enc.DecodeSum(Sum[session.VectorLength + i], session.ExtraRange, Contributors.Count);
+        for (int i = 0; i < extras.Length; i++) extras[i] = session.Encoding.DecodeSum(Sum[session.VectorLength + i], session.ExtraRange, Contributors.Count);
         return (values, extras);
     }
 }

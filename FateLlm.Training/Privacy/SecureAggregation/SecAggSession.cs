@@ -24,8 +24,69 @@ public sealed record SecAggSession
     public int Extras { get; init; } = 1;
     public double ExtraRange { get; init; } = 4;
 
+    /// <summary>
+    /// Bits a model coordinate's masked word takes on the wire (≤ 32; the extras always take 32). Masks are drawn and
+    /// added mod 2³² as always; a party sends each coordinate's word mod 2^B, which is uniform because its mask is, and
+    /// the arbiter reduces the unmasked sum mod 2^B — exact, since 2^B divides 2³² and n values of B − ⌈log2(n + 1)⌉ bits
+    /// sum below 2^B. So fewer bits per coordinate is the compression under secure aggregation.
+    /// </summary>
+    public int WordBits { get; init; } = 32;
+
     public int Words => VectorLength + Extras;
+    /// <summary>The extras' encoding: full 32-bit words.</summary>
     public FixedPoint Encoding => FixedPoint.ForParties(Parties.Count);
+    /// <summary>The model coordinates' encoding: <see cref="WordBits"/>-bit words.</summary>
+    public FixedPoint ValueEncoding => FixedPoint.ForParties(Parties.Count, WordBits);
+    public uint WordMask => WordBits == 32 ? uint.MaxValue : (1u << WordBits) - 1;
+    /// <summary>The bytes of one masked input on the wire: the coordinates packed at <see cref="WordBits"/> bits, then the extras.</summary>
+    public long MaskedBytes => ((long)VectorLength * WordBits + 7) / 8 + 4L * Extras;
+
+    /// <summary>A party's masked words as they leave: coordinates mod 2^B packed little-endian bit after bit, extras as 32-bit words.</summary>
+    public byte[] Pack(ReadOnlySpan<uint> words)
+    {
+        if (words.Length != Words) throw new SecAggException($"{words.Length} masked words to pack, the session has {Words}");
+        var bytes = new byte[MaskedBytes];
+        ulong acc = 0;
+        int bits = 0, at = 0;
+        var mask = WordMask;
+        for (int i = 0; i < VectorLength; i++)
+        {
+            acc |= (ulong)(words[i] & mask) << bits;
+            bits += WordBits;
+            while (bits >= 8)
+            {
+                bytes[at++] = (byte)acc;
+                acc >>= 8;
+                bits -= 8;
+            }
+        }
+        if (bits > 0) bytes[at++] = (byte)acc;
+        System.Runtime.InteropServices.MemoryMarshal.AsBytes(words[VectorLength..]).CopyTo(bytes.AsSpan(at));
+        return bytes;
+    }
+
+    /// <summary>The masked words a party sent (coordinates with their upper bits zero); the length must be the session's.</summary>
+    public uint[] Unpack(ReadOnlySpan<byte> bytes, string party)
+    {
+        if (bytes.Length != MaskedBytes) throw new SecAggException($"party '{party}' uploaded {bytes.Length} masked bytes, expected {MaskedBytes}");
+        var words = new uint[Words];
+        ulong acc = 0;
+        int bits = 0, at = 0;
+        var mask = WordMask;
+        for (int i = 0; i < VectorLength; i++)
+        {
+            while (bits < WordBits)
+            {
+                acc |= (ulong)bytes[at++] << bits;
+                bits += 8;
+            }
+            words[i] = (uint)acc & mask;
+            acc >>= WordBits;
+            bits -= WordBits;
+        }
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(bytes[at..]).CopyTo(words.AsSpan(VectorLength));
+        return words;
+    }
 
     /// <summary>SecAgg+ default: k = 2⌈log2 n⌉ (even, at least t − 1), so cost grows n log n.</summary>
     public static int DefaultDegree(int parties, int threshold)
@@ -92,6 +153,8 @@ public sealed record SecAggSession
             throw new SecAggException($"threshold {Threshold} must be between 2 and {Math.Min(Degree, Parties.Count - 1) + 1} (neighbours + self)");
         if (!(ClipRange > 0)) throw new SecAggException($"clip range {ClipRange} must be > 0");
         if (VectorLength < 1) throw new SecAggException("empty vector");
+        if (WordBits > 32 || WordBits - FixedPoint.HeadroomBits(Parties.Count) < 8)
+            throw new SecAggException($"{WordBits}-bit words cannot carry 8 bits per value for {Parties.Count} parties (at most 32 bits, at least {8 + FixedPoint.HeadroomBits(Parties.Count)})");
     }
 }
 
