@@ -31,13 +31,14 @@ internal sealed class EvaluationWork : ReceiveActor
         Receive<EvaluateRequest>(_ => _replyTo = Sender);
         Receive<StopWork>(_ => Context.Stop(Self));
         Receive<FetchCompleted>(f => { if (_files.Arrived(f, _s)) Evaluate(); });
+        Receive<RefetchInFull>(r => _files.Refetch(r));
         Receive<FetchFailed>(f => Reply(null, $"download of '{f.Correlation}' failed: {f.Reason}"));
         Receive<EvaluationDone>(d => Reply(new PartyEvaluation(Org, d.Result.Loss, d.Result.Perplexity, d.Result.Rouge1, d.Result.Rouge2,
             d.Result.RougeL, d.Result.Bleu4, d.Result.Samples) { Tasks = [.. d.Result.Tasks] }, null));
         Receive<EvaluationFailed>(f => Reply(null, f.Reason));
     }
 
-    protected override void PreStart() => _files = new WorkFiles(Context, _s, _request.Spec, _request.Downloads);
+    protected override void PreStart() => _files = new WorkFiles(Context, _s, _request.Spec, _request.Downloads, _request.Parameters);
 
     protected override void PostStop() => _cancel.Cancel();
 

@@ -72,7 +72,7 @@ internal sealed class FitWork : ReceiveActor
     protected override void PreStart()
     {
         _replyTo.Tell(new WorkAccepted(Org, Id));
-        _files = new WorkFiles(Context, _s, _request.Spec, _request.Downloads);
+        _files = new WorkFiles(Context, _s, _request.Spec, _request.Downloads, _request.Parameters);
     }
 
     protected override void PostStop()
@@ -117,6 +117,7 @@ internal sealed class FitWork : ReceiveActor
     {
         Unanswered();
         Receive<FetchCompleted>(f => { if (_files.Arrived(f, _s)) StartFit(); });
+        Receive<RefetchInFull>(r => _files.Refetch(r));
         Receive<FetchFailed>(f => Fail($"download of '{f.Correlation}' failed: {f.Reason}"));
     }
 
@@ -265,6 +266,7 @@ internal sealed class FitWork : ReceiveActor
         Receive<ISecAggRequest>(r => Sender.Tell(new SecAggStepFailed(Org, Id, r.Step, ((UpdateFailed)_answer!).Reason)));
         Receive<FetchCompleted>(_ => { });
         Receive<FetchFailed>(_ => { });
+        Receive<RefetchInFull>(_ => { });
         Receive<FitDone>(_ => { });
         Receive<FitFailed>(_ => { });
     }

@@ -143,7 +143,7 @@ public sealed class AggregationRound : ReceiveActor
             Receive<Configured>(c => Collect(1, c.Exchange));
             Receive<StepFailed>(f => Finish(Failure(f.Reason)));
         });
-        Task.Run(() => (object)new Configured(algorithm.Server.BeginRound(ctx, state)))
+        Task.Run(() => (object)new Configured(RoundStep.Begin(algorithm, ctx, state)))
             .PipeTo(Self, failure: e => new StepFailed($"the algorithm could not configure the round: {e.GetBaseException().Message}"));
     }
 

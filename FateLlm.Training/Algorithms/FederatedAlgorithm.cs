@@ -84,6 +84,8 @@ public sealed record AlgorithmState(IReadOnlyDictionary<string, string> Artifact
 {
     /// <summary>Reserved for the framework's DP state (the adaptive clip norm).</summary>
     public const string Privacy = "privacy";
+    /// <summary>Reserved for the framework's downlink: what parties were last sent for a vector layout (Compression.Downlink).</summary>
+    public const string Downlink = "downlink";
     /// <summary>
     /// The artifact an algorithm names this when it has one global model (an adapter, a sub-model): the job and the
     /// round report its digest as the round's and the job's global digest.

@@ -113,10 +113,17 @@ public static class RoundStep
         return Finish(algorithm, ctx, state, new ExchangeResult(exchange, phase, updates) { Mean = mean }, [], dp);
     }
 
+    /// <summary>A round's first exchange as offered to parties: the plug-in's, with the global sent down compressed if the job says so.</summary>
+    public static Exchange Begin(IFederatedAlgorithm algorithm, RoundContext ctx, AlgorithmState state) =>
+        Downlink.Offer(ctx.Store, ctx.Spec, state, algorithm.Server.BeginRound(ctx, state));
+
     static StepOutcome Finish(IFederatedAlgorithm algorithm, RoundContext ctx, AlgorithmState state, ExchangeResult result, List<Rejection> rejected, PrivateMean? dp)
     {
         var step = algorithm.Server.Step(ctx, state, result);
         var next = step.State;
+        // What parties now hold of the layout (the next downlink's base); carried over exchanges that declare none.
+        if (ctx.Spec.Compression.Down != CompressionScheme.None && LayoutDigest(result.Exchange) is { } held) next = next.With(AlgorithmState.Downlink, held);
+        else if (state.Find(AlgorithmState.Downlink) is { } kept) next = next.With(AlgorithmState.Downlink, kept);
         var metrics = new Dictionary<string, double>(step.Metrics);
         if (dp is not null)
         {
@@ -126,7 +133,7 @@ public static class RoundStep
         else if (state.Find(AlgorithmState.Privacy) is { } privacy) next = next.With(AlgorithmState.Privacy, privacy);
         rejected.AddRange(step.Rejected);
         var contributors = result.Updates.Select(u => u.Party).Where(p => step.Rejected.All(r => r.Party != p)).ToList();
-        return new StepOutcome(next, step.Next, rejected, metrics, contributors);
+        return new StepOutcome(next, step.Next is { } n ? Downlink.Offer(ctx.Store, ctx.Spec, next, n) : null, rejected, metrics, contributors);
     }
 
     /// <summary>The clip norm this round's DP uses: the adaptive one from the privacy state, else the configured one.</summary>

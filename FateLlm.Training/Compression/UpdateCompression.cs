@@ -44,17 +44,28 @@ public static class UpdateCompression
         return payload;
     }
 
-    /// <summary>The flat values of a payload the job's options say to expect, or why it is refused (mislabelled, truncated, another layout).</summary>
-    public static float[] Decode(byte[] payload, IReadOnlyDictionary<string, Tensor> layout, CompressionOptions options)
+    /// <summary>The flat values of an upload the job's options say to expect, or why it is refused (mislabelled, truncated, another layout).</summary>
+    public static float[] Decode(byte[] payload, IReadOnlyDictionary<string, Tensor> layout, CompressionOptions options) =>
+        Decode(payload, layout, options.Up, options.BlockSize, "sends updates up");
+
+    /// <summary>
+    /// The flat values of a payload as its header labels it (the downlink's delta, whose result a digest checks), or
+    /// why it does not decode.
+    /// </summary>
+    public static float[] DecodeAsLabelled(byte[] payload, IReadOnlyDictionary<string, Tensor> layout) => Decode(payload, layout, null, null, "");
+
+    static float[] Decode(byte[] payload, IReadOnlyDictionary<string, Tensor> layout, CompressionScheme? expected, int? expectedBlock, string way)
     {
+        var said = expected is { } e ? $"; this job {way} as {CompressionOptions.Name(e)}" : "";
         if (payload.Length < HeaderBytes || !payload.AsSpan(0, 4).SequenceEqual(Magic))
-            throw new CompressedUpdateException($"not a compressed update ({payload.Length} bytes without its header); this job sends updates up as {CompressionOptions.Name(options.Up)}");
+            throw new CompressedUpdateException($"not a compressed update ({payload.Length} bytes without its header){said}");
         if (payload[4] != Version) throw new CompressedUpdateException($"compressed update of version {payload[4]}, this node reads version {Version}");
         var scheme = (CompressionScheme)payload[5];
-        if (scheme != options.Up)
-            throw new CompressedUpdateException($"update labelled {(Enum.IsDefined(scheme) ? CompressionOptions.Name(scheme) : $"scheme {payload[5]}")}, but this job sends updates up as {CompressionOptions.Name(options.Up)}");
+        if (!Enum.IsDefined(scheme) || (expected is not null && scheme != expected))
+            throw new CompressedUpdateException($"update labelled {(Enum.IsDefined(scheme) ? CompressionOptions.Name(scheme) : $"scheme {payload[5]}")}{said.Replace("; this", ", but this")}");
         var block = BinaryPrimitives.ReadInt32LittleEndian(payload.AsSpan(8));
-        if (block != options.BlockSize) throw new CompressedUpdateException($"update quantized in blocks of {block}, this job uses {options.BlockSize}");
+        if (block < 1 || (expectedBlock is not null && block != expectedBlock))
+            throw new CompressedUpdateException($"update quantized in blocks of {block}{(expectedBlock is { } b ? $", this job uses {b}" : "")}");
         var count = BinaryPrimitives.ReadInt64LittleEndian(payload.AsSpan(12));
         var length = AdapterVector.Length(layout);
         if (count != length) throw new CompressedUpdateException($"update holds {count} values, the exchange's layout {length}");

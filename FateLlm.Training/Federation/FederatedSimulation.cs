@@ -12,6 +12,8 @@ public sealed record SimulatedFit(int Round, int Phase, string Party, ClientUpda
 {
     /// <summary>What the party sent up: its update as it left, compressed when the job says so.</summary>
     public long UploadBytes { get; init; }
+    /// <summary>What the party fetched for it: downloads it did not hold, a global offered as a delta counted as the delta.</summary>
+    public long DownloadBytes { get; init; }
 }
 
 /// <summary>What a simulated job produced: its final state and store, every fit, each round's server step, and the final evaluation.</summary>
@@ -44,7 +46,7 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
         for (int round = 1; round <= prepared.Spec.Rounds; round++)
         {
             var ctx = new RoundContext(server, round, 1, algorithm.Server.SelectParticipants(prepared.Spec, round, 1));
-            var exchange = algorithm.Server.BeginRound(ctx, state);
+            var exchange = RoundStep.Begin(algorithm, ctx, state);
             for (int phase = 1; ; phase++)
             {
                 var offered = new List<OfferedUpdate>();
@@ -57,11 +59,12 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
                     }
                     ClientUpdate update;
                     byte[] payload;
+                    long downloaded;
                     // A party whose fit fails is a dropout of the exchange, as in a federation (its node stays up there).
                     try
                     {
                         var context = Context(prepared.Spec, party, round, phase);
-                        var files = Downloads(store, party, instruction);
+                        (var files, downloaded) = Fetch(store, party, instruction);
                         update = algorithm.Client.Fit(context, exchange.Name, instruction, files, ct);
                         payload = UpdateCompression.ForUpload(prepared.Spec.Compression, exchange.VectorLayout is { } v ? files[v] : null, update.Update,
                             context.Workspace, exchange.Name, round);
@@ -71,7 +74,7 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
                         fits.Add(new SimulatedFit(round, phase, party, null, e.GetBaseException().Message));
                         continue;
                     }
-                    fits.Add(new SimulatedFit(round, phase, party, update, null) { UploadBytes = payload.Length });
+                    fits.Add(new SimulatedFit(round, phase, party, update, null) { UploadBytes = payload.Length, DownloadBytes = downloaded });
                     offered.Add(new OfferedUpdate(party, store.Put(payload), update.Samples, update.Metrics));
                 }
                 var outcome = RoundStep.Plain(algorithm, ctx, state, exchange, phase, offered, Math.Min(prepared.Spec.Round.Quorum, exchange.Instructions.Count));
@@ -84,7 +87,7 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
         var evaluation = new Dictionary<string, EvaluationResult>(StringComparer.Ordinal);
         if (algorithm.Server.Evaluation(server, state) is { } plan)
             foreach (var party in prepared.Spec.Parties.Where(p => p.EvalDataset is not null))
-                evaluation[party.Org] = algorithm.Client.Evaluate(Context(prepared.Spec, party.Org, 0, 0), plan, Downloads(store, party.Org, plan), ct);
+                evaluation[party.Org] = algorithm.Client.Evaluate(Context(prepared.Spec, party.Org, 0, 0), plan, Fetch(store, party.Org, plan).Files, ct);
         Directory.CreateDirectory(prepared.Spec.OutputDir);
         algorithm.Server.Finalize(server, state, prepared.Spec.OutputDir);
         return new SimulationResult(prepared.Spec, state, store, fits, steps, evaluation, prepared.Spec.OutputDir);
@@ -101,14 +104,35 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
             Path.Combine(home, "work", job.JobId)) { KeysDir = Path.Combine(home, "ipr") };
     }
 
-    /// <summary>The instruction's downloads copied into the party's own store, as its node would have fetched them.</summary>
-    IReadOnlyDictionary<string, string> Downloads(BlobStore arbiter, string party, PartyInstruction instruction)
+    /// <summary>
+    /// The instruction's downloads copied into the party's own store, as its node would have fetched them (a global
+    /// offered as a delta is rebuilt from the one the party holds), and the bytes that moved.
+    /// </summary>
+    (IReadOnlyDictionary<string, string> Files, long Bytes) Fetch(BlobStore arbiter, string party, PartyInstruction instruction)
     {
         var own = new BlobStore(Path.Combine(root, "party-" + party, "blobs"));
-        return instruction.Downloads.ToDictionary(kv => kv.Key, kv =>
+        long bytes = 0;
+        var files = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, digest) in instruction.Downloads.Where(kv => !Downlink.IsDelta(kv.Key)))
         {
-            if (!own.Has(kv.Value)) own.Put(arbiter.Read(kv.Value));
-            return own.PathOf(kv.Value);
-        });
+            if (!own.Has(digest))
+            {
+                var delta = instruction.Downloads.GetValueOrDefault(Downlink.DeltaOf(name));
+                if (delta is not null && Downlink.BaseOf(instruction.Parameters, name) is { } held && own.Has(held))
+                {
+                    var payload = arbiter.Read(delta);
+                    own.Put(Downlink.Rebuild(own.Read(held), payload, digest));
+                    bytes += payload.Length;
+                }
+                else
+                {
+                    var full = arbiter.Read(digest);
+                    own.Put(full);
+                    bytes += full.Length;
+                }
+            }
+            files[name] = own.PathOf(digest);
+        }
+        return (files, bytes);
     }
 }

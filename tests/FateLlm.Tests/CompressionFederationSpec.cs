@@ -26,7 +26,7 @@ public class CompressionFederationSpec
     static byte[] Started(byte[] file) => file[32..(32 + (file.Length - 32) / 2)];
 
     [Fact]
-    public async Task A_party_killed_mid_round_restarts_from_the_residual_its_last_upload_left()
+    public async Task A_party_killed_mid_round_restarts_from_the_residual_its_last_upload_left_and_from_the_global_it_holds()
     {
         var g = FederationFixture.Prepare();
         // food's node dies when asked to train in round 2, after round 1's upload left its residual in the workspace.
@@ -37,7 +37,7 @@ public class CompressionFederationSpec
         await using var fed = await FederationFixture.Start(g, crash);
         var spec = FederationFixture.Job(g, "topk-crash", rounds: 3, quorum: 2, deadlineSeconds: 40) with
         {
-            Compression = CompressionOptions.Off with { Up = CompressionScheme.TopK, TopKFraction = 0.02 },
+            Compression = CompressionOptions.Off with { Up = CompressionScheme.TopK, TopKFraction = 0.02, Down = CompressionScheme.Int8 },
         };
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
         await fed.Parties["food"].System.WhenTerminated.WaitAsync(Generous);
@@ -60,6 +60,12 @@ public class CompressionFederationSpec
         var fp32 = AdapterBytes(spec);
         Assert.All(status.Rounds.SelectMany(r => r.Parties).Where(p => p.Succeeded), p => Assert.InRange(p.UploadBytes, 1, 0.03 * fp32));
         Assert.All(status.Rounds, r => Assert.Empty(r.Rejections));
+        // Down: round 1 in full, then int8 deltas against the last global. food fetched round 2's global before its node
+        // died at the fit, and its store kept it across the restart: round 3 reaches it as a delta too.
+        var down = status.Rounds.SelectMany(r => r.Parties.Where(p => p.Succeeded).Select(p => (r.Round, p.Org, p.DownloadBytes))).ToList();
+        Assert.All(down.Where(d => d.Round == 1), d => Assert.InRange(d.DownloadBytes, 0.95 * fp32, 1.05 * fp32));
+        Assert.All(down.Where(d => d.Round > 1), d => Assert.InRange(d.DownloadBytes, 0.2 * fp32, 0.3 * fp32));
+        Assert.Contains(down, d => d.Round == 3 && d.Org == "food");
     }
 
     [Fact]

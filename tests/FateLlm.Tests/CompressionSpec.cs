@@ -255,6 +255,73 @@ public class CompressionSpec
         Assert.True(diff < 0.02 * norm, $"int8 global is {diff / norm:P2} away from the fp32 one");
     }
 
+    [Fact]
+    public void The_downlink_offers_the_global_as_a_delta_against_what_parties_hold_and_its_error_never_accumulates()
+    {
+        using var scope = NewDisposeScope();
+        var store = new BlobStore(TestSupport.TempDir());
+        var layout = Layout();
+        var spec = JobFile.Default("down", "m", [new PartySpec("a", "train", null), new PartySpec("b", "train", null)], TestSupport.TempDir()) with
+        {
+            Compression = CompressionOptions.Off with { Down = CompressionScheme.Int8 },
+        };
+        var exact = SafeTensors.FromBytes(Update(layout, 1));
+        var held = store.Put(SafeTensors.ToBytes(exact));
+        Exchange Fit(string global) => Exchange.Broadcast("fit", ["a", "b"], PartyInstruction.Of(new Dictionary<string, string> { ["global"] = global }), vectorLayout: "global");
+        // Round 1: nothing held yet, the global goes in full.
+        var firstRound = Downlink.Offer(store, spec, AlgorithmState.Of(("global", held)), Fit(held));
+        Assert.Equal(["global"], firstRound.Instructions["a"].Downloads.Keys);
+        Assert.Empty(firstRound.Instructions["a"].Parameters);
+        for (int round = 2; round <= 8; round++)
+        {
+            // The plug-in's exact global moves by a fresh step; the arbiter offers it against what parties hold.
+            exact = exact.ToDictionary(kv => kv.Key, kv => kv.Value + SafeTensors.FromBytes(Update(layout, round))[kv.Key]);
+            var target = store.Put(SafeTensors.ToBytes(exact));
+            var offered = Downlink.Offer(store, spec, AlgorithmState.Of(("global", target), (AlgorithmState.Downlink, held)), Fit(target));
+            var instruction = offered.Instructions["a"];
+            var shadow = instruction.Downloads["global"];
+            var delta = store.Read(instruction.Downloads[Downlink.DeltaOf("global")]);
+            Assert.Equal(held, Downlink.BaseOf(instruction.Parameters, "global"));
+            Assert.Equal(offered.Instructions["b"].Downloads, instruction.Downloads);
+            // A party holding the base rebuilds exactly the offered global, bit for bit; int8 moves about a quarter of it.
+            Assert.Equal(store.Read(shadow), Downlink.Rebuild(store.Read(held), delta, shadow));
+            Assert.InRange(delta.Length / (double)store.Size(shadow), 0.2, 0.3);
+            // What the encoding lost rides on the next delta: the offered global stays within one step of this delta's
+            // quantization of the exact one, however many rounds have passed.
+            var rebuilt = Flat(layout, store.Read(shadow));
+            var truth = AdapterVector.Flatten(layout, exact, "exact");
+            var previous = Flat(layout, store.Read(held));
+            var change = truth.Zip(previous, (x, y) => Math.Abs(x - y)).Max();
+            Assert.All(truth.Zip(rebuilt), p => Assert.True(Math.Abs(p.Item1 - p.Item2) <= change / 127 / 2 * 1.001 + 1e-7, $"{p.Item1} offered as {p.Item2}"));
+            held = shadow;
+        }
+        // A delta rebuilt on the wrong base is refused by the digest, never trained on.
+        var other = store.Put(Update(layout, 99));
+        var last = Downlink.Offer(store, spec, AlgorithmState.Of((AlgorithmState.Downlink, other)), Fit(held)).Instructions["a"];
+        var e = Assert.Throws<CompressedUpdateException>(() => Downlink.Rebuild(store.Read(held), store.Read(last.Downloads[Downlink.DeltaOf("global")]), last.Downloads["global"]));
+        Assert.Contains("rebuilt from its delta has digest", e.Message);
+    }
+
+    [Fact]
+    public void A_job_sends_the_global_down_as_int8_deltas_and_a_party_that_missed_a_round_fetches_it_in_full()
+    {
+        var g = FederationFixture.Prepare();
+        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
+        var spec = FederationFixture.Job(g, "down", rounds: 3, quorum: 2) with { Compression = CompressionOptions.Off with { Down = CompressionScheme.Int8 } };
+        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "down"))
+            .Run(dropout: (round, _, party) => round == 2 && party == "food");
+
+        var full = result.Fits.Where(f => f.Round == 1).Select(f => f.DownloadBytes).Distinct().Single();
+        var byRound = result.Fits.Where(f => f.Update is not null).ToLookup(f => (f.Round, f.Party), f => f.DownloadBytes);
+        Assert.InRange(byRound[(2, "animal")].Single() / (double)full, 0.2, 0.3);
+        Assert.InRange(byRound[(3, "animal")].Single() / (double)full, 0.2, 0.3);
+        // food holds round 1's global, not round 2's: it gets round 3's in full.
+        Assert.Equal(full, byRound[(3, "food")].Single());
+        Assert.All(result.Steps, s => Assert.Empty(s.Rejected));
+        // The plug-in's state keeps the exact global; what parties were last sent is the framework's own artifact.
+        Assert.NotEqual(result.State.Get(AlgorithmState.Global), result.State.Get(AlgorithmState.Downlink));
+    }
+
     static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir(), AlgorithmCatalog.BuiltIn);
 
     const string Minimal = "job { model = m, parties = [{ org = a }, { org = b }, { org = c }]\n";
