@@ -22,6 +22,7 @@ internal static class BenchCommands
         cmd.Subcommands.Add(TrainCommand(t));
         cmd.Subcommands.Add(SecAggCommand(t));
         cmd.Subcommands.Add(WireCommand(t));
+        cmd.Subcommands.Add(CodecCommand(t));
         var sizes = CliApp.Opt("--sizes", "Adapter sizes in MiB for the transfer bench", "1,16,64");
         var noRound = CliApp.Opt("--no-round", "Skip the real 3-party round", false);
         var window = CliApp.Opt("--window", "Chunks in flight per transfer", TransferSettings.Default.Window);
@@ -70,6 +71,17 @@ internal static class BenchCommands
         return new Command("secagg", "SecAgg+ masking/unmasking MB/s and per-round overhead vs plain FedAvg for 10, 50, 200 parties").With(p =>
             SecAggBench.Run(p.GetValue(parties)!.Split(',').Select(x => int.TryParse(x, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) && v >= 3 ? v : throw new UsageException($"--parties '{x}' must be integers ≥ 3")).ToArray(),
                 TrainingCommands.Positive(p.GetValue(length), "--length"), p.GetValue(dropout), t.Out), parties, length, dropout);
+    }
+
+    static Command CodecCommand(Terminal t)
+    {
+        var mib = CliApp.Opt("--mib", "Size of the fp32 delta in MiB", 64);
+        var repeats = CliApp.Opt("--repeats", "Timed repeats (medians are printed)", 5);
+        var block = CliApp.Opt("--block-size", "Values per int8/NF4 scale", 64);
+        var topk = CliApp.Opt("--topk-fraction", "Fraction of values top-k keeps", 0.01);
+        return new Command("codec", "Encode and decode GB/s of each update compression scheme on one thread against memcpy, with size and error").With(p =>
+            CodecBench.Run(new CodecBench.Options(TrainingCommands.Positive(p.GetValue(mib), "--mib"), TrainingCommands.Positive(p.GetValue(repeats), "--repeats"),
+                TrainingCommands.Positive(p.GetValue(block), "--block-size"), p.GetValue(topk)), t.Out), mib, repeats, block, topk);
     }
 
     static Command WireCommand(Terminal t)

@@ -35,6 +35,7 @@ public static class VectorCodec
     // a bucket is narrower than any two midpoints are apart, so the nearest code is that count plus one comparison.
     static readonly float[] Nf4Mids = BuildMids();
     static readonly byte[] Nf4Below = BuildBelow();
+    static readonly Vector<float>[] Nf4MidVectors = Nf4Mids.Take(15).Select(m => new Vector<float>(m)).ToArray();
 
     public static int TopK(long n, double fraction) => n == 0 ? 0 : (int)Math.Clamp(Math.Ceiling(fraction * n - 1e-9), 1, n);
 
@@ -153,6 +154,7 @@ public static class VectorCodec
         var body = new byte[4L * blocks + x.Length];
         var scales = MemoryMarshal.Cast<byte, float>(body.AsSpan(0, 4 * blocks));
         var q = MemoryMarshal.Cast<byte, sbyte>(body.AsSpan(4 * blocks));
+        Span<int> lanes = stackalloc int[Vector<int>.Count];
         for (int b = 0; b < blocks; b++)
         {
             var start = b * block;
@@ -160,7 +162,20 @@ public static class VectorCodec
             var scale = scales[b] = Scale(seg, 127f, b);
             var inv = scale > 0 ? 1f / scale : 0f;
             var into = q.Slice(start, seg.Length);
-            for (int i = 0; i < seg.Length; i++) into[i] = (sbyte)Math.Clamp(MathF.Round(seg[i] * inv), -127f, 127f);
+            int i = 0;
+            if (Vector.IsHardwareAccelerated)
+            {
+                // Round half away from zero (x + ½·sign, truncated); |x·inv| ≤ 127 by the scale, so no clamp is needed.
+                var (by, half, sign) = (new Vector<float>(inv), new Vector<float>(0.5f), new Vector<uint>(0x8000_0000u));
+                for (; i <= seg.Length - Vector<float>.Count; i += Vector<float>.Count)
+                {
+                    var y = new Vector<float>(seg.Slice(i)) * by;
+                    var rounded = y + Vector.AsVectorSingle(Vector.BitwiseOr(Vector.AsVectorUInt32(half), Vector.BitwiseAnd(Vector.AsVectorUInt32(y), sign)));
+                    Vector.ConvertToInt32(rounded).CopyTo(lanes);
+                    for (int j = 0; j < lanes.Length; j++) into[i + j] = (sbyte)lanes[j];
+                }
+            }
+            for (; i < seg.Length; i++) into[i] = (sbyte)Math.Clamp(MathF.Round(seg[i] * inv, MidpointRounding.AwayFromZero), -127f, 127f);
         }
         return body;
     }
@@ -190,24 +205,72 @@ public static class VectorCodec
         var body = new byte[4L * blocks + (x.Length + 1) / 2];
         var scales = MemoryMarshal.Cast<byte, float>(body.AsSpan(0, 4 * blocks));
         var packed = body.AsSpan(4 * blocks);
-        var mids = Nf4Mids;
-        var below = Nf4Below;
+        var codes = new byte[block];
         for (int b = 0; b < blocks; b++)
         {
             var start = b * block;
             var seg = x.Slice(start, Math.Min(block, x.Length - start));
             var absmax = scales[b] = Scale(seg, 1f, b);
             var inv = absmax > 0 ? 1f / absmax : 0f;
-            for (int i = 0; i < seg.Length; i++)
+            // Whole vectors two codes a byte when the block starts on a byte (an odd block size makes some start mid-byte),
+            // the rest one code at a time into the zeroed body.
+            var done = (start & 1) == 0 ? Nf4PackVectors(seg, inv, packed[(start >> 1)..]) : 0;
+            var rest = seg[done..];
+            Nf4Codes(rest, inv, codes);
+            for (int i = 0; i < rest.Length; i++)
             {
-                var y = Math.Clamp(seg[i] * inv, -1f, 1f);
-                int t = below[Math.Min(Nf4Buckets - 1, (int)((y + 1f) * (Nf4Buckets / 2)))];
-                var code = t + (y > mids[t] ? 1 : 0);
-                var at = start + i;
-                packed[at >> 1] |= (byte)(code << ((at & 1) << 2));
+                var at = start + done + i;
+                packed[at >> 1] |= (byte)(codes[i] << ((at & 1) << 2));
             }
         }
         return body;
+    }
+
+    /// <summary>Packs whole chunks of 8 vectors' codes into <paramref name="into"/>, two a byte (low nibble first); returns the values done.</summary>
+    static int Nf4PackVectors(ReadOnlySpan<float> seg, float inv, Span<byte> into)
+    {
+        if (!Vector.IsHardwareAccelerated) return 0;
+        var lanes = Vector<float>.Count;
+        var scale = new Vector<float>(inv);
+        int i = 0;
+        for (; i + 8 * lanes <= seg.Length; i += 8 * lanes)
+        {
+            // 8 vectors of codes narrowed to 2 vectors of bytes; each pair of bytes (even, odd) read as one ushort
+            // e + 256·o becomes e | o << 4 in its low byte, which the last narrowing keeps.
+            var even = Vector.AsVectorUInt16(Nf4Bytes(seg.Slice(i), scale));
+            var odd = Vector.AsVectorUInt16(Nf4Bytes(seg.Slice(i + 4 * lanes), scale));
+            Vector.Narrow(even | Vector.ShiftRightLogical(even, 4), odd | Vector.ShiftRightLogical(odd, 4)).CopyTo(into.Slice(i >> 1));
+        }
+        return i;
+    }
+
+    static Vector<byte> Nf4Bytes(ReadOnlySpan<float> x, Vector<float> scale)
+    {
+        var lanes = Vector<float>.Count;
+        return Vector.Narrow(Vector.Narrow(Nf4Code(x, scale), Nf4Code(x[lanes..], scale)),
+            Vector.Narrow(Nf4Code(x[(2 * lanes)..], scale), Nf4Code(x[(3 * lanes)..], scale)));
+    }
+
+    /// <summary>The codes of one vector of values: how many code midpoints lie below each.</summary>
+    static Vector<uint> Nf4Code(ReadOnlySpan<float> x, Vector<float> scale)
+    {
+        var y = new Vector<float>(x) * scale;
+        var count = Vector<int>.Zero;
+        foreach (var m in Nf4MidVectors) count -= Vector.GreaterThan(y, m); // true is −1
+        return Vector.AsVectorUInt32(count);
+    }
+
+    /// <summary>Each value's nearest NF4 code once scaled by <paramref name="inv"/>, through the bucket table and one comparison.</summary>
+    static void Nf4Codes(ReadOnlySpan<float> seg, float inv, Span<byte> codes)
+    {
+        var table = Nf4Below;
+        var midpoints = Nf4Mids;
+        for (int i = 0; i < seg.Length; i++)
+        {
+            var y = Math.Clamp(seg[i] * inv, -1f, 1f);
+            int t = table[Math.Min(Nf4Buckets - 1, (int)((y + 1f) * (Nf4Buckets / 2)))];
+            codes[i] = (byte)(t + (y > midpoints[t] ? 1 : 0));
+        }
     }
 
     static void DecodeNf4(ReadOnlySpan<byte> body, Span<float> into, int block)
