@@ -64,7 +64,7 @@ public static class JobFile
     static readonly Lazy<string[]> Known = new(() =>
         LeafPaths(Defaults.Root, "").Concat(["id", "model", "output", "parties", "secure-aggregation", "dp.epsilon-budget"]).Distinct().Order(StringComparer.Ordinal).ToArray());
 
-    static readonly string[] PartyKeys = ["org", "data", "eval"];
+    static readonly string[] PartyKeys = ["org", "data", "eval", "peft"];
 
     /// <summary>A list, the empty one included (Akka's IsArray says false for <c>[]</c>).</summary>
     static bool IsList(HoconValue v) => v.IsArray() || (v.Values.Count > 0 && v.Values.All(x => x is HoconArray));
@@ -158,7 +158,10 @@ public static class JobFile
             foreach (var key in o.Items.Keys.Where(k => !PartyKeys.Contains(k)))
                 throw new JobSpecException($"{r.Field($"parties[{i}].{key}")} is not a party setting (did you mean '{Spelling.Nearest(key, PartyKeys)}'?)");
             string? S(string k) => o.Items.TryGetValue(k, out var x) ? x.GetString() : null;
-            return new PartySpec(S("org") ?? throw new JobSpecException($"{r.Field($"parties[{i}].org")} is required"), S("data") ?? "train", S("eval"));
+            return new PartySpec(S("org") ?? throw new JobSpecException($"{r.Field($"parties[{i}].org")} is required"), S("data") ?? "train", S("eval"))
+            {
+                Peft = o.Items.TryGetValue("peft", out var peft) ? PartyPeftOf(peft, $"parties[{i}].peft", r.Field) : null,
+            };
         }).ToArray();
         var jobId = job.HasPath("id") ? r.String("id") : "";
         jobId = string.IsNullOrWhiteSpace(jobId) ? $"job-{DateTime.UtcNow:yyyyMMdd-HHmmss}" : jobId;
@@ -209,7 +212,11 @@ public static class JobFile
                 Byzantine = r.Int("aggregation.byzantine"),
                 KrumSelect = r.Int("aggregation.krum-select"),
                 NormBound = r.Double("aggregation.norm-bound"),
-            }),
+            })
+            {
+                LoraRanks = r.Parsed("aggregation.lora-ranks", ParseRankRule),
+                RankPruning = r.Double("aggregation.rank-pruning"),
+            },
             Round = new RoundPolicy
             {
                 // `quorum = all`: every party a round asks.
@@ -350,6 +357,29 @@ public static class JobFile
         }
         return string.Concat(parts);
     }
+
+    /// <summary><c>parties[i].peft { r, alpha }</c>: a party's own LoRA rank (alpha optional).</summary>
+    static PartyPeft PartyPeftOf(HoconValue value, string path, Func<string, string> field)
+    {
+        var o = value.IsObject() ? value.GetObject() : throw new JobSpecException($"{field(path)} must be an object {{ r, alpha }}");
+        foreach (var key in o.Items.Keys.Where(k => k is not ("r" or "alpha")))
+            throw new JobSpecException($"{field($"{path}.{key}")} is not a party's PEFT setting (r, alpha)");
+        int? r = o.Items.TryGetValue("r", out var rv) && int.TryParse(rv.GetString(), out var rank) ? rank : null;
+        if (r is not >= 1) throw new JobSpecException($"{field($"{path}.r")} must be an integer ≥ 1{(rv is null ? " (it is required)" : $", got '{rv.GetString()}'")}");
+        double? alpha = null;
+        if (o.Items.TryGetValue("alpha", out var av))
+            alpha = double.TryParse(av.GetString(), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var a) && a > 0 && double.IsFinite(a)
+                ? a : throw new JobSpecException($"{field($"{path}.alpha")} must be a positive number, got '{av.GetString()}'");
+        return new PartyPeft(r.Value, alpha);
+    }
+
+    static LoraRankRule ParseRankRule(string s) => s.ToLowerInvariant() switch
+    {
+        "zero-pad" or "zeropad" => LoraRankRule.ZeroPad,
+        "stack" => LoraRankRule.Stack,
+        "svd" => LoraRankRule.Svd,
+        _ => throw new ArgumentException($"'{s}' is not one of zero-pad, stack, svd"),
+    };
 
     static DpMode ParseDpMode(string s) => s.ToLowerInvariant() switch
     {

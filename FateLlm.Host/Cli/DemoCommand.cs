@@ -152,6 +152,7 @@ internal static class DemoCommand
         cmd.Subcommands.Add(FedMktExperimentCommand(t));
         cmd.Subcommands.Add(InferencePrivacyExperimentCommand(t));
         cmd.Subcommands.Add(DpoExperimentCommand(t));
+        cmd.Subcommands.Add(CommunicationExperimentCommand(t));
         return cmd;
     }
 
@@ -213,6 +214,20 @@ internal static class DemoCommand
                 FedKSeedExperiment.Write(result, s.OutDir);
                 return (FedKSeedExperiment.Markdown(result), result.Seconds);
             }, evalOn, lr, steps);
+    }
+
+    static Command CommunicationExperimentCommand(Terminal t)
+    {
+        var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
+        return ParadigmExperiment(t, "communication",
+            "Update compression (fp16, int8, NF4, top-1 % with and without error feedback, up and down) through the federation: bytes per party and round against ROUGE-L, paired with fp32",
+            "One seed, 3 rounds, 200 training and 30 test examples per party", 3, (p, s, _) =>
+            {
+                s = s with { EvaluateOn = EvaluateOn(p.GetValue(evalOn)!), FullFineTuningBaseline = false };
+                var result = new CommunicationExperiment(s, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
+                CommunicationExperiment.Write(result, s.OutDir);
+                return (CommunicationExperiment.Markdown(result), result.Seconds);
+            }, evalOn);
     }
 
     static Command DpoExperimentCommand(Terminal t)

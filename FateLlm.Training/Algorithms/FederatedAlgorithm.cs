@@ -20,6 +20,8 @@ public interface IFederatedAlgorithm
     bool Summable { get; }
     /// <summary>Whether parties can embed FedIPR watermarks (<c>job.ipr</c>) through <see cref="Ipr.PartyWatermark"/>.</summary>
     bool Watermarkable => false;
+    /// <summary>Whether parties may train LoRA at ranks of their own (<c>parties[i].peft</c>, <see cref="Peft.LoraRanks"/>).</summary>
+    bool HeterogeneousRanks => false;
     /// <summary>Whether its parties run the job's evaluation tasks on the global state in their rounds (<c>evaluation.every</c>).</summary>
     bool EvaluatesInRounds => false;
     IServerAlgorithm Server { get; }

@@ -67,7 +67,14 @@ public sealed record JobSpec
     public static JsonSerializerOptions JsonOptions => Json;
 }
 
-public sealed record PartySpec(string Org, string Dataset, string? EvalDataset);
+public sealed record PartySpec(string Org, string Dataset, string? EvalDataset)
+{
+    /// <summary>This party's own LoRA rank (<c>parties[i].peft</c>); null: the job's <c>peft.r</c>.</summary>
+    public PartyPeft? Peft { get; init; }
+}
+
+/// <param name="Alpha">Null: the rank times the job's α/r (what the arbiter writes out when it prepares the job).</param>
+public sealed record PartyPeft(int R, double? Alpha);
 
 /// <summary>
 /// <c>job.algorithm { name = ..., ... }</c>: the registered plug-in and its own block as flat dotted keys
@@ -96,7 +103,13 @@ public sealed record LocalTraining
     public int CheckpointEvery { get; init; }
 }
 
-public sealed record AggregationSpec(string Algorithm, ServerOptimizerOptions Server);
+public sealed record AggregationSpec(string Algorithm, ServerOptimizerOptions Server)
+{
+    /// <summary>How parties of different LoRA ranks form the global adapter; zero-pad in jobs written before ranks could differ.</summary>
+    public Peft.LoraRankRule LoraRanks { get; init; } = Peft.LoraRankRule.ZeroPad;
+    /// <summary>HetLoRA's self-pruning threshold under zero-pad (0: off): see <see cref="Peft.LoraRanks.Pruned"/>.</summary>
+    public double RankPruning { get; init; }
+}
 
 /// <summary>When a round may aggregate, how long it waits, how often it is retried, and whom it asks.</summary>
 public sealed record RoundPolicy

@@ -1,5 +1,6 @@
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Compression;
+using FateLlm.Training.Peft;
 using FateLlm.Training.Privacy;
 
 namespace FateLlm.Training.Federation;
@@ -77,6 +78,7 @@ public static class JobSpecValidation
             Check(sa.PhaseTimeoutSeconds > 0, "secure-aggregation.phase-timeout", "must be positive");
         }
         CheckCompression(spec, algorithm, Check);
+        CheckRanks(spec, algorithm, Check);
         try { spec.Ipr.Validate(); } catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
         if (spec.Evaluation.Every > 0 && !algorithm.EvaluatesInRounds)
             Check(false, "evaluation.every", $"cannot apply: algorithm '{algorithm.Name}' runs evaluation tasks only in the final evaluation (homo-peft, offsite and pdss run them in rounds)");
@@ -84,6 +86,23 @@ public static class JobSpecValidation
             Check(false, "ipr", $"cannot apply: algorithm '{algorithm.Name}' trains no norm scales a party could watermark (homo-peft and offsite do)");
         try { algorithm.Validate(spec); }
         catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
+    }
+
+    static void CheckRanks(JobSpec spec, IFederatedAlgorithm algorithm, Action<bool, string, string> check)
+    {
+        var pruning = spec.Aggregation.RankPruning;
+        check(pruning >= 0 && pruning < 1, "aggregation.rank-pruning", $"must be in [0, 1) (0: off), got {pruning}");
+        check(pruning == 0 || algorithm.HeterogeneousRanks, "aggregation.rank-pruning", $"cannot apply: algorithm '{algorithm.Name}' trains one rank for every party (homo-peft can prune)");
+        if (!LoraRanks.Heterogeneous(spec) && pruning == 0) return;
+        check(algorithm.HeterogeneousRanks, "parties", $"give parties LoRA ranks of their own, which algorithm '{algorithm.Name}' cannot train (homo-peft can)");
+        check(spec.Peft.Method == PeftMethod.Lora, "peft.method", $"must be lora when parties have ranks of their own, got {PeftConfig.MethodName(spec.Peft.Method)}");
+        check(spec.Aggregation.LoraRanks == LoraRankRule.ZeroPad, "aggregation.lora-ranks",
+            $"'{spec.Aggregation.LoraRanks}' is not built yet: in this version only zero-pad (HetLoRA) aggregates parties of different ranks");
+        var scaling = LoraRanks.Scaling(spec);
+        for (int i = 0; i < spec.Parties.Length; i++)
+            if (spec.Parties[i].Peft is { Alpha: { } alpha } own && Math.Abs(alpha / own.R - scaling) > 1e-9 * scaling)
+                check(false, $"parties[{i}].peft.alpha", $"{alpha} gives '{spec.Parties[i].Org}' the scaling α/r = {alpha / own.R:G4}; zero-pad keeps the job's " +
+                    $"{spec.Peft.LoraAlpha:G4}/{spec.Peft.LoraR} = {scaling:G4} at every rank, so a component means the same everywhere (alpha = {own.R * scaling:G4}, or leave it out)");
     }
 
     static void CheckCompression(JobSpec spec, IFederatedAlgorithm algorithm, Action<bool, string, string> check)

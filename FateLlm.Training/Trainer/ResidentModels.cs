@@ -61,6 +61,9 @@ public sealed class ResidentModels
         var run = load();
         Interlocked.Increment(ref _loads);
         if (IdleRelease <= TimeSpan.Zero) return run;
+        // A model that stays resident must not die with the dispose scope its first user happened to load it in.
+        foreach (var p in run.Model.parameters()) p.DetachFromDisposeScope();
+        foreach (var b in run.Model.buffers()) b.DetachFromDisposeScope();
         var entry = new Entry(key, path, run);
         run.ReturnTo = () => Return(entry);
         lock (_gate) _entries.Add(entry);

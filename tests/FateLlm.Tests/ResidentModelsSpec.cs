@@ -69,6 +69,23 @@ public class ResidentModelsSpec
     }
 
     [Fact]
+    public void A_model_first_loaded_inside_a_callers_dispose_scope_outlives_that_scope_while_it_stays_resident()
+    {
+        var model = FederationFixture.Prepare().Model;
+        var models = new ResidentModels { IdleRelease = TimeSpan.FromMinutes(10) };
+        FineTuning first;
+        using (TorchSharp.torch.NewDisposeScope())
+            using (first = models.Open(model, "r2", () => Load(model))) { }
+        using var again = models.Open(model, "r2", () => Load(model));
+        Assert.Same(first.Model, again.Model);
+        Assert.False(Freed(again));
+        Assert.Equal(16, PeftModel.TrainableParameters(again.Model).Count); // the tiny model's q and v LoRA factors, 4 blocks
+        using (TorchSharp.torch.NewDisposeScope())
+            Assert.True(again.Model.Forward(TorchSharp.torch.tensor(new long[] { 1, 2, 3 }).unsqueeze(0)).isfinite().all().item<bool>());
+        models.ReleaseIdle();
+    }
+
+    [Fact]
     public void Without_an_idle_release_nothing_stays_loaded()
     {
         var model = FederationFixture.Prepare().Model;

@@ -23,6 +23,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
     public bool Summable => true;
     public bool EvaluatesInRounds => true;
     public bool Watermarkable => true;
+    public bool HeterogeneousRanks => true;
     public IServerAlgorithm Server { get; } = new ServerSide();
     public IClientAlgorithm Client { get; } = new ClientSide();
     public IUpdateCodec Codec { get; } = new TensorUpdateCodec();
@@ -43,7 +44,8 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             var digest = WeightsDigest.Like(ctx.ModelPath, spec.ModelDigest);
             if (spec.ModelDigest.Length > 0 && spec.ModelDigest != digest)
                 throw new JobSpecException($"job {spec.JobId}: the arbiter's copy of '{spec.ModelPath}' has digest {digest[..12]}…, the job names {spec.ModelDigest[..12]}…");
-            spec = spec with { ModelDigest = digest };
+            // Parties of their own LoRA ranks: written out, and the global adapter at the largest (LoraRanks).
+            spec = LoraRanks.Resolve(spec with { ModelDigest = digest });
             var initial = ctx.Store.Put(FederatedComputation.InitialAdapter(spec, ctx.ModelPath));
             return new Preparation(spec, AlgorithmState.Of((Global, initial)));
         }
@@ -68,10 +70,30 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         {
             ct.ThrowIfCancellationRequested();
             var hash = FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
-            using var run = FederatedComputation.Open(ctx.Spec, ctx.ModelPath);
-            using var watermark = PartyWatermark.Open(ctx, run);
-            var r = FederatedComputation.LocalRound(ctx.Spec, run, File.ReadAllBytes(files[Global]), ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark, ctx);
-            return ClientUpdate.Of(r, hash);
+            var global = File.ReadAllBytes(files[Global]);
+            if (!LoraRanks.Heterogeneous(ctx.Spec) && ctx.Spec.Aggregation.RankPruning == 0) return ClientUpdate.Of(Train(ctx, ctx, global, ct), hash);
+            var rank = PartyRank.Of(ctx);
+            // A rank of its own (or pruned): the global's first components, trained and sent back padded to the global's rank.
+            // (Training stays outside the dispose scopes: a base it loads is kept resident beyond this call.)
+            byte[] mine;
+            using (var scope = NewDisposeScope()) mine = SafeTensors.ToBytes(LoraRanks.Truncate(SafeTensors.FromBytes(global, "global adapter"), rank));
+            var r = Train(ctx with { Spec = LoraRanks.ForParty(ctx.Spec, ctx.Party, rank) }, ctx, mine, ct);
+            using (var scope = NewDisposeScope())
+            {
+                var (start, delta) = (SafeTensors.FromBytes(mine, "local start"), SafeTensors.FromBytes(r.Delta, "local delta"));
+                PartyRank.Decide(ctx, rank, LoraRanks.Pruned(start.ToDictionary(kv => kv.Key, kv => kv.Value + delta[kv.Key]), rank, ctx.Spec.Aggregation.RankPruning));
+                r = r with { Delta = SafeTensors.ToBytes(LoraRanks.Pad(delta, SafeTensors.FromBytes(global, "global adapter"))) };
+            }
+            var update = ClientUpdate.Of(r, hash);
+            return update with { Metrics = new Dictionary<string, double>(update.Metrics) { [PartyRank.Metric] = rank } };
+        }
+
+        /// <param name="at">The context whose spec sets the model's PEFT (the party's rank); <paramref name="ctx"/> is the party's own.</param>
+        static LocalRoundResult Train(ClientContext at, ClientContext ctx, byte[] global, CancellationToken ct)
+        {
+            using var run = FederatedComputation.Open(at.Spec, ctx.ModelPath);
+            using var watermark = PartyWatermark.Open(at, run);
+            return FederatedComputation.LocalRound(at.Spec, run, global, ctx.TrainData, ctx.EvalData, ctx.Round, ct, watermark, at);
         }
 
         public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)

@@ -1,0 +1,120 @@
+using FateLlm.Training.Federation;
+using static TorchSharp.torch;
+
+namespace FateLlm.Training.Peft;
+
+/// <summary>How a federation of parties with different LoRA ranks forms its global adapter (<c>aggregation.lora-ranks</c>).</summary>
+public enum LoraRankRule { ZeroPad, Stack, Svd }
+
+/// <summary>
+/// Parties that train LoRA at their own rank (<c>parties[i].peft { r, alpha }</c>), HetLoRA's zero-padding (Cho et al.
+/// 2024): the global adapter has the largest rank R; a party of rank r trains the global's first r components (A's
+/// rows, B's columns) and sends its delta zero-padded to R, so the exchange keeps one vector layout and secure
+/// aggregation, DP, compression, validation and robust rules apply unchanged; the weighted sum of padded deltas is the
+/// global update, and each party truncates the next global to its rank. Every party shares the job's scaling α/r, so
+/// a component means the same at every rank. Pure functions over named tensors.
+/// </summary>
+public static class LoraRanks
+{
+    public static bool IsA(string name) => name.EndsWith("lora_A.weight", StringComparison.Ordinal);
+    public static bool IsB(string name) => name.EndsWith("lora_B.weight", StringComparison.Ordinal);
+
+    /// <summary>Whether any party trains at a rank of its own.</summary>
+    public static bool Heterogeneous(JobSpec spec) => spec.Parties.Any(p => p.Peft is not null);
+
+    /// <summary>The job's scaling α/r, which every party keeps.</summary>
+    public static double Scaling(JobSpec spec) => spec.Peft.LoraAlpha / spec.Peft.LoraR;
+
+    /// <summary>A party's rank: its own, else the job's.</summary>
+    public static int RankOf(JobSpec spec, string org) => spec.Parties.Single(p => p.Org == org).Peft?.R ?? spec.Peft.LoraR;
+
+    /// <summary>
+    /// The spec as the arbiter runs it: every party's rank and α written out (α = its rank times the job's α/r), the
+    /// job's own <c>peft</c> at the largest rank — the global adapter's and the export's. Unchanged when no party has its own.
+    /// </summary>
+    public static JobSpec Resolve(JobSpec spec)
+    {
+        if (!Heterogeneous(spec) || spec.Parties.All(p => p.Peft is { Alpha: not null }) && spec.Peft.LoraR == spec.Parties.Max(p => p.Peft!.R)) return spec;
+        var scaling = Scaling(spec);
+        var parties = spec.Parties.Select(p => p with { Peft = new PartyPeft(p.Peft?.R ?? spec.Peft.LoraR, (p.Peft?.R ?? spec.Peft.LoraR) * scaling) }).ToArray();
+        var rank = parties.Max(p => p.Peft!.R);
+        return spec with { Parties = parties, Peft = spec.Peft with { LoraR = rank, LoraAlpha = rank * scaling } };
+    }
+
+    /// <summary>The spec as one party trains: the job's PEFT settings at that party's rank and α.</summary>
+    public static JobSpec ForParty(JobSpec spec, string org, int rank) =>
+        spec.Peft.LoraR == rank ? spec : spec with { Peft = spec.Peft with { LoraR = rank, LoraAlpha = rank * Scaling(spec) } };
+
+    /// <summary>The first <paramref name="rank"/> components of every LoRA factor (A's rows, B's columns); other tensors as they are.</summary>
+    public static Dictionary<string, Tensor> Truncate(IReadOnlyDictionary<string, Tensor> adapter, int rank) =>
+        adapter.ToDictionary(kv => kv.Key, kv =>
+            IsA(kv.Key) ? kv.Value[..rank].contiguous()
+            : IsB(kv.Key) ? kv.Value[.., ..rank].contiguous()
+            : kv.Value, StringComparer.Ordinal);
+
+    /// <summary>A delta at a party's rank zero-padded to the layout's (the global adapter's) shapes.</summary>
+    public static Dictionary<string, Tensor> Pad(IReadOnlyDictionary<string, Tensor> delta, IReadOnlyDictionary<string, Tensor> layout) =>
+        delta.ToDictionary(kv => kv.Key, kv =>
+        {
+            var shape = layout.TryGetValue(kv.Key, out var l) ? l.shape
+                : throw new ArgumentException($"tensor '{kv.Key}' is not in the global adapter");
+            if (kv.Value.shape.SequenceEqual(shape)) return kv.Value;
+            var padded = zeros(shape, kv.Value.dtype);
+            if (IsA(kv.Key)) padded[..(int)kv.Value.shape[0]] = kv.Value;
+            else if (IsB(kv.Key)) padded[.., ..(int)kv.Value.shape[1]] = kv.Value;
+            else throw new ArgumentException($"tensor '{kv.Key}' is {string.Join("×", kv.Value.shape)}, the global's {string.Join("×", shape)}, and is no LoRA factor");
+            return padded;
+        }, StringComparer.Ordinal);
+
+    /// <summary>
+    /// HetLoRA's rank self-pruning: the rank a party keeps next round. Each component j contributes Σ over modules of
+    /// ‖b_j‖·‖a_j‖ (an upper bound on its share of ‖BA‖); when the last one contributes less than <paramref name="threshold"/>
+    /// times the components' mean, the party drops it (never below 1). 0 turns pruning off.
+    /// </summary>
+    public static int Pruned(IReadOnlyDictionary<string, Tensor> adapter, int rank, double threshold)
+    {
+        if (threshold <= 0 || rank <= 1) return rank;
+        using var scope = NewDisposeScope();
+        var contribution = new double[rank];
+        foreach (var (name, a) in adapter.Where(kv => IsA(kv.Key)))
+        {
+            var b = adapter[name[..^"lora_A.weight".Length] + "lora_B.weight"];
+            var an = a[..rank].to(ScalarType.Float32).norm(1, keepdim: false);
+            var bn = b[.., ..rank].to(ScalarType.Float32).norm(0, keepdim: false);
+            var each = (an * bn).data<float>().ToArray();
+            for (int j = 0; j < rank; j++) contribution[j] += each[j];
+        }
+        var mean = contribution.Average();
+        return mean > 0 && contribution[^1] < threshold * mean ? rank - 1 : rank;
+    }
+}
+
+/// <summary>
+/// The rank a party trains at in a round: its own (or the job's), lowered by self-pruning decided in an earlier round
+/// and kept in its workspace (so a restart keeps it); a round fitted again trains at the rank its first fit did.
+/// </summary>
+public static class PartyRank
+{
+    /// <summary>The update metric that reports the rank a party trained at.</summary>
+    public const string Metric = "lora.rank";
+
+    static string PathOf(Algorithms.ClientContext ctx) => Path.Combine(ctx.Workspace, "lora-rank");
+
+    public static int Of(Algorithms.ClientContext ctx)
+    {
+        var own = LoraRanks.RankOf(ctx.Spec, ctx.Party);
+        var path = PathOf(ctx);
+        if (!File.Exists(path)) return own;
+        var parts = File.ReadAllText(path).Split(' ');
+        if (parts.Length != 3 || !int.TryParse(parts[0], out var round) || !int.TryParse(parts[1], out var started) || !int.TryParse(parts[2], out var next)) return own;
+        return Math.Min(own, round < ctx.Round ? next : round == ctx.Round ? started : own);
+    }
+
+    /// <summary>Records the rank this round trained at and the one the next round trains at.</summary>
+    public static void Decide(Algorithms.ClientContext ctx, int started, int next)
+    {
+        if (next == started && !File.Exists(PathOf(ctx))) return;
+        Directory.CreateDirectory(ctx.Workspace);
+        IO.AtomicFile.TryWriteAllText(PathOf(ctx), $"{ctx.Round} {started} {next}");
+    }
+}

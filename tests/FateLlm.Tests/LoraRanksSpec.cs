@@ -1,0 +1,151 @@
+using System.Text.Json.Nodes;
+using Akka.Configuration;
+using FateLlm.Actors.Jobs;
+using FateLlm.Actors.Nodes;
+using FateLlm.Training.Algorithms;
+using FateLlm.Training.Federation;
+using FateLlm.Training.IO;
+using FateLlm.Training.Peft;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace FateLlm.Tests;
+
+/// <summary>Parties of different LoRA ranks under zero-padding (HetLoRA): the algebra, self-pruning, the job file, and a job.</summary>
+[Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
+public class LoraRanksSpec
+{
+    static Dictionary<string, Tensor> Adapter(int rank, int seed) => new(StringComparer.Ordinal)
+    {
+        ["m.q_proj.lora_A.weight"] = randn([rank, 12], generator: new Generator((ulong)seed)),
+        ["m.q_proj.lora_B.weight"] = randn([10, rank], generator: new Generator((ulong)seed + 1)),
+        ["m.norm.weight"] = ones(12),
+    };
+
+    [Fact]
+    public void A_party_trains_the_globals_first_components_and_its_padded_delta_sums_into_them_only()
+    {
+        using var scope = NewDisposeScope();
+        var global = Adapter(16, 1);
+        var mine = LoraRanks.Truncate(global, 4);
+        Assert.Equal([4L, 12], mine["m.q_proj.lora_A.weight"].shape);
+        Assert.Equal([10L, 4], mine["m.q_proj.lora_B.weight"].shape);
+        // What a rank-4 party computes, s·B[:, :4]·A[:4], is the sum of the global's first 4 components.
+        var (a, b) = (global["m.q_proj.lora_A.weight"], global["m.q_proj.lora_B.weight"]);
+        var product = mine["m.q_proj.lora_B.weight"].matmul(mine["m.q_proj.lora_A.weight"]);
+        var components = Enumerable.Range(0, 4).Select(j => b[.., j..(j + 1)].matmul(a[j..(j + 1)])).Aggregate((x, y) => x + y);
+        Assert.True(product.allclose(components, rtol: 1e-5, atol: 1e-6));
+        // Its delta padded to rank 16 touches only those components; truncating the padded delta gives it back.
+        var delta = Adapter(4, 2);
+        var padded = LoraRanks.Pad(delta, global);
+        Assert.Equal(global["m.q_proj.lora_A.weight"].shape, padded["m.q_proj.lora_A.weight"].shape);
+        Assert.Equal(0f, padded["m.q_proj.lora_A.weight"][4..].abs().sum().item<float>());
+        Assert.Equal(0f, padded["m.q_proj.lora_B.weight"][.., 4..].abs().sum().item<float>());
+        foreach (var (name, t) in LoraRanks.Truncate(padded, 4)) Assert.True(t.allclose(delta[name], 0, 0), name);
+        // A tensor that is no LoRA factor must already have the global's shape.
+        Assert.Throws<ArgumentException>(() => LoraRanks.Pad(new Dictionary<string, Tensor> { ["m.norm.weight"] = ones(5) }, global));
+    }
+
+    [Fact]
+    public void Self_pruning_drops_the_last_component_only_when_it_contributes_little()
+    {
+        using var scope = NewDisposeScope();
+        var adapter = Adapter(8, 3);
+        Assert.Equal(8, LoraRanks.Pruned(adapter, 8, 0.1));
+        Assert.Equal(8, LoraRanks.Pruned(adapter, 8, 0)); // off
+        adapter["m.q_proj.lora_A.weight"][7] = adapter["m.q_proj.lora_A.weight"][7] * 1e-3;
+        Assert.Equal(7, LoraRanks.Pruned(adapter, 8, 0.1));
+        // Only the components up to the party's rank count: at rank 7 the shrunken 8th is not there.
+        Assert.Equal(7, LoraRanks.Pruned(adapter, 7, 0.1));
+        Assert.Equal(1, LoraRanks.Pruned(Adapter(1, 4), 1, 0.99));
+    }
+
+    static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir(), AlgorithmCatalog.BuiltIn);
+
+    const string Ranked = "job { model = m\npeft { r = 8, alpha = 16 }\nparties = [{ org = a, peft.r = 4 }, { org = b }, { org = c, peft { r = 16, alpha = 32 } }]\n";
+
+    [Fact]
+    public void The_job_file_reads_party_ranks_and_the_arbiter_writes_them_out_keeping_the_jobs_scaling()
+    {
+        var spec = Parse(Ranked + "}");
+        Assert.Equal([new PartyPeft(4, null), null, new PartyPeft(16, 32)], spec.Parties.Select(p => p.Peft));
+        Assert.Equal(LoraRankRule.ZeroPad, spec.Aggregation.LoraRanks);
+        var resolved = LoraRanks.Resolve(spec);
+        Assert.Equal((16, 32.0), (resolved.Peft.LoraR, resolved.Peft.LoraAlpha));
+        Assert.Equal([new PartyPeft(4, 8), new PartyPeft(8, 16), new PartyPeft(16, 32)], resolved.Parties.Select(p => p.Peft));
+        Assert.Equal(resolved, LoraRanks.Resolve(resolved));
+        Assert.Equal(resolved.Parties, JobSpec.FromJson(resolved.ToJson(), "round trip").Parties);
+
+        string Refused(string job) => Assert.ThrowsAny<Exception>(() => Parse(job)).Message;
+        Assert.Contains("job.parties[2].peft.alpha", Refused(Ranked.Replace("alpha = 32", "alpha = 16") + "}"));
+        Assert.Contains("'Svd' is not built yet", Refused(Ranked + "aggregation.lora-ranks = svd }"));
+        Assert.Contains("job.aggregation.lora-ranks", Refused(Ranked + "aggregation.lora-ranks = hetero }"));
+        Assert.Contains("job.parties[0].peft.r must be an integer ≥ 1", Refused(Ranked.Replace("peft.r = 4", "peft.r = 0") + "}"));
+        Assert.Contains("job.parties[0].peft.rank is not a party's PEFT setting", Refused(Ranked.Replace("peft.r = 4", "peft.rank = 4") + "}"));
+        Assert.Contains("algorithm 'fedkseed' cannot train", Refused(Ranked + "algorithm = fedkseed }"));
+        Assert.Contains("job.peft.method must be lora", Refused(Ranked + "peft.method = ptuning-v2 }"));
+        Assert.Contains("job.aggregation.rank-pruning must be in [0, 1)", Refused(Ranked + "aggregation.rank-pruning = 1.5 }"));
+    }
+
+    [Fact]
+    public void A_job_with_ranks_4_8_and_16_trains_each_party_at_its_rank_and_exports_the_rank_16_adapter()
+    {
+        var g = FederationFixture.Prepare();
+        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
+        var job = FederationFixture.Job(g, "ranks", rounds: 2);
+        int[] ranks = [4, 8, 16];
+        var spec = job with { Parties = job.Parties.Select((p, i) => p with { Peft = new PartyPeft(ranks[i], null) }).ToArray(), Peft = job.Peft with { LoraR = 4, LoraAlpha = 8 } };
+        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "ranks")).Run();
+
+        Assert.All(result.Steps, s => Assert.Equal(3, s.Contributors.Count));
+        var trained = result.Fits.Where(f => f.Round == 1).ToDictionary(f => f.Party, f => (int)f.Update!.Metrics[PartyRank.Metric]);
+        Assert.Equal(ranks, spec.Parties.Select(p => trained[p.Org]));
+        // Each party's delta lives in its own first components of the rank-16 layout.
+        using var scope = NewDisposeScope();
+        foreach (var (fit, rank) in result.Fits.Where(f => f.Round == 1).Select(f => (f, trained[f.Party])))
+        {
+            var delta = SafeTensors.FromBytes(fit.Update!.Update);
+            Assert.All(delta.Where(kv => LoraRanks.IsA(kv.Key)), kv => Assert.Equal(16, kv.Value.shape[0]));
+            Assert.All(delta.Where(kv => LoraRanks.IsA(kv.Key)), kv => Assert.Equal(0f, kv.Value[rank..].abs().sum().item<float>()));
+        }
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(result.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
+        Assert.Equal(16, (int)config["r"]!);
+        Assert.Equal(32.0, (double)config["lora_alpha"]!); // the job's α/r = 2 at rank 16
+    }
+}
+
+/// <summary>Parties of ranks 4, 8 and 16 through a real in-process federation, one of them killed mid-round.</summary>
+[Trait(Tier.Key, Tier.Cluster)]
+[Collection(Tier.InProcess)]
+public class LoraRanksFederationSpec
+{
+    [Fact]
+    public async Task Ranks_4_8_and_16_train_through_the_federation_and_a_party_killed_mid_round_rejoins_at_its_rank()
+    {
+        var g = FederationFixture.Prepare();
+        var crash = ConfigurationFactory.ParseString("""
+            fate-llm.fault-injection.points = [{ at = party.fit, org = artifact, round = 2, action = terminate }]
+            fate-llm.round.absent-grace = 25s
+            """);
+        await using var fed = await FederationFixture.Start(g, crash);
+        var job = FederationFixture.Job(g, "ranks-crash", rounds: 3, quorum: 2, deadlineSeconds: 40);
+        var ranks = new Dictionary<string, int> { ["animal"] = 4, ["artifact"] = 8, ["food"] = 16 };
+        var spec = job with { Parties = job.Parties.Select(p => p with { Peft = new PartyPeft(ranks[p.Org], null) }).ToArray() };
+        Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
+        await fed.Parties["artifact"].System.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(150));
+        await fed.CrashParty("artifact");
+        await fed.WaitAsync(spec.JobId, TimeSpan.FromSeconds(150), s => s.CompletedRounds >= 2);
+        fed.StartParty("artifact", overrides: FederationFixture.FastCluster);
+        var status = await fed.WaitAsync(spec.JobId, TimeSpan.FromSeconds(150));
+
+        Assert.True(status.State == JobState.Completed, status.Reason);
+        Assert.False(status.Rounds[1].Parties.Single(p => p.Org == "artifact").Succeeded);
+        foreach (var round in status.Rounds)
+            foreach (var p in round.Parties.Where(p => p.Succeeded))
+                Assert.Equal(ranks[p.Org], p.Metrics[PartyRank.Metric]);
+        Assert.Contains(status.Rounds[2].Parties, p => p.Org == "artifact" && p.Succeeded);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(spec.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
+        Assert.Equal(16, (int)config["r"]!);
+    }
+}
