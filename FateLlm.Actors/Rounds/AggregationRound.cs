@@ -149,7 +149,7 @@ public sealed class AggregationRound : ReceiveActor
 
     WorkId Work(int phase) => new(_start.JobId, _start.Round, _start.Attempt, phase);
 
-    bool Secure(Exchange exchange) => _start.Spec.SecureAggregation.Enabled && exchange.VectorLayout is not null;
+    bool Secure(Exchange exchange) => _start.Spec.SecureAggregation.Enabled && exchange.VectorLayout is not null && !exchange.LayoutPerParty;
 
     void Collect(int phase, Exchange exchange)
     {

@@ -4,14 +4,28 @@ using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Compression;
 using FateLlm.Training.Data;
+using FateLlm.Training.Federation;
 using FateLlm.Training.Metrics;
 using FateLlm.Training.Reporting;
 using FateLlm.Training.Zoo;
 
 namespace FateLlm.Host.Experiments;
 
-/// <summary>One way updates travel in the communication experiment.</summary>
-public sealed record CommunicationSetting(string Name, CompressionOptions Compression);
+/// <summary>One setting of the communication experiment: how updates travel, or which LoRA rank each party trains.</summary>
+/// <param name="Ranks">Each party's rank in party order (null: the experiment's r = 8 for all).</param>
+public sealed record CommunicationSetting(string Name, CompressionOptions Compression, int[]? Ranks = null, bool Homogeneous = false)
+{
+    /// <summary>The job of this setting: the compression, and the ranks as parties' own (or, homogeneous, the job's one rank).</summary>
+    public JobSpec Apply(JobSpec spec)
+    {
+        spec = spec with { Compression = Compression };
+        if (Ranks is null) return spec;
+        var scaling = spec.Peft.LoraAlpha / spec.Peft.LoraR;
+        return Homogeneous
+            ? spec with { Peft = spec.Peft with { LoraR = Ranks[0], LoraAlpha = Ranks[0] * scaling } }
+            : spec with { Parties = spec.Parties.Select((p, i) => p with { Peft = new PartyPeft(Ranks[i], null) }).ToArray() };
+    }
+}
 
 /// <summary>One federated job: its bytes per party and round (measured by the federation's transfers) and its scores.</summary>
 /// <param name="DownAfterFirst">Down bytes per party and round after round 1 (which every party downloads in full).</param>
@@ -43,6 +57,18 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
         new("top-1% up, int8 down", Up(CompressionScheme.TopK) with { Down = CompressionScheme.Int8 }),
     ];
 
+    public const string RankFloor = "r = 4 everywhere", ZeroPad = "zero-pad, ranks 4 / 8 / 16";
+    /// <summary>r = 8 for every party is the fp32 baseline's job itself: its runs serve both tables.</summary>
+    const string RankMiddle = Baseline;
+
+    /// <summary>Parties of different ranks (the weakest 4, the strongest 16) against one rank for all, every α/r = 2.</summary>
+    public static readonly IReadOnlyList<CommunicationSetting> RankSettings =
+    [
+        new(RankFloor, CompressionOptions.Off, [4], Homogeneous: true),
+        new("r = 16 everywhere", CompressionOptions.Off, [16], Homogeneous: true),
+        new(ZeroPad, CompressionOptions.Off, [4, 8, 16]),
+    ];
+
     /// <summary>The issue's goal: upload ≤ 10 % of fp32 with the paired ROUGE-L difference's interval including 0 or above −0.3.</summary>
     public const double UploadGoal = 0.10, ScoreTolerance = 0.3;
 
@@ -62,11 +88,11 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
             PaperExperiment.QuietCluster);
         var runs = new List<CommunicationRun>();
         foreach (var seed in s.Seeds)
-            foreach (var setting in Settings)
+            foreach (var setting in Settings.Concat(RankSettings))
             {
                 var sw = Stopwatch.StartNew();
                 var id = $"comm-{runs.Count}-seed{seed}-{DateTime.UtcNow:HHmmssfff}";
-                var spec = paper.Job(id, basePath, fed, "lora", seed) with { Compression = setting.Compression };
+                var spec = setting.Apply(paper.Job(id, basePath, fed, "lora", seed));
                 if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"job {id} rejected: {r.Reason}");
                 var status = await fed.WaitAsync(id, TimeSpan.FromHours(2), progress: progress);
                 if (status.State != JobState.Completed) throw new InvalidOperationException($"{setting.Name} seed {seed}: {status.State}: {status.Reason}");
@@ -86,12 +112,12 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
         var plot = Path.Combine(outDir, "communication-score-vs-bytes.png");
         var fp32 = r.Runs.Where(x => x.Setting == Baseline).Average(x => x.Up);
         LineChart.Save(plot, "ROUGE-L against upload size", "upload per party and round, % of fp32", "ROUGE-L",
-            Settings.Select(st => r.Runs.Where(x => x.Setting == st.Name).ToList()).Where(xs => xs.Count > 0)
+            Settings.Concat(RankSettings).Select(st => r.Runs.Where(x => x.Setting == st.Name).ToList()).Where(xs => xs.Count > 0)
                 .Select(xs => new Series(xs[0].Setting, [100 * xs.Average(x => x.Up) / fp32], [xs.Average(x => x.Run.Scores.RougeL)])), integerX: false);
         ExperimentReport.WriteResults(outDir, "communication", new
         {
             r.Settings.Seeds, r.Settings.Rounds, r.Settings.TrainPerParty, r.Settings.TestPerParty, evaluateOn = r.Settings.EvaluateOn.ToString(), r.Seconds,
-            settings = Settings.Select(x => new { x.Name, up = CompressionOptions.Name(x.Compression.Up), down = CompressionOptions.Name(x.Compression.Down), x.Compression.ErrorFeedback }),
+            settings = Settings.Concat(RankSettings).Select(x => new { x.Name, up = CompressionOptions.Name(x.Compression.Up), down = CompressionOptions.Name(x.Compression.Down), x.Compression.ErrorFeedback, x.Ranks, x.Homogeneous }),
             runs = r.Runs.Select(x => new { x.Setting, x.Seed, x.Up, x.Down, x.DownAfterFirst, x.Run.Scores.RougeL, x.Run.Scores.Bleu4, x.Run.Scores.Loss, x.Run.Seconds }),
         }, Markdown(r));
     }
@@ -135,6 +161,34 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
             $"its estimate above −{ScoreTolerance}: {(met.Count > 0 ? "met by " + string.Join(", ", met) : "met by no setting")}.");
         sb.AppendLine();
         sb.AppendLine("![ROUGE-L against upload size](communication-score-vs-bytes.png)");
+        IReadOnlyList<RunResult> Of(string name) => r.Runs.Where(x => x.Setting == name).Select(x => x.Run).ToList();
+        if (Of(ZeroPad).Count > 0)
+        {
+            sb.AppendLine();
+            sb.AppendLine("## Parties of different LoRA ranks");
+            sb.AppendLine();
+            sb.AppendLine("Ranks 4, 8 and 16 across the three parties (α/r = 2 everywhere) under zero-padding (HetLoRA), against one rank for every party. " +
+                "stack (FLoRA) and svd (FlexLoRA) are not built yet.");
+            sb.AppendLine();
+            sb.AppendLine("| setting | up KiB | down KiB | ROUGE-L − r = 4 everywhere [95 % CI] | ROUGE-L − r = 8 everywhere (fp32) [95 % CI] |");
+            sb.AppendLine("|---|---|---|---|---|");
+            foreach (var setting in RankSettings.Prepend(Settings[0]))
+            {
+                var mine = r.Runs.Where(x => x.Setting == setting.Name).ToList();
+                string Diff(string other)
+                {
+                    if (setting.Name == other) return "—";
+                    var d = Bootstrap.PairedDifference(ExperimentReport.PerExample(Of(setting.Name), x => x.RougeLPerExample), ExperimentReport.PerExample(Of(other), x => x.RougeLPerExample));
+                    return $"{d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]";
+                }
+                sb.AppendLine($"| {(setting.Name == Baseline ? "r = 8 everywhere (fp32)" : setting.Name)} | {mine.Average(x => x.Up) / 1024:F1} | {mine.Average(x => x.Down) / 1024:F1} | {Diff(RankFloor)} | {Diff(RankMiddle)} |");
+            }
+            var floor = Bootstrap.PairedDifference(ExperimentReport.PerExample(Of(ZeroPad), x => x.RougeLPerExample), ExperimentReport.PerExample(Of(RankFloor), x => x.RougeLPerExample));
+            var middle = Bootstrap.PairedDifference(ExperimentReport.PerExample(Of(ZeroPad), x => x.RougeLPerExample), ExperimentReport.PerExample(Of(RankMiddle), x => x.RougeLPerExample));
+            sb.AppendLine();
+            sb.AppendLine($"Goal — each rule at least as good as r = 4 everywhere (the weakest party's rank): zero-pad {ExperimentReport.Verdict(floor, above: false, ScoreTolerance)} " +
+                $"({floor.Estimate:+0.00;-0.00} ROUGE-L, tolerance −{ScoreTolerance}); against r = 8 everywhere: {middle.Estimate:+0.00;-0.00} [{middle.Low:+0.00;-0.00}, {middle.High:+0.00;-0.00}].");
+        }
         return sb.ToString();
     }
 }

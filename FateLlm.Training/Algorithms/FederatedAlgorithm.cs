@@ -125,6 +125,13 @@ public sealed record Exchange(string Name, IReadOnlyDictionary<string, PartyInst
     /// </summary>
     public string? VectorLayout { get; init; }
 
+    /// <summary>
+    /// The <see cref="VectorLayout"/> download differs by party (each party's own shapes, as FlexLoRA's per-rank factors):
+    /// each update is validated and compressed against its party's own, and the updates are never summed — no secure
+    /// aggregation, central DP or folding into one mean; the plug-in's step sees every update.
+    /// </summary>
+    public bool LayoutPerParty { get; init; }
+
     [JsonIgnore] public IReadOnlyList<string> Parties => Instructions.Keys.Order(StringComparer.Ordinal).ToArray();
 
     /// <summary>The same instruction to every party.</summary>

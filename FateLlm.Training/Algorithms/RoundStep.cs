@@ -43,13 +43,14 @@ public static class RoundStep
         foreach (var offer in offered.OrderBy(u => u.Party, StringComparer.Ordinal))
         {
             using var each = plainTensors ? NewDisposeScope() : null;
-            var (u, refused) = Uplinked(ctx.Store, spec, layout, offer);
+            var own = exchange.LayoutPerParty ? PartyLayout(ctx.Store, exchange, offer.Party) : layout;
+            var (u, refused) = Uplinked(ctx.Store, spec, own, offer);
             if (u is null)
             {
                 rejected.Add(new Rejection(offer.Party, refused!));
                 continue;
             }
-            var check = algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, layout), ctx.Store.Read(u.Digest));
+            var check = algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, own), ctx.Store.Read(u.Digest));
             if (check.Problem is not null) rejected.Add(new Rejection(u.Party, check.Problem));
             else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, plainTensors ? new TensorsOnDisk(ctx.Store.PathOf(u.Digest)) : check.Parsed));
         }
@@ -144,9 +145,14 @@ public static class RoundStep
     public static Dictionary<string, Tensor>? Layout(BlobStore store, Exchange exchange) =>
         LayoutDigest(exchange) is { } digest ? SafeTensors.FromBytes(store.Read(digest), $"vector layout '{exchange.VectorLayout}'") : null;
 
+    /// <summary>One party's own vector layout in an exchange whose layout differs by party.</summary>
+    static Dictionary<string, Tensor> PartyLayout(BlobStore store, Exchange exchange, string party) =>
+        SafeTensors.FromBytes(store.Read(exchange.Instructions[party].Downloads[exchange.VectorLayout!]), $"party '{party}''s vector layout '{exchange.VectorLayout}'");
+
+    /// <summary>The digest of the exchange's one vector layout; null when it declares none or each party has its own.</summary>
     public static string? LayoutDigest(Exchange exchange)
     {
-        if (exchange.VectorLayout is not { } name) return null;
+        if (exchange.VectorLayout is not { } name || exchange.LayoutPerParty) return null;
         var digests = exchange.Instructions.Select(kv => kv.Value.Downloads.TryGetValue(name, out var d) ? d
             : throw new AggregationException($"exchange '{exchange.Name}': party '{kv.Key}' does not download its vector layout '{name}'")).Distinct().ToList();
         if (digests.Count != 1) throw new AggregationException($"exchange '{exchange.Name}': parties download different vector layouts '{name}'");

@@ -93,11 +93,26 @@ public static class JobSpecValidation
         var pruning = spec.Aggregation.RankPruning;
         check(pruning >= 0 && pruning < 1, "aggregation.rank-pruning", $"must be in [0, 1) (0: off), got {pruning}");
         check(pruning == 0 || algorithm.HeterogeneousRanks, "aggregation.rank-pruning", $"cannot apply: algorithm '{algorithm.Name}' trains one rank for every party (homo-peft can prune)");
-        if (!LoraRanks.Heterogeneous(spec) && pruning == 0) return;
-        check(algorithm.HeterogeneousRanks, "parties", $"give parties LoRA ranks of their own, which algorithm '{algorithm.Name}' cannot train (homo-peft can)");
+        var rule = spec.Aggregation.LoraRanks;
+        if (!LoraRanks.Heterogeneous(spec) && pruning == 0 && rule == LoraRankRule.ZeroPad) return;
+        check(rule != LoraRankRule.Stack, "aggregation.lora-ranks",
+            "'stack' (FLoRA) is not built yet: its parties must merge each round's stacked update into a base of their own; use zero-pad or svd");
+        check(algorithm.HeterogeneousRanks, rule == LoraRankRule.Svd ? "aggregation.lora-ranks" : "parties",
+            $"{(rule == LoraRankRule.Svd ? "= svd cannot apply" : "cannot have LoRA ranks of their own")}: algorithm '{algorithm.Name}' trains one adapter for all (homo-peft can)");
         check(spec.Peft.Method == PeftMethod.Lora, "peft.method", $"must be lora when parties have ranks of their own, got {PeftConfig.MethodName(spec.Peft.Method)}");
-        check(spec.Aggregation.LoraRanks == LoraRankRule.ZeroPad, "aggregation.lora-ranks",
-            $"'{spec.Aggregation.LoraRanks}' is not built yet: in this version only zero-pad (HetLoRA) aggregates parties of different ranks");
+        if (rule == LoraRankRule.Svd)
+        {
+            // FlexLoRA multiplies each party's factors at the arbiter and hands each party its own: what needs one summable
+            // update, or a server state of the global's shape, cannot follow.
+            const string why = "svd (FlexLoRA) multiplies every party's own factors at the arbiter";
+            check(!spec.SecureAggregation.Enabled, "secure-aggregation", $"cannot apply with {why} (use zero-pad)");
+            check(!spec.Dp.Enabled, "dp.mode", $"cannot apply with {why} (use zero-pad)");
+            check(spec.Aggregation.Algorithm.Equals("fedavg", StringComparison.OrdinalIgnoreCase) && spec.Aggregation.Server.LearningRate == 1,
+                "aggregation.algorithm", $"must be fedavg with server-learning-rate 1 under svd: FlexLoRA's global is the weighted sum of the parties' updates");
+            check(spec.Compression.Down == Compression.CompressionScheme.None, "compression.down", "cannot apply under svd: every party downloads factors of its own rank");
+            check(pruning == 0, "aggregation.rank-pruning", "applies to zero-pad only");
+            check(!spec.Ipr.Enabled, "ipr", "cannot apply under svd (FedIPR's norm scales are not factors of ΔW)");
+        }
         var scaling = LoraRanks.Scaling(spec);
         for (int i = 0; i < spec.Parties.Length; i++)
             if (spec.Parties[i].Peft is { Alpha: { } alpha } own && Math.Abs(alpha / own.R - scaling) > 1e-9 * scaling)

@@ -7,7 +7,8 @@ namespace FateLlm.Training.Peft;
 public enum LoraRankRule { ZeroPad, Stack, Svd }
 
 /// <summary>
-/// Parties that train LoRA at their own rank (<c>parties[i].peft { r, alpha }</c>), HetLoRA's zero-padding (Cho et al.
+/// Parties that train LoRA at their own rank (<c>parties[i].peft { r, alpha }</c>). Under svd see <see cref="FlexLora"/>; under
+/// HetLoRA's zero-padding (Cho et al.
 /// 2024): the global adapter has the largest rank R; a party of rank r trains the global's first r components (A's
 /// rows, B's columns) and sends its delta zero-padded to R, so the exchange keeps one vector layout and secure
 /// aggregation, DP, compression, validation and robust rules apply unchanged; the weighted sum of padded deltas is the
@@ -34,12 +35,22 @@ public static class LoraRanks
     /// </summary>
     public static JobSpec Resolve(JobSpec spec)
     {
-        if (!Heterogeneous(spec) || spec.Parties.All(p => p.Peft is { Alpha: not null }) && spec.Peft.LoraR == spec.Parties.Max(p => p.Peft!.R)) return spec;
+        var svd = spec.Aggregation.LoraRanks == LoraRankRule.Svd;
+        int Global(IEnumerable<PartySpec> parties) => svd ? parties.Sum(p => p.Peft!.R) : parties.Max(p => p.Peft!.R);
+        if (!Heterogeneous(spec) && !svd || spec.Parties.All(p => p.Peft is { Alpha: not null }) && spec.Peft.LoraR == Global(spec.Parties)) return spec;
         var scaling = Scaling(spec);
         var parties = spec.Parties.Select(p => p with { Peft = new PartyPeft(p.Peft?.R ?? spec.Peft.LoraR, (p.Peft?.R ?? spec.Peft.LoraR) * scaling) }).ToArray();
-        var rank = parties.Max(p => p.Peft!.R);
+        // Zero-pad: the largest rank. svd: the sum of the ranks, which holds Σ p_k·B_k·A_k exactly (FlexLora.Stack).
+        var rank = Global(parties);
         return spec with { Parties = parties, Peft = spec.Peft with { LoraR = rank, LoraAlpha = rank * scaling } };
     }
+
+    /// <summary>The largest party rank: what an svd job exports and evaluates (the truncated SVD of its global).</summary>
+    public static int LargestRank(JobSpec spec) => spec.Parties.Max(p => p.Peft?.R ?? spec.Peft.LoraR);
+
+    /// <summary>The rank of an adapter's LoRA factors (the rows of any lora_A).</summary>
+    public static int RankOf(IReadOnlyDictionary<string, Tensor> adapter) =>
+        (int)adapter.First(kv => IsA(kv.Key)).Value.shape[0];
 
     /// <summary>The spec as one party trains: the job's PEFT settings at that party's rank and α.</summary>
     public static JobSpec ForParty(JobSpec spec, string org, int rank) =>
@@ -116,5 +127,84 @@ public static class PartyRank
         if (next == started && !File.Exists(PathOf(ctx))) return;
         Directory.CreateDirectory(ctx.Workspace);
         IO.AtomicFile.TryWriteAllText(PathOf(ctx), $"{ctx.Round} {started} {next}");
+    }
+}
+
+/// <summary>
+/// FlexLoRA (Bai et al. 2024): the arbiter forms the weighted sum of the parties' full updates ΔW = Σ p_k·B_k·A_k per
+/// module and gives each party the best approximation of it at that party's rank (truncated SVD, Eckart–Young). The sum
+/// is kept exactly, as stacked factors of rank Σ r_k; one module's factors at a time, and the SVD through the small
+/// core of their QR factors, so no module's full ΔW is ever formed. All parties share one scaling α/r, which cancels.
+/// </summary>
+public static class FlexLora
+{
+    /// <summary>
+    /// Σ p_k·B_k·A_k exactly, per LoRA module, as B = [p_1·B_1 | p_2·B_2 | …] and A = [A_1; A_2; …] zero-padded to the
+    /// layout's rank; tensors that are no LoRA factor are averaged with the same weights (which sum to 1).
+    /// </summary>
+    public static Dictionary<string, Tensor> Stack(IReadOnlyList<(IReadOnlyDictionary<string, Tensor> Factors, double Weight)> parties,
+        IReadOnlyDictionary<string, Tensor> layout)
+    {
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (name, shape) in layout)
+        {
+            if (LoraRanks.IsA(name) || LoraRanks.IsB(name))
+            {
+                var a = LoraRanks.IsA(name);
+                var parts = parties.Select(p => a ? p.Factors[name].to(ScalarType.Float32) : p.Factors[name].to(ScalarType.Float32) * p.Weight).ToList();
+                var stacked = cat(parts, a ? 0 : 1);
+                var padded = zeros(shape.shape, ScalarType.Float32);
+                if (a) padded[..(int)stacked.shape[0]] = stacked;
+                else padded[.., ..(int)stacked.shape[1]] = stacked;
+                result[name] = padded;
+            }
+            else result[name] = parties.Select(p => p.Factors[name].to(ScalarType.Float32) * p.Weight).Aggregate((x, y) => x + y);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Every module's product B·A at rank <paramref name="rank"/> by truncated SVD, split evenly: B_r = U_r·√S_r,
+    /// A_r = √S_r·V_rᵀ. A component with no singular value (round 1, when the sum is zero) takes
+    /// <paramref name="fallback"/>'s A row and a zero B column, as a fresh LoRA does, so it can still learn. Returns the
+    /// factors and the share of the squared singular values left out, Σ_{j&gt;r} σ_j² / Σ σ_j², over all modules.
+    /// </summary>
+    public static (Dictionary<string, Tensor> Factors, double Discarded) Redistribute(IReadOnlyDictionary<string, Tensor> global, int rank,
+        IReadOnlyDictionary<string, Tensor> fallback)
+    {
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        double kept = 0, total = 0;
+        foreach (var (name, t) in global)
+        {
+            if (LoraRanks.IsB(name)) continue;
+            if (!LoraRanks.IsA(name))
+            {
+                result[name] = t;
+                continue;
+            }
+            var bName = name[..^"lora_A.weight".Length] + "lora_B.weight";
+            var (b, a) = (global[bName].to(ScalarType.Float64), t.to(ScalarType.Float64));
+            var (qb, rb) = linalg.qr(b);
+            var (qa, ra) = linalg.qr(a.t());
+            var (u, sv, vh) = linalg.svd(rb.matmul(ra.t()), fullMatrices: false);
+            var (left, right) = (qb.matmul(u), qa.matmul(vh.t()));
+            var r = Math.Min(rank, (int)sv.shape[0]);
+            var sigma = sv.data<double>().ToArray();
+            var scale = sv[..r].sqrt();
+            var bk = zeros([b.shape[0], rank], ScalarType.Float64);
+            var ak = fallback[name][..rank].to(ScalarType.Float64).clone();
+            var top = sigma.Length == 0 ? 0 : sigma[0];
+            for (int j = 0; j < r; j++)
+            {
+                if (!(sigma[j] > 1e-12 * top)) continue; // no such component: the fresh one stays
+                bk[.., j] = left[.., j] * scale[j];
+                ak[j] = right[.., j] * scale[j];
+            }
+            kept += sigma.Take(r).Sum(x => x * x);
+            total += sigma.Sum(x => x * x);
+            result[bName] = bk.to(ScalarType.Float32);
+            result[name] = ak.to(ScalarType.Float32);
+        }
+        return (result, total > 0 ? 1 - kept / total : 0);
     }
 }

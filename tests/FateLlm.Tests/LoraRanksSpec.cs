@@ -61,6 +61,66 @@ public class LoraRanksSpec
         Assert.Equal(1, LoraRanks.Pruned(Adapter(1, 4), 1, 0.99));
     }
 
+    [Fact]
+    public void Flexlora_stacking_keeps_the_weighted_sum_of_products_exactly_and_svd_redistribution_loses_exactly_the_discarded_singular_values()
+    {
+        using var scope = NewDisposeScope();
+        var layout = new Dictionary<string, Tensor> { ["m.q_proj.lora_A.weight"] = zeros(28, 12), ["m.q_proj.lora_B.weight"] = zeros(10, 28), ["m.norm.weight"] = ones(12) };
+        (IReadOnlyDictionary<string, Tensor>, double)[] parties = [(Adapter(4, 1), 0.5), (Adapter(8, 3), 0.3), (Adapter(16, 5), 0.2)];
+        var global = FlexLora.Stack(parties, layout);
+        Tensor Product(IReadOnlyDictionary<string, Tensor> f) => f["m.q_proj.lora_B.weight"].to(ScalarType.Float64).matmul(f["m.q_proj.lora_A.weight"].to(ScalarType.Float64));
+        var sum = parties.Select(p => Product(p.Item1) * p.Item2).Aggregate((x, y) => x + y);
+        Assert.True(Product(global).allclose(sum, rtol: 1e-6, atol: 1e-6), "Σ p_k·B_k·A_k kept exactly in rank 28");
+        Assert.Equal((1.0 * 0.5 + 0.3 + 0.2) * 1, global["m.norm.weight"].mean().item<float>(), 5); // other tensors: the weighted mean
+
+        var sigma = linalg.svdvals(sum).data<double>().ToArray();
+        foreach (var rank in new[] { 4, 8, 10 })
+        {
+            var (factors, discarded) = FlexLora.Redistribute(global, rank, layout);
+            Assert.Equal([(long)rank, 12], factors["m.q_proj.lora_A.weight"].shape);
+            var error = (sum - Product(factors)).pow(2).sum().item<double>();
+            var left = sigma.Skip(rank).Sum(x => x * x);
+            Assert.Equal(left, error, left * 1e-6 + 1e-9);                        // ‖ΔW − B_r·A_r‖² = Σ_{j>r} σ_j² (Eckart–Young)
+            Assert.Equal(left / sigma.Sum(x => x * x), discarded, 1e-9);
+        }
+        // A zero global (round 1) gives every party the fallback's fresh A rows and zero B: a LoRA that can still learn.
+        var fresh = Adapter(28, 9);
+        var zero = new Dictionary<string, Tensor> { ["m.q_proj.lora_A.weight"] = randn(28, 12), ["m.q_proj.lora_B.weight"] = zeros(10, 28), ["m.norm.weight"] = ones(12) };
+        var (start, none) = FlexLora.Redistribute(zero, 4, fresh);
+        Assert.True(start["m.q_proj.lora_A.weight"].allclose(fresh["m.q_proj.lora_A.weight"][..4]));
+        Assert.Equal(0f, start["m.q_proj.lora_B.weight"].abs().sum().item<float>());
+        Assert.Equal(0, none);
+    }
+
+    [Fact]
+    public void A_flexlora_job_gives_each_party_factors_of_its_rank_keeps_the_sum_exactly_and_exports_the_largest_rank()
+    {
+        var g = FederationFixture.Prepare();
+        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
+        var job = FederationFixture.Job(g, "flexlora", rounds: 2);
+        int[] ranks = [4, 8, 16];
+        var spec = job with
+        {
+            Parties = job.Parties.Select((p, i) => p with { Peft = new PartyPeft(ranks[i], null) }).ToArray(),
+            Peft = job.Peft with { LoraR = 4, LoraAlpha = 8 },
+            Aggregation = job.Aggregation with { LoraRanks = LoraRankRule.Svd },
+        };
+        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "flexlora")).Run();
+
+        Assert.All(result.Steps, s => Assert.Equal(3, s.Contributors.Count));
+        Assert.Equal(28, result.Spec.Peft.LoraR); // the global holds Σ r_k components
+        using var scope = NewDisposeScope();
+        foreach (var fit in result.Fits)
+        {
+            var rank = ranks[parties.FindIndex(p => p.Org == fit.Party)];
+            Assert.Equal(rank, (int)fit.Update!.Metrics[PartyRank.Metric]);
+            Assert.All(SafeTensors.FromBytes(fit.Update.Update).Where(kv => LoraRanks.IsA(kv.Key)), kv => Assert.Equal(rank, kv.Value.shape[0]));
+        }
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(result.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
+        Assert.Equal((16, 32.0), ((int)config["r"]!, (double)config["lora_alpha"]!));
+        Assert.All(result.Evaluation.Values, e => Assert.True(double.IsFinite(e.Loss)));
+    }
+
     static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir(), AlgorithmCatalog.BuiltIn);
 
     const string Ranked = "job { model = m\npeft { r = 8, alpha = 16 }\nparties = [{ org = a, peft.r = 4 }, { org = b }, { org = c, peft { r = 16, alpha = 32 } }]\n";
@@ -79,11 +139,15 @@ public class LoraRanksSpec
 
         string Refused(string job) => Assert.ThrowsAny<Exception>(() => Parse(job)).Message;
         Assert.Contains("job.parties[2].peft.alpha", Refused(Ranked.Replace("alpha = 32", "alpha = 16") + "}"));
-        Assert.Contains("'Svd' is not built yet", Refused(Ranked + "aggregation.lora-ranks = svd }"));
+        Assert.Contains("'stack' (FLoRA) is not built yet", Refused(Ranked + "aggregation.lora-ranks = stack }"));
+        Assert.Equal(LoraRankRule.Svd, Parse(Ranked + "aggregation.lora-ranks = svd }").Aggregation.LoraRanks);
+        Assert.Contains("job.secure-aggregation cannot apply with svd", Refused(Ranked + "aggregation.lora-ranks = svd, secure-aggregation = on }"));
+        Assert.Contains("job.aggregation.algorithm must be fedavg", Refused(Ranked + "aggregation { lora-ranks = svd, algorithm = fedadam } }"));
+        Assert.Contains("job.compression.down cannot apply under svd", Refused(Ranked + "aggregation.lora-ranks = svd, compression.down = int8 }"));
         Assert.Contains("job.aggregation.lora-ranks", Refused(Ranked + "aggregation.lora-ranks = hetero }"));
         Assert.Contains("job.parties[0].peft.r must be an integer ≥ 1", Refused(Ranked.Replace("peft.r = 4", "peft.r = 0") + "}"));
         Assert.Contains("job.parties[0].peft.rank is not a party's PEFT setting", Refused(Ranked.Replace("peft.r = 4", "peft.rank = 4") + "}"));
-        Assert.Contains("algorithm 'fedkseed' cannot train", Refused(Ranked + "algorithm = fedkseed }"));
+        Assert.Contains("job.parties cannot have LoRA ranks of their own: algorithm 'fedkseed' trains one adapter for all", Refused(Ranked + "algorithm = fedkseed }"));
         Assert.Contains("job.peft.method must be lora", Refused(Ranked + "peft.method = ptuning-v2 }"));
         Assert.Contains("job.aggregation.rank-pruning must be in [0, 1)", Refused(Ranked + "aggregation.rank-pruning = 1.5 }"));
     }
@@ -120,8 +184,10 @@ public class LoraRanksSpec
 [Collection(Tier.InProcess)]
 public class LoraRanksFederationSpec
 {
-    [Fact]
-    public async Task Ranks_4_8_and_16_train_through_the_federation_and_a_party_killed_mid_round_rejoins_at_its_rank()
+    [Theory]
+    [InlineData(LoraRankRule.ZeroPad)]
+    [InlineData(LoraRankRule.Svd)]
+    public async Task Ranks_4_8_and_16_train_through_the_federation_and_a_party_killed_mid_round_rejoins_at_its_rank(LoraRankRule rule)
     {
         var g = FederationFixture.Prepare();
         var crash = ConfigurationFactory.ParseString("""
@@ -129,9 +195,13 @@ public class LoraRanksFederationSpec
             fate-llm.round.absent-grace = 25s
             """);
         await using var fed = await FederationFixture.Start(g, crash);
-        var job = FederationFixture.Job(g, "ranks-crash", rounds: 3, quorum: 2, deadlineSeconds: 40);
+        var job = FederationFixture.Job(g, "ranks-crash-" + rule.ToString().ToLowerInvariant(), rounds: 3, quorum: 2, deadlineSeconds: 40);
         var ranks = new Dictionary<string, int> { ["animal"] = 4, ["artifact"] = 8, ["food"] = 16 };
-        var spec = job with { Parties = job.Parties.Select(p => p with { Peft = new PartyPeft(ranks[p.Org], null) }).ToArray() };
+        var spec = job with
+        {
+            Parties = job.Parties.Select(p => p with { Peft = new PartyPeft(ranks[p.Org], null) }).ToArray(),
+            Aggregation = job.Aggregation with { LoraRanks = rule },
+        };
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
         await fed.Parties["artifact"].System.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(150));
         await fed.CrashParty("artifact");
@@ -146,6 +216,6 @@ public class LoraRanksFederationSpec
                 Assert.Equal(ranks[p.Org], p.Metrics[PartyRank.Metric]);
         Assert.Contains(status.Rounds[2].Parties, p => p.Org == "artifact" && p.Succeeded);
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(spec.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
-        Assert.Equal(16, (int)config["r"]!);
+        Assert.Equal(16, (int)config["r"]!); // the largest rank: zero-pad's global, svd's approximation of its rank-28 global
     }
 }

@@ -18,6 +18,8 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
 {
     public const string AlgorithmName = "homo-peft";
     public const string Global = AlgorithmState.Global, ServerStateArtifact = "server-state", AdapterDownload = "adapter";
+    /// <summary>Under svd: the round-0 adapter, whose A rows seed components the global has none of yet.</summary>
+    public const string InitialArtifact = "initial";
 
     public string Name => AlgorithmName;
     public bool Summable => true;
@@ -47,22 +49,59 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             // Parties of their own LoRA ranks: written out, and the global adapter at the largest (LoraRanks).
             spec = LoraRanks.Resolve(spec with { ModelDigest = digest });
             var initial = ctx.Store.Put(FederatedComputation.InitialAdapter(spec, ctx.ModelPath));
-            return new Preparation(spec, AlgorithmState.Of((Global, initial)));
+            var state = AlgorithmState.Of((Global, initial));
+            return new Preparation(spec, Svd(spec) ? state.With(InitialArtifact, initial) : state);
         }
 
-        public Exchange BeginRound(RoundContext ctx, AlgorithmState state) =>
-            Exchange.Broadcast("fit", ctx.Participants, PartyInstruction.Of(new Dictionary<string, string> { [Global] = state.Get(Global) }), vectorLayout: Global);
+        public Exchange BeginRound(RoundContext ctx, AlgorithmState state) => Svd(ctx.Spec)
+            ? new Exchange("fit", ctx.Participants.ToDictionary(p => p, p => PartyInstruction.Of(new Dictionary<string, string>
+                { [Global] = Redistributed(ctx.Server, state, LoraRanks.RankOf(ctx.Spec, p)) }), StringComparer.Ordinal)) { VectorLayout = Global, LayoutPerParty = true }
+            : Exchange.Broadcast("fit", ctx.Participants, PartyInstruction.Of(new Dictionary<string, string> { [Global] = state.Get(Global) }), vectorLayout: Global);
 
         public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result) =>
-            AdapterAggregation.Step(ctx, state, result, Global, ServerStateArtifact);
+            Svd(ctx.Spec) ? FlexStep(ctx, state, result) : AdapterAggregation.Step(ctx, state, result, Global, ServerStateArtifact);
 
         public PartyInstruction Evaluation(ServerContext ctx, AlgorithmState state) =>
-            PartyInstruction.Of(new Dictionary<string, string> { [AdapterDownload] = state.Get(Global) });
+            PartyInstruction.Of(new Dictionary<string, string> { [AdapterDownload] = Exported(ctx, state) });
 
         public void Finalize(ServerContext ctx, AlgorithmState state, string outputDir) =>
-            FederatedComputation.ExportAdapter(ctx.Spec, ctx.ModelPath, ctx.Store.Read(state.Get(Global)),
-                Path.Combine(outputDir, "adapter"), Path.Combine(outputDir, "merged"));
+            FederatedComputation.ExportAdapter(Svd(ctx.Spec) ? LoraRanks.ForParty(ctx.Spec, "", LoraRanks.LargestRank(ctx.Spec)) : ctx.Spec, ctx.ModelPath,
+                ctx.Store.Read(Exported(ctx, state)), Path.Combine(outputDir, "adapter"), Path.Combine(outputDir, "merged"));
+
+        /// <summary>The adapter parties evaluate and the job exports: the global, or under svd its best approximation at the largest party rank.</summary>
+        static string Exported(ServerContext ctx, AlgorithmState state) =>
+            Svd(ctx.Spec) ? Redistributed(ctx, state, LoraRanks.LargestRank(ctx.Spec)) : state.Get(Global);
+
+        /// <summary>FlexLoRA: the global's products at <paramref name="rank"/> by truncated SVD, stored (content-addressed, so asked twice it is one blob).</summary>
+        static string Redistributed(ServerContext ctx, AlgorithmState state, int rank)
+        {
+            using var scope = NewDisposeScope();
+            var global = SafeTensors.FromBytes(ctx.Store.Read(state.Get(Global)), Global);
+            var initial = SafeTensors.FromBytes(ctx.Store.Read(state.Get(InitialArtifact)), InitialArtifact);
+            var (factors, discarded) = FlexLora.Redistribute(global, rank, initial);
+            ctx.Log($"svd: the global at rank {rank} leaves out {discarded:P2} of its squared singular values");
+            return ctx.Store.Put(SafeTensors.ToBytes(factors));
+        }
+
+        /// <summary>FlexLoRA's step: Σ p_k·B_k·A_k over the parties' trained factors (what they were sent plus their delta), kept exactly.</summary>
+        static StepResult FlexStep(RoundContext ctx, AlgorithmState state, ExchangeResult result)
+        {
+            using var scope = NewDisposeScope();
+            var total = result.Updates.Sum(u => (double)u.Samples);
+            var parties = result.Updates.Select(u =>
+            {
+                var sent = SafeTensors.FromBytes(ctx.Store.Read(result.Exchange.Instructions[u.Party].Downloads[Global]), $"factors sent to '{u.Party}'");
+                var delta = (IReadOnlyDictionary<string, Tensor>)u.Parsed!;
+                return ((IReadOnlyDictionary<string, Tensor>)sent.ToDictionary(kv => kv.Key, kv => kv.Value + delta[kv.Key]), total > 0 ? u.Samples / total : 1.0 / result.Updates.Count);
+            }).ToList();
+            var layout = SafeTensors.FromBytes(ctx.Store.Read(state.Get(Global)), Global);
+            var global = FlexLora.Stack(parties, layout);
+            return new StepResult(state.With(Global, ctx.Store.Put(SafeTensors.ToBytes(global))), Next: null);
+        }
     }
+
+    /// <summary>The job's own rule for parties of different ranks is FlexLoRA's (<c>aggregation.lora-ranks = svd</c>).</summary>
+    static bool Svd(JobSpec spec) => spec.Aggregation.LoraRanks == LoraRankRule.Svd;
 
     sealed class ClientSide : IClientAlgorithm
     {
@@ -71,8 +110,10 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             ct.ThrowIfCancellationRequested();
             var hash = FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
             var global = File.ReadAllBytes(files[Global]);
-            if (!LoraRanks.Heterogeneous(ctx.Spec) && ctx.Spec.Aggregation.RankPruning == 0) return ClientUpdate.Of(Train(ctx, ctx, global, ct), hash);
+            if (!LoraRanks.Heterogeneous(ctx.Spec) && ctx.Spec.Aggregation.RankPruning == 0 && !Svd(ctx.Spec)) return ClientUpdate.Of(Train(ctx, ctx, global, ct), hash);
             var rank = PartyRank.Of(ctx);
+            if (Svd(ctx.Spec)) // the arbiter sent factors of this party's rank: trained and sent back as they are
+                return WithRank(ClientUpdate.Of(Train(ctx with { Spec = LoraRanks.ForParty(ctx.Spec, ctx.Party, rank) }, ctx, global, ct), hash), rank);
             // A rank of its own (or pruned): the global's first components, trained and sent back padded to the global's rank.
             // (Training stays outside the dispose scopes: a base it loads is kept resident beyond this call.)
             byte[] mine;
@@ -84,9 +125,11 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
                 PartyRank.Decide(ctx, rank, LoraRanks.Pruned(start.ToDictionary(kv => kv.Key, kv => kv.Value + delta[kv.Key]), rank, ctx.Spec.Aggregation.RankPruning));
                 r = r with { Delta = SafeTensors.ToBytes(LoraRanks.Pad(delta, SafeTensors.FromBytes(global, "global adapter"))) };
             }
-            var update = ClientUpdate.Of(r, hash);
-            return update with { Metrics = new Dictionary<string, double>(update.Metrics) { [PartyRank.Metric] = rank } };
+            return WithRank(ClientUpdate.Of(r, hash), rank);
         }
+
+        static ClientUpdate WithRank(ClientUpdate update, int rank) =>
+            update with { Metrics = new Dictionary<string, double>(update.Metrics) { [PartyRank.Metric] = rank } };
 
         /// <param name="at">The context whose spec sets the model's PEFT (the party's rank); <paramref name="ctx"/> is the party's own.</param>
         static LocalRoundResult Train(ClientContext at, ClientContext ctx, byte[] global, CancellationToken ct)
@@ -99,7 +142,11 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         public EvaluationResult Evaluate(ClientContext ctx, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
             FederatedComputation.VerifyModel(ctx.Spec, ctx.ModelPath, $"party '{ctx.Party}'");
-            return FederatedComputation.Evaluate(ctx.Spec, ctx.ModelPath, File.ReadAllBytes(files[AdapterDownload]), ctx.EvalData ?? ctx.TrainData, ct, ctx.Tasks);
+            var adapter = File.ReadAllBytes(files[AdapterDownload]);
+            var spec = ctx.Spec;
+            if (Svd(spec)) // the global's approximation at the largest party rank
+                using (NewDisposeScope()) spec = LoraRanks.ForParty(spec, ctx.Party, LoraRanks.RankOf(SafeTensors.FromBytes(adapter, "adapter")));
+            return FederatedComputation.Evaluate(spec, ctx.ModelPath, adapter, ctx.EvalData ?? ctx.TrainData, ct, ctx.Tasks);
         }
     }
 }
