@@ -95,23 +95,21 @@ public static class JobSpecValidation
         check(pruning == 0 || algorithm.HeterogeneousRanks, "aggregation.rank-pruning", $"cannot apply: algorithm '{algorithm.Name}' trains one rank for every party (homo-peft can prune)");
         var rule = spec.Aggregation.LoraRanks;
         if (!LoraRanks.Heterogeneous(spec) && pruning == 0 && rule == LoraRankRule.ZeroPad) return;
-        check(rule != LoraRankRule.Stack, "aggregation.lora-ranks",
-            "'stack' (FLoRA) is not built yet: its parties must merge each round's stacked update into a base of their own; use zero-pad or svd");
-        check(algorithm.HeterogeneousRanks, rule == LoraRankRule.Svd ? "aggregation.lora-ranks" : "parties",
-            $"{(rule == LoraRankRule.Svd ? "= svd cannot apply" : "cannot have LoRA ranks of their own")}: algorithm '{algorithm.Name}' trains one adapter for all (homo-peft can)");
+        check(algorithm.HeterogeneousRanks, rule != LoraRankRule.ZeroPad ? "aggregation.lora-ranks" : "parties",
+            $"{(rule != LoraRankRule.ZeroPad ? $"= {rule.ToString().ToLowerInvariant()} cannot apply" : "cannot have LoRA ranks of their own")}: algorithm '{algorithm.Name}' trains one adapter for all (homo-peft can)");
         check(spec.Peft.Method == PeftMethod.Lora, "peft.method", $"must be lora when parties have ranks of their own, got {PeftConfig.MethodName(spec.Peft.Method)}");
-        if (rule == LoraRankRule.Svd)
+        if (rule != LoraRankRule.ZeroPad)
         {
-            // FlexLoRA multiplies each party's factors at the arbiter and hands each party its own: what needs one summable
-            // update, or a server state of the global's shape, cannot follow.
-            const string why = "svd (FlexLoRA) multiplies every party's own factors at the arbiter";
+            // FlexLoRA and FLoRA multiply or stack each party's factors at the arbiter and hand each party its own: what
+            // needs one summable update, or a server state of the global's shape, cannot follow.
+            var why = rule == LoraRankRule.Svd ? "svd (FlexLoRA) multiplies every party's own factors at the arbiter" : "stack (FLoRA) stacks every party's own factors at the arbiter";
             check(!spec.SecureAggregation.Enabled, "secure-aggregation", $"cannot apply with {why} (use zero-pad)");
             check(!spec.Dp.Enabled, "dp.mode", $"cannot apply with {why} (use zero-pad)");
             check(spec.Aggregation.Algorithm.Equals("fedavg", StringComparison.OrdinalIgnoreCase) && spec.Aggregation.Server.LearningRate == 1,
-                "aggregation.algorithm", $"must be fedavg with server-learning-rate 1 under svd: FlexLoRA's global is the weighted sum of the parties' updates");
-            check(spec.Compression.Down == Compression.CompressionScheme.None, "compression.down", "cannot apply under svd: every party downloads factors of its own rank");
+                "aggregation.algorithm", $"must be fedavg with server-learning-rate 1 under {rule.ToString().ToLowerInvariant()}: the global is the weighted sum of the parties' products");
+            check(spec.Compression.Down == Compression.CompressionScheme.None, "compression.down", $"cannot apply under {rule.ToString().ToLowerInvariant()}: every party downloads factors of its own rank");
             check(pruning == 0, "aggregation.rank-pruning", "applies to zero-pad only");
-            check(!spec.Ipr.Enabled, "ipr", "cannot apply under svd (FedIPR's norm scales are not factors of ΔW)");
+            check(!spec.Ipr.Enabled, "ipr", $"cannot apply under {rule.ToString().ToLowerInvariant()} (FedIPR's norm scales are not factors of ΔW)");
         }
         var scaling = LoraRanks.Scaling(spec);
         for (int i = 0; i < spec.Parties.Length; i++)

@@ -48,6 +48,34 @@ public static class LoraRanks
     /// <summary>The largest party rank: what an svd job exports and evaluates (the truncated SVD of its global).</summary>
     public static int LargestRank(JobSpec spec) => spec.Parties.Max(p => p.Peft?.R ?? spec.Peft.LoraR);
 
+    /// <summary>
+    /// FLoRA's party side: adds s·B·A of every module of <paramref name="adapter"/> to the base weights of a model the
+    /// caller owns (a private copy: its base changes), so training starts from the federation's merged model.
+    /// </summary>
+    public static void MergeIntoBase(Models.CausalLm model, IReadOnlyDictionary<string, Tensor> adapter, double scaling)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        foreach (var (path, projection) in model.Projections())
+        {
+            if (!adapter.TryGetValue(path + ".lora_A.weight", out var a) || !adapter.TryGetValue(path + ".lora_B.weight", out var b)) continue;
+            var delta = b.to(ScalarType.Float32).matmul(a.to(ScalarType.Float32)).mul(scaling);
+            projection.weight.add_((projection.Conv1DLayout ? delta.t() : delta).to(projection.weight.dtype));
+        }
+    }
+
+    /// <summary>FLoRA's global after a round: the factors so far with the round's stacked factors appended (A's rows, B's columns).</summary>
+    public static Dictionary<string, Tensor> Append(IReadOnlyDictionary<string, Tensor> global, IReadOnlyDictionary<string, Tensor> round) =>
+        global.ToDictionary(kv => kv.Key, kv =>
+            IsA(kv.Key) ? cat([kv.Value.to(ScalarType.Float32), round[kv.Key]], 0)
+            : IsB(kv.Key) ? cat([kv.Value.to(ScalarType.Float32), round[kv.Key]], 1)
+            : throw new ArgumentException($"tensor '{kv.Key}' is no LoRA factor; stacking appends factors only"), StringComparer.Ordinal);
+
+    /// <summary>Zeros shaped as <paramref name="template"/>'s tensors with every LoRA factor at <paramref name="rank"/>.</summary>
+    public static Dictionary<string, Tensor> Shaped(IReadOnlyDictionary<string, Tensor> template, int rank) =>
+        template.ToDictionary(kv => kv.Key, kv =>
+            IsA(kv.Key) ? zeros([rank, kv.Value.shape[1]]) : IsB(kv.Key) ? zeros([kv.Value.shape[0], rank]) : zeros_like(kv.Value), StringComparer.Ordinal);
+
     /// <summary>The rank of an adapter's LoRA factors (the rows of any lora_A).</summary>
     public static int RankOf(IReadOnlyDictionary<string, Tensor> adapter) =>
         (int)adapter.First(kv => IsA(kv.Key)).Value.shape[0];

@@ -6,6 +6,7 @@ using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
 using FateLlm.Training.Peft;
+using FateLlm.Training.Trainer;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -121,6 +122,57 @@ public class LoraRanksSpec
         Assert.All(result.Evaluation.Values, e => Assert.True(double.IsFinite(e.Loss)));
     }
 
+    [Fact]
+    public void Flora_appends_each_rounds_stack_and_a_party_that_merges_it_into_its_base_computes_what_the_adapter_would()
+    {
+        using var scope = NewDisposeScope();
+        var (global, round) = (Adapter(4, 1), Adapter(8, 2));
+        Tensor Product(IReadOnlyDictionary<string, Tensor> f) => f["m.q_proj.lora_B.weight"].matmul(f["m.q_proj.lora_A.weight"]);
+        var appended = LoraRanks.Append(global.Where(kv => kv.Key != "m.norm.weight").ToDictionary(), round);
+        Assert.Equal(12, LoraRanks.RankOf(appended));
+        Assert.True(Product(appended).allclose(Product(global) + Product(round), rtol: 1e-5, atol: 1e-5));
+
+        // A party's private base with a stacked adapter merged in gives the logits the base with that adapter gives.
+        var model = FederationFixture.Prepare().Model;
+        var peft = new PeftConfig { Method = PeftMethod.Lora, LoraR = 6, LoraAlpha = 12, LoraDropout = 0 };
+        using var adapted = FineTuning.Open(model, peft, 1);
+        var adapter = PeftModel.TrainableState(adapted.Model).ToDictionary(kv => kv.Key, kv => kv.Key.Contains("lora_B") ? randn(kv.Value.shape) * 0.1f : kv.Value);
+        PeftModel.LoadTrainableState(adapted.Model, adapter, "stacked");
+        using var merged = FineTuning.Open(model, peft with { LoraR = 2, LoraAlpha = 4 }, 7); // fresh factors: B = 0
+        LoraRanks.MergeIntoBase(merged.Model, adapter, 2.0);
+        adapted.Model.eval();
+        merged.Model.eval();
+        var input = tensor(new long[] { 1, 5, 9, 3 }).unsqueeze(0);
+        Assert.True(adapted.Model.Forward(input).allclose(merged.Model.Forward(input), rtol: 1e-4, atol: 1e-4));
+    }
+
+    [Fact]
+    public void A_flora_job_stacks_every_round_onto_the_global_and_exports_the_stacked_adapter_and_the_merged_model()
+    {
+        var g = FederationFixture.Prepare();
+        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
+        var job = FederationFixture.Job(g, "flora", rounds: 2);
+        int[] ranks = [4, 8, 16];
+        var spec = job with
+        {
+            Parties = job.Parties.Select((p, i) => p with { Peft = new PartyPeft(ranks[i], null) }).ToArray(),
+            Peft = job.Peft with { LoraR = 4, LoraAlpha = 8 },
+            Aggregation = job.Aggregation with { LoraRanks = LoraRankRule.Stack },
+        };
+        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "flora")).Run();
+
+        Assert.All(result.Steps, s => Assert.Equal(3, s.Contributors.Count));
+        using var scope = NewDisposeScope();
+        foreach (var fit in result.Fits)
+            Assert.All(SafeTensors.FromBytes(fit.Update!.Update).Where(kv => LoraRanks.IsA(kv.Key)),
+                kv => Assert.Equal(ranks[parties.FindIndex(p => p.Org == fit.Party)], kv.Value.shape[0]));
+        // The round-0 adapter at the largest rank (B = 0), then each round's Σ r_k = 28 components.
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(result.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
+        Assert.Equal((16 + 2 * 28, 2.0 * (16 + 2 * 28)), ((int)config["r"]!, (double)config["lora_alpha"]!));
+        Assert.True(File.Exists(Path.Combine(result.OutputDir, "merged", "config.json")));
+        Assert.All(result.Evaluation.Values, e => Assert.True(double.IsFinite(e.Loss)));
+    }
+
     static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir(), AlgorithmCatalog.BuiltIn);
 
     const string Ranked = "job { model = m\npeft { r = 8, alpha = 16 }\nparties = [{ org = a, peft.r = 4 }, { org = b }, { org = c, peft { r = 16, alpha = 32 } }]\n";
@@ -139,7 +191,8 @@ public class LoraRanksSpec
 
         string Refused(string job) => Assert.ThrowsAny<Exception>(() => Parse(job)).Message;
         Assert.Contains("job.parties[2].peft.alpha", Refused(Ranked.Replace("alpha = 32", "alpha = 16") + "}"));
-        Assert.Contains("'stack' (FLoRA) is not built yet", Refused(Ranked + "aggregation.lora-ranks = stack }"));
+        Assert.Equal(LoraRankRule.Stack, Parse(Ranked + "aggregation.lora-ranks = stack }").Aggregation.LoraRanks);
+        Assert.Contains("job.dp.mode cannot apply with stack (FLoRA)", Refused(Ranked + "aggregation.lora-ranks = stack, dp.mode = central }"));
         Assert.Equal(LoraRankRule.Svd, Parse(Ranked + "aggregation.lora-ranks = svd }").Aggregation.LoraRanks);
         Assert.Contains("job.secure-aggregation cannot apply with svd", Refused(Ranked + "aggregation.lora-ranks = svd, secure-aggregation = on }"));
         Assert.Contains("job.aggregation.algorithm must be fedavg", Refused(Ranked + "aggregation { lora-ranks = svd, algorithm = fedadam } }"));
@@ -187,6 +240,7 @@ public class LoraRanksFederationSpec
     [Theory]
     [InlineData(LoraRankRule.ZeroPad)]
     [InlineData(LoraRankRule.Svd)]
+    [InlineData(LoraRankRule.Stack)]
     public async Task Ranks_4_8_and_16_train_through_the_federation_and_a_party_killed_mid_round_rejoins_at_its_rank(LoraRankRule rule)
     {
         var g = FederationFixture.Prepare();
@@ -216,6 +270,8 @@ public class LoraRanksFederationSpec
                 Assert.Equal(ranks[p.Org], p.Metrics[PartyRank.Metric]);
         Assert.Contains(status.Rounds[2].Parties, p => p.Org == "artifact" && p.Succeeded);
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(spec.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
-        Assert.Equal(16, (int)config["r"]!); // the largest rank: zero-pad's global, svd's approximation of its rank-28 global
+        // The largest rank (zero-pad's global, svd's approximation of its rank-28 global); stack: the round-0 adapter's 16
+        // components and Σ r_k = 28 for each of the 3 rounds (artifact's zeros in round 2).
+        Assert.Equal(rule == LoraRankRule.Stack ? 16 + 3 * 28 : 16, (int)config["r"]!);
     }
 }
