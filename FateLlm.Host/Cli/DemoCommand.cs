@@ -219,15 +219,21 @@ internal static class DemoCommand
     static Command CommunicationExperimentCommand(Terminal t)
     {
         var evalOn = Opt("--eval-on", "test | dev: score on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
+        var part = Opt("--part", "all | compression | ranks: which settings to run (fp32 is the baseline of both)", "all");
         return ParadigmExperiment(t, "communication",
             "Update compression (fp16, int8, NF4, top-1 % with and without error feedback, up and down) through the federation: bytes per party and round against ROUGE-L, paired with fp32",
             "One seed, 3 rounds, 200 training and 30 test examples per party", 3, (p, s, _) =>
             {
                 s = s with { EvaluateOn = EvaluateOn(p.GetValue(evalOn)!), FullFineTuningBaseline = false };
-                var result = new CommunicationExperiment(s, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
+                var which = p.GetValue(part) switch
+                {
+                    "all" => CommunicationExperiment.Part.All, "compression" => CommunicationExperiment.Part.Compression, "ranks" => CommunicationExperiment.Part.Ranks,
+                    var x => throw new UsageException($"--part '{x}' is not all, compression or ranks"),
+                };
+                var result = new CommunicationExperiment(s, line => t.Ansi.WriteLine(line)).RunAsync(which, RoundPrinter(t)).GetAwaiter().GetResult();
                 CommunicationExperiment.Write(result, s.OutDir);
                 return (CommunicationExperiment.Markdown(result), result.Seconds);
-            }, evalOn);
+            }, evalOn, part);
     }
 
     static Command DpoExperimentCommand(Terminal t)

@@ -237,12 +237,8 @@ public class CompressionSpec
     public void A_job_sends_int8_and_top_k_uploads_that_the_arbiter_decodes_before_validation_and_aggregation()
     {
         var g = FederationFixture.Prepare();
-        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
-        SimulationResult Run(string id, CompressionScheme up)
-        {
-            var spec = FederationFixture.Job(g, id, rounds: 2) with { Compression = CompressionOptions.Off with { Up = up } };
-            return new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, id)).Run();
-        }
+        SimulationResult Run(string id, CompressionScheme up) =>
+            SimulationSpec.Simulate(g, FederationFixture.Job(g, id, rounds: 2) with { Compression = CompressionOptions.Off with { Up = up } }, run: id);
         var plain = Run("fp32", CompressionScheme.None);
         var int8 = Run("int8", CompressionScheme.Int8);
         var topk = Run("topk", CompressionScheme.TopK);
@@ -315,9 +311,8 @@ public class CompressionSpec
     public void A_job_sends_the_global_down_as_int8_deltas_and_a_party_that_missed_a_round_fetches_it_in_full()
     {
         var g = FederationFixture.Prepare();
-        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
         var spec = FederationFixture.Job(g, "down", rounds: 3, quorum: 2) with { Compression = CompressionOptions.Off with { Down = CompressionScheme.Int8 } };
-        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "down"))
+        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, SimulationSpec.Parties(g), Path.Combine(g.Root, "down"))
             .Run(dropout: (round, _, party) => round == 2 && party == "food");
 
         var full = result.Fits.Where(f => f.Round == 1).Select(f => f.DownloadBytes).Distinct().Single();

@@ -96,28 +96,18 @@ public class LoraRanksSpec
     [Fact]
     public void A_flexlora_job_gives_each_party_factors_of_its_rank_keeps_the_sum_exactly_and_exports_the_largest_rank()
     {
-        var g = FederationFixture.Prepare();
-        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
-        var job = FederationFixture.Job(g, "flexlora", rounds: 2);
-        int[] ranks = [4, 8, 16];
-        var spec = job with
-        {
-            Parties = job.Parties.Select((p, i) => p with { Peft = new PartyPeft(ranks[i], null) }).ToArray(),
-            Peft = job.Peft with { LoraR = 4, LoraAlpha = 8 },
-            Aggregation = job.Aggregation with { LoraRanks = LoraRankRule.Svd },
-        };
-        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "flexlora")).Run();
+        var (result, parties) = RankedJob("flexlora", LoraRankRule.Svd);
 
         Assert.All(result.Steps, s => Assert.Equal(3, s.Contributors.Count));
         Assert.Equal(28, result.Spec.Peft.LoraR); // the global holds Σ r_k components
         using var scope = NewDisposeScope();
         foreach (var fit in result.Fits)
         {
-            var rank = ranks[parties.FindIndex(p => p.Org == fit.Party)];
+            var rank = RankOf(parties, fit.Party);
             Assert.Equal(rank, (int)fit.Update!.Metrics[PartyRank.Metric]);
             Assert.All(SafeTensors.FromBytes(fit.Update.Update).Where(kv => LoraRanks.IsA(kv.Key)), kv => Assert.Equal(rank, kv.Value.shape[0]));
         }
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(result.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
+        var config = AdapterConfig(result);
         Assert.Equal((16, 32.0), ((int)config["r"]!, (double)config["lora_alpha"]!));
         Assert.All(result.Evaluation.Values, e => Assert.True(double.IsFinite(e.Loss)));
     }
@@ -149,29 +139,39 @@ public class LoraRanksSpec
     [Fact]
     public void A_flora_job_stacks_every_round_onto_the_global_and_exports_the_stacked_adapter_and_the_merged_model()
     {
-        var g = FederationFixture.Prepare();
-        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
-        var job = FederationFixture.Job(g, "flora", rounds: 2);
-        int[] ranks = [4, 8, 16];
-        var spec = job with
-        {
-            Parties = job.Parties.Select((p, i) => p with { Peft = new PartyPeft(ranks[i], null) }).ToArray(),
-            Peft = job.Peft with { LoraR = 4, LoraAlpha = 8 },
-            Aggregation = job.Aggregation with { LoraRanks = LoraRankRule.Stack },
-        };
-        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "flora")).Run();
+        var (result, parties) = RankedJob("flora", LoraRankRule.Stack);
 
         Assert.All(result.Steps, s => Assert.Equal(3, s.Contributors.Count));
         using var scope = NewDisposeScope();
         foreach (var fit in result.Fits)
-            Assert.All(SafeTensors.FromBytes(fit.Update!.Update).Where(kv => LoraRanks.IsA(kv.Key)),
-                kv => Assert.Equal(ranks[parties.FindIndex(p => p.Org == fit.Party)], kv.Value.shape[0]));
+            Assert.All(SafeTensors.FromBytes(fit.Update!.Update).Where(kv => LoraRanks.IsA(kv.Key)), kv => Assert.Equal(RankOf(parties, fit.Party), kv.Value.shape[0]));
         // The round-0 adapter at the largest rank (B = 0), then each round's Σ r_k = 28 components.
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(result.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
+        var config = AdapterConfig(result);
         Assert.Equal((16 + 2 * 28, 2.0 * (16 + 2 * 28)), ((int)config["r"]!, (double)config["lora_alpha"]!));
         Assert.True(File.Exists(Path.Combine(result.OutputDir, "merged", "config.json")));
         Assert.All(result.Evaluation.Values, e => Assert.True(double.IsFinite(e.Loss)));
     }
+
+    static readonly int[] Ranks = [4, 8, 16];
+
+    /// <summary>A two-round job whose three parties train LoRA at ranks 4, 8 and 16 under <paramref name="rule"/>, simulated.</summary>
+    static (SimulationResult Result, IReadOnlyList<SimulatedParty> Parties) RankedJob(string id, LoraRankRule rule)
+    {
+        var g = FederationFixture.Prepare();
+        var job = FederationFixture.Job(g, id, rounds: 2);
+        var spec = job with
+        {
+            Parties = job.Parties.Select((p, i) => p with { Peft = new PartyPeft(Ranks[i], null) }).ToArray(),
+            Peft = job.Peft with { LoraR = 4, LoraAlpha = 8 },
+            Aggregation = job.Aggregation with { LoraRanks = rule },
+        };
+        return (SimulationSpec.Simulate(g, spec, run: id), SimulationSpec.Parties(g));
+    }
+
+    static int RankOf(IReadOnlyList<SimulatedParty> parties, string org) => Ranks[parties.ToList().FindIndex(p => p.Org == org)];
+
+    static JsonNode AdapterConfig(SimulationResult result) =>
+        JsonNode.Parse(File.ReadAllText(Path.Combine(result.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
 
     static JobSpec Parse(string job) => JobFile.FromConfig(ConfigurationFactory.ParseString(job), "job.conf", TestSupport.TempDir(), AlgorithmCatalog.BuiltIn);
 
@@ -208,27 +208,21 @@ public class LoraRanksSpec
     [Fact]
     public void A_job_with_ranks_4_8_and_16_trains_each_party_at_its_rank_and_exports_the_rank_16_adapter()
     {
-        var g = FederationFixture.Prepare();
-        var parties = g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
-        var job = FederationFixture.Job(g, "ranks", rounds: 2);
-        int[] ranks = [4, 8, 16];
-        var spec = job with { Parties = job.Parties.Select((p, i) => p with { Peft = new PartyPeft(ranks[i], null) }).ToArray(), Peft = job.Peft with { LoraR = 4, LoraAlpha = 8 } };
-        var result = new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, g.Model, parties, Path.Combine(g.Root, "ranks")).Run();
+        var (result, parties) = RankedJob("ranks", LoraRankRule.ZeroPad);
 
         Assert.All(result.Steps, s => Assert.Equal(3, s.Contributors.Count));
-        var trained = result.Fits.Where(f => f.Round == 1).ToDictionary(f => f.Party, f => (int)f.Update!.Metrics[PartyRank.Metric]);
-        Assert.Equal(ranks, spec.Parties.Select(p => trained[p.Org]));
-        // Each party's delta lives in its own first components of the rank-16 layout.
         using var scope = NewDisposeScope();
-        foreach (var (fit, rank) in result.Fits.Where(f => f.Round == 1).Select(f => (f, trained[f.Party])))
+        foreach (var fit in result.Fits)
         {
-            var delta = SafeTensors.FromBytes(fit.Update!.Update);
+            // Each party trains at its rank and its delta lives in its own first components of the rank-16 layout.
+            var rank = RankOf(parties, fit.Party);
+            Assert.Equal(rank, (int)fit.Update!.Metrics[PartyRank.Metric]);
+            var delta = SafeTensors.FromBytes(fit.Update.Update);
             Assert.All(delta.Where(kv => LoraRanks.IsA(kv.Key)), kv => Assert.Equal(16, kv.Value.shape[0]));
             Assert.All(delta.Where(kv => LoraRanks.IsA(kv.Key)), kv => Assert.Equal(0f, kv.Value[rank..].abs().sum().item<float>()));
         }
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(result.OutputDir, "adapter", AdapterFolder.ConfigFile)))!;
-        Assert.Equal(16, (int)config["r"]!);
-        Assert.Equal(32.0, (double)config["lora_alpha"]!); // the job's α/r = 2 at rank 16
+        var config = AdapterConfig(result);
+        Assert.Equal((16, 32.0), ((int)config["r"]!, (double)config["lora_alpha"]!)); // the job's α/r = 2 at rank 16
     }
 }
 

@@ -19,10 +19,10 @@ namespace FateLlm.Tests;
 [Collection(Tier.InProcess)]
 public class SimulationSpec
 {
-    static IReadOnlyList<SimulatedParty> Parties(FederationFixture.Ground g) =>
+    internal static IReadOnlyList<SimulatedParty> Parties(FederationFixture.Ground g) =>
         g.Datasets.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new SimulatedParty(kv.Key, kv.Value)).ToList();
 
-    static SimulationResult Simulate(FederationFixture.Ground g, JobSpec spec, string? model = null, string run = "sim") =>
+    internal static SimulationResult Simulate(FederationFixture.Ground g, JobSpec spec, string? model = null, string run = "sim") =>
         new FederatedSimulation(AlgorithmCatalog.BuiltIn.For(spec), spec, model ?? g.Model, Parties(g), Path.Combine(g.Root, run)).Run();
 
     [Fact]
