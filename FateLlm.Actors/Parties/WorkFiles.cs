@@ -37,7 +37,6 @@ internal sealed class WorkFiles
     {
         (_context, _s) = (context, s);
         _downloads = downloads.Keys.Where(k => !Downlink.IsDelta(k)).ToArray();
-        _total = spec.Size;
         Fetch(SpecDownload, spec);
         foreach (var name in _downloads)
         {

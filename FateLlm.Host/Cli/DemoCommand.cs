@@ -160,7 +160,7 @@ internal static class DemoCommand
     {
         var quick = Opt("--quick", "One seed, 3 rounds, 200 training and 30 test examples per party", false);
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", "ipr"));
-        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var seeds = Opt("--seeds", "Comma-separated seeds (the full run's; --quick runs seed 1 unless given)", "1,2,3");
         var zoo = ZooOption();
         return new Command("ipr", "FedIPR: own-key verification, false positives, key-less fine-tuning, pruning, SecAgg and DP, and the watermark's cost in quality").With(p =>
         {
@@ -181,7 +181,7 @@ internal static class DemoCommand
     {
         var quick = Opt("--quick", quickHelp, false);
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", name));
-        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var seeds = Opt("--seeds", "Comma-separated seeds (the full run's; --quick runs seed 1 unless given)", "1,2,3");
         var zoo = ZooOption();
         return new Command(name, description).With(p =>
         {
@@ -295,8 +295,10 @@ internal static class DemoCommand
     static ExperimentSettings Settings(ParseResult p, Option<bool> quick, Option<string> outDir, Option<string> seeds, Option<string> zoo, int quickRounds)
     {
         var dir = Path.GetFullPath(p.GetValue(outDir)!);
+        // --quick runs one seed unless --seeds is given: the same small comparison with intervals over seeds.
+        var given = p.GetResult(seeds) is { Implicit: false };
         return (p.GetValue(quick)
-            ? ExperimentSettings.Quick(dir) with { Seeds = [1], Rounds = quickRounds, TrainPerParty = 200, TestPerParty = 30 }
+            ? ExperimentSettings.Quick(dir) with { Seeds = given ? Seeds(p.GetValue(seeds)!) : [1], Rounds = quickRounds, TrainPerParty = 200, TestPerParty = 30 }
             : ExperimentSettings.Full(dir) with { Seeds = Seeds(p.GetValue(seeds)!) }) with { ZooRoot = p.GetValue(zoo)! };
     }
 
@@ -310,7 +312,7 @@ internal static class DemoCommand
     {
         var quick = Opt("--quick", "One seed, 2 rounds, 200 training and 30 test examples per party, 150 distillation steps", false);
         var outDir = Opt("--out", "Working folder", Path.Combine("runs", "offsite"));
-        var seeds = Opt("--seeds", "Comma-separated seeds (full run)", "1,2,3");
+        var seeds = Opt("--seeds", "Comma-separated seeds (the full run's; --quick runs seed 1 unless given)", "1,2,3");
         var zoo = ZooOption();
         return new Command("offsite", "Offsite tuning: full zero-shot, emulator zero-shot and fine-tuned, plug-in (FedOST+, FedOST), full-model federated LoRA; with and without emulator distillation").With(p =>
         {

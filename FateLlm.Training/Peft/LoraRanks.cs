@@ -80,8 +80,8 @@ public static class LoraRanks
     public static int RankOf(IReadOnlyDictionary<string, Tensor> adapter) =>
         (int)adapter.First(kv => IsA(kv.Key)).Value.shape[0];
 
-    /// <summary>The spec as one party trains: the job's PEFT settings at that party's rank and α.</summary>
-    public static JobSpec ForParty(JobSpec spec, string org, int rank) =>
+    /// <summary>The spec as one party trains (or an adapter of that rank is evaluated): the job's PEFT settings at <paramref name="rank"/> and its α.</summary>
+    public static JobSpec ForParty(JobSpec spec, int rank) =>
         spec.Peft.LoraR == rank ? spec : spec with { Peft = spec.Peft with { LoraR = rank, LoraAlpha = rank * Scaling(spec) } };
 
     /// <summary>The first <paramref name="rank"/> components of every LoRA factor (A's rows, B's columns); other tensors as they are.</summary>

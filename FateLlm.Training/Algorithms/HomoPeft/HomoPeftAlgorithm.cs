@@ -12,7 +12,9 @@ namespace FateLlm.Training.Algorithms.HomoPeft;
 /// <summary>
 /// FedHomoLLM: every party holds the same base model and trains the same PEFT adapter (LoRA, P-Tuning v2, or full
 /// fine-tuning); one exchange per round (global adapter down, delta up), aggregated by tensor name with the FedAvg
-/// family or a robust rule. State: <c>global</c> (the adapter) and <c>server-state</c> (optimizer moments).
+/// family or a robust rule. State: <c>global</c> (the adapter) and <c>server-state</c> (optimizer moments). Parties may
+/// train LoRA at ranks of their own (<see cref="LoraRanks"/>): zero-padded into one layout, or under FlexLoRA (svd) and
+/// FLoRA (stack) with factors of each party's own rank (<see cref="FlexLora"/>).
 /// </summary>
 public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
 {
@@ -75,7 +77,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
 
         /// <summary>FLoRA's fresh factors of one rank for this round (B = 0, A seeded by job and round), made from the config and headers.</summary>
         static string Fresh(RoundContext ctx, int rank) => ctx.Store.Put(FederatedComputation.InitialAdapter(
-            LoraRanks.ForParty(ctx.Spec, "", rank) with { Seed = Seeds.LocalTraining(ctx.Spec.Seed, ctx.Round) }, ctx.Server.ModelPath));
+            LoraRanks.ForParty(ctx.Spec, rank) with { Seed = Seeds.LocalTraining(ctx.Spec.Seed, ctx.Round) }, ctx.Server.ModelPath));
 
         public PartyInstruction Evaluation(ServerContext ctx, AlgorithmState state) =>
             PartyInstruction.Of(new Dictionary<string, string> { [AdapterDownload] = Exported(ctx, state) });
@@ -85,7 +87,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             var adapter = ctx.Store.Read(Exported(ctx, state));
             var spec = ctx.Spec;
             if (spec.Aggregation.LoraRanks != LoraRankRule.ZeroPad) // svd: the largest party rank; stack: the stacked global's own
-                using (NewDisposeScope()) spec = LoraRanks.ForParty(spec, "", LoraRanks.RankOf(SafeTensors.FromBytes(adapter, "adapter")));
+                using (NewDisposeScope()) spec = LoraRanks.ForParty(spec, LoraRanks.RankOf(SafeTensors.FromBytes(adapter, "adapter")));
             FederatedComputation.ExportAdapter(spec, ctx.ModelPath, adapter, Path.Combine(outputDir, "adapter"), Path.Combine(outputDir, "merged"));
         }
 
@@ -128,7 +130,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         }
     }
 
-    /// <summary>The job's own rule for parties of different ranks is FlexLoRA's (<c>aggregation.lora-ranks = svd</c>).</summary>
+    /// <summary>Whether the job aggregates by FlexLoRA (<c>aggregation.lora-ranks = svd</c>).</summary>
     static bool Svd(JobSpec spec) => spec.Aggregation.LoraRanks == LoraRankRule.Svd;
 
     sealed class ClientSide : IClientAlgorithm
@@ -142,14 +144,14 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
                 return ClientUpdate.Of(Train(ctx, ctx, global, ct), hash);
             var rank = PartyRank.Of(ctx);
             if (Svd(ctx.Spec)) // the arbiter sent factors of this party's rank: trained and sent back as they are
-                return WithRank(ClientUpdate.Of(Train(ctx with { Spec = LoraRanks.ForParty(ctx.Spec, ctx.Party, rank) }, ctx, global, ct), hash), rank);
+                return WithRank(ClientUpdate.Of(Train(ctx with { Spec = LoraRanks.ForParty(ctx.Spec, rank) }, ctx, global, ct), hash), rank);
             if (ctx.Spec.Aggregation.LoraRanks == LoraRankRule.Stack)
                 return WithRank(ClientUpdate.Of(TrainOnMerged(ctx, global, File.ReadAllBytes(files[FreshFactors]), rank, ct), hash), rank);
             // A rank of its own (or pruned): the global's first components, trained and sent back padded to the global's rank.
             // (Training stays outside the dispose scopes: a base it loads is kept resident beyond this call.)
             byte[] mine;
             using (var scope = NewDisposeScope()) mine = SafeTensors.ToBytes(LoraRanks.Truncate(SafeTensors.FromBytes(global, "global adapter"), rank));
-            var r = Train(ctx with { Spec = LoraRanks.ForParty(ctx.Spec, ctx.Party, rank) }, ctx, mine, ct);
+            var r = Train(ctx with { Spec = LoraRanks.ForParty(ctx.Spec, rank) }, ctx, mine, ct);
             using (var scope = NewDisposeScope())
             {
                 var (start, delta) = (SafeTensors.FromBytes(mine, "local start"), SafeTensors.FromBytes(r.Delta, "local delta"));
@@ -165,7 +167,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
         /// </summary>
         static LocalRoundResult TrainOnMerged(ClientContext ctx, byte[] stacked, byte[] fresh, int rank, CancellationToken ct)
         {
-            var spec = LoraRanks.ForParty(ctx.Spec, ctx.Party, rank);
+            var spec = LoraRanks.ForParty(ctx.Spec, rank);
             using var run = FederatedComputation.OpenPrivate(spec, ctx.ModelPath);
             using (NewDisposeScope()) LoraRanks.MergeIntoBase(run.Model, SafeTensors.FromBytes(stacked, "stacked global"), LoraRanks.Scaling(spec));
             return FederatedComputation.LocalRound(spec, run, fresh, ctx.TrainData, ctx.EvalData, ctx.Round, ct, party: ctx with { Spec = spec });
@@ -188,7 +190,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
             var adapter = File.ReadAllBytes(files[AdapterDownload]);
             var spec = ctx.Spec;
             if (spec.Aggregation.LoraRanks != LoraRankRule.ZeroPad) // svd: the global's approximation at the largest rank; stack: the stacked global
-                using (NewDisposeScope()) spec = LoraRanks.ForParty(spec, ctx.Party, LoraRanks.RankOf(SafeTensors.FromBytes(adapter, "adapter")));
+                using (NewDisposeScope()) spec = LoraRanks.ForParty(spec, LoraRanks.RankOf(SafeTensors.FromBytes(adapter, "adapter")));
             return FederatedComputation.Evaluate(spec, ctx.ModelPath, adapter, ctx.EvalData ?? ctx.TrainData, ct, ctx.Tasks);
         }
     }
