@@ -16,7 +16,8 @@ namespace FateLlm.Actors.Serialization;
 /// </summary>
 public static class WireSchema
 {
-    public static readonly WireVersion Version = new(1, 0);
+    /// <summary>1.1: jobs carry compression, party LoRA ranks and the rank rule; exchanges may lay out updates per party.</summary>
+    public static readonly WireVersion Version = new(1, 1);
 
     static readonly (Type Type, string Manifest)[] Messages =
     [

@@ -156,7 +156,7 @@ public static class ErrorFeedback
         signature.CopyTo(bytes, 16);
         MemoryMarshal.AsBytes(started).CopyTo(bytes.AsSpan(HeaderBytes));
         MemoryMarshal.AsBytes(left).CopyTo(bytes.AsSpan(HeaderBytes + 4 * started.Length));
-        var tmp = $"{path}.{Environment.ProcessId}.tmp";
+        var tmp = $"{path}.{Guid.NewGuid():N}.tmp"; // two fits of one job (a superseded one still finishing) never share it
         File.WriteAllBytes(tmp, bytes);
         File.Move(tmp, path, overwrite: true);
     }

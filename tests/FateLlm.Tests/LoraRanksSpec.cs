@@ -206,6 +206,14 @@ public class LoraRanksSpec
     }
 
     [Fact]
+    public void The_example_job_of_ranks_and_compression_loads()
+    {
+        var spec = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "communication.conf")));
+        Assert.Equal([4, 8, 16], LoraRanks.Resolve(spec).Parties.Select(p => p.Peft!.R));
+        Assert.Equal((Training.Compression.CompressionScheme.Nf4, Training.Compression.CompressionScheme.Nf4), (spec.Compression.Up, spec.Compression.Down));
+    }
+
+    [Fact]
     public void A_job_with_ranks_4_8_and_16_trains_each_party_at_its_rank_and_exports_the_rank_16_adapter()
     {
         var (result, parties) = RankedJob("ranks", LoraRankRule.ZeroPad);
