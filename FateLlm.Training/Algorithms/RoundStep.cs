@@ -147,7 +147,7 @@ public static class RoundStep
 
     /// <summary>One party's own vector layout in an exchange whose layout differs by party.</summary>
     static Dictionary<string, Tensor> PartyLayout(BlobStore store, Exchange exchange, string party) =>
-        SafeTensors.FromBytes(store.Read(exchange.Instructions[party].Downloads[exchange.VectorLayout!]), $"party '{party}''s vector layout '{exchange.VectorLayout}'");
+        SafeTensors.FromBytes(store.Read(exchange.Instructions[party].Downloads[exchange.VectorLayout!]), $"vector layout '{exchange.VectorLayout}' of party '{party}'");
 
     /// <summary>The digest of the exchange's one vector layout; null when it declares none or each party has its own.</summary>
     public static string? LayoutDigest(Exchange exchange)
@@ -180,7 +180,7 @@ public static class RoundStep
 
     /// <summary>
     /// Under secure aggregation the fixed-point words are the compression: int8 gives each coordinate 8 bits, fp16 and
-    /// bf16 16, none 32 − ⌈log2(n + 1)⌉, each over the clip range, plus the headroom n parties' sum needs.
+    /// bf16 16, each over the clip range plus the headroom n parties' sum needs; otherwise 32-bit words as before.
     /// </summary>
     public static int SecureWordBits(CompressionScheme up, int parties) => up switch
     {
