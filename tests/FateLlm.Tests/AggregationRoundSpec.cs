@@ -293,10 +293,13 @@ public sealed class AggregationRoundSpec : TestKit
         var round = Sys.ActorOf(AggregationRound.Props(Settings(new FaultInjection([new FaultPoint(point, "", 0, 0, FaultAction.Throw, 1)]))));
         var start = Start(spec);
         round.Tell(start);
-        foreach (var (_, (r, c)) in Requests(3)) c.Tell(Answer(r, 1));
-        // The round fails at the point and its supervisor restarts it empty: no result comes.
+        // The round fails at the point and its supervisor restarts it empty: no result comes. Waiting for the failure itself
+        // (not for a progress report before it) keeps the re-sent start from reaching the attempt that is about to crash.
+        EventFilter.Exception<InjectedFaultException>().ExpectOne(Wait, () =>
+        {
+            foreach (var (_, (r, c)) in Requests(3)) c.Tell(Answer(r, 1));
+        });
         FishForMessage(m => m is RoundProgress { Stage: RoundStage.Step } || m is RoundProgress && point == "round.collected", Wait);
-        ExpectNoMsg(TimeSpan.FromMilliseconds(300)); // a crashed attempt reports nothing
         round.Tell(start); // the job's watchdog re-sends (here: the same attempt) and the round runs it again
         foreach (var (_, (r, c)) in Requests(3)) c.Tell(Answer(r, 1));
         Assert.Equal(103, Total(Finished()));
