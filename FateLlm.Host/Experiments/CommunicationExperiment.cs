@@ -86,9 +86,7 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
         var split = s.WriteSplit(publicLimit: 1);
         var paper = new PaperExperiment(s, log);
         var (basePath, card) = paper.EnsureBase();
-        var evaluation = s.EvaluateOn == EvaluationSet.Test
-            ? InstructionData.ReadJsonl(split.Test, PaperExperiment.Data)
-            : split.Parties.Values.SelectMany(p => InstructionData.ReadJsonl(p.Dev, PaperExperiment.Data)).ToList();
+        var evaluation = s.Evaluation(split);
         // The fp32 runs are the baseline of both parts.
         var settings = (part switch { Part.Compression => Settings, Part.Ranks => [Settings[0], .. RankSettings], _ => [.. Settings, .. RankSettings] }).ToList();
         log($"communication: {settings.Count} settings × seeds {string.Join(", ", s.Seeds)}, {s.Rounds} rounds; scored on {evaluation.Count} " +

@@ -52,9 +52,7 @@ public sealed class FedKSeedExperiment(ExperimentSettings s, FedKSeedOptions o, 
         var split = s.WriteSplit(publicLimit: 1);
         var paper = new PaperExperiment(s, log);
         var (basePath, card) = paper.EnsureBase();
-        var evaluation = s.EvaluateOn == EvaluationSet.Test
-            ? InstructionData.ReadJsonl(split.Test, PaperExperiment.Data)
-            : split.Parties.Values.SelectMany(p => InstructionData.ReadJsonl(p.Dev, PaperExperiment.Data)).ToList();
+        var evaluation = s.Evaluation(split);
         log($"fedkseed: {card.Name}, K = {o.Candidates}, τ = {o.Steps} steps of batch {o.BatchSize}, η = {o.LearningRate:G3}, ε = {o.Epsilon:G3}; " +
             $"scoring on {(s.EvaluateOn == EvaluationSet.Test ? "the all-domain test set" : "the pooled dev sets (tuning)")}: {evaluation.Count} examples");
         var runs = new List<RunResult> { new("-", ZeroShot, 0, paper.Evaluate(basePath, null, evaluation), 0) };

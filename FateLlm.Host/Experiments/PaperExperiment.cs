@@ -71,6 +71,11 @@ public sealed record ExperimentSettings
 
     public string TaskFolder => Path.Combine(OutDir, "tasks");
 
+    /// <summary>What every setting is scored on: the split's all-domain test set, or (tuning) the parties' pooled dev sets.</summary>
+    public List<Example> Evaluation(WordNetSplit split) => EvaluateOn == EvaluationSet.Test
+        ? InstructionData.ReadJsonl(split.Test, PaperExperiment.Data)
+        : split.Parties.Values.SelectMany(p => InstructionData.ReadJsonl(p.Dev, PaperExperiment.Data)).ToList();
+
     public WordNetSplitOptions SplitOptions(int publicLimit) =>
         new() { TrainPerParty = TrainPerParty, DevPerParty = DevPerParty, TestPerParty = TestPerParty, PublicLimit = publicLimit };
 
@@ -171,9 +176,7 @@ public sealed class PaperExperiment(ExperimentSettings s, Action<string> log)
         var split = s.WriteSplit(publicLimit: 1);
         log($"data: {string.Join(", ", split.Counts.Where(kv => kv.Key != "public").Select(kv => $"{kv.Key} {kv.Value}"))}");
         var (basePath, card) = EnsureBase();
-        var evaluation = s.EvaluateOn == EvaluationSet.Test
-            ? InstructionData.ReadJsonl(split.Test, Data)
-            : split.Parties.Values.SelectMany(p => InstructionData.ReadJsonl(p.Dev, Data)).ToList();
+        var evaluation = s.Evaluation(split);
         log($"scoring every setting on the {(s.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "parties' pooled dev sets (tuning)")}: {evaluation.Count} examples");
         var runs = new List<RunResult>();
 
