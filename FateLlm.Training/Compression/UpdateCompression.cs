@@ -85,7 +85,8 @@ public static class UpdateCompression
         float[] values;
         using (var scope = NewDisposeScope())
             values = AdapterVector.Flatten(layout, SafeTensors.FromBytes(update, "local update"), "self");
-        var feedback = options.ErrorFeedback && residualPath is not null ? ErrorFeedback.Load(residualPath, Signature(layout), values.Length, round) : null;
+        var signature = Signature(layout);
+        var feedback = options.ErrorFeedback && residualPath is not null ? ErrorFeedback.Load(residualPath, signature, values.Length, round) : null;
         if (feedback is not null)
             for (int i = 0; i < values.Length; i++) values[i] += feedback[i];
         var payload = Encode(options.Up, layout, values, options.BlockSize, options.TopKFraction);
@@ -95,7 +96,7 @@ public static class UpdateCompression
             VectorCodec.Decode(options.Up, payload.AsSpan(HeaderBytes), sent, options.BlockSize);
             var next = new float[values.Length];
             for (int i = 0; i < next.Length; i++) next[i] = values[i] - sent[i];
-            ErrorFeedback.Save(residualPath!, Signature(layout), round, feedback, next);
+            ErrorFeedback.Save(residualPath!, signature, round, feedback, next);
         }
         return payload;
     }
