@@ -35,6 +35,10 @@ public sealed record JobSettings(BlobStore Store, IActorRef BlobServer, IActorRe
     public TimeSpan? StartResend { get; init; }
     /// <summary>How long the arbiter running an attempt's round may stay unreachable before the job starts the attempt again.</summary>
     public TimeSpan RoundHostGrace { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>How a buffered schedule's dispatches ask and pull (the round region's settings); null: built from these.</summary>
+    public RoundSettings? Collection { get; init; }
+    /// <summary>Under a buffered schedule, a party whose work failed is asked again after this long.</summary>
+    public TimeSpan BufferRetry { get; init; } = TimeSpan.FromSeconds(5);
 }
 
 /// <summary>
@@ -78,6 +82,11 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     /// <summary>The actor running the attempt in flight, watched from its first answer: if it stops or its arbiter is
     /// lost, the attempt is started again at once instead of when the watchdog's budget runs out.</summary>
     IActorRef? _roundActor;
+    /// <summary>A buffered schedule's versions, work in flight and buffered updates, folded from the journal.</summary>
+    BufferLedger _buffer = BufferLedger.Empty;
+    /// <summary>The buffered schedule running (a child), and where each party's work stands.</summary>
+    IActorRef? _bufferActor;
+    readonly Dictionary<string, string> _bufferProgress = new();
 
     public override string PersistenceId => "job-" + _jobId;
     public ITimerScheduler Timers { get; set; } = null!;
@@ -125,7 +134,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     {
         var handled = base.AroundReceive(receive, message);
         if (IsRecovering || _status == JobState.Unknown) return handled;
-        object seen = (_history.Count, _status, _current, _waitingFor, _stoppedEarly);
+        object seen = (_history.Count, _status, _current, _waitingFor, _stoppedEarly, string.Join(";", _bufferProgress.Values));
         if (!seen.Equals(_published))
         {
             _published = seen;
@@ -187,11 +196,13 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Command<Prepared>(p => Persist(new JobSubmitted(p.Spec, p.Initial, p.SpecDigest, DateTime.UtcNow) { Submission = _submission }, e =>
         {
             Apply(e);
-            _waitingFor = Absent(_s.Algorithms.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
+            var buffered = _spec!.Schedule.Buffered;
+            _waitingFor = buffered ? [] : Absent(_s.Algorithms.For(_spec!).Server.SelectParticipants(_spec!, 1, 1), _spec!.Round.Quorum);
             foreach (var s in _submitters) s.Tell(Accepted());
             _submitters.Clear();
             _s.Faults.Trip(FaultPoints.JobPrepared, Context, job: _jobId);
-            StartAttempt(1, 1, resume: null);
+            if (buffered) StartBuffer();
+            else StartAttempt(1, 1, resume: null);
         }));
         Command<PreparationFailed>(f =>
         {
@@ -335,6 +346,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
     void Apply(IJobEvent e)
     {
         _history.Add(e);
+        _buffer = _buffer.Apply(e);
         switch (e)
         {
             case JobSubmitted s:
@@ -400,6 +412,13 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             {
                 _log.Info("job {0}: recovered after its last round; finishing evaluation and export", _jobId);
                 StartEvaluation();
+                return;
+            }
+            if (_spec.Schedule.Buffered)
+            {
+                _log.Info("job {0}: recovered at version {1} with {2} buffered update(s) and {3} in flight; the buffered schedule goes on", _jobId,
+                    _buffer.Version, _buffer.Pending.Count, _buffer.InFlight.Count);
+                StartBuffer();
                 return;
             }
             var round = _rounds.Count + 1;
@@ -568,30 +587,11 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         var spec = _spec!;
         if (r.Succeeded)
         {
-            var summary = r.Summary!;
-            if (summary.Privacy is { } p)
-                summary = summary with
-                {
-                    Privacy = p with
-                    {
-                        Epsilon = _privacy.Compose(p.SamplingRate, p.NoiseMultiplier).Epsilon(p.Delta),
-                        RoundEpsilon = PrivacyLedger.Empty.Compose(p.SamplingRate, p.NoiseMultiplier).Epsilon(p.Delta),
-                    },
-                };
-            Persist(new RoundCompleted(summary, r.State!, DateTime.UtcNow), e =>
+            Complete(new RoundCompleted(r.Summary!, r.State!, DateTime.UtcNow), () => WithStateHere(() =>
             {
-                Apply(e);
-                _outputs.Tell(new JobOutputs.AppendRound(spec.OutputDir, summary));
-                Telemetry.FederationMetrics.RoundCompleted(_jobId, summary);
-                if (summary.Privacy is { } priv) _log.Info(
-                    $"job {_jobId}: after round {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this round alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
-                if (_s.Faults.Trip(FaultPoints.JobRoundCompleted, Context, round: r.Round, job: _jobId)) return;
-                WithStateHere(() =>
-                {
-                    if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1, resume: null);
-                    else StartEvaluation();
-                });
-            });
+                if (_rounds.Count < spec.Rounds && !BudgetExhausted()) StartAttempt(_rounds.Count + 1, 1, resume: null);
+                else StartEvaluation();
+            }));
             return;
         }
         Persist(new RoundAttemptFailed(r.Round, r.Attempt, r.Reason ?? "unknown", DateTime.UtcNow), e =>
@@ -603,6 +603,109 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         });
     }
 
+    /// <summary>
+    /// Journals a completed round (a buffered flush, too) with the privacy spent so far, writes its lines and metrics, then
+    /// goes on with <paramref name="next"/> unless a fault point stops it there.
+    /// </summary>
+    void Complete(RoundCompleted completed, Action next)
+    {
+        var summary = completed.Summary;
+        if (summary.Privacy is { } p)
+            summary = summary with
+            {
+                Privacy = p with
+                {
+                    Epsilon = _privacy.Compose(p.SamplingRate, p.NoiseMultiplier).Epsilon(p.Delta),
+                    RoundEpsilon = PrivacyLedger.Empty.Compose(p.SamplingRate, p.NoiseMultiplier).Epsilon(p.Delta),
+                },
+            };
+        Persist(completed with { Summary = summary }, e =>
+        {
+            Apply(e);
+            _outputs.Tell(new JobOutputs.AppendRound(_spec!.OutputDir, summary));
+            Telemetry.FederationMetrics.RoundCompleted(_jobId, summary);
+            if (summary.Privacy is { } priv) _log.Info(
+                $"job {_jobId}: after {(summary.Buffer is null ? "round" : "version")} {summary.Round} privacy spent is ε = {priv.Epsilon:F3} at δ = {priv.Delta:G3} (this {(summary.Buffer is null ? "round" : "flush")} alone {priv.RoundEpsilon:F3}; q = {priv.SamplingRate:G3}, z = {priv.NoiseMultiplier:G3}, C = {priv.ClipNorm:G4})");
+            if (_s.Faults.Trip(FaultPoints.JobRoundCompleted, Context, round: summary.Round, job: _jobId)) return;
+            next();
+        });
+    }
+
+    // ---- the buffered schedule ----
+
+    /// <summary>Starts (or, after a restart, resumes from the ledger) the buffered schedule as a child; the job journals for it.</summary>
+    void StartBuffer()
+    {
+        var spec = _spec!;
+        Replicate();
+        _current = null;
+        _bufferProgress.Clear();
+        var collection = _s.Collection ?? new RoundSettings(_s.Store, _s.PartyRegion, _s.BlobServer, _s.Transfer, TimeSpan.FromSeconds(3)) { Presence = _s.Presence };
+        // Named per incarnation: a crashed one's name may not be free yet.
+        _bufferActor = Context.ActorOf(UpdateBuffer.Props(new BufferSettings(_jobId, spec, Blob(_specDigest), _state!, _buffer, _s.Algorithms.For(spec),
+            ServerContextFor(spec), collection with { Faults = _s.Faults, Algorithms = _s.Algorithms }) { RetryAfter = _s.BufferRetry }), $"buffer-{_history.Count}");
+        Context.Watch(_bufferActor);
+        Become(Buffering);
+    }
+
+    /// <summary>A buffered schedule that crashed is started again from the ledger, never restarted with the state it was made with.</summary>
+    protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(e =>
+    {
+        if (!Sender.Equals(_bufferActor)) return Directive.Restart;
+        _log.Warning("job {0}: the buffered schedule crashed ({1}); it starts again from the journal", _jobId, e.Message);
+        return Directive.Stop;
+    });
+
+    void Buffering()
+    {
+        Always();
+        Command<Terminated>(t => t.ActorRef.Equals(_bufferActor), _ => StartBuffer());
+        Command<CancelJob>(Cancel);
+        Command<UpdateBuffer.Record>(r => Sender.Equals(_bufferActor), r =>
+        {
+            var buffer = Sender;
+            if (r.Event is RoundCompleted flush)
+            {
+                Complete(flush, () =>
+                {
+                    if (_rounds.Count < _spec!.Rounds && !BudgetExhausted()) buffer.Tell(new UpdateBuffer.Recorded(_history[^1]));
+                    else
+                    {
+                        StopBuffer($"the job has its {_rounds.Count} versions");
+                        WithStateHere(StartEvaluation);
+                    }
+                });
+                return;
+            }
+            Persist(r.Event, e =>
+            {
+                Apply(e);
+                if (e is UpdateBuffered or UpdateDropped) _bufferProgress.Remove(e is UpdateBuffered b ? b.Org : ((UpdateDropped)e).Org);
+                buffer.Tell(new UpdateBuffer.Recorded(e));
+            });
+        });
+        Command<Rounds.PartyProgressed>(p => _bufferProgress[p.Org] = p.Progress.ToString());
+        Command<UpdateBuffer.Stalled>(s =>
+        {
+            StopBuffer(s.Reason);
+            Persist(new JobFailed(s.Reason, DateTime.UtcNow), f => { Apply(f); Finished(); });
+        });
+        IgnoreStaleRounds();
+    }
+
+    void StopBuffer(string reason)
+    {
+        if (_bufferActor is null) return;
+        Context.Unwatch(_bufferActor);
+        _bufferActor.Tell(new UpdateBuffer.Stop(reason));
+        _bufferActor = null;
+        _bufferProgress.Clear();
+    }
+
+    BufferStatus? BufferView() => _spec?.Schedule.Buffered != true || _status != JobState.Running ? null
+        : new BufferStatus(_buffer.Version, _buffer.Pending.Count, _spec.Schedule.Buffer, _buffer.InFlight.Values
+            .Select(d => new BufferedWork(d.UpdateId, d.Org, d.BaseVersion, _bufferProgress.GetValueOrDefault(d.Org))).ToArray());
+
     void Cancel(CancelJob cancel)
     {
         var replyTo = Sender;
@@ -610,7 +713,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         {
             Apply(e);
             Forget();
-            _s.RoundRegion.Tell(new AbortRound(_jobId, _round, _attempt, "the job was cancelled"));
+            if (_bufferActor is not null) StopBuffer("the job was cancelled");
+            else _s.RoundRegion.Tell(new AbortRound(_jobId, _round, _attempt, "the job was cancelled"));
             replyTo.Tell(Status());
             Finished();
         });
@@ -716,6 +820,7 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
         Current = _status == JobState.Running ? _current : null,
         EvaluationProblem = _evaluationProblem,
         EvaluationMissing = _evaluationLeftOut,
+        Buffer = BufferView(),
     };
 
     public static Props Props(string jobId, JobSettings settings) => Akka.Actor.Props.Create(() => new JobActor(jobId, settings));

@@ -37,3 +37,15 @@ public sealed record JobCancelled(DateTime At) : IJobEvent
 {
     public string Reason { get; init; } = CancelJob.ByOperator;
 }
+
+// The buffered schedule (job.schedule = buffered). A flush is a RoundCompleted whose summary carries its FlushReport.
+
+/// <summary>A party was asked to train from global version <see cref="BaseVersion"/>; the update id is its work's round.</summary>
+/// <param name="Exchange">What it was told (downloads, parameters), so a restarted arbiter asks it again the same.</param>
+public sealed record UpdateDispatched(int UpdateId, string Org, int BaseVersion, Exchange Exchange, DateTime At) : IJobEvent;
+
+/// <summary>A dispatched update arrived, was pulled into the store (<see cref="Digest"/>) and waits in the buffer for a flush.</summary>
+public sealed record UpdateBuffered(int UpdateId, string Org, int BaseVersion, string Digest, PartyRoundReport Report, DateTime At) : IJobEvent;
+
+/// <summary>A dispatched or buffered update that will not count: the party failed, dropped out, or its update grew too stale.</summary>
+public sealed record UpdateDropped(int UpdateId, string Org, string Reason, DateTime At) : IJobEvent;

@@ -274,6 +274,16 @@ public static class JobFile
                 TopKFraction = r.Double("compression.topk-fraction"),
                 ErrorFeedback = r.Bool("compression.error-feedback"),
             },
+            Schedule = new ScheduleSpec
+            {
+                Mode = r.Parsed("schedule", ScheduleSpec.ParseMode),
+                Buffer = r.Int("buffered.buffer"),
+                MaxStaleness = r.Int("buffered.max-staleness"),
+                Weighting = r.Parsed("buffered.staleness-weight", ScheduleSpec.ParseWeighting),
+                Exponent = r.Double("buffered.a"),
+                Concurrency = r.Int("buffered.concurrency"),
+                ServerLearningRate = r.String("buffered.server-learning-rate") == "inherit" ? null : r.Double("buffered.server-learning-rate"),
+            },
             Ipr = new IprOptions
             {
                 Enabled = r.Bool("ipr.enabled"),

@@ -59,7 +59,25 @@ public sealed record RoundSummary(int Round, int Attempt, string? GlobalDigest, 
     public int Exchanges { get; init; } = 1;
     /// <summary>What the algorithm's server step reported, by name.</summary>
     public IReadOnlyDictionary<string, double> Metrics { get; init; } = new Dictionary<string, double>();
+    /// <summary>Under a buffered schedule the round is a flush (its number the version it published): what went into it.</summary>
+    public FlushReport? Buffer { get; init; }
 }
+
+/// <summary>One update of a buffered flush: its id, party, the version it trained from, its staleness and weight w(s).</summary>
+public sealed record BufferContribution(int UpdateId, string Org, int BaseVersion, int Staleness, double Weight) : IControlMessage;
+
+/// <param name="Contributions">The updates the flush took, in arrival order (a codec's rejection is in the round's Rejections).</param>
+public sealed record FlushReport(BufferContribution[] Contributions) : IControlMessage
+{
+    /// <summary>Every update id this flush settled: none of them is applied again.</summary>
+    [System.Text.Json.Serialization.JsonIgnore] public IReadOnlySet<int> Settled => Contributions.Select(c => c.UpdateId).ToHashSet();
+}
+
+/// <summary>A buffered job now: the version, how full the buffer is, and each training party's base version and progress.</summary>
+public sealed record BufferStatus(int Version, int Filled, int Size, BufferedWork[] InFlight) : IControlMessage;
+
+/// <param name="Progress">Where its work stands ("step 3/10"), or null before it reported.</param>
+public sealed record BufferedWork(int UpdateId, string Org, int BaseVersion, string? Progress) : IControlMessage;
 
 public sealed record PartyEvaluation(string Org, double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples) : IControlMessage
 {
@@ -86,6 +104,8 @@ public sealed record JobStatus(string JobId, JobState State, int CompletedRounds
     public string? EvaluationProblem { get; init; }
     /// <summary>Parties left out of the final evaluation, each with why.</summary>
     public IReadOnlyDictionary<string, string> EvaluationMissing { get; init; } = new Dictionary<string, string>();
+    /// <summary>Under a buffered schedule while running: the version, the buffer filling and who trains from which version.</summary>
+    public BufferStatus? Buffer { get; init; }
 }
 
 /// <param name="Answers">Party → "ok" or the reason it failed, for the exchange in flight.</param>

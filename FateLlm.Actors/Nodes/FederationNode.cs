@@ -276,6 +276,7 @@ public sealed class FederationNode : IAsyncDisposable
                     // A dataset that maps to a task YAML names that task; the built-in tasks are written once per node.
                     Tasks = new Training.Evaluation.Harness.TaskSources(o.Datasets, o.TaskFolders,
                         Path.Combine(config.GetString("fate-llm.data-dir"), "tasks"), config.GetString("fate-llm.harness.wordnet-dictionary")),
+                    Slowdown = PartySlowdown(config),
                     TrainerBackoffMin = config.GetTimeSpan("fate-llm.party.trainer-backoff-min"),
                     TrainerBackoffMax = config.GetTimeSpan("fate-llm.party.trainer-backoff-max"),
                     IsArbiter = address => cluster.State.Members.Any(m => m.Address == address && m.HasRole(ClusterRoles.Arbiter)),
@@ -313,6 +314,7 @@ public sealed class FederationNode : IAsyncDisposable
                 PassivateAfter = config.GetTimeSpan("fate-llm.job.passivate-after"),
                 WaitForParties = config.GetTimeSpan("fate-llm.job.wait-for-parties"), PresencePoll = config.GetTimeSpan("fate-llm.job.presence-poll"),
                 StartResend = config.GetTimeSpan("fate-llm.job.start-resend"), RoundHostGrace = config.GetTimeSpan("fate-llm.job.round-host-grace"),
+                Collection = roundSettings with { Sharded = false }, BufferRetry = config.GetTimeSpan("fate-llm.job.buffered-retry"),
             };
             job = sharding.Start(JobRegionName, id => JobActor.Props(id, jobSettings),
                 JobRegionSettings(system).WithRole(ClusterRoles.Arbiter).WithRememberEntities(true), new JobMessageExtractor(jobShards));
@@ -327,6 +329,14 @@ public sealed class FederationNode : IAsyncDisposable
             Akka.Cluster.Tools.Client.ClusterClientReceptionist.Get(system).RegisterService(
                 system.ActorOf(JobGateway.Props(job, config.GetTimeSpan("fate-llm.client.list-timeout")), JobGateway.Name));
         return new FederationNode(system, o, store, blobServer, job, round, party, refused) { BlobTransfer = transfer };
+    }
+
+    /// <summary><c>fate-llm.party.slowdown</c>, refused unless a number ≥ 1.</summary>
+    static double PartySlowdown(Config config)
+    {
+        var text = config.GetString("fate-llm.party.slowdown");
+        return double.TryParse(text, global::System.Globalization.NumberStyles.Float, global::System.Globalization.CultureInfo.InvariantCulture, out var f) && f >= 1 && double.IsFinite(f) ? f
+            : throw new ConfigurationException($"fate-llm.party.slowdown = '{text}' must be a number ≥ 1 (how many times slower this party trains)");
     }
 
     /// <summary>

@@ -49,10 +49,26 @@ internal sealed class FitWork : ReceiveActor
     /// <summary>A step of the local round, told from the trainer's thread.</summary>
     sealed record LocalStep(Training.Trainer.TrainProgress Progress);
 
-    /// <summary>Forwards the trainer thread's step reports to this actor (Tell is safe from any thread).</summary>
-    sealed class StepReports(IActorRef work) : IProgress<Training.Trainer.TrainProgress>
+    /// <summary>
+    /// Forwards the trainer thread's step reports to this actor (Tell is safe from any thread). With a slowdown (fault
+    /// injection, <c>fate-llm.party.slowdown</c>) the trainer thread then pauses (factor − 1) times the step's own time:
+    /// the party trains as if on hardware that many times slower.
+    /// </summary>
+    sealed class StepReports(IActorRef work, double slowdown) : IProgress<Training.Trainer.TrainProgress>
     {
-        public void Report(Training.Trainer.TrainProgress value) => work.Tell(new LocalStep(value));
+        TimeSpan _trained, _paused;
+
+        public void Report(Training.Trainer.TrainProgress value)
+        {
+            work.Tell(new LocalStep(value));
+            if (slowdown <= 1) return;
+            var trained = value.Elapsed - _paused; // training time so far, earlier pauses left out
+            var pause = (trained - _trained) * (slowdown - 1);
+            _trained = trained;
+            if (pause <= TimeSpan.Zero) return;
+            Thread.Sleep(pause);
+            _paused += pause;
+        }
     }
 
     WorkProgress _progress = new("fetching", 0, 0, 0);
@@ -141,7 +157,7 @@ internal sealed class FitWork : ReceiveActor
         var instruction = new PartyInstruction(_request.Downloads.ToDictionary(kv => kv.Key, kv => kv.Value.Digest), _request.Parameters);
         Become(Fitting);
         _progress = new WorkProgress("loading", 0, 0, 0); // until the first step: verifying, loading the base, the dev pass
-        _context = _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase) with { Progress = new StepReports(Self) };
+        _context = _s.ContextFor(spec, party!, Id.Round, Id.Attempt, Id.Phase) with { Progress = new StepReports(Self, _s.Slowdown) };
         _trainer.Tell(new RunFit(Id, _context, _request.Exchange, instruction, _files.Downloads, _cancel.Token));
     }
 

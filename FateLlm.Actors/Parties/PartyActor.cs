@@ -14,6 +14,8 @@ public sealed record PartyNodeSettings(string Org, IReadOnlyDictionary<string, s
     TransferSettings Transfer, string TrainingDispatcher, string? ModelsRoot, string WorkspaceRoot)
 {
     public FaultInjection Faults { get; init; } = FaultInjection.None;
+    /// <summary>Fault injection: this node trains as if its hardware were this many times slower (1: as it is).</summary>
+    public double Slowdown { get; init; } = 1.0;
     /// <summary>Where jobs' evaluation tasks are found; null: this node runs none.</summary>
     public Training.Evaluation.Harness.TaskSources? Tasks { get; init; }
     /// <summary>The plug-ins this node runs.</summary>

@@ -29,6 +29,7 @@ public sealed class FederationSerializer(ExtendedActorSystem system) : Serialize
         [typeof(RoundPhaseCompleted)] = "RoundPhaseCompleted.v2",
         [typeof(RoundAttemptFailed)] = nameof(RoundAttemptFailed), [typeof(FinalEvaluationRecorded)] = nameof(FinalEvaluationRecorded),
         [typeof(JobCompleted)] = nameof(JobCompleted), [typeof(JobFailed)] = nameof(JobFailed), [typeof(JobCancelled)] = nameof(JobCancelled),
+        [typeof(UpdateDispatched)] = "UpdateDispatched.v1", [typeof(UpdateBuffered)] = "UpdateBuffered.v1", [typeof(UpdateDropped)] = "UpdateDropped.v1",
     };
     static readonly Dictionary<string, Type> Types = Manifests.ToDictionary(kv => kv.Value, kv => kv.Key);
     // Failed parties report NaN losses (named literals); enums are written by name.

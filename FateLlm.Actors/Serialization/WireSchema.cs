@@ -16,8 +16,11 @@ namespace FateLlm.Actors.Serialization;
 /// </summary>
 public static class WireSchema
 {
-    /// <summary>1.1: jobs carry compression, party LoRA ranks and the rank rule; exchanges may lay out updates per party.</summary>
-    public static readonly WireVersion Version = new(1, 1);
+    /// <summary>
+    /// 1.1: jobs carry compression, party LoRA ranks and the rank rule; exchanges may lay out updates per party.
+    /// 1.2: jobs carry their schedule; a round summary may be a buffered flush, and a job's status shows its buffer.
+    /// </summary>
+    public static readonly WireVersion Version = new(1, 2);
 
     static readonly (Type Type, string Manifest)[] Messages =
     [
@@ -27,6 +30,8 @@ public static class WireSchema
         (typeof(ListJobs), "ListJobs.v1"), (typeof(JobList), "JobList.v1"), (typeof(ListMembers), "ListMembers.v1"), (typeof(MemberList), "MemberList.v1"),
         (typeof(PartyRoundReport), "PartyRoundReport.v1"), (typeof(RoundPrivacy), "RoundPrivacy.v1"), (typeof(RoundSummary), "RoundSummary.v1"),
         (typeof(PartyEvaluation), "PartyEvaluation.v1"), (typeof(RoundInFlight), "RoundInFlight.v1"), (typeof(AttemptFailure), "AttemptFailure.v1"),
+        (typeof(BufferContribution), "BufferContribution.v1"), (typeof(FlushReport), "FlushReport.v1"), (typeof(BufferStatus), "BufferStatus.v1"),
+        (typeof(BufferedWork), "BufferedWork.v1"),
         // Rounds: the job and its round entities (on any arbiter).
         (typeof(StartRound), "StartRound.v1"), (typeof(AbortRound), "AbortRound.v1"), (typeof(RoundProgress), "RoundProgress.v1"),
         (typeof(RoundPartyProgress), "RoundPartyProgress.v1"), (typeof(RoundPartyAnswered), "RoundPartyAnswered.v1"),

@@ -153,6 +153,7 @@ internal static class DemoCommand
         cmd.Subcommands.Add(InferencePrivacyExperimentCommand(t));
         cmd.Subcommands.Add(DpoExperimentCommand(t));
         cmd.Subcommands.Add(CommunicationExperimentCommand(t));
+        cmd.Subcommands.Add(StragglerExperimentCommand(t));
         return cmd;
     }
 
@@ -234,6 +235,22 @@ internal static class DemoCommand
                 CommunicationExperiment.Write(result, s.OutDir);
                 return (CommunicationExperiment.Markdown(result), result.Seconds);
             }, evalOn, part);
+    }
+
+    static Command StragglerExperimentCommand(Terminal t)
+    {
+        var slowdown = Opt("--slowdown", "How many times slower the straggler trains (fate-llm.party.slowdown on its node)", 4.0);
+        var evalOn = Opt("--eval-on", "test | dev: final scores on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
+        return ParadigmExperiment(t, "stragglers",
+            "Synchronous FedAvg against the buffered schedule (FedBuff) with one party slowed and with none: dev loss against wall time, time to sync's final dev loss, final scores",
+            "One seed, 3 rounds, 200 training and 30 test examples per party", 3, (p, s, _) =>
+            {
+                s = s with { EvaluateOn = EvaluateOn(p.GetValue(evalOn)!), FullFineTuningBaseline = false };
+                var factor = p.GetValue(slowdown) >= 1 ? p.GetValue(slowdown) : throw new UsageException("--slowdown must be ≥ 1");
+                var result = new StragglerExperiment(s, line => t.Ansi.WriteLine(line), factor).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
+                StragglerExperiment.Write(result, s.OutDir);
+                return (StragglerExperiment.Markdown(result), result.Seconds);
+            }, slowdown, evalOn);
     }
 
     static Command DpoExperimentCommand(Terminal t)

@@ -3,7 +3,11 @@ using static TorchSharp.torch;
 namespace FateLlm.Training.Aggregation;
 
 /// <summary>One party's contribution to a round: Δ_k = θ_k − θ by tensor name, and the samples it trained on.</summary>
-public sealed record AdapterDelta(string Party, IReadOnlyDictionary<string, Tensor> Tensors, long Samples);
+public sealed record AdapterDelta(string Party, IReadOnlyDictionary<string, Tensor> Tensors, long Samples)
+{
+    /// <summary>A factor on its share beyond the samples (a buffered update's staleness weight w(s) ≤ 1); shares still divide by Σ n.</summary>
+    public double Weight { get; init; } = 1.0;
+}
 
 /// <summary>Raised when an update does not fit the job's adapter spec; names the party and the tensor.</summary>
 public sealed class AggregationException(string message) : Exception(message);
@@ -129,7 +133,7 @@ public sealed class RunningWeightedMean
     {
         AggregationStrategies.Validate(_global, d);
         using var _ = no_grad();
-        foreach (var (name, acc) in _sum) acc.add_(d.Tensors[name], alpha: d.Samples / _total);
+        foreach (var (name, acc) in _sum) acc.add_(d.Tensors[name], alpha: d.Samples * d.Weight / _total);
         Count++;
     }
 

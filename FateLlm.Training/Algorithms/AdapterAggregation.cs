@@ -35,7 +35,7 @@ public static class AdapterAggregation
         // Under DP or secure aggregation the round sees one mean update, to which the server rule applies as to a single party.
         var deltas = result.Mean is { } mean
             ? [new AdapterDelta("mean", mean, 1)]
-            : result.Updates.Select(u => new AdapterDelta(u.Party, (IReadOnlyDictionary<string, Tensor>)u.Parsed!, u.Samples)).ToList();
+            : result.Updates.Select(u => new AdapterDelta(u.Party, (IReadOnlyDictionary<string, Tensor>)u.Parsed!, u.Samples) { Weight = u.Weight }).ToList();
         var outcome = ctx.Spec.Strategy().Aggregate(current, deltas, moments);
         var next = state.With(global, store.Put(SafeTensors.ToBytes(outcome.Global))).With(serverState, store.Put(SafeTensors.ToBytes(outcome.ServerState)));
         return new StepResult(next, Next: null) { Metrics = outcome.Metrics };

@@ -22,6 +22,11 @@ public interface IFederatedAlgorithm
     bool Watermarkable => false;
     /// <summary>Whether parties may train LoRA at ranks of their own (<c>parties[i].peft</c>, <see cref="Peft.LoraRanks"/>).</summary>
     bool HeterogeneousRanks => false;
+    /// <summary>
+    /// Whether it can run on a buffered schedule (<c>job.schedule = buffered</c>): rounds of one exchange whose step takes
+    /// the updates of parties that trained from different versions, each with its <see cref="PartyContribution.Weight"/>.
+    /// </summary>
+    bool Buffered => false;
     /// <summary>Whether its parties run the job's evaluation tasks on the global state in their rounds (<c>evaluation.every</c>).</summary>
     bool EvaluatesInRounds => false;
     IServerAlgorithm Server { get; }
@@ -187,7 +192,14 @@ public sealed record ClientUpdate(byte[] Update, long Samples, IReadOnlyDictiona
 /// <summary>One party's accepted update as the server step sees it.</summary>
 /// <param name="Digest">Its blob in the arbiter's store (empty under secure aggregation, where only the sum is seen).</param>
 /// <param name="Parsed">What the codec parsed while validating (tensor updates: the named tensors), valid during the step.</param>
-public sealed record PartyContribution(string Party, string Digest, long Samples, IReadOnlyDictionary<string, double> Metrics, object? Parsed);
+public sealed record PartyContribution(string Party, string Digest, long Samples, IReadOnlyDictionary<string, double> Metrics, object? Parsed)
+{
+    /// <summary>
+    /// A factor on this update's sample share (a buffered update's staleness weight; 1 in synchronous rounds). The
+    /// framework applies it where it folds the mean; a step that reads <see cref="Parsed"/> applies it itself.
+    /// </summary>
+    public double Weight { get; init; } = 1.0;
+}
 
 /// <summary>
 /// What an exchange produced. In plain rounds without DP: every accepted update. Under secure aggregation or DP the

@@ -9,7 +9,11 @@ using static TorchSharp.torch;
 namespace FateLlm.Training.Algorithms;
 
 /// <summary>A party's update as the round collected it: pulled into the arbiter's store (plain) or kept at the party (secure).</summary>
-public sealed record OfferedUpdate(string Party, string Digest, long Samples, IReadOnlyDictionary<string, double> Metrics);
+public sealed record OfferedUpdate(string Party, string Digest, long Samples, IReadOnlyDictionary<string, double> Metrics)
+{
+    /// <summary>A factor on its sample share (<see cref="PartyContribution.Weight"/>).</summary>
+    public double Weight { get; init; } = 1.0;
+}
 
 /// <summary>What secure aggregation produced for one exchange: the unmasked sum and who is in it.</summary>
 public sealed record SecureSumInput(SecAggSession Session, SecAggResult Result, IReadOnlyList<OfferedUpdate> Offered);
@@ -52,7 +56,8 @@ public static class RoundStep
             }
             var check = algorithm.Codec.Check(new UpdateCheckContext(exchange, u.Party, spec.Validation, own), ctx.Store.Read(u.Digest));
             if (check.Problem is not null) rejected.Add(new Rejection(u.Party, check.Problem));
-            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, plainTensors ? new TensorsOnDisk(ctx.Store.PathOf(u.Digest)) : check.Parsed));
+            else accepted.Add(new PartyContribution(u.Party, u.Digest, u.Samples, u.Metrics, plainTensors ? new TensorsOnDisk(ctx.Store.PathOf(u.Digest)) : check.Parsed)
+                { Weight = u.Weight });
         }
         if (accepted.Count < minAccepted)
             throw new AggregationException($"{accepted.Count} valid updates, {minAccepted} required; rejected: {string.Join("; ", rejected.Select(r => $"{r.Party}: {r.Reason}"))}");
@@ -64,7 +69,7 @@ public static class RoundStep
             foreach (var c in accepted)
             {
                 using var each = NewDisposeScope();
-                mean.Add(new AdapterDelta(c.Party, (IReadOnlyDictionary<string, Tensor>)c.Parsed!, c.Samples));
+                mean.Add(new AdapterDelta(c.Party, (IReadOnlyDictionary<string, Tensor>)c.Parsed!, c.Samples) { Weight = c.Weight });
             }
             // The step sees the mean only, as under secure aggregation.
             result = new ExchangeResult(exchange, phase, accepted.Select(c => c with { Parsed = null }).ToList()) { Mean = mean.Result() };
@@ -72,7 +77,7 @@ public static class RoundStep
         PrivateMean? dp = null;
         if (spec.Dp.Mode == DpMode.Central && layout is not null)
         {
-            var deltas = accepted.Select(c => new AdapterDelta(c.Party, (IReadOnlyDictionary<string, Tensor>)c.Parsed!, c.Samples)).ToList();
+            var deltas = accepted.Select(c => new AdapterDelta(c.Party, (IReadOnlyDictionary<string, Tensor>)c.Parsed!, c.Samples) { Weight = c.Weight }).ToList();
             dp = PrivateAggregation.Central(layout, deltas, Clip(ctx.Store, state, spec.Dp), spec.Dp, exchange.Instructions.Count);
             // Under DP the algorithm sees the noised mean only, never an individual update.
             result = new ExchangeResult(exchange, phase, accepted.Select(c => c with { Digest = "", Parsed = null }).ToList()) { Mean = dp.Mean };

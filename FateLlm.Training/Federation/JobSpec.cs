@@ -45,8 +45,12 @@ public sealed record JobSpec
     public ExportOptions Export { get; init; } = ExportOptions.Always;
     /// <summary>How summable updates travel; fp32 both ways in jobs written before it existed.</summary>
     public Compression.CompressionOptions Compression { get; init; } = FateLlm.Training.Compression.CompressionOptions.Off;
+    /// <summary>Synchronous rounds or buffered asynchronous flushes; sync in jobs written before schedules existed.</summary>
+    public ScheduleSpec Schedule { get; init; } = ScheduleSpec.Synchronous;
 
-    public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation.Algorithm, Aggregation.Server);
+    /// <summary>The server rule; a buffered schedule's own η_g, when it sets one, replaces the aggregation's.</summary>
+    public IAggregationStrategy Strategy() => AggregationStrategies.Create(Aggregation.Algorithm,
+        Schedule is { Buffered: true, ServerLearningRate: { } eta } ? Aggregation.Server with { LearningRate = eta } : Aggregation.Server);
 
     /// <summary>How many parties a round asks: every party, or the sample <see cref="RoundPolicy.Sampling"/> draws.</summary>
     [JsonIgnore] public int CohortSize => Round.Sampling.SizeOf(Parties.Length);

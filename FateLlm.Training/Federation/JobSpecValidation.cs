@@ -79,6 +79,7 @@ public static class JobSpecValidation
         }
         CheckCompression(spec, algorithm, Check);
         CheckRanks(spec, algorithm, Check);
+        CheckSchedule(spec, algorithm, Check);
         try { spec.Ipr.Validate(); } catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
         if (spec.Evaluation.Every > 0 && !algorithm.EvaluatesInRounds)
             Check(false, "evaluation.every", $"cannot apply: algorithm '{algorithm.Name}' runs evaluation tasks only in the final evaluation (homo-peft, offsite and pdss run them in rounds)");
@@ -116,6 +117,33 @@ public static class JobSpecValidation
             if (spec.Parties[i].Peft is { Alpha: { } alpha } own && Math.Abs(alpha / own.R - scaling) > 1e-9 * scaling)
                 check(false, $"parties[{i}].peft.alpha", $"{alpha} gives '{spec.Parties[i].Org}' the scaling α/r = {alpha / own.R:G4}; zero-pad keeps the job's " +
                     $"{spec.Peft.LoraAlpha:G4}/{spec.Peft.LoraR} = {scaling:G4} at every rank, so a component means the same everywhere (alpha = {own.R * scaling:G4}, or leave it out)");
+    }
+
+    static void CheckSchedule(JobSpec spec, IFederatedAlgorithm algorithm, Action<bool, string, string> check)
+    {
+        var b = spec.Schedule;
+        if (!b.Buffered) return;
+        check(algorithm.Buffered, "schedule", $"= buffered cannot apply: algorithm '{algorithm.Name}' runs rounds whose exchanges need one version of the global (homo-peft can run buffered)");
+        var parties = spec.Parties.Length;
+        check(b.Buffer >= 1 && b.Buffer <= parties, "buffered.buffer", $"must be between 1 and the {parties} parties (a party has at most one update per buffer), got {b.Buffer}");
+        check(b.Concurrency >= 0, "buffered.concurrency", $"must be ≥ 0 (0: every party), got {b.Concurrency}");
+        check(b.ConcurrencyFor(parties) >= b.Buffer, "buffered.concurrency",
+            $"{b.ConcurrencyFor(parties)} parties training at once can never fill a buffer of {b.Buffer}: a party waits for the flush after its update");
+        check(b.MaxStaleness >= 0, "buffered.max-staleness", $"must be ≥ 0, got {b.MaxStaleness}");
+        check(b.Exponent >= 0 && double.IsFinite(b.Exponent), "buffered.a", $"must be ≥ 0, got {b.Exponent}");
+        check(b.ServerLearningRate is null or > 0 && double.IsFinite(b.ServerLearningRate ?? 1), "buffered.server-learning-rate", $"must be positive (or inherit), got {b.ServerLearningRate}");
+        check(spec.Strategy().NeedsMeanOnly, "aggregation.algorithm",
+            $"'{spec.Aggregation.Algorithm}' needs every update of one round at once; a buffered flush weighs updates of different versions by staleness (use fedavg, fedavgm, fedadam, fedadagrad or fedyogi)");
+        check(!spec.SecureAggregation.Enabled, "secure-aggregation",
+            "cannot apply under schedule = buffered: SecAgg+ needs its cohort, and the pairwise keys behind every mask, fixed before anyone masks, but a " +
+            "buffer's K members are known only when the K-th update arrives, and each update's staleness weight would have to be applied after unmasking. " +
+            "Fixing the cohort at dispatch makes its members wait for one another — a synchronous round (use schedule = sync for secure aggregation)");
+        check(spec.Dp.Mode != DpMode.Distributed, "dp.mode", "'distributed' needs secure aggregation, which a buffered schedule cannot run (use central)");
+        check(spec.Compression.Down == CompressionScheme.None, "compression.down",
+            "cannot apply under schedule = buffered: the downlink sends a delta against the one global every party holds, and buffered parties hold different versions");
+        check(spec.Aggregation.LoraRanks == LoraRankRule.ZeroPad, "aggregation.lora-ranks", "must be zero-pad under schedule = buffered (svd and stack rebuild the global from one round's factors)");
+        check(spec.Round.Sampling.SamplesAll(parties), "sampling", "does not apply under schedule = buffered: buffered.concurrency says how many parties train at once");
+        check(spec.Evaluation.Every == 0, "evaluation.every", "does not apply under schedule = buffered (parties' fits are not rounds); the final evaluation runs the tasks");
     }
 
     static void CheckCompression(JobSpec spec, IFederatedAlgorithm algorithm, Action<bool, string, string> check)

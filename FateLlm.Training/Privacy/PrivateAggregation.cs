@@ -30,7 +30,8 @@ public static class PrivateAggregation
         {
             var norm = ClientDp.L2Norm(d.Tensors);
             if (norm <= clip) unclipped++;
-            var scale = norm > clip ? clip / norm : 1.0;
+            // A staleness weight ≤ 1 scales the clipped update: the sensitivity stays C.
+            var scale = (norm > clip ? clip / norm : 1.0) * d.Weight;
             foreach (var (name, t) in d.Tensors) sum[name].add_(t.to(ScalarType.Float64), alpha: scale);
         }
         var z = dp.UpdateNoiseMultiplier(expectedParties);

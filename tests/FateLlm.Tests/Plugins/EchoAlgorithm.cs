@@ -10,7 +10,8 @@ namespace FateLlm.Tests.Plugins;
 /// An instant, fully scripted plug-in for actor specs. State: <c>total</c>, a number. Each round holds
 /// <c>exchanges</c> exchanges (its own setting, default 1); in each, every party sends its <c>value</c> (the length of
 /// its organization's name unless a parameter says otherwise) and the arbiter adds them to the total. A spec can hold a
-/// party's fit at a gate, or make it throw, to make "the party is busy" and "the trainer crashes" deterministic.
+/// party's fit at a gate, or make it throw, to make "the party is busy" and "the trainer crashes" deterministic. It can run
+/// buffered: a flush adds each update's value times its staleness weight.
 /// </summary>
 public sealed class EchoAlgorithm : IFederatedAlgorithm
 {
@@ -19,6 +20,7 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
 
     public string Name => AlgorithmName;
     public bool Summable => true;
+    public bool Buffered => true;
     public IServerAlgorithm Server { get; } = new ServerSide();
     public IClientAlgorithm Client { get; } = new ClientSide();
     public IUpdateCodec Codec { get; } = new NumberCodec();
@@ -56,7 +58,8 @@ public sealed class EchoAlgorithm : IFederatedAlgorithm
 
         public StepResult Step(RoundContext ctx, AlgorithmState state, ExchangeResult result)
         {
-            var total = Read(ctx.Store.Read(state.Get(Total))) + result.Updates.Sum(u => (double)u.Parsed!);
+            // Each value counts its weight (a buffered update's staleness weight; 1 in synchronous rounds).
+            var total = Read(ctx.Store.Read(state.Get(Total))) + result.Updates.Sum(u => u.Weight * (double)u.Parsed!);
             var next = state.With(Total, ctx.Store.Put(Write(total)));
             var exchanges = ctx.Spec.Algorithm.Read().GetInt("exchanges");
             return result.Phase < exchanges
