@@ -31,6 +31,8 @@ public sealed record JobView(string JobId, string State, string? Algorithm, int 
 {
     /// <summary>The final evaluation's tasks, document-weighted over the parties that scored them.</summary>
     public TaskScore[] Tasks => [.. TaskScore.Aggregate(FinalEvaluation.SelectMany(e => e.Tasks))];
+    /// <summary>A buffered job while it runs: its version, the buffer filling, who trains from which version.</summary>
+    public BufferStatus? Buffer { get; init; }
 }
 
 /// <param name="SecureAggregation">The secure-aggregation step in flight and who has answered it; null outside one.</param>
@@ -47,7 +49,11 @@ public sealed record SecureStepView(string Step, string[] Waiting, string[] Answ
 /// each party ended it (<see cref="PartyView"/> states done | failed | rejected | dropped, with the reason).
 /// </summary>
 public sealed record RoundPoint(int Round, int Attempt, double Seconds, double? Loss, double? EvalLoss, long Bytes, double? Epsilon,
-    int Parties, int Dropped, int Rejected, string? SecureAggregation, PartyView[] Outcomes);
+    int Parties, int Dropped, int Rejected, string? SecureAggregation, PartyView[] Outcomes)
+{
+    /// <summary>A buffered flush's updates with their staleness and weight (none for a synchronous round).</summary>
+    public BufferContribution[] Buffer { get; init; } = [];
+}
 
 /// <param name="Level">info | warning</param>
 public sealed record EventLine(DateTime At, string Level, string Text);

@@ -172,7 +172,7 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
         var evals = ok.Where(p => p.EvalLoss is { } e && double.IsFinite(e)).Select(p => p.EvalLoss!.Value).ToArray();
         return new RoundPoint(r.Round, r.Attempt, r.Seconds, loss, evals.Length == 0 ? null : evals.Average(),
             r.Parties.Sum(p => p.UploadBytes + p.DownloadBytes), r.Privacy?.Epsilon, ok.Length, r.Parties.Length - ok.Length, r.Rejections.Length,
-            r.SecureAggregation, r.Parties.Select(p => Outcome(p, seen?.GetValueOrDefault(p.Org))).ToArray());
+            r.SecureAggregation, r.Parties.Select(p => Outcome(p, seen?.GetValueOrDefault(p.Org))).ToArray()) { Buffer = r.Buffer?.Contributions ?? [] };
     }
 
     static PartyView Outcome(PartyRoundReport p, PartyView? seen) => p.Succeeded
@@ -190,7 +190,7 @@ public sealed class FederationBoard : ReceiveActor, IWithTimers
             current = new CurrentRoundView(c.Round, c.Attempt, c.Exchange, c.Stage.Name(), parties, _secure.GetValueOrDefault(work));
         }
         return new JobView(s.JobId, s.State.ToString().ToLowerInvariant(), s.Algorithm, s.CompletedRounds, s.TotalRounds, s.Reason, s.Epsilon,
-            current, s.Rounds.Select(r => Point(r, _ended.GetValueOrDefault((s.JobId, r.Round)))).ToArray(), s.FinalEvaluation, s.OutputDir);
+            current, s.Rounds.Select(r => Point(r, _ended.GetValueOrDefault((s.JobId, r.Round)))).ToArray(), s.FinalEvaluation, s.OutputDir) { Buffer = s.Buffer };
     }
 
     void Event(string level, string text)

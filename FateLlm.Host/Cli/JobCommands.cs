@@ -219,6 +219,9 @@ internal static class JobCommands
     internal static string? Progress(JobStatus s)
     {
         if (s.WaitingFor.Length > 0) return $"round {s.CompletedRounds + 1}: waiting for a node of {string.Join(", ", s.WaitingFor)} (its quorum needs them)";
+        if (s.Buffer is { } b)
+            return $"version {b.Version}/{s.TotalRounds}, buffer {b.Filled}/{b.Size}; training: " + (b.InFlight.Length == 0 ? "nobody" :
+                string.Join(", ", b.InFlight.Select(w => $"{w.Org} from version {w.BaseVersion} (staleness {b.Version - w.BaseVersion} so far){(w.Progress is { } at ? $" … {at}" : "")}")));
         if (s.Current is not { } c) return null;
         var answers = c.Asked.Select(o => c.Answers.TryGetValue(o, out var a) ? (a == "ok" ? $"{o} ✓" : $"{o} ✗ ({a})")
             : c.Progress.TryGetValue(o, out var at) ? $"{o} … {at}" : $"{o} …");
@@ -227,7 +230,7 @@ internal static class JobCommands
 
     internal static void PrintRound(Terminal t, RoundSummary r, int total)
     {
-        t.Out.WriteLine($"round {r.Round}/{total} (attempt {r.Attempt}) in {r.Seconds:F1}s {(r.GlobalDigest is { } g ? $" → global {g[..12]}" : "")}{(r.Exchanges > 1 ? $", {r.Exchanges} exchanges" : "")}");
+        t.Out.WriteLine($"{(r.Buffer is null ? $"round {r.Round}/{total} (attempt {r.Attempt})" : $"version {r.Round}/{total}")} in {r.Seconds:F1}s {(r.GlobalDigest is { } g ? $" → global {g[..12]}" : "")}{(r.Exchanges > 1 ? $", {r.Exchanges} exchanges" : "")}");
         foreach (var p in r.Parties)
             t.Out.WriteLine(p.Succeeded
                 ? $"  {p.Org,-12} loss {p.FirstLoss:F4} → {p.LastLoss:F4}  eval {p.EvalLoss?.ToString("F4") ?? "-"}  up {p.UploadBytes:N0} B  down {p.DownloadBytes:N0} B  retransmitted {p.Retransmissions}"
@@ -235,6 +238,8 @@ internal static class JobCommands
         foreach (var task in TaskScore.Aggregate(r.Parties.Where(p => p.Succeeded).SelectMany(p => TaskScore.FromMetrics(p.Metrics))))
             t.Out.WriteLine($"  task {task.Task} on the global state before training: {Figures(task)}  (n = {task.Documents})");
         if (r.SecureAggregation is { } sa) t.Out.WriteLine($"  secure aggregation: {sa}");
+        if (r.Buffer is { } flush)
+            t.Out.WriteLine($"  buffered flush: {string.Join(", ", flush.Contributions.Select(c => $"{c.Org} (update {c.UpdateId} from version {c.BaseVersion}, staleness {c.Staleness}, weight {c.Weight:G3})"))}");
         foreach (var rejection in r.Rejections) t.Out.WriteLine($"  rejected {rejection}");
         if (r.Privacy is { } dp) t.Out.WriteLine($"  privacy: ε = {dp.Epsilon:F3} at δ = {dp.Delta:G3} so far, {dp.RoundEpsilon:F3} for this round alone (z = {dp.NoiseMultiplier:G3}, q = {dp.SamplingRate:G3}, clip {dp.ClipNorm:G4})");
     }
@@ -262,7 +267,8 @@ internal static class JobCommands
 
     static void Print(Terminal t, JobStatus s)
     {
-        t.Out.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} rounds{(s.Reason is null ? "" : ", " + s.Reason)}");
+        var rounds = s.Rounds.Any(r => r.Buffer is not null) || s.Buffer is not null ? "versions" : "rounds";
+        t.Out.WriteLine($"job {s.JobId}: {s.State}, {s.CompletedRounds}/{s.TotalRounds} {rounds}{(s.Reason is null ? "" : ", " + s.Reason)}");
         if (s.Rounds.Length > 0) PrintTable(t, s);
         if (Progress(s) is { } now) t.Out.WriteLine("  now: " + now);
         if (s.Epsilon is { } eps) t.Out.WriteLine($"  differential privacy: (ε = {eps:F3}, δ = {s.Delta:G3})");

@@ -27,8 +27,9 @@ public sealed record StragglerResult(ExperimentSettings Settings, ZooCard Base, 
 /// Stragglers on the paper's WordNet setting: the three parties' LoRA job with one party's training slowed (the
 /// <c>fate-llm.party.slowdown</c> fault injection), synchronous FedAvg against the buffered schedule (FedBuff), with
 /// and without the straggler. Each version's global is scored on the parties' pooled dev set afterwards (dev loss
-/// against wall time); the final adapters on the test set. The buffered job publishes as many versions as it takes to
-/// apply as many updates as the synchronous one (⌈rounds · parties / K⌉).
+/// against wall time); the final adapters on the test set. The buffered job publishes twice the versions that apply as
+/// many updates as the synchronous rounds (2·⌈rounds · parties / K⌉), so that its time to sync's final dev loss can be
+/// read off its curve; its final scores are after all of them.
 /// </summary>
 public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log, double slowdown = 4)
 {
@@ -48,11 +49,16 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
         var datasets = PaperExperiment.Datasets(split);
         var parties = datasets.Keys.Order(StringComparer.Ordinal).ToList();
         var slow = parties[^1];
+        // A party F times slower comes back about F·(P − 1)/K versions late: the bound leaves it room to count (weighted),
+        // where the reference default of 4 refused a 4× straggler's every update in two of three seeds of the first run.
         var schedule = ScheduleSpec.Synchronous with
         {
-            Mode = ScheduleMode.Buffered, Buffer = parties.Count - 1, MaxStaleness = 4, Weighting = StalenessWeighting.Polynomial, Exponent = 0.5, Concurrency = parties.Count,
+            Mode = ScheduleMode.Buffered, Buffer = parties.Count - 1, MaxStaleness = (int)Math.Ceiling(3 * slowdown), Weighting = StalenessWeighting.Polynomial,
+            Exponent = 0.5, Concurrency = parties.Count,
         };
-        var versions = (int)Math.Ceiling(s.Rounds * parties.Count / (double)schedule.Buffer);
+        // Twice the versions that apply as many updates as sync: room to reach sync's final dev loss however late (its time
+        // to that loss is read off the curve, not at the end).
+        var versions = 2 * (int)Math.Ceiling(s.Rounds * parties.Count / (double)schedule.Buffer);
         log($"stragglers: {parties.Count} parties, {slow} {slowdown:G3}× slower; sync {s.Rounds} rounds against buffered K = {schedule.Buffer}, " +
             $"{versions} versions; seeds {string.Join(", ", s.Seeds)}; dev loss on {dev.Count} pooled dev examples, final scores on {test.Count} {(s.EvaluateOn == EvaluationSet.Test ? "test" : "dev")} examples");
         var runs = new List<StragglerRun>();
@@ -131,14 +137,20 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
         return double.NaN;
     }
 
-    /// <summary>Per seed: buffered's time to sync's final dev loss over sync's own time to it (same seed, same straggler setting).</summary>
-    public static IReadOnlyList<(int Seed, double Ratio)> Ratios(StragglerResult r, bool straggler) =>
+    /// <summary>
+    /// Per seed: buffered's time to a dev loss over sync's own time to it (same seed, same straggler setting). The target
+    /// is sync's start minus <paramref name="share"/> of its drop: 1 is sync's final dev loss (the goal's target).
+    /// </summary>
+    public static IReadOnlyList<(int Seed, double Ratio)> Ratios(StragglerResult r, bool straggler, double share = 1) =>
         r.Runs.Where(x => x.Straggler == straggler && !x.Buffered).Select(sync =>
         {
             var buffered = r.Runs.Single(x => x.Straggler == straggler && x.Buffered && x.Seed == sync.Seed);
-            var target = sync.DevLoss[^1];
+            var target = sync.DevLoss[0] - share * (sync.DevLoss[0] - sync.DevLoss[^1]);
             return (sync.Seed, TimeTo(buffered, target) / TimeTo(sync, target));
         }).ToList();
+
+    /// <summary>The second reading: 90 % of sync's dev-loss drop, since its final value sits where the curves flatten and a thousandth decides.</summary>
+    public const double NearShare = 0.9;
 
     public static void Write(StragglerResult r, string outDir)
     {
@@ -154,12 +166,16 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
         }, Markdown(r));
     }
 
+    /// <summary>Median [min, max]; a ratio of a run that never reached its target (NaN) counts as infinitely slow.</summary>
     static string Range(IReadOnlyList<double> xs)
     {
-        var sorted = xs.Order().ToList();
-        var median = sorted.Count == 0 ? double.NaN : sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
-        return $"{median:F2} [{sorted.FirstOrDefault(double.NaN):F2}, {sorted.LastOrDefault(double.NaN):F2}]";
+        var sorted = xs.Select(x => double.IsNaN(x) ? double.PositiveInfinity : x).Order().ToList();
+        if (sorted.Count == 0) return "–";
+        var median = sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+        return $"{F(median)} [{F(sorted[0])}, {F(sorted[^1])}]";
     }
+
+    static string F(double ratio) => double.IsFinite(ratio) ? ratio.ToString("F2", CultureInfo.InvariantCulture) : "never";
 
     public static string Markdown(StragglerResult r)
     {
@@ -169,7 +185,7 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
         sb.AppendLine();
         sb.AppendLine($"3 parties (WordNet domains), LoRA r = 8 (q, v), {s.TrainPerParty} training examples per party, {s.LocalEpochs} local epoch per round or dispatch. " +
             $"Sync: {s.Rounds} rounds. Buffered: K = {r.Buffered.Buffer}, concurrency {r.Buffered.Concurrency}, max staleness {r.Buffered.MaxStaleness}, " +
-            $"w(s) = (1 + s)^−{r.Buffered.Exponent:G3}, {r.Versions} versions (as many updates applied as sync). Straggler: {r.SlowParty} trains {r.Slowdown:G3}× slower " +
+            $"w(s) = (1 + s)^−{r.Buffered.Exponent:G3}, {r.Versions} versions (twice the updates sync applies: its time to sync's final dev loss is read off its curve, its final scores are after all of them). Straggler: {r.SlowParty} trains {r.Slowdown:G3}× slower " +
             $"(fate-llm.party.slowdown: its trainer pauses {r.Slowdown - 1:G3}× each step's time). Seeds {string.Join(", ", s.Seeds)}; each job on a federation of its own " +
             $"in this process; {r.Seconds / 60:F1} min in all. Dev loss: each version's global on the pooled dev set ({s.DevPerParty} per party); final scores on the " +
             $"{(s.EvaluateOn == EvaluationSet.Test ? "all-domain test set" : "pooled dev set")}.");
@@ -186,8 +202,8 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
         sb.AppendLine("Time for buffered to reach the synchronous run's final dev loss, over sync's own time to it (per seed; median [min, max]); final ROUGE-L buffered − sync " +
             "(paired over test examples, each averaged over seeds):");
         sb.AppendLine();
-        sb.AppendLine("| condition | time ratio per seed | median [min, max] | goal | ROUGE-L buffered − sync [95 % CI] | not worse |");
-        sb.AppendLine("|---|---|---|---|---|---|");
+        sb.AppendLine("| condition | time ratio per seed | median [min, max] | goal | to 90 % of sync's drop: per seed, median | ROUGE-L buffered − sync [95 % CI] | not worse |");
+        sb.AppendLine("|---|---|---|---|---|---|---|");
         foreach (var straggler in new[] { true, false })
         {
             var ratios = Ratios(r, straggler);
@@ -195,13 +211,14 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
             var goal = straggler ? StragglerGoal : NoStragglerGoal;
             var values = ratios.Select(x => x.Ratio).ToList();
             var reached = values.All(double.IsFinite);
-            var median = values.Where(double.IsFinite).Order().ToList();
-            var verdict = !reached ? "does not hold: buffered never reached the target in some seed"
-                : values.All(v => v <= goal) ? "holds in every seed" : median[median.Count / 2] <= goal ? "holds on the median only" : "does not hold";
+            var verdict = !reached ? $"does not hold: buffered never reached the target in {values.Count(v => !double.IsFinite(v))} of {values.Count} seeds"
+                : values.All(v => v <= goal) ? "holds in every seed" : values.Order().ElementAt(values.Count / 2) <= goal ? "holds on the median only" : "does not hold";
             var d = Bootstrap.PairedDifference(ExperimentReport.PerExample(r.Runs.Where(x => x.Straggler == straggler && x.Buffered).Select(x => x.Final), x => x.RougeLPerExample),
                 ExperimentReport.PerExample(r.Runs.Where(x => x.Straggler == straggler && !x.Buffered).Select(x => x.Final), x => x.RougeLPerExample));
-            sb.AppendLine($"| {(straggler ? $"{r.SlowParty} {r.Slowdown:G3}× slower" : "no straggler")} | {string.Join(", ", ratios.Select(x => $"seed {x.Seed}: {x.Ratio:F2}"))} | " +
-                $"{Range(values)} | ≤ {goal:G2}: {verdict} | {d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}] | {(d.Low <= 0 && d.High >= 0 || d.Low > 0 ? "yes" : "no")} |");
+            var near = Ratios(r, straggler, NearShare);
+            sb.AppendLine($"| {(straggler ? $"{r.SlowParty} {r.Slowdown:G3}× slower" : "no straggler")} | {string.Join(", ", ratios.Select(x => $"seed {x.Seed}: {F(x.Ratio)}"))} | " +
+                $"{Range(values)} | ≤ {goal:G2}: {verdict} | {string.Join(", ", near.Select(x => F(x.Ratio)))}; median {Range(near.Select(x => x.Ratio).ToList())} | " +
+                $"{d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}] | {(d.Low <= 0 && d.High >= 0 || d.Low > 0 ? "yes" : "no")} |");
         }
         sb.AppendLine();
         sb.AppendLine("![Dev loss against wall time](stragglers-dev-loss.png)");

@@ -46,9 +46,20 @@ function series(rounds, name, pick) {
   return { name, points: rounds.map(r => [r.round, num(pick(r))]).filter(p => p[1] !== null) };
 }
 
+// A buffered job (FedBuff): the version, how full the buffer is, and who trains from which version.
+function buffer(job) {
+  const b = job.buffer;
+  if (!b) return "";
+  const rows = b.inFlight.map(w => `<tr data-party="${esc(w.org)}" data-state="training"><td>${esc(w.org)}</td><td class="num">${w.updateId}</td>` +
+    `<td class="num">${w.baseVersion}</td><td class="num">${b.version - w.baseVersion}</td><td class="mute">${esc(w.progress ?? "")}</td></tr>`).join("");
+  return `<h3>Version ${b.version} <span class="mute">buffered · buffer ${b.filled} / ${b.size}</span></h3>` +
+    `<div class="progress" title="${b.filled} of ${b.size} updates buffered"><div style="width:${Math.round(100 * b.filled / b.size)}%"></div></div>` +
+    `<table class="parties"><thead><tr><th>party</th><th>update</th><th>from version</th><th>staleness so far</th><th>progress</th></tr></thead><tbody>${rows}</tbody></table>`;
+}
+
 function current(job) {
   const c = job.current;
-  if (!c) return "";
+  if (!c) return buffer(job);
   const rows = c.parties.map(p =>
     `<tr data-party="${esc(p.org)}" data-state="${esc(p.state)}"><td>${esc(p.org)}</td><td><span class="badge s-${esc(p.state)}">${esc(p.state)}</span></td>` +
     `<td class="${["rejected", "dropped", "failed"].includes(p.state) ? "reason" : "mute"}">${esc(p.detail)}</td></tr>`).join("");
@@ -65,13 +76,16 @@ function outcomes(r) {
 
 function roundsTable(job) {
   if (!job.rounds.length) return "";
+  const buffered = job.rounds.some(r => (r.buffer ?? []).length);
   const rows = job.rounds.slice().reverse().map(r =>
     `<tr data-round="${r.round}"><td class="num">${r.round}</td><td class="num">${r.attempt}</td><td class="num">${r.seconds.toFixed(1)} s</td>` +
     `<td class="num">${num(r.loss) === null ? "–" : r.loss.toFixed(3)}</td><td class="num">${num(r.evalLoss) === null ? "–" : r.evalLoss.toFixed(3)}</td>` +
     `<td class="num">${bytes(r.bytes)}</td><td>${outcomes(r)}</td><td class="num">${r.rejected}</td>` +
-    `<td class="num">${num(r.epsilon) === null ? "–" : r.epsilon.toFixed(2)}</td><td>${esc(r.secureAggregation ?? "")}</td></tr>`).join("");
-  return `<h3>Rounds</h3><table><thead><tr><th>round</th><th>attempt</th><th>time</th><th>loss</th><th>dev loss</th><th>bytes</th><th>parties</th>` +
-    `<th>rejected updates</th><th>ε</th><th>secure aggregation</th></tr></thead><tbody>${rows}</tbody></table>`;
+    `<td class="num">${num(r.epsilon) === null ? "–" : r.epsilon.toFixed(2)}</td><td>${esc(r.secureAggregation ?? "")}</td>` +
+    (buffered ? `<td>${(r.buffer ?? []).map(c => `<span title="update ${c.updateId} from version ${c.baseVersion}, weight ${c.weight.toFixed(2)}">${esc(c.org)} s=${c.staleness}</span>`).join(" ")}</td>` : "") +
+    `</tr>`).join("");
+  return `<h3>${buffered ? "Versions" : "Rounds"}</h3><table><thead><tr><th>${buffered ? "version" : "round"}</th><th>attempt</th><th>time</th><th>loss</th><th>dev loss</th><th>bytes</th><th>parties</th>` +
+    `<th>rejected updates</th><th>ε</th><th>secure aggregation</th>${buffered ? "<th>staleness</th>" : ""}</tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function evaluation(job) {
