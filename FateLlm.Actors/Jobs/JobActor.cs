@@ -680,7 +680,8 @@ public sealed class JobActor : ReceivePersistentActor, IWithTimers
             Persist(r.Event, e =>
             {
                 Apply(e);
-                if (e is UpdateBuffered or UpdateDropped) _bufferProgress.Remove(e is UpdateBuffered b ? b.Org : ((UpdateDropped)e).Org);
+                // A settled party's progress line goes; its next work reports its own.
+                if (e switch { UpdateBuffered b => b.Org, UpdateDropped x => x.Org, _ => null } is { } settled) _bufferProgress.Remove(settled);
                 buffer.Tell(new UpdateBuffer.Recorded(e));
             });
         });

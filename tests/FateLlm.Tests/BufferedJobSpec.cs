@@ -49,6 +49,17 @@ public sealed class BufferedJobSpec : TestKit
             Collection = new RoundSettings(_arbiterStore, _parties.Ref, _arbiterBlobs, TransferSettings.Default, TimeSpan.FromSeconds(30)) { Algorithms = ActorSpecs.Algorithms },
         }));
 
+    IActorRef Submitted(JobSpec spec, FaultInjection? faults = null)
+    {
+        var job = Job(spec, faults);
+        job.Tell(new SubmitJob(spec.JobId, spec));
+        ExpectMsg<JobAccepted>(Wait);
+        return job;
+    }
+
+    /// <summary>The echo plug-in's exported total.</summary>
+    static double Total(JobSpec spec) => EchoAlgorithm.Read(File.ReadAllBytes(Path.Combine(spec.OutputDir, "total.txt")));
+
     JobStatus Status(IActorRef job)
     {
         job.Tell(new GetJobStatus("x"));
@@ -94,15 +105,13 @@ public sealed class BufferedJobSpec : TestKit
     public void A_buffered_job_publishes_its_versions_then_evaluates_and_exports_with_every_update_applied_once()
     {
         var spec = Job("buffered");
-        var job = Job(spec);
-        job.Tell(new SubmitJob(spec.JobId, spec));
-        ExpectMsg<JobAccepted>(Wait);
-        var status = RunToEnd(job);
+        var status = RunToEnd(Submitted(spec));
         Assert.Equal([1, 2, 3], status.Rounds.Select(r => r.Round));
         Assert.All(status.Rounds, r => Assert.Equal(2, r.Buffer!.Contributions.Length));
         Assert.Null(status.Buffer); // shown while running only
-        var total = double.Parse(File.ReadAllText(Path.Combine(spec.OutputDir, "total.txt")), System.Globalization.CultureInfo.InvariantCulture);
-        AssertEachUpdateAppliedOnce(status, total);
+        // The board's chart points carry each flush's staleness.
+        Assert.Equal(status.Rounds[1].Buffer!.Contributions, FateLlm.Actors.Board.FederationBoard.Point(status.Rounds[1]).Buffer);
+        AssertEachUpdateAppliedOnce(status, Total(spec));
         _rounds.ExpectNoMsg(TimeSpan.FromMilliseconds(100)); // no synchronous round was ever started
     }
 
@@ -111,17 +120,11 @@ public sealed class BufferedJobSpec : TestKit
     {
         var spec = Job("buffered-crash");
         // The arbiter crashes right after version 1 is journaled, before the buffer hears of it.
-        var job = Job(spec, new FaultInjection([new FaultPoint(FaultPoints.JobRoundCompleted, "", 1, 0, FaultAction.Throw, 1)]));
         JobStatus status = null!;
         EventFilter.Exception<InjectedFaultException>().ExpectOne(TimeSpan.FromSeconds(30), () =>
-        {
-            job.Tell(new SubmitJob(spec.JobId, spec));
-            ExpectMsg<JobAccepted>(Wait);
-            status = RunToEnd(job);
-        });
+            status = RunToEnd(Submitted(spec, new FaultInjection([new FaultPoint(FaultPoints.JobRoundCompleted, "", 1, 0, FaultAction.Throw, 1)]))));
         Assert.Equal([1, 2, 3], status.Rounds.Select(r => r.Round));
-        var total = double.Parse(File.ReadAllText(Path.Combine(spec.OutputDir, "total.txt")), System.Globalization.CultureInfo.InvariantCulture);
-        AssertEachUpdateAppliedOnce(status, total);
+        AssertEachUpdateAppliedOnce(status, Total(spec));
         // The journal holds one dispatch per update id across both incarnations: work in flight was asked again, not anew.
         var dispatched = File.ReadAllLines(Path.Combine(spec.OutputDir, "events.jsonl"))
             .Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!).Where(n => (string?)n["type"] == nameof(UpdateDispatched))
@@ -134,13 +137,15 @@ public sealed class BufferedJobSpec : TestKit
     public void Cancelling_a_buffered_job_stops_every_partys_work_and_answers_cancelled()
     {
         var spec = Job("buffered-cancel");
-        var job = Job(spec);
-        job.Tell(new SubmitJob(spec.JobId, spec));
-        ExpectMsg<JobAccepted>(Wait);
+        var job = Submitted(spec);
         var asked = Enumerable.Range(0, 3).Select(_ => _parties.FishForMessage<WorkRequest>(_ => true, Wait)).ToList();
         AwaitAssert(() => Assert.Equal(3, Status(job).Buffer!.InFlight.Length), Wait);
-        var buffer = Status(job).Buffer!;
+        var running = Status(job);
+        var buffer = running.Buffer!;
         Assert.Equal((0, 0, 2), (buffer.Version, buffer.Filled, buffer.Size));
+        // What `job status` prints while it runs.
+        Assert.StartsWith("version 0/3, buffer 0/2; training: ", FateLlm.Host.Cli.JobCommands.Progress(running));
+        Assert.Contains("food from version 0 (staleness 0 so far)", FateLlm.Host.Cli.JobCommands.Progress(running));
         job.Tell(new CancelJob(spec.JobId));
         Assert.Equal(JobState.Cancelled, ExpectMsg<JobStatus>(Wait).State);
         var cancelled = Enumerable.Range(0, 3).Select(_ => _parties.FishForMessage<CancelWork>(_ => true, Wait).Id).OrderBy(i => i.Round);

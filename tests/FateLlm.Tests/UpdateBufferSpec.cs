@@ -6,6 +6,7 @@ using FateLlm.Actors.Parties;
 using FateLlm.Actors.Rounds;
 using FateLlm.Actors.Transfer;
 using FateLlm.Tests.Plugins;
+using FateLlm.Training.Aggregation;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Federation;
 using FateLlm.Training.IO;
@@ -128,6 +129,22 @@ public sealed class UpdateBufferSpec : TestKit
         Assert.Throws<ArgumentOutOfRangeException>(() => schedule.Weight(-1));
         Assert.Null(schedule.Refusal(4, 0, 4));
         Assert.Equal("stale: trained from version 1, the global is at version 6 (staleness 5 > schedule.buffered.max-staleness 4)", schedule.Refusal(5, 1, 6));
+    }
+
+    [Fact]
+    public void Staleness_weights_scale_each_updates_sample_share_in_the_folded_mean_and_each_clipped_update_under_central_dp()
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var layout = new Dictionary<string, TorchSharp.torch.Tensor> { ["w"] = TorchSharp.torch.zeros(2) };
+        var fresh = new AdapterDelta("a", new Dictionary<string, TorchSharp.torch.Tensor> { ["w"] = TorchSharp.torch.tensor(new float[] { 2, 0 }) }, 3);
+        var stale = new AdapterDelta("b", new Dictionary<string, TorchSharp.torch.Tensor> { ["w"] = TorchSharp.torch.tensor(new float[] { 0, 0.5f }) }, 1) { Weight = 0.5 };
+        // Σ (n_i / Σ n)·w_i·Δ_i: the stale update's share is halved, the shares still divide by Σ n (FedBuff's 1/K, sample-weighted).
+        var mean = AggregationStrategies.WeightedMean(layout, [fresh, stale]);
+        Assert.Equal(new float[] { 1.5f, 0.0625f }, mean["w"].data<float>().ToArray());
+        // Central DP: each update clipped to C = 1, then scaled by its weight (the sum still moves by at most C per party), ÷ the K expected.
+        var dp = new DpOptions { Mode = DpMode.Central, ClipNorm = 1, NoiseMultiplier = 0 };
+        var noised = PrivateAggregation.Central(layout, [fresh, stale], clip: 1, dp, expectedParties: 2);
+        Assert.Equal(new float[] { 0.5f, 0.125f }, noised.Mean["w"].data<float>().ToArray());
     }
 
     [Fact]
