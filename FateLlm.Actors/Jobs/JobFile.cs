@@ -200,6 +200,16 @@ public static class JobFile
                 Threads = r.Int("local.threads"),
                 DevLimit = r.Int("local.dev-limit"),
                 CheckpointEvery = r.Int("local.checkpoint-every"),
+                DpSgd = new DpSgdOptions
+                {
+                    Enabled = r.Bool("local.dp-sgd.enabled"),
+                    NoiseMultiplier = r.Double("local.dp-sgd.noise-multiplier"),
+                    TargetEpsilon = r.String("local.dp-sgd.target-epsilon") is "none" or "off" ? null : r.Double("local.dp-sgd.target-epsilon"),
+                    ClipNorm = r.Double("local.dp-sgd.clip-norm"),
+                    Delta = r.Double("local.dp-sgd.delta"),
+                    Microbatch = r.Int("local.dp-sgd.microbatch"),
+                } is var dpSgd && r.String("local.dp-sgd.sampling") == "poisson" ? dpSgd
+                    : throw new JobSpecException($"{r.Field("local.dp-sgd.sampling")} = '{r.String("local.dp-sgd.sampling")}': only poisson sampling is accounted for (the RDP accountant's sampled Gaussian mechanism)"),
             },
             Aggregation = new AggregationSpec(r.String("aggregation.algorithm"), new ServerOptimizerOptions
             {

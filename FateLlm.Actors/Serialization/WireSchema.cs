@@ -18,7 +18,7 @@ public static class WireSchema
 {
     /// <summary>
     /// 1.1: jobs carry compression, party LoRA ranks and the rank rule; exchanges may lay out updates per party.
-    /// 1.2: jobs carry their schedule; a round summary may be a buffered flush, and a job's status shows its buffer.
+    /// 1.2: jobs carry their schedule and local DP-SGD; a round summary may be a buffered flush, and a job's status shows its buffer.
     /// </summary>
     public static readonly WireVersion Version = new(1, 2);
 

@@ -7,6 +7,7 @@ using FateLlm.Training.Data;
 using FateLlm.Training.Evaluation;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
+using FateLlm.Training.Privacy;
 using FateLlm.Training.Tokenization;
 using FateLlm.Training.Trainer;
 using static FateLlm.Host.Cli.CliApp;
@@ -42,11 +43,17 @@ internal static class TrainingCommands
         var seed = Opt("--seed", "Seed for init, data order and dropout", d.GetLong("seed"));
         var resume = Opt("--resume", "Continue from the latest epoch checkpoint in --out", false);
         var evalLimit = Opt("--eval-limit", "Evaluate on at most N dev examples (0 = all)", 0);
+        var dpSgd = Opt("--dp-sgd", "Example-level DP-SGD: Poisson batches of rate --batch-size / examples, each example's gradient clipped, Gaussian noise", false);
+        var dpNoise = Opt("--dp-noise-multiplier", "DP-SGD's σ (noise std = σ × --dp-clip-norm)", d.GetDouble("local.dp-sgd.noise-multiplier"));
+        var dpTarget = new Option<double?>("--dp-target-epsilon") { Description = "Solve σ so that the run spends this ε at --dp-delta (instead of --dp-noise-multiplier)" };
+        var dpClip = Opt("--dp-clip-norm", "DP-SGD's per-example clip norm C", d.GetDouble("local.dp-sgd.clip-norm"));
+        var dpDelta = Opt("--dp-delta", "DP-SGD's δ", d.GetDouble("local.dp-sgd.delta"));
         var outDir = Required<string>("--out", "Output adapter folder (PEFT layout; checkpoints/ inside)");
         var dataSet = new DataOptionSet();
         var runtime = new RuntimeOptionSet();
         Option[] options = [model, data, evalData, peft, loraR, loraAlpha, loraDropout, loraTargets, virtualTokens, prefixProjection, baseDtype,
-            epochs, maxSteps, lr, batch, accum, warmup, schedule, weightDecay, clip, seed, resume, evalLimit, outDir, .. dataSet.All, .. runtime.All];
+            epochs, maxSteps, lr, batch, accum, warmup, schedule, weightDecay, clip, seed, resume, evalLimit, dpSgd, dpNoise, dpTarget, dpClip, dpDelta, outDir,
+            .. dataSet.All, .. runtime.All];
         return new Command("train", "Fine-tune a model locally with LoRA, P-Tuning v2 or full fine-tuning").With(p =>
         {
             var device = runtime.Apply(p);
@@ -68,13 +75,25 @@ internal static class TrainingCommands
                 CheckpointDir = Path.Combine(p.GetValue(outDir)!, "checkpoints"), Resume = p.GetValue(resume), Device = device,
             };
             if (trainOptions.MaxSteps is <= 0) throw new UsageException("--max-steps must be positive");
+            DpSgdOptions? privacy = null;
+            if (p.GetValue(dpSgd))
+            {
+                privacy = DpSgdOptions.Off with
+                {
+                    Enabled = true, NoiseMultiplier = p.GetValue(dpNoise), TargetEpsilon = p.GetValue(dpTarget), ClipNorm = p.GetValue(dpClip), Delta = p.GetValue(dpDelta),
+                };
+                try { privacy.Validate(); }
+                catch (ArgumentException e) { throw new UsageException($"--dp-sgd: {e.Message}"); }
+                if (trainOptions.GradientAccumulation != 1 || trainOptions.Resume)
+                    throw new UsageException("--dp-sgd cannot run with --grad-accum > 1 or --resume (a DP-SGD run is one Poisson-sampled pass, not resumed mid-way)");
+            }
             RunTrain(t, p.GetValue(model)!, p.GetValue(data)!, p.GetValue(evalData), peftConfig, trainOptions, dataOptions,
-                p.GetValue(evalLimit), p.GetValue(outDir)!, device);
+                p.GetValue(evalLimit), p.GetValue(outDir)!, device, privacy);
         }, options);
     }
 
     static void RunTrain(Terminal t, string modelDir, string dataPath, string? evalPath, PeftConfig peft, TrainOptions train, DataOptions dataOptions,
-        int evalLimit, string outDir, TorchSharp.torch.Device device)
+        int evalLimit, string outDir, TorchSharp.torch.Device device, DpSgdOptions? privacy = null)
     {
         // Read and validate all inputs before any work, so a bad line costs nothing.
         var examples = InstructionData.ReadJsonl(dataPath, dataOptions);
@@ -88,6 +107,16 @@ internal static class TrainingCommands
         double? before = devTokens is null ? null : run.Loss(devTokens, train.BatchSize);
         if (before is double b) t.Out.WriteLine($"eval loss before: {b:F4} (ppl {Math.Exp(b):F2})");
         Directory.CreateDirectory(outDir);
+        DpSgdSpent? spent = null;
+        if (privacy is not null)
+        {
+            var q = DpSgd.SamplingRate(train.BatchSize, tokenized.Count);
+            var steps = train.MaxSteps ?? train.Epochs * DpSgd.StepsPerEpoch(q);
+            var sigma = privacy.TargetEpsilon is { } target ? DpSgd.NoiseFor(target, q, steps, privacy.Delta) : privacy.NoiseMultiplier;
+            spent = new DpSgdSpent(q, sigma, steps, DpSgd.Epsilon(q, sigma, steps, privacy.Delta), privacy.Delta);
+            train = train with { Private = new PrivateTraining(sigma, privacy.ClipNorm, q) };
+            t.Out.WriteLine($"DP-SGD: {steps} Poisson batches at q = {q:G3}, σ = {sigma:G4}, C = {privacy.ClipNorm:G4}: ε = {spent.Epsilon:F3} at δ = {privacy.Delta:G3}");
+        }
         TrainResult result;
         using (var progress = TrainingProgress.Create(t))
             result = run.Train(tokenized, train, progress);
@@ -99,6 +128,7 @@ internal static class TrainingCommands
             ["method"] = PeftConfig.MethodName(peft.Method), ["trainable_parameters"] = spec.Parameters, ["update_bytes"] = spec.Bytes,
             ["steps"] = result.Steps, ["first_loss"] = result.FirstLoss, ["last_loss"] = result.LastLoss, ["tokens_per_second"] = result.TokensPerSecond,
             ["eval_loss_before"] = before,
+            ["dp_sgd"] = spent,
         };
         if (dev != null)
         {

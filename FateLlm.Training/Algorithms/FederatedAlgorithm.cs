@@ -27,6 +27,8 @@ public interface IFederatedAlgorithm
     /// the updates of parties that trained from different versions, each with its <see cref="PartyContribution.Weight"/>.
     /// </summary>
     bool Buffered => false;
+    /// <summary>Whether its parties train through <see cref="FederatedComputation.LocalRound"/>, so <c>local.dp-sgd</c> applies to them.</summary>
+    bool ExampleLevelDp => false;
     /// <summary>Whether its parties run the job's evaluation tasks on the global state in their rounds (<c>evaluation.every</c>).</summary>
     bool EvaluatesInRounds => false;
     IServerAlgorithm Server { get; }
@@ -184,6 +186,8 @@ public sealed record ClientUpdate(byte[] Update, long Samples, IReadOnlyDictiona
             [SecondsPrefix + "eval"] = r.EvalSeconds, [SecondsPrefix + "train"] = r.TrainSeconds,
         };
         if (r.EvalLoss is { } e) metrics[EvalLoss] = e;
+        if (r.Privacy is { } dp)
+            (metrics["dpsgd.epsilon"], metrics["dpsgd.noise-multiplier"], metrics["dpsgd.sampling-rate"], metrics["dpsgd.steps"]) = (dp.Epsilon, dp.NoiseMultiplier, dp.SamplingRate, dp.Steps);
         foreach (var (k, v) in TaskScore.ToMetrics(r.Tasks)) metrics[k] = v;
         return new ClientUpdate(r.Delta, r.Samples, metrics);
     }

@@ -9,6 +9,7 @@ using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Runtime;
 using FateLlm.Training.Tokenization;
+using FateLlm.Training.Privacy;
 using FateLlm.Training.Trainer;
 using static TorchSharp.torch;
 
@@ -99,8 +100,10 @@ public static class FederatedComputation
         PartyWatermark? watermark = null, ClientContext? party = null)
     {
         var local = spec.Local;
-        var examples = InstructionData.ReadJsonl(trainData, spec.Data);
-        var checkpoints = CheckpointFolder(spec, party, round, globalAdapter);
+        var examples = run.Tokenize(InstructionData.ReadJsonl(trainData, spec.Data), spec.Data);
+        // DP-SGD's round: σ (solved for the job's target ε, or as given) and the party's ε with this round, refused past the target.
+        var dp = local.DpSgd.Enabled ? DpSgdLedger.Plan(spec, party?.Workspace, party?.Party ?? "local", round, BlobStore.Digest(globalAdapter), examples.Count) : null;
+        var checkpoints = dp is null ? CheckpointFolder(spec, party, round, globalAdapter) : null;
         var result = DeltaRound(spec, run, globalAdapter, evalData, party, ct, global =>
         {
             var options = new TrainOptions
@@ -108,14 +111,15 @@ public static class FederatedComputation
                 Epochs = local.Epochs, MaxSteps = local.Steps > 0 ? local.Steps : null, BatchSize = local.BatchSize, LearningRate = local.LearningRate,
                 WarmupRatio = local.WarmupRatio, Schedule = local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, round),
                 ProximalMu = local.FedProxMu, ProximalReference = local.FedProxMu > 0 ? global : null,
-                CheckpointDir = checkpoints, CheckpointEvery = local.CheckpointEvery, Resume = checkpoints is not null,
+                CheckpointDir = checkpoints, CheckpointEvery = local.CheckpointEvery, Resume = checkpoints is not null, Private = dp?.Step,
             };
             if (watermark is not null) options = watermark.Apply(options, run, spec);
-            var trained = run.Train(run.Tokenize(examples, spec.Data), options, party?.Progress, ct);
+            var trained = run.Train(examples, options, party?.Progress, ct);
             return (trained.Samples, trained.Steps, trained.FirstLoss, trained.LastLoss);
         });
         DeleteCheckpoints(checkpoints);
-        return result;
+        // Under DP-SGD only the noised update leaves the party: its losses on its own examples stay home.
+        return dp is null ? result : result with { Privacy = dp.Spent, FirstLoss = double.NaN, LastLoss = double.NaN, EvalLoss = null };
     }
 
     /// <summary>

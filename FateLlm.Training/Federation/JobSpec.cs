@@ -105,6 +105,8 @@ public sealed record LocalTraining
     public int DevLimit { get; init; }
     /// <summary>&gt; 0: a party checkpoints its local round every this many steps and resumes from it after a crash.</summary>
     public int CheckpointEvery { get; init; }
+    /// <summary>Example-level DP in every party's local training; off in jobs written before it existed.</summary>
+    public Privacy.DpSgdOptions DpSgd { get; init; } = Privacy.DpSgdOptions.Off;
 }
 
 public sealed record AggregationSpec(string Algorithm, ServerOptimizerOptions Server)
@@ -209,6 +211,8 @@ public sealed record LocalRoundResult(byte[] Delta, long Samples, int Steps, dou
     public double TrainSeconds { get; init; }
     /// <summary>The job's evaluation tasks on the global state, in the rounds <c>evaluation.every</c> names.</summary>
     public IReadOnlyList<TaskScore> Tasks { get; init; } = [];
+    /// <summary>Under <c>local.dp-sgd</c>: the party's example-level ε after this round, and the mechanism behind it.</summary>
+    public Privacy.DpSgdSpent? Privacy { get; init; }
 }
 
 public sealed record EvaluationResult(double Loss, double Perplexity, double? Rouge1, double? Rouge2, double? RougeL, double? Bleu4, int Samples)

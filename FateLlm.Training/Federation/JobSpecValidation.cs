@@ -40,6 +40,7 @@ public static class JobSpecValidation
         Check(local.LearningRate > 0 && double.IsFinite(local.LearningRate), "local.learning-rate", $"must be a positive number, got {local.LearningRate}");
         Check(local.WarmupRatio is >= 0 and < 1, "local.warmup-ratio", $"must be in [0, 1), got {local.WarmupRatio}");
         Check(local.FedProxMu >= 0 && double.IsFinite(local.FedProxMu), "local.fedprox-mu", $"must be ≥ 0, got {local.FedProxMu}");
+        try { local.DpSgd.Validate(); } catch (ArgumentException e) { Check(false, "local.dp-sgd", e.Message); }
         var peft = spec.Peft;
         Check(peft.LoraR >= 1, "peft.r", $"must be ≥ 1, got {peft.LoraR}");
         Check(peft.LoraAlpha > 0 && double.IsFinite(peft.LoraAlpha), "peft.alpha", $"must be a positive number, got {peft.LoraAlpha}");
@@ -80,6 +81,12 @@ public static class JobSpecValidation
         CheckCompression(spec, algorithm, Check);
         CheckRanks(spec, algorithm, Check);
         CheckSchedule(spec, algorithm, Check);
+        if (local.DpSgd.Enabled)
+        {
+            Check(algorithm.ExampleLevelDp, "local.dp-sgd", $"cannot apply: algorithm '{algorithm.Name}' does not train its parties through the local round DP-SGD runs in (homo-peft does)");
+            Check(local.FedProxMu == 0, "local.fedprox-mu", "must be 0 under local.dp-sgd: the proximal term's gradient is not clipped per example");
+            Check(!spec.Ipr.Enabled, "ipr", "cannot apply under local.dp-sgd: the watermark's trigger examples and hinge step are not clipped per example");
+        }
         try { spec.Ipr.Validate(); } catch (JobSpecException e) { throw new JobSpecException($"{origin}: {e.Message}"); }
         if (spec.Evaluation.Every > 0 && !algorithm.EvaluatesInRounds)
             Check(false, "evaluation.every", $"cannot apply: algorithm '{algorithm.Name}' runs evaluation tasks only in the final evaluation (homo-peft, offsite and pdss run them in rounds)");

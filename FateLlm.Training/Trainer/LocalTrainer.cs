@@ -44,6 +44,8 @@ public sealed record TrainOptions
     /// <summary>Examples cycled into every batch, <see cref="MixInPerBatch"/> at a time (trigger examples); not counted as samples.</summary>
     public IReadOnlyList<TokenizedExample>? MixIn { get; init; }
     public int MixInPerBatch { get; init; } = 1;
+    /// <summary>Example-level DP-SGD (<see cref="Privacy.DpSgd"/>) instead of plain batches; σ already solved.</summary>
+    public PrivateTraining? Private { get; init; }
 
     public static LrSchedule ParseSchedule(string s) => s.ToLowerInvariant() switch
     {
@@ -53,6 +55,9 @@ public sealed record TrainOptions
         _ => throw new ArgumentException($"unknown schedule '{s}' (constant, linear, cosine)"),
     };
 }
+
+/// <summary>DP-SGD's step: Poisson batches at <paramref name="SamplingRate"/>, each example's gradient clipped to <paramref name="ClipNorm"/>, N(0, (σC)²) added.</summary>
+public sealed record PrivateTraining(double NoiseMultiplier, double ClipNorm, double SamplingRate);
 
 public sealed record TrainProgress(int Step, int TotalSteps, int Epoch, double Loss, double LearningRate, double TokensPerSecond, TimeSpan Elapsed)
 {
@@ -76,6 +81,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
     public TrainResult Train(IReadOnlyList<TokenizedExample> data, IProgress<TrainProgress>? progress = null, CancellationToken ct = default)
     {
         if (data.Count == 0) throw new ArgumentException("no training examples");
+        if (options.Private is { } dp) return TrainPrivately(data, dp, progress, ct);
         var o = options;
         var all = PeftModel.TrainableParameters(model);
         var trainable = all.Where(p => o.OwnUpdate?.Contains(p.Name) != true).ToList();
@@ -165,6 +171,60 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         {
             ResumedAtStep = resumed?.State.Step,
         };
+    }
+
+    /// <summary>
+    /// DP-SGD: every step a Poisson sample of the examples, one backward pass per example clipped to C, noise N(0, (σC)²)
+    /// on the sum, divided by the expected batch q·N, then the optimizer's step (post-processing). Sampling, dropout and
+    /// noise are seeded per step. Not with FedProx, trigger mix-ins or gradient accumulation (each would add terms whose
+    /// sensitivity the clip does not bound), and a run is not resumed mid-way: a restarted round trains again from its start.
+    /// </summary>
+    TrainResult TrainPrivately(IReadOnlyList<TokenizedExample> data, PrivateTraining dp, IProgress<TrainProgress>? progress, CancellationToken ct)
+    {
+        var o = options;
+        if (o.ProximalMu > 0 || o.MixIn is { Count: > 0 } || o.GradientAccumulation != 1)
+            throw new InvalidOperationException("DP-SGD cannot run with FedProx, FedIPR trigger examples or gradient accumulation: their terms are not clipped per example");
+        var trainable = PeftModel.TrainableParameters(model).Where(p => o.OwnUpdate?.Contains(p.Name) != true).ToList();
+        if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (apply a PEFT method first)");
+        var totalSteps = o.MaxSteps ?? Privacy.DpSgd.StepsPerEpoch(dp.SamplingRate) * o.Epochs;
+        var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
+        var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
+        var expected = dp.SamplingRate * data.Count;
+        using (var scope = NewDisposeScope()) trainable.Select(p => p.Param.sum()).Aggregate((a, b) => a + b).mul(0).backward(); // every grad allocated
+        model.train();
+        var sw = Stopwatch.StartNew();
+        double first = double.NaN, last = double.NaN, sum = 0;
+        int counted = 0, samples = 0;
+        long tokens = 0;
+        for (int step = 0; step < totalSteps; step++)
+        {
+            ct.ThrowIfCancellationRequested();
+            var stepSeed = o.Seed * 1_000_003 + step;
+            var batch = Privacy.DpSgd.PoissonSample(data.Count, dp.SamplingRate, new Random((int)(stepSeed % int.MaxValue))).Select(i => data[i]).ToList();
+            model.Randomness.manual_seed(stepSeed);
+            var lr = o.LearningRate * LrFactor(o.Schedule, step, warmup, totalSteps);
+            using (var scope = NewDisposeScope())
+            {
+                var (clipped, _, loss) = Privacy.DpSgd.ClippedSum(model, batch, trainable, dp.ClipNorm, padId, o.Device);
+                Privacy.DpSgd.AddNoise(clipped, dp.NoiseMultiplier * dp.ClipNorm, stepSeed);
+                using (no_grad())
+                    foreach (var (name, p) in trainable) p.grad!.copy_(clipped[name].div(expected));
+                foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+                optimizer.step();
+                optimizer.zero_grad();
+                if (batch.Count > 0)
+                {
+                    if (double.IsNaN(first)) first = loss;
+                    (last, sum, counted) = (loss, sum + loss, counted + 1);
+                }
+            }
+            o.AfterStep?.Invoke();
+            samples += batch.Count;
+            tokens += batch.Sum(e => (long)e.InputIds.Length);
+            progress?.Report(new TrainProgress(step + 1, totalSteps, 0, last, lr, tokens / Math.Max(1e-9, sw.Elapsed.TotalSeconds), sw.Elapsed));
+        }
+        model.eval();
+        return new TrainResult(totalSteps, first, last, counted > 0 ? sum / counted : double.NaN, tokens, samples, sw.Elapsed, 0);
     }
 
     static Tensor ProximalTerm(IReadOnlyList<(string Name, Parameter Param)> trainable, IReadOnlyDictionary<string, Tensor> reference, double mu)

@@ -31,6 +31,7 @@ public sealed class HomoPeftAlgorithm : IFederatedAlgorithm
     public bool Watermarkable => true;
     public bool HeterogeneousRanks => true;
     public bool Buffered => true;
+    public bool ExampleLevelDp => true;
     public IServerAlgorithm Server { get; } = new ServerSide();
     public IClientAlgorithm Client { get; } = new ClientSide();
     public IUpdateCodec Codec { get; } = new TensorUpdateCodec();
