@@ -190,7 +190,13 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
         var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
         var expected = dp.SamplingRate * data.Count;
-        using (var scope = NewDisposeScope()) trainable.Select(p => p.Param.sum()).Aggregate((a, b) => a + b).mul(0).backward(); // every grad allocated
+        // Every grad allocated (a zero backward), so a step whose Poisson batch is empty still has grads to take the noise.
+        void AllocateGrads()
+        {
+            using var scope = NewDisposeScope();
+            trainable.Select(p => p.Param.sum()).Aggregate((a, b) => a + b).mul(0).backward();
+        }
+        AllocateGrads();
         model.train();
         var sw = Stopwatch.StartNew();
         double first = double.NaN, last = double.NaN, sum = 0;
@@ -207,6 +213,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
             {
                 var (clipped, _, loss) = Privacy.DpSgd.ClippedSum(model, batch, trainable, dp.ClipNorm, padId, o.Device);
                 Privacy.DpSgd.AddNoise(clipped, dp.NoiseMultiplier * dp.ClipNorm, stepSeed);
+                if (trainable.Any(p => p.Param.grad is null)) AllocateGrads();
                 using (no_grad())
                     foreach (var (name, p) in trainable) p.grad!.copy_(clipped[name].div(expected));
                 foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
