@@ -1,6 +1,7 @@
 using FateLlm.Actors.Jobs;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Data;
+using FateLlm.Training.Metrics;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
@@ -165,5 +166,28 @@ public sealed class DpSgdSpec
             Assert.All(fits, m => Assert.True(double.IsNaN(m[ClientUpdate.FirstLoss]) && !m.ContainsKey(ClientUpdate.EvalLoss)));
         }
         Assert.True(File.Exists(Path.Combine(result.OutputDir, "adapter", "adapter_model.safetensors")));
+    }
+
+    [Fact]
+    public void The_loss_threshold_attacks_auc_is_mann_whitney_with_ties_halved_and_its_advantage_the_best_threshold()
+    {
+        // scikit-learn's roc_auc_score example: y = [0, 0, 1, 1], scores [0.1, 0.4, 0.35, 0.8] → 0.75; a member's score is −loss.
+        Assert.Equal(0.75, MembershipInference.LossThresholdAuc([-0.35, -0.8], [-0.1, -0.4]), 12);
+        Assert.Equal(1.0, MembershipInference.LossThresholdAuc([1, 2], [3, 4]));
+        Assert.Equal(0.0, MembershipInference.LossThresholdAuc([3, 4], [1, 2]));
+        Assert.Equal(0.5, MembershipInference.LossThresholdAuc([2, 2], [2, 2]));
+        Assert.Equal(0.875, MembershipInference.LossThresholdAuc([1, 2], [2, 3]), 12); // three of four pairs ordered, one tie
+        Assert.Equal(0.5, MembershipInference.Advantage([1, 2], [2, 3]), 12); // t = 1: TPR 1/2, FPR 0
+        Assert.Throws<ArgumentException>(() => MembershipInference.LossThresholdAuc([], [1]));
+    }
+
+    [Fact]
+    public void A_synthetic_example_reproduces_a_training_one_when_their_longest_common_substring_covers_half_of_it()
+    {
+        Assert.Equal(4, Verbatim.LongestCommonSubstring("xabcdy", "zabcdw"));
+        Assert.Equal(0, Verbatim.LongestCommonSubstring("", "abc"));
+        Assert.True(Verbatim.Reproduces("the gloss: a small domesticated feline", "a small domesticated feline animal"));
+        Assert.False(Verbatim.Reproduces("a small cat", "a small domesticated feline animal"));
+        Assert.Equal(0.5, Verbatim.Rate(["copy of the training text here", "something new"], ["the training text here"]), 12);
     }
 }

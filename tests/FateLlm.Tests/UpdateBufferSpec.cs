@@ -319,6 +319,9 @@ public sealed class UpdateBufferSpec : TestKit
         Assert.Contains("job.aggregation.lora-ranks must be zero-pad", Refused("aggregation.lora-ranks = svd"));
         Assert.Contains("job.sampling does not apply under schedule = buffered", Refused("sampling.count = 2"));
         Assert.Contains("job.schedule = buffered cannot apply: algorithm 'fedkseed'", Refused("algorithm = fedkseed"));
+        // The example job stays valid.
+        var example = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "buffered.conf")));
+        Assert.Equal((ScheduleMode.Buffered, 2, 3), (example.Schedule.Mode, example.Schedule.Buffer, example.Schedule.Concurrency));
         // Central DP runs per flush; int8 up compression with error feedback is the party's own business.
         Assert.Equal(DpMode.Central, Parse(Minimal + "schedule = buffered, compression.up = int8, dp { mode = central, noise-multiplier = 1.0 } }").Dp.Mode);
     }
