@@ -240,6 +240,7 @@ internal static class DemoCommand
     static Command StragglerExperimentCommand(Terminal t)
     {
         var slowdown = Opt("--slowdown", "How many times slower the straggler trains (fate-llm.party.slowdown on its node)", 4.0);
+        var buffer = new Option<int?>("--buffer") { Description = "K, updates per buffered flush (default: parties − 1)" };
         var evalOn = Opt("--eval-on", "test | dev: final scores on the all-domain test set, or on the parties' pooled dev sets (for tuning)", "test");
         return ParadigmExperiment(t, "stragglers",
             "Synchronous FedAvg against the buffered schedule (FedBuff) with one party slowed and with none: dev loss against wall time, time to sync's final dev loss, final scores",
@@ -247,10 +248,11 @@ internal static class DemoCommand
             {
                 s = s with { EvaluateOn = EvaluateOn(p.GetValue(evalOn)!), FullFineTuningBaseline = false };
                 var factor = p.GetValue(slowdown) >= 1 ? p.GetValue(slowdown) : throw new UsageException("--slowdown must be ≥ 1");
-                var result = new StragglerExperiment(s, line => t.Ansi.WriteLine(line), factor).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
+                if (p.GetValue(buffer) is < 1) throw new UsageException("--buffer must be ≥ 1");
+                var result = new StragglerExperiment(s, line => t.Ansi.WriteLine(line), factor, p.GetValue(buffer)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
                 StragglerExperiment.Write(result, s.OutDir);
                 return (StragglerExperiment.Markdown(result), result.Seconds);
-            }, slowdown, evalOn);
+            }, slowdown, buffer, evalOn);
     }
 
     static Command DpoExperimentCommand(Terminal t)

@@ -31,7 +31,8 @@ public sealed record StragglerResult(ExperimentSettings Settings, ZooCard Base, 
 /// many updates as the synchronous rounds (2·⌈rounds · parties / K⌉), so that its time to sync's final dev loss can be
 /// read off its curve; its final scores are after all of them.
 /// </summary>
-public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log, double slowdown = 4)
+/// <param name="buffer">K of the buffered runs; null: parties − 1.</param>
+public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log, double slowdown = 4, int? buffer = null)
 {
     public const string Sync = "sync", Buffered = "buffered";
     /// <summary>The goals: buffered reaches sync's final dev loss in ≤ 0.5× its wall time with a straggler, ≤ 1.1× without.</summary>
@@ -53,9 +54,10 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
         // where the reference default of 4 refused a 4× straggler's every update in two of three seeds of the first run.
         var schedule = ScheduleSpec.Synchronous with
         {
-            Mode = ScheduleMode.Buffered, Buffer = parties.Count - 1, MaxStaleness = (int)Math.Ceiling(3 * slowdown), Weighting = StalenessWeighting.Polynomial,
+            Mode = ScheduleMode.Buffered, Buffer = buffer ?? parties.Count - 1, MaxStaleness = (int)Math.Ceiling(3 * slowdown), Weighting = StalenessWeighting.Polynomial,
             Exponent = 0.5, Concurrency = parties.Count,
         };
+        if (schedule.Buffer < 1 || schedule.Buffer > parties.Count) throw new ArgumentException($"--buffer must be between 1 and the {parties.Count} parties, got {schedule.Buffer}");
         // Twice the versions that apply as many updates as sync: room to reach sync's final dev loss however late (its time
         // to that loss is read off the curve, not at the end).
         var versions = 2 * (int)Math.Ceiling(s.Rounds * parties.Count / (double)schedule.Buffer);
