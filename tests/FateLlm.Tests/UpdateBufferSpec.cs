@@ -53,13 +53,14 @@ public sealed class UpdateBufferSpec : TestKit
         };
     }
 
-    IActorRef Buffer(JobSpec spec, BufferLedger? ledger = null, double total = 100)
+    /// <param name="state">The plug-in's state (the echo plug-in's total of 100 unless given).</param>
+    IActorRef Buffer(JobSpec spec, BufferLedger? ledger = null, AlgorithmState? state = null, string modelPath = "-")
     {
         var specDigest = _arbiterStore.Put(spec.ToJson());
-        var state = AlgorithmState.Of((EchoAlgorithm.Total, _arbiterStore.Put(EchoAlgorithm.Write(total))));
+        state ??= AlgorithmState.Of((EchoAlgorithm.Total, _arbiterStore.Put(EchoAlgorithm.Write(100))));
         var algorithm = ActorSpecs.Algorithms.For(spec);
         var settings = new BufferSettings(spec.JobId, spec, new BlobLocation(specDigest, _arbiterStore.Size(specDigest), _arbiterBlobs), state, ledger ?? BufferLedger.Empty,
-            algorithm, new ServerContext(spec, _arbiterStore, "-", _ => { }),
+            algorithm, new ServerContext(spec, _arbiterStore, modelPath, _ => { }),
             new RoundSettings(_arbiterStore, _parties.Ref, _arbiterBlobs, TransferSettings.Default, Resend) { Presence = _presence, AbsentGrace = TimeSpan.FromSeconds(5), Algorithms = ActorSpecs.Algorithms })
         {
             RetryAfter = Retry,
@@ -106,12 +107,13 @@ public sealed class UpdateBufferSpec : TestKit
     Dictionary<string, (UpdateDispatched Dispatch, WorkRequest Request, IActorRef Collector)> Dispatched(int count) =>
         Enumerable.Range(0, count).Select(_ => Dispatched()).ToDictionary(x => x.Dispatch.Org);
 
-    void Answer((UpdateDispatched Dispatch, WorkRequest Request, IActorRef Collector) work, double value)
+    void Answer((UpdateDispatched Dispatch, WorkRequest Request, IActorRef Collector) work, double value) => Answer(work, EchoAlgorithm.Write(value));
+
+    void Answer((UpdateDispatched Dispatch, WorkRequest Request, IActorRef Collector) work, byte[] bytes)
     {
-        var bytes = EchoAlgorithm.Write(value);
         var digest = _partyStore.Put(bytes);
         work.Collector.Tell(new UpdateReady(work.Request.Org, work.Request.Id, new BlobLocation(digest, bytes.Length, _partyBlobs), 1,
-            new Dictionary<string, double> { [ClientUpdate.FirstLoss] = value, [ClientUpdate.LastLoss] = value }, 0.1, 7));
+            new Dictionary<string, double> { [ClientUpdate.FirstLoss] = 1, [ClientUpdate.LastLoss] = 1 }, 0.1, 7));
     }
 
     double Total(RoundCompleted flush) => EchoAlgorithm.Read(_arbiterStore.Read(flush.State.Get(EchoAlgorithm.Total)));
@@ -178,6 +180,34 @@ public sealed class UpdateBufferSpec : TestKit
         Assert.Equal(2, v2.Summary.Round);
         Assert.Equal([("artifact", 0, 1), ("food", 1, 0)], v2.Summary.Buffer!.Contributions.Select(c => (c.Org, c.BaseVersion, c.Staleness)));
         Assert.Equal(103 + 4 / Math.Sqrt(2) + 8, Total(v2), 9);
+    }
+
+    [Fact]
+    public void Under_central_dp_a_homo_peft_flush_clips_and_noises_its_updates_and_is_charged_as_one_step_over_every_party()
+    {
+        var g = FederationFixture.Prepare();
+        var spec = Job("dp", buffer: 2) with { Algorithm = new AlgorithmSpec(Training.Algorithms.HomoPeft.HomoPeftAlgorithm.AlgorithmName, new Dictionary<string, string>()) };
+        spec = spec with { ModelPath = g.Model, Dp = spec.Dp with { Mode = DpMode.Central, NoiseMultiplier = 1.0, ClipNorm = 0.01 } };
+        var prepared = ActorSpecs.Algorithms.For(spec).Server.Prepare(new ServerContext(spec, _arbiterStore, g.Model, _ => { }));
+        Buffer(prepared.Spec, state: prepared.Initial, modelPath: g.Model);
+        var work = Dispatched(3);
+        byte[] Delta(float value)
+        {
+            using var scope = TorchSharp.torch.NewDisposeScope();
+            var global = SafeTensors.FromBytes(_arbiterStore.Read(prepared.Initial.Get(AlgorithmState.Global)), "global");
+            return SafeTensors.ToBytes(global.ToDictionary(kv => kv.Key, kv => TorchSharp.torch.full_like(kv.Value, value)));
+        }
+        Answer(work["animal"], Delta(1e-3f));
+        Journal<UpdateBuffered>();
+        Answer(work["food"], Delta(-1e-3f));
+        Journal<UpdateBuffered>();
+        var flush = Journal<RoundCompleted>();
+        // Each update was clipped to C = 0.01 and noised (z = 1) on the sum of two: one Gaussian step over every party.
+        Assert.Equal(new RoundPrivacy(1.0, 1.0, 0.01, double.NaN, spec.Dp.Delta), flush.Summary.Privacy);
+        Assert.Equal(0.01, flush.Summary.Metrics["dp.clip"]);
+        Assert.Equal(0.01, flush.Summary.Metrics["dp.noise_std"], 12);
+        Assert.Equal(2, flush.Summary.Metrics["dp.contributors"]);
+        Assert.NotEqual(prepared.Initial.Get(AlgorithmState.Global), flush.State.Get(AlgorithmState.Global));
     }
 
     [Fact]
