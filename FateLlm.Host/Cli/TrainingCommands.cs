@@ -111,8 +111,8 @@ internal static class TrainingCommands
         if (privacy is not null)
         {
             var q = DpSgd.SamplingRate(train.BatchSize, tokenized.Count);
-            var steps = train.MaxSteps ?? train.Epochs * DpSgd.StepsPerEpoch(q);
-            var sigma = privacy.TargetEpsilon is { } target ? DpSgd.NoiseFor(target, q, steps, privacy.Delta) : privacy.NoiseMultiplier;
+            var steps = DpSgd.Steps(train.MaxSteps, train.Epochs, q);
+            var sigma = DpSgd.NoiseMultiplierFor(privacy, q, steps);
             spent = new DpSgdSpent(q, sigma, steps, DpSgd.Epsilon(q, sigma, steps, privacy.Delta), privacy.Delta);
             train = train with { Private = new PrivateTraining(sigma, privacy.ClipNorm, q) };
             t.Out.WriteLine($"DP-SGD: {steps} Poisson batches at q = {q:G3}, σ = {sigma:G4}, C = {privacy.ClipNorm:G4}: ε = {spent.Epsilon:F3} at δ = {privacy.Delta:G3}");

@@ -1,4 +1,3 @@
-using System.Text.Json.Serialization;
 using FateLlm.Training.Data;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
@@ -39,8 +38,6 @@ public sealed record DpSgdOptions
         if (Microbatch != 1)
             throw new ArgumentException($"microbatch = {Microbatch} would clip the summed gradient of {Microbatch} examples together, which bounds a group's influence, not an example's: only 1 gives example-level DP");
     }
-
-    [JsonIgnore] public bool Solves => Enabled && TargetEpsilon is not null;
 }
 
 /// <summary>One party's example-level privacy after its local training: the mechanism's parameters and ε so far.</summary>
@@ -63,6 +60,13 @@ public static class DpSgd
 
     /// <summary>Steps of one epoch at rate q (the expected number of Poisson batches that cover the data once).</summary>
     public static int StepsPerEpoch(double q) => Math.Max(1, (int)Math.Round(1 / q));
+
+    /// <summary>Optimizer steps of a run at rate q: <paramref name="maxSteps"/> when set, else each epoch's expected batches.</summary>
+    public static int Steps(int? maxSteps, int epochs, double q) => maxSteps ?? epochs * StepsPerEpoch(q);
+
+    /// <summary>σ for <paramref name="steps"/> steps at rate q: the one given, or the one solved for the target ε.</summary>
+    public static double NoiseMultiplierFor(DpSgdOptions o, double q, int steps) =>
+        o.TargetEpsilon is { } target ? NoiseFor(target, q, steps, o.Delta) : o.NoiseMultiplier;
 
     /// <summary>ε at <paramref name="delta"/> after <paramref name="steps"/> sampled Gaussian steps (RDP, Balle et al. 2020's conversion).</summary>
     public static double Epsilon(double q, double sigma, int steps, double delta)
@@ -150,9 +154,9 @@ public static class DpSgdLedger
         var o = spec.Local.DpSgd;
         var local = spec.Local;
         var q = DpSgd.SamplingRate(local.BatchSize, examples);
-        var steps = local.Steps > 0 ? local.Steps : local.Epochs * DpSgd.StepsPerEpoch(q);
+        var steps = DpSgd.Steps(local.Steps > 0 ? local.Steps : null, local.Epochs, q);
         // The target is for the whole job: σ so that every round's steps together reach it, no sooner.
-        var sigma = o.TargetEpsilon is { } target ? DpSgd.NoiseFor(target, q, steps * spec.Rounds, o.Delta) : o.NoiseMultiplier;
+        var sigma = DpSgd.NoiseMultiplierFor(o, q, steps * spec.Rounds);
         var path = workspace is null ? null : Path.Combine(workspace, File);
         var entries = path is not null && System.IO.File.Exists(path)
             ? System.Text.Json.JsonSerializer.Deserialize<List<Entry>>(System.IO.File.ReadAllText(path)) ?? [] : [];

@@ -186,7 +186,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
             throw new InvalidOperationException("DP-SGD cannot run with FedProx, FedIPR trigger examples or gradient accumulation: their terms are not clipped per example");
         var trainable = PeftModel.TrainableParameters(model).Where(p => o.OwnUpdate?.Contains(p.Name) != true).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (apply a PEFT method first)");
-        var totalSteps = o.MaxSteps ?? Privacy.DpSgd.StepsPerEpoch(dp.SamplingRate) * o.Epochs;
+        var totalSteps = Privacy.DpSgd.Steps(o.MaxSteps, o.Epochs, dp.SamplingRate);
         var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
         var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
         var expected = dp.SamplingRate * data.Count;
