@@ -104,7 +104,8 @@ public static class FederatedComputation
         // DP-SGD's round: σ (solved for the job's target ε, or as given) and the party's ε with this round, refused past the target.
         var dp = local.DpSgd.Enabled ? DpSgdLedger.Plan(spec, party?.Workspace, party?.Party ?? "local", round, BlobStore.Digest(globalAdapter), examples.Count) : null;
         var checkpoints = dp is null ? CheckpointFolder(spec, party, round, globalAdapter) : null;
-        var result = DeltaRound(spec, run, globalAdapter, evalData, party, ct, global =>
+        // Under DP-SGD only the noised update leaves the party: its losses on its own examples stay home, so no dev pass runs.
+        var result = DeltaRound(spec, run, globalAdapter, dp is null ? evalData : null, party, ct, global =>
         {
             var options = new TrainOptions
             {
@@ -118,8 +119,7 @@ public static class FederatedComputation
             return (trained.Samples, trained.Steps, trained.FirstLoss, trained.LastLoss);
         });
         DeleteCheckpoints(checkpoints);
-        // Under DP-SGD only the noised update leaves the party: its losses on its own examples stay home.
-        return dp is null ? result : result with { Privacy = dp.Spent, FirstLoss = double.NaN, LastLoss = double.NaN, EvalLoss = null };
+        return dp is null ? result : result with { Privacy = dp.Spent, FirstLoss = double.NaN, LastLoss = double.NaN };
     }
 
     /// <summary>
