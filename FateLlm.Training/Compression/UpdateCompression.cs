@@ -157,9 +157,7 @@ public static class ErrorFeedback
         signature.CopyTo(bytes, 16);
         MemoryMarshal.AsBytes(started).CopyTo(bytes.AsSpan(HeaderBytes));
         MemoryMarshal.AsBytes(left).CopyTo(bytes.AsSpan(HeaderBytes + 4 * started.Length));
-        var tmp = $"{path}.{Guid.NewGuid():N}.tmp"; // two fits of one job (a superseded one still finishing) never share it
-        File.WriteAllBytes(tmp, bytes);
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.WriteAllBytes(path, bytes); // two fits of one job (a superseded one still finishing) never share a temporary
     }
 
     /// <summary>Where a party keeps the residual of one exchange of a job.</summary>

@@ -169,9 +169,7 @@ public static class DpSgdLedger
         if (path is not null)
         {
             Directory.CreateDirectory(workspace!);
-            var temporary = path + "." + Guid.NewGuid().ToString("N")[..8];
-            System.IO.File.WriteAllText(temporary, System.Text.Json.JsonSerializer.Serialize(entries));
-            System.IO.File.Move(temporary, path, overwrite: true);
+            IO.AtomicFile.WriteAllText(path, System.Text.Json.JsonSerializer.Serialize(entries));
         }
         return new DpSgdRound(new Trainer.PrivateTraining(sigma, o.ClipNorm, q), new DpSgdSpent(q, sigma, steps, after, o.Delta));
     }
