@@ -170,6 +170,8 @@ public static class JobFile
         // `secure-aggregation = on` replaces the defaults' block in the merge; its other settings then come from the defaults.
         var shorthand = !c.GetValue("secure-aggregation").IsObject();
         var sa = shorthand ? new Reader(Defaults, origin) : r;
+        if (r.String("local.dp-sgd.sampling") is var dpSampling && dpSampling != "poisson")
+            throw new JobSpecException($"{r.Field("local.dp-sgd.sampling")} = '{dpSampling}': only poisson sampling is accounted for (the RDP accountant's sampled Gaussian mechanism)");
         var spec = new JobSpec
         {
             JobId = jobId,
@@ -208,8 +210,7 @@ public static class JobFile
                     ClipNorm = r.Double("local.dp-sgd.clip-norm"),
                     Delta = r.Double("local.dp-sgd.delta"),
                     Microbatch = r.Int("local.dp-sgd.microbatch"),
-                } is var dpSgd && r.String("local.dp-sgd.sampling") == "poisson" ? dpSgd
-                    : throw new JobSpecException($"{r.Field("local.dp-sgd.sampling")} = '{r.String("local.dp-sgd.sampling")}': only poisson sampling is accounted for (the RDP accountant's sampled Gaussian mechanism)"),
+                },
             },
             Aggregation = new AggregationSpec(r.String("aggregation.algorithm"), new ServerOptimizerOptions
             {
