@@ -78,8 +78,9 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
                     if (await fed.SubmitAsync(spec) is JobRejected r) throw new InvalidOperationException($"job {id} rejected: {r.Reason}");
                     var status = await fed.WaitAsync(id, TimeSpan.FromHours(2), progress: progress);
                     if (status.State != JobState.Completed) throw new InvalidOperationException($"{setting} seed {seed}: {status.State}: {status.Reason}");
-                    var seconds = Published(status.OutputDir!, submitted);
-                    var losses = DevLosses(spec, basePath, fed, status, dev);
+                    var events = Events(status.OutputDir!);
+                    var seconds = Published(events, submitted);
+                    var losses = DevLosses(spec, basePath, fed, status, dev, events);
                     var final = paper.Evaluate(basePath, Path.Combine(status.OutputDir!, "adapter"), test);
                     var staleness = status.Rounds.SelectMany(x => x.Buffer?.Contributions ?? []).Select(c => (double)c.Staleness).DefaultIfEmpty(0).Average();
                     var run = new StragglerRun(setting, seed, straggler, buffered, seconds, losses, seconds[^1], new RunResult("lora", setting, seed, final, seconds[^1]), staleness);
@@ -104,16 +105,17 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
         return fed;
     }
 
-    static IEnumerable<JsonNode> Events(string outputDir) => File.ReadLines(Path.Combine(outputDir, "events.jsonl")).Select(l => JsonNode.Parse(l)!);
+    /// <summary>The job's event record (events.jsonl), each line as JSON.</summary>
+    static List<JsonNode> Events(string outputDir) => File.ReadLines(Path.Combine(outputDir, "events.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
 
     /// <summary>Seconds from submission to each RoundCompleted in the job's event record (a flush under the buffered schedule).</summary>
-    static double[] Published(string outputDir, DateTime submitted) =>
-        Events(outputDir).Where(n => (string?)n["type"] == nameof(RoundCompleted))
+    static double[] Published(IEnumerable<JsonNode> events, DateTime submitted) =>
+        events.Where(n => (string?)n["type"] == nameof(RoundCompleted))
             .Select(n => (DateTime.Parse((string)n["event"]!["At"]!, CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal) - submitted).TotalSeconds)
             .ToArray();
 
     /// <summary>The pooled dev loss of the initial adapter and of each version's global, read back from the arbiter's store.</summary>
-    static double[] DevLosses(JobSpec spec, string basePath, LocalFederation fed, JobStatus status, List<Example> dev)
+    static double[] DevLosses(JobSpec spec, string basePath, LocalFederation fed, JobStatus status, List<Example> dev, IEnumerable<JsonNode> events)
     {
         using var run = FederatedComputation.Open(spec, basePath);
         double Loss(string digest)
@@ -121,7 +123,7 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
             run.LoadTrainable(fed.Arbiter.Store.Read(digest), "global adapter");
             return run.Evaluate(dev, spec.Data, new EvalOptions { Generate = false, BatchSize = 32 }).Loss;
         }
-        var initial = (string)Events(status.OutputDir!).First(n => (string?)n["type"] == nameof(JobSubmitted))["event"]!["Initial"]!["Artifacts"]![Training.Algorithms.AlgorithmState.Global]!;
+        var initial = (string)events.First(n => (string?)n["type"] == nameof(JobSubmitted))["event"]!["Initial"]!["Artifacts"]![Training.Algorithms.AlgorithmState.Global]!;
         return status.Rounds.Select(r => r.GlobalDigest ?? throw new InvalidOperationException($"version {r.Round} has no global")).Prepend(initial).Select(Loss).ToArray();
     }
 
