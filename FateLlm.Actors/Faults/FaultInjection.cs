@@ -19,13 +19,15 @@ public static class FaultPoints
     public const string RoundCollected = "round.collected", RoundStepped = "round.stepped";
     public const string PartyFit = "party.fit", PartyShare = "party.share", PartyMask = "party.mask", PartyUnmask = "party.unmask",
         PartyEvaluate = "party.evaluate";
+    /// <summary>A party's update is stored and about to be offered: a crash here dies during its upload.</summary>
+    public const string PartyOffer = "party.offer";
     /// <summary>Storing a fetched blob fails (an I/O error at the move into the store).</summary>
     public const string TransferCommit = "transfer.commit";
 
     public static readonly IReadOnlyList<string> All =
     [
         JobPrepared, JobRoundStarted, JobRoundCompleted, JobEvaluating, JobExporting, RoundCollected, RoundStepped,
-        PartyFit, PartyShare, PartyMask, PartyUnmask, PartyEvaluate, TransferCommit,
+        PartyFit, PartyOffer, PartyShare, PartyMask, PartyUnmask, PartyEvaluate, TransferCommit,
     ];
 
     /// <summary>The point of a party's secure-aggregation step.</summary>

@@ -195,6 +195,7 @@ internal sealed class FitWork : ReceiveActor
 
     void Offer(OfferPrepared p)
     {
+        if (_s.Faults.Trip(FaultPoints.PartyOffer, Context, Org, Id.Round, Id.Phase, Id.JobId)) return;
         var d = p.Fit;
         var u = d.Update with { Metrics = new Dictionary<string, double>(d.Update.Metrics) { [ClientUpdate.SecondsPrefix + "download"] = _files.DownloadSeconds } };
         if (p.Digest is null)

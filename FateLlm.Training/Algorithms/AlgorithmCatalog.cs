@@ -19,7 +19,8 @@ public sealed class AlgorithmCatalog
         .With(new CoLlm.FedCoLlmAlgorithm())
         .With(new Mkt.FedMktAlgorithm())
         .With(new Pdss.PdssAlgorithm())
-        .With(new Dpo.DpoAlgorithm());
+        .With(new Dpo.DpoAlgorithm())
+        .With(new Fdkt.FdktAlgorithm());
 
     readonly IReadOnlyDictionary<string, IFederatedAlgorithm> _algorithms;
 

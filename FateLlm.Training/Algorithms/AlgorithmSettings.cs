@@ -16,15 +16,18 @@ public sealed class AlgorithmSettings(string algorithm, IReadOnlyDictionary<stri
 
     string Field(string key) => $"job.algorithm.{key}";
 
-    T Read<T>(string key, string type, Func<string, (bool Ok, T Value)> parse)
+    T Read<T>(string key, string type, Func<string, (bool Ok, T Value)> parse, bool trim = true)
     {
         if (!values.TryGetValue(key, out var raw))
             throw new JobSpecException($"{Field(key)} is not set, and reference.conf's fate-llm.algorithms.{algorithm} gives it no default");
-        var (ok, value) = parse(raw.Trim());
+        // An empty HOCON list reaches here as no text at all.
+        raw ??= "";
+        var (ok, value) = parse(trim ? raw.Trim() : raw);
         return ok ? value : throw new JobSpecException($"{Field(key)} = '{raw}' is not {type} (algorithm '{algorithm}')");
     }
 
-    public string GetString(string key) => Read(key, "a string", s => (true, s));
+    /// <summary>The text exactly as the job file wrote it (a separator such as <c>" => "</c> keeps its spaces).</summary>
+    public string GetString(string key) => Read(key, "a string", s => (true, s), trim: false);
 
     /// <summary>A key that has no default (per-party entries): its value, or null when the job does not set it.</summary>
     public string? Find(string key) => values.TryGetValue(key, out var v) ? v : null;
@@ -42,6 +45,7 @@ public sealed class AlgorithmSettings(string algorithm, IReadOnlyDictionary<stri
 
     public IReadOnlyList<string> GetStringList(string key) => Read(key, "a list", s =>
     {
+        if (s.Length == 0) return (true, (IReadOnlyList<string>)[]);
         try { return (true, (IReadOnlyList<string>)(JsonSerializer.Deserialize<string[]>(s) ?? [])); }
         catch (JsonException) { return (false, (IReadOnlyList<string>)[]); }
     });

@@ -1,3 +1,4 @@
+using FateLlm.Training.Aggregation;
 using FateLlm.Training.Algorithms;
 using FateLlm.Training.Compression;
 using FateLlm.Training.IO;
@@ -77,7 +78,11 @@ public sealed class FederatedSimulation(IFederatedAlgorithm algorithm, JobSpec s
                     fits.Add(new SimulatedFit(round, phase, party, update, null) { UploadBytes = payload.Length, DownloadBytes = downloaded });
                     offered.Add(new OfferedUpdate(party, store.Put(payload), update.Samples, update.Metrics));
                 }
-                var outcome = RoundStep.Plain(algorithm, ctx, state, exchange, phase, offered, Math.Min(prepared.Spec.Round.Quorum, exchange.Instructions.Count));
+                var quorum = Math.Min(prepared.Spec.Round.Quorum, exchange.Instructions.Count);
+                if (offered.Count < quorum)
+                    throw new AggregationException($"round {round}, exchange '{exchange.Name}': {offered.Count} updates, {quorum} required; dropped: " +
+                        string.Join("; ", fits.Where(f => f.Round == round && f.Phase == phase && f.Update is null).Select(f => $"{f.Party}: {f.Dropped}")));
+                var outcome = RoundStep.Plain(algorithm, ctx, state, exchange, phase, offered, quorum);
                 steps.Add(outcome);
                 state = outcome.State;
                 if (outcome.Next is null) break;

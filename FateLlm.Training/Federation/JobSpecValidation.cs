@@ -83,7 +83,7 @@ public static class JobSpecValidation
         CheckSchedule(spec, algorithm, Check);
         if (local.DpSgd.Enabled)
         {
-            Check(algorithm.ExampleLevelDp, "local.dp-sgd", $"cannot apply: algorithm '{algorithm.Name}' does not train its parties through the local round DP-SGD runs in (homo-peft does)");
+            Check(algorithm.ExampleLevelDp, "local.dp-sgd", $"cannot apply: algorithm '{algorithm.Name}' runs no DP-SGD in its parties' training (homo-peft and fdkt do)");
             Check(local.FedProxMu == 0, "local.fedprox-mu", "must be 0 under local.dp-sgd: the proximal term's gradient is not clipped per example");
             Check(!spec.Ipr.Enabled, "ipr", "cannot apply under local.dp-sgd: the watermark's trigger examples and hinge step are not clipped per example");
         }
