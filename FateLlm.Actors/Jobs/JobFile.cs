@@ -67,7 +67,8 @@ public static class JobFile
     static readonly string[] PartyKeys = ["org", "data", "eval", "peft"];
 
     /// <summary>A list, the empty one included (Akka's IsArray says false for <c>[]</c>).</summary>
-    static bool IsList(HoconValue v) => v.IsArray() || (v.Values.Count > 0 && v.Values.All(x => x is HoconArray));
+    static bool IsList(HoconValue v) =>
+        v.IsArray() || (v.Values.Any(x => x is HoconArray) && v.Values.All(x => x is HoconArray || string.IsNullOrWhiteSpace(x.GetString())));
 
     static IEnumerable<string> LeafPaths(HoconValue v, string prefix) =>
         v.IsObject()
@@ -359,8 +360,8 @@ public static class JobFile
     {
         if (v.IsObject())
             foreach (var (key, child) in v.GetObject().Items) Flatten(child, prefix.Length == 0 ? key : $"{prefix}.{key}", into);
-        else if (v.IsArray()) into[prefix] = JsonSerializer.Serialize(v.GetArray().Select(x => x.GetString()).ToArray());
-        else into[prefix] = v.GetString();
+        else if (IsList(v)) into[prefix] = JsonSerializer.Serialize(v.Values.OfType<HoconArray>().SelectMany(a => a.GetArray()).Select(x => x.GetString()).ToArray());
+        else into[prefix] = Exact(v);
     }
 
     /// <summary>
@@ -368,9 +369,11 @@ public static class JobFile
     /// <c>"{prompt}\n"</c> into <c>"{prompt}"</c> and silently changes the prompt format; a quoted value is one literal,
     /// while an unquoted one also carries the whitespace tokens around it, which are dropped here.
     /// </summary>
-    public static string ExactString(Config c, string key)
+    public static string ExactString(Config c, string key) => Exact(c.GetValue(key));
+
+    static string Exact(HoconValue value)
     {
-        var parts = c.GetValue(key).Values.Select(e => e.GetString()).ToList();
+        var parts = value.Values.Select(e => e.GetString()).ToList();
         if (parts.Count > 1)
         {
             while (parts.Count > 0 && string.IsNullOrWhiteSpace(parts[0])) parts.RemoveAt(0);

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using FateLlm.Actors.Jobs;
 using FateLlm.Host.Board;
 using FateLlm.Host.Experiments;
@@ -154,6 +155,7 @@ internal static class DemoCommand
         cmd.Subcommands.Add(DpoExperimentCommand(t));
         cmd.Subcommands.Add(CommunicationExperimentCommand(t));
         cmd.Subcommands.Add(StragglerExperimentCommand(t));
+        cmd.Subcommands.Add(FdktExperimentCommand(t));
         return cmd;
     }
 
@@ -253,6 +255,30 @@ internal static class DemoCommand
                 StragglerExperiment.Write(result, s.OutDir);
                 return (StragglerExperiment.Markdown(result), result.Seconds);
             }, slowdown, buffer, evalOn);
+    }
+
+    static Command FdktExperimentCommand(Terminal t)
+    {
+        var defaults = new FdktExperimentOptions();
+        var server = Opt("--server-model", "The arbiter's LLM (a zoo model)", defaults.ServerModel);
+        var party = Opt("--party-model", "Every party's small model (a zoo model)", defaults.PartyModel);
+        var epsilons = Opt("--epsilons", "Comma-separated target ε of the parties' DP-SGD (inf: none)", string.Join(",", defaults.Epsilons.Select(e => double.IsPositiveInfinity(e) ? "inf" : e.ToString(CultureInfo.InvariantCulture))));
+        return ParadigmExperiment(t, "fdkt",
+            "FDKT: each party's small model on its own data, own + DP synthetic, own + LLM-augmented (FDKT) and zero-shot per target ε; membership-inference AUC and verbatim copies",
+            "200 training and 30 test examples per party, 32 synthetic per category, 64 augmented per party", 1, (p, s, quick) =>
+            {
+                s = s with { FullFineTuningBaseline = false };
+                double Epsilon(string x) => x.Trim() is "inf" or "∞" ? double.PositiveInfinity
+                    : double.TryParse(x, NumberStyles.Float, CultureInfo.InvariantCulture, out var e) && e > 0 ? e
+                    : throw new UsageException($"--epsilons: '{x}' is not a positive number or inf");
+                var o = (quick ? FdktExperimentOptions.Quick : defaults) with
+                {
+                    ServerModel = p.GetValue(server)!, PartyModel = p.GetValue(party)!, Epsilons = [.. p.GetValue(epsilons)!.Split(',').Select(Epsilon)],
+                };
+                var result = new FdktExperiment(s, o, line => t.Ansi.WriteLine(line)).RunAsync(RoundPrinter(t)).GetAwaiter().GetResult();
+                FdktExperiment.Write(result, s.OutDir);
+                return (FdktExperiment.Markdown(result), result.Seconds);
+            }, server, party, epsilons);
     }
 
     static Command DpoExperimentCommand(Terminal t)

@@ -18,9 +18,10 @@ public static class AtomicFile
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
-    /// <summary>Through a temporary file of its own (two writers of one path never share one), moved over the path.</summary>
+    /// <summary>Through a temporary file of its own (two writers of one path never share one), moved over the path; its folder is made if missing.</summary>
     static void Write(string path, Action<string> write)
     {
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         var tmp = $"{path}.{Guid.NewGuid():N}.tmp";
         try
         {

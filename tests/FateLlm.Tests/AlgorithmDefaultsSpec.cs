@@ -21,6 +21,7 @@ public class AlgorithmDefaultsSpec
     {
         ["fedmkt"] = new() { ["public-data"] = "p.jsonl", ["party-models.a"] = "slm" },
         ["fedcollm"] = new() { ["server-model"] = "server", ["public-data"] = "p.jsonl" },
+        ["fdkt"] = new() { ["party-model"] = "slm" },
     };
 
     public static TheoryData<string> BuiltIns() => new(AlgorithmCatalog.BuiltIn.Names);
