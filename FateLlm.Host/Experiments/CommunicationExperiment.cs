@@ -159,7 +159,7 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
             var goal = setting.Name == Baseline ? "—" : small && kept ? "met" : small ? "small enough, score lost" : "not ≤ 10 %";
             if (goal == "met") met.Add(setting.Name);
             sb.AppendLine($"| {setting.Name} | {up / 1024:F1} | {100 * up / fp32Up:F2} | {down / 1024:F1} | {100 * down / fp32Down:F2} | " +
-                $"{100 * later / fp32.Average(x => x.DownAfterFirst):F2} | {(setting.Name == Baseline ? "—" : $"{d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]")} | {goal} |");
+                $"{100 * later / fp32.Average(x => x.DownAfterFirst):F2} | {(setting.Name == Baseline ? "—" : $"{ExperimentReport.Signed(d)}")} | {goal} |");
         }
         sb.AppendLine();
         sb.AppendLine("Scores (each example averaged over seeds; 95 % bootstrap intervals):");
@@ -189,7 +189,7 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
                 {
                     if (setting.Name == other) return "—";
                     var d = Bootstrap.PairedDifference(ExperimentReport.PerExample(Of(setting.Name), x => x.RougeLPerExample), ExperimentReport.PerExample(Of(other), x => x.RougeLPerExample));
-                    return $"{d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]";
+                    return $"{ExperimentReport.Signed(d)}";
                 }
                 sb.AppendLine($"| {(setting.Name == Baseline ? "r = 8 everywhere (fp32)" : setting.Name)} | {mine.Average(x => x.Up) / 1024:F1} | {mine.Average(x => x.Down) / 1024:F1} | {Diff(RankFloor)} | {Diff(RankMiddle)} |");
             }
@@ -199,8 +199,8 @@ public sealed class CommunicationExperiment(ExperimentSettings s, Action<string>
             {
                 var floor = Bootstrap.PairedDifference(ExperimentReport.PerExample(Of(rule), x => x.RougeLPerExample), ExperimentReport.PerExample(Of(RankFloor), x => x.RougeLPerExample));
                 var middle = Bootstrap.PairedDifference(ExperimentReport.PerExample(Of(rule), x => x.RougeLPerExample), ExperimentReport.PerExample(Of(RankMiddle), x => x.RougeLPerExample));
-                sb.AppendLine($"- {rule}: {ExperimentReport.Verdict(floor, above: false, ScoreTolerance)} ({floor.Estimate:+0.00;-0.00} [{floor.Low:+0.00;-0.00}, {floor.High:+0.00;-0.00}] " +
-                    $"against r = 4); against r = 8 everywhere {middle.Estimate:+0.00;-0.00} [{middle.Low:+0.00;-0.00}, {middle.High:+0.00;-0.00}].");
+                sb.AppendLine($"- {rule}: {ExperimentReport.Verdict(floor, above: false, ScoreTolerance)} ({ExperimentReport.Signed(floor)} " +
+                    $"against r = 4); against r = 8 everywhere {ExperimentReport.Signed(middle)}.");
             }
         }
         return sb.ToString();

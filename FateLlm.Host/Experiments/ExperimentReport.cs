@@ -55,7 +55,14 @@ public static class ExperimentReport
     public static string PairedLine(string name, IReadOnlyList<RunResult> a, IReadOnlyList<RunResult> b)
     {
         var d = Bootstrap.PairedDifference(PerExample(a, x => x.RougeLPerExample), PerExample(b, x => x.RougeLPerExample));
-        return $"- ROUGE-L {name} (paired over examples, scores averaged over seeds): {d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]";
+        return $"- ROUGE-L {name} (paired over examples, scores averaged over seeds): {Signed(d)}";
+    }
+
+    /// <summary>A difference and its interval, signed to two decimals; a figure that rounds to zero prints +0.00 (never -+0.00 or -0.00).</summary>
+    public static string Signed(Interval d)
+    {
+        static string S(double x) => (Math.Round(x, 2) is var r && r == 0 ? 0 : r).ToString("+0.00;-0.00", CultureInfo.InvariantCulture);
+        return $"{S(d.Estimate)} [{S(d.Low)}, {S(d.High)}]";
     }
 
     static string Label(string setting) => setting.StartsWith("local:") ? "local " + setting[6..] : setting;

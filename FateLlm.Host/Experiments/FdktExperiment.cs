@@ -76,7 +76,6 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
             var domains = own[org].Select(e => e.Category).ToHashSet(StringComparer.Ordinal);
             return allTest.Where(e => domains.Contains(e.Category)).Select((e, i) => e.AsExample($"test#{i + 1}")).ToList();
         });
-        var peft = s.Peft("lora") with { LoraTargets = [] };
         log($"fdkt: LLM {o.ServerModel}, small model {o.PartyModel} at {string.Join(", ", orgs)}; ε ∈ {{{string.Join(", ", o.Epsilons.Select(Eps))}}}, seeds {string.Join(", ", s.Seeds)}; " +
             $"{s.TrainPerParty} private examples per party, {string.Join(", ", test.Select(t => $"{t.Key} {t.Value.Count}"))} test examples");
         var runs = new List<RunResult>();
@@ -85,8 +84,10 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
         await using var fed = await LocalFederation.StartAsync(Path.Combine(s.OutDir, "nodes-" + DateTime.UtcNow.Ticks), PaperExperiment.Datasets(split), PaperExperiment.QuietCluster);
         foreach (var seed in s.Seeds)
         {
+            // Every condition's small model trains exactly as the job's fine-tune does (its settings and seeds): only the data differ.
+            var local = Job(fed, paper, llmPath, slmPath, seed, double.PositiveInfinity);
             foreach (var org in orgs)
-                runs.Add(Timed(org, Own, seed, () => Train(paper, slmPath, peft, own[org].Select((e, i) => e.AsExample($"{org}#{i + 1}")).ToList(), seed, test[org])));
+                runs.Add(Timed(org, Own, seed, () => Train(paper, slmPath, local, own[org].Select((e, i) => e.AsExample($"{org}#{i + 1}")).ToList(), test[org])));
             foreach (var epsilon in o.Epsilons)
             {
                 var sw = Stopwatch.StartNew();
@@ -105,12 +106,12 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
                         Unbounded, org);
                     var augmented = SyntheticData.Parse(File.ReadAllBytes(Path.Combine(status.OutputDir!, "fdkt", $"augmented-{org}.jsonl")),
                         Unbounded, org);
-                    runs.Add(new RunResult(org, Setting(Fdkt, epsilon), seed, Score(paper, slmPath, peft, FdktAlgorithm.WorkspaceFile(workspace, 1, FdktAlgorithm.FinalAdapter), test[org]),
+                    runs.Add(new RunResult(org, Setting(Fdkt, epsilon), seed, Score(paper, slmPath, spec, FdktAlgorithm.WorkspaceFile(workspace, 1, FdktAlgorithm.FinalAdapter), test[org]),
                         jobSeconds));
                     var mixed = own[org].Concat(synthetic).Select((e, i) => e.AsExample($"{org}+synthetic#{i + 1}")).ToList();
-                    runs.Add(Timed(org, Setting(Synthetic, epsilon), seed, () => Train(paper, slmPath, peft, mixed, seed, test[org])));
+                    runs.Add(Timed(org, Setting(Synthetic, epsilon), seed, () => Train(paper, slmPath, local, mixed, test[org])));
                     var metrics = reports[org].Metrics;
-                    var (auc, advantage) = Attack(slmPath, peft, spec, FdktAlgorithm.WorkspaceFile(workspace, 1, FdktAlgorithm.SynthesisAdapter), own[org], dev[org]);
+                    var (auc, advantage) = Attack(slmPath, spec, FdktAlgorithm.WorkspaceFile(workspace, 1, FdktAlgorithm.SynthesisAdapter), own[org], dev[org]);
                     var format = new SynthesisFormat(spec.Algorithm.Read().GetString("synthesis-template"), spec.Algorithm.Read().GetString("separator"));
                     var verbatim = Verbatim.Rate(synthetic.Select(e => e.Prompt + format.Separator + e.Response).ToList(),
                         own[org].Select(e => e.Prompt + format.Separator + e.Response).ToList());
@@ -149,14 +150,18 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
 
     static string I(int v) => v.ToString(CultureInfo.InvariantCulture);
 
-    Scores Train(PaperExperiment paper, string slmPath, Training.Peft.PeftConfig peft, List<Example> train, int seed, List<Example> test) =>
-        paper.TrainAndEvaluate(slmPath, "lora", train, o.Epochs, seed, test, peft);
+    /// <summary>The small model trained on <paramref name="train"/> as a party's FDKT fine-tune trains it, scored on its test examples.</summary>
+    static Scores Train(PaperExperiment paper, string slmPath, JobSpec spec, List<Example> train, List<Example> test)
+    {
+        using var run = FdktAlgorithm.OpenSmallModel(spec, slmPath, null);
+        run.Train(run.Tokenize(train, spec.Data), FdktAlgorithm.LocalOptions(spec, 1));
+        return paper.Score(run.Model, test, run.Tokenizer);
+    }
 
     /// <summary>A party's kept adapter, scored on its test examples.</summary>
-    static Scores Score(PaperExperiment paper, string slmPath, Training.Peft.PeftConfig peft, string adapter, List<Example> test)
+    static Scores Score(PaperExperiment paper, string slmPath, JobSpec spec, string adapter, List<Example> test)
     {
-        using var run = FineTuning.Open(slmPath, peft, 0);
-        run.LoadTrainable(File.ReadAllBytes(adapter), adapter);
+        using var run = FdktAlgorithm.OpenSmallModel(spec, slmPath, adapter);
         return paper.Score(run.Model, test, run.Tokenizer);
     }
 
@@ -164,14 +169,13 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
     /// The loss-threshold attack (Yeom et al. 2018) on the synthesis model: each example's loss in the synthesis format,
     /// members from its training set, non-members from its dev set (same domains, never trained on).
     /// </summary>
-    (double Auc, double Advantage) Attack(string slmPath, Training.Peft.PeftConfig peft, JobSpec spec, string adapter, List<SyntheticExample> members,
+    (double Auc, double Advantage) Attack(string slmPath, JobSpec spec, string adapter, List<SyntheticExample> members,
         List<SyntheticExample> nonMembers)
     {
         var s = spec.Algorithm.Read();
         var format = new SynthesisFormat(s.GetString("synthesis-template"), s.GetString("separator"));
         var data = DomainTransfer.SynthesisData(PaperExperiment.Data);
-        using var run = FineTuning.Open(slmPath, spec.Peft with { LoraTargets = [] }, spec.Seed);
-        run.LoadTrainable(File.ReadAllBytes(adapter), adapter);
+        using var run = FdktAlgorithm.OpenSmallModel(spec, slmPath, adapter);
         List<double> Losses(IEnumerable<SyntheticExample> xs) =>
             xs.Take(o.AttackExamples).Select(e => run.Loss(run.Tokenize([format.Training(e, "attack")], data), 1)).ToList();
         var (m, n) = (Losses(members), Losses(nonMembers));

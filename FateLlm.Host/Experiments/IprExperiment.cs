@@ -216,7 +216,7 @@ public sealed class IprExperiment(ExperimentSettings s, IprExperimentOptions o, 
         sb.AppendLine();
         double[] PerExample(string setting) => ExperimentReport.PerExample(r.Quality.Where(x => x.Setting == setting), x => x.RougeLPerExample);
         var d = Bootstrap.PairedDifference(PerExample(Own), PerExample(Plain));
-        sb.AppendLine($"Cost of the watermark (ROUGE-L, watermarked − plain, paired over test examples): {d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}].");
+        sb.AppendLine($"Cost of the watermark (ROUGE-L, watermarked − plain, paired over test examples): {ExperimentReport.Signed(d)}.");
         return sb.ToString();
     }
 

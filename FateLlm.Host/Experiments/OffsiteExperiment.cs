@@ -199,7 +199,7 @@ public sealed class OffsiteExperiment(ExperimentSettings s, OffsiteOptions o, Ac
             var y = PerExample(b.Item1, b.Item2);
             if (x.Length == 0 || y.Length == 0) return;
             var d = Bootstrap.PairedDifference(x, y);
-            sb.AppendLine($"- {label}: {d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}]");
+            sb.AppendLine($"- {label}: {ExperimentReport.Signed(d)}");
         }
         Diff("plug-in (FedOST+) − full zero-shot", (PlugIn, "plain"), (ZeroShot, "-"));
         Diff("plug-in (FedOST+) − emulator fine-tuned (the emulator is no substitute if > 0)", (PlugIn, "plain"), (EmulatorTuned, "plain"));

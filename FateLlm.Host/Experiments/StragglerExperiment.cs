@@ -222,7 +222,7 @@ public sealed class StragglerExperiment(ExperimentSettings s, Action<string> log
             var near = Ratios(r, straggler, NearShare);
             sb.AppendLine($"| {(straggler ? $"{r.SlowParty} {r.Slowdown:G3}× slower" : "no straggler")} | {string.Join(", ", ratios.Select(x => $"seed {x.Seed}: {F(x.Ratio)}"))} | " +
                 $"{Range(values)} | ≤ {goal:G2}: {verdict} | {string.Join(", ", near.Select(x => F(x.Ratio)))}; median {Range(near.Select(x => x.Ratio).ToList())} | " +
-                $"{d.Estimate:+0.00;-0.00} [{d.Low:+0.00;-0.00}, {d.High:+0.00;-0.00}] | {(d.Low <= 0 && d.High >= 0 || d.Low > 0 ? "yes" : "no")} |");
+                $"{ExperimentReport.Signed(d)} | {(d.Low <= 0 && d.High >= 0 || d.Low > 0 ? "yes" : "no")} |");
         }
         sb.AppendLine();
         sb.AppendLine("![Dev loss against wall time](stragglers-dev-loss.png)");

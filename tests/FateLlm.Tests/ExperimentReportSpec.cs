@@ -25,6 +25,13 @@ public class BootstrapSpec
     }
 
     [Fact]
+    public void A_signed_interval_prints_a_figure_that_rounds_to_zero_as_plus_zero()
+    {
+        Assert.Equal("+0.00 [-0.50, +0.00]", ExperimentReport.Signed(new Interval(-0.001, -0.4981, -0.004)));
+        Assert.Equal("-0.71 [-1.52, +1.25]", ExperimentReport.Signed(new Interval(-0.7149, -1.5212, 1.2490)));
+    }
+
+    [Fact]
     public void A_paired_difference_cancels_what_the_examples_share()
     {
         var rng = new Random(4);

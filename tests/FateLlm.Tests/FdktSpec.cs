@@ -96,6 +96,19 @@ public sealed class FdktSpec
     }
 
     [Fact]
+    public void The_judge_filter_keeps_the_examples_whose_numbers_the_llm_names_per_cluster()
+    {
+        var examples = Enumerable.Range(0, 5).Select(i => new SyntheticExample(i < 3 ? "noun.animal" : "noun.plant", $"word: w{i}", $"gloss {i}\nmore")).ToList();
+        int[] clusters = [1, 0, 1, 0, 1];
+        var asked = new List<string>();
+        var kept = DomainTransfer.Judge(prompts => { asked.AddRange(prompts); return ["The eligible samples: 1, 7", "The eligible samples: 0 and 2. Also 2."]; },
+            clusters, examples, "{category}|{examples}", " => ");
+        // Cluster 0 holds examples 1 and 3, cluster 1 holds 0, 2 and 4; a number past the cluster is ignored.
+        Assert.Equal(["noun.animal, noun.plant|0. word: w1 => gloss 1 more\n1. word: w3 => gloss 3 more", "noun.animal, noun.plant|0. word: w0 => gloss 0 more\n1. word: w2 => gloss 2 more\n2. word: w4 => gloss 4 more"], asked);
+        Assert.Equal([0, 3, 4], kept);
+    }
+
+    [Fact]
     public void A_synthetic_text_parses_back_into_prompt_and_response_and_a_text_without_the_separator_does_not()
     {
         var format = new SynthesisFormat("category: {category}", " => ");
@@ -128,8 +141,20 @@ public sealed class FdktSpec
         Assert.Contains("must contain {category}", Assert.Throws<JobSpecException>(() => fdkt.Validate(With(("party-model", "m"), ("synthesis-template", "write:")))).Message);
         Assert.Contains("job.algorithm.filter-keep = 0 must be in (0, 1]", Assert.Throws<JobSpecException>(() => fdkt.Validate(With(("party-model", "m"), ("filter-keep", "0")))).Message);
         Assert.Contains("job.algorithm.fine-tune-data = 'mine'", Assert.Throws<JobSpecException>(() => fdkt.Validate(With(("party-model", "m"), ("fine-tune-data", "mine")))).Message);
+        Assert.Contains("job.algorithm.filter = 'best'", Assert.Throws<JobSpecException>(() => fdkt.Validate(With(("party-model", "m"), ("filter", "best")))).Message);
+        Assert.Contains("judge-template must contain {examples}",
+            Assert.Throws<JobSpecException>(() => fdkt.Validate(With(("party-model", "m"), ("filter", "judge"), ("judge-template", "Which?")))).Message);
         Assert.Contains("did you mean 'samples-per-cluster'", Assert.Throws<JobSpecException>(() => fdkt.Validate(With(("party-model", "m"), ("sample-per-cluster", "3")))).Message);
         fdkt.Validate(With(("party-model", "m"), ("party-models.food", "other")));
+
+        // The example job validates as a whole and takes reference.conf's defaults exactly (the separator is a newline).
+        var example = JobFile.Load(TestSupport.RepoFile(Path.Combine("hocon", "fdkt.conf")));
+        JobSpecValidation.Validate(example, "fdkt.conf", AlgorithmCatalog.BuiltIn);
+        var settings = FdktAlgorithm.Settings.Of(example);
+        Assert.Equal(("slm-llama", "\n", "domain", 64, 128), (settings.Models["globex"], settings.Format.Separator, settings.CategoryColumn, settings.PerCategory, settings.AugmentedPerParty));
+        Assert.Empty(settings.Categories);
+        Assert.True(example.Local.DpSgd.Enabled);
+        Assert.Equal(3, example.Local.DpSgd.TargetEpsilon);
     }
 }
 

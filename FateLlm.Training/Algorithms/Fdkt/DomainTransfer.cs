@@ -113,6 +113,26 @@ public static class DomainTransfer
             .Order().ToList();
 
     /// <summary>
+    /// FATE-LLM's filter, for an instruction-tuned LLM: per cluster, the LLM answers the judge prompt listing the
+    /// cluster's examples (<c>{examples}</c>: one line each, <c>i. prompt separator response</c>, numbered from 0), and the
+    /// examples whose numbers its answer names are kept (none named: none kept). Indices into <paramref name="clusters"/>, ascending.
+    /// </summary>
+    public static List<int> Judge(Func<IReadOnlyList<string>, string[]> generate, IReadOnlyList<int> clusters, IReadOnlyList<SyntheticExample> examples,
+        string template, string separator)
+    {
+        var groups = clusters.Select((c, i) => (Cluster: c, Index: i)).GroupBy(x => x.Cluster).OrderBy(g => g.Key).Select(g => g.Select(x => x.Index).ToList()).ToList();
+        var prompts = groups.Select(g => template
+            .Replace("{category}", string.Join(", ", g.Select(i => examples[i].Category).Distinct(StringComparer.Ordinal)))
+            .Replace("{examples}", string.Join("\n", g.Select((i, k) => $"{k}. {examples[i].Prompt}{separator}{examples[i].Response}".Replace("\n", " "))))).ToList();
+        var answers = generate(prompts);
+        return groups.Zip(answers, (g, answer) => Numbers.Matches(answer).Select(m => int.TryParse(m.Value, out var k) ? k : -1)
+                .Where(k => k >= 0 && k < g.Count).Distinct().Select(k => g[k]))
+            .SelectMany(x => x).Order().ToList();
+    }
+
+    static readonly System.Text.RegularExpressions.Regex Numbers = new(@"\b\d{1,6}\b", System.Text.RegularExpressions.RegexOptions.Compiled);
+
+    /// <summary>
     /// <paramref name="count"/> new examples from the filtered seeds (cycled in order): the LLM answers the augmentation
     /// prompt rendered from each seed (its category, prompt, response, and up to <paramref name="shots"/> other seeds of the
     /// category as <c>{shots}</c>), and its answer becomes the response to the seed's prompt. Empty answers are dropped.

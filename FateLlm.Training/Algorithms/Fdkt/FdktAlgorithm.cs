@@ -42,7 +42,7 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
     [
         "party-model", "category-column", "categories", "synthesis-template", "separator", "synthetic-per-category", "max-categories", "max-chars",
         "slm-generation.temperature", "slm-generation.top-k", "slm-generation.top-p", "slm-generation.max-new-tokens",
-        "samples-per-cluster", "filter-template", "filter-keep", "augment-template", "augment-shots", "augmented-per-party",
+        "samples-per-cluster", "filter", "filter-template", "filter-keep", "judge-template", "augment-template", "augment-shots", "augmented-per-party",
         "llm-generation.temperature", "llm-generation.top-k", "llm-generation.top-p", "llm-generation.max-new-tokens", "generation-batch-size", "fine-tune-data",
     ];
 
@@ -55,8 +55,8 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
     public IUpdateCodec Codec { get; } = new Uploads();
 
     public sealed record Settings(IReadOnlyDictionary<string, string> Models, string CategoryColumn, IReadOnlyList<string> Categories, SynthesisFormat Format,
-        int PerCategory, SyntheticBounds Bounds, SamplingOptions SlmSampling, int SamplesPerCluster, string FilterTemplate, double FilterKeep,
-        string AugmentTemplate, int AugmentShots, int AugmentedPerParty, SamplingOptions LlmSampling, int GenerationBatch, bool WithOwnData)
+        int PerCategory, SyntheticBounds Bounds, SamplingOptions SlmSampling, int SamplesPerCluster, bool JudgeFilter, string FilterTemplate, double FilterKeep,
+        string JudgeTemplate, string AugmentTemplate, int AugmentShots, int AugmentedPerParty, SamplingOptions LlmSampling, int GenerationBatch, bool WithOwnData)
     {
         public static Settings Of(JobSpec spec)
         {
@@ -72,12 +72,15 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
                 MaxNewTokens = s.GetInt(block + ".max-new-tokens"), Seed = spec.Seed,
             };
             var data = s.GetString("fine-tune-data");
+            var filter = s.GetString("filter");
+            if (filter is not ("likelihood" or "judge"))
+                throw new JobSpecException($"job.algorithm.filter = '{filter}' must be likelihood (the LLM's likeliest share of each cluster) or judge (an instruction-tuned LLM names the valid ones)");
             if (data is not ("own+augmented" or "augmented"))
                 throw new JobSpecException($"job.algorithm.fine-tune-data = '{data}' must be own+augmented (the party's examples and its augmented set) or augmented");
             var r = new Settings(models, s.GetString("category-column"), s.GetStringList("categories"),
                 new SynthesisFormat(s.GetString("synthesis-template"), s.GetString("separator")), s.GetInt("synthetic-per-category"),
                 new SyntheticBounds(0, s.GetInt("max-categories"), s.GetInt("max-chars")), Sampling("slm-generation"), s.GetInt("samples-per-cluster"),
-                s.GetString("filter-template"), s.GetDouble("filter-keep"), s.GetString("augment-template"), s.GetInt("augment-shots"), s.GetInt("augmented-per-party"),
+                filter == "judge", s.GetString("filter-template"), s.GetDouble("filter-keep"), s.GetString("judge-template"), s.GetString("augment-template"), s.GetInt("augment-shots"), s.GetInt("augmented-per-party"),
                 Sampling("llm-generation"), s.GetInt("generation-batch-size"), data == "own+augmented");
             r = r with { Bounds = r.Bounds with { MaxExamples = r.PerCategory * r.Bounds.MaxCategories } };
             if (!r.Format.Template.Contains("{category}"))
@@ -89,6 +92,8 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
                     $"(got {r.PerCategory}, {r.Bounds.MaxCategories}, {r.Bounds.MaxChars}, {r.SamplesPerCluster}, {r.GenerationBatch})");
             if (r.AugmentedPerParty < 0 || r.AugmentShots < 0)
                 throw new JobSpecException($"job.algorithm: augmented-per-party and augment-shots must be ≥ 0 (got {r.AugmentedPerParty}, {r.AugmentShots})");
+            if (r.JudgeFilter && !r.JudgeTemplate.Contains("{examples}"))
+                throw new JobSpecException($"job.algorithm.judge-template must contain {{examples}} (the cluster's numbered examples the LLM judges)");
             if (!(r.FilterKeep is > 0 and <= 1)) throw new JobSpecException($"job.algorithm.filter-keep = {r.FilterKeep} must be in (0, 1]: the share of each cluster kept");
             if (r.Categories.Count > r.Bounds.MaxCategories)
                 throw new JobSpecException($"job.algorithm.categories names {r.Categories.Count} categories, more than max-categories = {r.Bounds.MaxCategories}");
@@ -156,7 +161,10 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
                 var embeddings = DomainTransfer.Embed(llm.Model, llm.Tokenizer, examples, s.Format.Separator);
                 clusters = KMeans.Cluster(embeddings, k, (long)Seeds.Derive(spec.Seed, ClusteringPurpose, ctx.Round, 0));
                 scores = DomainTransfer.Plausibility(llm.Model, llm.Tokenizer, spec.Data, examples, s.FilterTemplate);
-                kept = DomainTransfer.Filter(clusters, scores, s.FilterKeep);
+                kept = s.JudgeFilter
+                    ? DomainTransfer.Judge(prompts => llm.Generate(prompts, s.LlmSampling with { Seed = (long)Seeds.Derive(spec.Seed, ClusteringPurpose, ctx.Round, 0) },
+                        s.GenerationBatch), clusters, examples, s.JudgeTemplate, s.Format.Separator)
+                    : DomainTransfer.Filter(clusters, scores, s.FilterKeep);
             }
             var keptSet = kept.ToHashSet();
             var next = state;
@@ -219,21 +227,28 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
                 .Order(StringComparer.Ordinal).LastOrDefault()
             : null;
 
+    /// <summary>
+    /// A small model as a party opens it: its family's own LoRA targets (PEFT's defaults, as each party's model may be of
+    /// another family), seeded by the job, from a fresh adapter or <paramref name="adapter"/>.
+    /// </summary>
+    public static FineTuning OpenSmallModel(JobSpec spec, string modelPath, string? adapter)
+    {
+        var run = FineTuning.Open(modelPath, spec.Peft with { LoraTargets = [] }, spec.Seed);
+        if (adapter is not null) run.LoadTrainable(File.ReadAllBytes(adapter), adapter);
+        return run;
+    }
+
+    /// <summary>How a party trains its small model in a round (synthesis and fine-tune alike): the job's local settings and seeds.</summary>
+    public static TrainOptions LocalOptions(JobSpec spec, int round) => new()
+    {
+        Epochs = spec.Local.Epochs, MaxSteps = spec.Local.Steps > 0 ? spec.Local.Steps : null, BatchSize = spec.Local.BatchSize,
+        LearningRate = spec.Local.LearningRate, WarmupRatio = spec.Local.WarmupRatio, Schedule = spec.Local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, round),
+    };
+
     sealed class ClientSide : IClientAlgorithm
     {
-        static FineTuning Open(ClientContext ctx, Settings s, string? adapter)
-        {
-            // The family's own LoRA targets (PEFT's defaults): each party's small model may be of another family.
-            var run = FineTuning.Open(Mkt.FedMktAlgorithm.ResolvePartyModel(ctx, s.Models[ctx.Party]), ctx.Spec.Peft with { LoraTargets = [] }, ctx.Spec.Seed);
-            if (adapter is not null) run.LoadTrainable(File.ReadAllBytes(adapter), adapter);
-            return run;
-        }
-
-        static TrainOptions Options(JobSpec spec, int round) => new()
-        {
-            Epochs = spec.Local.Epochs, MaxSteps = spec.Local.Steps > 0 ? spec.Local.Steps : null, BatchSize = spec.Local.BatchSize,
-            LearningRate = spec.Local.LearningRate, WarmupRatio = spec.Local.WarmupRatio, Schedule = spec.Local.Schedule, Seed = Seeds.LocalTraining(spec.Seed, round),
-        };
+        static FineTuning Open(ClientContext ctx, Settings s, string? adapter) =>
+            OpenSmallModel(ctx.Spec, Mkt.FedMktAlgorithm.ResolvePartyModel(ctx, s.Models[ctx.Party]), adapter);
 
         public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
@@ -265,7 +280,7 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
             var training = run.Tokenize(own.Select((e, i) => s.Format.Training(e, $"{ctx.TrainData}#{i + 1}")), data);
             var dp = spec.Local.DpSgd.Enabled ? DpSgdLedger.Plan(spec, ctx.Workspace, ctx.Party, ctx.Round, BlobStore.Digest(run.TrainableBytes()), training.Count) : null;
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            var trained = run.Train(training, Options(spec, ctx.Round) with { Private = dp?.Step }, ctx.Progress, ct);
+            var trained = run.Train(training, LocalOptions(spec, ctx.Round) with { Private = dp?.Step }, ctx.Progress, ct);
             var trainSeconds = sw.Elapsed.TotalSeconds;
             AtomicFile.WriteAllBytes(WorkspaceFile(ctx.Workspace, ctx.Round, SynthesisAdapter), run.TrainableBytes());
             var (examples, unparsed) = DomainTransfer.Synthesize(run.Model, run.Tokenizer, data, s.Format, categories, s.PerCategory,
@@ -297,7 +312,7 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
             if (own.Count + augmented.Count == 0) throw new InvalidOperationException($"party '{ctx.Party}': nothing to fine-tune on (fine-tune-data = augmented, and its augmented set is empty)");
             using var run = Open(ctx, s, Latest(ctx.Workspace, ctx.Round, FinalAdapter));
             var checkpoints = FederatedComputation.CheckpointFolder(spec, ctx, ctx.Round, run.TrainableBytes());
-            var r = run.Train(run.Tokenize([.. own, .. augmented], spec.Data), Options(spec, ctx.Round) with
+            var r = run.Train(run.Tokenize([.. own, .. augmented], spec.Data), LocalOptions(spec, ctx.Round) with
             {
                 CheckpointDir = checkpoints, CheckpointEvery = spec.Local.CheckpointEvery, Resume = checkpoints is not null,
             }, ctx.Progress, ct);
