@@ -20,7 +20,7 @@ public sealed class AlgorithmSettings(string algorithm, IReadOnlyDictionary<stri
     {
         if (!values.TryGetValue(key, out var raw))
             throw new JobSpecException($"{Field(key)} is not set, and reference.conf's fate-llm.algorithms.{algorithm} gives it no default");
-        // An empty HOCON list reaches here as no text at all.
+        // A setting made in code with no value (null) reads as empty text, as an empty list.
         raw ??= "";
         var (ok, value) = parse(trim ? raw.Trim() : raw);
         return ok ? value : throw new JobSpecException($"{Field(key)} = '{raw}' is not {type} (algorithm '{algorithm}')");

@@ -12,6 +12,7 @@ namespace FateLlm.Tests;
 
 /// <summary>FDKT's pieces without a model: the synthetic-data codec, k-means, the text format, the filter, the settings.</summary>
 [Trait(Tier.Key, Tier.Fast)]
+[Collection(Tier.InProcess)]
 public sealed class FdktSpec
 {
     static readonly SyntheticBounds Bounds = new(MaxExamples: 4, MaxCategories: 2, MaxChars: 40);
