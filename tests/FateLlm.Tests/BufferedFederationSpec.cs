@@ -34,13 +34,17 @@ public class BufferedFederationSpec
         await using var fed = await FederationFixture.Start(g, crash);
         Assert.IsType<JobAccepted>(await fed.SubmitAsync(spec));
         await fed.Arbiter.System.WhenTerminated.WaitAsync(Generous);
-        // From now on food's fits wait at a gate: its node will die with work in flight.
+        // From now on food's and artifact's fits wait at a gate: food's node will die with work in flight. animal alone
+        // cannot fill a buffer (one update per party per buffer), so the job waits for them instead of finishing all its
+        // versions between two polls of its status (echo fits are instant).
         EchoAlgorithm.Hold("food");
+        EchoAlgorithm.Hold("artifact");
         await fed.RestartArbiter(overrides: FederationFixture.FastCluster);
-        var caught = await fed.WaitAsync(spec.JobId, Generous, s => s.State != JobState.Running || s.CompletedRounds >= 3 && s.Buffer?.InFlight.Any(w => w.Org == "food") == true);
+        var caught = await fed.WaitAsync(spec.JobId, Generous, s => s.State != JobState.Running || s.CompletedRounds >= 2 && s.Buffer?.InFlight.Any(w => w.Org == "food") == true);
         Assert.Equal(JobState.Running, caught.State);
         await fed.CrashParty("food");
         EchoAlgorithm.Release("food");
+        EchoAlgorithm.Release("artifact");
         fed.StartParty("food", overrides: FederationFixture.FastCluster);
         var status = await fed.WaitAsync(spec.JobId, Generous);
 
