@@ -174,6 +174,13 @@ public static class DpSgdLedger
         return new DpSgdRound(new Trainer.PrivateTraining(sigma, o.ClipNorm, q), new DpSgdSpent(q, sigma, steps, after, o.Delta));
     }
 
+    /// <summary>What a party's ledger in <paramref name="workspace"/> has spent so far at δ (0 with no ledger): reported again with a re-sent release.</summary>
+    public static double Spent(string workspace, double delta)
+    {
+        var path = Path.Combine(workspace, File);
+        return System.IO.File.Exists(path) ? Spent(System.Text.Json.JsonSerializer.Deserialize<List<Entry>>(System.IO.File.ReadAllText(path)) ?? [], delta) : 0;
+    }
+
     static double Spent(IEnumerable<Entry> entries, double delta)
     {
         var accountant = new RdpAccountant();

@@ -237,6 +237,8 @@ public sealed class FdktSimulationSpec
         var again = algorithm.Client.Fit(context, FdktAlgorithm.SynthesizePhase, PartyInstruction.Of(new Dictionary<string, string>()), new Dictionary<string, string>(), default);
         Assert.Equal(first, again.Update);
         Assert.Equal(1, again.Metrics["fdkt.resent"]);
+        // The re-sent release reports the ε already spent on it, not a new charge.
+        Assert.Equal(synthesis.Single(f => f.Party == party.Key).Update!.Metrics["dpsgd.epsilon"], again.Metrics["dpsgd.epsilon"], 9);
         Assert.Equal(ledger, File.ReadAllText(Path.Combine(workspace, DpSgdLedger.File)));
     }
 }
@@ -269,6 +271,7 @@ public sealed class FdktFederationSpec
         Assert.All(round.Parties, p => Assert.True(p.Succeeded, $"{p.Org}: {p.Reason}"));
         var food = round.Parties.Single(p => p.Org == "food");
         Assert.Equal(1, food.Metrics["fdkt.resent"]);
+        Assert.InRange(food.Metrics["dpsgd.epsilon"], 0.01, 8.0 * (1 + 1e-6));
         Assert.Equal(made, File.ReadAllBytes(Path.Combine(status.OutputDir!, "fdkt", "synthetic-food.jsonl")));
         Assert.Equal(ledger, File.ReadAllText(Path.Combine(workspace, DpSgdLedger.File)));
         Assert.All(FederationFixture.Orgs, o => Assert.True(File.Exists(Path.Combine(status.OutputDir!, "fdkt", $"augmented-{o}.jsonl"))));

@@ -231,8 +231,12 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
         WalkthroughSpec.AssertCalm("surviving arbiter", SafeRead(survivor.Log));
     }
 
-    /// <summary>When a restarted party's node saw itself up, and when its party entity was ready, from its node.log.</summary>
-    async Task<(DateTime Joined, DateTime Ready)> Restarted(NodeProcess party, string org)
+    /// <summary>
+    /// When a restarted party's node saw itself up, and when its party entity was ready, from its node.log. The log
+    /// also holds the earlier run's lines: the restart's ready line is the one after those of <paramref name="earlierRuns"/>
+    /// runs. It may precede the node's own member-up line (the entity can be ready before the node sees itself up).
+    /// </summary>
+    async Task<(DateTime Joined, DateTime Ready)> Restarted(NodeProcess party, string org, int earlierRuns = 1)
     {
         var deadline = DateTime.UtcNow.AddSeconds(120);
         var address = "";
@@ -243,8 +247,8 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
             if (at.Success) address = at.Groups[1].Value;
             var log = SafeRead(Path.Combine(_g.Root, "state-" + party.Name, "node.log")).Split('\n');
             var joined = log.LastOrDefault(l => address.Length > 0 && l.Contains($"member up: party {org} at {address}"));
-            var ready = log.LastOrDefault(l => l.Contains($"party {org} ready with datasets"));
-            if (joined is not null && ready is not null && string.CompareOrdinal(ready[..23], joined[..23]) >= 0)
+            var ready = log.Where(l => l.Contains($"party {org} ready with datasets")).Skip(earlierRuns).LastOrDefault();
+            if (joined is not null && ready is not null)
                 return (Stamp(joined), Stamp(ready));
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"restarted party {org} ({address}) never got ready; logs:\n{Logs()}");
             await Task.Delay(200);

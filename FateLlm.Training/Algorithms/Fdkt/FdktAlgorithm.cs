@@ -267,10 +267,9 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
             {
                 // Asked again (a lost upload, a restarted node): the same set, no new training and no new ε.
                 var again = File.ReadAllBytes(set);
-                return new ClientUpdate(again, own.Count, new Dictionary<string, double>
-                {
-                    ["fdkt.synthetic"] = SyntheticData.Parse(again, s.Bounds, set).Count, ["fdkt.resent"] = 1,
-                });
+                var resent = new Dictionary<string, double> { ["fdkt.synthetic"] = SyntheticData.Parse(again, s.Bounds, set).Count, ["fdkt.resent"] = 1 };
+                if (spec.Local.DpSgd.Enabled) resent["dpsgd.epsilon"] = DpSgdLedger.Spent(ctx.Workspace, spec.Local.DpSgd.Delta);
+                return new ClientUpdate(again, own.Count, resent);
             }
             var categories = s.Categories.Count > 0 ? s.Categories : own.Select(e => e.Category).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
             if (categories.Count > s.Bounds.MaxCategories)
