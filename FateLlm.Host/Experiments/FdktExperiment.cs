@@ -8,7 +8,6 @@ using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Metrics;
 using FateLlm.Training.Privacy;
-using FateLlm.Training.Trainer;
 
 namespace FateLlm.Host.Experiments;
 
@@ -112,7 +111,7 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
                     runs.Add(Timed(org, Setting(Synthetic, epsilon), seed, () => Train(paper, slmPath, local, mixed, test[org])));
                     var metrics = reports[org].Metrics;
                     var (auc, advantage) = Attack(slmPath, spec, FdktAlgorithm.WorkspaceFile(workspace, 1, FdktAlgorithm.SynthesisAdapter), own[org], dev[org]);
-                    var format = new SynthesisFormat(spec.Algorithm.Read().GetString("synthesis-template"), spec.Algorithm.Read().GetString("separator"));
+                    var format = FdktAlgorithm.Settings.Of(spec).Format;
                     var verbatim = Verbatim.Rate(synthetic.Select(e => e.Prompt + format.Separator + e.Response).ToList(),
                         own[org].Select(e => e.Prompt + format.Separator + e.Response).ToList());
                     privacy.Add(new FdktPrivacy(org, epsilon, seed, metrics.GetValueOrDefault("dpsgd.epsilon", double.PositiveInfinity),
@@ -172,8 +171,7 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
     (double Auc, double Advantage) Attack(string slmPath, JobSpec spec, string adapter, List<SyntheticExample> members,
         List<SyntheticExample> nonMembers)
     {
-        var s = spec.Algorithm.Read();
-        var format = new SynthesisFormat(s.GetString("synthesis-template"), s.GetString("separator"));
+        var format = FdktAlgorithm.Settings.Of(spec).Format;
         var data = DomainTransfer.SynthesisData(PaperExperiment.Data);
         using var run = FdktAlgorithm.OpenSmallModel(spec, slmPath, adapter);
         List<double> Losses(IEnumerable<SyntheticExample> xs) =>
