@@ -4,6 +4,7 @@ using System.Text;
 using FateLlm.Actors.Jobs;
 using FateLlm.Actors.Nodes;
 using FateLlm.Training.Algorithms.Fdkt;
+using FateLlm.Training.Algorithms.Mkt;
 using FateLlm.Training.Data;
 using FateLlm.Training.Federation;
 using FateLlm.Training.Metrics;
@@ -152,7 +153,7 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
     /// <summary>The small model trained on <paramref name="train"/> as a party's FDKT fine-tune trains it, scored on its test examples.</summary>
     static Scores Train(PaperExperiment paper, string slmPath, JobSpec spec, List<Example> train, List<Example> test)
     {
-        using var run = FdktAlgorithm.OpenSmallModel(spec, slmPath, null);
+        using var run = FedMktAlgorithm.OpenPartyModel(spec, slmPath, null);
         run.Train(run.Tokenize(train, spec.Data), FdktAlgorithm.LocalOptions(spec, 1));
         return paper.Score(run.Model, test, run.Tokenizer);
     }
@@ -160,7 +161,7 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
     /// <summary>A party's kept adapter, scored on its test examples.</summary>
     static Scores Score(PaperExperiment paper, string slmPath, JobSpec spec, string adapter, List<Example> test)
     {
-        using var run = FdktAlgorithm.OpenSmallModel(spec, slmPath, adapter);
+        using var run = FedMktAlgorithm.OpenPartyModel(spec, slmPath, adapter);
         return paper.Score(run.Model, test, run.Tokenizer);
     }
 
@@ -173,7 +174,7 @@ public sealed class FdktExperiment(ExperimentSettings s, FdktExperimentOptions o
     {
         var format = FdktAlgorithm.Settings.Of(spec).Format;
         var data = DomainTransfer.SynthesisData(PaperExperiment.Data);
-        using var run = FdktAlgorithm.OpenSmallModel(spec, slmPath, adapter);
+        using var run = FedMktAlgorithm.OpenPartyModel(spec, slmPath, adapter);
         List<double> Losses(IEnumerable<SyntheticExample> xs) =>
             xs.Take(o.AttackExamples).Select(e => run.Loss(run.Tokenize([format.Training(e, "attack")], data), 1)).ToList();
         var (m, n) = (Losses(members), Losses(nonMembers));

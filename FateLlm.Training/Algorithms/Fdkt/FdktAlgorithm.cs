@@ -227,17 +227,6 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
                 .Order(StringComparer.Ordinal).LastOrDefault()
             : null;
 
-    /// <summary>
-    /// A small model as a party opens it: its family's own LoRA targets (PEFT's defaults, as each party's model may be of
-    /// another family), seeded by the job, from a fresh adapter or <paramref name="adapter"/>.
-    /// </summary>
-    public static FineTuning OpenSmallModel(JobSpec spec, string modelPath, string? adapter)
-    {
-        var run = FineTuning.Open(modelPath, spec.Peft with { LoraTargets = [] }, spec.Seed);
-        if (adapter is not null) run.LoadTrainable(File.ReadAllBytes(adapter), adapter);
-        return run;
-    }
-
     /// <summary>How a party trains its small model in a round (synthesis and fine-tune alike): the job's local settings and seeds.</summary>
     public static TrainOptions LocalOptions(JobSpec spec, int round) => new()
     {
@@ -248,7 +237,7 @@ public sealed class FdktAlgorithm : IFederatedAlgorithm
     sealed class ClientSide : IClientAlgorithm
     {
         static FineTuning Open(ClientContext ctx, Settings s, string? adapter) =>
-            OpenSmallModel(ctx.Spec, Mkt.FedMktAlgorithm.ResolvePartyModel(ctx, s.Models[ctx.Party]), adapter);
+            Mkt.FedMktAlgorithm.OpenPartyModel(ctx.Spec, Mkt.FedMktAlgorithm.ResolvePartyModel(ctx, s.Models[ctx.Party]), adapter);
 
         public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {

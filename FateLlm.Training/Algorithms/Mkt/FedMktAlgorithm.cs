@@ -212,6 +212,17 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
         return Directory.Exists(sibling) ? sibling : throw new ModelFormatException($"party '{ctx.Party}': its fedmkt model '{name}' is not on this node");
     }
 
+    /// <summary>
+    /// A party's own small model as FedMKT and FDKT open it: its family's own LoRA targets (PEFT's defaults, as the
+    /// parties' models need not share module names), seeded by the job, from a fresh adapter or <paramref name="adapter"/>.
+    /// </summary>
+    public static FineTuning OpenPartyModel(JobSpec spec, string modelPath, string? adapter)
+    {
+        var run = FineTuning.Open(modelPath, spec.Peft with { LoraTargets = [] }, spec.Seed);
+        if (adapter is not null) run.LoadTrainable(File.ReadAllBytes(adapter), adapter);
+        return run;
+    }
+
     sealed class ClientSide : IClientAlgorithm
     {
         /// <summary>A party's adapter file after a phase of a round, in its workspace.</summary>
@@ -231,20 +242,9 @@ public sealed class FedMktAlgorithm : IFederatedAlgorithm
                 : null;
         }
 
-        static FineTuning Open(ClientContext ctx, Settings s, string? adapter)
-        {
-            // Each family's own LoRA targets (PEFT's defaults): the parties' models need not share module names.
-            var run = FineTuning.Open(ResolvePartyModel(ctx, s.Models[ctx.Party]), ctx.Spec.Peft with { LoraTargets = [] }, ctx.Spec.Seed);
-            if (adapter is not null) run.LoadTrainable(File.ReadAllBytes(adapter), adapter);
-            return run;
-        }
+        static FineTuning Open(ClientContext ctx, Settings s, string? adapter) => OpenPartyModel(ctx.Spec, ResolvePartyModel(ctx, s.Models[ctx.Party]), adapter);
 
-        static void Save(FineTuning run, string path)
-        {
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            File.WriteAllBytes(path + ".tmp", run.TrainableBytes());
-            File.Move(path + ".tmp", path, overwrite: true);
-        }
+        static void Save(FineTuning run, string path) => AtomicFile.WriteAllBytes(path, run.TrainableBytes());
 
         public ClientUpdate Fit(ClientContext ctx, string exchange, PartyInstruction instruction, IReadOnlyDictionary<string, string> files, CancellationToken ct)
         {
