@@ -189,8 +189,13 @@ public sealed class FederationNode : IAsyncDisposable
     public static ActorSystem CreateSystem(NodeOptions o, Config config) => CreateSystem(o.SystemName, config, o.Tls);
 
     /// <summary>An actor system under <paramref name="tls"/>'s certificates when given (nodes and job clients alike).</summary>
-    public static ActorSystem CreateSystem(string name, Config config, NodeTls? tls) =>
-        tls is null ? ActorSystem.Create(name, config) : ActorSystem.Create(name, BootstrapSetup.Create().WithConfig(config).And(tls.Setup()));
+    public static ActorSystem CreateSystem(string name, Config config, NodeTls? tls)
+    {
+        if (tls is null) return ActorSystem.Create(name, config);
+        var system = ActorSystem.Create(name, BootstrapSetup.Create().WithConfig(config).And(tls.Setup()));
+        PeerHandshakeGuard.Install(system);
+        return system;
+    }
 
     public static FederationNode Start(NodeOptions o)
     {
@@ -213,6 +218,7 @@ public sealed class FederationNode : IAsyncDisposable
     public static FederationNode Attach(ActorSystem system, NodeOptions o)
     {
         var config = system.Settings.Config;
+        if (o.Tls is not null) PeerHandshakeGuard.Install(system);
         Directory.CreateDirectory(config.GetString("fate-llm.data-dir"));
         var store = new BlobStore(Path.Combine(config.GetString("fate-llm.data-dir"), "blobs"));
         var faults = FaultInjection.FromConfig(config);
