@@ -141,7 +141,7 @@ public sealed record StreamRead(long Bytes, bool Complete, string? Digest);
 /// </summary>
 public static class BlobStreamReader
 {
-    /// <param name="progress">Called with (bytes received, total) after each read.</param>
+    /// <param name="progress">Called with (bytes stored, total) after each block is hashed and written.</param>
     public static async Task<StreamRead> ReadAsync(StreamOffered offer, string incoming, long offset, NodeTls? tls, TimeSpan idle, CancellationToken ct,
         Action<long, long>? progress = null)
     {
@@ -186,27 +186,49 @@ public static class BlobStreamReader
         for (int n; file.Position < offset && (n = await file.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, offset - file.Position)), ct)) > 0;)
             hash.Append(buffer.AsSpan(0, n));
         file.Seek(offset, SeekOrigin.Begin);
-        var got = offset;
-        // One timer for the whole read loop, re-armed before each read. It also runs while a block is hashed and written, so
-        // a disk that stalls longer than idle makes the next read end as cut, to be resumed.
+        // Two blocks: while one is hashed and written to the store (on another thread), the socket fills the other.
+        // A block is filled whole before it is handed over: fewer, larger hash and write calls than one per socket read.
+        var blocks = new[] { buffer, new byte[BlobStreamServer.BufferSize] };
+        long received = offset, stored = offset;
+        var storing = Task.CompletedTask;
+        // One timer for the whole read loop, re-armed before each read. It also runs while the other block is hashed and
+        // written, so a disk that stalls longer than idle makes the next read end as cut, to be resumed.
         using var stall = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        try
+        for (var b = 0; received < total; b ^= 1)
         {
-            while (got < total)
+            var block = blocks[b];
+            int want = (int)Math.Min(block.Length, total - received), filled = 0;
+            var ended = false;
+            try
             {
-                stall.CancelAfter(idle);
-                var n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, total - got)), stall.Token);
-                if (n == 0) break;
-                hash.Append(buffer.AsSpan(0, n));
-                await file.WriteAsync(buffer.AsMemory(0, n), ct);
-                got += n;
-                progress?.Invoke(got, total);
+                while (filled < want)
+                {
+                    stall.CancelAfter(idle);
+                    var n = await s.ReadAsync(block.AsMemory(filled, want - filled), stall.Token);
+                    if (n == 0) { ended = true; break; }
+                    filled += n;
+                }
             }
+            catch (IOException) { ended = true; } // cut: the caller resumes from what arrived
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested) { ended = true; } // stalled: the same
+            await storing;
+            if (filled > 0)
+            {
+                var count = filled;
+                received += count;
+                storing = Task.Run(async () =>
+                {
+                    hash.Append(block.AsSpan(0, count));
+                    await file.WriteAsync(block.AsMemory(0, count), ct);
+                    stored += count;
+                    progress?.Invoke(stored, total);
+                }, ct);
+            }
+            if (ended) break;
         }
-        catch (IOException) { } // cut: the caller resumes from what arrived
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested) { } // stalled: the same
+        await storing;
         await file.FlushAsync(ct);
-        return new StreamRead(got, got == total, got == total ? hash.Finish() : null);
+        return new StreamRead(stored, stored == total, stored == total ? hash.Finish() : null);
     }
 
     /// <summary>One step of setting up the stream under its own idle timer.</summary>

@@ -95,8 +95,8 @@ internal static class FederationBench
             var remote = await system.ActorSelection($"akka.tcp://bench@127.0.0.1:{port}/user/{BlobServer.Name}").ResolveOne(TimeSpan.FromSeconds(20));
             output.WriteLine($"{"size",8} {"stream MB/s",12} {"chunks MB/s",12} {"raw TCP MB/s",13} {"stream/raw",11} {"goal",6} {"chunks/raw",11} {"wire/raw",9} {"retransmits",12}");
             // Warm-up: the first transfers pay for connections and first-call compilation; the cold rate is printed apart.
-            // With the default quick JIT the hot paths (hashing, copying) may still run unoptimized after it, since a busy
-            // process keeps postponing their recompilation (docs/operations.md: DOTNET_TC_QuickJit=0).
+            // The hot paths (hashing, copying) may still run unoptimized after it: a busy process keeps postponing their
+            // recompilation (docs/operations.md, Data plane).
             var largest = Array.IndexOf(sizesMiB, sizesMiB.Max());
             var warm = new BlobLocation(digests[largest], (long)sizesMiB[largest] << 20, remote);
             var cold = await Fetch(system, new BlobStore(Path.Combine(dir, "cold-stream")), warm, transfer with { Stream = true });
@@ -134,6 +134,7 @@ internal static class FederationBench
             output.WriteLine("stream: the data plane (ticket over Akka.Remote, bytes on their own TCP stream, digest checked into the store); goal ≥ 0.8 of raw TCP");
             output.WriteLine("chunks: the fallback over Akka.Remote; raw TCP: the same bytes copied socket to memory, no store, no hash");
             output.WriteLine("wire/raw: loopback bytes (TCP/IP headers included) for the stream ÷ for a raw TCP copy of the same bytes");
+            ReceiverWork(sizesMiB.Max(), dir, output);
         }
         finally
         {
@@ -141,6 +142,33 @@ internal static class FederationBench
             if (!server.WaitForExit(5000)) server.Kill(true);
             try { Directory.Delete(dir, true); } catch (IOException) { }
         }
+    }
+
+    /// <summary>
+    /// What the stream's receiver does beyond a raw copy, each alone at full speed: hash the bytes and write them to the
+    /// store's disk. Here both ends share the same cores, so this work competes with the sender's.
+    /// </summary>
+    static void ReceiverWork(int sizeMiB, string dir, TextWriter output)
+    {
+        var data = new byte[sizeMiB << 20];
+        new Random(1).NextBytes(data);
+        const int block = BlobStreamServer.BufferSize;
+        double Best(Action run) => Enumerable.Range(0, 5).Min(_ => { var sw = Stopwatch.StartNew(); run(); return sw.Elapsed.TotalSeconds; });
+        var hash = Best(() =>
+        {
+            using var h = new ContentDigest.Hasher(ContentDigest.Current);
+            for (var o = 0; o < data.Length; o += block) h.Append(data.AsSpan(o, block));
+            h.Finish();
+        });
+        Directory.CreateDirectory(dir);
+        var n = 0;
+        var write = Best(() =>
+        {
+            using var f = new FileStream(Path.Combine(dir, $"write-{n++}"), FileMode.Create, FileAccess.Write, FileShare.None, block);
+            for (var o = 0; o < data.Length; o += block) f.Write(data.AsSpan(o, block));
+        });
+        output.WriteLine($"the receiver's own work on {sizeMiB} MiB, each alone: BLAKE3 {data.Length / 1e6 / hash:F0} MB/s, write to the store's disk {data.Length / 1e6 / write:F0} MB/s " +
+            $"(sender and receiver share this machine's {Environment.ProcessorCount} cores)");
     }
 
     static async Task<(double Seconds, long Wire, int Retransmits)> Fetch(ActorSystem system, BlobStore store, BlobLocation source, TransferSettings transfer)
