@@ -55,7 +55,7 @@ internal static class CheckpointBench
         // LoRA steps: fp32 adapters on the (possibly bf16) frozen base.
         PeftModel.Apply(model, new PeftConfig { Method = PeftMethod.Lora, LoraR = o.LoraR, LoraAlpha = 2 * o.LoraR, LoraDropout = 0, LoraTargets = o.LoraTargets });
         var trainable = PeftModel.TrainableParameters(model);
-        using var optimizer = optim.AdamW(trainable.Select(t => t.Param), lr: 1e-4);
+        using var optimizer = new Training.Trainer.AdamW(trainable.Select(t => t.Param), 1e-4);
         model.train();
         manual_seed(1);
         using var ids = randint(0, config.VocabSize, [o.Batch, o.Seq], dtype: ScalarType.Int64);
@@ -65,8 +65,8 @@ internal static class CheckpointBench
             var t = Stopwatch.StartNew();
             using var scope = NewDisposeScope();
             LanguageModelLoss.Compute(model, batch).backward();
-            optimizer.step();
-            optimizer.zero_grad();
+            optimizer.Step();
+            optimizer.ZeroGrad();
             return t.Elapsed.TotalMilliseconds;
         }
         ResetPeak();

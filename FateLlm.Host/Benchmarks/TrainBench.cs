@@ -28,7 +28,7 @@ internal static class TrainBench
             LoraTargets = loraTargets,
         });
         var trainable = PeftModel.TrainableParameters(model);
-        var optimizer = optim.AdamW(trainable.Select(t => t.Param), lr: 1e-4);
+        using var optimizer = new Training.Trainer.AdamW(trainable.Select(t => t.Param), 1e-4);
         model.train();
         var ids = randint(0, config.VocabSize, [b, s], dtype: ScalarType.Int64);
         var batchData = new Batch(ids, ids.clone(), ones_like(ids), b * s);
@@ -37,8 +37,8 @@ internal static class TrainBench
             var sw = Stopwatch.StartNew();
             using var scope = NewDisposeScope();
             LanguageModelLoss.Compute(model, batchData).backward();
-            optimizer.step();
-            optimizer.zero_grad();
+            optimizer.Step();
+            optimizer.ZeroGrad();
             return sw.Elapsed.TotalMilliseconds;
         }
         for (int i = 0; i < warmup; i++) Step();

@@ -26,7 +26,7 @@ public static class AdapterSteps
     {
         var c = checkpoints ?? AdapterStepsCheckpoints.None;
         var trainable = PeftModel.TrainableParameters(model).Select(p => p.Param).ToList();
-        using var optimizer = optim.AdamW(trainable, lr: learningRate);
+        using var optimizer = new AdamW(trainable, learningRate);
         var order = items.ToArray();
         var rng = new Random((int)(seed & 0x7FFFFFFF));
         var batches = (order.Length + batchSize - 1) / batchSize;
@@ -52,10 +52,10 @@ public static class AdapterSteps
                 using (var scope = NewDisposeScope())
                 {
                     var l = loss(chunks[b]);
-                    optimizer.zero_grad();
+                    optimizer.ZeroGrad();
                     l.backward();
                     nn.utils.clip_grad_norm_(trainable, 1.0);
-                    optimizer.step();
+                    optimizer.Step();
                     last = l.item<float>();
                 }
                 if (double.IsNaN(first)) first = last;

@@ -92,7 +92,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         var totalSteps = o.MaxSteps ?? stepsPerEpoch * o.Epochs;
         var epochs = o.MaxSteps is int ms ? (ms + stepsPerEpoch - 1) / stepsPerEpoch : o.Epochs;
         var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
-        var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
+        using var optimizer = new AdamW(trainable.Select(p => p.Param), o.LearningRate, o.WeightDecay);
         var mixed = 0;
 
         int step = 0, startEpoch = 0, startBatch = 0;
@@ -146,9 +146,9 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 if (++micro < o.GradientAccumulation && b < batchesPerEpoch - 1) continue;
                 if (o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(trainable.Select(p => p.Param), o.MaxGradNorm);
                 var lr = o.LearningRate * LrFactor(o.Schedule, step, warmup, totalSteps);
-                foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
-                optimizer.step();
-                optimizer.zero_grad();
+                optimizer.LearningRate = lr;
+                optimizer.Step();
+                optimizer.ZeroGrad();
                 foreach (var p in own) p.grad?.zero_();
                 o.AfterStep?.Invoke();
                 step++;
@@ -188,7 +188,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         if (trainable.Count == 0) throw new InvalidOperationException("the model has no trainable parameters (apply a PEFT method first)");
         var totalSteps = Privacy.DpSgd.Steps(o.MaxSteps, o.Epochs, dp.SamplingRate);
         var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
-        var optimizer = optim.AdamW(trainable.Select(p => p.Param), lr: o.LearningRate, weight_decay: o.WeightDecay);
+        using var optimizer = new AdamW(trainable.Select(p => p.Param), o.LearningRate, o.WeightDecay);
         var expected = dp.SamplingRate * data.Count;
         // Every grad allocated (a zero backward), so a step whose Poisson batch is empty still has grads to take the noise.
         void AllocateGrads()
@@ -216,9 +216,9 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 if (trainable.Any(p => p.Param.grad is null)) AllocateGrads();
                 using (no_grad())
                     foreach (var (name, p) in trainable) p.grad!.copy_(clipped[name].div(expected));
-                foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
-                optimizer.step();
-                optimizer.zero_grad();
+                optimizer.LearningRate = lr;
+                optimizer.Step();
+                optimizer.ZeroGrad();
                 if (batch.Count > 0)
                 {
                     if (double.IsNaN(first)) first = loss;
@@ -288,10 +288,10 @@ public sealed record TrainerState(int Epoch, int Step, int NextBatch, int Mixed,
 /// </summary>
 public sealed record TrainerCheckpoint(string Folder, TrainerState State)
 {
-    const string Trainable = "trainable.safetensors", Optimizer = "optimizer.bin", StateFile = "trainer_state.json", Randomness = "randomness.bin";
+    const string Trainable = "trainable.safetensors", Optimizer = "optimizer.safetensors", StateFile = "trainer_state.json", Randomness = "randomness.bin";
     static readonly JsonSerializerOptions Json = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    public static void Save(string dir, TrainerState state, CausalLm model, OptimizerHelper optimizer)
+    public static void Save(string dir, TrainerState state, CausalLm model, AdamW optimizer)
     {
         var folder = Path.Combine(dir, $"step-{state.Step:D7}-{state.NextBatch:D6}");
         var tmp = folder + ".tmp";
@@ -300,7 +300,7 @@ public sealed record TrainerCheckpoint(string Folder, TrainerState State)
         var trainable = PeftModel.TrainableState(model);
         SafeTensors.Save(Path.Combine(tmp, Trainable), trainable);
         foreach (var t in trainable.Values) t.Dispose();
-        optimizer.save_state_dict(Path.Combine(tmp, Optimizer));
+        optimizer.Save(Path.Combine(tmp, Optimizer));
         using (var g = model.Randomness.get_state()) File.WriteAllBytes(Path.Combine(tmp, Randomness), g.data<byte>().ToArray());
         File.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state, Json));
         if (Directory.Exists(folder)) Directory.Delete(folder, true);
@@ -311,17 +311,18 @@ public sealed record TrainerCheckpoint(string Folder, TrainerState State)
     public static TrainerCheckpoint? Latest(string dir)
     {
         if (!Directory.Exists(dir)) return null;
-        return Directory.GetDirectories(dir).Where(d => !d.EndsWith(".tmp") && File.Exists(Path.Combine(d, StateFile)))
+        // A checkpoint of a build before our own AdamW (optimizer.bin) is not resumed: that run starts again.
+        return Directory.GetDirectories(dir).Where(d => !d.EndsWith(".tmp") && File.Exists(Path.Combine(d, StateFile)) && File.Exists(Path.Combine(d, Optimizer)))
             .Select(d => new TrainerCheckpoint(d, JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(Path.Combine(d, StateFile)), Json)!))
             .OrderBy(c => c.State.Step).ThenBy(c => c.State.Epoch).ThenBy(c => c.State.NextBatch).LastOrDefault();
     }
 
-    public void Restore(CausalLm model, OptimizerHelper optimizer)
+    public void Restore(CausalLm model, AdamW optimizer)
     {
         var state = SafeTensors.Load(Path.Combine(Folder, Trainable));
         try { PeftModel.LoadTrainableState(model, state, Folder); }
         finally { foreach (var t in state.Values) t.Dispose(); }
-        optimizer.load_state_dict(Path.Combine(Folder, Optimizer));
+        optimizer.Load(Path.Combine(Folder, Optimizer));
     }
 
     /// <summary>The model's random stream as it was when this checkpoint was taken (inside an epoch).</summary>

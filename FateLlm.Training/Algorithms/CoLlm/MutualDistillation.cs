@@ -43,8 +43,8 @@ public static class MutualDistillation
         var smallParams = PeftModel.TrainableParameters(small).Select(p => p.Param).ToList();
         var largeParams = PeftModel.TrainableParameters(large).Select(p => p.Param).ToList();
         if (smallParams.Count == 0 || largeParams.Count == 0) throw new InvalidOperationException("mutual distillation: both models need trainable adapters");
-        using var optSmall = optim.AdamW(smallParams, lr: o.LearningRate);
-        using var optLarge = optim.AdamW(largeParams, lr: o.LearningRate);
+        using var optSmall = new Trainer.AdamW(smallParams, o.LearningRate);
+        using var optLarge = new Trainer.AdamW(largeParams, o.LearningRate);
         small.train();
         large.train();
         var batches = new CorpusBatches(tok, texts, o.MaxTokens, (int)(o.Seed & 0x7FFFFFFF));
@@ -62,12 +62,12 @@ public static class MutualDistillation
             var kdL = TopKDivergence(logitsL, logitsS, mask, o.TopK, o.Temperature);
             var lossS = LanguageModelLoss.Shifted(logitsS, labels, nn.Reduction.Mean).add(kdS.mul(o.Lambda * t2));
             var lossL = LanguageModelLoss.Shifted(logitsL, labels, nn.Reduction.Mean).add(kdL.mul(o.Lambda * t2));
-            optSmall.zero_grad();
-            optLarge.zero_grad();
+            optSmall.ZeroGrad();
+            optLarge.ZeroGrad();
             // The two graphs share nothing (each teacher is detached), so one backward through their sum trains both.
             lossS.add(lossL).backward();
-            optSmall.step();
-            optLarge.step();
+            optSmall.Step();
+            optLarge.Step();
             lastS = kdS.item<float>();
             lastL = kdL.item<float>();
             if (double.IsNaN(firstS)) (firstS, firstL) = (lastS, lastL);

@@ -48,7 +48,7 @@ public static class EmulatorDistillation
             p.requires_grad = BlockName.Parse(name) is { } blk && emulatorBlocks.Contains(blk.Block);
         var trainable = PeftModel.TrainableParameters(student);
         student.train();
-        using var optimizer = optim.AdamW(trainable.Select(t => t.Param), lr: o.LearningRate);
+        using var optimizer = new Trainer.AdamW(trainable.Select(t => t.Param), o.LearningRate);
         // Both hidden states enter the top adapter: after the teacher's last middle block and the student's last emulator block.
         int teacherBlock = plan.Layers - plan.Top.Length - 1, studentBlock = plan.Bottom.Length + plan.Emulator.Length - 1;
         var batches = new CorpusBatches(tok, texts, o.MaxTokens, (int)o.Seed);
@@ -68,9 +68,9 @@ public static class EmulatorDistillation
             var m = mask.to_type(ScalarType.Float32);
             var kd = perToken.mul(m).sum().div(m.sum());
             var loss = lm.mul(o.LmWeight).add(kd.mul(o.KdWeight));
-            optimizer.zero_grad();
+            optimizer.ZeroGrad();
             loss.backward();
-            optimizer.step();
+            optimizer.Step();
             lastLoss = loss.item<float>();
             lastKd = kd.item<float>();
             if (double.IsNaN(firstLoss)) (firstLoss, firstKd) = (lastLoss, lastKd);
