@@ -58,7 +58,11 @@ public abstract class CausalLm : nn.Module
         var positions = DecoderStep.PositionIds(batch, len, past, attentionMask, device);
         // HF + PEFT pass the prefix as past key/values, so real tokens start at position num_virtual_tokens; match it
         // so an exported prefix adapter behaves the same in transformers.
-        if (prefixLen > 0) positions = positions.add(prefixLen);
+        if (prefixLen > 0)
+        {
+            using var shift = prefixLen.ToScalar();
+            positions = positions.add(shift);
+        }
         var layers = Enumerable.Range(0, Config.NumLayers);
         Tensor? MaskFor(int? window) => DecoderStep.BuildMask(batch, len, past, prefixLen, attentionMask, device, window);
         var step = new DecoderStep

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace FateLlm.Training.Models;
@@ -65,8 +66,9 @@ internal sealed class DecoderStep
         var mask = local ? LocalMask : Mask;
         if (softcap is double cap)
         {
-            var scores = q.matmul(k.transpose(-1, -2)).mul(scale ?? 1 / Math.Sqrt(q.shape[^1]));
-            scores = scores.div(cap).tanh().mul(cap);
+            using Scalar scaled = (scale ?? 1 / Math.Sqrt(q.shape[^1])).ToScalar(), capped = cap.ToScalar();
+            var scores = q.matmul(k.transpose(-1, -2)).mul(scaled);
+            scores = scores.div(capped).tanh().mul(capped);
             // A null mask is the plain causal case: no cache and no prefix, so queries and keys are the same positions.
             var allowed = mask ?? ones(q.shape[2], k.shape[2], dtype: ScalarType.Bool, device: q.device).tril();
             scores = scores.masked_fill(allowed.logical_not(), float.MinValue);
@@ -114,7 +116,7 @@ internal sealed class DecoderStep
     {
         if (attentionMask is null) return arange(pastLen, pastLen + newLen, device: device).unsqueeze(0).expand(batch, newLen);
         using var scope = NewDisposeScope();
-        var pos = attentionMask.to_type(ScalarType.Int64).cumsum(1).sub(1).clamp_min(0);
+        var pos = attentionMask.to_type(ScalarType.Int64).cumsum(1).sub(HeldScalars.One).clamp_min(HeldScalars.Zero);
         return pos.narrow(1, pastLen, newLen).MoveToOuterDisposeScope();
     }
 

@@ -104,7 +104,8 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         var h = training && _loraDropout > 0 ? Dropout(x) : x;
         // Adapters train in their own dtype (fp32) on a base that may stay bf16: cast in, and the update back.
         if (h.dtype != LoraA.weight.dtype) h = h.to_type(LoraA.weight.dtype);
-        var delta = nn.functional.linear(nn.functional.linear(h, LoraA.weight), LoraB.weight).mul_(LoraScaling);
+        using var scaling = LoraScaling.ToScalar();
+        var delta = nn.functional.linear(nn.functional.linear(h, LoraA.weight), LoraB.weight).mul_(scaling);
         return y.add_(delta.dtype == y.dtype ? delta : delta.to_type(y.dtype));
     }
 
@@ -112,7 +113,8 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     Tensor Dropout(Tensor x)
     {
         var keep = 1 - _loraDropout;
-        using var noise = empty_like(x).bernoulli_(keep, _randomness).div_(keep);
+        using var kept = keep.ToScalar();
+        using var noise = empty_like(x).bernoulli_(keep, _randomness).div_(kept);
         return x.mul(noise);
     }
 
@@ -155,8 +157,9 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var xf = x.to_type(ScalarType.Float32);
-        var normed = xf.mul(xf.pow(2).mean([-1L], keepdim: true).add(_eps).rsqrt());
-        var y = _plusOne ? normed.mul(weight.to_type(ScalarType.Float32).add(1)).to_type(x.dtype) : weight.mul(normed.to_type(x.dtype));
+        using var eps = _eps.ToScalar();
+        var normed = xf.mul(xf.pow(HeldScalars.Two).mean([-1L], keepdim: true).add(eps).rsqrt());
+        var y = _plusOne ? normed.mul(weight.to_type(ScalarType.Float32).add(HeldScalars.One)).to_type(x.dtype) : weight.mul(normed.to_type(x.dtype));
         return y.MoveToOuterDisposeScope();
     }
 }

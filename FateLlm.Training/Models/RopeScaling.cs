@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace FateLlm.Training.Models;
@@ -96,65 +97,80 @@ public sealed record RopeScaling
     public (Tensor InvFreq, double AttentionScaling) Frequencies(int dim, double theta, long seqLen, Device device)
     {
         using var scope = NewDisposeScope();
-        var exponent = arange(0, dim, 2, dtype: ScalarType.Int64, device: device).to_type(ScalarType.Float32).div(dim);
-        Tensor Plain(double b) => tensor((float)b, device: device).pow(exponent).reciprocal();
-        Tensor inv;
-        double scaling = 1.0;
-        switch (Type)
+        // Every number handed to libtorch is held until the end (HeldScalars says why).
+        var held = new List<Scalar>();
+        Scalar S(double v)
         {
-            case "linear":
-                inv = Plain(theta).div(Factor);
-                break;
-            case "dynamic":
-            {
-                var len = Math.Max(seqLen, OriginalMaxPositions);
-                var b = theta * Math.Pow(Factor * len / OriginalMaxPositions - (Factor - 1), dim / (double)(dim - 2));
-                inv = Plain(b);
-                break;
-            }
-            case "llama3":
-            {
-                var baseInv = Plain(theta);
-                double lowWavelen = OriginalMaxPositions / LowFreqFactor, highWavelen = OriginalMaxPositions / HighFreqFactor;
-                var wavelen = full_like(baseInv, 2 * Math.PI).div(baseInv);
-                var llama = where(wavelen.gt(lowWavelen), baseInv.div(Factor), baseInv);
-                var smooth = full_like(wavelen, (double)OriginalMaxPositions).div(wavelen).sub(LowFreqFactor).div(HighFreqFactor - LowFreqFactor);
-                var smoothed = smooth.neg().add(1).mul(llama).div(Factor).add(smooth.mul(llama));
-                var medium = wavelen.lt(highWavelen).logical_not().logical_and(wavelen.gt(lowWavelen).logical_not());
-                inv = where(medium, smoothed, llama);
-                break;
-            }
-            case "yarn":
-            {
-                var posFreqs = tensor((float)theta, device: device).pow(exponent);
-                var extrapolation = posFreqs.reciprocal();
-                var interpolation = posFreqs.mul(Factor).reciprocal();
-                double CorrectionDim(double rotations) =>
-                    dim * Math.Log(OriginalMaxPositions / (rotations * 2 * Math.PI)) / (2 * Math.Log(theta));
-                double low = CorrectionDim(BetaFast), high = CorrectionDim(BetaSlow);
-                if (Truncate) (low, high) = (Math.Floor(low), Math.Ceiling(high));
-                (low, high) = (Math.Max(low, 0), Math.Min(high, dim - 1));
-                if (low == high) high += 0.001;
-                var ramp = arange(dim / 2, dtype: ScalarType.Float32, device: device).sub(low).div(high - low).clamp(0, 1);
-                var extrapolationFactor = ramp.neg().add(1);
-                inv = interpolation.mul(extrapolationFactor.neg().add(1)).add(extrapolation.mul(extrapolationFactor));
-                scaling = AttentionFactor ?? (Mscale is double m && MscaleAllDim is double mad && m != 0 && mad != 0
-                    ? YarnMscale(Factor, m) / YarnMscale(Factor, mad)
-                    : YarnMscale(Factor, 1));
-                break;
-            }
-            case "longrope":
-            {
-                var ext = tensor(seqLen > OriginalMaxPositions ? LongFactor! : ShortFactor!, device: device);
-                inv = ext.mul(tensor((float)theta, device: device).pow(exponent)).reciprocal();
-                scaling = AttentionFactor ?? (Factor <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(Factor) / Math.Log(OriginalMaxPositions)));
-                break;
-            }
-            default:
-                inv = Plain(theta);
-                break;
+            var h = v.ToScalar();
+            held.Add(h);
+            return h;
         }
-        return (inv.MoveToOuterDisposeScope(), scaling);
+        try
+        {
+            var exponent = arange(0, dim, 2, dtype: ScalarType.Int64, device: device).to_type(ScalarType.Float32).div(S(dim));
+            Tensor Plain(double b) => tensor((float)b, device: device).pow(exponent).reciprocal();
+            Tensor inv;
+            double scaling = 1.0;
+            switch (Type)
+            {
+                case "linear":
+                    inv = Plain(theta).div(S(Factor));
+                    break;
+                case "dynamic":
+                {
+                    var len = Math.Max(seqLen, OriginalMaxPositions);
+                    var b = theta * Math.Pow(Factor * len / OriginalMaxPositions - (Factor - 1), dim / (double)(dim - 2));
+                    inv = Plain(b);
+                    break;
+                }
+                case "llama3":
+                {
+                    var baseInv = Plain(theta);
+                    double lowWavelen = OriginalMaxPositions / LowFreqFactor, highWavelen = OriginalMaxPositions / HighFreqFactor;
+                    var wavelen = full_like(baseInv, S(2 * Math.PI)).div(baseInv);
+                    var llama = where(wavelen.gt(S(lowWavelen)), baseInv.div(S(Factor)), baseInv);
+                    var smooth = full_like(wavelen, S(OriginalMaxPositions)).div(wavelen).sub(S(LowFreqFactor)).div(S(HighFreqFactor - LowFreqFactor));
+                    var smoothed = smooth.neg().add(HeldScalars.One).mul(llama).div(S(Factor)).add(smooth.mul(llama));
+                    var medium = wavelen.lt(S(highWavelen)).logical_not().logical_and(wavelen.gt(S(lowWavelen)).logical_not());
+                    inv = where(medium, smoothed, llama);
+                    break;
+                }
+                case "yarn":
+                {
+                    var posFreqs = tensor((float)theta, device: device).pow(exponent);
+                    var extrapolation = posFreqs.reciprocal();
+                    var interpolation = posFreqs.mul(S(Factor)).reciprocal();
+                    double CorrectionDim(double rotations) =>
+                        dim * Math.Log(OriginalMaxPositions / (rotations * 2 * Math.PI)) / (2 * Math.Log(theta));
+                    double low = CorrectionDim(BetaFast), high = CorrectionDim(BetaSlow);
+                    if (Truncate) (low, high) = (Math.Floor(low), Math.Ceiling(high));
+                    (low, high) = (Math.Max(low, 0), Math.Min(high, dim - 1));
+                    if (low == high) high += 0.001;
+                    var ramp = arange(dim / 2, dtype: ScalarType.Float32, device: device).sub(S(low)).div(S(high - low)).clamp(HeldScalars.Zero, HeldScalars.One);
+                    var extrapolationFactor = ramp.neg().add(HeldScalars.One);
+                    inv = interpolation.mul(extrapolationFactor.neg().add(HeldScalars.One)).add(extrapolation.mul(extrapolationFactor));
+                    scaling = AttentionFactor ?? (Mscale is double m && MscaleAllDim is double mad && m != 0 && mad != 0
+                        ? YarnMscale(Factor, m) / YarnMscale(Factor, mad)
+                        : YarnMscale(Factor, 1));
+                    break;
+                }
+                case "longrope":
+                {
+                    var ext = tensor(seqLen > OriginalMaxPositions ? LongFactor! : ShortFactor!, device: device);
+                    inv = ext.mul(tensor((float)theta, device: device).pow(exponent)).reciprocal();
+                    scaling = AttentionFactor ?? (Factor <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(Factor) / Math.Log(OriginalMaxPositions)));
+                    break;
+                }
+                default:
+                    inv = Plain(theta);
+                    break;
+            }
+            return (inv.MoveToOuterDisposeScope(), scaling);
+        }
+        finally
+        {
+            foreach (var h in held) h.Dispose();
+        }
     }
 
     static double YarnMscale(double scale, double mscale) => scale <= 1 ? 1.0 : 0.1 * mscale * Math.Log(scale) + 1.0;

@@ -2,6 +2,7 @@ using FateLlm.Training.Data;
 using FateLlm.Training.Models;
 using FateLlm.Training.Peft;
 using FateLlm.Training.Trainer;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace FateLlm.Training.Privacy;
@@ -114,9 +115,9 @@ public static class DpSgd
                 l.backward();
                 loss += l.item<float>();
                 using var _ = no_grad();
-                var squared = trainable.Where(p => p.Param.grad is not null).Sum(p => p.Param.grad!.to(ScalarType.Float64).pow(2).sum().item<double>());
+                var squared = trainable.Where(p => p.Param.grad is not null).Sum(p => p.Param.grad!.to(ScalarType.Float64).pow(HeldScalars.Two).sum().item<double>());
                 norms[i] = Math.Sqrt(squared);
-                var factor = norms[i] > clip ? clip / norms[i] : 1.0;
+                using var factor = (norms[i] > clip ? clip / norms[i] : 1.0).ToScalar();
                 foreach (var (name, p) in trainable)
                     if (p.grad is { } g) sum[name].add_(g.to(ScalarType.Float32), alpha: factor);
             }
@@ -131,7 +132,8 @@ public static class DpSgd
         if (std == 0) return;
         using var generator = new Generator((ulong)seed);
         using var _ = no_grad();
-        foreach (var t in sum.Values) t.add_(randn(t.shape, dtype: t.dtype, generator: generator).mul_(std));
+        using var deviation = std.ToScalar();
+        foreach (var t in sum.Values) t.add_(randn(t.shape, dtype: t.dtype, generator: generator).mul_(deviation));
     }
 }
 

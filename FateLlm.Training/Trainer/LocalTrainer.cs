@@ -137,7 +137,8 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                         var loss = LanguageModelLoss.Compute(model, batch);
                         if (o.ProximalMu > 0 && o.ProximalReference != null)
                             loss = loss.add(ProximalTerm(trainable, o.ProximalReference, o.ProximalMu));
-                        loss.div(o.GradientAccumulation).backward();
+                        using var accumulation = o.GradientAccumulation.ToScalar();
+                        loss.div(accumulation).backward();
                         return loss.item<float>() / o.GradientAccumulation;
                     });
                     tokens += batch.Tokens;
@@ -194,7 +195,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         void AllocateGrads()
         {
             using var scope = NewDisposeScope();
-            trainable.Select(p => p.Param.sum()).Aggregate((a, b) => a + b).mul(0).backward();
+            trainable.Select(p => p.Param.sum()).Aggregate((a, b) => a + b).mul(HeldScalars.Zero).backward();
         }
         AllocateGrads();
         model.train();
@@ -215,7 +216,10 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 Privacy.DpSgd.AddNoise(clipped, dp.NoiseMultiplier * dp.ClipNorm, stepSeed);
                 if (trainable.Any(p => p.Param.grad is null)) AllocateGrads();
                 using (no_grad())
-                    foreach (var (name, p) in trainable) p.grad!.copy_(clipped[name].div(expected));
+                {
+                    using var batchSize = expected.ToScalar();
+                    foreach (var (name, p) in trainable) p.grad!.copy_(clipped[name].div(batchSize));
+                }
                 optimizer.LearningRate = lr;
                 optimizer.Step();
                 optimizer.ZeroGrad();
@@ -240,10 +244,11 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         foreach (var (name, p) in trainable)
         {
             if (!reference.TryGetValue(name, out var w0)) throw new PeftException($"FedProx reference lacks tensor '{name}'");
-            var d = p.sub(w0).pow(2).sum();
+            var d = p.sub(w0).pow(HeldScalars.Two).sum();
             total = total is null ? d : total.add(d);
         }
-        return total!.mul(mu / 2);
+        using var half = (mu / 2).ToScalar();
+        return total!.mul(half);
     }
 
     /// <summary>HF's schedules: linear warmup, then constant, linear decay to 0, or half-cosine to 0.</summary>

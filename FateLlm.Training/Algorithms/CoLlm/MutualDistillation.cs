@@ -1,3 +1,4 @@
+using TorchSharp;
 using System.Diagnostics;
 using FateLlm.Training.Data;
 using FateLlm.Training.Models;
@@ -27,12 +28,13 @@ public static class MutualDistillation
     public static Tensor TopKDivergence(Tensor studentLogits, Tensor teacherLogits, Tensor mask, int topK, double temperature)
     {
         var k = (int)Math.Min(topK, teacherLogits.shape[^1]);
-        var (values, ids) = teacherLogits.detach().to_type(ScalarType.Float32).div(temperature).topk(k, dim: -1);
+        using var t = temperature.ToScalar(); // held: HeldScalars says why
+        var (values, ids) = teacherLogits.detach().to_type(ScalarType.Float32).div(t).topk(k, dim: -1);
         var logP = values.log_softmax(-1);
-        var logQ = studentLogits.to_type(ScalarType.Float32).div(temperature).log_softmax(-1).gather(-1, ids);
+        var logQ = studentLogits.to_type(ScalarType.Float32).div(t).log_softmax(-1).gather(-1, ids);
         var perToken = logP.exp().mul(logP.sub(logQ)).sum(-1);
         var m = mask.to_type(ScalarType.Float32);
-        return perToken.mul(m).sum().div(m.sum().clamp_min(1));
+        return perToken.mul(m).sum().div(m.sum().clamp_min(Models.HeldScalars.One));
     }
 
     public static MutualDistillResult Run(CausalLm small, CausalLm large, ITextTokenizer tok, IReadOnlyList<string> texts, MutualDistillOptions o, CancellationToken ct = default)

@@ -1,3 +1,4 @@
+using TorchSharp;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -53,13 +54,16 @@ public static class PreferenceOptimization
     public static DpoTerms Loss(Tensor policyChosen, Tensor policyRejected, Tensor referenceChosen, Tensor referenceRejected, DpoOptions o)
     {
         var logits = policyChosen.sub(policyRejected).sub(referenceChosen.sub(referenceRejected));
+        // Held: HeldScalars says why.
+        using Scalar beta = o.Beta.ToScalar(), minusBeta = (-o.Beta).ToScalar(), ipoTarget = (1 / (2 * o.Beta)).ToScalar(),
+            kept = (-(1 - o.LabelSmoothing)).ToScalar(), smoothing = o.LabelSmoothing.ToScalar();
         var losses = o.Loss switch
         {
-            PreferenceLoss.Ipo => logits.sub(1 / (2 * o.Beta)).pow(2),
-            _ => nn.functional.logsigmoid(logits.mul(o.Beta)).mul(-(1 - o.LabelSmoothing))
-                .sub(nn.functional.logsigmoid(logits.mul(-o.Beta)).mul(o.LabelSmoothing)),
+            PreferenceLoss.Ipo => logits.sub(ipoTarget).pow(Models.HeldScalars.Two),
+            _ => nn.functional.logsigmoid(logits.mul(beta)).mul(kept)
+                .sub(nn.functional.logsigmoid(logits.mul(minusBeta)).mul(smoothing)),
         };
-        return new DpoTerms(losses, policyChosen.sub(referenceChosen).mul(o.Beta).detach(), policyRejected.sub(referenceRejected).mul(o.Beta).detach());
+        return new DpoTerms(losses, policyChosen.sub(referenceChosen).mul(beta).detach(), policyRejected.sub(referenceRejected).mul(beta).detach());
     }
 
     /// <summary>Each row's log-probability of its labelled (response) tokens: summed, or averaged over them.</summary>

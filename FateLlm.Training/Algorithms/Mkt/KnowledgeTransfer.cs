@@ -1,3 +1,4 @@
+using TorchSharp;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using FateLlm.Training.Data;
@@ -158,7 +159,9 @@ public static class KnowledgeTransfer
             var logits = model.Forward(batch.InputIds);
             var ce = LanguageModelLoss.Shifted(logits, batch.Labels, nn.Reduction.Mean);
             var kd = Distillation(logits, chunk.Select(i => (encoded[i].PromptLength, teachers[i])).ToList(), o.Temperature);
-            return kd is null ? ce : ce.mul(o.Alpha).add(kd.mul(1 - o.Alpha));
+            if (kd is null) return ce;
+            using Scalar alpha = o.Alpha.ToScalar(), rest = (1 - o.Alpha).ToScalar(); // held: HeldScalars says why
+            return ce.mul(alpha).add(kd.mul(rest));
         }, ct, checkpoints);
         return new TransferResult(steps, first, last, teachers.Count(t => t is not null), teachers.Count, sw.Elapsed.TotalSeconds);
     }
@@ -168,19 +171,22 @@ public static class KnowledgeTransfer
     {
         Tensor? total = null;
         var count = 0;
+        using var t = temperature.ToScalar(); // held: HeldScalars says why
         for (int b = 0; b < rows.Count; b++)
         {
             var (prompt, teacher) = rows[b];
             if (teacher is null) continue;
-            var logp = logits[b].narrow(0, prompt - 1, teacher.Teacher.Length).to_type(ScalarType.Float32).div(temperature).log_softmax(-1);
-            for (int t = 0; t < teacher.Teacher.Length; t++)
+            var logp = logits[b].narrow(0, prompt - 1, teacher.Teacher.Length).to_type(ScalarType.Float32).div(t).log_softmax(-1);
+            for (int i = 0; i < teacher.Teacher.Length; i++)
             {
-                var target = teacher.Teacher[t];
-                var term = logp[t].gather(0, tensor(target.Ids)).mul(tensor(target.Probabilities)).sum().neg();
+                var target = teacher.Teacher[i];
+                var term = logp[i].gather(0, tensor(target.Ids)).mul(tensor(target.Probabilities)).sum().neg();
                 total = total is null ? term : total.add(term);
                 count++;
             }
         }
-        return total?.div(count);
+        if (total is null) return null;
+        using var n = count.ToScalar();
+        return total.div(n);
     }
 }

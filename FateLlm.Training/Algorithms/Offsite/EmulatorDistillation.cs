@@ -1,3 +1,4 @@
+using TorchSharp;
 using System.Security.Cryptography;
 using System.Text;
 using FateLlm.Training.Data;
@@ -63,11 +64,12 @@ public static class EmulatorDistillation
             using (no_grad()) hT = teacher.ForwardCapturing(ids, teacherBlock).Hidden.to_type(ScalarType.Float32);
             var (logits, hS) = student.ForwardCapturing(ids, studentBlock);
             var lm = LanguageModelLoss.Shifted(logits, labels, nn.Reduction.Mean);
-            var rms = hT.pow(2).mean([-1L], keepdim: true).sqrt().clamp_min(1e-6);
-            var perToken = hT.sub(hS.to_type(ScalarType.Float32)).div(rms).pow(2).mean([-1L]);
+            using Scalar floor = 1e-6.ToScalar(), lmWeight = o.LmWeight.ToScalar(), kdWeight = o.KdWeight.ToScalar(); // held: HeldScalars says why
+            var rms = hT.pow(Models.HeldScalars.Two).mean([-1L], keepdim: true).sqrt().clamp_min(floor);
+            var perToken = hT.sub(hS.to_type(ScalarType.Float32)).div(rms).pow(Models.HeldScalars.Two).mean([-1L]);
             var m = mask.to_type(ScalarType.Float32);
             var kd = perToken.mul(m).sum().div(m.sum());
-            var loss = lm.mul(o.LmWeight).add(kd.mul(o.KdWeight));
+            var loss = lm.mul(lmWeight).add(kd.mul(kdWeight));
             optimizer.ZeroGrad();
             loss.backward();
             optimizer.Step();

@@ -27,7 +27,11 @@ public sealed class Gpt2Attention : nn.Module
         var qkv = c_attn.forward(x).split(h, 2);
         Tensor Heads(Tensor t) => t.view(b, s, _c.NumHeads, _c.HeadDim).transpose(1, 2);
         var q = Heads(qkv[0]);
-        if (_c.ScaleAttnByInverseLayerIdx) q = q.div(_layer + 1);
+        if (_c.ScaleAttnByInverseLayerIdx)
+        {
+            using var layer = (_layer + 1).ToScalar();
+            q = q.div(layer);
+        }
         var (k, v) = step.Extend(_layer, Heads(qkv[1]), Heads(qkv[2]));
         var o = step.Attend(q, k, v).transpose(1, 2).reshape(b, s, h);
         return c_proj.forward(o);

@@ -206,7 +206,9 @@ public sealed class LlamaForCausalLm : CausalLm
         for (int i = 0; i < model.layers.Items.Count; i++) x = step.Capture(i, model.layers.Items[i].Forward(x, step));
         x = model.norm.forward(x);
         var logits = lm_head is null ? nn.functional.linear(x, model.embed_tokens.weight) : lm_head.forward(x);
-        return Config.FinalSoftcap is double cap ? logits.div(cap).tanh().mul(cap) : logits;
+        if (Config.FinalSoftcap is not double cap) return logits;
+        using var capped = cap.ToScalar();
+        return logits.div(capped).tanh().mul(capped);
     }
 }
 
@@ -222,7 +224,11 @@ public static class Rotary
         var freqs = positions.to_type(ScalarType.Float32).unsqueeze(-1).mul(invFreq); // [b, s, d/2]
         var emb = cat([freqs, freqs], -1).unsqueeze(1); // [b, 1, s, d]
         var (cos, sin) = (emb.cos(), emb.sin());
-        if (scaling != 1.0) (cos, sin) = (cos.mul(scaling), sin.mul(scaling));
+        if (scaling != 1.0)
+        {
+            using var scaled = scaling.ToScalar();
+            (cos, sin) = (cos.mul(scaled), sin.mul(scaled));
+        }
         return (cos.MoveToOuterDisposeScope(), sin.MoveToOuterDisposeScope());
     }
 
