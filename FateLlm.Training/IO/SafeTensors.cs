@@ -198,9 +198,11 @@ public static class SafeTensors
 
     /// <summary>
     /// Writes a safetensors file whose tensors are produced one at a time (the header needs only names, dtypes and
-    /// shapes): a checkpoint larger than memory can be written without holding it.
+    /// shapes): a checkpoint larger than memory can be written without holding it. Where <paramref name="produce"/>
+    /// returns null, <paramref name="copy"/> writes that tensor's bytes itself (unchanged bytes of another file).
     /// </summary>
-    public static void WriteStreaming(string path, IReadOnlyList<(string Name, ScalarType DType, long[] Shape)> layout, Func<string, Tensor> produce)
+    public static void WriteStreaming(string path, IReadOnlyList<(string Name, ScalarType DType, long[] Shape)> layout, Func<string, Tensor?> produce,
+        Action<string, Stream>? copy = null)
     {
         var tmp = path + ".tmp";
         using (var stream = File.Create(tmp))
@@ -208,6 +210,11 @@ public static class SafeTensors
             foreach (var (name, dtype, shape) in WriteHeader(stream, layout, null))
             {
                 using var t = produce(name);
+                if (t is null)
+                {
+                    (copy ?? throw new InvalidOperationException($"tensor '{name}' was not produced and there is nothing to copy it from"))(name, stream);
+                    continue;
+                }
                 if (t.dtype != dtype || !t.shape.SequenceEqual(shape))
                     throw new InvalidOperationException($"tensor '{name}' was produced as {t.dtype} [{string.Join(",", t.shape)}], not {dtype} [{string.Join(",", shape)}]");
                 using var c = t.contiguous();
@@ -215,6 +222,25 @@ public static class SafeTensors
             }
         }
         File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>One tensor's bytes copied unchanged from <paramref name="file"/> into <paramref name="to"/>, through one
+    /// pooled buffer: no tensor is made (a merged export passes most of a base through so). The buffer stays in a core's
+    /// cache: copying 2.4 GB took 1.8-2.0 s through 64-256 KiB, 2.3-6 s through 1 MiB and 5-9 s through 8 MiB here.</summary>
+    public static void CopyStored(Microsoft.Win32.SafeHandles.SafeFileHandle file, Entry e, long dataStart, Stream to, string origin)
+    {
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(256 << 10);
+        try
+        {
+            for (long at = 0, length = e.End - e.Begin; at < length;)
+            {
+                var n = RandomAccess.Read(file, buffer.AsSpan(0, (int)Math.Min(buffer.Length, length - at)), dataStart + e.Begin + at);
+                if (n <= 0) throw new SafeTensorsFormatException($"{origin}: tensor '{e.Name}' is cut short at byte {dataStart + e.Begin + at} of {dataStart + e.End}");
+                to.Write(buffer, 0, n);
+                at += n;
+            }
+        }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(buffer); }
     }
 
     static void WriteBytes(Stream stream, Tensor t)

@@ -30,19 +30,23 @@ public static class MergedCheckpoint
             using var handle = File.OpenHandle(file);
             // A bare GPT2Model checkpoint names its tensors without the "transformer." of the model's.
             string Name(string stored) => lora.ContainsKey(stored) || trained.ContainsKey(stored) || adapted.Config.Family != ModelFamily.Gpt2 ? stored : "transformer." + stored;
-            Tensor Produce(string name)
+            // Tensors the adapter changes are read, changed and written; every other one is copied byte for byte.
+            Tensor? Produce(string name)
             {
+                var lorad = lora.TryGetValue(Name(name), out var projection);
+                if (!lorad && !trained.ContainsKey(Name(name))) return null;
                 var t = SafeTensors.ReadStored(handle, byName[name], dataStart, file);
-                if (lora.TryGetValue(Name(name), out var projection))
+                if (lorad)
                 {
                     using var scope = NewDisposeScope();
-                    t.copy_(t.to_type(ScalarType.Float32).add(projection.LoraDelta()));
+                    t.copy_(t.to_type(ScalarType.Float32).add(projection!.LoraDelta()));
                 }
-                else if (trained.TryGetValue(Name(name), out var value)) t.copy_(value.detach());
+                else t.copy_(trained[Name(name)].detach());
                 return t;
             }
             SafeTensors.WriteStreaming(Path.Combine(folder, Path.GetFileName(file)),
-                entries.OrderBy(e => e.Begin).Select(e => (e.Name, SafeTensors.StoredType(e, file), e.Shape)).ToList(), Produce);
+                entries.OrderBy(e => e.Begin).Select(e => (e.Name, SafeTensors.StoredType(e, file), e.Shape)).ToList(), Produce,
+                (name, to) => SafeTensors.CopyStored(handle, byName[name], dataStart, to, file));
         }
         var index = Path.Combine(baseFolder, HfCheckpoint.IndexFile);
         if (files.Count > 1 || File.Exists(index)) File.Copy(index, Path.Combine(folder, HfCheckpoint.IndexFile), overwrite: true);
