@@ -52,7 +52,7 @@ public static class MutualDistillation
         var batches = new CorpusBatches(tok, texts, o.MaxTokens, (int)(o.Seed & 0x7FFFFFFF));
         var sw = Stopwatch.StartNew();
         double firstS = double.NaN, lastS = double.NaN, firstL = double.NaN, lastL = double.NaN;
-        var t2 = o.Temperature * o.Temperature;
+        using var kdWeight = (o.Lambda * (o.Temperature * o.Temperature)).ToScalar(); // held: HeldScalars says why
         for (int step = 0; step < o.Steps; step++)
         {
             ct.ThrowIfCancellationRequested();
@@ -62,8 +62,8 @@ public static class MutualDistillation
             var logitsL = large.Forward(ids);
             var kdS = TopKDivergence(logitsS, logitsL, mask, o.TopK, o.Temperature);
             var kdL = TopKDivergence(logitsL, logitsS, mask, o.TopK, o.Temperature);
-            var lossS = LanguageModelLoss.Shifted(logitsS, labels, nn.Reduction.Mean).add(kdS.mul(o.Lambda * t2));
-            var lossL = LanguageModelLoss.Shifted(logitsL, labels, nn.Reduction.Mean).add(kdL.mul(o.Lambda * t2));
+            var lossS = LanguageModelLoss.Shifted(logitsS, labels, nn.Reduction.Mean).add(kdS.mul(kdWeight));
+            var lossL = LanguageModelLoss.Shifted(logitsL, labels, nn.Reduction.Mean).add(kdL.mul(kdWeight));
             optSmall.ZeroGrad();
             optLarge.ZeroGrad();
             // The two graphs share nothing (each teacher is detached), so one backward through their sum trains both.
