@@ -33,15 +33,17 @@ public static class MergedCheckpoint
             // Tensors the adapter changes are read, changed and written; every other one is copied byte for byte.
             Tensor? Produce(string name)
             {
-                var lorad = lora.TryGetValue(Name(name), out var projection);
-                if (!lorad && !trained.ContainsKey(Name(name))) return null;
+                var key = Name(name);
+                var projection = lora.GetValueOrDefault(key);
+                var value = trained.GetValueOrDefault(key);
+                if (projection is null && value is null) return null;
                 var t = SafeTensors.ReadStored(handle, byName[name], dataStart, file);
-                if (lorad)
+                if (projection is not null)
                 {
                     using var scope = NewDisposeScope();
-                    t.copy_(t.to_type(ScalarType.Float32).add(projection!.LoraDelta()));
+                    t.copy_(t.to_type(ScalarType.Float32).add(projection.LoraDelta()));
                 }
-                else t.copy_(trained[Name(name)].detach());
+                else t.copy_(value!.detach());
                 return t;
             }
             SafeTensors.WriteStreaming(Path.Combine(folder, Path.GetFileName(file)),

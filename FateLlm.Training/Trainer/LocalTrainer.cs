@@ -93,6 +93,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         var epochs = o.MaxSteps is int ms ? (ms + stepsPerEpoch - 1) / stepsPerEpoch : o.Epochs;
         var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
         using var optimizer = new AdamW(trainable.Select(p => p.Param), o.LearningRate, o.WeightDecay);
+        using var accumulation = o.GradientAccumulation.ToScalar(); // held: HeldScalars says why
         var mixed = 0;
 
         int step = 0, startEpoch = 0, startBatch = 0;
@@ -137,7 +138,6 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                         var loss = LanguageModelLoss.Compute(model, batch);
                         if (o.ProximalMu > 0 && o.ProximalReference != null)
                             loss = loss.add(ProximalTerm(trainable, o.ProximalReference, o.ProximalMu));
-                        using var accumulation = o.GradientAccumulation.ToScalar();
                         loss.div(accumulation).backward();
                         return loss.item<float>() / o.GradientAccumulation;
                     });
@@ -191,6 +191,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
         var warmup = (int)Math.Round(o.WarmupRatio * totalSteps);
         using var optimizer = new AdamW(trainable.Select(p => p.Param), o.LearningRate, o.WeightDecay);
         var expected = dp.SamplingRate * data.Count;
+        using var batchSize = expected.ToScalar(); // held: HeldScalars says why
         // Every grad allocated (a zero backward), so a step whose Poisson batch is empty still has grads to take the noise.
         void AllocateGrads()
         {
@@ -216,10 +217,7 @@ public sealed class LocalTrainer(CausalLm model, TrainOptions options, int padId
                 Privacy.DpSgd.AddNoise(clipped, dp.NoiseMultiplier * dp.ClipNorm, stepSeed);
                 if (trainable.Any(p => p.Param.grad is null)) AllocateGrads();
                 using (no_grad())
-                {
-                    using var batchSize = expected.ToScalar();
                     foreach (var (name, p) in trainable) p.grad!.copy_(clipped[name].div(batchSize));
-                }
                 optimizer.LearningRate = lr;
                 optimizer.Step();
                 optimizer.ZeroGrad();

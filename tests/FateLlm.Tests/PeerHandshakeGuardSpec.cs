@@ -45,7 +45,7 @@ public sealed class PeerHandshakeGuardSpec : Akka.TestKit.Xunit2.TestKit
 
             stop.Cancel();
             await CoordinatedShutdown.Get(system).Run(CoordinatedShutdown.ClusterLeavingReason.Instance);
-            Assert.True(await Task.WhenAny(system.WhenTerminated, Task.Delay(TimeSpan.FromSeconds(20))) == system.WhenTerminated, "a shutdown asked after the aborted ones did not run");
+            await system.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(20)); // throws if the shutdown asked after the aborted ones did not run
             Assert.Equal(CoordinatedShutdown.ClusterLeavingReason.Instance, CoordinatedShutdown.Get(system).ShutdownReason);
         }
         finally

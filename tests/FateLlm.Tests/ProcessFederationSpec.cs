@@ -233,10 +233,10 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
 
     /// <summary>
     /// When a restarted party's node saw itself up, and when its party entity was ready, from its node.log. The log
-    /// also holds the earlier run's lines: the restart's ready line is the one after those of <paramref name="earlierRuns"/>
-    /// runs. It may precede the node's own member-up line (the entity can be ready before the node sees itself up).
+    /// also holds the earlier run's lines: the restart's ready line is the one after the first run's. It may precede the
+    /// node's own member-up line (the entity can be ready before the node sees itself up).
     /// </summary>
-    async Task<(DateTime Joined, DateTime Ready)> Restarted(NodeProcess party, string org, int earlierRuns = 1)
+    async Task<(DateTime Joined, DateTime Ready)> Restarted(NodeProcess party, string org)
     {
         var deadline = DateTime.UtcNow.AddSeconds(120);
         var address = "";
@@ -247,7 +247,7 @@ public sealed class ProcessFederationSpec : IAsyncLifetime
             if (at.Success) address = at.Groups[1].Value;
             var log = SafeRead(Path.Combine(_g.Root, "state-" + party.Name, "node.log")).Split('\n');
             var joined = log.LastOrDefault(l => address.Length > 0 && l.Contains($"member up: party {org} at {address}"));
-            var ready = log.Where(l => l.Contains($"party {org} ready with datasets")).Skip(earlierRuns).LastOrDefault();
+            var ready = log.Where(l => l.Contains($"party {org} ready with datasets")).Skip(1).LastOrDefault();
             if (joined is not null && ready is not null)
                 return (Stamp(joined), Stamp(ready));
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"restarted party {org} ({address}) never got ready; logs:\n{Logs()}");
